@@ -1,0 +1,19 @@
+"""frazil: Git-like version control for Zarr v3 on object storage, with no server."""
+
+from .errors import (
+    AlreadyExistsError,
+    ConflictError,
+    FormatError,
+    FrazilError,
+    InvalidInputError,
+    NotFoundError,
+    ReadOnlyError,
+    StorageError,
+)
+from .storage import Storage, in_memory_storage, local_filesystem_storage
+
+__all__ = [
+    "AlreadyExistsError", "ConflictError", "FormatError", "FrazilError", "InvalidInputError",
+    "NotFoundError", "ReadOnlyError", "Storage", "StorageError", "in_memory_storage",
+    "local_filesystem_storage",
+]

@@ -1,0 +1,48 @@
+"""frazil's exception hierarchy: one root, a few categories grouped by what the caller does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from frazil.format.errors import FormatError, FrazilError
+
+__all__ = [
+    "AlreadyExistsError", "ConflictError", "FormatError", "FrazilError", "InvalidInputError",
+    "NotFoundError", "ReadOnlyError", "StorageError",
+]
+
+
+class ConflictError(FrazilError):
+    """Another writer got there first: the branch moved, or two changes collide.
+
+    ``expected_parent`` and ``actual_parent`` are set when a branch moved under a commit.
+    """
+
+    def __init__(self, message: str, *, expected_parent: Any = None,
+                 actual_parent: Any = None) -> None:
+        super().__init__(message)
+        self.expected_parent = expected_parent
+        self.actual_parent = actual_parent
+
+
+class NotFoundError(FrazilError, KeyError):
+    """A branch, tag, snapshot, node or object does not exist."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AlreadyExistsError(FrazilError):
+    """Something that is created once (a repository, branch, tag) already exists."""
+
+
+class ReadOnlyError(FrazilError):
+    """A write through a read-only session, store or storage."""
+
+
+class InvalidInputError(FrazilError, ValueError):
+    """An argument is malformed: a bad name, key, coordinate, range or type."""
+
+
+class StorageError(FrazilError):
+    """The storage backend failed (I/O error, permission, unreachable service)."""

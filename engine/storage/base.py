@@ -1,0 +1,94 @@
+"""The storage interface: bytes under keys, with conditional puts as the one concurrency primitive.
+
+Contract every backend keeps (and ``tests/test_storage.py`` checks for each):
+
+* **Atomic visibility.** A put becomes visible whole or not at all; a reader never sees
+  a partially written object.
+* **Immutable objects.** Keys outside ``refs/`` and ``config.json`` are written once by
+  ``put`` with a fresh, unique key; frazil never overwrites them.
+* **One winner per conditional put.** Of any number of concurrent ``put_if_absent`` calls
+  on one key, exactly one succeeds. Of any number of concurrent ``put_if_version`` calls
+  with the same expected version, at most one succeeds. Losers get a result with
+  ``ok=False`` (never an exception) and the key's current version.
+* **Read-after-write.** Once a put returns, every get and list on the same storage
+  (from any process on any machine that can reach it) sees the object.
+* **Versions.** ``get_with_version`` returns an opaque version token that changes on
+  every successful write of the key.
+* **Errors.** A missing key raises ``NotFoundError``; any other failure raises
+  ``StorageError`` (never a bare ``OSError``); writes to read-only storage raise
+  ``ReadOnlyError``.
+
+All methods are coroutines; the engine runs them on its own event loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+ByteRange = tuple[int, int | None]
+"""``(start, end)``: bytes ``start`` to ``end`` (exclusive; None = to the end of the object).
+A negative ``start`` with ``end=None`` means the last ``-start`` bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """Outcome of a conditional put: ``ok`` and the key's version after the call
+    (ours if ``ok``, the current one otherwise; None if the key is absent)."""
+
+    ok: bool
+    version: str | None
+
+
+class Storage(abc.ABC):
+    """Bytes under string keys. See the module docstring for the contract."""
+
+    #: conditional puts are atomic on this backend
+    supports_conditional_writes: bool = True
+    #: writes are allowed
+    writable: bool = True
+
+    @abc.abstractmethod
+    async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        """The object's bytes (or a range of them); ``NotFoundError`` if absent."""
+
+    @abc.abstractmethod
+    async def get_with_version(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and its current version token."""
+
+    @abc.abstractmethod
+    async def put(self, key: str, data: bytes) -> None:
+        """Write an immutable object at a fresh key."""
+
+    @abc.abstractmethod
+    async def put_if_absent(self, key: str, data: bytes) -> PutResult:
+        """Create ``key`` only if it does not exist."""
+
+    @abc.abstractmethod
+    async def put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
+        """Replace ``key`` only if its current version is ``version``."""
+
+    @abc.abstractmethod
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` holds an object."""
+
+    @abc.abstractmethod
+    async def list(self, prefix: str) -> list[str]:
+        """Every key starting with ``prefix`` (a key prefix, not only a folder), sorted."""
+
+    @abc.abstractmethod
+    async def size(self, key: str) -> int:
+        """Size in bytes of the object at ``key``."""
+
+    @abc.abstractmethod
+    async def delete(self, keys: Sequence[str]) -> None:
+        """Delete the objects; missing keys are ignored."""
+
+    def describe(self) -> str:
+        """A short human description (for messages)."""
+        return type(self).__name__
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()

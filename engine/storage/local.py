@@ -1,0 +1,211 @@
+"""Local-filesystem storage: atomic puts by temp file + rename/link, CAS under a file lock.
+
+Safe for several processes on one machine: a new object is written to a hidden temp
+file in the target folder and then linked (create-if-absent: ``os.link`` fails if the
+key exists) or renamed (``os.replace``) into place, so readers see whole objects only.
+Replace-if-version takes an exclusive ``fcntl.flock`` on a hidden lock file beside the
+key, reads the current version (the xxh3 of the content), compares and renames.
+Hidden names (starting with ``.``) are never listed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import xxhash
+
+from .. import _aio
+from ..errors import InvalidInputError, NotFoundError, StorageError
+from .base import ByteRange, PutResult, Storage
+
+
+def _version(data: bytes) -> str:
+    return xxhash.xxh3_64_hexdigest(data)
+
+
+class LocalFileSystemStorage(Storage):
+    """Objects as files under ``root``. See the module docstring."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self._dirs: set[str] = set()
+
+    def describe(self) -> str:
+        return f"local directory {self.root}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["root"])  # type: ignore[misc]
+
+    # -- paths ------------------------------------------------------------------------
+    def _path(self, key: str) -> str:
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
+            raise InvalidInputError(f"invalid storage key {key!r}")
+        return os.path.join(self.root, *key.split("/"))
+
+    def _ensure_dir(self, d: str) -> None:
+        if d not in self._dirs:
+            os.makedirs(d, exist_ok=True)
+            self._dirs.add(d)
+
+    def _write_temp(self, path: str, data: bytes) -> str:
+        d = os.path.dirname(path)
+        self._ensure_dir(d)
+        tmp = os.path.join(d, f".tmp-{os.urandom(8).hex()}")
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+        except FileNotFoundError:  # folder removed under us: recreate and retry once
+            self._dirs.discard(d)
+            self._ensure_dir(d)
+            with open(tmp, "xb") as f:
+                f.write(data)
+        return tmp
+
+    # -- blocking implementations --------------------------------------------------------
+    def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                if byte_range is None:
+                    return f.read()
+                start, end = byte_range
+                if start < 0:
+                    size = os.fstat(f.fileno()).st_size
+                    f.seek(max(0, size + start))
+                    return f.read()
+                f.seek(start)
+                return f.read() if end is None else f.read(max(0, end - start))
+        except FileNotFoundError:
+            raise NotFoundError(f"object {key!r} not found in {self.describe()}") from None
+        except IsADirectoryError:
+            raise NotFoundError(f"object {key!r} not found in {self.describe()}") from None
+        except OSError as e:
+            raise StorageError(f"reading {key!r} from {self.describe()}: {e}") from e
+
+    def _put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            tmp = self._write_temp(path, data)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise StorageError(f"writing {key!r} to {self.describe()}: {e}") from e
+
+    def _put_if_absent(self, key: str, data: bytes) -> PutResult:
+        path = self._path(key)
+        try:
+            tmp = self._write_temp(path, data)
+            try:
+                os.link(tmp, path)
+                return PutResult(True, _version(data))
+            except FileExistsError:
+                try:
+                    with open(path, "rb") as f:
+                        return PutResult(False, _version(f.read()))
+                except FileNotFoundError:
+                    return PutResult(False, None)
+            finally:
+                os.unlink(tmp)
+        except OSError as e:
+            raise StorageError(f"creating {key!r} in {self.describe()}: {e}") from e
+
+    def _locked(self, path: str) -> int:
+        d = os.path.dirname(path)
+        self._ensure_dir(d)
+        fd = os.open(os.path.join(d, f".{os.path.basename(path)}.lock"),
+                     os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
+        path = self._path(key)
+        try:
+            fd = self._locked(path)
+            try:
+                try:
+                    with open(path, "rb") as f:
+                        current: str | None = _version(f.read())
+                except FileNotFoundError:
+                    current = None
+                if current != version:
+                    return PutResult(False, current)
+                tmp = self._write_temp(path, data)
+                os.replace(tmp, path)
+                return PutResult(True, _version(data))
+            finally:
+                os.close(fd)  # releases the lock
+        except OSError as e:
+            raise StorageError(f"updating {key!r} in {self.describe()}: {e}") from e
+
+    def _get_with_version(self, key: str) -> tuple[bytes, str]:
+        data = self._get(key, None)
+        return data, _version(data)
+
+    def _list(self, prefix: str) -> list[str]:
+        folder, _, _ = prefix.rpartition("/")
+        base = os.path.join(self.root, *folder.split("/")) if folder else self.root
+        out: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")
+                           and (rel + d + "/").startswith(prefix[: len(rel + d + "/")])]
+            out.extend(k for k in (rel + f for f in filenames if not f.startswith("."))
+                       if k.startswith(prefix))
+        return sorted(out)
+
+    def _delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            path = self._path(key)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise StorageError(f"deleting {key!r} from {self.describe()}: {e}") from e
+
+    def _size(self, key: str) -> int:
+        try:
+            return os.stat(self._path(key)).st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"object {key!r} not found in {self.describe()}") from None
+
+    # -- async interface -------------------------------------------------------------
+    async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        return await _aio.in_thread(self._get, key, byte_range)
+
+    async def get_with_version(self, key: str) -> tuple[bytes, str]:
+        return await _aio.in_thread(self._get_with_version, key)
+
+    async def put(self, key: str, data: bytes) -> None:
+        await _aio.in_thread(self._put, key, data)
+
+    async def put_if_absent(self, key: str, data: bytes) -> PutResult:
+        return await _aio.in_thread(self._put_if_absent, key, data)
+
+    async def put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
+        return await _aio.in_thread(self._put_if_version, key, data, version)
+
+    async def exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    async def list(self, prefix: str) -> list[str]:
+        return await _aio.in_thread(self._list, prefix)
+
+    async def size(self, key: str) -> int:
+        return self._size(key)
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        await _aio.in_thread(self._delete, list(keys))
+
+
+def local_filesystem_storage(path: str | os.PathLike[str]) -> LocalFileSystemStorage:
+    """Storage in a local directory (created on first write)."""
+    return LocalFileSystemStorage(path)

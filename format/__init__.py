@@ -1,0 +1,26 @@
+"""frazil's on-disk format: pure encode/decode of every object, ids and checksums (no I/O)."""
+
+from .common import FORMAT_VERSION, checksum
+from .errors import FormatError, FrazilError
+from .ids import ChunkId, ManifestId, NodeId, ObjectId, SnapshotId
+from .manifest import ChunkKind, ChunkRef, ManifestSegment, decode_manifest, encode_manifest
+from .snapshot import (
+    ARRAY,
+    GROUP,
+    CommitInfo,
+    NodeRecord,
+    SegmentRef,
+    Snapshot,
+    decode_commit_info,
+    decode_snapshot,
+    encode_snapshot,
+)
+from .txlog import NodeChange, TransactionLog, decode_transaction_log, encode_transaction_log
+
+__all__ = [
+    "ARRAY", "FORMAT_VERSION", "GROUP", "ChunkId", "ChunkKind", "ChunkRef", "CommitInfo",
+    "FormatError", "FrazilError", "ManifestId", "ManifestSegment", "NodeChange", "NodeId",
+    "NodeRecord", "ObjectId", "SegmentRef", "Snapshot", "SnapshotId", "TransactionLog",
+    "checksum", "decode_commit_info", "decode_manifest", "decode_snapshot",
+    "decode_transaction_log", "encode_manifest", "encode_snapshot", "encode_transaction_log",
+]

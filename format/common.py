@@ -1,0 +1,148 @@
+"""Shared encoding rules: the format version, object types, checksums and Parquet framing.
+
+Every Parquet object carries a JSON header in the file's key-value metadata under the key
+``frazil``: ``{"format_version": 1, "object_type": "...", ...}``. Objects are written with
+zstd compression and Parquet page checksums (CRC32), which readers verify; referrers also
+record an xxh3-64 checksum of the whole object.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+from .errors import FormatError
+
+FORMAT_VERSION = 1
+"""The version this code writes. Readers accept versions <= this and refuse newer ones."""
+
+HEADER_KEY = b"frazil"
+
+SNAPSHOT = "snapshot"
+MANIFEST = "manifest"
+TRANSACTION_LOG = "transaction_log"
+BRANCH_REF = "branch_ref"
+TAG_REF = "tag_ref"
+CONFIG = "config"
+
+_ROW_GROUP_ROWS = 1 << 20
+
+
+def checksum(data: bytes | bytearray | memoryview) -> int:
+    """xxh3-64 of ``data`` as an unsigned 64-bit int (the checksum every referrer records)."""
+    return xxhash.xxh3_64_intdigest(data)
+
+
+def checksum_hex(value: int) -> str:
+    return f"{value:016x}"
+
+
+def verify_checksum(data: bytes | memoryview, expected: int | None, what: str) -> None:
+    """Raise ``FormatError`` naming ``what`` if ``data`` does not hash to ``expected``."""
+    if expected is None:
+        return
+    got = checksum(data)
+    if got != expected:
+        raise FormatError(
+            f"{what} is damaged: checksum {checksum_hex(got)} does not match the "
+            f"{checksum_hex(expected)} recorded when it was written"
+        )
+
+
+def check_header(header: Any, object_type: str, what: str) -> dict[str, Any]:
+    """Validate a decoded header dict: the right object type and a known format version."""
+    if not isinstance(header, dict):
+        raise FormatError(f"{what}: not a frazil object (no header)")
+    found = header.get("object_type")
+    if found != object_type:
+        raise FormatError(f"{what}: expected a {object_type}, found a {found!r}")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise FormatError(f"{what}: invalid format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise FormatError(
+            f"{what}: written by a newer frazil (format version {version}; this version "
+            f"reads up to {FORMAT_VERSION}); upgrade frazil to read it"
+        )
+    return header
+
+
+def encode_parquet(table: pa.Table, header: dict[str, Any]) -> bytes:
+    """Frame ``table`` as a Parquet file with ``header`` in its key-value metadata."""
+    full = {"format_version": FORMAT_VERSION, **header}
+    table = table.replace_schema_metadata({HEADER_KEY: json.dumps(full, sort_keys=True)})
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        write_page_checksum=True,
+        row_group_size=_ROW_GROUP_ROWS,
+    )
+    return sink.getvalue().to_pybytes()
+
+
+def decode_parquet(
+    data: bytes, object_type: str, what: str, expected_checksum: int | None = None
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Verify and parse a Parquet object; returns its table and its header."""
+    if expected_checksum is not None:
+        verify_checksum(data, expected_checksum, what)
+    try:
+        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise FormatError(f"{what}: not a readable Parquet object ({e})") from e
+    header = _header_from_metadata(table.schema.metadata, what)
+    return table, check_header(header, object_type, what)
+
+
+def decode_parquet_header(tail: bytes, object_type: str, what: str) -> dict[str, Any] | None:
+    """Parse the header from the last bytes of a Parquet object, without its row data.
+
+    Returns None if ``tail`` does not hold the whole footer (read more and retry).
+    """
+    if len(tail) < 12 or tail[-4:] != b"PAR1":
+        if len(tail) >= 12:
+            raise FormatError(f"{what}: not a Parquet object (no trailing magic)")
+        return None
+    footer_len = int.from_bytes(tail[-8:-4], "little")
+    if footer_len + 8 > len(tail):
+        return None
+    try:
+        meta = pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-(footer_len + 8):]))
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise FormatError(f"{what}: unreadable Parquet footer ({e})") from e
+    header = _header_from_metadata(meta.metadata, what)
+    return check_header(header, object_type, what)
+
+
+def _header_from_metadata(metadata: dict[bytes, bytes] | None, what: str) -> Any:
+    raw = (metadata or {}).get(HEADER_KEY)
+    if raw is None:
+        raise FormatError(f"{what}: not a frazil object (no '{HEADER_KEY.decode()}' header)")
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise FormatError(f"{what}: damaged header ({e})") from e
+
+
+def encode_json(obj: dict[str, Any]) -> bytes:
+    """Canonical JSON for small objects (refs, config): sorted keys, UTF-8, newline."""
+    return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode("utf-8")
+
+
+def decode_json(data: bytes, object_type: str, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise FormatError(f"{what}: not valid JSON ({e})") from e
+    return check_header(obj, object_type, what)
+
+
+def json_checksum(obj: Any) -> str:
+    """Checksum of a JSON value's canonical text; used to self-check small headers."""
+    return checksum_hex(checksum(json.dumps(obj, sort_keys=True).encode("utf-8")))

@@ -1,0 +1,108 @@
+"""Typed, coordination-free object ids with a stable text form.
+
+An id is 12 random-ish bytes (8 for node ids): the first 6 bytes are the creation time in
+milliseconds (big-endian), the rest are random, so ids sort by creation time and never
+collide in practice. The text form is Crockford base32 without padding (20 characters for
+12 bytes, 13 for 8), which sorts like the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from typing import ClassVar, Self
+
+from .errors import FormatError
+
+_STD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_CROCKFORD = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ENCODE = bytes.maketrans(_STD, _CROCKFORD)
+_DECODE = bytes.maketrans(_CROCKFORD, _STD)
+
+
+class ObjectId:
+    """Base class of the typed ids. Ids of different types never compare equal."""
+
+    __slots__ = ("raw",)
+    SIZE: ClassVar[int] = 12
+    raw: bytes
+
+    def __init__(self, raw: bytes) -> None:
+        if not isinstance(raw, bytes) or len(raw) != self.SIZE:
+            raise FormatError(f"{type(self).__name__} must be {self.SIZE} bytes, got {raw!r}")
+        object.__setattr__(self, "raw", raw)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("ids are immutable")
+
+    @classmethod
+    def new(cls) -> Self:
+        """A fresh id: 6 bytes of milliseconds since the epoch, then random bytes."""
+        ms = time.time_ns() // 1_000_000
+        return cls(ms.to_bytes(6, "big") + os.urandom(cls.SIZE - 6))
+
+    @classmethod
+    def parse(cls, text: str) -> Self:
+        """Parse the text form; raises ``FormatError`` naming the bad text."""
+        if isinstance(text, cls):
+            return text
+        if not isinstance(text, str):
+            raise FormatError(f"{cls.__name__}: expected a string, got {type(text).__name__}")
+        want = _text_len(cls.SIZE)
+        if len(text) != want:
+            raise FormatError(f"{cls.__name__}: {text!r} is not a valid id ({want} characters)")
+        padded = text.upper().encode("ascii", "replace").translate(_DECODE)
+        padded += b"=" * (-len(padded) % 8)
+        try:
+            raw = base64.b32decode(padded)
+        except ValueError as e:
+            raise FormatError(f"{cls.__name__}: {text!r} is not a valid id") from e
+        return cls(raw)
+
+    def __str__(self) -> str:
+        return base64.b32encode(self.raw).translate(_ENCODE).rstrip(b"=").decode("ascii")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.raw == self.raw  # type: ignore[attr-defined]
+
+    def __lt__(self, other: ObjectId) -> bool:
+        return self.raw < other.raw
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.raw))
+
+    def __reduce__(self) -> tuple[type[Self], tuple[bytes]]:
+        return (type(self), (self.raw,))
+
+
+def _text_len(size: int) -> int:
+    return (size * 8 + 4) // 5
+
+
+class SnapshotId(ObjectId):
+    """Id of a snapshot (``snapshots/<id>``) and of its transaction log."""
+
+    __slots__ = ()
+
+
+class ManifestId(ObjectId):
+    """Id of a manifest segment (``manifests/<id>``)."""
+
+    __slots__ = ()
+
+
+class ChunkId(ObjectId):
+    """Id of a native chunk (``chunks/<id>``)."""
+
+    __slots__ = ()
+
+
+class NodeId(ObjectId):
+    """Id of a node (group or array); stable across commits until the node is deleted."""
+
+    __slots__ = ()
+    SIZE = 8

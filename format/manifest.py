@@ -1,0 +1,209 @@
+"""Manifest segments: immutable, coordinate-sorted tables of chunk references.
+
+One segment belongs to one array (node). A row is one chunk: its grid coordinates and
+where its bytes are: inline in the row, a native object ``chunks/<id>``, or a byte
+range of a virtual (external) file; or a tombstone saying the chunk was deleted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .common import MANIFEST, FormatError, decode_parquet, encode_parquet
+from .ids import ChunkId, ManifestId, NodeId
+
+SCHEMA = pa.schema(
+    [
+        ("coord", pa.list_(pa.int64())),
+        ("kind", pa.int8()),
+        ("inline", pa.binary()),
+        ("chunk_id", pa.string()),
+        ("offset", pa.int64()),
+        ("length", pa.int64()),
+        ("checksum", pa.uint64()),
+        ("location", pa.string()),
+        ("etag", pa.string()),
+        ("last_modified", pa.timestamp("s", tz="UTC")),
+    ]
+)
+
+
+class ChunkKind(IntEnum):
+    """The ``kind`` column."""
+
+    DELETED = 0
+    INLINE = 1
+    NATIVE = 2
+    VIRTUAL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """Where one chunk's bytes are.
+
+    INLINE: ``data``. NATIVE: ``chunks/<chunk_id>``, ``length`` bytes, xxh3 ``checksum``.
+    VIRTUAL: ``length`` bytes at ``offset`` of ``location``, optionally pinned by ``etag``
+    or ``last_modified``. DELETED: a tombstone hiding older segments' refs.
+    """
+
+    kind: ChunkKind
+    data: bytes | None = None
+    chunk_id: ChunkId | None = None
+    offset: int = 0
+    length: int = 0
+    checksum: int | None = None
+    location: str | None = None
+    etag: str | None = None
+    last_modified: dt.datetime | None = None
+
+
+TOMBSTONE = ChunkRef(ChunkKind.DELETED)
+
+
+def encode_manifest(
+    manifest_id: ManifestId, node_id: NodeId, coords: np.ndarray, refs: list[ChunkRef]
+) -> bytes:
+    """Encode refs for the coordinates ``coords`` (n x ndim, sorted lexicographically)."""
+    n, ndim = coords.shape
+    if n != len(refs):
+        raise ValueError("coords and refs differ in length")
+    flat = pa.array(np.ascontiguousarray(coords, dtype=np.int64).reshape(-1), pa.int64())
+    offsets = pa.array(np.arange(0, (n + 1) * ndim, ndim, dtype=np.int32) if n else [0])
+    coord_col = pa.ListArray.from_arrays(offsets, flat)
+    table = pa.table(
+        {
+            "coord": coord_col,
+            "kind": pa.array([int(r.kind) for r in refs], pa.int8()),
+            "inline": pa.array([r.data for r in refs], pa.binary()),
+            "chunk_id": pa.array(
+                [str(r.chunk_id) if r.chunk_id is not None else None for r in refs], pa.string()
+            ),
+            "offset": pa.array([r.offset for r in refs], pa.int64()),
+            "length": pa.array([r.length for r in refs], pa.int64()),
+            "checksum": pa.array([r.checksum for r in refs], pa.uint64()),
+            "location": pa.array([r.location for r in refs], pa.string()),
+            "etag": pa.array([r.etag for r in refs], pa.string()),
+            "last_modified": pa.array(
+                [r.last_modified for r in refs], pa.timestamp("s", tz="UTC")
+            ),
+        },
+        schema=SCHEMA,
+    )
+    header = {"object_type": MANIFEST, "id": str(manifest_id), "node_id": str(node_id),
+              "ndim": ndim, "rows": n}
+    return encode_parquet(table, header)
+
+
+class ManifestSegment:
+    """A decoded segment: coordinates as a numpy matrix, refs materialized on demand."""
+
+    __slots__ = ("manifest_id", "node_id", "coords", "kinds", "_table", "_keys", "_lo",
+                 "_spans", "_cols", "nbytes")
+
+    def __init__(self, manifest_id: ManifestId, node_id: NodeId, coords: np.ndarray,
+                 table: pa.Table) -> None:
+        self.manifest_id = manifest_id
+        self.node_id = node_id
+        self.coords = coords
+        self._table = table
+        self.kinds = table.column("kind").to_numpy()
+        self._cols: dict[str, Any] = {}
+        self.nbytes = int(table.nbytes) + coords.nbytes
+        n, ndim = coords.shape
+        self._lo = coords.min(axis=0) if n else np.zeros(ndim, np.int64)
+        hi = coords.max(axis=0) if n else np.zeros(ndim, np.int64)
+        self._spans = (hi - self._lo + 1).astype(np.int64)
+        total = 1
+        for s in self._spans.tolist():
+            total *= s
+        if total < (1 << 62):
+            keys = np.zeros(n, np.int64)
+            for d in range(ndim):
+                keys = keys * self._spans[d] + (coords[:, d] - self._lo[d])
+            self._keys: np.ndarray | None = keys
+        else:  # astronomically sparse box: fall back to a row scan
+            self._keys = None
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+    def find(self, coord: tuple[int, ...]) -> int | None:
+        """Row index of ``coord`` or None."""
+        n = len(self)
+        if n == 0:
+            return None
+        if self._keys is None:
+            hits = np.flatnonzero((self.coords == np.asarray(coord)).all(axis=1))
+            return int(hits[0]) if len(hits) else None
+        key = 0
+        for c, lo, span in zip(coord, self._lo.tolist(), self._spans.tolist()):
+            off = c - lo
+            if off < 0 or off >= span:
+                return None
+            key = key * span + off
+        i = int(np.searchsorted(self._keys, key))
+        return i if i < n and int(self._keys[i]) == key else None
+
+    def _col(self, name: str) -> Any:
+        col = self._cols.get(name)
+        if col is None:
+            col = self._cols[name] = self._table.column(name).combine_chunks()
+        return col
+
+    def ref(self, i: int) -> ChunkRef:
+        kind = ChunkKind(int(self.kinds[i]))
+        if kind == ChunkKind.INLINE:
+            return ChunkRef(kind, data=self._col("inline")[i].as_py())
+        if kind == ChunkKind.NATIVE:
+            return ChunkRef(
+                kind,
+                chunk_id=ChunkId.parse(self._col("chunk_id")[i].as_py()),
+                offset=self._col("offset")[i].as_py(),
+                length=self._col("length")[i].as_py(),
+                checksum=self._col("checksum")[i].as_py(),
+            )
+        if kind == ChunkKind.VIRTUAL:
+            return ChunkRef(
+                kind,
+                location=self._col("location")[i].as_py(),
+                offset=self._col("offset")[i].as_py(),
+                length=self._col("length")[i].as_py(),
+                etag=self._col("etag")[i].as_py(),
+                last_modified=self._col("last_modified")[i].as_py(),
+            )
+        return TOMBSTONE
+
+    def refs(self) -> list[ChunkRef]:
+        return [self.ref(i) for i in range(len(self))]
+
+    @property
+    def table(self) -> pa.Table:
+        return self._table
+
+
+def decode_manifest(
+    data: bytes, what: str = "manifest", expected_checksum: int | None = None
+) -> ManifestSegment:
+    table, header = decode_parquet(data, MANIFEST, what, expected_checksum)
+    try:
+        ndim = int(header["ndim"])
+        mid = ManifestId.parse(header["id"])
+        nid = NodeId.parse(header["node_id"])
+        coord = table.column("coord").combine_chunks()
+        flat = coord.flatten().to_numpy(zero_copy_only=False)
+        n = table.num_rows
+        if len(flat) != n * ndim or header.get("rows", n) != n:
+            raise FormatError(f"{what}: coordinates do not match the declared shape")
+        coords = flat.astype(np.int64, copy=False).reshape(n, ndim)
+        kinds = table.column("kind").to_numpy()
+    except (KeyError, TypeError, ValueError, pa.ArrowException) as e:
+        raise FormatError(f"{what}: damaged manifest ({e!r})") from e
+    if n and (kinds.min() < 0 or kinds.max() > 3):
+        raise FormatError(f"{what}: unknown chunk kind")
+    return ManifestSegment(mid, nid, coords, table)

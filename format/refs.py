@@ -1,0 +1,61 @@
+"""Branch and tag ref files: small JSON documents naming a snapshot.
+
+``refs/branch.<name>/ref.json`` and ``refs/tag.<name>/ref.json``. A ref records the
+snapshot's checksum so the snapshot is verified when read through it, and a random
+``write_id`` that makes every write of a ref unique (so a compare-and-swap never
+mistakes one write for another with the same snapshot).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .common import BRANCH_REF, TAG_REF, FormatError, decode_json, encode_json
+from .ids import SnapshotId
+
+
+@dataclass(frozen=True, slots=True)
+class RefRecord:
+    snapshot_id: SnapshotId | None
+    checksum: int | None
+    write_id: str
+    deleted: bool = False
+
+
+def new_write_id() -> str:
+    return os.urandom(8).hex()
+
+
+def encode_ref(kind: str, snapshot_id: SnapshotId | None, checksum: int | None,
+               deleted: bool = False, write_id: str | None = None) -> bytes:
+    if kind not in (BRANCH_REF, TAG_REF):
+        raise ValueError(f"unknown ref kind {kind!r}")
+    obj: dict[str, object] = {
+        "format_version": 1,
+        "object_type": kind,
+        "write_id": write_id or new_write_id(),
+    }
+    if deleted:
+        obj["deleted"] = True
+    else:
+        if snapshot_id is None:
+            raise ValueError("a live ref needs a snapshot id")
+        obj["snapshot"] = str(snapshot_id)
+        obj["snapshot_checksum"] = f"{checksum:016x}" if checksum is not None else None
+    return encode_json(obj)
+
+
+def decode_ref(data: bytes, kind: str, what: str) -> RefRecord:
+    obj = decode_json(data, kind, what)
+    try:
+        if obj.get("deleted"):
+            return RefRecord(None, None, str(obj["write_id"]), deleted=True)
+        cs = obj.get("snapshot_checksum")
+        return RefRecord(
+            snapshot_id=SnapshotId.parse(obj["snapshot"]),
+            checksum=int(cs, 16) if cs else None,
+            write_id=str(obj["write_id"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"{what}: damaged ref ({e!r})") from e

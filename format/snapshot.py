@@ -1,0 +1,210 @@
+"""Snapshots: the node table of one committed version, with its commit info.
+
+A snapshot is a Parquet file with one row per node (group or array), sorted by path.
+Each array row lists its manifest segments newest first, with the coordinate extents
+each segment covers. The commit info (id, parent, time, message, metadata) lives in the
+file's header so that history can be read from the footer alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from .common import (
+    SNAPSHOT,
+    FormatError,
+    check_header,
+    decode_parquet,
+    decode_parquet_header,
+    encode_parquet,
+    json_checksum,
+)
+from .ids import ManifestId, NodeId, SnapshotId
+
+GROUP = "group"
+ARRAY = "array"
+
+_SEGMENT_TYPE = pa.struct(
+    [
+        ("manifest_id", pa.string()),
+        ("checksum", pa.uint64()),
+        ("size", pa.int64()),
+        ("rows", pa.int64()),
+        ("extent_min", pa.list_(pa.int64())),
+        ("extent_max", pa.list_(pa.int64())),
+    ]
+)
+SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("node_id", pa.string()),
+        ("node_type", pa.string()),
+        ("zarr_json", pa.string()),
+        ("segments", pa.list_(_SEGMENT_TYPE)),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRef:
+    """Where one manifest segment of an array is, how to verify it, what it covers."""
+
+    manifest_id: ManifestId
+    checksum: int
+    size: int
+    rows: int
+    extent_min: tuple[int, ...]
+    extent_max: tuple[int, ...]
+
+    def covers(self, coord: tuple[int, ...]) -> bool:
+        return all(lo <= c <= hi for lo, c, hi in zip(self.extent_min, coord, self.extent_max))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """One group or array: its path, stable id, zarr.json document and, for arrays,
+    its manifest segments newest first."""
+
+    path: str
+    node_id: NodeId
+    node_type: str
+    zarr_json: bytes
+    segments: tuple[SegmentRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    """What history shows of a snapshot; readable from the Parquet footer alone."""
+
+    snapshot_id: SnapshotId
+    parent_id: SnapshotId | None
+    written_at: dt.datetime
+    message: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    transaction_log_checksum: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    info: CommitInfo
+    nodes: tuple[NodeRecord, ...]
+
+    @property
+    def id(self) -> SnapshotId:
+        return self.info.snapshot_id
+
+
+def _info_header(info: CommitInfo) -> dict[str, Any]:
+    header: dict[str, Any] = {
+        "object_type": SNAPSHOT,
+        "id": str(info.snapshot_id),
+        "parent_id": str(info.parent_id) if info.parent_id else None,
+        "written_at": info.written_at.astimezone(dt.UTC).isoformat(),
+        "message": info.message,
+        "metadata": info.metadata,
+        "transaction_log_checksum": (
+            None if info.transaction_log_checksum is None
+            else f"{info.transaction_log_checksum:016x}"
+        ),
+    }
+    header["info_checksum"] = json_checksum(header)
+    return header
+
+
+def _info_from_header(header: dict[str, Any], what: str) -> CommitInfo:
+    claimed = header.get("info_checksum")
+    body = {k: v for k, v in header.items() if k not in ("info_checksum", "format_version")}
+    if claimed != json_checksum(body):
+        raise FormatError(f"{what}: damaged commit info (checksum mismatch)")
+    try:
+        tlc = header["transaction_log_checksum"]
+        return CommitInfo(
+            snapshot_id=SnapshotId.parse(header["id"]),
+            parent_id=SnapshotId.parse(header["parent_id"]) if header["parent_id"] else None,
+            written_at=dt.datetime.fromisoformat(header["written_at"]),
+            message=header["message"],
+            metadata=header["metadata"],
+            transaction_log_checksum=int(tlc, 16) if tlc else None,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"{what}: damaged commit info ({e!r})") from e
+
+
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    nodes = sorted(snapshot.nodes, key=lambda n: n.path)
+    table = pa.table(
+        {
+            "path": [n.path for n in nodes],
+            "node_id": [str(n.node_id) for n in nodes],
+            "node_type": [n.node_type for n in nodes],
+            "zarr_json": [n.zarr_json.decode("utf-8") for n in nodes],
+            "segments": [
+                [
+                    {
+                        "manifest_id": str(s.manifest_id),
+                        "checksum": s.checksum,
+                        "size": s.size,
+                        "rows": s.rows,
+                        "extent_min": list(s.extent_min),
+                        "extent_max": list(s.extent_max),
+                    }
+                    for s in n.segments
+                ]
+                for n in nodes
+            ],
+        },
+        schema=SCHEMA,
+    )
+    return encode_parquet(table, _info_header(snapshot.info))
+
+
+def decode_snapshot(
+    data: bytes, what: str = "snapshot", expected_checksum: int | None = None
+) -> Snapshot:
+    table, header = decode_parquet(data, SNAPSHOT, what, expected_checksum)
+    info = _info_from_header(header, what)
+    if table.schema.names[: len(SCHEMA.names)] != SCHEMA.names:
+        raise FormatError(f"{what}: unexpected columns {table.schema.names}")
+    try:
+        cols = {name: table.column(name).to_pylist() for name in SCHEMA.names}
+        nodes = tuple(
+            NodeRecord(
+                path=path,
+                node_id=NodeId.parse(nid),
+                node_type=ntype,
+                zarr_json=zj.encode("utf-8"),
+                segments=tuple(
+                    SegmentRef(
+                        manifest_id=ManifestId.parse(s["manifest_id"]),
+                        checksum=s["checksum"],
+                        size=s["size"],
+                        rows=s["rows"],
+                        extent_min=tuple(s["extent_min"]),
+                        extent_max=tuple(s["extent_max"]),
+                    )
+                    for s in (segs or ())
+                ),
+            )
+            for path, nid, ntype, zj, segs in zip(
+                cols["path"], cols["node_id"], cols["node_type"], cols["zarr_json"],
+                cols["segments"],
+            )
+        )
+    except (TypeError, AttributeError, KeyError) as e:
+        raise FormatError(f"{what}: damaged node table ({e!r})") from e
+    for n in nodes:
+        if n.node_type not in (GROUP, ARRAY):
+            raise FormatError(f"{what}: node {n.path!r} has unknown type {n.node_type!r}")
+    return Snapshot(info=info, nodes=nodes)
+
+
+def decode_commit_info(tail: bytes, what: str = "snapshot") -> CommitInfo | None:
+    """Commit info from the last bytes of a snapshot; None if ``tail`` is too short."""
+    header = decode_parquet_header(tail, SNAPSHOT, what)
+    if header is None:
+        return None
+    return _info_from_header(check_header(header, SNAPSHOT, what), what)

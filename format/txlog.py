@@ -1,0 +1,118 @@
+"""Transaction logs: what one commit changed, for history, diff and rebase.
+
+One Parquet row per change: a node created, deleted or whose zarr.json changed, or the
+set of chunk coordinates an array's chunks were written or deleted at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .common import TRANSACTION_LOG, FormatError, decode_parquet, encode_parquet
+from .ids import NodeId, SnapshotId
+
+NEW_GROUP = "new_group"
+NEW_ARRAY = "new_array"
+DELETED_GROUP = "deleted_group"
+DELETED_ARRAY = "deleted_array"
+UPDATED_GROUP = "updated_group"
+UPDATED_ARRAY = "updated_array"
+CHUNKS = "chunks"
+CHANGE_KINDS = (NEW_GROUP, NEW_ARRAY, DELETED_GROUP, DELETED_ARRAY, UPDATED_GROUP,
+                UPDATED_ARRAY, CHUNKS)
+
+SCHEMA = pa.schema(
+    [
+        ("change", pa.string()),
+        ("path", pa.string()),
+        ("node_id", pa.string()),
+        ("chunks", pa.list_(pa.list_(pa.int64()))),
+    ]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeChange:
+    """One change. ``chunks`` (k x ndim) only for ``change == "chunks"``."""
+
+    change: str
+    path: str
+    node_id: NodeId
+    chunks: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionLog:
+    snapshot_id: SnapshotId
+    parent_id: SnapshotId | None
+    changes: tuple[NodeChange, ...]
+
+
+def _chunks_column(changes: tuple[NodeChange, ...]) -> pa.Array:
+    outer = [0]
+    inner = [0]
+    flat: list[np.ndarray] = []
+    for c in changes:
+        if c.chunks is None:
+            outer.append(outer[-1])
+            continue
+        k, ndim = c.chunks.shape
+        start = inner[-1]
+        inner.extend((start + ndim * np.arange(1, k + 1)).tolist())
+        flat.append(np.ascontiguousarray(c.chunks, np.int64).reshape(-1))
+        outer.append(outer[-1] + k)
+    values = pa.array(np.concatenate(flat) if flat else np.zeros(0, np.int64), pa.int64())
+    inner_list = pa.ListArray.from_arrays(pa.array(inner, pa.int32()), values)
+    mask = pa.array([c.chunks is None for c in changes], pa.bool_())
+    return pa.ListArray.from_arrays(pa.array(outer, pa.int32()), inner_list, mask=mask)
+
+
+def encode_transaction_log(log: TransactionLog) -> bytes:
+    for c in log.changes:
+        if c.change not in CHANGE_KINDS:
+            raise ValueError(f"unknown change kind {c.change!r}")
+    table = pa.table(
+        {
+            "change": pa.array([c.change for c in log.changes], pa.string()),
+            "path": pa.array([c.path for c in log.changes], pa.string()),
+            "node_id": pa.array([str(c.node_id) for c in log.changes], pa.string()),
+            "chunks": _chunks_column(log.changes),
+        },
+        schema=SCHEMA,
+    )
+    header = {"object_type": TRANSACTION_LOG, "id": str(log.snapshot_id),
+              "parent_id": str(log.parent_id) if log.parent_id else None}
+    return encode_parquet(table, header)
+
+
+def decode_transaction_log(
+    data: bytes, what: str = "transaction log", expected_checksum: int | None = None
+) -> TransactionLog:
+    table, header = decode_parquet(data, TRANSACTION_LOG, what, expected_checksum)
+    try:
+        kinds = table.column("change").to_pylist()
+        paths = table.column("path").to_pylist()
+        nids = table.column("node_id").to_pylist()
+        chunks_col = table.column("chunks").combine_chunks()
+        changes = []
+        for i, (kind, path, nid) in enumerate(zip(kinds, paths, nids)):
+            if kind not in CHANGE_KINDS:
+                raise FormatError(f"{what}: unknown change kind {kind!r}")
+            coords = None
+            if chunks_col[i].is_valid:
+                rows = chunks_col[i].values  # ListArray of coords
+                k = len(rows)
+                flat = rows.flatten().to_numpy(zero_copy_only=False) if k else np.zeros(0)
+                ndim = len(flat) // k if k else 0
+                coords = flat.astype(np.int64).reshape(k, ndim)
+            changes.append(NodeChange(kind, path, NodeId.parse(nid), coords))
+        return TransactionLog(
+            snapshot_id=SnapshotId.parse(header["id"]),
+            parent_id=SnapshotId.parse(header["parent_id"]) if header["parent_id"] else None,
+            changes=tuple(changes),
+        )
+    except (KeyError, TypeError, ValueError, pa.ArrowException) as e:
+        raise FormatError(f"{what}: damaged transaction log ({e!r})") from e
