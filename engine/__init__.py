@@ -10,10 +10,15 @@ from .errors import (
     ReadOnlyError,
     StorageError,
 )
+from .config import RepositoryConfig
+from .diff import Diff
+from .repository import Repository, SnapshotInfo
+from .session import Session
 from .storage import Storage, in_memory_storage, local_filesystem_storage
 
 __all__ = [
     "AlreadyExistsError", "ConflictError", "FormatError", "FrazilError", "InvalidInputError",
-    "NotFoundError", "ReadOnlyError", "Storage", "StorageError", "in_memory_storage",
+    "NotFoundError", "ReadOnlyError", "Repository", "RepositoryConfig", "Session",
+    "SnapshotInfo", "Diff", "Storage", "StorageError", "in_memory_storage",
     "local_filesystem_storage",
 ]

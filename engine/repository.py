@@ -1,0 +1,308 @@
+"""``Repository``: create or open a repository; branches, tags, history, diff and sessions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from frazil.format import SnapshotId
+from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
+from frazil.format.config import decode_config, encode_config
+
+from . import _aio
+from .commit import initial_snapshot
+from .diff import Diff, node_diff
+from .errors import (
+    AlreadyExistsError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    ReadOnlyError,
+)
+from .objects import ObjectReader
+from .refs import (
+    create_ref,
+    list_refs,
+    read_ref,
+    swap_branch,
+    tombstone_tag,
+    validate_name,
+)
+from .session import Session
+from .storage.base import Storage
+
+CONFIG_KEY = "config.json"
+MAIN = "main"
+
+from .config import RepositoryConfig  # noqa: E402
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One entry of history."""
+
+    id: str
+    parent_id: str | None
+    written_at: dt.datetime
+    message: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_sid(value: object) -> SnapshotId:
+    try:
+        return SnapshotId.parse(value)  # type: ignore[arg-type]
+    except FormatError as e:
+        raise InvalidInputError(f"invalid snapshot id {value!r}") from e
+
+
+class Repository:
+    """A frazil repository on some ``Storage``. Use ``create``, ``open`` or ``open_or_create``."""
+
+    def __init__(self, storage: Storage, config: RepositoryConfig) -> None:
+        if not isinstance(storage, Storage):
+            raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
+        self._storage = storage
+        self._config = config
+        self._reader = ObjectReader(storage)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"storage": self._storage, "config": self._config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["storage"], state["config"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"<frazil.Repository on {self._storage.describe()}>"
+
+    # -- creating and opening ----------------------------------------------------------
+    @classmethod
+    def create(cls, storage: Storage, config: RepositoryConfig | None = None) -> Repository:
+        """Create a new repository; ``AlreadyExistsError`` if one is there."""
+        return _aio.run(cls._create(storage, config))
+
+    @classmethod
+    async def _create(cls, storage: Storage, config: RepositoryConfig | None) -> Repository:
+        if not isinstance(storage, Storage):
+            raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
+        if not storage.writable:
+            raise ReadOnlyError(f"cannot create a repository on read-only {storage.describe()}")
+        if await _exists(storage):
+            raise AlreadyExistsError(f"a repository already exists in {storage.describe()}")
+        if (await storage.list("")) and not await storage.exists(CONFIG_KEY):
+            raise AlreadyExistsError(f"{storage.describe()} is not empty and holds no frazil "
+                                     "repository; use an empty location")
+        cfg = RepositoryConfig.default().merge(config)
+        plan = initial_snapshot()
+        await storage.put(plan.log[0], plan.log[1])
+        await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
+        await storage.put(CONFIG_KEY, encode_config(cfg.to_dict()))
+        try:
+            await create_ref(storage, BRANCH_REF, MAIN, plan.snapshot.id, plan.snapshot_checksum)
+        except AlreadyExistsError:
+            raise AlreadyExistsError(
+                f"a repository already exists in {storage.describe()}") from None
+        return cls(storage, cfg)
+
+    @classmethod
+    def open(cls, storage: Storage, config: RepositoryConfig | None = None) -> Repository:
+        """Open an existing repository; ``config`` overrides the stored settings."""
+        return _aio.run(cls._open(storage, config))
+
+    @classmethod
+    async def _open(cls, storage: Storage, config: RepositoryConfig | None) -> Repository:
+        if not isinstance(storage, Storage):
+            raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
+        if not await _exists(storage):
+            raise NotFoundError(f"no frazil repository in {storage.describe()}")
+        try:
+            stored = RepositoryConfig.from_dict(decode_config(await storage.get(CONFIG_KEY),
+                                                              CONFIG_KEY))
+        except NotFoundError:
+            stored = RepositoryConfig()
+        return cls(storage, RepositoryConfig.default().merge(stored).merge(config))
+
+    @classmethod
+    def open_or_create(cls, storage: Storage,
+                       config: RepositoryConfig | None = None) -> Repository:
+        if cls.exists(storage):
+            return cls.open(storage, config)
+        try:
+            return cls.create(storage, config)
+        except AlreadyExistsError:  # lost a race with another creator
+            return cls.open(storage, config)
+
+    @staticmethod
+    def exists(storage: Storage) -> bool:
+        return _aio.run(_exists(storage))
+
+    @property
+    def storage(self) -> Storage:
+        return self._storage
+
+    @property
+    def config(self) -> RepositoryConfig:
+        return self._config
+
+    def save_config(self) -> None:
+        """Store this repository object's config in the repository."""
+        _aio.run(self._storage.put(CONFIG_KEY, encode_config(self._config.to_dict())))
+
+    # -- resolving -------------------------------------------------------------------------
+    async def _resolve(self, branch: str | None = None, tag: str | None = None,
+                       snapshot_id: str | None = None) -> tuple[SnapshotId, int | None]:
+        given = [x for x in (branch, tag, snapshot_id) if x is not None]
+        if len(given) != 1:
+            raise InvalidInputError("give exactly one of branch=, tag= or snapshot_id=")
+        if branch is not None:
+            rec = (await read_ref(self._storage, BRANCH_REF, validate_name(branch, "branch"))
+                   ).record
+        elif tag is not None:
+            rec = (await read_ref(self._storage, TAG_REF, validate_name(tag, "tag"))).record
+        else:
+            return _parse_sid(snapshot_id), None
+        assert rec.snapshot_id is not None
+        return rec.snapshot_id, rec.checksum
+
+    # -- branches --------------------------------------------------------------------------
+    def create_branch(self, name: str, snapshot_id: str) -> None:
+        async def go() -> None:
+            validate_name(name, "branch")
+            sid = _parse_sid(snapshot_id)
+            await create_ref(self._storage, BRANCH_REF, name, sid,
+                             await self._reader.snapshot_checksum(sid))
+        _aio.run(go())
+
+    def list_branches(self) -> set[str]:
+        return _aio.run(list_refs(self._storage, BRANCH_REF))
+
+    def lookup_branch(self, name: str) -> str:
+        validate_name(name, "branch")
+        return str(_aio.run(read_ref(self._storage, BRANCH_REF, name)).record.snapshot_id)
+
+    def reset_branch(self, name: str, snapshot_id: str, *,
+                     from_snapshot_id: str | None = None) -> None:
+        """Point ``name`` at ``snapshot_id``; with ``from_snapshot_id``, only if the branch
+        is still there (else ``ConflictError``)."""
+        async def go() -> None:
+            validate_name(name, "branch")
+            sid = _parse_sid(snapshot_id)
+            cs = await self._reader.snapshot_checksum(sid)
+            expect = _parse_sid(from_snapshot_id) if from_snapshot_id is not None else None
+            while True:
+                ref = await read_ref(self._storage, BRANCH_REF, name)
+                if expect is not None and ref.record.snapshot_id != expect:
+                    raise ConflictError(
+                        f"branch {name!r} is at {ref.record.snapshot_id}, not {expect}",
+                        expected_parent=str(expect), actual_parent=str(ref.record.snapshot_id))
+                if await swap_branch(self._storage, name, ref, sid, cs):
+                    return
+        _aio.run(go())
+
+    def delete_branch(self, name: str) -> None:
+        validate_name(name, "branch")
+        if name == MAIN:
+            raise InvalidInputError("the main branch cannot be deleted")
+
+        async def go() -> None:
+            await read_ref(self._storage, BRANCH_REF, name)  # NotFoundError if absent
+            await self._storage.delete([f"refs/branch.{name}/ref.json"])
+        _aio.run(go())
+
+    # -- tags ------------------------------------------------------------------------------
+    def create_tag(self, name: str, snapshot_id: str) -> None:
+        async def go() -> None:
+            validate_name(name, "tag")
+            sid = _parse_sid(snapshot_id)
+            await create_ref(self._storage, TAG_REF, name, sid,
+                             await self._reader.snapshot_checksum(sid))
+        _aio.run(go())
+
+    def list_tags(self) -> set[str]:
+        return _aio.run(list_refs(self._storage, TAG_REF))
+
+    def lookup_tag(self, name: str) -> str:
+        validate_name(name, "tag")
+        return str(_aio.run(read_ref(self._storage, TAG_REF, name)).record.snapshot_id)
+
+    def delete_tag(self, name: str) -> None:
+        """Delete a tag; its name can never be used again."""
+        validate_name(name, "tag")
+        _aio.run(tombstone_tag(self._storage, name))
+
+    # -- history ---------------------------------------------------------------------------
+    def ancestry(self, *, branch: str | None = None, tag: str | None = None,
+                 snapshot_id: str | None = None) -> Iterator[SnapshotInfo]:
+        """History newest first, from footers of snapshots (never their node tables)."""
+        sid: SnapshotId | None = _aio.run(self._resolve(branch, tag, snapshot_id))[0]
+        while sid is not None:
+            info = _aio.run(self._reader.commit_info(sid))
+            yield SnapshotInfo(str(info.snapshot_id),
+                               str(info.parent_id) if info.parent_id else None,
+                               info.written_at, info.message, dict(info.metadata))
+            sid = info.parent_id
+
+    def lookup_snapshot(self, snapshot_id: str) -> SnapshotInfo:
+        info = _aio.run(self._reader.commit_info(_parse_sid(snapshot_id)))
+        return SnapshotInfo(str(info.snapshot_id),
+                            str(info.parent_id) if info.parent_id else None,
+                            info.written_at, info.message, dict(info.metadata))
+
+    def diff(self, *, from_branch: str | None = None, from_tag: str | None = None,
+             from_snapshot_id: str | None = None, to_branch: str | None = None,
+             to_tag: str | None = None, to_snapshot_id: str | None = None) -> Diff:
+        """What changed from one version to a later one (``from`` must be an ancestor)."""
+        return _aio.run(self._diff(from_branch, from_tag, from_snapshot_id,
+                                   to_branch, to_tag, to_snapshot_id))
+
+    async def _diff(self, fb: str | None, ft: str | None, fs: str | None, tb: str | None,
+                    tt: str | None, ts: str | None) -> Diff:
+        src, src_cs = await self._resolve(fb, ft, fs)
+        dst, dst_cs = await self._resolve(tb, tt, ts)
+        chain: list[SnapshotId] = []
+        sid: SnapshotId | None = dst
+        while sid is not None and sid != src:
+            chain.append(sid)
+            sid = (await self._reader.commit_info(sid)).parent_id
+        if sid is None:
+            raise InvalidInputError(f"snapshot {src} is not an ancestor of {dst}; diff goes "
+                                    "from an older version to a newer one")
+        chunks: dict[Any, set[tuple[int, ...]]] = {}
+        for s in chain:
+            info = await self._reader.commit_info(s)
+            log = await self._reader.transaction_log(s, info.transaction_log_checksum)
+            for change in log.changes:
+                if change.chunks is not None:
+                    chunks.setdefault(change.node_id, set()).update(
+                        map(tuple, change.chunks.tolist()))
+        old = await self._reader.snapshot(src, src_cs)
+        new = await self._reader.snapshot(dst, dst_cs)
+        return node_diff({n.path: n for n in old.nodes}, {n.path: n for n in new.nodes}, chunks)
+
+    # -- sessions --------------------------------------------------------------------------
+    def readonly_session(self, branch: str | None = None, *, tag: str | None = None,
+                         snapshot_id: str | None = None) -> Session:
+        """A read-only session at a branch tip, a tag or a snapshot."""
+        async def go() -> Session:
+            sid, cs = await self._resolve(branch, tag, snapshot_id)
+            return Session(self, await self._reader.snapshot(sid, cs), branch=branch,
+                           read_only=True)
+        return _aio.run(go())
+
+    def writable_session(self, branch: str) -> Session:
+        """A session at the tip of ``branch`` whose commit moves the branch."""
+        if not isinstance(branch, str):
+            raise InvalidInputError("writable_session takes a branch name")
+        if not self._storage.writable:
+            raise ReadOnlyError(f"{self._storage.describe()} is read-only")
+
+        async def go() -> Session:
+            sid, cs = await self._resolve(branch=branch)
+            return Session(self, await self._reader.snapshot(sid, cs), branch=branch,
+                           read_only=False)
+        return _aio.run(go())
+
+
+async def _exists(storage: Storage) -> bool:
+    return await storage.exists(f"refs/branch.{MAIN}/ref.json")

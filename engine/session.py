@@ -1,0 +1,352 @@
+"""Sessions: a view of one snapshot plus staged changes, committed atomically to a branch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from frazil.format import (
+    ARRAY,
+    ChunkId,
+    ChunkKind,
+    ChunkRef,
+    NodeId,
+    NodeRecord,
+    Snapshot,
+    checksum,
+)
+from frazil.format.common import BRANCH_REF
+
+from . import _aio
+from .changeset import ChangeSet, Coord
+from .commit import prepare_commit
+from .diff import Diff, node_diff
+from .errors import (
+    ConflictError,
+    FrazilError,
+    InvalidInputError,
+    NotFoundError,
+    ReadOnlyError,
+)
+from .objects import chunk_key, slice_range
+from .refs import read_ref, swap_branch
+from .storage.base import ByteRange
+from .zarrmeta import NodeMeta, parse_zarr_json
+
+if TYPE_CHECKING:
+    from .repository import Repository
+
+_MISSING = object()
+
+
+def normalize_path(path: str) -> str:
+    """'/a/b' form of a node path; refuses empty parts, '.' and '..'."""
+    if not isinstance(path, str):
+        raise InvalidInputError(f"node path must be a string, got {type(path).__name__}")
+    parts = [p for p in path.strip("/").split("/")] if path.strip("/") else []
+    for p in parts:
+        if p in ("", ".", "..") or any(ord(ch) < 32 for ch in p):
+            raise InvalidInputError(f"invalid node path {path!r}")
+    return "/" + "/".join(parts)
+
+
+class Session:
+    """A transaction over a repository: reads see the base snapshot plus staged writes.
+
+    Get one from ``Repository.writable_session(branch)`` or ``readonly_session(...)``.
+    ``store`` is the zarr store; ``commit`` publishes the changes as a new snapshot on the
+    branch, after which the session is read-only at that snapshot.
+    """
+
+    def __init__(self, repo: Repository, base: Snapshot, *, branch: str | None,
+                 read_only: bool) -> None:
+        self._repo = repo
+        self._branch = branch
+        self._read_only = read_only
+        self._changes = ChangeSet()
+        self._set_base(base)
+        self._store: Any = None
+
+    def _set_base(self, base: Snapshot) -> None:
+        self._base = base
+        self._base_nodes = {n.path: n for n in base.nodes}
+
+    # -- properties ------------------------------------------------------------------------
+    @property
+    def snapshot_id(self) -> str:
+        """The id of the snapshot this session reads from (its base)."""
+        return str(self._base.id)
+
+    @property
+    def branch(self) -> str | None:
+        return self._branch
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    @property
+    def has_uncommitted_changes(self) -> bool:
+        return not self._changes.is_empty()
+
+    @property
+    def repository(self) -> Repository:
+        return self._repo
+
+    @property
+    def store(self) -> Any:
+        """The ``zarr.abc.store.Store`` over this session."""
+        if self._store is None:
+            from frazil.zarr_adapter.store import FrazilStore  # the one seam to the adapter
+
+            self._store = FrazilStore(self)
+        return self._store
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self._read_only else "writable"
+        return f"<frazil.Session {mode} branch={self._branch!r} snapshot={self.snapshot_id}>"
+
+    def __getstate__(self) -> dict[str, Any]:
+        if not self._read_only:
+            raise InvalidInputError(
+                "a writable Session cannot be pickled; use session.fork() to send a "
+                "session to other processes or workers")
+        return {"repo": self._repo, "base": self._base, "branch": self._branch}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["repo"], state["base"], branch=state["branch"],  # type: ignore[misc]
+                      read_only=True)
+
+    # -- nodes -----------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise ReadOnlyError(
+                f"this session is read-only (snapshot {self.snapshot_id}); use "
+                "repo.writable_session(branch) to write")
+
+    def node(self, path: str) -> NodeRecord | None:
+        """The current record at ``path`` (staged or base), or None."""
+        staged = self._changes.nodes.get(path, _MISSING)
+        if staged is _MISSING:
+            return self._base_nodes.get(path)
+        return staged  # type: ignore[return-value]
+
+    def nodes(self) -> Iterator[NodeRecord]:
+        """Every current node, sorted by path."""
+        paths = set(self._base_nodes) | set(self._changes.nodes)
+        for path in sorted(paths):
+            rec = self.node(path)
+            if rec is not None:
+                yield rec
+
+    def node_meta(self, rec: NodeRecord) -> NodeMeta:
+        return parse_zarr_json(rec.zarr_json, rec.path)
+
+    def set_metadata(self, path: str, zarr_json: bytes) -> None:
+        """Create or update the node at ``path`` from its zarr.json document."""
+        self._check_writable()
+        path = normalize_path(path)
+        meta = parse_zarr_json(bytes(zarr_json), path)
+        current = self.node(path)
+        if current is not None and current.node_type == meta.node_type:
+            if current.node_type == ARRAY:
+                old = self.node_meta(current)
+                if old.ndim != meta.ndim:  # a different array: start over
+                    current = None
+            if current is not None:
+                self._changes.set_node(dataclasses.replace(current, zarr_json=bytes(zarr_json)))
+                return
+        if current is not None:
+            self._changes.delete_node(path, current.node_id, path in self._base_nodes)
+        self._changes.set_node(NodeRecord(path, NodeId.new(), meta.node_type, bytes(zarr_json)))
+
+    def delete_node(self, path: str) -> bool:
+        """Delete the node at ``path`` (its chunks too); False if there is none."""
+        self._check_writable()
+        path = normalize_path(path)
+        current = self.node(path)
+        if current is None:
+            return False
+        self._changes.delete_node(path, current.node_id, path in self._base_nodes)
+        return True
+
+    def delete_tree(self, path: str) -> int:
+        """Delete the node at ``path`` and every node under it; returns how many."""
+        self._check_writable()
+        path = normalize_path(path)
+        prefix = "/" if path == "/" else path + "/"
+        doomed = [n.path for n in self.nodes() if n.path == path or n.path.startswith(prefix)]
+        for p in doomed:
+            self.delete_node(p)
+        return len(doomed)
+
+    def _array(self, path: str) -> tuple[NodeRecord, NodeMeta]:
+        rec = self.node(normalize_path(path))
+        if rec is None:
+            raise NotFoundError(f"no array at {path!r}")
+        if rec.node_type != ARRAY:
+            raise InvalidInputError(f"{path!r} is a group, not an array")
+        return rec, self.node_meta(rec)
+
+    @staticmethod
+    def _check_coord(path: str, meta: NodeMeta, coord: Coord) -> None:
+        if len(coord) != meta.ndim:
+            raise InvalidInputError(f"chunk {list(coord)} of {path!r}: the array has "
+                                    f"{meta.ndim} dimensions")
+        if meta.grid is not None:
+            for c, n in zip(coord, meta.grid):
+                if c < 0 or c >= max(n, 1):
+                    raise InvalidInputError(
+                        f"chunk {list(coord)} is outside the chunk grid {list(meta.grid)} "
+                        f"of {path!r}")
+
+    # -- chunks ----------------------------------------------------------------------------
+    async def _base_ref(self, rec: NodeRecord, coord: Coord) -> ChunkRef | None:
+        for seg in rec.segments:
+            if seg.covers(coord):
+                m = await self._repo._reader.manifest(seg)
+                i = m.find(coord)
+                if i is not None:
+                    return m.ref(i)
+        return None
+
+    async def chunk_ref(self, path: str, coord: Coord) -> ChunkRef | None:
+        """The reference of a chunk, or None if it was never written (or deleted)."""
+        rec = self.node(normalize_path(path))
+        if rec is None or rec.node_type != ARRAY:
+            return None
+        ref = self._changes.chunk(rec.node_id, coord)
+        if ref is None:
+            ref = await self._base_ref(rec, coord)
+        return None if ref is None or ref.kind == ChunkKind.DELETED else ref
+
+    async def get_chunk(self, path: str, coord: Coord,
+                        byte_range: ByteRange | None = None) -> bytes | None:
+        """A chunk's bytes (or a range of them); None if the chunk does not exist."""
+        ref = await self.chunk_ref(path, coord)
+        if ref is None:
+            return None
+        if ref.kind == ChunkKind.INLINE:
+            return slice_range(ref.data or b"", byte_range)
+        if ref.kind == ChunkKind.NATIVE:
+            assert ref.chunk_id is not None
+            return await self._repo._reader.chunk(ref.chunk_id, ref.checksum, byte_range)
+        raise FrazilError(f"chunk {list(coord)} of {path!r} is virtual ({ref.location}); "
+                          "virtual chunks are not readable in this version")
+
+    async def set_chunk(self, path: str, coord: Coord, data: bytes) -> None:
+        """Stage a chunk: inline if small, else written now to ``chunks/<id>``."""
+        self._check_writable()
+        rec, meta = self._array(path)
+        self._check_coord(path, meta, coord)
+        data = bytes(data)
+        if len(data) <= self._repo.config.inline_threshold:
+            ref = ChunkRef(ChunkKind.INLINE, data=data, length=len(data))
+        else:
+            cid = ChunkId.new()
+            await self._repo.storage.put(chunk_key(cid), data)
+            ref = ChunkRef(ChunkKind.NATIVE, chunk_id=cid, length=len(data),
+                           checksum=checksum(data))
+        self._changes.set_chunk(rec.node_id, coord, ref)
+
+    async def delete_chunk(self, path: str, coord: Coord) -> None:
+        self._check_writable()
+        rec, meta = self._array(path)
+        if len(coord) != meta.ndim:
+            raise InvalidInputError(f"chunk {list(coord)} of {path!r}: wrong dimensions")
+        self._changes.set_chunk(rec.node_id, coord, ChunkRef(ChunkKind.DELETED))
+
+    async def chunk_coords(self, path: str) -> list[Coord]:
+        """Coordinates of every existing chunk of the array at ``path``."""
+        rec, meta = self._array(path)
+        parts: list[np.ndarray] = []
+        kinds: list[np.ndarray] = []
+        staged = list(self._changes.node_chunks(rec.node_id))
+        if staged:
+            parts.append(np.array([c for c, _ in staged], np.int64).reshape(-1, meta.ndim))
+            kinds.append(np.array([int(r.kind) for _, r in staged], np.int8))
+        segments = await _aio.gather_limited(
+            [self._repo._reader.manifest(s) for s in rec.segments])
+        for m in segments:
+            parts.append(m.coords.reshape(-1, meta.ndim))
+            kinds.append(m.kinds)
+        if not parts:
+            return []
+        coords = np.concatenate(parts)
+        kind = np.concatenate(kinds)
+        if len(coords) == 0:
+            return []
+        if meta.ndim == 0:
+            return [()] if kind[0] != ChunkKind.DELETED else []
+        _, first = np.unique(coords, axis=0, return_index=True)
+        live = first[kind[first] != ChunkKind.DELETED]
+        return [tuple(c) for c in coords[np.sort(live)].tolist()]
+
+    # -- status and commit -----------------------------------------------------------------
+    def status(self) -> Diff:
+        """What this session has staged, as a ``Diff`` against its base snapshot."""
+        current = {n.path: n for n in self.nodes()}
+        chunks = {nid: set(refs) for nid, refs in self._changes.chunks.items() if refs}
+        return node_diff(self._base_nodes, current, chunks)
+
+    def discard_changes(self) -> None:
+        """Drop every staged change (chunk objects already written become garbage)."""
+        self._check_writable()
+        self._changes.clear()
+
+    def commit(self, message: str, metadata: dict[str, Any] | None = None) -> str:
+        """Publish the staged changes as a new snapshot on the branch; returns its id.
+
+        Raises ``ConflictError`` if the branch moved since this session started.
+        """
+        return _aio.run(self.commit_async(message, metadata))
+
+    async def commit_async(self, message: str, metadata: dict[str, Any] | None = None) -> str:
+        self._check_writable()
+        if self._branch is None:
+            raise ReadOnlyError("this session is not on a branch and cannot commit")
+        if not isinstance(message, str):
+            raise InvalidInputError(f"commit message must be a string, got "
+                                    f"{type(message).__name__}")
+        metadata = _check_metadata(metadata)
+        if self._changes.is_empty():
+            raise InvalidInputError("nothing to commit: the session has no changes")
+        repo = self._repo
+        plan = prepare_commit(self._base, self._changes, message=message, metadata=metadata,
+                              split_rows=repo.config.split_rows)
+        storage = repo.storage
+        await _aio.gather_limited([storage.put(k, b) for k, b in [*plan.manifests, plan.log]])
+        await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
+        while True:
+            ref = await read_ref(storage, BRANCH_REF, self._branch)
+            tip = ref.record.snapshot_id
+            if tip != self._base.id:
+                raise ConflictError(
+                    f"branch {self._branch!r} moved: this session started at snapshot "
+                    f"{self._base.id}, but the branch is now at {tip}; start a new session "
+                    "(or rebase) and commit again",
+                    expected_parent=str(self._base.id), actual_parent=str(tip))
+            if await swap_branch(storage, self._branch, ref, plan.snapshot.id,
+                                 plan.snapshot_checksum):
+                break
+        repo._reader.snapshots.put(plan.snapshot.id, plan.snapshot)
+        self._changes = ChangeSet()
+        self._set_base(plan.snapshot)
+        self._read_only = True
+        return str(plan.snapshot.id)
+
+
+def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise InvalidInputError("commit metadata must be a dict with string keys")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"commit metadata must be JSON-serializable: {e}") from None
+    return dict(metadata)

@@ -1,0 +1,291 @@
+"""``FrazilStore``: the ``zarr.abc.store.Store`` over a session.
+
+Thin by design: each key is parsed once into a metadata key (``<path>/zarr.json``) or a
+chunk key (array path + chunk coordinates, by the array's ``chunk_key_encoding``), then
+the session does the work. Keys that are neither are refused on write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+from zarr.abc.store import (
+    ByteRequest,
+    OffsetByteRequest,
+    RangeByteRequest,
+    Store,
+    SuffixByteRequest,
+)
+from zarr.core.buffer import Buffer, BufferPrototype
+
+from frazil.errors import InvalidInputError, ReadOnlyError
+from frazil.format import ARRAY
+from frazil.zarrmeta import NodeMeta
+
+if TYPE_CHECKING:
+    from frazil.session import Session
+
+META = "zarr.json"
+Coord = tuple[int, ...]
+
+
+def _byte_range(br: ByteRequest | None) -> tuple[int, int | None] | None:
+    if br is None:
+        return None
+    if isinstance(br, RangeByteRequest):
+        if br.start < 0 or br.end < br.start:
+            raise InvalidInputError(f"invalid byte range {br.start}-{br.end}")
+        return (br.start, br.end)
+    if isinstance(br, OffsetByteRequest):
+        if br.offset < 0:
+            raise InvalidInputError(f"invalid byte offset {br.offset}")
+        return (br.offset, None)
+    if isinstance(br, SuffixByteRequest):
+        if br.suffix < 0:
+            raise InvalidInputError(f"invalid byte suffix {br.suffix}")
+        return (-br.suffix, None) if br.suffix else (0, 0)
+    raise InvalidInputError(f"unsupported byte request {br!r}")
+
+
+def _slice(data: bytes, br: tuple[int, int | None] | None) -> bytes:
+    if br is None:
+        return data
+    start, end = br
+    if start < 0:
+        return data[len(data) + start:]
+    return data[start:end]
+
+
+def _node_key(path: str) -> str:
+    return META if path == "/" else f"{path[1:]}/{META}"
+
+
+def _parse_chunk(rest: str, meta: NodeMeta) -> Coord | None:
+    """Chunk coordinates from the part of a key after the array's path, or None."""
+    sep = meta.separator
+    if meta.key_encoding == "default":
+        if rest == "c":
+            return () if meta.ndim == 0 else None
+        if not rest.startswith("c" + sep):
+            return None
+        parts = rest[2:].split(sep)
+    else:  # v2
+        if meta.ndim == 0:
+            return () if rest == "0" else None
+        parts = rest.split(sep)
+    if len(parts) != meta.ndim or not all(p.isdigit() and p.isascii() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+def _chunk_key(path: str, meta: NodeMeta, coord: Coord) -> str:
+    prefix = "" if path == "/" else path[1:] + "/"
+    sep = meta.separator
+    if meta.key_encoding == "default":
+        return prefix + ("c" if not coord else "c" + sep + sep.join(map(str, coord)))
+    return prefix + (sep.join(map(str, coord)) if coord else "0")
+
+
+class FrazilStore(Store):
+    """A Zarr v3 store whose reads and writes go through a frazil ``Session``."""
+
+    supports_writes = True
+    supports_deletes = True
+    supports_listing = True
+    supports_partial_writes = False  # type: ignore[assignment]
+
+    def __init__(self, session: Session, *, read_only: bool | None = None) -> None:
+        super().__init__(read_only=session.read_only if read_only is None else read_only)
+        self._session = session
+        self._force_read_only = bool(read_only)
+        self._is_open = True
+
+    @property
+    def session(self) -> Session:
+        return self._session
+
+    @property
+    def read_only(self) -> bool:
+        return self._force_read_only or self._session.read_only
+
+    @property
+    def supports_consolidated_metadata(self) -> bool:
+        return False
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError(
+                "this store is read-only (a read-only or committed session); use "
+                "repo.writable_session(branch) to write")
+
+    def with_read_only(self, read_only: bool = False) -> FrazilStore:
+        if not read_only and self._session.read_only:
+            raise ReadOnlyError("cannot make a writable store from a read-only session")
+        return FrazilStore(self._session, read_only=read_only)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, FrazilStore) and other._session is self._session
+                and other.read_only == self.read_only)
+
+    def __hash__(self) -> int:
+        return id(self._session)
+
+    def __repr__(self) -> str:
+        return f"FrazilStore({self._session!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"session": self._session, "read_only": self._force_read_only}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["session"], read_only=state["read_only"] or None)  # type: ignore[misc]
+
+    # -- key parsing -----------------------------------------------------------------------
+    def _parse(self, key: str) -> tuple[str, str, Coord | None] | None:
+        """``("meta", path, None)``, ``("chunk", array_path, coord)`` or None."""
+        if key == META:
+            return ("meta", "/", None)
+        if key.endswith("/" + META):
+            return ("meta", "/" + key[: -len(META) - 1], None)
+        parts = key.split("/")
+        for i in range(len(parts) - 1, -1, -1):
+            path = "/" + "/".join(parts[:i])
+            rec = self._session.node(path)
+            if rec is not None and rec.node_type == ARRAY:
+                coord = _parse_chunk("/".join(parts[i:]), self._session.node_meta(rec))
+                return ("chunk", path, coord) if coord is not None else None
+        return None
+
+    @staticmethod
+    def _valid_key(key: str) -> None:
+        if not isinstance(key, str) or key.startswith("/") or any(
+                p in ("", ".", "..") for p in key.split("/")):
+            raise InvalidInputError(f"invalid zarr key {key!r}: no leading '/', empty parts, "
+                                    "'.' or '..'")
+
+    # -- reads -----------------------------------------------------------------------------
+    async def get(self, key: str, prototype: BufferPrototype,
+                  byte_range: ByteRequest | None = None) -> Buffer | None:
+        br = _byte_range(byte_range)
+        parsed = self._parse(key)
+        if parsed is None:
+            return None
+        kind, path, coord = parsed
+        if kind == "meta":
+            rec = self._session.node(path)
+            if rec is None:
+                return None
+            data: bytes | None = _slice(rec.zarr_json, br)
+        else:
+            assert coord is not None
+            data = await self._session.get_chunk(path, coord, br)
+        return None if data is None else prototype.buffer.from_bytes(data)
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
+
+    async def exists(self, key: str) -> bool:
+        parsed = self._parse(key)
+        if parsed is None:
+            return False
+        kind, path, coord = parsed
+        if kind == "meta":
+            return self._session.node(path) is not None
+        assert coord is not None
+        return await self._session.chunk_ref(path, coord) is not None
+
+    async def getsize(self, key: str) -> int:
+        parsed = self._parse(key)
+        if parsed is not None and parsed[0] == "chunk":
+            assert parsed[2] is not None
+            ref = await self._session.chunk_ref(parsed[1], parsed[2])
+            if ref is not None and ref.length:
+                return ref.length
+        return await super().getsize(key)
+
+    # -- writes ----------------------------------------------------------------------------
+    async def set(self, key: str, value: Buffer) -> None:
+        self._check_writable()
+        self._valid_key(key)
+        if not isinstance(value, Buffer):
+            raise TypeError(f"FrazilStore.set expects a zarr Buffer, got {type(value).__name__}")
+        parsed = self._parse(key)
+        if parsed is None:
+            raise InvalidInputError(
+                f"cannot store {key!r}: it is neither a zarr.json nor a chunk key of an "
+                "existing array (write the array's zarr.json first)")
+        kind, path, coord = parsed
+        if kind == "meta":
+            self._session.set_metadata(path, value.to_bytes())
+        else:
+            assert coord is not None
+            await self._session.set_chunk(path, coord, value.to_bytes())
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        if not await self.exists(key):
+            await self.set(key, value)
+
+    async def delete(self, key: str) -> None:
+        self._check_writable()
+        parsed = self._parse(key)
+        if parsed is None:
+            return
+        kind, path, coord = parsed
+        if kind == "meta":
+            self._session.delete_node(path)
+        else:
+            assert coord is not None
+            await self._session.delete_chunk(path, coord)
+
+    async def delete_dir(self, prefix: str) -> None:
+        self._check_writable()
+        stripped = prefix.rstrip("/")
+        if stripped == "":
+            self._session.delete_tree("/")
+            return
+        path = "/" + stripped
+        if self._session.node(path) is not None or any(
+                n.path.startswith(path + "/") for n in self._session.nodes()):
+            self._session.delete_tree(path)
+            return
+        async for key in self.list_prefix(stripped + "/"):
+            await self.delete(key)
+
+    # -- listing ---------------------------------------------------------------------------
+    async def _keys(self, prefix: str) -> list[str]:
+        out: list[str] = []
+        for rec in list(self._session.nodes()):
+            node_prefix = "" if rec.path == "/" else rec.path[1:] + "/"
+            if not (node_prefix.startswith(prefix) or prefix.startswith(node_prefix)):
+                continue
+            mk = _node_key(rec.path)
+            if mk.startswith(prefix):
+                out.append(mk)
+            if rec.node_type == ARRAY:
+                meta = self._session.node_meta(rec)
+                for coord in await self._session.chunk_coords(rec.path):
+                    ck = _chunk_key(rec.path, meta, coord)
+                    if ck.startswith(prefix):
+                        out.append(ck)
+        return out
+
+    async def list(self) -> AsyncIterator[str]:  # type: ignore[override]
+        for key in await self._keys(""):
+            yield key
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+        for key in await self._keys(prefix):
+            yield key
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+        prefix = prefix.rstrip("/")
+        base = prefix + "/" if prefix else ""
+        seen: set[str] = set()
+        for key in await self._keys(base):
+            child = key[len(base):].split("/", 1)[0]
+            if child not in seen:
+                seen.add(child)
+                yield child
