@@ -1,5 +1,7 @@
 """frazil: Git-like version control for Zarr v3 on object storage, with no server."""
 
+from .config import RepositoryConfig
+from .diff import Diff
 from .errors import (
     AlreadyExistsError,
     ConflictError,
@@ -10,8 +12,6 @@ from .errors import (
     ReadOnlyError,
     StorageError,
 )
-from .config import RepositoryConfig
-from .diff import Diff
 from .repository import Repository, SnapshotInfo
 from .session import Session
 from .storage import Storage, in_memory_storage, local_filesystem_storage

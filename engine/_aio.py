@@ -8,8 +8,10 @@ fresh loop and pool on first use.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -25,8 +27,9 @@ IO_THREADS = min(32, 4 * (os.cpu_count() or 1) + 4)
 
 
 def _reset_after_fork() -> None:
-    global _lock, _loop, _thread, _pool
+    global _lock, _loop, _thread, _pool, _batchers
     _lock = threading.Lock()
+    _batchers = weakref.WeakKeyDictionary()
     _loop = None
     _thread = None
     _pool = None
@@ -73,6 +76,73 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     """Run blocking ``fn(*args)`` in the I/O pool."""
     return await asyncio.get_running_loop().run_in_executor(pool(), fn, *args)
+
+
+_BATCH = 8
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = (
+    weakref.WeakKeyDictionary())
+
+
+class _Batcher:
+    """Collects the blocking calls made in one loop iteration and runs them in the pool
+    in batches of ``_BATCH``, so a thread hop is paid per batch, not per call."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.scheduled = False
+
+    def submit(self, fn: Callable[..., T], args: tuple[Any, ...]) -> asyncio.Future[T]:
+        fut: asyncio.Future[T] = self.loop.create_future()
+        self.pending.append((fn, args, fut))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        items, self.pending, self.scheduled = self.pending, [], False
+        for i in range(0, len(items), _BATCH):
+            part = items[i:i + _BATCH]
+            job = self.loop.run_in_executor(pool(), _run_batch, part)
+            job.add_done_callback(functools.partial(_deliver, part))
+
+
+def _run_batch(part: list[tuple[Callable[..., Any], tuple[Any, ...], Any]]
+               ) -> list[tuple[bool, Any]]:
+    out: list[tuple[bool, Any]] = []
+    for fn, args, _ in part:
+        try:
+            out.append((True, fn(*args)))
+        except BaseException as e:  # delivered to the caller's future
+            out.append((False, e))
+    return out
+
+
+def _deliver(part: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]],
+             job: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+    if job.cancelled() or job.exception() is not None:
+        err = job.exception() if not job.cancelled() else asyncio.CancelledError()
+        for _, _, fut in part:
+            if not fut.done():
+                fut.set_exception(err)  # type: ignore[arg-type]
+        return
+    for (_, _, fut), (ok, value) in zip(part, job.result()):
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+async def in_thread_batched(fn: Callable[..., T], *args: Any) -> T:
+    """Like ``in_thread``, but calls made together share one trip to the pool."""
+    loop = asyncio.get_running_loop()
+    batcher = _batchers.get(loop)
+    if batcher is None:
+        batcher = _batchers[loop] = _Batcher(loop)
+    return await batcher.submit(fn, args)
 
 
 async def gather_limited(aws: list[Awaitable[T]], limit: int = 64) -> list[T]:

@@ -9,32 +9,31 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from frazil.format import (
     ARRAY,
-    ChunkKind,
-    ChunkRef,
     CommitInfo,
     ManifestId,
     NodeChange,
     NodeId,
-    NodeRecord,
     SegmentRef,
     Snapshot,
     SnapshotId,
     TransactionLog,
     checksum,
-    encode_manifest,
     encode_snapshot,
     encode_transaction_log,
 )
 from frazil.format import txlog as tx
+from frazil.format.manifest import encode_manifest_table
 
-from .changeset import ChangeSet, Coord
+from .changeset import ChangeSet
 from .objects import manifest_key, snapshot_key, txlog_key
 
 
@@ -52,29 +51,22 @@ class CommitPlan:
         return [*self.manifests, self.log, (snapshot_key(self.snapshot.id), self.snapshot_bytes)]
 
 
-def sorted_refs(refs: dict[Coord, ChunkRef], ndim: int) -> tuple[np.ndarray, list[ChunkRef]]:
-    """Coordinates (k x ndim, lexicographic order) and their refs."""
-    keys = list(refs)
-    coords = np.array(keys, dtype=np.int64).reshape(len(keys), ndim)
-    order = np.lexsort(coords.T[::-1]) if ndim else np.arange(len(keys))
-    values = list(refs.values())
-    return coords[order], [values[i] for i in order.tolist()]
-
-
-def build_segments(node_id: NodeId, coords: np.ndarray, refs: list[ChunkRef],
-                   split_rows: int) -> tuple[list[SegmentRef], list[tuple[str, bytes]]]:
-    """Encode sorted refs as manifest segments of at most ``split_rows`` rows each."""
+def build_segments(node_id: NodeId, parts: Iterable[tuple[np.ndarray, pa.Table]]
+                   ) -> tuple[list[SegmentRef], list[tuple[str, bytes]], np.ndarray | None]:
+    """Encode each (sorted coords, rows) part as one manifest segment; also returns all
+    the coordinates (for the transaction log), or None if there were none."""
     segs: list[SegmentRef] = []
     objects: list[tuple[str, bytes]] = []
-    for start in range(0, len(refs), split_rows):
-        part = coords[start:start + split_rows]
+    all_coords: list[np.ndarray] = []
+    for part, rows in parts:
         mid = ManifestId.new()
-        data = encode_manifest(mid, node_id, part, refs[start:start + split_rows])
+        data = encode_manifest_table(mid, node_id, part, rows)
         segs.append(SegmentRef(mid, checksum(data), len(data), len(part),
                                tuple(part.min(axis=0).tolist()),
                                tuple(part.max(axis=0).tolist())))
         objects.append((manifest_key(mid), data))
-    return segs, objects
+        all_coords.append(part)
+    return segs, objects, (np.concatenate(all_coords) if all_coords else None)
 
 
 def prepare_commit(
@@ -112,17 +104,15 @@ def prepare_commit(
     base_ids = {n.node_id for n in base.nodes}
     by_id = {n.node_id: n for n in nodes.values()}
     manifests: list[tuple[str, bytes]] = []
-    for node_id, refs in changes.chunks.items():
+    for node_id, table in changes.chunks.items():
         node = by_id.get(node_id)
-        if node is None or node.node_type != ARRAY or not refs:
+        if node is None or node.node_type != ARRAY or not len(table):
             continue
-        if node_id not in base_ids:  # a new array has no older refs to hide
-            refs = {c: r for c, r in refs.items() if r.kind != ChunkKind.DELETED}
-            if not refs:
-                continue
-        ndim = len(next(iter(refs)))
-        coords, ordered = sorted_refs(refs, ndim)
-        segs, objects = build_segments(node_id, coords, ordered, split_rows)
+        # a new array has no older refs for tombstones to hide
+        segs, objects, coords = build_segments(
+            node_id, table.segments(split_rows, drop_tombstones=node_id not in base_ids))
+        if coords is None:
+            continue
         manifests.extend(objects)
         nodes[node.path] = dataclasses.replace(node, segments=(*segs, *node.segments))
         log.append(NodeChange(tx.CHUNKS, node.path, node_id, coords))

@@ -1,4 +1,4 @@
-"""Repository configuration: settings kept in ``config.json`` and merged with those given at open."""
+"""Repository configuration: settings kept in ``config.json``, merged with those given at open."""
 
 from __future__ import annotations
 

@@ -244,14 +244,14 @@ class Session:
         rec, meta = self._array(path)
         self._check_coord(path, meta, coord)
         data = bytes(data)
+        table = self._changes.table(rec.node_id, meta.ndim)
         if len(data) <= self._repo.config.inline_threshold:
-            ref = ChunkRef(ChunkKind.INLINE, data=data, length=len(data))
-        else:
-            cid = ChunkId.new()
-            await self._repo.storage.put(chunk_key(cid), data)
-            ref = ChunkRef(ChunkKind.NATIVE, chunk_id=cid, length=len(data),
-                           checksum=checksum(data))
-        self._changes.set_chunk(rec.node_id, coord, ref)
+            table.set_inline(coord, data)
+            return
+        cid = ChunkId.new()
+        await self._repo.storage.put(chunk_key(cid), data)
+        table.set(coord, ChunkRef(ChunkKind.NATIVE, chunk_id=cid, length=len(data),
+                                  checksum=checksum(data)))
 
     async def delete_chunk(self, path: str, coord: Coord) -> None:
         self._check_writable()
@@ -265,14 +265,15 @@ class Session:
         rec, meta = self._array(path)
         parts: list[np.ndarray] = []
         kinds: list[np.ndarray] = []
-        staged = list(self._changes.node_chunks(rec.node_id))
-        if staged:
-            parts.append(np.array([c for c, _ in staged], np.int64).reshape(-1, meta.ndim))
-            kinds.append(np.array([int(r.kind) for _, r in staged], np.int8))
+        table = self._changes.chunks.get(rec.node_id)
+        if table is not None and len(table):
+            staged_coords, staged_kinds = table.kinds()
+            parts.append(staged_coords)
+            kinds.append(staged_kinds)
         segments = await _aio.gather_limited(
             [self._repo._reader.manifest(s) for s in rec.segments])
         for m in segments:
-            parts.append(m.coords.reshape(-1, meta.ndim))
+            parts.append(m.coords.reshape(len(m.kinds), meta.ndim))  # -1 fails for 0-d
             kinds.append(m.kinds)
         if not parts:
             return []
@@ -290,7 +291,8 @@ class Session:
     def status(self) -> Diff:
         """What this session has staged, as a ``Diff`` against its base snapshot."""
         current = {n.path: n for n in self.nodes()}
-        chunks = {nid: set(refs) for nid, refs in self._changes.chunks.items() if refs}
+        chunks = {nid: {c for c, _ in t.items()} for nid, t in self._changes.chunks.items()
+                  if len(t)}
         return node_diff(self._base_nodes, current, chunks)
 
     def discard_changes(self) -> None:

@@ -46,7 +46,7 @@ def _byte_range(br: ByteRequest | None) -> tuple[int, int | None] | None:
         if br.suffix < 0:
             raise InvalidInputError(f"invalid byte suffix {br.suffix}")
         return (-br.suffix, None) if br.suffix else (0, 0)
-    raise InvalidInputError(f"unsupported byte request {br!r}")
+    raise InvalidInputError(f"Unexpected byte_range, got {br!r}")
 
 
 def _slice(data: bytes, br: tuple[int, int | None] | None) -> bytes:
@@ -54,7 +54,7 @@ def _slice(data: bytes, br: tuple[int, int | None] | None) -> bytes:
         return data
     start, end = br
     if start < 0:
-        return data[len(data) + start:]
+        return data[max(0, len(data) + start):]
     return data[start:end]
 
 
@@ -100,7 +100,6 @@ class FrazilStore(Store):
         super().__init__(read_only=session.read_only if read_only is None else read_only)
         self._session = session
         self._force_read_only = bool(read_only)
-        self._is_open = True
 
     @property
     def session(self) -> Session:
@@ -126,11 +125,15 @@ class FrazilStore(Store):
         return FrazilStore(self._session, read_only=read_only)
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, FrazilStore) and other._session is self._session
-                and other.read_only == self.read_only)
+        # Read-only sessions at one snapshot see identical, immutable content, so their
+        # stores are equal (this is what makes a pickled read-only store equal to itself).
+        if not isinstance(other, FrazilStore) or other.read_only != self.read_only:
+            return False
+        a, b = self._session, other._session
+        return a is b or (a.read_only and b.read_only and a.snapshot_id == b.snapshot_id)
 
     def __hash__(self) -> int:
-        return id(self._session)
+        return hash(self._session.snapshot_id)
 
     def __repr__(self) -> str:
         return f"FrazilStore({self._session!r})"

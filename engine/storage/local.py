@@ -4,7 +4,9 @@ Safe for several processes on one machine: a new object is written to a hidden t
 file in the target folder and then linked (create-if-absent: ``os.link`` fails if the
 key exists) or renamed (``os.replace``) into place, so readers see whole objects only.
 Replace-if-version takes an exclusive ``fcntl.flock`` on a hidden lock file beside the
-key, reads the current version (the xxh3 of the content), compares and renames.
+key, reads the current version, compares and renames. A version is the file's inode and
+mtime plus the xxh3 of its content: every write puts a new inode in place (allocated while
+the old file still exists), so the version changes even when the bytes do not.
 Hidden names (starting with ``.``) are never listed.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,8 +26,20 @@ from ..errors import InvalidInputError, NotFoundError, StorageError
 from .base import ByteRange, PutResult, Storage
 
 
-def _version(data: bytes) -> str:
-    return xxhash.xxh3_64_hexdigest(data)
+def _version(st: os.stat_result, data: bytes) -> str:
+    return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{xxhash.xxh3_64_hexdigest(data)}"
+
+
+def _read_versioned(path: str) -> tuple[bytes, str]:
+    """The file's bytes and version, both from one open file (so they agree)."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        data = f.read()
+    return data, _version(st, data)
+
+
+# a path that is a folder, or runs through a file, holds no object
+_NOT_AN_OBJECT = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
 class LocalFileSystemStorage(Storage):
@@ -82,9 +97,7 @@ class LocalFileSystemStorage(Storage):
                     return f.read()
                 f.seek(start)
                 return f.read() if end is None else f.read(max(0, end - start))
-        except FileNotFoundError:
-            raise NotFoundError(f"object {key!r} not found in {self.describe()}") from None
-        except IsADirectoryError:
+        except _NOT_AN_OBJECT:
             raise NotFoundError(f"object {key!r} not found in {self.describe()}") from None
         except OSError as e:
             raise StorageError(f"reading {key!r} from {self.describe()}: {e}") from e
@@ -103,11 +116,10 @@ class LocalFileSystemStorage(Storage):
             tmp = self._write_temp(path, data)
             try:
                 os.link(tmp, path)
-                return PutResult(True, _version(data))
+                return PutResult(True, _version(os.stat(tmp), data))
             except FileExistsError:
                 try:
-                    with open(path, "rb") as f:
-                        return PutResult(False, _version(f.read()))
+                    return PutResult(False, _read_versioned(path)[1])
                 except FileNotFoundError:
                     return PutResult(False, None)
             finally:
@@ -129,23 +141,28 @@ class LocalFileSystemStorage(Storage):
             fd = self._locked(path)
             try:
                 try:
-                    with open(path, "rb") as f:
-                        current: str | None = _version(f.read())
+                    current: str | None = _read_versioned(path)[1]
                 except FileNotFoundError:
                     current = None
                 if current != version:
                     return PutResult(False, current)
                 tmp = self._write_temp(path, data)
+                new = _version(os.stat(tmp), data)
                 os.replace(tmp, path)
-                return PutResult(True, _version(data))
+                return PutResult(True, new)
             finally:
                 os.close(fd)  # releases the lock
         except OSError as e:
             raise StorageError(f"updating {key!r} in {self.describe()}: {e}") from e
 
     def _get_with_version(self, key: str) -> tuple[bytes, str]:
-        data = self._get(key, None)
-        return data, _version(data)
+        path = self._path(key)
+        try:
+            return _read_versioned(path)
+        except _NOT_AN_OBJECT:
+            raise NotFoundError(f"object {key!r} not found in {self.describe()}") from None
+        except OSError as e:
+            raise StorageError(f"reading {key!r} from {self.describe()}: {e}") from e
 
     def _list(self, prefix: str) -> list[str]:
         folder, _, _ = prefix.rpartition("/")
@@ -165,27 +182,33 @@ class LocalFileSystemStorage(Storage):
             path = self._path(key)
             try:
                 os.unlink(path)
-            except FileNotFoundError:
+            except _NOT_AN_OBJECT:
                 pass
             except OSError as e:
-                if e.errno != errno.ENOENT:
+                if e.errno != errno.ENOENT and not os.path.isdir(path):  # EPERM on macOS
                     raise StorageError(f"deleting {key!r} from {self.describe()}: {e}") from e
 
     def _size(self, key: str) -> int:
+        path = self._path(key)
         try:
-            return os.stat(self._path(key)).st_size
-        except FileNotFoundError:
+            st = os.stat(path)
+        except _NOT_AN_OBJECT:
             raise NotFoundError(f"object {key!r} not found in {self.describe()}") from None
+        except OSError as e:
+            raise StorageError(f"reading the size of {key!r} in {self.describe()}: {e}") from e
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFoundError(f"object {key!r} not found in {self.describe()}")
+        return st.st_size
 
     # -- async interface -------------------------------------------------------------
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
-        return await _aio.in_thread(self._get, key, byte_range)
+        return await _aio.in_thread_batched(self._get, key, byte_range)
 
     async def get_with_version(self, key: str) -> tuple[bytes, str]:
         return await _aio.in_thread(self._get_with_version, key)
 
     async def put(self, key: str, data: bytes) -> None:
-        await _aio.in_thread(self._put, key, data)
+        await _aio.in_thread_batched(self._put, key, data)
 
     async def put_if_absent(self, key: str, data: bytes) -> PutResult:
         return await _aio.in_thread(self._put_if_absent, key, data)

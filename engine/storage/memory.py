@@ -49,10 +49,12 @@ class InMemoryStorage(Storage):
 
     @staticmethod
     def _check(key: str) -> None:
-        if not key or key.startswith("/"):
+        # the same rule as the local backend, so a key valid here is valid everywhere
+        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
             raise InvalidInputError(f"invalid storage key {key!r}")
 
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        self._check(key)
         try:
             data = self._objects[key][0]
         except KeyError:
@@ -60,6 +62,7 @@ class InMemoryStorage(Storage):
         return _slice(data, byte_range)
 
     async def get_with_version(self, key: str) -> tuple[bytes, str]:
+        self._check(key)
         try:
             return self._objects[key]
         except KeyError:
@@ -90,6 +93,7 @@ class InMemoryStorage(Storage):
             return PutResult(True, new)
 
     async def exists(self, key: str) -> bool:
+        self._check(key)
         return key in self._objects
 
     async def list(self, prefix: str) -> list[str]:
@@ -100,6 +104,9 @@ class InMemoryStorage(Storage):
         return len((await self.get_with_version(key))[0])
 
     async def delete(self, keys: Sequence[str]) -> None:
+        keys = list(keys)
+        for k in keys:
+            self._check(k)
         with self._lock:
             for k in keys:
                 self._objects.pop(k, None)
