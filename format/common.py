@@ -87,9 +87,15 @@ def encode_parquet(table: pa.Table, header: dict[str, Any]) -> bytes:
 
 
 def decode_parquet(
-    data: bytes, object_type: str, what: str, expected_checksum: int | None = None
+    data: bytes, object_type: str, what: str, expected_checksum: int | None = None,
+    schema: pa.Schema | None = None,
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """Verify and parse a Parquet object; returns its table and its header."""
+    """Verify and parse a Parquet object; returns its table and its header.
+
+    With ``schema``, every column of it must be present with exactly its type (columns
+    not in ``schema`` are allowed and ignored), so a damaged footer cannot pass off a
+    column of another type or name.
+    """
     if expected_checksum is not None:
         verify_checksum(data, expected_checksum, what)
     try:
@@ -97,7 +103,24 @@ def decode_parquet(
     except (pa.ArrowException, OSError, ValueError) as e:
         raise FormatError(f"{what}: not a readable Parquet object ({e})") from e
     header = _header_from_metadata(table.schema.metadata, what)
-    return table, check_header(header, object_type, what)
+    header = check_header(header, object_type, what)
+    if schema is not None:
+        _check_schema(table.schema, schema, what)
+    return table, header
+
+
+def _check_schema(found: pa.Schema, expected: pa.Schema, what: str) -> None:
+    try:
+        for field in expected:
+            want = field.type
+            if pa.types.is_timestamp(want) and want.unit == "s":  # Parquet stores these as ms
+                want = pa.timestamp("ms", tz=want.tz)
+            i = found.get_field_index(field.name)
+            if i < 0 or not found.field(i).type.equals(want):
+                raise FormatError(f"{what}: column {field.name!r} is missing or has the "
+                                  f"wrong type (want {want})")
+    except (pa.ArrowException, ValueError) as e:  # e.g. a column name that is not UTF-8
+        raise FormatError(f"{what}: damaged schema ({e})") from e
 
 
 def decode_parquet_header(tail: bytes, object_type: str, what: str) -> dict[str, Any] | None:

@@ -1,9 +1,11 @@
 """Typed, coordination-free object ids with a stable text form.
 
-An id is 12 random-ish bytes (8 for node ids): the first 6 bytes are the creation time in
-milliseconds (big-endian), the rest are random, so ids sort by creation time and never
-collide in practice. The text form is Crockford base32 without padding (20 characters for
-12 bytes, 13 for 8), which sorts like the bytes.
+An id is 12 bytes: the first 6 are the creation time in milliseconds (big-endian), the rest
+are random, so ids sort by creation time and never collide in practice. Node ids are 8 bytes,
+all random (a time prefix would leave too few random bits: two nodes made in the same
+millisecond would collide). The text form is Crockford base32 without padding (20
+characters for 12 bytes, 13 for 8), which sorts like the bytes; ``parse`` accepts only the
+canonical text (either case).
 """
 
 from __future__ import annotations
@@ -50,15 +52,17 @@ class ObjectId:
         if not isinstance(text, str):
             raise FormatError(f"{cls.__name__}: expected a string, got {type(text).__name__}")
         want = _text_len(cls.SIZE)
-        if len(text) != want:
+        if len(text) != want or not text.isascii():
             raise FormatError(f"{cls.__name__}: {text!r} is not a valid id ({want} characters)")
         padded = text.upper().encode("ascii", "replace").translate(_DECODE)
         padded += b"=" * (-len(padded) % 8)
         try:
-            raw = base64.b32decode(padded)
+            parsed = cls(base64.b32decode(padded))
         except ValueError as e:
             raise FormatError(f"{cls.__name__}: {text!r} is not a valid id") from e
-        return cls(raw)
+        if str(parsed) != text.upper():  # letters outside the alphabet, or nonzero pad bits
+            raise FormatError(f"{cls.__name__}: {text!r} is not a valid id")
+        return parsed
 
     def __str__(self) -> str:
         return base64.b32encode(self.raw).translate(_ENCODE).rstrip(b"=").decode("ascii")
@@ -106,3 +110,8 @@ class NodeId(ObjectId):
 
     __slots__ = ()
     SIZE = 8
+
+    @classmethod
+    def new(cls) -> Self:
+        """A fresh id: 8 random bytes (see the module docstring)."""
+        return cls(os.urandom(cls.SIZE))

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from .common import MANIFEST, FormatError, decode_parquet, encode_parquet
 from .ids import ChunkId, ManifestId, NodeId
@@ -74,7 +75,7 @@ def encode_manifest(
     if n != len(refs):
         raise ValueError("coords and refs differ in length")
     flat = pa.array(np.ascontiguousarray(coords, dtype=np.int64).reshape(-1), pa.int64())
-    offsets = pa.array(np.arange(0, (n + 1) * ndim, ndim, dtype=np.int32) if n else [0])
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * ndim)  # ndim may be 0
     coord_col = pa.ListArray.from_arrays(offsets, flat)
     table = pa.table(
         {
@@ -159,7 +160,8 @@ class ManifestSegment:
     def ref(self, i: int) -> ChunkRef:
         kind = ChunkKind(int(self.kinds[i]))
         if kind == ChunkKind.INLINE:
-            return ChunkRef(kind, data=self._col("inline")[i].as_py())
+            return ChunkRef(kind, data=self._col("inline")[i].as_py(),
+                            length=self._col("length")[i].as_py())
         if kind == ChunkKind.NATIVE:
             return ChunkRef(
                 kind,
@@ -190,7 +192,7 @@ class ManifestSegment:
 def decode_manifest(
     data: bytes, what: str = "manifest", expected_checksum: int | None = None
 ) -> ManifestSegment:
-    table, header = decode_parquet(data, MANIFEST, what, expected_checksum)
+    table, header = decode_parquet(data, MANIFEST, what, expected_checksum, SCHEMA)
     try:
         ndim = int(header["ndim"])
         mid = ManifestId.parse(header["id"])
@@ -202,8 +204,66 @@ def decode_manifest(
             raise FormatError(f"{what}: coordinates do not match the declared shape")
         coords = flat.astype(np.int64, copy=False).reshape(n, ndim)
         kinds = table.column("kind").to_numpy()
-    except (KeyError, TypeError, ValueError, pa.ArrowException) as e:
+    except (KeyError, TypeError, ValueError, pa.ArrowException, FormatError) as e:
         raise FormatError(f"{what}: damaged manifest ({e!r})") from e
     if n and (kinds.min() < 0 or kinds.max() > 3):
         raise FormatError(f"{what}: unknown chunk kind")
     return ManifestSegment(mid, nid, coords, table)
+
+
+# -- bulk row builders (used by commits: columns built by Arrow, not row by row) -----------
+_ROW_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "coord"])
+
+
+def _rows(n: int, **columns: pa.Array) -> pa.Table:
+    return pa.table({f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in _ROW_SCHEMA},
+                    schema=_ROW_SCHEMA)
+
+
+def inline_rows(datas: list[bytes]) -> pa.Table:
+    """Manifest rows (without ``coord``) for inline chunks holding ``datas``."""
+    n = len(datas)
+    inline = pa.array(datas, pa.binary())
+    return _rows(n, kind=pa.array(np.full(n, int(ChunkKind.INLINE), np.int8)),
+                 inline=inline, offset=pa.array(np.zeros(n, np.int64)),
+                 length=pa.compute.binary_length(inline).cast(pa.int64()))
+
+
+def tombstone_rows(n: int) -> pa.Table:
+    """Manifest rows (without ``coord``) for ``n`` deleted chunks."""
+    return _rows(n, kind=pa.array(np.zeros(n, np.int8)))
+
+
+def ref_rows(refs: list[ChunkRef]) -> pa.Table:
+    """Manifest rows (without ``coord``) for any refs."""
+    return _rows(
+        len(refs),
+        kind=pa.array([int(r.kind) for r in refs], pa.int8()),
+        inline=pa.array([r.data for r in refs], pa.binary()),
+        chunk_id=pa.array([str(r.chunk_id) if r.chunk_id is not None else None for r in refs],
+                          pa.string()),
+        offset=pa.array([r.offset for r in refs], pa.int64()),
+        length=pa.array([r.length for r in refs], pa.int64()),
+        checksum=pa.array([r.checksum for r in refs], pa.uint64()),
+        location=pa.array([r.location for r in refs], pa.string()),
+        etag=pa.array([r.etag for r in refs], pa.string()),
+        last_modified=pa.array([r.last_modified for r in refs], pa.timestamp("s", tz="UTC")),
+    )
+
+
+def encode_manifest_table(manifest_id: ManifestId, node_id: NodeId, coords: np.ndarray,
+                          rows: pa.Table) -> bytes:
+    """Encode ``rows`` (every column but ``coord``) for ``coords`` (n x ndim, sorted)."""
+    n, ndim = coords.shape
+    if rows.num_rows != n:
+        raise ValueError("coords and rows differ in length")
+    flat = pa.array(np.ascontiguousarray(coords, dtype=np.int64).reshape(-1), pa.int64())
+    offsets = pa.array(np.arange(0, (n + 1) * ndim, ndim, dtype=np.int32) if ndim
+                       else np.zeros(n + 1, np.int32))
+    columns = {"coord": pa.ListArray.from_arrays(offsets, flat)}
+    for f in _ROW_SCHEMA:
+        columns[f.name] = rows.column(f.name).combine_chunks()
+    table = pa.table(columns, schema=SCHEMA)
+    header = {"object_type": MANIFEST, "id": str(manifest_id), "node_id": str(node_id),
+              "ndim": ndim, "rows": n}
+    return encode_parquet(table, header)

@@ -57,5 +57,5 @@ def decode_ref(data: bytes, kind: str, what: str) -> RefRecord:
             checksum=int(cs, 16) if cs else None,
             write_id=str(obj["write_id"]),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, FormatError) as e:
         raise FormatError(f"{what}: damaged ref ({e!r})") from e

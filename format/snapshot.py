@@ -98,7 +98,7 @@ class Snapshot:
         return self.info.snapshot_id
 
 
-def _info_header(info: CommitInfo) -> dict[str, Any]:
+def _info_header(info: CommitInfo, nodes_checksum: str | None = None) -> dict[str, Any]:
     header: dict[str, Any] = {
         "object_type": SNAPSHOT,
         "id": str(info.snapshot_id),
@@ -111,8 +111,19 @@ def _info_header(info: CommitInfo) -> dict[str, Any]:
             else f"{info.transaction_log_checksum:016x}"
         ),
     }
+    if nodes_checksum is not None:
+        header["nodes_checksum"] = nodes_checksum
     header["info_checksum"] = json_checksum(header)
     return header
+
+
+def _node_columns(table: pa.Table) -> dict[str, list[Any]]:
+    """The node table as Python values; ``nodes_checksum`` is the ``json_checksum`` of this.
+
+    Snapshots are also read without a referrer's checksum (a parent, an id given by a
+    user), and Parquet's page CRCs do not cover its footer (row counts, column offsets), so
+    the node table checks itself."""
+    return {name: table.column(name).to_pylist() for name in SCHEMA.names}
 
 
 def _info_from_header(header: dict[str, Any], what: str) -> CommitInfo:
@@ -130,7 +141,7 @@ def _info_from_header(header: dict[str, Any], what: str) -> CommitInfo:
             metadata=header["metadata"],
             transaction_log_checksum=int(tlc, 16) if tlc else None,
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, FormatError) as e:
         raise FormatError(f"{what}: damaged commit info ({e!r})") from e
 
 
@@ -159,18 +170,25 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
         },
         schema=SCHEMA,
     )
-    return encode_parquet(table, _info_header(snapshot.info))
+    nodes_checksum = json_checksum(_node_columns(table))
+    return encode_parquet(table, _info_header(snapshot.info, nodes_checksum))
 
 
 def decode_snapshot(
     data: bytes, what: str = "snapshot", expected_checksum: int | None = None
 ) -> Snapshot:
-    table, header = decode_parquet(data, SNAPSHOT, what, expected_checksum)
+    table, header = decode_parquet(data, SNAPSHOT, what, expected_checksum, SCHEMA)
     info = _info_from_header(header, what)
     if table.schema.names[: len(SCHEMA.names)] != SCHEMA.names:
         raise FormatError(f"{what}: unexpected columns {table.schema.names}")
     try:
-        cols = {name: table.column(name).to_pylist() for name in SCHEMA.names}
+        cols = _node_columns(table)
+    except (pa.ArrowException, ValueError) as e:
+        raise FormatError(f"{what}: damaged node table ({e!r})") from e
+    claimed = header.get("nodes_checksum")
+    if claimed is not None and claimed != json_checksum(cols):
+        raise FormatError(f"{what}: damaged node table (checksum mismatch)")
+    try:
         nodes = tuple(
             NodeRecord(
                 path=path,
@@ -194,7 +212,7 @@ def decode_snapshot(
                 cols["segments"],
             )
         )
-    except (TypeError, AttributeError, KeyError) as e:
+    except (TypeError, AttributeError, KeyError, ValueError, FormatError) as e:
         raise FormatError(f"{what}: damaged node table ({e!r})") from e
     for n in nodes:
         if n.node_type not in (GROUP, ARRAY):

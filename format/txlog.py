@@ -52,22 +52,22 @@ class TransactionLog:
 
 
 def _chunks_column(changes: tuple[NodeChange, ...]) -> pa.Array:
-    outer = [0]
-    inner = [0]
-    flat: list[np.ndarray] = []
-    for c in changes:
-        if c.chunks is None:
-            outer.append(outer[-1])
-            continue
-        k, ndim = c.chunks.shape
-        start = inner[-1]
-        inner.extend((start + ndim * np.arange(1, k + 1)).tolist())
-        flat.append(np.ascontiguousarray(c.chunks, np.int64).reshape(-1))
-        outer.append(outer[-1] + k)
+    counts = np.array([0 if c.chunks is None else c.chunks.shape[0] for c in changes],
+                      np.int64)
+    ndims = [c.chunks.shape[1] for c in changes if c.chunks is not None]
+    outer = np.zeros(len(changes) + 1, np.int64)
+    np.cumsum(counts, out=outer[1:])
+    present = np.array([c.chunks is not None for c in changes], bool)
+    per_coord = np.repeat(np.array(ndims, np.int64), counts[present]) if ndims else \
+        np.zeros(0, np.int64)
+    inner = np.zeros(len(per_coord) + 1, np.int64)
+    np.cumsum(per_coord, out=inner[1:])
+    flat = [np.ascontiguousarray(c.chunks, np.int64).reshape(-1) for c in changes
+            if c.chunks is not None]
     values = pa.array(np.concatenate(flat) if flat else np.zeros(0, np.int64), pa.int64())
-    inner_list = pa.ListArray.from_arrays(pa.array(inner, pa.int32()), values)
+    inner_list = pa.ListArray.from_arrays(pa.array(inner.astype(np.int32)), values)
     mask = pa.array([c.chunks is None for c in changes], pa.bool_())
-    return pa.ListArray.from_arrays(pa.array(outer, pa.int32()), inner_list, mask=mask)
+    return pa.ListArray.from_arrays(pa.array(outer.astype(np.int32)), inner_list, mask=mask)
 
 
 def encode_transaction_log(log: TransactionLog) -> bytes:
@@ -91,7 +91,7 @@ def encode_transaction_log(log: TransactionLog) -> bytes:
 def decode_transaction_log(
     data: bytes, what: str = "transaction log", expected_checksum: int | None = None
 ) -> TransactionLog:
-    table, header = decode_parquet(data, TRANSACTION_LOG, what, expected_checksum)
+    table, header = decode_parquet(data, TRANSACTION_LOG, what, expected_checksum, SCHEMA)
     try:
         kinds = table.column("change").to_pylist()
         paths = table.column("path").to_pylist()
@@ -114,5 +114,5 @@ def decode_transaction_log(
             parent_id=SnapshotId.parse(header["parent_id"]) if header["parent_id"] else None,
             changes=tuple(changes),
         )
-    except (KeyError, TypeError, ValueError, pa.ArrowException) as e:
+    except (KeyError, TypeError, ValueError, pa.ArrowException, FormatError) as e:
         raise FormatError(f"{what}: damaged transaction log ({e!r})") from e
