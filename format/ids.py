@@ -64,6 +64,16 @@ class ObjectId:
             raise FormatError(f"{cls.__name__}: {text!r} is not a valid id")
         return parsed
 
+    @classmethod
+    def from_trusted_text(cls, text: str) -> Self:
+        """Parse text from an object already verified by its checksum (skips the
+        canonical-form check); still raises ``FormatError`` on undecodable text."""
+        try:
+            padded = text.encode("ascii").translate(_DECODE)
+            return cls(base64.b32decode(padded + b"=" * (-len(padded) % 8)))
+        except (ValueError, AttributeError) as e:
+            raise FormatError(f"{cls.__name__}: {text!r} is not a valid id") from e
+
     def __str__(self) -> str:
         return base64.b32encode(self.raw).translate(_ENCODE).rstrip(b"=").decode("ascii")
 

@@ -65,6 +65,7 @@ class ChunkRef:
 
 
 TOMBSTONE = ChunkRef(ChunkKind.DELETED)
+_KINDS = tuple(ChunkKind)
 
 
 def encode_manifest(
@@ -157,25 +158,41 @@ class ManifestSegment:
             col = self._cols[name] = self._table.column(name).combine_chunks()
         return col
 
+    def _num(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """A numeric column as numpy (nulls as 0) and its validity mask (None: no nulls);
+        converted once per segment, in bulk."""
+        key = "#" + name
+        hit = self._cols.get(key)
+        if hit is None:
+            col = self._col(name)
+            valid = None if col.null_count == 0 else col.is_valid().to_numpy(
+                zero_copy_only=False)
+            hit = self._cols[key] = (col.fill_null(0).to_numpy(), valid)
+        return hit  # type: ignore[no-any-return]
+
+    def _int(self, name: str, i: int) -> int | None:
+        values, valid = self._num(name)
+        return None if valid is not None and not valid[i] else int(values[i])
+
     def ref(self, i: int) -> ChunkRef:
-        kind = ChunkKind(int(self.kinds[i]))
+        kind = _KINDS[int(self.kinds[i])]
         if kind == ChunkKind.INLINE:
             return ChunkRef(kind, data=self._col("inline")[i].as_py(),
-                            length=self._col("length")[i].as_py())
+                            length=self._int("length", i) or 0)
         if kind == ChunkKind.NATIVE:
             return ChunkRef(
                 kind,
-                chunk_id=ChunkId.parse(self._col("chunk_id")[i].as_py()),
-                offset=self._col("offset")[i].as_py(),
-                length=self._col("length")[i].as_py(),
-                checksum=self._col("checksum")[i].as_py(),
+                chunk_id=ChunkId.from_trusted_text(self._col("chunk_id")[i].as_py()),
+                offset=self._int("offset", i) or 0,
+                length=self._int("length", i) or 0,
+                checksum=self._int("checksum", i),
             )
         if kind == ChunkKind.VIRTUAL:
             return ChunkRef(
                 kind,
                 location=self._col("location")[i].as_py(),
-                offset=self._col("offset")[i].as_py(),
-                length=self._col("length")[i].as_py(),
+                offset=self._int("offset", i) or 0,
+                length=self._int("length", i) or 0,
                 etag=self._col("etag")[i].as_py(),
                 last_modified=self._col("last_modified")[i].as_py(),
             )

@@ -906,3 +906,12 @@ def test_schemas_are_the_documented_ones():
     assert txlog.SCHEMA.names == ["change", "path", "node_id", "chunks"]
     assert [int(k) for k in ChunkKind] == [0, 1, 2, 3]
     assert [k.name for k in ChunkKind] == ["DELETED", "INLINE", "NATIVE", "VIRTUAL"]
+
+
+def test_from_trusted_text_round_trips_and_rejects_garbage() -> None:
+    from frazil.format import ChunkId, FormatError
+
+    cid = ChunkId.new()
+    assert ChunkId.from_trusted_text(str(cid)) == cid
+    with pytest.raises(FormatError):
+        ChunkId.from_trusted_text("!!not base32!!")
