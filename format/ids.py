@@ -10,17 +10,13 @@ canonical text (either case).
 
 from __future__ import annotations
 
-import base64
 import os
 import time
 from typing import ClassVar, Self
 
 from .errors import FormatError
 
-_STD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _CROCKFORD = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_ENCODE = bytes.maketrans(_STD, _CROCKFORD)
-_DECODE = bytes.maketrans(_CROCKFORD, _STD)
 
 
 class ObjectId:
@@ -54,28 +50,22 @@ class ObjectId:
         want = _text_len(cls.SIZE)
         if len(text) != want or not text.isascii():
             raise FormatError(f"{cls.__name__}: {text!r} is not a valid id ({want} characters)")
-        padded = text.upper().encode("ascii", "replace").translate(_DECODE)
-        padded += b"=" * (-len(padded) % 8)
-        try:
-            parsed = cls(base64.b32decode(padded))
-        except ValueError as e:
-            raise FormatError(f"{cls.__name__}: {text!r} is not a valid id") from e
-        if str(parsed) != text.upper():  # letters outside the alphabet, or nonzero pad bits
+        raw = _decode(text, cls.SIZE)  # None for letters outside the alphabet, pad bits set
+        if raw is None:
             raise FormatError(f"{cls.__name__}: {text!r} is not a valid id")
-        return parsed
+        return cls(raw)
 
     @classmethod
     def from_trusted_text(cls, text: str) -> Self:
         """Parse text from an object already verified by its checksum (skips the
         canonical-form check); still raises ``FormatError`` on undecodable text."""
-        try:
-            padded = text.encode("ascii").translate(_DECODE)
-            return cls(base64.b32decode(padded + b"=" * (-len(padded) % 8)))
-        except (ValueError, AttributeError) as e:
-            raise FormatError(f"{cls.__name__}: {text!r} is not a valid id") from e
+        raw = _decode(text, cls.SIZE)
+        if raw is None:
+            raise FormatError(f"{cls.__name__}: {text!r} is not a valid id")
+        return cls(raw)
 
     def __str__(self) -> str:
-        return base64.b32encode(self.raw).translate(_ENCODE).rstrip(b"=").decode("ascii")
+        return _encode(self.raw)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r})"
@@ -91,6 +81,35 @@ class ObjectId:
 
     def __reduce__(self) -> tuple[type[Self], tuple[bytes]]:
         return (type(self), (self.raw,))
+
+
+_ALPHABET = _CROCKFORD.decode("ascii")
+_VALUE = {ch: i for i, ch in enumerate(_ALPHABET)} | {
+    ch.lower(): i for i, ch in enumerate(_ALPHABET)}
+
+
+def _encode(raw: bytes) -> str:
+    """Crockford base32 of ``raw`` (what base64.b32encode gives, in int arithmetic)."""
+    n = len(raw)
+    chars = _text_len(n)
+    value = int.from_bytes(raw, "big") << (chars * 5 - n * 8)
+    return "".join(_ALPHABET[(value >> (5 * (chars - 1 - i))) & 31] for i in range(chars))
+
+
+def _decode(text: object, size: int) -> bytes | None:
+    """Inverse of ``_encode``; None for text that is not valid."""
+    if not isinstance(text, str) or len(text) != _text_len(size):
+        return None
+    value = 0
+    try:
+        for ch in text:
+            value = (value << 5) | _VALUE[ch]
+    except KeyError:
+        return None
+    pad = len(text) * 5 - size * 8
+    if value & ((1 << pad) - 1):
+        return None
+    return (value >> pad).to_bytes(size, "big")
 
 
 def _text_len(size: int) -> int:

@@ -915,3 +915,20 @@ def test_from_trusted_text_round_trips_and_rejects_garbage() -> None:
     assert ChunkId.from_trusted_text(str(cid)) == cid
     with pytest.raises(FormatError):
         ChunkId.from_trusted_text("!!not base32!!")
+
+
+def test_id_text_matches_rfc4648_base32_in_crockford_letters() -> None:
+    """The text form is RFC 4648 base32 (unpadded) with Crockford's alphabet, as SPEC.md says."""
+    import base64
+    import os
+
+    from frazil.format import ChunkId, NodeId
+
+    table = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
+                            b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+    for cls in (ChunkId, NodeId):
+        for _ in range(500):
+            raw = os.urandom(cls.SIZE)
+            expected = base64.b32encode(raw).translate(table).rstrip(b"=").decode()
+            assert str(cls(raw)) == expected
+            assert cls.parse(expected) == cls(raw) == cls.from_trusted_text(expected)
