@@ -1,6 +1,15 @@
 """frazil: Git-like version control for Zarr v3 on object storage, with no server."""
 
 from .config import RepositoryConfig
+from .conflicts import (
+    BasicConflictSolver,
+    Conflict,
+    ConflictDetector,
+    ConflictSolver,
+    ConflictType,
+    RebaseFailedError,
+    VersionSelection,
+)
 from .diff import Diff
 from .errors import (
     AlreadyExistsError,
@@ -13,10 +22,12 @@ from .errors import (
     StorageError,
 )
 from .repository import Repository, SnapshotInfo
-from .session import Session
+from .session import ForkSession, Session
 from .storage import Storage, in_memory_storage, local_filesystem_storage
 
 __all__ = [
+    "BasicConflictSolver", "Conflict", "ConflictDetector", "ConflictSolver", "ConflictType",
+    "ForkSession", "RebaseFailedError", "VersionSelection",
     "AlreadyExistsError", "ConflictError", "FormatError", "FrazilError", "InvalidInputError",
     "NotFoundError", "ReadOnlyError", "Repository", "RepositoryConfig", "Session",
     "SnapshotInfo", "Diff", "Storage", "StorageError", "in_memory_storage",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import operator
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,8 @@ from frazil.format.manifest import TOMBSTONE, inline_rows, ref_rows, tombstone_r
 
 Coord = tuple[int, ...]
 Key = int | tuple[int, ...]
+KeySet = set[Key]
+CoordSet = set[Coord]
 
 
 def _pick(values: list[Any], idx: np.ndarray) -> list[Any]:
@@ -101,6 +103,46 @@ class ChunkTable:
 
     def __len__(self) -> int:
         return len(self.inline) + len(self.refs) + len(self.deleted)
+
+    def __copy__(self) -> ChunkTable:
+        other = ChunkTable(self.ndim)
+        other.inline = dict(self.inline)
+        other.refs = dict(self.refs)
+        other.deleted = set(self.deleted)
+        return other
+
+    def __getstate__(self) -> tuple[int, dict[Key, bytes], dict[Key, ChunkRef], KeySet]:
+        return (self.ndim, self.inline, self.refs, self.deleted)
+
+    def __setstate__(self, state: tuple[int, dict[Key, bytes], dict[Key, ChunkRef],
+                                        KeySet]) -> None:
+        ndim, inline, refs, deleted = state
+        self.__init__(ndim)  # type: ignore[misc]
+        self.inline, self.refs, self.deleted = inline, refs, deleted
+
+    def _all_keys(self) -> list[Iterable[Key]]:
+        return [self.inline.keys(), self.refs.keys(), self.deleted]
+
+    def overlap(self, other: ChunkTable) -> CoordSet:
+        """Coordinates staged in both tables."""
+        both: KeySet = set()
+        for mine in self._all_keys():
+            for theirs in other._all_keys():
+                both |= mine & theirs  # type: ignore[operator]
+        return {self.coord(k) for k in both}
+
+    def update(self, other: ChunkTable) -> None:
+        """Add every ref of ``other`` (callers check ``overlap`` first)."""
+        for k in other.inline.keys() | other.refs.keys() | other.deleted:
+            self._clear(k)
+        self.inline.update(other.inline)
+        self.refs.update(other.refs)
+        self.deleted |= other.deleted
+
+    def discard(self, coords: Iterable[Coord]) -> None:
+        """Forget the staged refs at ``coords``."""
+        for c in coords:
+            self._clear(self.key(c))
 
     def items(self) -> Iterator[tuple[Coord, ChunkRef]]:
         for k, data in list(self.inline.items()):

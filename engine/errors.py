@@ -15,14 +15,16 @@ __all__ = [
 class ConflictError(FrazilError):
     """Another writer got there first: the branch moved, or two changes collide.
 
-    ``expected_parent`` and ``actual_parent`` are set when a branch moved under a commit.
+    ``expected_parent`` and ``actual_parent`` are set when a branch moved under a commit;
+    ``conflicts`` lists the ``Conflict`` values found by a merge or rebase.
     """
 
     def __init__(self, message: str, *, expected_parent: Any = None,
-                 actual_parent: Any = None) -> None:
+                 actual_parent: Any = None, conflicts: Any = None) -> None:
         super().__init__(message)
         self.expected_parent = expected_parent
         self.actual_parent = actual_parent
+        self.conflicts = list(conflicts or ())
 
 
 class NotFoundError(FrazilError, KeyError):

@@ -287,7 +287,7 @@ class Repository:
         async def go() -> Session:
             sid, cs = await self._resolve(branch, tag, snapshot_id)
             return Session(self, await self._reader.snapshot(sid, cs), branch=branch,
-                           read_only=True)
+                           read_only=True, base_checksum=cs)
         return _aio.run(go())
 
     def writable_session(self, branch: str) -> Session:
@@ -300,7 +300,7 @@ class Repository:
         async def go() -> Session:
             sid, cs = await self._resolve(branch=branch)
             return Session(self, await self._reader.snapshot(sid, cs), branch=branch,
-                           read_only=False)
+                           read_only=False, base_checksum=cs)
         return _aio.run(go())
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import random
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ from frazil.format import (
     NodeId,
     NodeRecord,
     Snapshot,
+    SnapshotId,
     checksum,
 )
 from frazil.format.common import BRANCH_REF
@@ -24,6 +27,7 @@ from frazil.format.common import BRANCH_REF
 from . import _aio
 from .changeset import ChangeSet, Coord
 from .commit import prepare_commit
+from .conflicts import ConflictSolver, detect_conflicts
 from .diff import Diff, node_diff
 from .errors import (
     ConflictError,
@@ -33,6 +37,7 @@ from .errors import (
     ReadOnlyError,
 )
 from .objects import chunk_key, slice_range
+from .rebase import apply_resolution, merge_changes, summarize_changes, summarize_logs
 from .refs import read_ref, swap_branch
 from .storage.base import ByteRange
 from .zarrmeta import NodeMeta, parse_zarr_json
@@ -63,8 +68,9 @@ class Session:
     """
 
     def __init__(self, repo: Repository, base: Snapshot, *, branch: str | None,
-                 read_only: bool) -> None:
+                 read_only: bool, base_checksum: int | None = None) -> None:
         self._repo = repo
+        self._base_checksum = base_checksum
         self._branch = branch
         self._read_only = read_only
         self._changes = ChangeSet()
@@ -300,14 +306,22 @@ class Session:
         self._check_writable()
         self._changes.clear()
 
-    def commit(self, message: str, metadata: dict[str, Any] | None = None) -> str:
+    def commit(self, message: str, metadata: dict[str, Any] | None = None, *,
+               rebase_with: ConflictSolver | None = None, rebase_tries: int = 1_000) -> str:
         """Publish the staged changes as a new snapshot on the branch; returns its id.
 
-        Raises ``ConflictError`` if the branch moved since this session started.
+        If the branch moved since this session started: without ``rebase_with``,
+        ``ConflictError``; with a solver, the commits that landed meanwhile are checked
+        for conflicts, the solver decides, and the commit is retried on the new tip (up
+        to ``rebase_tries`` attempts, with backoff and jitter). The number of attempts is
+        recorded in the commit's metadata as ``"frazil.commit_attempts"``.
         """
-        return _aio.run(self.commit_async(message, metadata))
+        return _aio.run(self.commit_async(message, metadata, rebase_with=rebase_with,
+                                          rebase_tries=rebase_tries))
 
-    async def commit_async(self, message: str, metadata: dict[str, Any] | None = None) -> str:
+    async def commit_async(self, message: str, metadata: dict[str, Any] | None = None, *,
+                           rebase_with: ConflictSolver | None = None,
+                           rebase_tries: int = 1_000) -> str:
         self._check_writable()
         if self._branch is None:
             raise ReadOnlyError("this session is not on a branch and cannot commit")
@@ -315,31 +329,177 @@ class Session:
             raise InvalidInputError(f"commit message must be a string, got "
                                     f"{type(message).__name__}")
         metadata = _check_metadata(metadata)
+        if rebase_with is not None and not isinstance(rebase_with, ConflictSolver):
+            raise InvalidInputError("rebase_with must be a ConflictSolver such as "
+                                    "ConflictDetector() or BasicConflictSolver()")
+        if not isinstance(rebase_tries, int) or rebase_tries < 1:
+            raise InvalidInputError("rebase_tries must be a positive int")
         if self._changes.is_empty():
             raise InvalidInputError("nothing to commit: the session has no changes")
-        repo = self._repo
-        plan = prepare_commit(self._base, self._changes, message=message, metadata=metadata,
-                              split_rows=repo.config.split_rows)
-        storage = repo.storage
-        await _aio.gather_limited([storage.put(k, b) for k, b in [*plan.manifests, plan.log]])
-        await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
+        repo, storage = self._repo, self._repo.storage
+        attempt = 0
         while True:
-            ref = await read_ref(storage, BRANCH_REF, self._branch)
-            tip = ref.record.snapshot_id
-            if tip != self._base.id:
+            attempt += 1
+            meta = dict(metadata)
+            if rebase_with is not None:
+                meta["frazil.commit_attempts"] = attempt
+            plan = prepare_commit(self._base, self._changes, message=message, metadata=meta,
+                                  split_rows=repo.config.split_rows)
+            await _aio.gather_limited([storage.put(k, b)
+                                       for k, b in [*plan.manifests, plan.log]])
+            await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
+            while True:
+                ref = await read_ref(storage, BRANCH_REF, self._branch)
+                tip = ref.record.snapshot_id
+                if tip != self._base.id:
+                    break
+                if await swap_branch(storage, self._branch, ref, plan.snapshot.id,
+                                     plan.snapshot_checksum):
+                    repo._reader.snapshots.put(plan.snapshot.id, plan.snapshot)
+                    self._changes = ChangeSet()
+                    self._set_base(plan.snapshot)
+                    self._base_checksum = plan.snapshot_checksum
+                    self._read_only = True
+                    return str(plan.snapshot.id)
+            assert tip is not None
+            if rebase_with is None:
                 raise ConflictError(
                     f"branch {self._branch!r} moved: this session started at snapshot "
-                    f"{self._base.id}, but the branch is now at {tip}; start a new session "
-                    "(or rebase) and commit again",
+                    f"{self._base.id}, but the branch is now at {tip}; rebase "
+                    "(commit(..., rebase_with=ConflictDetector())) or start a new session",
                     expected_parent=str(self._base.id), actual_parent=str(tip))
-            if await swap_branch(storage, self._branch, ref, plan.snapshot.id,
-                                 plan.snapshot_checksum):
-                break
-        repo._reader.snapshots.put(plan.snapshot.id, plan.snapshot)
-        self._changes = ChangeSet()
-        self._set_base(plan.snapshot)
-        self._read_only = True
-        return str(plan.snapshot.id)
+            if attempt >= rebase_tries:
+                raise ConflictError(
+                    f"gave up committing to {self._branch!r} after {attempt} attempts: "
+                    "the branch kept moving", expected_parent=str(self._base.id),
+                    actual_parent=str(tip))
+            await self._rebase_onto(rebase_with, tip, ref.record.checksum)
+            await asyncio.sleep(random.uniform(0, min(0.25, 0.002 * 2 ** min(attempt, 8))))
+
+    def rebase(self, solver: ConflictSolver) -> None:
+        """Move this session's base to the branch tip, checking the commits in between
+        for conflicts with the staged changes; the solver resolves or fails."""
+        self._check_writable()
+        if self._branch is None:
+            raise ReadOnlyError("this session is not on a branch")
+
+        async def go() -> None:
+            ref = await read_ref(self._repo.storage, BRANCH_REF, self._branch or "")
+            tip = ref.record.snapshot_id
+            assert tip is not None
+            if tip != self._base.id:
+                await self._rebase_onto(solver, tip, ref.record.checksum)
+        _aio.run(go())
+
+    async def _rebase_onto(self, solver: ConflictSolver, tip: SnapshotId,
+                           tip_checksum: int | None) -> None:
+        reader = self._repo._reader
+        chain = []
+        sid: SnapshotId | None = tip
+        while sid is not None and sid != self._base.id:
+            info = await reader.commit_info(sid)
+            chain.append(info)
+            sid = info.parent_id
+        if sid is None:
+            raise ConflictError(
+                f"cannot rebase onto {tip}: this session's base {self._base.id} is not in "
+                f"its history (was branch {self._branch!r} reset?)",
+                expected_parent=str(self._base.id), actual_parent=str(tip))
+        logs = await asyncio.gather(*(reader.transaction_log(i.snapshot_id,
+                                                             i.transaction_log_checksum)
+                                      for i in reversed(chain)))
+        theirs = summarize_logs(logs)
+        ours = summarize_changes(self._base_nodes, self._changes)
+        resolution = solver.solve(detect_conflicts(ours, theirs), str(tip))
+        new_base = await reader.snapshot(tip, tip_checksum)
+        with self._changes.lock:
+            apply_resolution(self._base_nodes, self._changes, resolution)
+            tip_nodes = {n.path: n for n in new_base.nodes}
+            for path, rec in list(self._changes.nodes.items()):
+                fresh = tip_nodes.get(path)
+                if rec is not None and fresh is not None and fresh.node_id == rec.node_id:
+                    self._changes.nodes[path] = dataclasses.replace(
+                        fresh, zarr_json=rec.zarr_json)
+        self._set_base(new_base)
+        self._base_checksum = tip_checksum
+
+    # -- fork and merge --------------------------------------------------------------------
+    def fork(self) -> ForkSession:
+        """A picklable session for workers, at this session's base. Workers write through
+        ``fork.store`` and return the fork; ``merge`` brings their changes back."""
+        if self._read_only:
+            raise ReadOnlyError("a read-only session cannot be forked; fork a writable one")
+        if self.has_uncommitted_changes:
+            raise InvalidInputError("cannot fork a session with uncommitted changes: "
+                                    "commit first, then fork")
+        return ForkSession(self._repo, self._base, branch=self._branch, read_only=False,
+                           base_checksum=self._base_checksum)
+
+    def _fork_with_changes(self) -> ForkSession:
+        """A fork that starts with a copy of this session's staged node changes (for the
+        dask and xarray helpers, which create arrays here and fill them on workers)."""
+        self._check_writable()
+        fork = ForkSession(self._repo, self._base, branch=self._branch, read_only=False,
+                           base_checksum=self._base_checksum)
+        fork._changes.nodes.update(self._changes.nodes)
+        return fork
+
+    def merge(self, *forks: ForkSession) -> None:
+        """Fold the forks' changes into this session. Raises ``ConflictError`` (naming the
+        array and chunk coordinates) if two of them, or a fork and this session, wrote the
+        same chunk or changed the same node differently; then nothing is merged."""
+        self._check_writable()
+        merged = self._changes
+        for fork in forks:
+            if not isinstance(fork, ForkSession):
+                raise InvalidInputError(f"merge takes ForkSession objects (from "
+                                        f"session.fork()), got {type(fork).__name__}")
+            if fork._base.id != self._base.id:
+                raise InvalidInputError(
+                    f"cannot merge a fork of snapshot {fork._base.id} into a session at "
+                    f"{self._base.id}: forks must come from this session's base")
+            merged, conflicts = merge_changes(self._base_nodes, merged, fork._changes)
+            if conflicts:
+                shown = "; ".join(str(c) for c in conflicts[:20])
+                raise ConflictError(f"merge found {len(conflicts)} conflict(s): {shown}",
+                                    conflicts=conflicts)
+        with self._changes.lock:
+            self._changes.nodes, self._changes.chunks = merged.nodes, merged.chunks
+
+
+class ForkSession(Session):
+    """A writable session to send to workers (it pickles, with its changes). It cannot
+    commit or rebase: return it to the process that forked it, which merges it."""
+
+    def commit(self, message: str, metadata: dict[str, Any] | None = None, *,
+               rebase_with: ConflictSolver | None = None, rebase_tries: int = 1_000) -> str:
+        raise InvalidInputError("a ForkSession cannot commit: return it to the process "
+                                "that forked it and call session.merge(fork) there")
+
+    async def commit_async(self, message: str, metadata: dict[str, Any] | None = None, *,
+                           rebase_with: ConflictSolver | None = None,
+                           rebase_tries: int = 1_000) -> str:
+        return self.commit(message, metadata)
+
+    def rebase(self, solver: ConflictSolver) -> None:
+        raise InvalidInputError("a ForkSession cannot rebase; merge it into its session")
+
+    def fork(self) -> ForkSession:
+        raise InvalidInputError("a ForkSession cannot be forked again; fork the session")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"repo": self._repo, "base_id": self._base.id, "base_checksum":
+                self._base_checksum, "branch": self._branch, "changes": self._changes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        repo = state["repo"]
+        base = _aio.run(repo._reader.snapshot(state["base_id"], state["base_checksum"]))
+        Session.__init__(self, repo, base, branch=state["branch"], read_only=False,
+                         base_checksum=state["base_checksum"])
+        self._changes = state["changes"]
+
+    def __repr__(self) -> str:
+        return f"<frazil.ForkSession branch={self._branch!r} snapshot={self.snapshot_id}>"
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
