@@ -80,12 +80,20 @@ def apply_resolution(base: dict[str, NodeRecord], changes: ChangeSet,
 
 
 def merge_changes(base: dict[str, NodeRecord], target: ChangeSet,
-                  source: ChangeSet) -> tuple[ChangeSet, list[Conflict]]:
-    """``target`` with ``source`` folded in (a new change set; the inputs are unchanged),
+                  sources: Iterable[ChangeSet]) -> tuple[ChangeSet, list[Conflict]]:
+    """``target`` with every source folded in (a new change set; the inputs are unchanged),
     and the conflicts found. Identical node records merge silently; a node both created
     with the same metadata becomes one node."""
     merged = ChangeSet(nodes=dict(target.nodes),
                        chunks={k: copy.copy(t) for k, t in target.chunks.items()})
+    conflicts: list[Conflict] = []
+    for source in sources:
+        conflicts.extend(_fold(base, merged, source))
+    return merged, conflicts
+
+
+def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet) -> list[Conflict]:
+    """Fold ``source`` into ``merged`` in place; returns the conflicts found."""
     conflicts: list[Conflict] = []
     id_map: dict[NodeId, NodeId] = {}
     paths = _paths_by_id(base, merged)
@@ -140,7 +148,7 @@ def merge_changes(base: dict[str, NodeRecord], target: ChangeSet,
             conflicts.append(Conflict(ConflictType.ChunkDoubleUpdate, path, tuple(sorted(both))))
             continue
         mine_table.update(table)
-    return merged, conflicts
+    return conflicts
 
 
 class _Missing:

@@ -449,7 +449,6 @@ class Session:
         array and chunk coordinates) if two of them, or a fork and this session, wrote the
         same chunk or changed the same node differently; then nothing is merged."""
         self._check_writable()
-        merged = self._changes
         for fork in forks:
             if not isinstance(fork, ForkSession):
                 raise InvalidInputError(f"merge takes ForkSession objects (from "
@@ -458,11 +457,12 @@ class Session:
                 raise InvalidInputError(
                     f"cannot merge a fork of snapshot {fork._base.id} into a session at "
                     f"{self._base.id}: forks must come from this session's base")
-            merged, conflicts = merge_changes(self._base_nodes, merged, fork._changes)
-            if conflicts:
-                shown = "; ".join(str(c) for c in conflicts[:20])
-                raise ConflictError(f"merge found {len(conflicts)} conflict(s): {shown}",
-                                    conflicts=conflicts)
+        merged, conflicts = merge_changes(self._base_nodes, self._changes,
+                                          [f._changes for f in forks])
+        if conflicts:
+            shown = "; ".join(str(c) for c in conflicts[:20])
+            raise ConflictError(f"merge found {len(conflicts)} conflict(s): {shown}",
+                                conflicts=conflicts)
         with self._changes.lock:
             self._changes.nodes, self._changes.chunks = merged.nodes, merged.chunks
 
