@@ -37,6 +37,22 @@ def _reset_after_fork() -> None:
 
 os.register_at_fork(after_in_child=_reset_after_fork)
 
+_resettable: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def reset_in_child(obj: Any) -> None:
+    """Call ``obj._after_fork()`` in a forked child (for objects holding locks or futures
+    that another thread of the parent may have held at the moment of the fork)."""
+    _resettable.add(obj)
+
+
+def _reset_objects_after_fork() -> None:
+    for obj in list(_resettable):
+        obj._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_objects_after_fork)
+
 
 def loop() -> asyncio.AbstractEventLoop:
     """The engine's loop, started on first use in a daemon thread."""

@@ -20,6 +20,8 @@ import pyarrow as pa
 from frazil.format import ChunkKind, ChunkRef, NodeId, NodeRecord
 from frazil.format.manifest import TOMBSTONE, inline_rows, ref_rows, tombstone_rows
 
+from . import _aio
+
 Coord = tuple[int, ...]
 Key = int | tuple[int, ...]
 KeySet = set[Key]
@@ -205,7 +207,7 @@ class ChunkTable:
         return np.concatenate(coords), np.concatenate(kinds)
 
 
-@dataclass
+@dataclass(eq=False)
 class ChangeSet:
     """Staged changes, relative to the session's base snapshot.
 
@@ -217,6 +219,12 @@ class ChangeSet:
     nodes: dict[str, NodeRecord | None] = field(default_factory=dict)
     chunks: dict[NodeId, ChunkTable] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _aio.reset_in_child(self)
+
+    def _after_fork(self) -> None:
+        self.lock = threading.Lock()
 
     def is_empty(self) -> bool:
         return not self.nodes and not any(len(t) for t in self.chunks.values())
@@ -260,3 +268,4 @@ class ChangeSet:
         self.nodes = state["nodes"]  # type: ignore[assignment]
         self.chunks = state["chunks"]  # type: ignore[assignment]
         self.lock = threading.Lock()
+        self.__post_init__()

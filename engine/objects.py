@@ -31,6 +31,7 @@ from frazil.format import (
 )
 from frazil.format.common import verify_checksum
 
+from . import _aio
 from .errors import FormatError, NotFoundError
 from .storage.base import ByteRange, Storage
 
@@ -64,6 +65,10 @@ class LRU(Generic[K, V]):
         self._weigh = weigh
         self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._total = 0
+        self._lock = threading.Lock()
+        _aio.reset_in_child(self)
+
+    def _after_fork(self) -> None:
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
@@ -102,6 +107,11 @@ class ObjectReader:
                                                               lambda m: m.nbytes)
         self.chunks: LRU[ChunkId, bytes] = LRU(chunk_cache_bytes, len)
         self._inflight: dict[tuple[int, Any], asyncio.Future[Any]] = {}
+        self._lock = threading.Lock()
+        _aio.reset_in_child(self)
+
+    def _after_fork(self) -> None:
+        self._inflight = {}
         self._lock = threading.Lock()
 
     async def _once(self, key: Any, load: Callable[[], Awaitable[V]]) -> V:
