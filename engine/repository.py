@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,8 @@ from .session import Session
 from .storage.base import Storage
 
 CONFIG_KEY = "config.json"
+_shared_readers: weakref.WeakValueDictionary[tuple[str, str], ObjectReader] = (
+    weakref.WeakValueDictionary())
 MAIN = "main"
 
 from .config import RepositoryConfig  # noqa: E402
@@ -72,6 +75,14 @@ class Repository:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["storage"], state["config"])  # type: ignore[misc]
+        # repositories unpickled in one process (forks sent to a worker task by task)
+        # share one cache of immutable objects per storage location
+        key = (type(self._storage).__qualname__, self._storage.describe())
+        shared = _shared_readers.get(key)
+        if shared is None:
+            _shared_readers[key] = self._reader
+        else:
+            self._reader = shared
 
     def __repr__(self) -> str:
         return f"<frazil.Repository on {self._storage.describe()}>"
