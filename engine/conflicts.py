@@ -137,11 +137,14 @@ def detect_conflicts(ours: ChangeSummary, theirs: ChangeSummary) -> list[Conflic
         both = coords & theirs.chunks.get(path, set())
         if both:
             add(Conflict(ConflictType.ChunkDoubleUpdate, path, tuple(sorted(both))))
-    for path in sorted(ours.deleted_arrays - ours.new_nodes):
-        if path in theirs.updated_arrays or theirs.chunks.get(path):
+    # a path in both deleted_* and new_* was replaced: the old node is deleted all the same;
+    # and a node they replaced (new at a path that was in the base) counts as updated
+    for path in sorted(ours.deleted_arrays):
+        if (path in theirs.updated_arrays or path in theirs.new_nodes
+                or theirs.chunks.get(path)):
             add(Conflict(ConflictType.DeleteOfUpdatedArray, path))
-    for path in sorted(ours.deleted_groups - ours.new_nodes):
-        if path in theirs.updated_groups:
+    for path in sorted(ours.deleted_groups):
+        if path in theirs.updated_groups or path in theirs.new_nodes:
             add(Conflict(ConflictType.DeleteOfUpdatedGroup, path))
     return out
 

@@ -69,7 +69,15 @@ def _paths_by_id(base: dict[str, NodeRecord], changes: ChangeSet) -> dict[NodeId
 
 def apply_resolution(base: dict[str, NodeRecord], changes: ChangeSet,
                      resolution: Resolution) -> None:
-    """Drop our staged chunks that the solver gave to the other side."""
+    """Drop our staged chunks that the solver gave to the other side, and our staged node
+    records that change nothing (the base's node with the base's zarr.json):
+    ``summarize_changes`` does not count them, so kept they would silently undo the other
+    side's update, delete or replacement of that node on the new base."""
+    for path, staged in list(changes.nodes.items()):
+        old = base.get(path)
+        if (staged is not None and old is not None and staged.node_id == old.node_id
+                and staged.zarr_json == old.zarr_json):
+            del changes.nodes[path]
     if not resolution.drop_chunks:
         return
     ids = {path: node_id for node_id, path in _paths_by_id(base, changes).items()}
@@ -97,6 +105,7 @@ def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet) -> 
     conflicts: list[Conflict] = []
     id_map: dict[NodeId, NodeId] = {}
     paths = _paths_by_id(base, merged)
+    before = dict(merged.nodes)
     for path, rec in source.nodes.items():
         mine = merged.nodes.get(path, _MISSING)
         if mine is _MISSING:
@@ -112,8 +121,14 @@ def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet) -> 
             continue
         if mine == rec:
             continue
+        old = base.get(path)
         if (mine is not None and rec is not None and mine.node_type == rec.node_type
-                and mine.zarr_json == rec.zarr_json):
+                and mine.zarr_json == rec.zarr_json
+                # one node, or two created independently; not the base node and a
+                # replacement of it, even with equal metadata (its chunks differ)
+                and (mine.node_id == rec.node_id  # type: ignore[union-attr]
+                     or old is None or old.node_id not in (mine.node_id,  # type: ignore[union-attr]
+                                                           rec.node_id))):
             id_map[rec.node_id] = mine.node_id  # type: ignore[union-attr]
             continue
         in_base = path in base
@@ -127,6 +142,12 @@ def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet) -> 
         else:
             kind = ConflictType.ZarrMetadataDoubleUpdate
         conflicts.append(Conflict(kind, path))
+    # a node one side created under a group the other side deleted would be orphaned
+    for mine_side, other_side in ((source.nodes, before), (before, source.nodes)):
+        for path, rec in mine_side.items():
+            if rec is not None and path not in base and any(
+                    other_side.get(p, _MISSING) is None for p in _parents(path)):
+                conflicts.append(Conflict(ConflictType.NewNodeInInvalidGroup, path))
     paths.update({nid: p for p, r in merged.nodes.items() if r is not None
                   for nid in [r.node_id]})
     live_ids = {r.node_id for r in merged.nodes.values() if r is not None} | {
@@ -135,7 +156,7 @@ def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet) -> 
         if not len(table):
             continue
         tid = id_map.get(node_id, node_id)
-        path = paths.get(tid, "?")
+        path = paths.get(tid) or _paths_by_id({}, source).get(node_id, "?")
         if tid not in live_ids:
             conflicts.append(Conflict(ConflictType.ChunksUpdatedInDeletedArray, path))
             continue
@@ -149,6 +170,11 @@ def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet) -> 
             continue
         mine_table.update(table)
     return conflicts
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.strip("/").split("/") if path.strip("/") else []
+    return ["/" + "/".join(parts[:i]) for i in range(len(parts))]
 
 
 class _Missing:

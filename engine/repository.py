@@ -35,7 +35,7 @@ from .session import Session
 from .storage.base import Storage
 
 CONFIG_KEY = "config.json"
-_shared_readers: weakref.WeakValueDictionary[tuple[str, str], ObjectReader] = (
+_shared_readers: weakref.WeakValueDictionary[tuple[str, str, str], ObjectReader] = (
     weakref.WeakValueDictionary())
 MAIN = "main"
 
@@ -77,7 +77,8 @@ class Repository:
         self.__init__(state["storage"], state["config"])  # type: ignore[misc]
         # repositories unpickled in one process (forks sent to a worker task by task)
         # share one cache of immutable objects per storage location
-        key = (type(self._storage).__qualname__, self._storage.describe())
+        key = (type(self._storage).__qualname__, self._storage.describe(),
+               str(getattr(self._storage, "token", "")))
         shared = _shared_readers.get(key)
         if shared is None:
             _shared_readers[key] = self._reader
