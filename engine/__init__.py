@@ -20,10 +20,20 @@ from .errors import (
     NotFoundError,
     ReadOnlyError,
     StorageError,
+    TransientStorageError,
 )
 from .repository import Repository, SnapshotInfo
 from .session import ForkSession, Session
-from .storage import Storage, in_memory_storage, local_filesystem_storage
+from .storage import (
+    FaultInjectingStorage,
+    RetryingStorage,
+    S3Settings,
+    Storage,
+    http_storage,
+    in_memory_storage,
+    local_filesystem_storage,
+    s3_storage,
+)
 
 __all__ = [
     "BasicConflictSolver", "Conflict", "ConflictDetector", "ConflictSolver", "ConflictType",
@@ -32,4 +42,6 @@ __all__ = [
     "NotFoundError", "ReadOnlyError", "Repository", "RepositoryConfig", "Session",
     "SnapshotInfo", "Diff", "Storage", "StorageError", "in_memory_storage",
     "local_filesystem_storage",
+    "FaultInjectingStorage", "RetryingStorage", "S3Settings", "TransientStorageError",
+    "http_storage", "s3_storage",
 ]

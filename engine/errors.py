@@ -8,7 +8,7 @@ from frazil.format.errors import FormatError, FrazilError
 
 __all__ = [
     "AlreadyExistsError", "ConflictError", "FormatError", "FrazilError", "InvalidInputError",
-    "NotFoundError", "ReadOnlyError", "StorageError",
+    "NotFoundError", "ReadOnlyError", "StorageError", "TransientStorageError",
 ]
 
 
@@ -48,3 +48,14 @@ class InvalidInputError(FrazilError, ValueError):
 
 class StorageError(FrazilError):
     """The storage backend failed (I/O error, permission, unreachable service)."""
+
+
+class TransientStorageError(StorageError):
+    """A storage failure that may succeed if tried again: throttling (503 SlowDown), a
+    timeout, a dropped connection, a lost response.
+
+    The operation may or may not have taken effect (a write whose response was lost did
+    land). ``RetryingStorage`` and the S3 backend retry these with backoff; whoever
+    retries a conditional put must tell "ours landed" from "someone else won" by reading
+    the object back (see ``frazil.storage.retry``).
+    """

@@ -1,10 +1,17 @@
-"""Storage backends: the interface and its local-filesystem and in-memory implementations."""
+"""Storage backends: the interface; local-filesystem, in-memory, S3 and read-only HTTP
+implementations; a retrying wrapper and a fault-injecting one (for tests)."""
 
 from .base import ByteRange, PutResult, Storage
+from .faults import FaultInjectingStorage
+from .http import HTTPStorage, http_storage
 from .local import LocalFileSystemStorage, local_filesystem_storage
 from .memory import InMemoryStorage, in_memory_storage
+from .retry import RetryingStorage, RetrySettings
+from .s3 import S3Config, S3Settings, S3Storage, s3_storage
 
 __all__ = [
-    "ByteRange", "InMemoryStorage", "LocalFileSystemStorage", "PutResult", "Storage",
-    "in_memory_storage", "local_filesystem_storage",
+    "ByteRange", "FaultInjectingStorage", "HTTPStorage", "InMemoryStorage",
+    "LocalFileSystemStorage", "PutResult", "RetrySettings", "RetryingStorage", "S3Config",
+    "S3Settings", "S3Storage", "Storage", "http_storage", "in_memory_storage",
+    "local_filesystem_storage", "s3_storage",
 ]

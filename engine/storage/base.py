@@ -13,10 +13,16 @@ Contract every backend keeps (and ``tests/test_storage.py`` checks for each):
 * **Read-after-write.** Once a put returns, every get and list on the same storage
   (from any process on any machine that can reach it) sees the object.
 * **Versions.** ``get_with_version`` returns an opaque version token that changes on
-  every successful write of the key.
+  every successful write of the key. Exception: on backends whose versions are content
+  hashes (``versions_follow_content = True``: S3, whose ETag is the MD5 of the bytes),
+  rewriting *identical* bytes keeps the version, so a compare-and-swap cannot tell two
+  writes of the same bytes apart. frazil never conditionally writes the same bytes twice:
+  every ref payload carries a random ``write_id``.
 * **Errors.** A missing key raises ``NotFoundError``; any other failure raises
   ``StorageError`` (never a bare ``OSError``); writes to read-only storage raise
-  ``ReadOnlyError``.
+  ``ReadOnlyError``. A failure that may pass if retried (throttling, timeout, lost
+  connection or response) is a ``TransientStorageError``; its operation may or may not
+  have taken effect (see ``frazil.storage.retry``).
 
 All methods are coroutines; the engine runs them on its own event loop.
 """
@@ -27,6 +33,8 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ..errors import InvalidInputError
 
 ByteRange = tuple[int, int | None]
 """``(start, end)``: bytes ``start`` to ``end`` (exclusive; None = to the end of the object).
@@ -42,6 +50,25 @@ class PutResult:
     version: str | None
 
 
+def validate_key(key: str) -> str:
+    """Refuse keys that are not relative, normalized object paths (the local backend's
+    rule, which every backend applies so that a key valid on one is valid on all)."""
+    if (not isinstance(key, str) or not key or key.startswith("/")
+            or any(p in ("", ".", "..") for p in key.split("/"))):
+        raise InvalidInputError(f"invalid storage key {key!r}")
+    return key
+
+
+def slice_range(data: bytes, byte_range: ByteRange | None) -> bytes:
+    """The part of ``data`` that ``byte_range`` selects (see ``ByteRange``)."""
+    if byte_range is None:
+        return data
+    start, end = byte_range
+    if start < 0:
+        return data[max(0, len(data) + start):]
+    return data[start:end]
+
+
 class Storage(abc.ABC):
     """Bytes under string keys. See the module docstring for the contract."""
 
@@ -49,6 +76,8 @@ class Storage(abc.ABC):
     supports_conditional_writes: bool = True
     #: writes are allowed
     writable: bool = True
+    #: the version token is a hash of the content (identical bytes, identical version)
+    versions_follow_content: bool = False
 
     @abc.abstractmethod
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:

@@ -1,0 +1,557 @@
+"""S3 (and S3-compatible) storage on s3fs's async API, with conditional writes.
+
+* Conditional create is ``PutObject`` with ``If-None-Match: *`` (tags, new branches);
+  compare-and-swap of a branch ref is ``PutObject`` with ``If-Match: <ETag read>``. A
+  failed precondition is recognized by botocore's error code (``PreconditionFailed``) or
+  the HTTP status 412, on the exception or its ``__cause__`` (s3fs wraps botocore's
+  ``ClientError`` in an ``OSError``), never by message text. Some servers answer 412 to
+  ``If-Match`` on a missing key (SeaweedFS), others 404 (moto): both mean "not swapped".
+* Versions are ETags, always taken from the response that carried the bytes
+  (``GetObject``) or from a fresh ``HeadObject``, never from a cached listing. An ETag is
+  a hash of the content, so rewriting identical bytes keeps the version: frazil never
+  does that with a conditional put (its refs carry a random ``write_id``).
+* Transient failures (503 SlowDown and other throttling, 5xx, timeouts, dropped
+  connections) are retried with exponential backoff and jitter (``S3Settings``);
+  botocore's and s3fs's own retries are turned off so that a conditional put is never
+  retried blindly. A conditional put whose response was lost is settled by reading the
+  object back (``frazil.storage.retry.conditional_put``): equal bytes mean ours landed.
+* Async all the way: one s3fs filesystem per running event loop (``PerLoop``), with at
+  most ``max_concurrency`` requests in flight per loop.
+* Stores without conditional writes: ``unsafe_use_conditional_create=False`` /
+  ``unsafe_use_conditional_update=False`` replace them by check-then-put (racy; a warning
+  says that concurrent commits can then be lost).
+* Pickling carries only the configuration (bucket, prefix, endpoint, credentials,
+  settings); clients are rebuilt lazily in the process that unpickles it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import threading
+import warnings
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .. import _aio
+from ..errors import InvalidInputError, NotFoundError, StorageError, TransientStorageError
+from ._perloop import PerLoop
+from .base import ByteRange, PutResult, Storage, slice_range, validate_key
+from .retry import RetrySettings, conditional_put, read_back_with, retry_call
+
+T = TypeVar("T")
+
+#: error codes that mean "try again later"
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException",
+    "RequestThrottled", "RequestThrottledException", "TooManyRequests",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded", "BandwidthLimitExceeded", "EC2ThrottledException",
+    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete",
+    "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
+})
+TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+DELETE_BATCH = 1000  # DeleteObjects' limit
+Keys = list[str]  # (inside S3Storage, ``list`` names the method)
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """Tuning of the S3 backend.
+
+    ``max_attempts`` (first try included), ``backoff_base`` and ``backoff_cap`` (seconds)
+    govern retries of transient failures; ``max_concurrency`` bounds the requests in
+    flight per event loop (and the connection pool); ``connect_timeout`` and
+    ``read_timeout`` are per request, in seconds. ``unsafe_use_conditional_update`` and
+    ``unsafe_use_conditional_create`` (default True) say whether the store supports
+    ``If-Match`` and ``If-None-Match`` on ``PutObject``; turning them off makes commits
+    use racy check-then-put (a warning is given).
+    """
+
+    max_attempts: int = 8
+    backoff_base: float = 0.05
+    backoff_cap: float = 5.0
+    max_concurrency: int = 64
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    unsafe_use_conditional_update: bool = True
+    unsafe_use_conditional_create: bool = True
+
+    def __post_init__(self) -> None:
+        RetrySettings(self.max_attempts, self.backoff_base, self.backoff_cap)  # validates
+        if not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
+            raise InvalidInputError(
+                f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}")
+        if not self.connect_timeout > 0 or not self.read_timeout > 0:
+            raise InvalidInputError("connect_timeout and read_timeout must be > 0 seconds")
+
+    @property
+    def retry(self) -> RetrySettings:
+        return RetrySettings(self.max_attempts, self.backoff_base, self.backoff_cap)
+
+
+@dataclass(frozen=True, slots=True)
+class S3Config:
+    """Where the repository is and how to reach it: all that an ``S3Storage`` pickles."""
+
+    bucket: str
+    prefix: str
+    region: str | None = None
+    endpoint_url: str | None = None
+    allow_http: bool = False
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    anonymous: bool = False
+    from_env: bool = False
+    force_path_style: bool = False
+    settings: S3Settings = field(default_factory=S3Settings)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bucket, str) or not self.bucket or "/" in self.bucket:
+            raise InvalidInputError(f"invalid S3 bucket name {self.bucket!r}")
+        if not isinstance(self.prefix, str):
+            raise InvalidInputError(f"S3 prefix must be a string, got {self.prefix!r}")
+        if any(p in (".", "..") for p in self.prefix.strip("/").split("/")):
+            raise InvalidInputError(f"invalid S3 prefix {self.prefix!r}")
+        if self.endpoint_url is not None:
+            scheme = self.endpoint_url.split("://", 1)[0].lower()
+            if scheme not in ("http", "https") or "://" not in self.endpoint_url:
+                raise InvalidInputError(f"endpoint_url must be an http(s) URL, got "
+                                        f"{self.endpoint_url!r}")
+            if scheme == "http" and not self.allow_http:
+                raise InvalidInputError(f"endpoint {self.endpoint_url!r} is plain http; "
+                                        "pass allow_http=True to allow it")
+        explicit = (self.access_key_id, self.secret_access_key, self.session_token)
+        if any(v is not None for v in explicit):
+            if self.access_key_id is None or self.secret_access_key is None:
+                raise InvalidInputError(
+                    "access_key_id and secret_access_key must be given together")
+            if self.anonymous:
+                raise InvalidInputError("anonymous=True cannot be combined with credentials")
+            if self.from_env:
+                raise InvalidInputError("from_env=True cannot be combined with credentials")
+        if self.anonymous and self.from_env:
+            raise InvalidInputError("anonymous=True cannot be combined with from_env=True")
+        if not isinstance(self.settings, S3Settings):
+            raise InvalidInputError("settings must be an S3Settings")
+
+    @property
+    def root(self) -> str:
+        """The key prefix under the bucket, with a trailing '/' (or '' for the bucket root)."""
+        p = self.prefix.strip("/")
+        return p + "/" if p else ""
+
+
+class _Precondition(Exception):
+    """The server refused a conditional put (412): internal to this module."""
+
+
+class _RangeNotSatisfiable(Exception):
+    """416: the object exists, the range selects nothing."""
+
+
+def _client_error(e: BaseException) -> Any:
+    """botocore's ClientError, on ``e`` or its ``__cause__`` (s3fs wraps it)."""
+    from botocore.exceptions import ClientError
+
+    for x in (e, e.__cause__):
+        if isinstance(x, ClientError):
+            return x
+    return None
+
+
+def _code_and_status(e: BaseException) -> tuple[str, int | None]:
+    ce = _client_error(e)
+    if ce is None:
+        return "", None
+    response = getattr(ce, "response", None) or {}
+    code = str((response.get("Error") or {}).get("Code") or "")
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return code, status if isinstance(status, int) else None
+
+
+def is_precondition_failed(e: BaseException) -> bool:
+    code, status = _code_and_status(e)
+    return code == "PreconditionFailed" or status == 412
+
+
+def _is_transient_transport(e: BaseException) -> bool:
+    import aiohttp
+    from botocore import exceptions as bx
+
+    for x in (e, e.__cause__):
+        if x is None:
+            continue
+        if isinstance(x, bx.SSLError):
+            return False
+        if isinstance(x, (bx.HTTPClientError, bx.ConnectionError, bx.IncompleteReadError,
+                          bx.ResponseStreamingError, bx.ChecksumError,
+                          aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
+                          asyncio.TimeoutError, TimeoutError, ConnectionError)):
+            return True
+        if type(x).__name__ == "ResponseParserError":
+            return True
+    return False
+
+
+def translate(e: BaseException, what: str) -> BaseException:
+    """The frazil error for an exception from s3fs/botocore/aiohttp."""
+    code, status = _code_and_status(e)
+    if code == "PreconditionFailed" or status == 412:
+        return _Precondition(what)
+    if code == "InvalidRange" or status == 416:
+        return _RangeNotSatisfiable(what)
+    detail = f"{code or type(e).__name__}: {e}"
+    if code in NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
+        return NotFoundError(f"{what}: not found")
+    if code in TRANSIENT_CODES or status in TRANSIENT_STATUS or (
+            not code and _is_transient_transport(e)):
+        return TransientStorageError(f"{what}: {detail}")
+    if code == "NoSuchBucket":
+        return StorageError(f"{what}: the bucket does not exist ({detail})")
+    return StorageError(f"{what}: {detail}")
+
+
+_loader_lock = threading.Lock()
+_loader: Any = None
+
+
+def _reset_loader_lock() -> None:
+    global _loader_lock
+    _loader_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_loader_lock)
+
+
+def _shared_loader() -> Any:
+    """botocore's data loader (service models, endpoint rules), shared by every client of
+    the process: loading them costs ~60 ms per new session, and a client is made per
+    event loop."""
+    global _loader
+    with _loader_lock:
+        if _loader is None:
+            import botocore.loaders
+
+            _loader = botocore.loaders.create_loader()
+        return _loader
+
+
+class _Client:
+    __slots__ = ("fs", "limit")
+
+    def __init__(self, fs: Any, limit: int) -> None:
+        self.fs = fs
+        self.limit = asyncio.Semaphore(limit)
+
+
+async def _close_client(client: _Client) -> None:
+    s3 = getattr(client.fs, "_s3", None)
+    if s3 is not None:
+        await s3.close()
+
+
+class S3Storage(Storage):
+    """Objects under ``s3://bucket/prefix/``. Build one with ``s3_storage(...)``."""
+
+    versions_follow_content = True  # ETags are MD5s of the content
+
+    def __init__(self, config: S3Config) -> None:
+        self._setup(config, warn=True)
+
+    def _setup(self, config: S3Config, *, warn: bool) -> None:
+        if not isinstance(config, S3Config):
+            raise InvalidInputError("S3Storage takes an S3Config; use frazil.s3_storage(...)")
+        self.config = config
+        self._root = config.root
+        self._retry = config.settings.retry
+        s = config.settings
+        self.supports_conditional_writes = (s.unsafe_use_conditional_update
+                                            and s.unsafe_use_conditional_create)
+        self._clients: PerLoop[_Client] = PerLoop(self._make_client, _close_client)
+        if warn and not self.supports_conditional_writes:
+            off = [n for n in ("unsafe_use_conditional_update", "unsafe_use_conditional_create")
+                   if not getattr(s, n)]
+            warnings.warn(
+                f"{self.describe()}: {' and '.join(off)} = False: refs are written with "
+                "plain check-then-put, so concurrent commits (and concurrent branch or tag "
+                "creation) can be lost; use this only with a single writer",
+                UserWarning, stacklevel=4)
+
+    def describe(self) -> str:
+        where = f"s3://{self.config.bucket}/{self._root}"
+        return f"{where} at {self.config.endpoint_url}" if self.config.endpoint_url else where
+
+    def __repr__(self) -> str:
+        return f"<S3Storage {self.describe()}>"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._setup(state["config"], warn=False)
+
+    # -- clients -----------------------------------------------------------------------
+    def _make_client(self) -> _Client:
+        import aiobotocore.session
+        import s3fs
+
+        c, s = self.config, self.config.settings
+        config_kwargs: dict[str, Any] = {
+            "retries": {"mode": "standard", "total_max_attempts": 1},  # ours, not botocore's
+            "max_pool_connections": s.max_concurrency,
+            "connect_timeout": s.connect_timeout,
+            "read_timeout": s.read_timeout,
+            # frazil verifies what it reads (checksums recorded by referrers); botocore's
+            # extra CRC32 on every request and response costs client CPU for nothing
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+        }
+        if c.force_path_style or c.endpoint_url is not None:
+            config_kwargs["s3"] = {"addressing_style": "path"}
+        client_kwargs: dict[str, Any] = {}
+        region = c.region or ("us-east-1" if c.endpoint_url else None)
+        if region:
+            client_kwargs["region_name"] = region
+        use_ssl = not (c.endpoint_url or "").lower().startswith("http://")
+        session = aiobotocore.session.AioSession()
+        session.register_component("data_loader", _shared_loader())
+        fs = s3fs.S3FileSystem(
+            anon=c.anonymous, key=c.access_key_id, secret=c.secret_access_key,
+            token=c.session_token, endpoint_url=c.endpoint_url, use_ssl=use_ssl,
+            client_kwargs=client_kwargs, config_kwargs=config_kwargs,
+            asynchronous=True, skip_instance_cache=True, cache_regions=False, session=session)
+        fs.retries = 1  # s3fs's own retry loop: one attempt, we retry above it
+        return _Client(fs, s.max_concurrency)
+
+    def _key(self, key: str) -> str:
+        return self._root + validate_key(key)
+
+    async def _call(self, method: str, what: str, **kwargs: Any) -> Any:
+        client = await self._clients.get()
+        async with client.limit:
+            try:
+                return await client.fs._call_s3(method, Bucket=self.config.bucket, **kwargs)
+            except Exception as e:
+                err = translate(e, f"{what} in {self.describe()}")
+                if isinstance(err, _RangeNotSatisfiable):
+                    err = StorageError(f"{what} in {self.describe()}: {e}")
+                raise err from e
+
+    def _retrying(self, op: Callable[[], Awaitable[T]], what: str) -> Awaitable[T]:
+        return retry_call(op, self._retry, what)
+
+    # -- single attempts -----------------------------------------------------------------
+    async def _get_once(self, key: str, range_header: str | None) -> tuple[bytes, str, bool]:
+        """(bytes, ETag, whether the server applied the range); b'' on 416."""
+        kwargs: dict[str, Any] = {"Key": self._key(key)}
+        if range_header is not None:
+            kwargs["Range"] = range_header
+        client = await self._clients.get()
+        what = f"reading {key!r} from {self.describe()}"
+        async with client.limit:
+            try:
+                resp = await client.fs._call_s3("get_object", Bucket=self.config.bucket,
+                                                **kwargs)
+                body = resp["Body"]
+                try:
+                    data = await body.read()
+                finally:
+                    body.close()
+            except Exception as e:
+                err = translate(e, what)
+                if isinstance(err, _RangeNotSatisfiable):
+                    return b"", "", True
+                if isinstance(err, _Precondition):
+                    err = StorageError(f"{what}: unexpected precondition failure")
+                raise err from e
+        return bytes(data), str(resp.get("ETag", "")), "ContentRange" in resp
+
+    async def _head_once(self, key: str) -> dict[str, Any] | None:
+        try:
+            out: dict[str, Any] = await self._call("head_object", f"looking up {key!r}",
+                                                   Key=self._key(key))
+            return out
+        except NotFoundError:
+            return None
+
+    async def _head(self, key: str) -> dict[str, Any] | None:
+        return await self._retrying(lambda: self._head_once(key), f"head {key!r}")
+
+    async def _version_once(self, key: str) -> str | None:
+        head = await self._head_once(key)
+        return None if head is None else str(head.get("ETag", ""))
+
+    async def _put_once(self, key: str, data: bytes, **conditions: str) -> PutResult:
+        try:
+            resp = await self._call("put_object", f"writing {key!r}", Key=self._key(key),
+                                    Body=data, **conditions)
+        except _Precondition as e:
+            if not conditions:
+                raise StorageError(f"writing {key!r} to {self.describe()}: unexpected "
+                                   "precondition failure on an unconditional put") from e
+            return PutResult(False, await self._version_once(key))
+        except NotFoundError:  # If-Match on a missing key, on stores that say 404
+            if "IfMatch" not in conditions:
+                raise
+            return PutResult(False, await self._version_once(key))
+        etag = resp.get("ETag")
+        if not etag:  # some S3-compatible stores leave it out: ask
+            etag = await self._version_once(key)
+        return PutResult(True, str(etag or ""))
+
+    # -- the Storage interface -------------------------------------------------------------
+    async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        validate_key(key)
+        header: str | None = None
+        if byte_range is not None:
+            start, end = byte_range
+            if start < 0:
+                if end is not None:
+                    raise InvalidInputError(f"a suffix range takes no end: {byte_range!r}")
+                header = f"bytes={start}"
+            elif end is None:
+                header = f"bytes={start}-"
+            elif end <= start:
+                await self.size(key)  # NotFoundError if absent
+                return b""
+            else:
+                header = f"bytes={start}-{end - 1}"
+        data, _, ranged = await self._retrying(lambda: self._get_once(key, header),
+                                               f"get {key!r}")
+        if header is not None and not ranged:  # the server sent the whole object
+            data = slice_range(data, byte_range)
+        return data
+
+    async def get_with_version(self, key: str) -> tuple[bytes, str]:
+        validate_key(key)
+        data, etag, _ = await self._retrying(lambda: self._get_once(key, None),
+                                             f"get {key!r}")
+        return data, etag
+
+    async def put(self, key: str, data: bytes) -> None:
+        validate_key(key)
+        data = bytes(data)
+        await self._retrying(lambda: self._put_once(key, data), f"put {key!r}")
+
+    async def put_if_absent(self, key: str, data: bytes) -> PutResult:
+        validate_key(key)
+        data = bytes(data)
+        if not self.config.settings.unsafe_use_conditional_create:
+            return await self._racy_put(key, data, None)
+        return await conditional_put(
+            lambda: self._put_once(key, data, IfNoneMatch="*"), self._read_back(key),
+            data, self._retry, f"create {key!r}")
+
+    async def put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
+        validate_key(key)
+        data = bytes(data)
+        if not self.config.settings.unsafe_use_conditional_update:
+            return await self._racy_put(key, data, version)
+        return await conditional_put(
+            lambda: self._put_once(key, data, IfMatch=version), self._read_back(key),
+            data, self._retry, f"update {key!r}")
+
+    def _read_back(self, key: str) -> Callable[[], Awaitable[tuple[bytes, str] | None]]:
+        return read_back_with(lambda: self._get_with_version_once(key), self._retry,
+                              f"read back {key!r}")
+
+    async def _get_with_version_once(self, key: str) -> tuple[bytes, str]:
+        data, etag, _ = await self._get_once(key, None)
+        return data, etag
+
+    async def _racy_put(self, key: str, data: bytes, version: str | None) -> PutResult:
+        """Check, then put: for stores without conditional writes (not atomic)."""
+        head = await self._head(key)
+        current = None if head is None else str(head.get("ETag", ""))
+        if current != version:
+            return PutResult(False, current)
+        result = await self._retrying(lambda: self._put_once(key, data), f"put {key!r}")
+        return result
+
+    async def exists(self, key: str) -> bool:
+        validate_key(key)
+        return await self._head(key) is not None
+
+    async def size(self, key: str) -> int:
+        validate_key(key)
+        head = await self._head(key)
+        if head is None:
+            raise NotFoundError(f"object {key!r} not found in {self.describe()}")
+        return int(head.get("ContentLength", 0))
+
+    async def list(self, prefix: str) -> list[str]:
+        full = self._root + prefix
+        return await self._retrying(lambda: self._list_once(full), f"list {prefix!r}")
+
+    async def _list_once(self, full: str) -> Keys:
+        out: Keys = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": full}
+            if token:
+                kwargs["ContinuationToken"] = token
+            resp = await self._call("list_objects_v2", f"listing {full!r}", **kwargs)
+            for item in resp.get("Contents") or ():
+                k = str(item["Key"])
+                # some servers normalize the prefix ("a//" lists "a/"): filter here
+                if k.startswith(full) and not k.endswith("/"):
+                    out.append(k[len(self._root):])
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                break
+        return sorted(out)
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        full = sorted({self._key(k) for k in keys})
+        batches = [full[i:i + DELETE_BATCH] for i in range(0, len(full), DELETE_BATCH)]
+        await _aio.gather_limited([self._delete_batch(b) for b in batches], limit=8)
+
+    async def _delete_batch(self, batch: Keys) -> None:
+        await self._retrying(lambda: self._delete_once(batch), f"delete {len(batch)} objects")
+
+    async def _delete_once(self, batch: Keys) -> None:
+        resp = await self._call("delete_objects", f"deleting {len(batch)} objects",
+                                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+        errors = [e for e in resp.get("Errors") or () if e.get("Code") not in NOT_FOUND_CODES]
+        if errors:
+            first = errors[0]
+            code = str(first.get("Code", ""))
+            cls = TransientStorageError if code in TRANSIENT_CODES else StorageError
+            raise cls(f"deleting {first.get('Key')!r} from {self.describe()}: {code}: "
+                      f"{first.get('Message', '')} ({len(errors)} failed)")
+
+
+def s3_storage(*, bucket: str, prefix: str, region: str | None = None,
+               endpoint_url: str | None = None, allow_http: bool = False,
+               access_key_id: str | None = None, secret_access_key: str | None = None,
+               session_token: str | None = None, anonymous: bool = False,
+               from_env: bool = False, force_path_style: bool = False,
+               settings: S3Settings | None = None, **setting_overrides: Any) -> S3Storage:
+    """Storage in an S3 bucket (or an S3-compatible store at ``endpoint_url``).
+
+    Credentials: explicit ``access_key_id``/``secret_access_key`` (and
+    ``session_token``), or ``anonymous=True`` (unsigned requests), or else the standard
+    AWS chain (environment, config files, instance roles; ``from_env=True`` says so
+    explicitly). ``allow_http`` permits a plain-http ``endpoint_url``. Tuning goes in
+    ``settings`` (an ``S3Settings``) or as keyword arguments naming its fields, e.g.
+    ``s3_storage(..., max_attempts=10, max_concurrency=32)``.
+    """
+    base = settings if settings is not None else S3Settings()
+    if not isinstance(base, S3Settings):
+        raise InvalidInputError("settings must be an S3Settings")
+    unknown = set(setting_overrides) - {f.name for f in dataclasses.fields(S3Settings)}
+    if unknown:
+        raise InvalidInputError(f"unknown S3 settings: {', '.join(sorted(unknown))}")
+    if setting_overrides:
+        base = dataclasses.replace(base, **setting_overrides)
+    return S3Storage(S3Config(
+        bucket=bucket, prefix=prefix, region=region, endpoint_url=endpoint_url,
+        allow_http=allow_http, access_key_id=access_key_id,
+        secret_access_key=secret_access_key, session_token=session_token,
+        anonymous=anonymous, from_env=from_env, force_path_style=force_path_style,
+        settings=base))

@@ -1,0 +1,423 @@
+"""The S3 backend against a real server (SeaweedFS on 127.0.0.1, see s3server.py): zarr's
+store conformance suite over S3, several processes committing to one branch, and what is
+particular to S3 (error codes, retries, lost acknowledgements, stores without
+conditional writes, pickling, one client per event loop).
+
+The storage conformance suite (tests/test_storage.py) and the repository tests
+(tests/test_repository.py) run on S3 too, through their backend lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import pickle
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import s3server
+import zarr
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+from test_zarr_store import _FrazilStoreTests
+
+import frazil
+from frazil.errors import (
+    InvalidInputError,
+    NotFoundError,
+    StorageError,
+    TransientStorageError,
+)
+from frazil.storage import S3Settings, S3Storage
+from frazil.storage.s3 import is_precondition_failed, translate
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# -- zarr's StoreTests over S3 ----------------------------------------------------------------
+class TestFrazilStoreS3(_FrazilStoreTests):
+    """S3, with inlining off so every non-empty chunk is an object in the bucket."""
+
+    @pytest.fixture
+    def repo(self, tmp_path: Any) -> frazil.Repository:
+        return frazil.Repository.create(
+            s3server.storage(), frazil.RepositoryConfig(inline_chunk_threshold_bytes=0))
+
+
+# -- several processes committing to one branch -------------------------------------------------
+PROCESSES = 3
+COMMITS_EACH = 4
+
+
+def _committer(storage: frazil.Storage, worker: int, barrier: Any, results: Any) -> None:
+    try:
+        repo = frazil.Repository.open(storage)
+        barrier.wait(timeout=60)
+        for i in range(COMMITS_EACH):
+            session = repo.writable_session("main")
+            arr = zarr.open_array(session.store, path="counts")
+            arr[worker * COMMITS_EACH + i] = worker * 100 + i
+            session.commit(f"worker {worker} commit {i}",
+                           rebase_with=frazil.ConflictDetector())
+        results.put((worker, None))
+    except BaseException as e:  # report, never hang the parent
+        results.put((worker, repr(e)))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_processes_commit_to_one_branch_on_s3(method: str) -> None:
+    storage = s3server.storage()
+    repo = frazil.Repository.create(storage)
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="counts", shape=(PROCESSES * COMMITS_EACH,), chunks=(1,),
+                      dtype="i4", fill_value=-1)
+    s.commit("create")
+
+    ctx = mp.get_context(method)
+    barrier = ctx.Barrier(PROCESSES)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_committer, args=(storage, w, barrier, results))
+             for w in range(PROCESSES)]
+    for p in procs:
+        p.start()
+    try:
+        outcomes = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    assert [o for o in outcomes if o[1] is not None] == []
+    assert [p.exitcode for p in procs] == [0] * PROCESSES
+
+    history = list(repo.ancestry(branch="main"))
+    messages = [h.message for h in history]
+    assert len(messages) == PROCESSES * COMMITS_EACH + 2
+    for w in range(PROCESSES):
+        for i in range(COMMITS_EACH):
+            assert messages.count(f"worker {w} commit {i}") == 1
+    for child, parent in zip(history, history[1:]):  # one linear chain
+        assert child.parent_id == parent.id
+    values = zarr.open_array(repo.readonly_session("main").store, path="counts")[:]
+    expected = [w * 100 + i for w in range(PROCESSES) for i in range(COMMITS_EACH)]
+    assert (values == np.array(expected)).all()
+
+
+# -- errors: decided by code and status, never by message text -----------------------------------
+def client_error(code: str | None, status: int, message: str = "whatever") -> ClientError:
+    error: dict[str, Any] = {"Message": message}
+    if code is not None:
+        error["Code"] = code
+    return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "PutObject")
+
+
+def wrapped(cause: BaseException, message: str = "some text") -> OSError:
+    """What s3fs raises: an OSError whose __cause__ is botocore's error."""
+    err = OSError(22, message)
+    err.__cause__ = cause
+    return err
+
+
+def test_precondition_failure_from_code_or_status() -> None:
+    assert is_precondition_failed(client_error("PreconditionFailed", 412))
+    assert is_precondition_failed(client_error(None, 412))  # a 412 without a code
+    assert is_precondition_failed(wrapped(client_error("PreconditionFailed", 412)))
+    assert is_precondition_failed(FileExistsError("x")) is False  # no cause: not decided
+    # the message text is never used
+    assert not is_precondition_failed(
+        OSError(22, "At least one of the pre-conditions you specified did not hold"))
+    assert not is_precondition_failed(
+        wrapped(client_error("AccessDenied", 403, "PreconditionFailed 412")))
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (client_error("SlowDown", 503), TransientStorageError),
+    (wrapped(client_error("SlowDown", 503)), TransientStorageError),
+    (client_error(None, 503), TransientStorageError),
+    (client_error("InternalError", 500), TransientStorageError),
+    (client_error("RequestTimeout", 400), TransientStorageError),
+    (client_error("ConditionalRequestConflict", 409), TransientStorageError),
+    (ConnectionClosedError(endpoint_url="http://127.0.0.1:1"), TransientStorageError),
+    (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), TransientStorageError),
+    (TimeoutError(), TransientStorageError),
+    (client_error("NoSuchKey", 404), NotFoundError),
+    (wrapped(client_error("404", 404)), NotFoundError),
+    (client_error("AccessDenied", 403), StorageError),
+    (client_error("NoSuchBucket", 404), StorageError),
+    (OSError(5, "SlowDown: reduce your request rate"), StorageError),  # text is not a code
+])
+def test_error_translation(error: BaseException, expected: type) -> None:
+    got = translate(error, "op")
+    assert type(got) is expected
+
+
+# -- retries and lost acknowledgements on the real server -------------------------------------
+class FlakyCalls:
+    """Wraps the running loop's s3fs ``_call_s3``: fails the first ``before`` calls of
+    ``method`` with ``error`` without sending them, then lets ``after`` calls run on the
+    server but raises ``error`` instead of their answers (a lost response). ``sent``
+    counts the calls of ``method`` that reached the server."""
+
+    def __init__(self, storage: S3Storage, method: str, error: BaseException, *,
+                 before: int = 0, after: int = 0) -> None:
+        self.storage, self.method, self.error = storage, method, error
+        self.before, self.after, self.sent = before, after, 0
+
+    async def install(self) -> None:
+        client = await self.storage._clients.get()
+        real = client.fs._call_s3
+
+        async def call(method: str, *args: Any, **kwargs: Any) -> Any:
+            if method != self.method:
+                return await real(method, *args, **kwargs)
+            if self.before > 0:
+                self.before -= 1
+                raise self.error
+            self.sent += 1
+            out = await real(method, *args, **kwargs)
+            if self.after > 0:
+                self.after -= 1
+                raise self.error
+            return out
+
+        client.fs._call_s3 = call
+
+
+def fast(**kw: Any) -> S3Storage:
+    storage: S3Storage = s3server.storage(backoff_base=0.001, backoff_cap=0.01, **kw)
+    return storage
+
+
+def test_throttling_is_retried() -> None:
+    storage = fast()
+
+    async def go() -> bytes:
+        flaky = FlakyCalls(storage, "put_object", wrapped(client_error("SlowDown", 503)),
+                           before=3)
+        await flaky.install()
+        await storage.put("a", b"data")
+        assert flaky.sent == 1
+        return await storage.get("a")
+
+    assert run(go()) == b"data"
+
+
+def test_retries_are_bounded() -> None:
+    storage = fast(max_attempts=3)
+
+    async def go() -> None:
+        flaky = FlakyCalls(storage, "get_object", client_error("SlowDown", 503), before=10)
+        await flaky.install()
+        await storage.put("a", b"data")
+        with pytest.raises(TransientStorageError, match="gave up after 3 attempts"):
+            await storage.get("a")
+        assert flaky.before == 7
+
+    run(go())
+
+
+@pytest.mark.parametrize("kind", ["create", "update"])
+def test_lost_ack_on_conditional_put_is_not_a_conflict(kind: str) -> None:
+    """The first attempt lands but its answer is lost; the retry fails its precondition
+    (because of our own write): the read-back sees our bytes, so the put succeeded."""
+    storage = fast()
+    key = "refs/branch.main/ref.json"
+
+    async def go() -> None:
+        if kind == "update":
+            await storage.put(key, b"old")
+            _, version = await storage.get_with_version(key)
+        flaky = FlakyCalls(storage, "put_object",
+                           ConnectionClosedError(endpoint_url="http://lost"), after=1)
+        await flaky.install()
+        data = b'{"snapshot": "S", "write_id": "unique-1"}'
+        if kind == "create":
+            result = await storage.put_if_absent(key, data)
+        else:
+            result = await storage.put_if_version(key, data, version)
+        assert flaky.sent == 2  # it landed, then the retry was refused
+        assert result.ok is True
+        assert (data, result.version) == await storage.get_with_version(key)
+
+    run(go())
+
+
+def test_lost_ack_then_real_conflict_is_reported() -> None:
+    """An attempt failed without an answer, but it had not landed, and another writer
+    won meanwhile: the read-back shows their bytes, so this is a lost race."""
+    storage = fast()
+    key = "refs/branch.main/ref.json"
+
+    async def go() -> None:
+        await storage.put(key, b"old")
+        _, version = await storage.get_with_version(key)
+        theirs = await storage.put_if_version(key, b"theirs", version)
+        assert theirs.ok
+        flaky = FlakyCalls(storage, "put_object", client_error("SlowDown", 503), before=1)
+        await flaky.install()
+        result = await storage.put_if_version(key, b"ours", version)
+        assert result.ok is False
+        assert result.version == theirs.version
+        assert await storage.get(key) == b"theirs"
+
+    run(go())
+
+
+# -- stores without conditional writes ----------------------------------------------------------
+def test_unsafe_settings_off_warn_and_use_plain_puts() -> None:
+    with pytest.warns(UserWarning, match="concurrent commits .* can be lost"):
+        storage = s3server.storage(unsafe_use_conditional_update=False,
+                                   unsafe_use_conditional_create=False)
+    assert storage.supports_conditional_writes is False
+
+    async def go() -> None:
+        client = await storage._clients.get()
+        real = client.fs._call_s3
+        seen: list[dict[str, Any]] = []
+
+        async def call(method: str, *args: Any, **kwargs: Any) -> Any:
+            if method == "put_object":
+                seen.append(kwargs)
+            return await real(method, *args, **kwargs)
+
+        client.fs._call_s3 = call
+        created = await storage.put_if_absent("k", b"one")
+        assert created.ok
+        assert not (await storage.put_if_absent("k", b"two")).ok
+        swapped = await storage.put_if_version("k", b"three", created.version or "")
+        assert swapped.ok
+        assert not (await storage.put_if_version("k", b"four", created.version or "")).ok
+        assert await storage.get("k") == b"three"
+        assert all("IfMatch" not in kw and "IfNoneMatch" not in kw for kw in seen)
+        assert len(seen) == 2
+
+    run(go())
+    with warnings.catch_warnings():  # a repository works (one writer)
+        warnings.simplefilter("ignore")
+        repo = frazil.Repository.create(s3server.storage(
+            unsafe_use_conditional_update=False, unsafe_use_conditional_create=False))
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(2,), chunks=(1,), dtype="i4")[:] = 7
+    session.commit("one writer")
+    assert (zarr.open_array(repo.readonly_session("main").store, path="a")[:] == 7).all()
+
+
+def test_conditional_settings_on_by_default_without_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        storage = s3server.storage()
+    assert storage.supports_conditional_writes is True
+
+
+# -- configuration ------------------------------------------------------------------------------
+def test_constructor_checks() -> None:
+    base: dict[str, Any] = {"bucket": "b", "prefix": "p"}
+    with pytest.raises(InvalidInputError, match="allow_http"):
+        frazil.s3_storage(**base, endpoint_url="http://127.0.0.1:9")
+    with pytest.raises(InvalidInputError, match="together"):
+        frazil.s3_storage(**base, access_key_id="k")
+    with pytest.raises(InvalidInputError, match="anonymous"):
+        frazil.s3_storage(**base, access_key_id="k", secret_access_key="s", anonymous=True)
+    with pytest.raises(InvalidInputError, match="from_env"):
+        frazil.s3_storage(**base, access_key_id="k", secret_access_key="s", from_env=True)
+    with pytest.raises(InvalidInputError, match="unknown S3 settings"):
+        frazil.s3_storage(**base, max_atempts=3)
+    with pytest.raises(InvalidInputError, match="max_attempts"):
+        frazil.s3_storage(**base, max_attempts=0)
+    with pytest.raises(InvalidInputError, match="bucket"):
+        frazil.s3_storage(bucket="", prefix="p")
+    storage = frazil.s3_storage(**base, region="eu-west-1", anonymous=True,
+                                settings=S3Settings(max_concurrency=4), max_attempts=3)
+    assert storage.config.settings.max_concurrency == 4
+    assert storage.config.settings.max_attempts == 3
+    assert storage.describe() == "s3://b/p/"
+    assert "secret" not in repr(frazil.s3_storage(**base, access_key_id="k",
+                                                  secret_access_key="secret"))
+
+
+def test_pickles_only_its_configuration() -> None:
+    storage = s3server.storage()
+    run(storage.put("x", b"1"))  # a client exists now (for that loop)
+    assert set(storage.__getstate__()) == {"config"}
+    clone = pickle.loads(pickle.dumps(storage))
+    assert clone.config == storage.config
+    assert len(clone._clients) == 0
+    assert run(clone.get("x")) == b"1"
+
+
+def test_missing_bucket_is_a_storage_error_not_not_found() -> None:
+    storage = s3server.storage(bucket="frazil-no-such-bucket", max_attempts=2)
+    with pytest.raises(StorageError) as info:
+        run(storage.put("k", b"v"))
+    assert not isinstance(info.value, NotFoundError)
+
+
+def test_versions_follow_content() -> None:
+    """The documented S3 weakening: an ETag is a content hash. Distinct bytes always give
+    a new version (frazil's refs always differ, by write_id)."""
+    storage = s3server.storage()
+    assert storage.versions_follow_content
+    run(storage.put("k", b"same"))
+    _, v0 = run(storage.get_with_version("k"))
+    again = run(storage.put_if_version("k", b"same", v0))
+    assert again.ok and again.version == v0
+    other = run(storage.put_if_version("k", b"other", v0))
+    assert other.ok and other.version != v0
+    assert not run(storage.put_if_version("k", b"third", v0)).ok
+
+
+# -- one client per event loop ------------------------------------------------------------------
+def test_one_client_per_loop_closed_with_its_loop() -> None:
+    storage = s3server.storage()
+
+    async def use() -> Any:
+        await storage.put("k", b"v")
+        client = await storage._clients.get()
+        assert client is await storage._clients.get()  # reused on the same loop
+        return client
+
+    first = run(use())
+    assert len(storage._clients) == 0  # asyncio.run shut the loop down: client closed
+    assert first.fs._s3._endpoint.http_session._sessions is None
+    second = run(use())
+    assert second is not first
+
+    # the engine's own loop keeps its client between calls
+    other = s3server.storage()
+    repo = frazil.Repository.create(other)
+    assert repo.list_branches() == {"main"}
+    assert len(other._clients) == 1
+
+
+def test_concurrent_reads_go_out_together() -> None:
+    """Many gets on one loop share one client and are in flight together (bounded)."""
+    storage = s3server.storage(max_concurrency=8)
+    keys = [f"chunks/{i:04d}" for i in range(64)]
+
+    async def go() -> list[bytes]:
+        await asyncio.gather(*(storage.put(k, k.encode()) for k in keys))
+        client = await storage._clients.get()
+        real = client.fs._call_s3
+        in_flight = peak = 0
+
+        async def call(method: str, *args: Any, **kwargs: Any) -> Any:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                return await real(method, *args, **kwargs)
+            finally:
+                in_flight -= 1
+
+        client.fs._call_s3 = call
+        out = await asyncio.gather(*(storage.get(k) for k in keys))
+        assert 1 < peak <= 8
+        return out
+
+    assert run(go()) == [k.encode() for k in keys]
