@@ -33,7 +33,7 @@ from frazil.format.common import verify_checksum
 
 from . import _aio
 from .errors import FormatError, NotFoundError
-from .storage.base import ByteRange, Storage
+from .storage.base import ByteRange, Storage, slice_range
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -233,11 +233,3 @@ class ObjectReader:
             cached = data
         return slice_range(cached, byte_range)
 
-
-def slice_range(data: bytes, byte_range: ByteRange | None) -> bytes:
-    if byte_range is None:
-        return data
-    start, end = byte_range
-    if start < 0:
-        return data[max(0, len(data) + start):]
-    return data[start:end]

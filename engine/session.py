@@ -36,10 +36,10 @@ from .errors import (
     NotFoundError,
     ReadOnlyError,
 )
-from .objects import chunk_key, slice_range
+from .objects import chunk_key
 from .rebase import apply_resolution, merge_changes, summarize_changes, summarize_logs
 from .refs import read_ref, swap_branch
-from .storage.base import ByteRange
+from .storage.base import ByteRange, slice_range
 from .zarrmeta import NodeMeta, parse_zarr_json
 
 if TYPE_CHECKING:

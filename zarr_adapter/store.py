@@ -22,6 +22,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 
 from frazil.errors import InvalidInputError, ReadOnlyError
 from frazil.format import ARRAY
+from frazil.storage.base import slice_range
 from frazil.zarrmeta import NodeMeta
 
 if TYPE_CHECKING:
@@ -47,15 +48,6 @@ def _byte_range(br: ByteRequest | None) -> tuple[int, int | None] | None:
             raise InvalidInputError(f"invalid byte suffix {br.suffix}")
         return (-br.suffix, None) if br.suffix else (0, 0)
     raise InvalidInputError(f"Unexpected byte_range, got {br!r}")
-
-
-def _slice(data: bytes, br: tuple[int, int | None] | None) -> bytes:
-    if br is None:
-        return data
-    start, end = br
-    if start < 0:
-        return data[max(0, len(data) + start):]
-    return data[start:end]
 
 
 def _node_key(path: str) -> str:
@@ -179,7 +171,7 @@ class FrazilStore(Store):
             rec = self._session.node(path)
             if rec is None:
                 return None
-            data: bytes | None = _slice(rec.zarr_json, br)
+            data: bytes | None = slice_range(rec.zarr_json, br)
         else:
             assert coord is not None
             data = await self._session.get_chunk(path, coord, br)

@@ -59,6 +59,21 @@ def validate_key(key: str) -> str:
     return key
 
 
+def range_header(byte_range: ByteRange | None) -> str | None:
+    """The HTTP ``Range`` header value for ``byte_range``: None for the whole object, ""
+    for an empty range (nothing to request)."""
+    if byte_range is None:
+        return None
+    start, end = byte_range
+    if start < 0:
+        if end is not None:
+            raise InvalidInputError(f"a suffix range takes no end: {byte_range!r}")
+        return f"bytes={start}"
+    if end is None:
+        return f"bytes={start}-"
+    return "" if end <= start else f"bytes={start}-{end - 1}"
+
+
 def slice_range(data: bytes, byte_range: ByteRange | None) -> bytes:
     """The part of ``data`` that ``byte_range`` selects (see ``ByteRange``)."""
     if byte_range is None:

@@ -37,7 +37,7 @@ from ..errors import (
     TransientStorageError,
 )
 from ._perloop import PerLoop
-from .base import ByteRange, PutResult, Storage, slice_range, validate_key
+from .base import ByteRange, PutResult, Storage, range_header, slice_range, validate_key
 from .retry import RetrySettings, retry_call
 
 T = TypeVar("T")
@@ -144,20 +144,10 @@ class HTTPStorage(Storage):
     # -- reads -----------------------------------------------------------------------------
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         validate_key(key)
-        header: str | None = None
-        if byte_range is not None:
-            start, end = byte_range
-            if start < 0:
-                if end is not None:
-                    raise InvalidInputError(f"a suffix range takes no end: {byte_range!r}")
-                header = f"bytes={start}"
-            elif end is None:
-                header = f"bytes={start}-"
-            elif end <= start:
-                await self.size(key)
-                return b""
-            else:
-                header = f"bytes={start}-{end - 1}"
+        header = range_header(byte_range)
+        if header == "":  # an empty range: only check that the object exists
+            await self.size(key)
+            return b""
         status, data, _ = await self._retrying(
             lambda: self._request("GET", key, {"Range": header} if header else None),
             f"get {key!r}")

@@ -14,18 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InvalidInputError, NotFoundError
-from .base import ByteRange, PutResult, Storage
+from .base import ByteRange, PutResult, Storage, slice_range
 
 _registry: weakref.WeakValueDictionary[str, InMemoryStorage] = weakref.WeakValueDictionary()
-
-
-def _slice(data: bytes, byte_range: ByteRange | None) -> bytes:
-    if byte_range is None:
-        return data
-    start, end = byte_range
-    if start < 0:
-        return data[max(0, len(data) + start):]
-    return data[start:end]
 
 
 class InMemoryStorage(Storage):
@@ -59,7 +50,7 @@ class InMemoryStorage(Storage):
             data = self._objects[key][0]
         except KeyError:
             raise NotFoundError(f"object {key!r} not found in in-memory storage") from None
-        return _slice(data, byte_range)
+        return slice_range(data, byte_range)
 
     async def get_with_version(self, key: str) -> tuple[bytes, str]:
         self._check(key)

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from .. import _aio
 from ..errors import InvalidInputError, NotFoundError, StorageError, TransientStorageError
 from ._perloop import PerLoop
-from .base import ByteRange, PutResult, Storage, slice_range, validate_key
+from .base import ByteRange, PutResult, Storage, range_header, slice_range, validate_key
 from .retry import RetrySettings, conditional_put, read_back_with, retry_call
 
 T = TypeVar("T")
@@ -407,20 +407,10 @@ class S3Storage(Storage):
     # -- the Storage interface -------------------------------------------------------------
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         validate_key(key)
-        header: str | None = None
-        if byte_range is not None:
-            start, end = byte_range
-            if start < 0:
-                if end is not None:
-                    raise InvalidInputError(f"a suffix range takes no end: {byte_range!r}")
-                header = f"bytes={start}"
-            elif end is None:
-                header = f"bytes={start}-"
-            elif end <= start:
-                await self.size(key)  # NotFoundError if absent
-                return b""
-            else:
-                header = f"bytes={start}-{end - 1}"
+        header = range_header(byte_range)
+        if header == "":  # an empty range: only check that the object exists
+            await self.size(key)
+            return b""
         data, _, ranged = await self._retrying(lambda: self._get_once(key, header),
                                                f"get {key!r}")
         if header is not None and not ranged:  # the server sent the whole object
