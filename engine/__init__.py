@@ -29,6 +29,7 @@ from .storage import (
     RetryingStorage,
     S3Settings,
     Storage,
+    fsspec_storage,
     http_storage,
     in_memory_storage,
     local_filesystem_storage,
@@ -43,5 +44,5 @@ __all__ = [
     "SnapshotInfo", "Diff", "Storage", "StorageError", "in_memory_storage",
     "local_filesystem_storage",
     "FaultInjectingStorage", "RetryingStorage", "S3Settings", "TransientStorageError",
-    "http_storage", "s3_storage",
+    "fsspec_storage", "http_storage", "s3_storage",
 ]

@@ -31,7 +31,7 @@ from frazil.format import (
     encode_transaction_log,
 )
 from frazil.format import txlog as tx
-from frazil.format.manifest import encode_manifest_table
+from frazil.format.manifest import encode_manifest_parts, encode_manifest_table
 
 from .changeset import ChangeSet
 from .objects import manifest_key, snapshot_key, txlog_key
@@ -69,6 +69,45 @@ def build_segments(node_id: NodeId, parts: Iterable[tuple[np.ndarray, pa.Table]]
     return segs, objects, (np.concatenate(all_coords) if all_coords else None)
 
 
+# A commit packs the deltas of arrays that changed at most PACK_ROWS chunks into shared
+# manifest objects of at most PACK_OBJECT_ROWS rows, so its cost follows the number of
+# chunks it changed rather than the number of arrays: a commit touching one chunk in each of
+# 100 arrays writes one manifest object. Reading an array then loads the packed object
+# (small by construction), whose other segments are cached for the other arrays.
+PACK_ROWS = 1024
+PACK_OBJECT_ROWS = 16384
+
+
+def pack_segments(deltas: list[tuple[NodeId, np.ndarray, pa.Table]]
+                  ) -> tuple[dict[NodeId, SegmentRef], list[tuple[str, bytes]]]:
+    """Encode small deltas (node id, sorted coords, rows) into shared manifest objects."""
+    refs: dict[NodeId, SegmentRef] = {}
+    objects: list[tuple[str, bytes]] = []
+    batch: list[tuple[NodeId, np.ndarray, pa.Table]] = []
+    rows = 0
+
+    def flush() -> None:
+        mid = ManifestId.new()
+        data = encode_manifest_parts(mid, batch)
+        digest, offset = checksum(data), 0
+        for node_id, coords, _ in batch:
+            refs[node_id] = SegmentRef(mid, digest, len(data), len(coords),
+                                       tuple(coords.min(axis=0).tolist()),
+                                       tuple(coords.max(axis=0).tolist()), offset)
+            offset += len(coords)
+        objects.append((manifest_key(mid), data))
+
+    for delta in deltas:
+        if batch and rows + len(delta[1]) > PACK_OBJECT_ROWS:
+            flush()
+            batch, rows = [], 0
+        batch.append(delta)
+        rows += len(delta[1])
+    if batch:
+        flush()
+    return refs, objects
+
+
 def prepare_commit(
     base: Snapshot,
     changes: ChangeSet,
@@ -104,17 +143,28 @@ def prepare_commit(
     base_ids = {n.node_id for n in base.nodes}
     by_id = {n.node_id: n for n in nodes.values()}
     manifests: list[tuple[str, bytes]] = []
+    small: list[tuple[NodeId, np.ndarray, pa.Table]] = []
     for node_id, table in changes.chunks.items():
         node = by_id.get(node_id)
         if node is None or node.node_type != ARRAY or not len(table):
             continue
         # a new array has no older refs for tombstones to hide
-        segs, objects, coords = build_segments(
-            node_id, table.segments(split_rows, drop_tombstones=node_id not in base_ids))
+        parts = list(table.segments(split_rows, drop_tombstones=node_id not in base_ids))
+        if len(parts) == 1 and len(parts[0][0]) <= PACK_ROWS:
+            small.append((node_id, *parts[0]))
+            continue
+        segs, objects, coords = build_segments(node_id, parts)
         if coords is None:
             continue
         manifests.extend(objects)
         nodes[node.path] = dataclasses.replace(node, segments=(*segs, *node.segments))
+        log.append(NodeChange(tx.CHUNKS, node.path, node_id, coords))
+    packed, objects = pack_segments(small)
+    manifests.extend(objects)
+    for node_id, coords, _ in small:
+        node = by_id[node_id]
+        nodes[node.path] = dataclasses.replace(
+            node, segments=(packed[node_id], *nodes[node.path].segments))
         log.append(NodeChange(tx.CHUNKS, node.path, node_id, coords))
 
     log_bytes = encode_transaction_log(TransactionLog(sid, base.id, tuple(log)))

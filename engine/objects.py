@@ -25,7 +25,7 @@ from frazil.format import (
     TransactionLog,
     checksum,
     decode_commit_info,
-    decode_manifest,
+    decode_manifest_parts,
     decode_snapshot,
     decode_transaction_log,
 )
@@ -103,8 +103,9 @@ class ObjectReader:
                  chunk_cache_bytes: int = 64 << 20) -> None:
         self.storage = storage
         self.snapshots: LRU[SnapshotId, Snapshot] = LRU(64, lambda s: 1)
-        self.manifests: LRU[ManifestId, ManifestSegment] = LRU(manifest_cache_bytes,
-                                                              lambda m: m.nbytes)
+        # segments by (manifest object, first row): one object may hold several arrays'
+        self.manifests: LRU[tuple[ManifestId, int], ManifestSegment] = LRU(
+            manifest_cache_bytes, lambda m: m.nbytes)
         self.chunks: LRU[ChunkId, bytes] = LRU(chunk_cache_bytes, len)
         self._inflight: dict[tuple[int, Any], asyncio.Future[Any]] = {}
         self._lock = threading.Lock()
@@ -190,21 +191,27 @@ class ObjectReader:
 
     async def manifest(self, seg: SegmentRef) -> ManifestSegment:
         mid = seg.manifest_id
-        hit = self.manifests.get(mid)
+        hit = self.manifests.get((mid, seg.row_offset))
         if hit is not None:
             return hit
 
-        async def load() -> ManifestSegment:
+        async def load() -> dict[int, ManifestSegment]:
             key = manifest_key(mid)
             try:
                 data = await self.storage.get(key)
             except NotFoundError:
                 raise NotFoundError(f"manifest {key} is missing from storage") from None
-            m = decode_manifest(data, key, seg.checksum)
-            self.manifests.put(mid, m)
-            return m
+            parts = decode_manifest_parts(data, key, seg.checksum)
+            for offset, part in parts.items():  # every array in the object, for one read
+                self.manifests.put((mid, offset), part)
+            return parts
 
-        return await self._once(("m", mid), load)
+        parts = await self._once(("m", mid), load)
+        m = parts.get(seg.row_offset)
+        if m is None or len(m) != seg.rows:
+            raise FormatError(f"{manifest_key(mid)}: has no segment of {seg.rows} rows at "
+                              f"row {seg.row_offset}")
+        return m
 
     async def transaction_log(self, sid: SnapshotId,
                               checksum: int | None = None) -> TransactionLog:

@@ -3,7 +3,14 @@
 from .common import FORMAT_VERSION, checksum
 from .errors import FormatError, FrazilError
 from .ids import ChunkId, ManifestId, NodeId, ObjectId, SnapshotId
-from .manifest import ChunkKind, ChunkRef, ManifestSegment, decode_manifest, encode_manifest
+from .manifest import (
+    ChunkKind,
+    ChunkRef,
+    ManifestSegment,
+    decode_manifest,
+    decode_manifest_parts,
+    encode_manifest,
+)
 from .snapshot import (
     ARRAY,
     GROUP,
@@ -21,6 +28,7 @@ __all__ = [
     "ARRAY", "FORMAT_VERSION", "GROUP", "ChunkId", "ChunkKind", "ChunkRef", "CommitInfo",
     "FormatError", "FrazilError", "ManifestId", "ManifestSegment", "NodeChange", "NodeId",
     "NodeRecord", "ObjectId", "SegmentRef", "Snapshot", "SnapshotId", "TransactionLog",
-    "checksum", "decode_commit_info", "decode_manifest", "decode_snapshot",
+    "checksum", "decode_commit_info", "decode_manifest", "decode_manifest_parts",
+    "decode_snapshot",
     "decode_transaction_log", "encode_manifest", "encode_snapshot", "encode_transaction_log",
 ]

@@ -88,18 +88,20 @@ def encode_parquet(table: pa.Table, header: dict[str, Any]) -> bytes:
 
 def decode_parquet(
     data: bytes, object_type: str, what: str, expected_checksum: int | None = None,
-    schema: pa.Schema | None = None,
+    schema: pa.Schema | None = None, read_dictionary: tuple[str, ...] = (),
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Verify and parse a Parquet object; returns its table and its header.
 
     With ``schema``, every column of it must be present with exactly its type (columns
     not in ``schema`` are allowed and ignored), so a damaged footer cannot pass off a
-    column of another type or name.
+    column of another type or name. Columns named in ``read_dictionary`` are read
+    dictionary-encoded (their schema type is that of the dictionary's values).
     """
     if expected_checksum is not None:
         verify_checksum(data, expected_checksum, what)
     try:
-        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True,
+                              read_dictionary=list(read_dictionary) or None)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise FormatError(f"{what}: not a readable Parquet object ({e})") from e
     header = _header_from_metadata(table.schema.metadata, what)
@@ -116,7 +118,10 @@ def _check_schema(found: pa.Schema, expected: pa.Schema, what: str) -> None:
             if pa.types.is_timestamp(want) and want.unit == "s":  # Parquet stores these as ms
                 want = pa.timestamp("ms", tz=want.tz)
             i = found.get_field_index(field.name)
-            if i < 0 or not found.field(i).type.equals(want):
+            got = found.field(i).type if i >= 0 else None
+            if got is not None and pa.types.is_dictionary(got):
+                got = got.value_type
+            if got is None or not got.equals(want):
                 raise FormatError(f"{what}: column {field.name!r} is missing or has the "
                                   f"wrong type (want {want})")
     except (pa.ArrowException, ValueError) as e:  # e.g. a column name that is not UTF-8

@@ -1,8 +1,11 @@
-"""Manifest segments: immutable, coordinate-sorted tables of chunk references.
+"""Manifest objects: immutable, coordinate-sorted tables of chunk references.
 
-One segment belongs to one array (node). A row is one chunk: its grid coordinates and
-where its bytes are: inline in the row, a native object ``chunks/<id>``, or a byte
-range of a virtual (external) file; or a tombstone saying the chunk was deleted.
+A manifest object holds one or more *segments*, each belonging to one array (node) and
+occupying a contiguous run of rows (a commit packs the small deltas of many arrays into one
+object, so a commit touching 100 arrays writes one manifest, not 100). A row is one chunk:
+its array's node id, its grid coordinates and where its bytes are: inline in the row, a
+native object ``chunks/<id>``, or a byte range of a virtual (external) file; or a tombstone
+saying the chunk was deleted.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from .ids import ChunkId, ManifestId, NodeId
 
 SCHEMA = pa.schema(
     [
+        ("node_id", pa.string()),
         ("coord", pa.list_(pa.int64())),
         ("kind", pa.int8()),
         ("inline", pa.binary()),
@@ -72,34 +76,9 @@ def encode_manifest(
     manifest_id: ManifestId, node_id: NodeId, coords: np.ndarray, refs: list[ChunkRef]
 ) -> bytes:
     """Encode refs for the coordinates ``coords`` (n x ndim, sorted lexicographically)."""
-    n, ndim = coords.shape
-    if n != len(refs):
+    if coords.shape[0] != len(refs):
         raise ValueError("coords and refs differ in length")
-    flat = pa.array(np.ascontiguousarray(coords, dtype=np.int64).reshape(-1), pa.int64())
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * ndim)  # ndim may be 0
-    coord_col = pa.ListArray.from_arrays(offsets, flat)
-    table = pa.table(
-        {
-            "coord": coord_col,
-            "kind": pa.array([int(r.kind) for r in refs], pa.int8()),
-            "inline": pa.array([r.data for r in refs], pa.binary()),
-            "chunk_id": pa.array(
-                [str(r.chunk_id) if r.chunk_id is not None else None for r in refs], pa.string()
-            ),
-            "offset": pa.array([r.offset for r in refs], pa.int64()),
-            "length": pa.array([r.length for r in refs], pa.int64()),
-            "checksum": pa.array([r.checksum for r in refs], pa.uint64()),
-            "location": pa.array([r.location for r in refs], pa.string()),
-            "etag": pa.array([r.etag for r in refs], pa.string()),
-            "last_modified": pa.array(
-                [r.last_modified for r in refs], pa.timestamp("s", tz="UTC")
-            ),
-        },
-        schema=SCHEMA,
-    )
-    header = {"object_type": MANIFEST, "id": str(manifest_id), "node_id": str(node_id),
-              "ndim": ndim, "rows": n}
-    return encode_parquet(table, header)
+    return encode_manifest_table(manifest_id, node_id, coords, ref_rows(refs))
 
 
 class ManifestSegment:
@@ -206,30 +185,74 @@ class ManifestSegment:
         return self._table
 
 
+def _all_equal(col: pa.ChunkedArray, value: str) -> bool:
+    """Whether every entry of a dictionary-encoded string column is ``value`` (checked on
+    the dictionary and the indices, without materializing the strings)."""
+    for chunk in col.chunks:
+        if not len(chunk):
+            continue
+        if chunk.null_count:
+            return False
+        hits = [i for i, v in enumerate(chunk.dictionary.to_pylist()) if v == value]
+        if len(hits) != 1:
+            return False
+        indices = chunk.indices.to_numpy(zero_copy_only=False)
+        if not bool((indices == hits[0]).all()):
+            return False
+    return True
+
+
+def decode_manifest_parts(
+    data: bytes, what: str = "manifest", expected_checksum: int | None = None
+) -> dict[int, ManifestSegment]:
+    """Every segment of a manifest object, by the row where it starts."""
+    table, header = decode_parquet(data, MANIFEST, what, expected_checksum, SCHEMA,
+                                   read_dictionary=("node_id",))
+    try:
+        mid = ManifestId.parse(header["id"])
+        parts = header["parts"]
+        if not isinstance(parts, list) or not parts:
+            raise FormatError("no parts")
+        coord = table.column("coord").combine_chunks()
+        flat = coord.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        list_offsets = coord.offsets.to_numpy()
+        node_col = table.column("node_id")
+        kinds = table.column("kind").to_numpy()
+        out: dict[int, ManifestSegment] = {}
+        row = 0
+        for part in parts:
+            nid, ndim, n = NodeId.parse(part["node_id"]), int(part["ndim"]), int(part["rows"])
+            if n < 0 or ndim < 0 or row + n > table.num_rows:
+                raise FormatError("parts exceed the table")
+            lo, hi = int(list_offsets[row]), int(list_offsets[row + n])
+            if hi - lo != n * ndim:
+                raise FormatError("coordinates do not match the declared shape")
+            if n and not _all_equal(node_col.slice(row, n), str(nid)):
+                raise FormatError("node_id column does not match the header")
+            coords = flat[lo:hi].reshape(n, ndim)
+            out[row] = ManifestSegment(mid, nid, coords, table.slice(row, n))
+            row += n
+        if row != table.num_rows:
+            raise FormatError("rows not covered by any part")
+    except (KeyError, TypeError, ValueError, pa.ArrowException, FormatError) as e:
+        raise FormatError(f"{what}: damaged manifest ({e!r})") from e
+    if len(kinds) and (kinds.min() < 0 or kinds.max() > 3):
+        raise FormatError(f"{what}: unknown chunk kind")
+    return out
+
+
 def decode_manifest(
     data: bytes, what: str = "manifest", expected_checksum: int | None = None
 ) -> ManifestSegment:
-    table, header = decode_parquet(data, MANIFEST, what, expected_checksum, SCHEMA)
-    try:
-        ndim = int(header["ndim"])
-        mid = ManifestId.parse(header["id"])
-        nid = NodeId.parse(header["node_id"])
-        coord = table.column("coord").combine_chunks()
-        flat = coord.flatten().to_numpy(zero_copy_only=False)
-        n = table.num_rows
-        if len(flat) != n * ndim or header.get("rows", n) != n:
-            raise FormatError(f"{what}: coordinates do not match the declared shape")
-        coords = flat.astype(np.int64, copy=False).reshape(n, ndim)
-        kinds = table.column("kind").to_numpy()
-    except (KeyError, TypeError, ValueError, pa.ArrowException, FormatError) as e:
-        raise FormatError(f"{what}: damaged manifest ({e!r})") from e
-    if n and (kinds.min() < 0 or kinds.max() > 3):
-        raise FormatError(f"{what}: unknown chunk kind")
-    return ManifestSegment(mid, nid, coords, table)
+    """The one segment of a single-array manifest object (see ``decode_manifest_parts``)."""
+    parts = decode_manifest_parts(data, what, expected_checksum)
+    if len(parts) != 1:
+        raise FormatError(f"{what}: holds {len(parts)} segments, expected one")
+    return parts[0]
 
 
 # -- bulk row builders (used by commits: columns built by Arrow, not row by row) -----------
-_ROW_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "coord"])
+_ROW_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in ("node_id", "coord")])
 
 
 def _rows(n: int, **columns: pa.Array) -> pa.Table:
@@ -270,17 +293,38 @@ def ref_rows(refs: list[ChunkRef]) -> pa.Table:
 
 def encode_manifest_table(manifest_id: ManifestId, node_id: NodeId, coords: np.ndarray,
                           rows: pa.Table) -> bytes:
-    """Encode ``rows`` (every column but ``coord``) for ``coords`` (n x ndim, sorted)."""
-    n, ndim = coords.shape
-    if rows.num_rows != n:
-        raise ValueError("coords and rows differ in length")
-    flat = pa.array(np.ascontiguousarray(coords, dtype=np.int64).reshape(-1), pa.int64())
-    offsets = pa.array(np.arange(0, (n + 1) * ndim, ndim, dtype=np.int32) if ndim
-                       else np.zeros(n + 1, np.int32))
-    columns = {"coord": pa.ListArray.from_arrays(offsets, flat)}
+    """Encode ``rows`` (every column but ``node_id`` and ``coord``) for ``coords``
+    (n x ndim, sorted) as a manifest object holding one segment."""
+    return encode_manifest_parts(manifest_id, [(node_id, coords, rows)])
+
+
+def encode_manifest_parts(manifest_id: ManifestId,
+                          parts: list[tuple[NodeId, np.ndarray, pa.Table]]) -> bytes:
+    """Encode several arrays' segments, each (node id, sorted coords, rows), as one
+    manifest object; segment ``i`` starts at the sum of the rows before it."""
+    if not parts:
+        raise ValueError("a manifest holds at least one segment")
+    flats, offsets, nodes, header_parts = [], [np.zeros(1, np.int64)], [], []
+    total = 0
+    for node_id, coords, rows in parts:
+        n, ndim = coords.shape
+        if rows.num_rows != n:
+            raise ValueError("coords and rows differ in length")
+        flats.append(np.ascontiguousarray(coords, dtype=np.int64).reshape(-1))
+        offsets.append(total + np.arange(1, n + 1, dtype=np.int64) * ndim)
+        total += n * ndim
+        nodes.append(pa.array(np.full(n, str(node_id), object), pa.string())
+                     if n else pa.array([], pa.string()))
+        header_parts.append({"node_id": str(node_id), "ndim": ndim, "rows": n})
+    if total >= 2**31:
+        raise ValueError("too many coordinates for one manifest object")
+    coord = pa.ListArray.from_arrays(pa.array(np.concatenate(offsets).astype(np.int32)),
+                                     pa.array(np.concatenate(flats), pa.int64()))
+    columns: dict[str, Any] = {"node_id": pa.concat_arrays(nodes), "coord": coord}
     for f in _ROW_SCHEMA:
-        columns[f.name] = rows.column(f.name).combine_chunks()
+        columns[f.name] = pa.concat_arrays(
+            [c for _, _, rows in parts for c in rows.column(f.name).chunks]
+            or [pa.array([], f.type)])
     table = pa.table(columns, schema=SCHEMA)
-    header = {"object_type": MANIFEST, "id": str(manifest_id), "node_id": str(node_id),
-              "ndim": ndim, "rows": n}
-    return encode_parquet(table, header)
+    return encode_parquet(table, {"object_type": MANIFEST, "id": str(manifest_id),
+                                  "parts": header_parts})

@@ -36,6 +36,7 @@ _SEGMENT_TYPE = pa.struct(
         ("rows", pa.int64()),
         ("extent_min", pa.list_(pa.int64())),
         ("extent_max", pa.list_(pa.int64())),
+        ("row_offset", pa.int64()),
     ]
 )
 SCHEMA = pa.schema(
@@ -59,6 +60,7 @@ class SegmentRef:
     rows: int
     extent_min: tuple[int, ...]
     extent_max: tuple[int, ...]
+    row_offset: int = 0  # where the segment starts in its manifest object
 
     def covers(self, coord: tuple[int, ...]) -> bool:
         return all(lo <= c <= hi for lo, c, hi in zip(self.extent_min, coord, self.extent_max))
@@ -162,6 +164,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
                         "rows": s.rows,
                         "extent_min": list(s.extent_min),
                         "extent_max": list(s.extent_max),
+                        "row_offset": s.row_offset,
                     }
                     for s in n.segments
                 ]
@@ -203,6 +206,7 @@ def decode_snapshot(
                         rows=s["rows"],
                         extent_min=tuple(s["extent_min"]),
                         extent_max=tuple(s["extent_max"]),
+                        row_offset=s["row_offset"],
                     )
                     for s in (segs or ())
                 ),

@@ -40,6 +40,7 @@ from frazil.format import (
     common,
     decode_commit_info,
     decode_manifest,
+    decode_manifest_parts,
     decode_snapshot,
     decode_transaction_log,
     encode_manifest,
@@ -396,7 +397,7 @@ def test_manifest_header_and_ids():
     assert (m.manifest_id, m.node_id) == (mid, nid)
     h = header_of(data)
     assert h == {"format_version": FORMAT_VERSION, "object_type": "manifest", "id": str(mid),
-                 "node_id": str(nid), "ndim": 2, "rows": 1}
+                 "parts": [{"node_id": str(nid), "ndim": 2, "rows": 1}]}
 
 
 def test_encode_manifest_refuses_mismatched_lengths():
@@ -673,10 +674,11 @@ def test_missing_or_retyped_columns_are_refused():
     h = header_of(mdata)
     variants = [
         t.drop_columns(["kind"]),
-        t.set_column(1, "kind", pa.array([1, 1], pa.int32())),
-        t.set_column(7, "location", pa.array([b"a", b"b"], pa.binary())),
-        t.rename_columns(["coord", "kind", "inline", "chunk_id", "offset", "length", "checksum",
-                          "location", "etag", "modified"]),
+        t.set_column(2, "kind", pa.array([1, 1], pa.int32())),
+        t.set_column(8, "location", pa.array([b"a", b"b"], pa.binary())),
+        t.set_column(0, "node_id", pa.array([1, 1], pa.int64())),
+        t.rename_columns(["node_id", "coord", "kind", "inline", "chunk_id", "offset", "length",
+                          "checksum", "location", "etag", "modified"]),
     ]
     for v in variants:
         with pytest.raises(FormatError, match=re.escape(WHAT) + ".*column"):
@@ -698,9 +700,14 @@ def test_missing_or_retyped_columns_are_refused():
 def test_bad_ids_inside_objects_name_the_object():
     mdata, _, _ = make_manifest([(0,)], 1)
     h = header_of(mdata)
-    h["node_id"] = "not-an-id"
+    h["parts"][0]["node_id"] = "not-an-id"
     with pytest.raises(FormatError, match=re.escape(WHAT)):
         decode_manifest(common.encode_parquet(table_of(mdata), h), WHAT)
+    # the node_id column must agree with the header
+    t = table_of(mdata)
+    t = t.set_column(0, "node_id", pa.array([str(NodeId.new())]))
+    with pytest.raises(FormatError, match=re.escape(WHAT) + ".*does not match"):
+        decode_manifest(common.encode_parquet(t, header_of(mdata)), WHAT)
     ldata = encode_transaction_log(make_log())
     t = table_of(ldata)
     t = t.set_column(2, "node_id", pa.array(["??"] * t.num_rows))
@@ -808,7 +815,7 @@ def test_snapshot_opens_in_pyarrow_and_duckdb(tmp_path):
     want = next(n for n in nodes if n.path == "/g/temp").segments[0]
     assert seg == {"manifest_id": str(want.manifest_id), "checksum": want.checksum,
                    "size": want.size, "rows": want.rows, "extent_min": list(want.extent_min),
-                   "extent_max": list(want.extent_max)}
+                   "extent_max": list(want.extent_max), "row_offset": want.row_offset}
     header = json.loads(t.schema.metadata[b"frazil"])
     assert header["object_type"] == "snapshot" and header["id"] == str(snap.id)
     assert header["message"] == snap.info.message
@@ -900,7 +907,7 @@ def test_snapshot_checksums_are_checkable_with_pyarrow_and_xxhash():
 
 def test_schemas_are_the_documented_ones():
     assert snapshot_mod.SCHEMA.names == ["path", "node_id", "node_type", "zarr_json", "segments"]
-    assert manifest_mod.SCHEMA.names == ["coord", "kind", "inline", "chunk_id", "offset",
+    assert manifest_mod.SCHEMA.names == ["node_id", "coord", "kind", "inline", "chunk_id", "offset",
                                          "length", "checksum", "location", "etag",
                                          "last_modified"]
     assert txlog.SCHEMA.names == ["change", "path", "node_id", "chunks"]
@@ -932,3 +939,40 @@ def test_id_text_matches_rfc4648_base32_in_crockford_letters() -> None:
             expected = base64.b32encode(raw).translate(table).rstrip(b"=").decode()
             assert str(cls(raw)) == expected
             assert cls.parse(expected) == cls(raw) == cls.from_trusted_text(expected)
+
+
+def test_packed_manifest_holds_several_arrays_segments(tmp_path):
+    from frazil.format.manifest import encode_manifest_parts, ref_rows
+    pool = sample_refs()
+    parts = []
+    for ndim, cs in [(2, [(0, 1), (0, 4), (3, 0)]), (1, [(7,)]), (0, [()]),
+                     (3, [(0, 0, 0), (0, 0, 2), (1, 5, 0), (9, 9, 9)])]:
+        coords = np.array(cs, np.int64).reshape(len(cs), ndim)
+        refs = [pool[i % len(pool)] for i in range(len(coords))]
+        parts.append((NodeId.new(), coords, ref_rows(refs), refs))
+    mid = ManifestId.new()
+    data = encode_manifest_parts(mid, [(nid, c, rows) for nid, c, rows, _ in parts])
+    got = decode_manifest_parts(data, "manifests/p", checksum(data))
+    offset = 0
+    assert sorted(got) == list(got)
+    for nid, coords, _, refs in parts:
+        seg = got[offset]
+        assert (seg.manifest_id, seg.node_id) == (mid, nid)
+        assert seg.coords.tolist() == coords.tolist() and seg.refs() == refs
+        for i, c in enumerate(coords.tolist()):
+            assert seg.find(tuple(c)) == i
+        offset += len(coords)
+    with pytest.raises(FormatError, match="holds 4 segments"):
+        decode_manifest(data, "manifests/p")
+    # one row per chunk ref with its array's node id: a query needs nothing but the file
+    path = tmp_path / "packed"
+    path.write_bytes(data)
+    counts = dict(_duck(f"SELECT node_id, count(*) FROM read_parquet('{path}') GROUP BY 1"))
+    assert counts == {str(nid): len(c) for nid, c, _, _ in parts}
+    # a header whose parts do not cover the table, or disagree with the column, is refused
+    h = header_of(data)
+    for bad in (h["parts"][:-1], [*h["parts"][:-1], {**h["parts"][-1], "rows": 99}],
+                [h["parts"][1], h["parts"][0], *h["parts"][2:]]):
+        with pytest.raises(FormatError, match="manifests/p"):
+            decode_manifest_parts(common.encode_parquet(table_of(data), {**h, "parts": bad}),
+                                  "manifests/p")

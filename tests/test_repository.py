@@ -277,6 +277,41 @@ def test_commit_writes_only_the_change(repo: Repository) -> None:
     assert values[5] == -1 and values[6] == 6
 
 
+def test_small_changes_to_many_arrays_share_one_manifest(
+        repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    PACK_ROWS = 4
+    monkeypatch.setattr(frazil.commit, "PACK_ROWS", PACK_ROWS)
+    s = repo.writable_session("main")
+    root = zarr.open_group(s.store, mode="w")
+    sizes = {f"g/a{i}": (i % PACK_ROWS) + 1 for i in range(40)}  # chunks written per array
+    sizes["big"] = PACK_ROWS + 1  # too many for a shared object: its own segment
+    for path in sizes:
+        root.create_array(path, shape=(PACK_ROWS + 10,), chunks=(1,), dtype="i4",
+                          fill_value=-1)
+    s.commit("arrays")
+    for rnd in range(3):
+        before = set(frazil._aio.run(repo.storage.list("manifests/")))
+        s = repo.writable_session("main")
+        g = zarr.open_group(s.store, mode="r+")
+        for path, n in sizes.items():
+            g[path][rnd:rnd + n] = np.arange(n) + 1000 * rnd
+        s.commit(f"round {rnd}")
+        new = set(frazil._aio.run(repo.storage.list("manifests/"))) - before
+        assert len(new) == 2  # one shared by the 40 small deltas, one for "big"
+        snap = repo.readonly_session("main")
+        segs = {n.path: n.segments[0] for n in snap.nodes() if n.node_type == "array"}
+        assert len({segs[f"/g/a{i}"].manifest_id for i in range(40)}) == 1
+        assert segs["/big"].manifest_id not in {segs["/g/a0"].manifest_id}
+    # a cold reader sees every array's newest values over the older ones
+    r = Repository.open(repo.storage).readonly_session("main")
+    g = zarr.open_group(r.store, mode="r")
+    for path, n in sizes.items():
+        want = np.full(PACK_ROWS + 10, -1)
+        for rnd in range(3):
+            want[rnd:rnd + n] = np.arange(n) + 1000 * rnd
+        assert (g[path][:] == want).all(), path
+
+
 def test_manifest_split(storage_factory: Callable[[], frazil.Storage]) -> None:
     repo = Repository.create(storage_factory(), RepositoryConfig(manifest_split_rows=10))
     s = repo.writable_session("main")

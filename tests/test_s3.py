@@ -209,7 +209,7 @@ def test_throttling_is_retried() -> None:
 
 
 def test_retries_are_bounded() -> None:
-    storage = fast(max_attempts=3)
+    storage = fast(max_attempts=3, direct_get=False)  # GETs through botocore
 
     async def go() -> None:
         flaky = FlakyCalls(storage, "get_object", client_error("SlowDown", 503), before=10)
@@ -395,29 +395,178 @@ def test_one_client_per_loop_closed_with_its_loop() -> None:
     assert len(other._clients) == 1
 
 
-def test_concurrent_reads_go_out_together() -> None:
-    """Many gets on one loop share one client and are in flight together (bounded)."""
-    storage = s3server.storage(max_concurrency=8)
+@pytest.mark.parametrize("direct", [True, False])
+def test_concurrent_reads_go_out_together(direct: bool) -> None:
+    """Many gets on one loop share one client and are in flight together (bounded), on
+    the direct GET path and through botocore."""
+    storage = s3server.storage(max_concurrency=8, direct_get=direct)
     keys = [f"chunks/{i:04d}" for i in range(64)]
 
     async def go() -> list[bytes]:
         await asyncio.gather(*(storage.put(k, k.encode()) for k in keys))
+        await storage.get(keys[0])
         client = await storage._clients.get()
-        real = client.fs._call_s3
-        in_flight = peak = 0
+        assert (client.direct is not None) is direct
+        target = client.direct if direct else client.fs
+        name = "get" if direct else "_call_s3"
+        real = getattr(target, name)
+        in_flight = peak = calls = 0
 
-        async def call(method: str, *args: Any, **kwargs: Any) -> Any:
-            nonlocal in_flight, peak
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            nonlocal in_flight, peak, calls
             in_flight += 1
+            calls += 1
             peak = max(peak, in_flight)
             try:
-                return await real(method, *args, **kwargs)
+                return await real(*args, **kwargs)
             finally:
                 in_flight -= 1
 
-        client.fs._call_s3 = call
+        setattr(target, name, call)
+        botocore_gets = 0
+        if direct:  # and botocore is not asked: the server accepted every signature
+            real_s3 = client.fs._call_s3
+
+            async def count(method: str, *args: Any, **kwargs: Any) -> Any:
+                nonlocal botocore_gets
+                botocore_gets += method == "get_object"
+                return await real_s3(method, *args, **kwargs)
+            client.fs._call_s3 = count
         out = await asyncio.gather(*(storage.get(k) for k in keys))
-        assert 1 < peak <= 8
+        assert 1 < peak <= 8 and calls == len(keys) and botocore_gets == 0
         return out
 
     assert run(go()) == [k.encode() for k in keys]
+
+
+# -- the direct GET path ------------------------------------------------------------------------
+@pytest.mark.parametrize("url, extra, token", [
+    ("http://127.0.0.1:8333/bucket/prefix/chunks/ABC", {}, None),
+    ("https://bucket.s3.eu-west-1.amazonaws.com/p/manifests/X_Y-z.1", {"Range": "bytes=5-99"},
+     "session-token/with+chars="),
+    ("https://s3.us-east-1.amazonaws.com/my.bucket/snapshots/0", {"Range": "bytes=-65536"},
+     None),
+])
+def test_sigv4_signature_matches_botocore(url: str, extra: dict[str, str],
+                                          token: str | None) -> None:
+    import datetime as dt
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from frazil.storage._s3get import SigV4
+
+    region = url.split(".s3.")[1].split(".")[0] if ".s3." in url else "us-east-1"
+    request = AWSRequest("GET", url, headers={**extra,
+                                              "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    class Unsigned(S3SigV4Auth):  # botocore signs the payload of plain-http requests
+        def _should_sha256_sign_payload(self, request: Any) -> bool:
+            return False
+
+    Unsigned(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token), "s3",
+             region).add_auth(request)
+    now = dt.datetime.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(
+        tzinfo=dt.UTC)  # sign ours at the time botocore did
+    ours = SigV4(region).headers(url, extra, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token,
+                                 now=now)
+    assert ours["x-amz-date"] == request.headers["X-Amz-Date"]
+    assert ours["authorization"] == request.headers["Authorization"]
+
+
+class FakeS3:
+    """An HTTP server on 127.0.0.1 that answers each GET with the next (status, body,
+    headers) of a script, to see how the direct path reads real HTTP answers."""
+
+    def __init__(self, script: list[tuple[int, bytes, dict[str, str]]]) -> None:
+        self.script = list(script)
+        self.seen: list[dict[str, str]] = []
+
+    async def __aenter__(self) -> str:
+        from aiohttp import web
+
+        async def handle(request: Any) -> Any:
+            self.seen.append(dict(request.headers))
+            status, body, headers = self.script.pop(0)
+            resp = web.StreamResponse(status=status, headers=headers)
+            resp.content_length = int(headers.get("X-Claimed-Length", len(body)))
+            await resp.prepare(request)
+            await resp.write(body)
+            return resp
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.runner.cleanup()
+
+
+def test_direct_get_reads_statuses_right() -> None:
+    from frazil.storage._s3get import DirectGetter, RangeNotSatisfiable
+
+    script = [
+        (200, b"whole", {"ETag": '"e1"'}),
+        (206, b"part", {"ETag": '"e2"', "Content-Range": "bytes 0-3/9"}),
+        (404, b"<Error><Code>NoSuchKey</Code></Error>", {}),
+        (404, b"<Error><Code>NoSuchBucket</Code></Error>", {}),
+        (416, b"", {}),
+        (503, b"<Error><Code>SlowDown</Code></Error>", {}),
+        (500, b"", {}),
+        (403, b"<Error><Code>AccessDenied</Code></Error>", {}),
+        (301, b"", {"Location": "http://elsewhere/"}),
+        (200, b"shor", {"X-Claimed-Length": "10"}),  # connection closes early
+    ]
+
+    async def go() -> None:
+        fake = FakeS3(script)
+        async with fake as url:
+            class Creds:
+                def get_frozen_credentials(self) -> Any:
+                    from botocore.credentials import ReadOnlyCredentials
+                    return ReadOnlyCredentials("AK", "SK", None)
+
+            client = type("C", (), {"_request_signer": type("S", (), {
+                "_credentials": Creds()})()})()
+            g = DirectGetter(url + "/b/", "us-east-1", client, False, 5, 5, 4)
+            try:
+                assert await g.get("k", None, "w") == (b"whole", '"e1"', False)
+                assert await g.get("k", "bytes=0-3", "w") == (b"part", '"e2"', True)
+                assert fake.seen[1]["Range"] == "bytes=0-3"
+                assert fake.seen[0]["Authorization"].startswith("AWS4-HMAC-SHA256 ")
+                with pytest.raises(NotFoundError, match="w: not found"):
+                    await g.get("k", None, "w")
+                assert await g.get("k", None, "w") is None  # missing bucket: botocore words it
+                with pytest.raises(RangeNotSatisfiable):
+                    await g.get("k", "bytes=10-20", "w")
+                for _ in range(2):
+                    with pytest.raises(TransientStorageError, match="HTTP 5"):
+                        await g.get("k", None, "w")
+                assert await g.get("k", None, "w") is None  # 403: botocore reports it
+                assert await g.get("k", None, "w") is None  # redirect: botocore follows
+                with pytest.raises(TransientStorageError):
+                    await g.get("k", None, "w")
+                # a key needing percent-encoding is left to botocore, without a request
+                assert await g.get("k with space", None, "w") is None
+                assert not fake.script and len(fake.seen) == 10
+            finally:
+                await g.close()
+
+    run(go())
+
+
+def test_direct_get_falls_back_to_botocore_for_its_errors() -> None:
+    """A request the direct path does not understand (here 403, bad credentials) is made
+    again through botocore, whose error names the S3 error code."""
+    srv = s3server.server()
+    storage = frazil.s3_storage(bucket=s3server.BUCKET, prefix=s3server.new_prefix(),
+                                endpoint_url=srv.endpoint_url, allow_http=True,
+                                region="us-east-1", access_key_id=s3server.ACCESS_KEY,
+                                secret_access_key="wrong-secret", max_attempts=1)
+    with pytest.raises(StorageError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccess"):
+        run(storage.get("k"))
