@@ -62,7 +62,8 @@ if TYPE_CHECKING:
 
 COALESCE_GAP = 64 * 1024
 COALESCE_MAX = 32 << 20
-_SETTLE_TURNS = 4  # event-loop turns a batch of reads waits for more to join it
+_SETTLE_TURNS = 4
+_SLICE = 1 << 16  # event-loop turns a batch of reads waits for more to join it
 
 
 class ChunkType(enum.Enum):
@@ -128,12 +129,21 @@ def location_column(locations: Any, n: int) -> pa.DictionaryArray:
                                               pa.array([locations], pa.string()))
     arr = _arrow(locations)
     if arr is None:
-        arr = pa.array(np.asarray(locations, dtype=object).reshape(-1), pa.string())
+        raw = np.asarray(locations)
+        if raw.dtype.kind not in "US":  # Arrow converts fixed-width strings in bulk
+            raw = np.asarray(locations, dtype=object)
+        raw = raw.reshape(-1)
+        # encoded slice by slice, so the full string column never exists at once
+        parts = [pa.array(raw[i:i + _SLICE]).cast(pa.string()).dictionary_encode()
+                 for i in range(0, len(raw), _SLICE)] or [
+            pa.array([], pa.string()).dictionary_encode()]
+        arr = pa.chunked_array(parts).unify_dictionaries().combine_chunks()
     if pa.types.is_dictionary(arr.type):
         arr = pa.DictionaryArray.from_arrays(arr.indices.cast(pa.int32()),
                                              arr.dictionary.cast(pa.string()))
     else:
         arr = arr.cast(pa.string()).dictionary_encode()
+    assert isinstance(arr, pa.DictionaryArray)
     if len(arr) != n:
         raise InvalidInputError(f"locations: expected {n} values, got {len(arr)}")
     return arr
@@ -632,8 +642,8 @@ class VirtualResolver:
                 if len(data) != r.end - r.start:
                     raise VirtualChunkError(
                         f"virtual chunk source {location!r} is shorter than referenced: "
-                        f"bytes {r.start}-{r.end - 1} asked, {len(got.data) + lo} bytes "
-                        "there; refusing to read it", location=location)
+                        f"bytes {r.start}-{r.end - 1} asked, {len(data)} of them there; "
+                        "refusing to read it", location=location)
                 _check_pins(r, got)
             except VirtualChunkError as e:
                 out[i] = e
