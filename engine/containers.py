@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import InvalidInputError
+from .storage.s3 import check_endpoint
 
 __all__ = [
     "AnyCredential", "AnyObjectStoreConfig", "GcsStoreConfig", "HttpStoreConfig",
@@ -55,14 +56,7 @@ class S3StoreConfig:
         for name in ("allow_http", "anonymous", "force_path_style"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidInputError(f"s3_store: {name} must be True or False")
-        if self.endpoint_url is not None:
-            scheme = self.endpoint_url.split("://", 1)[0].lower()
-            if scheme not in ("http", "https") or "://" not in self.endpoint_url:
-                raise InvalidInputError(f"s3_store: endpoint_url must be an http(s) URL, "
-                                        f"got {self.endpoint_url!r}")
-            if scheme == "http" and not self.allow_http:
-                raise InvalidInputError(f"s3_store: endpoint {self.endpoint_url!r} is plain "
-                                        "http; pass allow_http=True to allow it")
+        check_endpoint(self.endpoint_url, self.allow_http, "s3_store: ")
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "region": self.region, "endpoint_url": self.endpoint_url,
@@ -71,36 +65,36 @@ class S3StoreConfig:
 
 
 @dataclass(frozen=True)
-class GcsStoreConfig:
-    """A Google Cloud Storage store (read with ``gcsfs``, which must be installed)."""
+class _OptsStoreConfig:
+    """A store configured by a dict of string options (kept with the container)."""
 
     opts: dict[str, str] = field(default_factory=dict)
 
-    type = "gcs"
-    schemes = ("gs://", "gcs://")
+    type = ""
 
     def __post_init__(self) -> None:
-        _check_opts(self.opts, "gcs_store")
+        if not isinstance(self.opts, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.opts.items()):
+            raise InvalidInputError(f"{self.type}_store: opts must be a dict of strings")
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "opts": dict(self.opts)}
 
 
 @dataclass(frozen=True)
-class HttpStoreConfig:
-    """Files served over HTTP(S); ``opts`` may hold extra request ``headers``-style
-    options (kept as given)."""
+class GcsStoreConfig(_OptsStoreConfig):
+    """A Google Cloud Storage store (read with ``gcsfs``, which must be installed)."""
 
-    opts: dict[str, str] = field(default_factory=dict)
+    type = "gcs"
+    schemes = ("gs://", "gcs://")
+
+
+@dataclass(frozen=True)
+class HttpStoreConfig(_OptsStoreConfig):
+    """Files served over HTTP(S) (``opts`` are kept; this version does not use them)."""
 
     type = "http"
     schemes = ("http://", "https://")
-
-    def __post_init__(self) -> None:
-        _check_opts(self.opts, "http_store")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "opts": dict(self.opts)}
 
 
 @dataclass(frozen=True)
@@ -125,12 +119,6 @@ class LocalFileSystemStoreConfig:
 AnyObjectStoreConfig = S3StoreConfig | GcsStoreConfig | HttpStoreConfig | LocalFileSystemStoreConfig
 _STORE_TYPES: dict[str, type[Any]] = {c.type: c for c in (
     S3StoreConfig, GcsStoreConfig, HttpStoreConfig, LocalFileSystemStoreConfig)}
-
-
-def _check_opts(opts: object, what: str) -> None:
-    if not isinstance(opts, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in opts.items()):
-        raise InvalidInputError(f"{what}: opts must be a dict of strings")
 
 
 def s3_store(region: str | None = None, endpoint_url: str | None = None,

@@ -363,33 +363,16 @@ class _S3Source:
 
     async def fetch(self, location: str, start: int, end: int) -> _Fetched:
         from .storage.retry import retry_call
-        from .storage.s3 import _RangeNotSatisfiable, translate
 
         parts = urlsplit(location)
-        bucket, key = parts.netloc, parts.path.lstrip("/")
-        st = self._storage(bucket)
+        st = self._storage(parts.netloc)
         what = f"reading bytes {start}-{end - 1} of virtual chunk source {location!r}"
-
-        async def once() -> tuple[bytes, Any, bool]:
-            client = await st._clients.get()
-            async with client.limit:
-                try:
-                    resp = await client.fs._call_s3("get_object", Bucket=bucket, Key=key,
-                                                    Range=f"bytes={start}-{end - 1}")
-                    body = resp["Body"]
-                    try:
-                        data = await body.read()
-                    finally:
-                        body.close()
-                except Exception as e:
-                    err = translate(e, what)
-                    if isinstance(err, _RangeNotSatisfiable):  # starts past the end
-                        return b"", {}, True
-                    raise (err if isinstance(err, FrazilError)
-                           else StorageError(f"{what}: {e}")) from e
-            return bytes(data), resp, "ContentRange" in resp
-
-        data, resp, ranged = await retry_call(once, st._retry, what)
+        try:
+            data, resp, ranged = await retry_call(
+                lambda: st.get_response(parts.path.lstrip("/"), f"bytes={start}-{end - 1}"),
+                st._retry, what)
+        except NotFoundError:
+            raise NotFoundError(f"virtual chunk source {location!r} does not exist") from None
         if not ranged:
             data = data[start:end]
         lm = resp.get("LastModified")

@@ -424,12 +424,17 @@ def test_http_source_coalesced_and_pinned(tmp_path: Path,
 # -- staging semantics, config, forks --------------------------------------------------------
 
 
-def test_staging_last_write_wins_and_inspection(tmp_path: Path) -> None:
+def one_file_repo(tmp_path: Path, size: int) -> tuple[frazil.Repository, str]:
+    """A repository authorized for a folder holding ``f.bin`` (bytes 0, 1, ...)."""
     src = tmp_path / "d"
     src.mkdir()
-    (src / "f.bin").write_bytes(bytes(range(100)))
+    (src / "f.bin").write_bytes(bytes(range(size)))
     prefix = f"file://{src}"
-    repo = local_repo(tmp_path, prefix)
+    return local_repo(tmp_path, prefix), prefix
+
+
+def test_staging_last_write_wins_and_inspection(tmp_path: Path) -> None:
+    repo, prefix = one_file_repo(tmp_path, 100)
     s = repo.writable_session("main")
     arr = zarr.create_array(s.store, name="x", shape=(10,), chunks=(1,), dtype="u1",
                             compressors=None, fill_value=255)
@@ -458,11 +463,7 @@ def test_staging_last_write_wins_and_inspection(tmp_path: Path) -> None:
 
 
 def test_fork_stages_virtual_refs_and_merges(tmp_path: Path) -> None:
-    src = tmp_path / "d"
-    src.mkdir()
-    (src / "f.bin").write_bytes(bytes(range(200)))
-    prefix = f"file://{src}"
-    repo = local_repo(tmp_path, prefix)
+    repo, prefix = one_file_repo(tmp_path, 200)
     s = repo.writable_session("main")
     zarr.create_array(s.store, name="x", shape=(20,), chunks=(1,), dtype="u1",
                       compressors=None, fill_value=0)
