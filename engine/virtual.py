@@ -502,7 +502,10 @@ class _Batcher:
         task.add_done_callback(self.tasks.discard)
 
     async def _run(self, items: list[tuple[VirtualRead, asyncio.Future[bytes]]]) -> None:
-        results = await self.resolver.read_many([r for r, _ in items])
+        try:
+            results = await self.resolver.read_many([r for r, _ in items])
+        except BaseException as e:  # never leave a reader waiting
+            results = [e] * len(items)
         for (_, fut), res in zip(items, results):
             if fut.done():
                 continue
