@@ -10,6 +10,23 @@ from .conflicts import (
     RebaseFailedError,
     VersionSelection,
 )
+from .containers import (
+    GcsStoreConfig,
+    HttpStoreConfig,
+    LocalFileSystemStoreConfig,
+    S3Credentials,
+    S3StoreConfig,
+    VirtualChunkContainer,
+    containers_credentials,
+    gcs_store,
+    http_store,
+    local_filesystem_store,
+    s3_anonymous_credentials,
+    s3_credentials,
+    s3_from_env_credentials,
+    s3_static_credentials,
+    s3_store,
+)
 from .diff import Diff
 from .errors import (
     AlreadyExistsError,
@@ -21,6 +38,7 @@ from .errors import (
     ReadOnlyError,
     StorageError,
     TransientStorageError,
+    VirtualChunkError,
 )
 from .repository import Repository, SnapshotInfo
 from .session import ForkSession, Session
@@ -35,6 +53,7 @@ from .storage import (
     local_filesystem_storage,
     s3_storage,
 )
+from .virtual import ChunkType, VirtualChunkSpec, local_etag
 
 __all__ = [
     "BasicConflictSolver", "Conflict", "ConflictDetector", "ConflictSolver", "ConflictType",
@@ -45,4 +64,9 @@ __all__ = [
     "local_filesystem_storage",
     "FaultInjectingStorage", "RetryingStorage", "S3Settings", "TransientStorageError",
     "fsspec_storage", "http_storage", "s3_storage",
+    "ChunkType", "GcsStoreConfig", "HttpStoreConfig", "LocalFileSystemStoreConfig",
+    "S3Credentials", "S3StoreConfig", "VirtualChunkContainer", "VirtualChunkError",
+    "VirtualChunkSpec", "containers_credentials", "gcs_store", "http_store", "local_etag",
+    "local_filesystem_store", "s3_anonymous_credentials", "s3_credentials",
+    "s3_from_env_credentials", "s3_static_credentials", "s3_store",
 ]

@@ -3,7 +3,8 @@
 Chunk references are kept per array in a ``ChunkTable``: three dicts (inline bytes,
 native/virtual refs, tombstones) keyed by the chunk coordinates packed into one int, so a
 staged inline chunk costs about 130 bytes and the commit turns a table into Arrow columns
-in bulk.
+in bulk. Virtual refs set in bulk stay columnar (``VirtualBlock``: sorted packed keys and
+an Arrow table), about 30 bytes a ref, with no Python object per chunk.
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from frazil.format import ChunkKind, ChunkRef, NodeId, NodeRecord
-from frazil.format.manifest import TOMBSTONE, inline_rows, ref_rows, tombstone_rows
+from frazil.format.manifest import (
+    TOMBSTONE,
+    inline_rows,
+    ref_rows,
+    tombstone_rows,
+    virtual_rows,
+)
 
 from . import _aio
 
@@ -26,6 +34,7 @@ Coord = tuple[int, ...]
 Key = int | tuple[int, ...]
 KeySet = set[Key]
 CoordSet = set[Coord]
+StrSet = set[str]
 
 
 def _pick(values: list[Any], idx: np.ndarray) -> list[Any]:
@@ -34,14 +43,53 @@ def _pick(values: list[Any], idx: np.ndarray) -> list[Any]:
     return list(operator.itemgetter(*idx.tolist())(values))
 
 
+def row_ref(rows: pa.Table, i: int) -> ChunkRef:
+    """The virtual ref in row ``i`` of a ``VirtualBlock``'s table."""
+    row = {c: rows.column(c)[i].as_py() for c in rows.column_names}
+    return ChunkRef(ChunkKind.VIRTUAL, location=row["location"], offset=row["offset"],
+                    length=row["length"], etag=row.get("etag"),
+                    last_modified=row.get("last_modified"))
+
+
+@dataclass(slots=True)
+class VirtualBlock:
+    """Virtual refs staged in bulk: ``keys`` (packed coordinates, sorted, unique),
+    ``live`` (False where a later write replaced the ref) and ``rows`` (columns
+    ``offset``, ``length``, ``location`` (possibly dictionary-encoded), ``etag``,
+    ``last_modified``), aligned with ``keys``."""
+
+    keys: np.ndarray
+    live: np.ndarray
+    rows: pa.Table
+
+    def find(self, key: Key) -> int | None:
+        if not isinstance(key, int) or not len(self.keys):
+            return None
+        i = int(np.searchsorted(self.keys, key))
+        return i if i < len(self.keys) and int(self.keys[i]) == key and self.live[i] else None
+
+    def ref(self, i: int) -> ChunkRef:
+        return row_ref(self.rows, i)
+
+    def manifest_rows(self, idx: np.ndarray) -> pa.Table:
+        part = self.rows.take(pa.array(idx))
+        cols = {c: part.column(c).combine_chunks() for c in part.column_names}
+        return virtual_rows(cols["offset"], cols["length"], cols["location"],
+                            cols.get("etag"), cols.get("last_modified"))
+
+    def copy(self) -> VirtualBlock:
+        return VirtualBlock(self.keys, self.live.copy(), self.rows)
+
+
 class ChunkTable:
     """Staged chunk refs of one array (of ``ndim`` dimensions); the last write wins.
 
     A coordinate is packed as ``ndim`` fields of ``63 // ndim`` bits; a coordinate that
-    does not fit is kept as a tuple key.
+    does not fit is kept as a tuple key. At most one staged ref is live per coordinate:
+    every write clears the coordinate in the dicts and in the virtual blocks first.
     """
 
-    __slots__ = ("ndim", "_bits", "_limit", "inline", "refs", "deleted")
+    __slots__ = ("ndim", "_bits", "_limit", "inline", "refs", "deleted", "blocks")
 
     def __init__(self, ndim: int) -> None:
         self.ndim = ndim
@@ -50,6 +98,7 @@ class ChunkTable:
         self.inline: dict[Key, bytes] = {}
         self.refs: dict[Key, ChunkRef] = {}
         self.deleted: set[Key] = set()
+        self.blocks: list[VirtualBlock] = []
 
     def key(self, coord: Coord) -> Key:
         if self.ndim == 1:
@@ -76,6 +125,66 @@ class ChunkTable:
         self.inline.pop(k, None)
         self.refs.pop(k, None)
         self.deleted.discard(k)
+        for b in self.blocks:
+            i = b.find(k)
+            if i is not None:
+                b.live[i] = False
+
+    def pack(self, coords: np.ndarray) -> np.ndarray | None:
+        """Packed keys of ``coords`` (n x ndim, non-negative), or None if one does not
+        fit (then stage them one by one)."""
+        if len(coords) and (coords.min() < 0 or coords.max() >= self._limit):
+            return None
+        keys = np.zeros(len(coords), np.int64)
+        for d in range(self.ndim):
+            keys = (keys << self._bits) | coords[:, d].astype(np.int64)
+        return keys
+
+    def add_block(self, keys: np.ndarray, rows: pa.Table) -> None:
+        """Stage virtual refs in bulk (``keys`` from ``pack``; ``rows`` as in
+        ``VirtualBlock``). A key given twice keeps its last row; the refs replace
+        whatever was staged at those coordinates."""
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        last = np.ones(len(keys), bool)
+        last[:-1] = keys[1:] != keys[:-1]
+        keep = order[last]
+        if len(keep) != len(order) or not np.array_equal(keep, np.arange(len(keep))):
+            rows = rows.take(pa.array(keep))
+        keys = keys[last]
+        for b in self.blocks:
+            b.live &= ~np.isin(b.keys, keys, assume_unique=True)
+        for d in (self.inline, self.refs, self.deleted):
+            ints = np.fromiter((k for k in d if isinstance(k, int)), np.int64)
+            if len(ints):
+                for k in ints[np.isin(ints, keys)].tolist():
+                    self._clear(k)
+        self.blocks.append(VirtualBlock(keys, np.ones(len(keys), bool), rows))
+
+    def _live_virtual(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, global row numbers) of the live rows of every block."""
+        keys, rows, start = [], [], 0
+        for b in self.blocks:
+            pos = np.flatnonzero(b.live)
+            keys.append(b.keys[pos])
+            rows.append(pos + start)
+            start += len(b.keys)
+        if not keys:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(keys), np.concatenate(rows)
+
+    def _virtual_manifest_rows(self, gidx: np.ndarray) -> pa.Table:
+        starts = np.cumsum([0] + [len(b.keys) for b in self.blocks])
+        which = np.searchsorted(starts, gidx, side="right") - 1
+        tables, positions = [], []
+        for bi in np.unique(which).tolist():
+            pos = np.flatnonzero(which == bi)
+            tables.append(self.blocks[bi].manifest_rows(gidx[pos] - starts[bi]))
+            positions.append(pos)
+        if len(tables) == 1:
+            return tables[0]
+        return pa.concat_tables(tables).take(
+            pa.array(np.argsort(np.concatenate(positions), kind="stable")))
 
     def set_inline(self, coord: Coord, data: bytes) -> None:
         k = self.key(coord)
@@ -101,37 +210,51 @@ class ChunkTable:
         ref = self.refs.get(k)
         if ref is not None:
             return ref
-        return TOMBSTONE if k in self.deleted else None
+        if k in self.deleted:
+            return TOMBSTONE
+        for b in self.blocks:
+            i = b.find(k)
+            if i is not None:
+                return b.ref(i)
+        return None
 
     def __len__(self) -> int:
-        return len(self.inline) + len(self.refs) + len(self.deleted)
+        return (len(self.inline) + len(self.refs) + len(self.deleted)
+                + sum(int(np.count_nonzero(b.live)) for b in self.blocks))
 
     def __copy__(self) -> ChunkTable:
         other = ChunkTable(self.ndim)
         other.inline = dict(self.inline)
         other.refs = dict(self.refs)
         other.deleted = set(self.deleted)
+        other.blocks = [b.copy() for b in self.blocks]
         return other
 
-    def __getstate__(self) -> tuple[int, dict[Key, bytes], dict[Key, ChunkRef], KeySet]:
-        return (self.ndim, self.inline, self.refs, self.deleted)
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.ndim, self.inline, self.refs, self.deleted, self.blocks)
 
-    def __setstate__(self, state: tuple[int, dict[Key, bytes], dict[Key, ChunkRef],
-                                        KeySet]) -> None:
-        ndim, inline, refs, deleted = state
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        ndim, inline, refs, deleted = state[:4]
         self.__init__(ndim)  # type: ignore[misc]
         self.inline, self.refs, self.deleted = inline, refs, deleted
+        self.blocks = list(state[4]) if len(state) > 4 else []
 
-    def _all_keys(self) -> list[Iterable[Key]]:
-        return [self.inline.keys(), self.refs.keys(), self.deleted]
+    def _int_keys(self) -> np.ndarray:
+        """Every staged packed key (tuple keys aside)."""
+        parts = [np.fromiter((k for k in ks if isinstance(k, int)), np.int64)
+                 for ks in (self.inline, self.refs, self.deleted)]
+        parts.append(self._live_virtual()[0])
+        return np.concatenate(parts)
+
+    def _tuple_keys(self) -> CoordSet:
+        return {k for ks in (self.inline, self.refs, self.deleted) for k in ks
+                if isinstance(k, tuple)}
 
     def overlap(self, other: ChunkTable) -> CoordSet:
         """Coordinates staged in both tables."""
-        both: KeySet = set()
-        for mine in self._all_keys():
-            for theirs in other._all_keys():
-                both |= mine & theirs  # type: ignore[operator]
-        return {self.coord(k) for k in both}
+        both = np.intersect1d(self._int_keys(), other._int_keys())
+        return {self.coord(k) for k in both.tolist()} | (
+            self._tuple_keys() & other._tuple_keys())
 
     def update(self, other: ChunkTable) -> None:
         """Add every ref of ``other`` (callers check ``overlap`` first)."""
@@ -140,6 +263,10 @@ class ChunkTable:
         self.inline.update(other.inline)
         self.refs.update(other.refs)
         self.deleted |= other.deleted
+        for b in other.blocks:
+            pos = np.flatnonzero(b.live)
+            if len(pos):
+                self.add_block(b.keys[pos], b.rows.take(pa.array(pos)))
 
     def discard(self, coords: Iterable[Coord]) -> None:
         """Forget the staged refs at ``coords``."""
@@ -153,13 +280,20 @@ class ChunkTable:
             yield self.coord(k), ref
         for k in list(self.deleted):
             yield self.coord(k), TOMBSTONE
+        for b in list(self.blocks):
+            for i in np.flatnonzero(b.live).tolist():
+                yield self.coord(int(b.keys[i])), b.ref(i)
 
-    def _coords(self, keys: list[Key]) -> np.ndarray:
+    def _coords(self, keys: list[Key] | np.ndarray) -> np.ndarray:
         n = len(keys)
-        try:
-            packed = np.fromiter(keys, dtype=np.int64, count=n)
-        except (TypeError, ValueError):  # some coordinates did not fit a packed key
-            packed = None
+        packed: np.ndarray | None
+        if isinstance(keys, np.ndarray):
+            packed = keys
+        else:
+            try:
+                packed = np.fromiter(keys, dtype=np.int64, count=n)
+            except (TypeError, ValueError):  # some coordinates did not fit a packed key
+                packed = None
         if packed is not None:
             cols = [(packed >> (self._bits * (self.ndim - 1 - d))) & (self._limit - 1)
                     for d in range(self.ndim)]
@@ -173,12 +307,14 @@ class ChunkTable:
         memory stays bounded by one part beyond the sort keys."""
         inline_vals = list(self.inline.values())
         ref_vals = list(self.refs.values())
-        groups = [list(self.inline.keys()), list(self.refs.keys()),
-                  [] if drop_tombstones else list(self.deleted)]
+        vkeys, vrows = self._live_virtual()
+        groups: list[Any] = [list(self.inline.keys()), list(self.refs.keys()),
+                             [] if drop_tombstones else list(self.deleted), vkeys]
         coords = np.concatenate([self._coords(g) for g in groups])
         src = np.concatenate([np.full(len(g), i, np.int8) for i, g in enumerate(groups)])
-        idx = np.concatenate([np.arange(len(g), dtype=np.int64) for g in groups])
-        del groups
+        idx = np.concatenate([np.arange(len(g), dtype=np.int64) for g in groups[:3]]
+                             + [vrows])
+        del groups, vkeys, vrows
         order = np.lexsort(coords.T[::-1]) if self.ndim else np.arange(len(coords))
         for start in range(0, len(order), split_rows):
             sel = order[start:start + split_rows]
@@ -186,7 +322,8 @@ class ChunkTable:
             tables, positions = [], []
             for code, build in ((0, lambda ix: inline_rows(_pick(inline_vals, ix))),
                                 (1, lambda ix: ref_rows(_pick(ref_vals, ix))),
-                                (2, lambda ix: tombstone_rows(len(ix)))):
+                                (2, lambda ix: tombstone_rows(len(ix))),
+                                (3, self._virtual_manifest_rows)):
                 pos = np.flatnonzero(part_src == code)
                 if len(pos):
                     tables.append(build(part_idx[pos]))
@@ -195,13 +332,28 @@ class ChunkTable:
                 pa.array(np.argsort(np.concatenate(positions), kind="stable")))
             yield coords[sel], rows
 
+    def virtual_locations(self) -> StrSet:
+        """Locations of the live staged virtual refs."""
+        out = {r.location for r in self.refs.values()
+               if r.kind == ChunkKind.VIRTUAL and r.location is not None}
+        for b in self.blocks:
+            pos = np.flatnonzero(b.live)
+            if len(pos):
+                col = b.rows.column("location").take(pa.array(pos)).combine_chunks()
+                if pa.types.is_dictionary(col.type):
+                    col = col.dictionary.take(pa.compute.unique(col.indices))
+                out.update(v for v in pa.compute.unique(col).to_pylist() if v is not None)
+        return out
+
     def kinds(self) -> tuple[np.ndarray, np.ndarray]:
         """(coords, kind codes) of every staged ref, unordered."""
-        parts = [(list(self.inline.keys()), ChunkKind.INLINE),
-                 (list(self.refs.keys()), ChunkKind.NATIVE),
-                 (list(self.deleted), ChunkKind.DELETED)]
-        coords = [self._coords(keys) for keys, _ in parts if keys]
-        kinds = [np.full(len(keys), int(kind), np.int8) for keys, kind in parts if keys]
+        parts: list[tuple[Any, ChunkKind]] = [
+            (list(self.inline.keys()), ChunkKind.INLINE),
+            (list(self.refs.keys()), ChunkKind.NATIVE),
+            (list(self.deleted), ChunkKind.DELETED),
+            (self._live_virtual()[0], ChunkKind.VIRTUAL)]
+        coords = [self._coords(keys) for keys, _ in parts if len(keys)]
+        kinds = [np.full(len(keys), int(kind), np.int8) for keys, kind in parts if len(keys)]
         if not coords:
             return np.zeros((0, self.ndim), np.int64), np.zeros(0, np.int8)
         return np.concatenate(coords), np.concatenate(kinds)

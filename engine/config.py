@@ -6,8 +6,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidInputError
+from frazil.format.config import decode_containers
 
+from .containers import VirtualChunkContainer
+from .errors import FormatError, InvalidInputError
+
+VCC_KEY = "virtual_chunk_containers"
 DEFAULT_INLINE_THRESHOLD = 512
 DEFAULT_MANIFEST_SPLIT_ROWS = 65_536
 
@@ -21,11 +25,15 @@ class RepositoryConfig:
       inside the manifest instead of as separate objects (default 512).
     * ``manifest_split_rows``: at most this many chunk references per manifest segment
       object, so a read of one chunk loads a bounded object (default 65,536).
+    * ``virtual_chunk_containers``: url prefix -> ``VirtualChunkContainer``, the external
+      locations virtual chunks may point at (none by default). Merging configs adds the
+      other's containers (same prefix: the other's wins).
     """
 
     inline_chunk_threshold_bytes: int | None = None
     manifest_split_rows: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    virtual_chunk_containers: dict[str, VirtualChunkContainer] | None = None
 
     @classmethod
     def default(cls) -> RepositoryConfig:
@@ -40,6 +48,14 @@ class RepositoryConfig:
                                         f"int, got {value!r}")
         if self.manifest_split_rows == 0:
             raise InvalidInputError("RepositoryConfig.manifest_split_rows must be positive")
+        vcc = self.virtual_chunk_containers
+        if vcc is not None:
+            if not isinstance(vcc, dict) or not all(
+                    isinstance(c, VirtualChunkContainer) and k == c.url_prefix
+                    for k, c in vcc.items()):
+                raise InvalidInputError("RepositoryConfig.virtual_chunk_containers must map "
+                                        "url prefixes to their VirtualChunkContainer")
+            self.virtual_chunk_containers = dict(vcc)
 
     def merge(self, other: RepositoryConfig | None) -> RepositoryConfig:
         """A new config: ``other``'s set fields over this one's."""
@@ -48,6 +64,9 @@ class RepositoryConfig:
         values = {f.name: getattr(other, f.name) if getattr(other, f.name) is not None
                   else getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.name != "extra"}
+        mine, theirs = self.virtual_chunk_containers, other.virtual_chunk_containers
+        if mine is not None and theirs is not None:
+            values["virtual_chunk_containers"] = {**mine, **theirs}
         return RepositoryConfig(**values, extra={**self.extra, **other.extra})
 
     @property
@@ -64,11 +83,37 @@ class RepositoryConfig:
         for name in ("inline_chunk_threshold_bytes", "manifest_split_rows"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        if self.virtual_chunk_containers is not None:
+            out[VCC_KEY] = [c.to_dict() for _, c in
+                            sorted(self.virtual_chunk_containers.items())]
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RepositoryConfig:
         known = {k: d[k] for k in ("inline_chunk_threshold_bytes", "manifest_split_rows")
                  if k in d}
-        extra = {k: v for k, v in d.items() if k not in known}
-        return cls(**known, extra=extra)
+        extra = {k: v for k, v in d.items() if k not in known and k != VCC_KEY}
+        containers = None
+        if VCC_KEY in d:
+            try:
+                containers = {c.url_prefix: c for c in map(VirtualChunkContainer.from_dict,
+                                                            decode_containers(d[VCC_KEY]))}
+            except (TypeError, KeyError, ValueError) as e:
+                raise FormatError(f"config.json: invalid {VCC_KEY} ({e})") from e
+        return cls(**known, extra=extra, virtual_chunk_containers=containers)
+
+    # -- virtual chunk containers (Icechunk's names) -----------------------------------------
+    def set_virtual_chunk_container(self, container: VirtualChunkContainer) -> None:
+        """Declare (or replace, by url prefix) a virtual chunk container."""
+        if not isinstance(container, VirtualChunkContainer):
+            raise InvalidInputError("set_virtual_chunk_container takes a VirtualChunkContainer")
+        if self.virtual_chunk_containers is None:
+            self.virtual_chunk_containers = {}
+        self.virtual_chunk_containers[container.url_prefix] = container
+
+    def clear_virtual_chunk_containers(self) -> None:
+        """Forget every declared container (saved as an empty list)."""
+        self.virtual_chunk_containers = {}
+
+    def get_virtual_chunk_container(self, url_prefix: str) -> VirtualChunkContainer | None:
+        return (self.virtual_chunk_containers or {}).get(url_prefix)

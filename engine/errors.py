@@ -9,6 +9,7 @@ from frazil.format.errors import FormatError, FrazilError
 __all__ = [
     "AlreadyExistsError", "ConflictError", "FormatError", "FrazilError", "InvalidInputError",
     "NotFoundError", "ReadOnlyError", "StorageError", "TransientStorageError",
+    "VirtualChunkError",
 ]
 
 
@@ -59,3 +60,17 @@ class TransientStorageError(StorageError):
     retries a conditional put must tell "ours landed" from "someone else won" by reading
     the object back (see ``frazil.storage.retry``).
     """
+
+
+class VirtualChunkError(FrazilError):
+    """A virtual chunk cannot be read: its location is under no declared virtual chunk
+    container, the container is not authorized by whoever opened the repository, or the
+    source changed since the reference was made (another ETag, or modified after the
+    recorded time). ``location`` and ``url_prefix`` say which, where known. Never
+    answered with other bytes."""
+
+    def __init__(self, message: str, *, location: str | None = None,
+                 url_prefix: str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+        self.url_prefix = url_prefix

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from .refs import (
 )
 from .session import Session
 from .storage.base import Storage
+from .virtual import VirtualResolver, check_authorization
 
 CONFIG_KEY = "config.json"
 _shared_readers: weakref.WeakValueDictionary[tuple[str, str, str], ObjectReader] = (
@@ -63,18 +64,25 @@ def _parse_sid(value: object) -> SnapshotId:
 class Repository:
     """A frazil repository on some ``Storage``. Use ``create``, ``open`` or ``open_or_create``."""
 
-    def __init__(self, storage: Storage, config: RepositoryConfig) -> None:
+    def __init__(self, storage: Storage, config: RepositoryConfig,
+                 authorize_virtual_chunk_access: Mapping[str, Any] | None = None) -> None:
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         self._storage = storage
         self._config = config
         self._reader = ObjectReader(storage)
+        self._virtual = VirtualResolver(
+            config, check_authorization(config, authorize_virtual_chunk_access))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"storage": self._storage, "config": self._config}
+        # the virtual chunk authorization (with its credentials) travels with the
+        # repository, so that forks on workers can read virtual chunks
+        return {"storage": self._storage, "config": self._config,
+                "virtual_auth": self._virtual.auth}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["storage"], state["config"])  # type: ignore[misc]
+        self.__init__(state["storage"], state["config"],  # type: ignore[misc]
+                      state.get("virtual_auth"))
         # repositories unpickled in one process (forks sent to a worker task by task)
         # share one cache of immutable objects per storage location
         key = (type(self._storage).__qualname__, self._storage.describe(),
@@ -90,12 +98,17 @@ class Repository:
 
     # -- creating and opening ----------------------------------------------------------
     @classmethod
-    def create(cls, storage: Storage, config: RepositoryConfig | None = None) -> Repository:
-        """Create a new repository; ``AlreadyExistsError`` if one is there."""
-        return _aio.run(cls._create(storage, config))
+    def create(cls, storage: Storage, config: RepositoryConfig | None = None, *,
+               authorize_virtual_chunk_access: Mapping[str, Any] | None = None) -> Repository:
+        """Create a new repository; ``AlreadyExistsError`` if one is there. Its config
+        (virtual chunk containers included) is saved with it;
+        ``authorize_virtual_chunk_access`` (``containers_credentials({...})``) says which
+        containers this repository object may read virtual chunks from."""
+        return _aio.run(cls._create(storage, config, authorize_virtual_chunk_access))
 
     @classmethod
-    async def _create(cls, storage: Storage, config: RepositoryConfig | None) -> Repository:
+    async def _create(cls, storage: Storage, config: RepositoryConfig | None,
+                      auth: Mapping[str, Any] | None = None) -> Repository:
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         if not storage.writable:
@@ -106,6 +119,7 @@ class Repository:
             raise AlreadyExistsError(f"{storage.describe()} is not empty and holds no frazil "
                                      "repository; use an empty location")
         cfg = RepositoryConfig.default().merge(config)
+        check_authorization(cfg, auth)
         plan = initial_snapshot()
         await storage.put(plan.log[0], plan.log[1])
         await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
@@ -115,15 +129,19 @@ class Repository:
         except AlreadyExistsError:
             raise AlreadyExistsError(
                 f"a repository already exists in {storage.describe()}") from None
-        return cls(storage, cfg)
+        return cls(storage, cfg, auth)
 
     @classmethod
-    def open(cls, storage: Storage, config: RepositoryConfig | None = None) -> Repository:
-        """Open an existing repository; ``config`` overrides the stored settings."""
-        return _aio.run(cls._open(storage, config))
+    def open(cls, storage: Storage, config: RepositoryConfig | None = None, *,
+             authorize_virtual_chunk_access: Mapping[str, Any] | None = None) -> Repository:
+        """Open an existing repository; ``config`` overrides the stored settings.
+        Virtual chunks are read only from the containers authorized here (none by
+        default)."""
+        return _aio.run(cls._open(storage, config, authorize_virtual_chunk_access))
 
     @classmethod
-    async def _open(cls, storage: Storage, config: RepositoryConfig | None) -> Repository:
+    async def _open(cls, storage: Storage, config: RepositoryConfig | None,
+                    auth: Mapping[str, Any] | None = None) -> Repository:
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         if not await _exists(storage):
@@ -133,17 +151,19 @@ class Repository:
                                                               CONFIG_KEY))
         except NotFoundError:
             stored = RepositoryConfig()
-        return cls(storage, RepositoryConfig.default().merge(stored).merge(config))
+        return cls(storage, RepositoryConfig.default().merge(stored).merge(config), auth)
 
     @classmethod
-    def open_or_create(cls, storage: Storage,
-                       config: RepositoryConfig | None = None) -> Repository:
+    def open_or_create(cls, storage: Storage, config: RepositoryConfig | None = None, *,
+                       authorize_virtual_chunk_access: Mapping[str, Any] | None = None
+                       ) -> Repository:
+        auth = authorize_virtual_chunk_access
         if cls.exists(storage):
-            return cls.open(storage, config)
+            return cls.open(storage, config, authorize_virtual_chunk_access=auth)
         try:
-            return cls.create(storage, config)
+            return cls.create(storage, config, authorize_virtual_chunk_access=auth)
         except AlreadyExistsError:  # lost a race with another creator
-            return cls.open(storage, config)
+            return cls.open(storage, config, authorize_virtual_chunk_access=auth)
 
     @staticmethod
     def exists(storage: Storage) -> bool:

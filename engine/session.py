@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from frazil.format import (
     ARRAY,
@@ -24,14 +27,13 @@ from frazil.format import (
 )
 from frazil.format.common import BRANCH_REF
 
-from . import _aio
-from .changeset import ChangeSet, Coord
+from . import _aio, virtual
+from .changeset import ChangeSet, Coord, row_ref
 from .commit import prepare_commit
 from .conflicts import ConflictSolver, detect_conflicts
 from .diff import Diff, node_diff
 from .errors import (
     ConflictError,
-    FrazilError,
     InvalidInputError,
     NotFoundError,
     ReadOnlyError,
@@ -40,6 +42,7 @@ from .objects import chunk_key
 from .rebase import apply_resolution, merge_changes, summarize_changes, summarize_logs
 from .refs import read_ref, swap_branch
 from .storage.base import ByteRange, slice_range
+from .virtual import ChunkType, VirtualChunkSpec
 from .zarrmeta import NodeMeta, parse_zarr_json
 
 if TYPE_CHECKING:
@@ -241,8 +244,7 @@ class Session:
         if ref.kind == ChunkKind.NATIVE:
             assert ref.chunk_id is not None
             return await self._repo._reader.chunk(ref.chunk_id, ref.checksum, byte_range)
-        raise FrazilError(f"chunk {list(coord)} of {path!r} is virtual ({ref.location}); "
-                          "virtual chunks are not readable in this version")
+        return await self._repo._virtual.read(ref, byte_range)
 
     async def set_chunk(self, path: str, coord: Coord, data: bytes) -> None:
         """Stage a chunk: inline if small, else written now to ``chunks/<id>``."""
@@ -465,6 +467,164 @@ class Session:
                                 conflicts=conflicts)
         with self._changes.lock:
             self._changes.nodes, self._changes.chunks = merged.nodes, merged.chunks
+
+
+    # -- virtual chunks ----------------------------------------------------------------------
+    def set_virtual_ref(self, path: str, coord: Coord, location: str, *, offset: int,
+                        length: int, checksum: str | dt.datetime | None = None,
+                        validate_container: bool = False) -> None:
+        """Stage chunk ``coord`` of the array at ``path`` as ``length`` bytes at
+        ``offset`` of ``location``. ``checksum``: the source's ETag, or a datetime the
+        source must not have been modified after. With ``validate_container``, a location
+        under no declared container is refused now (otherwise at read)."""
+        self._check_writable()
+        rec, meta = self._array(path)
+        coord = tuple(coord)
+        self._check_coord(path, meta, coord)
+        for name, v in (("offset", offset), ("length", length)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
+                raise InvalidInputError(f"{name} must be an int >= 0, got {v!r}")
+        etag, last_modified = virtual.split_checksum(checksum)
+        cfg = self._repo.config
+        outside = virtual.check_locations([location], cfg, validate_container)
+        if outside:
+            raise InvalidInputError(virtual.outside_message(outside, cfg))
+        self._changes.set_chunk(rec.node_id, coord, ChunkRef(
+            ChunkKind.VIRTUAL, location=location, offset=int(offset), length=int(length),
+            etag=etag, last_modified=last_modified))
+
+    def set_virtual_refs(self, path: str, chunks: Sequence[VirtualChunkSpec], *,
+                         validate_containers: bool = True) -> list[Coord] | None:
+        """Stage many virtual refs (``VirtualChunkSpec``). With ``validate_containers``,
+        refs whose location is under no declared container are not staged and their
+        chunk indices are returned; otherwise None."""
+        specs = list(chunks)
+        if not all(isinstance(c, VirtualChunkSpec) for c in specs):
+            raise InvalidInputError("set_virtual_refs takes VirtualChunkSpec values")
+        _, meta = self._array(path)
+        indices = np.array([tuple(c.index) for c in specs], np.int64).reshape(
+            len(specs), meta.ndim)
+        lms = [c.last_updated_at_checksum for c in specs]
+        return self.set_virtual_refs_arrays(
+            path, [c.location for c in specs], [c.offset for c in specs],
+            [c.length for c in specs], indices=indices,
+            etags=[c.etag_checksum for c in specs],
+            last_modified=lms if any(t is not None for t in lms) else None,
+            validate_containers=validate_containers, _return_failed=True)
+
+    def set_virtual_refs_arrays(self, path: str, locations: Any, offsets: Any, lengths: Any,
+                                *, indices: Any = None, etags: Any = None,
+                                last_modified: Any = None, validate_containers: bool = True,
+                                _return_failed: bool = False) -> Any:
+        """The columnar fast path: stage virtual refs for many chunks at once, with no
+        Python work per chunk.
+
+        ``locations`` (one string, or numpy / Arrow / sequence of strings, dictionary
+        arrays welcome; a null skips that chunk), ``offsets`` and ``lengths`` (integers)
+        are either shaped like the array's chunk grid (or flat in C order), or, with
+        ``indices`` (n x ndim chunk coordinates), one value per row. ``etags`` and
+        ``last_modified`` optionally pin each ref. Returns the number of refs staged.
+        With ``validate_containers``, any location under no declared container is
+        refused (``InvalidInputError``) and nothing is staged.
+        """
+        self._check_writable()
+        rec, meta = self._array(path)
+        if indices is None:
+            if meta.grid is None:
+                raise InvalidInputError(f"{path!r} has no regular chunk grid: pass indices=")
+            n = int(np.prod(meta.grid, dtype=np.int64))
+            coords = np.indices(meta.grid, dtype=np.int64).reshape(meta.ndim, n).T
+        else:
+            coords = np.asarray(indices, dtype=np.int64)
+            n = len(coords)
+            if coords.ndim != 2 or coords.shape[1] != meta.ndim:
+                raise InvalidInputError(f"indices must be n x {meta.ndim} chunk coordinates")
+            hi = np.asarray(meta.grid if meta.grid is not None else (), np.int64)
+            if n and (coords.min() < 0 or (len(hi) and (coords >= np.maximum(hi, 1)).any())):
+                raise InvalidInputError(f"indices fall outside the chunk grid "
+                                        f"{list(meta.grid or ())} of {path!r}")
+        locs = virtual.location_column(locations, n)
+        offs = virtual.int_column(offsets, n, "offsets")
+        lens = virtual.int_column(lengths, n, "lengths")
+        tags = virtual.optional_column(etags, n, "etag")
+        times = virtual.optional_column(last_modified, n, "last_modified")
+        cfg = self._repo.config
+        values = locs.dictionary.to_pylist()
+        outside = set(virtual.check_locations(values, cfg, validate_containers))
+        keep = locs.is_valid()
+        failed: list[Coord] = []
+        if outside:
+            bad = pa.compute.is_in(locs.dictionary, pa.array(sorted(outside), pa.string()))
+            in_bad = pa.compute.take(bad, locs.indices).fill_null(False)
+            if not _return_failed:
+                raise InvalidInputError(virtual.outside_message(sorted(outside), cfg))
+            failed = [tuple(c) for c in coords[in_bad.to_numpy(zero_copy_only=False)].tolist()]
+            keep = pa.compute.and_(keep, pa.compute.invert(in_bad))
+        mask = keep.to_numpy(zero_copy_only=False)
+        rows = virtual.block_rows(locs, offs, lens, tags, times)
+        if not mask.all():
+            rows, coords = rows.filter(pa.array(mask)), coords[mask]
+        table = self._changes.table(rec.node_id, meta.ndim)
+        keys = table.pack(coords)
+        if keys is None:  # coordinates too large to pack: one by one
+            for c, i in zip(coords.tolist(), range(len(coords))):
+                table.set(tuple(c), row_ref(rows, i))
+        else:
+            with self._changes.lock:
+                table.add_block(keys, rows)
+        if _return_failed:
+            return failed or None
+        return len(coords)
+
+    def chunk_type(self, path: str, coord: Sequence[int]) -> ChunkType:
+        """What the chunk at ``coord`` is: uninitialized, inline, native or virtual."""
+        rec, meta = self._array(path)
+        coord = tuple(int(c) for c in coord)
+        self._check_coord(path, meta, coord)
+        ref = _aio.run(self.chunk_ref(path, coord))
+        if ref is None:
+            return ChunkType.UNINITIALIZED
+        return {ChunkKind.INLINE: ChunkType.INLINE, ChunkKind.NATIVE: ChunkType.NATIVE,
+                ChunkKind.VIRTUAL: ChunkType.VIRTUAL}[ref.kind]
+
+    def all_virtual_chunk_locations(self) -> list[str]:
+        """Every location the session's current virtual chunks point at, sorted."""
+        return _aio.run(self._all_virtual_chunk_locations())
+
+    async def _all_virtual_chunk_locations(self) -> list[str]:
+        found: set[str] = set()
+        for rec in list(self.nodes()):
+            if rec.node_type != ARRAY:
+                continue
+            ndim = self.node_meta(rec).ndim
+            table = self._changes.chunks.get(rec.node_id)
+            coords, kinds, src, rows = [], [], [], []
+            if table is not None and len(table):
+                found |= table.virtual_locations()
+                staged, staged_kinds = table.kinds()
+                coords.append(staged)
+                kinds.append(staged_kinds)
+                src.append(np.full(len(staged), -1, np.int64))
+                rows.append(np.zeros(len(staged), np.int64))
+            segments = await _aio.gather_limited(
+                [self._repo._reader.manifest(s) for s in rec.segments])
+            for si, m in enumerate(segments):
+                coords.append(m.coords.reshape(len(m.kinds), ndim))
+                kinds.append(m.kinds)
+                src.append(np.full(len(m.kinds), si, np.int64))
+                rows.append(np.arange(len(m.kinds), dtype=np.int64))
+            if not coords or not sum(len(k) for k in kinds):
+                continue
+            all_coords, all_kinds = np.concatenate(coords), np.concatenate(kinds)
+            all_src, all_rows = np.concatenate(src), np.concatenate(rows)
+            first = (np.unique(all_coords, axis=0, return_index=True)[1] if ndim
+                     else np.zeros(1, np.int64))
+            win = first[(all_kinds[first] == ChunkKind.VIRTUAL) & (all_src[first] >= 0)]
+            for si in np.unique(all_src[win]).tolist():
+                picked = all_rows[win[all_src[win] == si]]
+                col = segments[si].table.column("location").take(pa.array(picked))
+                found.update(v for v in pa.compute.unique(col).to_pylist() if v is not None)
+        return sorted(found)
 
 
 class ForkSession(Session):

@@ -328,3 +328,21 @@ def encode_manifest_parts(manifest_id: ManifestId,
     table = pa.table(columns, schema=SCHEMA)
     return encode_parquet(table, {"object_type": MANIFEST, "id": str(manifest_id),
                                   "parts": header_parts})
+
+
+def virtual_rows(offset: pa.Array, length: pa.Array, location: pa.Array,
+                 etag: pa.Array | None = None, last_modified: pa.Array | None = None
+                 ) -> pa.Table:
+    """Manifest rows (without ``coord``) for virtual chunks, from columns: ``location``
+    may be dictionary-encoded (it is written as plain strings, which Parquet then
+    dictionary-encodes on disk)."""
+    n = len(offset)
+    if pa.types.is_dictionary(location.type):
+        location = location.cast(pa.string())
+    columns = {"kind": pa.array(np.full(n, int(ChunkKind.VIRTUAL), np.int8)),
+               "offset": offset, "length": length, "location": location}
+    if etag is not None:
+        columns["etag"] = etag
+    if last_modified is not None:
+        columns["last_modified"] = last_modified
+    return _rows(n, **columns)

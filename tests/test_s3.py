@@ -511,7 +511,7 @@ def test_direct_get_reads_statuses_right() -> None:
     from frazil.storage._s3get import DirectGetter, RangeNotSatisfiable
 
     script = [
-        (200, b"whole", {"ETag": '"e1"'}),
+        (200, b"whole", {"ETag": '"e1"', "Last-Modified": "Wed, 25 Nov 2026 06:30:15 GMT"}),
         (206, b"part", {"ETag": '"e2"', "Content-Range": "bytes 0-3/9"}),
         (404, b"<Error><Code>NoSuchKey</Code></Error>", {}),
         (404, b"<Error><Code>NoSuchBucket</Code></Error>", {}),
@@ -535,8 +535,11 @@ def test_direct_get_reads_statuses_right() -> None:
                 "_credentials": Creds()})()})()
             g = DirectGetter(url + "/b/", "us-east-1", client, False, 5, 5, 4)
             try:
-                assert await g.get("k", None, "w") == (b"whole", '"e1"', False)
-                assert await g.get("k", "bytes=0-3", "w") == (b"part", '"e2"', True)
+                import datetime as dt
+                assert await g.get("k", None, "w") == (b"whole", {
+                    "ETag": '"e1"',
+                    "LastModified": dt.datetime(2026, 11, 25, 6, 30, 15, tzinfo=dt.UTC)}, False)
+                assert await g.get("k", "bytes=0-3", "w") == (b"part", {"ETag": '"e2"'}, True)
                 assert fake.seen[1]["Range"] == "bytes=0-3"
                 assert fake.seen[0]["Authorization"].startswith("AWS4-HMAC-SHA256 ")
                 with pytest.raises(NotFoundError, match="w: not found"):

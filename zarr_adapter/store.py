@@ -8,7 +8,8 @@ the session does the work. Keys that are neither are refused on write.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+import datetime
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zarr.abc.store import (
@@ -23,6 +24,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from frazil.errors import InvalidInputError, ReadOnlyError
 from frazil.format import ARRAY
 from frazil.storage.base import slice_range
+from frazil.virtual import VirtualChunkSpec
 from frazil.zarrmeta import NodeMeta
 
 if TYPE_CHECKING:
@@ -218,6 +220,36 @@ class FrazilStore(Store):
         else:
             assert coord is not None
             await self._session.set_chunk(path, coord, value.to_bytes())
+
+    # -- virtual chunks (Icechunk's names; the session does the work) ----------------------
+    def set_virtual_ref(self, key: str, location: str, *, offset: int, length: int,
+                        checksum: str | datetime.datetime | None = None,
+                        validate_container: bool = False) -> None:
+        """Point the chunk ``key`` at ``length`` bytes at ``offset`` of ``location``;
+        ``checksum`` (an ETag, or a last-modified bound) pins the source."""
+        self._check_writable()
+        self._valid_key(key)
+        parsed = self._parse(key)
+        if parsed is None or parsed[0] != "chunk" or parsed[2] is None:
+            raise InvalidInputError(f"{key!r} is not a chunk key of an existing array")
+        self._session.set_virtual_ref(parsed[1], parsed[2], location, offset=offset,
+                                      length=length, checksum=checksum,
+                                      validate_container=validate_container)
+
+    def set_virtual_refs(self, array_path: str, chunks: Sequence[VirtualChunkSpec], *,
+                         validate_containers: bool = True) -> list[Coord] | None:
+        """Many virtual refs of one array; returns the indices refused for being under
+        no container (with ``validate_containers``), else None."""
+        self._check_writable()
+        return self._session.set_virtual_refs(array_path, chunks,
+                                              validate_containers=validate_containers)
+
+    def set_virtual_refs_arrays(self, array_path: str, locations: Any, offsets: Any,
+                                lengths: Any, **kwargs: Any) -> int:
+        """The columnar fast path (``Session.set_virtual_refs_arrays``)."""
+        self._check_writable()
+        return int(self._session.set_virtual_refs_arrays(array_path, locations, offsets,
+                                                         lengths, **kwargs))
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         if not await self.exists(key):

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import inspect
 import re
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -126,8 +127,9 @@ class DirectGetter:
         return await frozen if inspect.isawaitable(frozen) else frozen
 
     async def get(self, key: str, range_header: str | None, what: str
-                  ) -> tuple[bytes, str, bool] | None:
-        """(bytes, ETag, whether the range was applied), or None: ask botocore."""
+                  ) -> tuple[bytes, dict[str, Any], bool] | None:
+        """(bytes, the response's ``ETag`` and ``LastModified`` as botocore names them,
+        whether the range was applied), or None: ask botocore."""
         if not _SAFE_KEY.fullmatch(key):
             return None
         import aiohttp
@@ -151,7 +153,14 @@ class DirectGetter:
                     if length is not None and int(length) != len(data):
                         raise TransientStorageError(f"{what}: short read ({len(data)} of "
                                                     f"{length} bytes)")
-                    return data, resp.headers.get("ETag", ""), status == 206
+                    meta: dict[str, Any] = {"ETag": resp.headers.get("ETag", "")}
+                    modified = resp.headers.get("Last-Modified")
+                    if modified:
+                        try:
+                            meta["LastModified"] = parsedate_to_datetime(modified)
+                        except (TypeError, ValueError):
+                            pass
+                    return data, meta, status == 206
                 if status == 404:
                     body = await resp.read()
                     if b"NoSuchBucket" in body:

@@ -99,6 +99,20 @@ class S3Settings:
         return RetrySettings(self.max_attempts, self.backoff_base, self.backoff_cap)
 
 
+def check_endpoint(endpoint_url: str | None, allow_http: bool, what: str = "") -> None:
+    """Refuse an ``endpoint_url`` that is not http(s), or plain http without
+    ``allow_http``."""
+    if endpoint_url is None:
+        return
+    scheme = endpoint_url.split("://", 1)[0].lower()
+    if scheme not in ("http", "https") or "://" not in endpoint_url:
+        raise InvalidInputError(f"{what}endpoint_url must be an http(s) URL, got "
+                                f"{endpoint_url!r}")
+    if scheme == "http" and not allow_http:
+        raise InvalidInputError(f"{what}endpoint {endpoint_url!r} is plain http; "
+                                "pass allow_http=True to allow it")
+
+
 @dataclass(frozen=True, slots=True)
 class S3Config:
     """Where the repository is and how to reach it: all that an ``S3Storage`` pickles."""
@@ -123,14 +137,7 @@ class S3Config:
             raise InvalidInputError(f"S3 prefix must be a string, got {self.prefix!r}")
         if any(p in (".", "..") for p in self.prefix.strip("/").split("/")):
             raise InvalidInputError(f"invalid S3 prefix {self.prefix!r}")
-        if self.endpoint_url is not None:
-            scheme = self.endpoint_url.split("://", 1)[0].lower()
-            if scheme not in ("http", "https") or "://" not in self.endpoint_url:
-                raise InvalidInputError(f"endpoint_url must be an http(s) URL, got "
-                                        f"{self.endpoint_url!r}")
-            if scheme == "http" and not self.allow_http:
-                raise InvalidInputError(f"endpoint {self.endpoint_url!r} is plain http; "
-                                        "pass allow_http=True to allow it")
+        check_endpoint(self.endpoint_url, self.allow_http)
         explicit = (self.access_key_id, self.secret_access_key, self.session_token)
         if any(v is not None for v in explicit):
             if self.access_key_id is None or self.secret_access_key is None:
@@ -370,6 +377,13 @@ class S3Storage(Storage):
 
     async def _get_once(self, key: str, range_header: str | None) -> tuple[bytes, str, bool]:
         """(bytes, ETag, whether the server applied the range); b'' on 416."""
+        data, resp, ranged = await self.get_response(key, range_header)
+        return data, str(resp.get("ETag", "")), ranged
+
+    async def get_response(self, key: str, range_header: str | None
+                           ) -> tuple[bytes, dict[str, Any], bool]:
+        """One GetObject, not retried: (bytes, the response's metadata (``ETag``,
+        ``LastModified``, ...), whether the server applied the range); b'' on 416."""
         kwargs: dict[str, Any] = {"Key": self._key(key)}
         if range_header is not None:
             kwargs["Range"] = range_header
@@ -381,7 +395,7 @@ class S3Storage(Storage):
                 try:
                     got = await direct.get(kwargs["Key"], range_header, what)
                 except RangeNotSatisfiable:
-                    return b"", "", True
+                    return b"", {}, True
                 if got is not None:
                     return got
             try:
@@ -395,11 +409,11 @@ class S3Storage(Storage):
             except Exception as e:
                 err = translate(e, what)
                 if isinstance(err, _RangeNotSatisfiable):
-                    return b"", "", True
+                    return b"", {}, True
                 if isinstance(err, _Precondition):
                     err = StorageError(f"{what}: unexpected precondition failure")
                 raise err from e
-        return bytes(data), str(resp.get("ETag", "")), "ContentRange" in resp
+        return bytes(data), resp, "ContentRange" in resp
 
     async def _head_once(self, key: str) -> dict[str, Any] | None:
         try:

@@ -1,0 +1,296 @@
+"""Virtual chunk containers and their credentials: which external URLs a repository may
+reference (``VirtualChunkContainer``, saved in its config) and how a reader reaches them
+(``containers_credentials``, given when the repository is opened, never saved).
+
+A container is a URL prefix plus the configuration of the object store behind it:
+``s3_store``, ``gcs_store``, ``http_store`` or ``local_filesystem_store``. Its prefix must
+use that store's scheme (``s3://``, ``gs://``, ``http(s)://``, ``file://``). A location
+belongs to the container with the longest prefix that contains it, where "contains" is
+on a ``/`` boundary: ``s3://data`` contains ``s3://data/x.nc`` but not
+``s3://data-other/x.nc``.
+
+Credentials are values whose secrets stay out of ``repr``. They travel with a pickled
+``Repository`` (as the S3 storage's own credentials do), so that forks sent to workers
+can read virtual chunks too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import InvalidInputError
+from .storage.s3 import check_endpoint
+
+__all__ = [
+    "AnyCredential", "AnyObjectStoreConfig", "GcsStoreConfig", "HttpStoreConfig",
+    "LocalFileSystemStoreConfig", "S3Credentials", "S3StoreConfig", "VirtualChunkContainer",
+    "containers_credentials", "gcs_store", "http_store", "local_filesystem_store",
+    "s3_anonymous_credentials", "s3_credentials", "s3_from_env_credentials",
+    "s3_static_credentials", "s3_store",
+]
+
+
+# -- object store configurations ---------------------------------------------------------
+@dataclass(frozen=True)
+class S3StoreConfig:
+    """An S3 (or S3-compatible) store; see ``s3_store``."""
+
+    region: str | None = None
+    endpoint_url: str | None = None
+    allow_http: bool = False
+    anonymous: bool = False
+    force_path_style: bool = False
+
+    type = "s3"
+    schemes = ("s3://",)
+
+    def __post_init__(self) -> None:
+        for name in ("region", "endpoint_url"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise InvalidInputError(f"s3_store: {name} must be a string, got {v!r}")
+        for name in ("allow_http", "anonymous", "force_path_style"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(f"s3_store: {name} must be True or False")
+        check_endpoint(self.endpoint_url, self.allow_http, "s3_store: ")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "region": self.region, "endpoint_url": self.endpoint_url,
+                "allow_http": self.allow_http, "anonymous": self.anonymous,
+                "force_path_style": self.force_path_style}
+
+
+@dataclass(frozen=True)
+class _OptsStoreConfig:
+    """A store configured by a dict of string options (kept with the container)."""
+
+    opts: dict[str, str] = field(default_factory=dict)
+
+    type = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.opts, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.opts.items()):
+            raise InvalidInputError(f"{self.type}_store: opts must be a dict of strings")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "opts": dict(self.opts)}
+
+
+@dataclass(frozen=True)
+class GcsStoreConfig(_OptsStoreConfig):
+    """A Google Cloud Storage store (read with ``gcsfs``, which must be installed)."""
+
+    type = "gcs"
+    schemes = ("gs://", "gcs://")
+
+
+@dataclass(frozen=True)
+class HttpStoreConfig(_OptsStoreConfig):
+    """Files served over HTTP(S) (``opts`` are kept; this version does not use them)."""
+
+    type = "http"
+    schemes = ("http://", "https://")
+
+
+@dataclass(frozen=True)
+class LocalFileSystemStoreConfig:
+    """Files on a local (or mounted) filesystem, under ``path``; locations are
+    ``file:///absolute/path``."""
+
+    path: str
+
+    type = "local"
+    schemes = ("file://",)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path:
+            raise InvalidInputError(f"local_filesystem_store: path must be a non-empty "
+                                    f"string, got {self.path!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "path": self.path}
+
+
+AnyObjectStoreConfig = S3StoreConfig | GcsStoreConfig | HttpStoreConfig | LocalFileSystemStoreConfig
+_STORE_TYPES: dict[str, type[Any]] = {c.type: c for c in (
+    S3StoreConfig, GcsStoreConfig, HttpStoreConfig, LocalFileSystemStoreConfig)}
+
+
+def s3_store(region: str | None = None, endpoint_url: str | None = None,
+             allow_http: bool = False, anonymous: bool = False,
+             force_path_style: bool = False) -> S3StoreConfig:
+    """An S3 store for a virtual chunk container (Icechunk's name)."""
+    return S3StoreConfig(region, endpoint_url, allow_http, anonymous, force_path_style)
+
+
+def gcs_store(opts: dict[str, str] | None = None) -> GcsStoreConfig:
+    """A Google Cloud Storage store for a virtual chunk container."""
+    return GcsStoreConfig(dict(opts or {}))
+
+
+def http_store(opts: dict[str, str] | None = None) -> HttpStoreConfig:
+    """An HTTP(S) store for a virtual chunk container."""
+    return HttpStoreConfig(dict(opts or {}))
+
+
+def local_filesystem_store(path: str) -> LocalFileSystemStoreConfig:
+    """A local filesystem store for a virtual chunk container."""
+    return LocalFileSystemStoreConfig(str(path))
+
+
+# -- locations ---------------------------------------------------------------------------
+def location_problem(location: object) -> str | None:
+    """Why ``location`` is not an acceptable virtual chunk URL, or None if it is: it
+    must be a string ``scheme://...`` with no ``.``/``..`` path segments (they could
+    step out of a container's prefix) and no control characters."""
+    if not isinstance(location, str):
+        return f"a location must be a string, got {type(location).__name__}"
+    if "://" not in location:
+        return f"location {location!r} is not a URL (scheme://...)"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in location):
+        return f"location {location!r} contains control characters"
+    path = location.split("://", 1)[1].split("?", 1)[0].split("#", 1)[0]
+    if any(p in (".", "..") for p in path.split("/")) or "\\" in path:
+        return f"location {location!r} has '.' or '..' path segments or backslashes"
+    return None
+
+
+def prefix_contains(prefix: str, location: str) -> bool:
+    """``location`` is under ``prefix`` on a ``/`` boundary (or equal to it)."""
+    if not location.startswith(prefix):
+        return False
+    return (len(location) == len(prefix) or prefix.endswith("/")
+            or location[len(prefix)] == "/")
+
+
+# -- containers --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VirtualChunkContainer:
+    """Virtual chunks whose location starts with ``url_prefix`` are read from ``store``.
+
+    Declared in the repository config (``RepositoryConfig.set_virtual_chunk_container``);
+    a reader must also authorize the prefix when opening the repository.
+    """
+
+    url_prefix: str
+    store: AnyObjectStoreConfig
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.store, tuple(_STORE_TYPES.values())):
+            raise InvalidInputError(
+                "VirtualChunkContainer: store must come from s3_store(), gcs_store(), "
+                f"http_store() or local_filesystem_store(), got {type(self.store).__name__}")
+        problem = location_problem(self.url_prefix)
+        if problem is not None:
+            raise InvalidInputError(f"VirtualChunkContainer: url_prefix: {problem}")
+        schemes = self.store.schemes
+        if not self.url_prefix.lower().startswith(schemes):
+            raise InvalidInputError(
+                f"VirtualChunkContainer: url_prefix {self.url_prefix!r} does not fit a "
+                f"{self.store.type} store (it must start with {' or '.join(schemes)})")
+        rest = self.url_prefix.split("://", 1)[1]
+        if self.store.type != "local" and not urlsplit(self.url_prefix).netloc:
+            raise InvalidInputError(f"VirtualChunkContainer: url_prefix {self.url_prefix!r} "
+                                    "names no bucket or host")
+        if self.store.type == "local" and not rest.startswith("/"):
+            raise InvalidInputError(f"VirtualChunkContainer: url_prefix {self.url_prefix!r} "
+                                    "must be file:///absolute/path")
+
+    def contains(self, location: str) -> bool:
+        return prefix_contains(self.url_prefix, location)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url_prefix": self.url_prefix, "store": self.store.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VirtualChunkContainer:
+        store = dict(d["store"])
+        kind = store.pop("type")
+        store_cls = _STORE_TYPES.get(kind)
+        if store_cls is None:
+            raise InvalidInputError(f"unknown virtual chunk store type {kind!r}")
+        return cls(d["url_prefix"], store_cls(**store))
+
+
+# -- credentials -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class S3Credentials:
+    """How to sign requests to an S3 container: ``kind`` is ``"static"`` (the keys
+    given), ``"anonymous"`` (unsigned) or ``"from_env"`` (the process environment:
+    variables, profile, instance role). Secrets are kept out of ``repr``."""
+
+    kind: str
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    expires_after: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("static", "anonymous", "from_env"):
+            raise InvalidInputError(f"unknown S3 credential kind {self.kind!r}")
+        if self.kind == "static" and (not isinstance(self.access_key_id, str)
+                                      or not isinstance(self.secret_access_key, str)):
+            raise InvalidInputError("static S3 credentials need access_key_id and "
+                                    "secret_access_key (strings)")
+
+
+AnyCredential = S3Credentials
+
+
+def s3_static_credentials(*, access_key_id: str, secret_access_key: str,
+                          session_token: str | None = None,
+                          expires_after: dt.datetime | None = None) -> S3Credentials:
+    return S3Credentials("static", access_key_id, secret_access_key, session_token,
+                         expires_after)
+
+
+def s3_anonymous_credentials() -> S3Credentials:
+    """Unsigned requests (public buckets)."""
+    return S3Credentials("anonymous")
+
+
+def s3_from_env_credentials() -> S3Credentials:
+    """Credentials from the process environment (variables, profile, instance role)."""
+    return S3Credentials("from_env")
+
+
+def s3_credentials(*, access_key_id: str | None = None, secret_access_key: str | None = None,
+                   session_token: str | None = None, expires_after: dt.datetime | None = None,
+                   anonymous: bool | None = None, from_env: bool | None = None
+                   ) -> S3Credentials:
+    """S3 credentials (Icechunk's name): keys if given, else anonymous if asked, else
+    the environment's."""
+    if access_key_id is not None or secret_access_key is not None:
+        if anonymous or from_env:
+            raise InvalidInputError("s3_credentials: keys cannot be combined with "
+                                    "anonymous=True or from_env=True")
+        return s3_static_credentials(access_key_id=access_key_id,  # type: ignore[arg-type]
+                                     secret_access_key=secret_access_key,  # type: ignore[arg-type]
+                                     session_token=session_token, expires_after=expires_after)
+    if anonymous and from_env:
+        raise InvalidInputError("s3_credentials: anonymous and from_env exclude each other")
+    return s3_anonymous_credentials() if anonymous else s3_from_env_credentials()
+
+
+def containers_credentials(
+    m: Mapping[str, AnyCredential | None] | None = None, **kwargs: AnyCredential | None
+) -> dict[str, AnyCredential | None]:
+    """Authorization to read virtual chunks: url prefix -> credentials, or None for the
+    store's natural credentials (usually the process environment). Pass the result as
+    ``authorize_virtual_chunk_access=`` to ``Repository.create`` / ``open``."""
+    out: dict[str, AnyCredential | None] = {}
+    for prefix, cred in {**dict(m or {}), **kwargs}.items():
+        if not isinstance(prefix, str):
+            raise InvalidInputError(f"containers_credentials: keys are url prefixes "
+                                    f"(strings), got {prefix!r}")
+        if cred is not None and not isinstance(cred, S3Credentials):
+            raise InvalidInputError(
+                f"containers_credentials: credentials for {prefix!r} must come from "
+                f"s3_credentials() and the like, or be None; got {type(cred).__name__}")
+        out[prefix] = cred
+    return out
