@@ -99,29 +99,42 @@ async def load_segment(storage: Storage, seg: SegmentRef) -> ManifestSegment:
     return await _aio.in_thread(decode_manifest, data, key, seg.checksum)
 
 
-def merge_segments(segments: list[ManifestSegment], ndim: int
-                   ) -> tuple[np.ndarray, pa.Table]:
-    """The live refs of ``segments`` (newest first): (sorted coords, rows without
-    ``coord``); for each coordinate the newest segment's row, tombstones dropped."""
+def live_rows(segments: list[ManifestSegment], ndim: int) -> np.ndarray:
+    """Row numbers (into the segments' rows concatenated, newest segment first) of the
+    live refs, in coordinate order: per coordinate the newest row, tombstones dropped."""
     sizes = [len(m) for m in segments]
-    coords = (np.concatenate([m.coords for m in segments]) if segments
-              else np.zeros((0, ndim), np.int64))
+    if not segments or not sum(sizes):
+        return np.zeros(0, np.int64)
+    coords = np.concatenate([m.coords for m in segments])
     age = np.repeat(np.arange(len(segments), dtype=np.int32), sizes)
-    kinds = (np.concatenate([m.kinds for m in segments]) if segments
-             else np.zeros(0, np.int8))
+    kinds = np.concatenate([m.kinds for m in segments])
     order = np.lexsort((age, *[coords[:, d] for d in range(ndim - 1, -1, -1)]))
     ordered = coords[order]
     first = np.ones(len(order), bool)
     if len(order) > 1:
         first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1) if ndim else False
     keep = order[first]
-    keep = keep[kinds[keep] != int(ChunkKind.DELETED)]
-    tables = [m.table.select(_ROW_COLUMNS) for m in segments]
-    rows = pa.concat_tables(tables).combine_chunks() if tables else None
-    if rows is None or not len(keep):
+    return keep[kinds[keep] != int(ChunkKind.DELETED)]
+
+
+def merge_segments(segments: list[ManifestSegment], ndim: int
+                   ) -> tuple[np.ndarray, pa.Table]:
+    """The live refs of ``segments`` (newest first): (sorted coords, rows without
+    ``coord``); for each coordinate the newest segment's row, tombstones dropped."""
+    keep = live_rows(segments, ndim)
+    if not len(keep):
         return np.zeros((0, ndim), np.int64), pa.table(
             {n: pa.array([], MANIFEST_SCHEMA.field(n).type) for n in _ROW_COLUMNS})
-    return coords[keep], rows.take(pa.array(keep))
+    coords = np.concatenate([m.coords for m in segments])[keep]
+    rows = pa.concat_tables([m.table.select(_ROW_COLUMNS) for m in segments])
+    return coords, rows.combine_chunks().take(pa.array(keep))
+
+
+async def count_chunks(storage: Storage, node: NodeRecord) -> int:
+    """How many chunks of the array ``node`` exist (live refs over all its segments)."""
+    loaded = await _aio.gather_limited([load_segment(storage, s) for s in node.segments],
+                                       limit=16)
+    return len(live_rows(loaded, _ndim(node)))
 
 
 def _parts(coords: np.ndarray, rows: pa.Table, size: int
