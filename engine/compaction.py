@@ -197,18 +197,19 @@ def _ndim(node: NodeRecord) -> int:
 
 
 def _needs_compaction(node: NodeRecord, rows_per_segment: int) -> bool:
+    """Whether merging would change anything: a compacted list has at most one segment
+    that is not exactly full (the last piece); a commit's delta segments are rarely full."""
     if node.node_type != ARRAY or len(node.segments) < 2:
         return False
-    rows = sum(s.rows for s in node.segments)
-    return len(node.segments) > max(1, -(-rows // rows_per_segment))
+    return sum(1 for s in node.segments if s.rows != rows_per_segment) >= 2
 
 
 async def compact_branch(storage: Storage, reader: ObjectReader, branch: str,
                          rows_per_segment: int, *, paths: list[str] | None = None,
                          progress: Progress | None = None,
                          max_attempts: int = 1_000) -> CompactionSummary:
-    """Compact every array of ``branch`` that has more segments than it needs (or the
-    arrays at ``paths``) and commit the result on the branch (see the module docstring)."""
+    """Compact every array of ``branch`` whose segments are not already compacted (or
+    only the arrays at ``paths``) and commit the result on the branch (see the module docstring)."""
     if not isinstance(rows_per_segment, int) or rows_per_segment < 1:
         raise InvalidInputError("rows_per_segment must be a positive int")
     ref = await read_ref(storage, BRANCH_REF, branch)

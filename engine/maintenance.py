@@ -361,6 +361,16 @@ async def _rewrite(storage: Storage, reader: ObjectReader, info: CommitInfo,
     return sid, checksum(data)
 
 
+async def _branch_tips(storage: Storage, names: list[str]) -> set[SnapshotId | None]:
+    tips: set[SnapshotId | None] = set()
+    for name in names:
+        try:
+            tips.add((await read_ref(storage, BRANCH_REF, name)).record.snapshot_id)
+        except NotFoundError:
+            pass
+    return tips
+
+
 async def expire_snapshots(storage: Storage, reader: ObjectReader, older_than: dt.datetime,
                            progress: Progress | None = None) -> set[str]:
     """Drop snapshots written before ``older_than`` from every branch's history; returns
@@ -369,6 +379,9 @@ async def expire_snapshots(storage: Storage, reader: ObjectReader, older_than: d
     branches = sorted(await list_refs(storage, BRANCH_REF))
     expired: set[str] = set()
     memo: dict[tuple[SnapshotId, SnapshotId], tuple[SnapshotId, int]] = {}
+    # tips as they were before any branch was rewritten: a snapshot that is some branch's
+    # tip stays in every history that holds it (all of them then share its one copy)
+    first_tips = await _branch_tips(storage, branches)
     for n, name in enumerate(branches):
         if progress is not None:
             progress("expire", n, len(branches))
@@ -377,12 +390,7 @@ async def expire_snapshots(storage: Storage, reader: ObjectReader, older_than: d
                 ref = await read_ref(storage, BRANCH_REF, name)
             except NotFoundError:  # deleted meanwhile
                 break
-            tips = set()
-            for other in branches:
-                try:
-                    tips.add((await read_ref(storage, BRANCH_REF, other)).record.snapshot_id)
-                except NotFoundError:
-                    pass
+            tips = first_tips | await _branch_tips(storage, branches)
             assert ref.record.snapshot_id is not None
             chain = list((await walk_history(reader, [ref.record.snapshot_id])).values())
             keep = [i for i in chain if i is chain[0] or i.parent_id is None

@@ -326,8 +326,8 @@ class Repository:
     def compact(self, branch: str = MAIN, *, rows_per_segment: int | None = None,
                 paths: list[str] | None = None,
                 progress: Progress | None = None) -> CompactionSummary:
-        """Merge the manifest segments of every array on ``branch`` that has more segments
-        than its references need (or only the arrays at ``paths``) into segments of at
+        """Merge the manifest segments of every array on ``branch`` that is not compacted
+        already (or only the arrays at ``paths``) into segments of at
         most ``rows_per_segment`` references (default: the ``manifest_split_rows``
         setting), and commit the result as a snapshot with identical content. Commits that
         land meanwhile are kept: the compaction is re-applied on top of them."""
