@@ -225,10 +225,11 @@ def _one_line(info: frazil.SnapshotInfo, labels: dict[str, list[str]]) -> str:
 
 def _graph(repo: frazil.Repository, branch: str | None, labels: dict[str, list[str]],
            limit: int | None) -> list[tuple[str, frazil.SnapshotInfo | None]]:
-    """Rows of (lanes drawing, snapshot or None for a joining line) for the history of ``branch`` or of every branch
-    and tag; children always come before their parent."""
+    """Rows of (lanes drawing, snapshot or None for a joining line) for the history of
+    ``branch`` or of every branch and tag; children always come before their parent."""
     tips = ([repo.lookup_branch(branch)] if branch else
-            [repo.lookup_branch(b) for b in sorted(repo.list_branches(), key=lambda b: b != "main")]
+            [repo.lookup_branch(b)
+             for b in sorted(repo.list_branches(), key=lambda b: (b != "main", b))]
             + [repo.lookup_tag(t) for t in sorted(repo.list_tags())])
     infos: dict[str, frazil.SnapshotInfo] = {}
     children: dict[str, int] = {}
