@@ -15,7 +15,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -77,7 +77,7 @@ class Ctx:
                 anonymous=self.anonymous))
         return self._repo
 
-    def emit(self, data: Any, human: Callable[[], None]) -> None:
+    def emit(self, data: Any, human: Callable[[], object]) -> None:
         if self.json:
             click.echo(json.dumps(data, indent=2, default=_json_default, sort_keys=False))
         else:
@@ -205,16 +205,21 @@ def log(ctx: Ctx, branch: str | None, graph: bool, limit: int | None) -> None:
         rows = _graph(repo, branch, labels, limit)
         ctx.emit([{**_info_dict(i), "refs": labels.get(i.id, []), "graph": g}
                   for g, i in rows if i is not None],
-                 lambda: [click.echo(g if i is None else f"{g}{_one_line(i, labels)}")
-                          for g, i in rows])
+                 lambda: _lines(g if i is None else f"{g}{_one_line(i, labels)}"
+                                for g, i in rows))
         return
-    infos = []
+    infos: list[frazil.SnapshotInfo] = []
     for info in repo.ancestry(branch=branch or "main"):
         if limit is not None and len(infos) >= limit:
             break
         infos.append(info)
     ctx.emit([{**_info_dict(i), "refs": labels.get(i.id, [])} for i in infos],
-             lambda: [click.echo(_one_line(i, labels)) for i in infos])
+             lambda: _lines(_one_line(i, labels) for i in infos))
+
+
+def _lines(lines: Iterable[str]) -> None:
+    for line in lines:
+        click.echo(line)
 
 
 def _one_line(info: frazil.SnapshotInfo, labels: dict[str, list[str]]) -> str:
@@ -283,7 +288,7 @@ def branch(ctx: Ctx, action: str, name: str | None, ref: str | None) -> None:
     repo = ctx.repo
     if action == "list":
         rows = {b: repo.lookup_branch(b) for b in sorted(repo.list_branches())}
-        ctx.emit(rows, lambda: [click.echo(f"{b}\t{s}") for b, s in rows.items()])
+        ctx.emit(rows, lambda: _lines(f"{b}\t{s}" for b, s in rows.items()))
         return
     if name is None:
         raise click.UsageError(f"branch {action} needs a NAME")
@@ -314,7 +319,7 @@ def tag(ctx: Ctx, action: str, name: str | None, ref: str | None) -> None:
     repo = ctx.repo
     if action == "list":
         rows = {t: repo.lookup_tag(t) for t in sorted(repo.list_tags())}
-        ctx.emit(rows, lambda: [click.echo(f"{t}\t{s}") for t, s in rows.items()])
+        ctx.emit(rows, lambda: _lines(f"{t}\t{s}" for t, s in rows.items()))
         return
     if name is None:
         raise click.UsageError(f"tag {action} needs a NAME")
@@ -337,7 +342,8 @@ def diff(ctx: Ctx, from_ref: str, to_ref: str) -> None:
     repo = ctx.repo
     d = repo.diff(from_snapshot_id=resolve(repo, from_ref),
                   to_snapshot_id=resolve(repo, to_ref))
-    data = {k: sorted(v) for k, v in asdict(d).items() if k != "updated_chunks"}
+    data: dict[str, Any] = {k: sorted(v) for k, v in asdict(d).items()
+                            if k != "updated_chunks"}
     data["updated_chunks"] = {p: sorted(map(list, c)) for p, c in d.updated_chunks.items()}
     ctx.emit(data, lambda: click.echo(str(d)))
 
