@@ -102,7 +102,7 @@ ops = st.lists(st.tuples(st.sampled_from(["set", "del"]), st.integers(0, 3), st.
                          st.integers(0, 1000)), min_size=1, max_size=6)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(commits=st.lists(ops, min_size=1, max_size=6), rows=st.integers(1, 5),
        seed=st.integers(0, 3))
 def test_compaction_keeps_content(commits: list[list[tuple[str, int, int, int]]], rows: int,
