@@ -148,8 +148,11 @@ def time_v(args: list[str]) -> dict[str, Any]:
     proc = subprocess.run(["/usr/bin/time", "-v", *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{args} failed: {proc.stderr[-2000:]}")
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    rss_m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", proc.stderr)
+    if rss_m is None or wall is None:
+        raise RuntimeError(f"unexpected /usr/bin/time output: {proc.stderr[-500:]}")
+    rss = int(rss_m.group(1))
     parts = [float(p) for p in wall.group(1).split(":")]
     seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
     return {"wall_s": round(seconds, 2), "peak_rss_mib": round(rss / 1024, 1),
