@@ -278,6 +278,32 @@ def _graph(repo: frazil.Repository, branch: str | None, labels: dict[str, list[s
     return rows
 
 
+def _refs(ctx: Ctx, kind: str, action: str, name: str | None, ref: str | None) -> None:
+    """``frazil branch`` and ``frazil tag``: list, create, delete, reset (branches)."""
+    repo = ctx.repo
+    names, lookup, create, delete = (
+        (repo.list_branches, repo.lookup_branch, repo.create_branch, repo.delete_branch)
+        if kind == "branch" else
+        (repo.list_tags, repo.lookup_tag, repo.create_tag, repo.delete_tag))
+    if action == "list":
+        rows = {n: lookup(n) for n in sorted(names())}
+        ctx.emit(rows, lambda: _lines(f"{n}\t{s}" for n, s in rows.items()))
+        return
+    if name is None or (action == "reset" and ref is None):
+        raise click.UsageError(f"{kind} {action} needs NAME" + (" and REF" if action ==
+                                                                "reset" else ""))
+    if action == "delete":
+        delete(name)
+        ctx.emit({"deleted": name}, lambda: click.echo(f"deleted {kind} {name}"))
+        return
+    sid = resolve(repo, ref or "main")
+    (create if action == "create" else repo.reset_branch)(name, sid)
+    done = "created" if action == "create" else "reset"
+    ctx.emit({kind: name, "snapshot": sid},
+             lambda: click.echo(f"{done} {kind} {name} {'at' if done == 'created' else 'to'} "
+                                f"{sid}"))
+
+
 @cli.command()
 @repo_command
 @click.argument("action", type=click.Choice(["list", "create", "delete", "reset"]))
@@ -285,28 +311,7 @@ def _graph(repo: frazil.Repository, branch: str | None, labels: dict[str, list[s
 @click.argument("ref", required=False)
 def branch(ctx: Ctx, action: str, name: str | None, ref: str | None) -> None:
     """Branches: list | create NAME [REF] | delete NAME | reset NAME REF."""
-    repo = ctx.repo
-    if action == "list":
-        rows = {b: repo.lookup_branch(b) for b in sorted(repo.list_branches())}
-        ctx.emit(rows, lambda: _lines(f"{b}\t{s}" for b, s in rows.items()))
-        return
-    if name is None:
-        raise click.UsageError(f"branch {action} needs a NAME")
-    if action == "create":
-        sid = resolve(repo, ref or "main")
-        repo.create_branch(name, sid)
-        ctx.emit({"branch": name, "snapshot": sid},
-                 lambda: click.echo(f"created branch {name} at {sid}"))
-    elif action == "delete":
-        repo.delete_branch(name)
-        ctx.emit({"deleted": name}, lambda: click.echo(f"deleted branch {name}"))
-    else:
-        if ref is None:
-            raise click.UsageError("branch reset needs NAME and REF")
-        sid = resolve(repo, ref)
-        repo.reset_branch(name, sid)
-        ctx.emit({"branch": name, "snapshot": sid},
-                 lambda: click.echo(f"reset branch {name} to {sid}"))
+    _refs(ctx, "branch", action, name, ref)
 
 
 @cli.command()
@@ -316,21 +321,7 @@ def branch(ctx: Ctx, action: str, name: str | None, ref: str | None) -> None:
 @click.argument("ref", required=False)
 def tag(ctx: Ctx, action: str, name: str | None, ref: str | None) -> None:
     """Tags: list | create NAME [REF] | delete NAME."""
-    repo = ctx.repo
-    if action == "list":
-        rows = {t: repo.lookup_tag(t) for t in sorted(repo.list_tags())}
-        ctx.emit(rows, lambda: _lines(f"{t}\t{s}" for t, s in rows.items()))
-        return
-    if name is None:
-        raise click.UsageError(f"tag {action} needs a NAME")
-    if action == "create":
-        sid = resolve(repo, ref or "main")
-        repo.create_tag(name, sid)
-        ctx.emit({"tag": name, "snapshot": sid},
-                 lambda: click.echo(f"created tag {name} at {sid}"))
-    else:
-        repo.delete_tag(name)
-        ctx.emit({"deleted": name}, lambda: click.echo(f"deleted tag {name}"))
+    _refs(ctx, "tag", action, name, ref)
 
 
 @cli.command()
