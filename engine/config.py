@@ -14,6 +14,8 @@ from .errors import FormatError, InvalidInputError
 VCC_KEY = "virtual_chunk_containers"
 DEFAULT_INLINE_THRESHOLD = 512
 DEFAULT_MANIFEST_SPLIT_ROWS = 65_536
+_SETTINGS = ("inline_chunk_threshold_bytes", "manifest_split_rows",
+             "compact_when_segments_exceed")
 
 
 @dataclass
@@ -25,6 +27,9 @@ class RepositoryConfig:
       inside the manifest instead of as separate objects (default 512).
     * ``manifest_split_rows``: at most this many chunk references per manifest segment
       object, so a read of one chunk loads a bounded object (default 65,536).
+    * ``compact_when_segments_exceed``: when a commit would leave an array with more than
+      this many manifest segments, the commit first merges the array's older segments
+      (as ``Repository.compact`` does); None (the default) never compacts on commit.
     * ``virtual_chunk_containers``: url prefix -> ``VirtualChunkContainer``, the external
       locations virtual chunks may point at (none by default). Merging configs adds the
       other's containers (same prefix: the other's wins).
@@ -32,6 +37,7 @@ class RepositoryConfig:
 
     inline_chunk_threshold_bytes: int | None = None
     manifest_split_rows: int | None = None
+    compact_when_segments_exceed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     virtual_chunk_containers: dict[str, VirtualChunkContainer] | None = None
 
@@ -40,7 +46,7 @@ class RepositoryConfig:
         return cls(DEFAULT_INLINE_THRESHOLD, DEFAULT_MANIFEST_SPLIT_ROWS)
 
     def __post_init__(self) -> None:
-        for name in ("inline_chunk_threshold_bytes", "manifest_split_rows"):
+        for name in _SETTINGS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                       or value < 0):
@@ -48,6 +54,9 @@ class RepositoryConfig:
                                         f"int, got {value!r}")
         if self.manifest_split_rows == 0:
             raise InvalidInputError("RepositoryConfig.manifest_split_rows must be positive")
+        if self.compact_when_segments_exceed == 0:
+            raise InvalidInputError("RepositoryConfig.compact_when_segments_exceed must be "
+                                    "positive (or None)")
         vcc = self.virtual_chunk_containers
         if vcc is not None:
             if not isinstance(vcc, dict) or not all(
@@ -80,7 +89,7 @@ class RepositoryConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.extra)
-        for name in ("inline_chunk_threshold_bytes", "manifest_split_rows"):
+        for name in _SETTINGS:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         if self.virtual_chunk_containers is not None:
@@ -90,8 +99,7 @@ class RepositoryConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RepositoryConfig:
-        known = {k: d[k] for k in ("inline_chunk_threshold_bytes", "manifest_split_rows")
-                 if k in d}
+        known = {k: d[k] for k in _SETTINGS if k in d}
         extra = {k: v for k, v in d.items() if k not in known and k != VCC_KEY}
         containers = None
         if VCC_KEY in d:

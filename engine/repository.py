@@ -12,8 +12,9 @@ from frazil.format import SnapshotId
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
 from frazil.format.config import decode_config, encode_config
 
-from . import _aio
+from . import _aio, maintenance
 from .commit import initial_snapshot
+from .compaction import CompactionSummary, Progress, compact_branch
 from .diff import Diff, node_diff
 from .errors import (
     AlreadyExistsError,
@@ -22,6 +23,7 @@ from .errors import (
     NotFoundError,
     ReadOnlyError,
 )
+from .maintenance import ChunkStorageStats, FsckReport, GCSummary
 from .objects import ObjectReader
 from .refs import (
     create_ref,
@@ -336,5 +338,63 @@ class Repository:
         return _aio.run(go())
 
 
+    # -- maintenance: compaction, garbage collection, expiry, fsck, statistics ---------------
+    def _check_writable_storage(self, what: str) -> None:
+        if not self._storage.writable:
+            raise ReadOnlyError(f"cannot {what}: {self._storage.describe()} is read-only")
+
+    def compact(self, branch: str = MAIN, *, rows_per_segment: int | None = None,
+                paths: list[str] | None = None,
+                progress: Progress | None = None) -> CompactionSummary:
+        """Merge the manifest segments of every array on ``branch`` that is not compacted
+        already (or only the arrays at ``paths``) into segments of at
+        most ``rows_per_segment`` references (default: the ``manifest_split_rows``
+        setting), and commit the result as a snapshot with identical content. Commits that
+        land meanwhile are kept: the compaction is re-applied on top of them."""
+        validate_name(branch, "branch")
+        self._check_writable_storage("compact")
+        rows = self._config.split_rows if rows_per_segment is None else rows_per_segment
+        return _aio.run(compact_branch(self._storage, self._reader, branch, rows,
+                                       paths=paths, progress=progress))
+
+    def garbage_collect(self, delete_object_older_than: dt.datetime, *, dry_run: bool = False,
+                        progress: Progress | None = None) -> GCSummary:
+        """Delete every snapshot, transaction log, manifest and chunk that no branch or tag
+        (nor their history) reaches and that is older than ``delete_object_older_than`` (a
+        timezone-aware datetime). Younger objects are never deleted, so this is safe beside
+        writers whose sessions are younger than the cutoff. ``dry_run`` only counts."""
+        if not dry_run:
+            self._check_writable_storage("collect garbage")
+        return _aio.run(maintenance.garbage_collect(
+            self._storage, self._reader, delete_object_older_than, dry_run=dry_run,
+            progress=progress))
+
+    def expire_snapshots(self, older_than: dt.datetime, *,
+                         progress: Progress | None = None) -> set[str]:
+        """Drop the snapshots written before ``older_than`` from every branch's history
+        (branch tips and the first snapshot stay; snapshots above a dropped one are
+        rewritten with new ids) and return the dropped ids. Tags and their history are
+        untouched. ``garbage_collect`` then reclaims what nothing reaches any more."""
+        self._check_writable_storage("expire snapshots")
+        return _aio.run(maintenance.expire_snapshots(self._storage, self._reader, older_than,
+                                                     progress))
+
+    def fsck(self, *, verify_chunks: bool = True,
+             progress: Progress | None = None) -> FsckReport:
+        """Check that every object reachable from a branch or tag exists and matches the
+        checksum recorded for it; the report lists every problem found.
+        ``verify_chunks=False`` checks native chunks' presence and size only."""
+        return _aio.run(maintenance.fsck(self._storage, self._reader,
+                                         verify_chunks=verify_chunks, progress=progress))
+
+    verify = fsck
+
+    def chunk_storage_stats(self, *, progress: Progress | None = None) -> ChunkStorageStats:
+        """Native, inline and virtual chunk counts and bytes over everything reachable."""
+        return _aio.run(maintenance.chunk_storage_stats(self._storage, self._reader,
+                                                        progress))
+
+
 async def _exists(storage: Storage) -> bool:
     return await storage.exists(f"refs/branch.{MAIN}/ref.json")
+

@@ -30,6 +30,7 @@ from frazil.format.common import BRANCH_REF
 from . import _aio, virtual
 from .changeset import ChangeSet, Coord, row_ref
 from .commit import prepare_commit
+from .compaction import compact_for_commit
 from .conflicts import ConflictSolver, detect_conflicts
 from .diff import Diff, node_diff
 from .errors import (
@@ -345,10 +346,18 @@ class Session:
             meta = dict(metadata)
             if rebase_with is not None:
                 meta["frazil.commit_attempts"] = attempt
-            plan = prepare_commit(self._base, self._changes, message=message, metadata=meta,
+            base, merged = self._base, list[tuple[str, bytes]]()
+            if repo.config.compact_when_segments_exceed is not None:  # automatic compaction
+                touched = {nid for nid, t in self._changes.chunks.items() if len(t)}
+                base, merged, paths = await compact_for_commit(
+                    storage, self._base, touched, repo.config.compact_when_segments_exceed,
+                    repo.config.split_rows)
+                if paths:
+                    meta["frazil.compacted_arrays"] = paths
+            plan = prepare_commit(base, self._changes, message=message, metadata=meta,
                                   split_rows=repo.config.split_rows)
             await _aio.gather_limited([storage.put(k, b)
-                                       for k, b in [*plan.manifests, plan.log]])
+                                       for k, b in [*merged, *plan.manifests, plan.log]])
             await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
             while True:
                 ref = await read_ref(storage, BRANCH_REF, self._branch)

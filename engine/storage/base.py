@@ -30,6 +30,7 @@ All methods are coroutines; the engine runs them on its own event loop.
 from __future__ import annotations
 
 import abc
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,19 @@ class PutResult:
 
     ok: bool
     version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One listed object: its key, size in bytes and when it was last written (UTC;
+    None where the backend cannot say)."""
+
+    key: str
+    size: int
+    last_modified: dt.datetime | None
+
+
+ObjectInfos = list[ObjectInfo]  # (inside a Storage class, ``list`` names the method)
 
 
 def validate_key(key: str) -> str:
@@ -129,6 +143,14 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def delete(self, keys: Sequence[str]) -> None:
         """Delete the objects; missing keys are ignored."""
+
+    async def list_info(self, prefix: str) -> ObjectInfos:
+        """Like ``list``, with each object's size and last-modified time (for garbage
+        collection and statistics). Backends override this with one listing; this
+        fallback asks each object's size and knows no times."""
+        keys = await self.list(prefix)
+        sizes = [await self.size(k) for k in keys]
+        return [ObjectInfo(k, s, None) for k, s in zip(keys, sizes)]
 
     def describe(self) -> str:
         """A short human description (for messages)."""

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from ..errors import InvalidInputError, TransientStorageError
-from .base import ByteRange, PutResult, Storage
+from .base import ByteRange, ObjectInfos, PutResult, Storage
 
 T = TypeVar("T")
 
@@ -104,6 +104,9 @@ class FaultInjectingStorage(Storage):
 
     async def list(self, prefix: str) -> list[str]:
         return await self._call(f"list {prefix!r}", lambda: self.inner.list(prefix))
+
+    async def list_info(self, prefix: str) -> ObjectInfos:
+        return await self._call(f"list {prefix!r}", lambda: self.inner.list_info(prefix))
 
     async def size(self, key: str) -> int:
         return await self._call(f"size {key!r}", lambda: self.inner.size(key))

@@ -12,6 +12,7 @@ Hidden names (starting with ``.``) are never listed.
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import fcntl
 import os
@@ -23,7 +24,7 @@ import xxhash
 
 from .. import _aio
 from ..errors import InvalidInputError, NotFoundError, StorageError
-from .base import ByteRange, PutResult, Storage
+from .base import ByteRange, ObjectInfo, ObjectInfos, PutResult, Storage
 
 
 def _version(st: os.stat_result, data: bytes) -> str:
@@ -177,6 +178,19 @@ class LocalFileSystemStorage(Storage):
                        if k.startswith(prefix))
         return sorted(out)
 
+    def _list_info(self, prefix: str) -> ObjectInfos:
+        out = []
+        for key in self._list(prefix):
+            try:
+                st = os.stat(self._path(key))
+            except _NOT_AN_OBJECT:  # deleted since it was listed
+                continue
+            except OSError as e:
+                raise StorageError(f"listing {key!r} in {self.describe()}: {e}") from e
+            out.append(ObjectInfo(key, st.st_size, dt.datetime.fromtimestamp(st.st_mtime,
+                                                                             dt.UTC)))
+        return out
+
     def _delete(self, keys: Sequence[str]) -> None:
         for key in keys:
             path = self._path(key)
@@ -224,6 +238,9 @@ class LocalFileSystemStorage(Storage):
 
     async def size(self, key: str) -> int:
         return self._size(key)
+
+    async def list_info(self, prefix: str) -> ObjectInfos:
+        return await _aio.in_thread(self._list_info, prefix)
 
     async def delete(self, keys: Sequence[str]) -> None:
         await _aio.in_thread(self._delete, list(keys))

@@ -6,6 +6,7 @@ unpickling it in another process raises a clear error, since its objects cannot 
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import os
 import threading
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import InvalidInputError, NotFoundError
-from .base import ByteRange, PutResult, Storage, slice_range
+from .base import ByteRange, ObjectInfo, ObjectInfos, PutResult, Storage, slice_range
 
 _registry: weakref.WeakValueDictionary[str, InMemoryStorage] = weakref.WeakValueDictionary()
 
@@ -26,6 +27,7 @@ class InMemoryStorage(Storage):
         self._objects: dict[str, tuple[bytes, str]] = {}
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
+        self._written: dict[str, dt.datetime] = {}  # last-modified times, for list_info
         self.token = f"{os.getpid()}-{os.urandom(8).hex()}"
         _registry[self.token] = self
 
@@ -35,7 +37,8 @@ class InMemoryStorage(Storage):
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return (_lookup, (self.token,))
 
-    def _next_version(self) -> str:
+    def _next_version(self, key: str) -> str:
+        self._written[key] = dt.datetime.now(dt.UTC)
         return str(next(self._counter))
 
     @staticmethod
@@ -62,14 +65,14 @@ class InMemoryStorage(Storage):
     async def put(self, key: str, data: bytes) -> None:
         self._check(key)
         with self._lock:
-            self._objects[key] = (bytes(data), self._next_version())
+            self._objects[key] = (bytes(data), self._next_version(key))
 
     async def put_if_absent(self, key: str, data: bytes) -> PutResult:
         self._check(key)
         with self._lock:
             if key in self._objects:
                 return PutResult(False, self._objects[key][1])
-            version = self._next_version()
+            version = self._next_version(key)
             self._objects[key] = (bytes(data), version)
             return PutResult(True, version)
 
@@ -79,7 +82,7 @@ class InMemoryStorage(Storage):
             current = self._objects.get(key)
             if current is None or current[1] != version:
                 return PutResult(False, current[1] if current else None)
-            new = self._next_version()
+            new = self._next_version(key)
             self._objects[key] = (bytes(data), new)
             return PutResult(True, new)
 
@@ -91,6 +94,11 @@ class InMemoryStorage(Storage):
         with self._lock:
             return sorted(k for k in self._objects if k.startswith(prefix))
 
+    async def list_info(self, prefix: str) -> ObjectInfos:
+        with self._lock:
+            return [ObjectInfo(k, len(self._objects[k][0]), self._written.get(k))
+                    for k in sorted(k for k in self._objects if k.startswith(prefix))]
+
     async def size(self, key: str) -> int:
         return len((await self.get_with_version(key))[0])
 
@@ -101,6 +109,7 @@ class InMemoryStorage(Storage):
         with self._lock:
             for k in keys:
                 self._objects.pop(k, None)
+                self._written.pop(k, None)
 
 
 def _lookup(token: str) -> InMemoryStorage:

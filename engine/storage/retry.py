@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import InvalidInputError, NotFoundError, TransientStorageError
-from .base import ByteRange, PutResult, Storage
+from .base import ByteRange, ObjectInfos, PutResult, Storage
 
 T = TypeVar("T")
 
@@ -187,6 +187,9 @@ class RetryingStorage(Storage):
 
     async def list(self, prefix: str) -> list[str]:
         return await self._retry(lambda: self.inner.list(prefix), f"list {prefix!r}")
+
+    async def list_info(self, prefix: str) -> ObjectInfos:
+        return await self._retry(lambda: self.inner.list_info(prefix), f"list {prefix!r}")
 
     async def size(self, key: str) -> int:
         return await self._retry(lambda: self.inner.size(key), f"size {key!r}")

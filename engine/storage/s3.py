@@ -42,7 +42,16 @@ from .. import _aio
 from ..errors import InvalidInputError, NotFoundError, StorageError, TransientStorageError
 from ._perloop import PerLoop
 from ._s3get import DirectGetter, RangeNotSatisfiable, base_url
-from .base import ByteRange, PutResult, Storage, range_header, slice_range, validate_key
+from .base import (
+    ByteRange,
+    ObjectInfo,
+    ObjectInfos,
+    PutResult,
+    Storage,
+    range_header,
+    slice_range,
+    validate_key,
+)
 from .retry import RetrySettings, conditional_put, read_back_with, retry_call
 
 T = TypeVar("T")
@@ -519,11 +528,14 @@ class S3Storage(Storage):
         return int(head.get("ContentLength", 0))
 
     async def list(self, prefix: str) -> list[str]:
+        return [i.key for i in await self.list_info(prefix)]
+
+    async def list_info(self, prefix: str) -> ObjectInfos:
         full = self._root + prefix
         return await self._retrying(lambda: self._list_once(full), f"list {prefix!r}")
 
-    async def _list_once(self, full: str) -> Keys:
-        out: Keys = []
+    async def _list_once(self, full: str) -> ObjectInfos:
+        out: ObjectInfos = []
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"Prefix": full}
@@ -534,11 +546,12 @@ class S3Storage(Storage):
                 k = str(item["Key"])
                 # some servers normalize the prefix ("a//" lists "a/"): filter here
                 if k.startswith(full) and not k.endswith("/"):
-                    out.append(k[len(self._root):])
+                    out.append(ObjectInfo(k[len(self._root):], int(item.get("Size", 0)),
+                                          item.get("LastModified")))
             token = resp.get("NextContinuationToken")
             if not resp.get("IsTruncated") or not token:
                 break
-        return sorted(out)
+        return sorted(out, key=lambda i: i.key)
 
     async def delete(self, keys: Sequence[str]) -> None:
         full = sorted({self._key(k) for k in keys})

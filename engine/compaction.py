@@ -1,0 +1,283 @@
+"""Compaction: merging an array's manifest segments into few bounded ones, committed as a
+snapshot with identical content that rebases over concurrent commits.
+
+Merging is done in bulk: every segment's coordinates are concatenated (numpy), sorted by
+coordinate then by age (newest segment first), the first row of each coordinate is kept
+and tombstones are dropped; the surviving rows are taken from the concatenated Arrow
+tables at once and cut, in coordinate order, into segments of at most
+``rows_per_segment`` rows (so each new segment covers a compact region of the grid).
+
+A compaction replaces a *suffix* of an array's segment list (the segments it read, down
+to the oldest) by the merged segments. If the branch moved meanwhile, the same
+replacement is applied to the new tip wherever the array's list still ends with that
+suffix; newer segments stay in front, so no commit is ever lost and content never
+changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from frazil.format import (
+    ARRAY,
+    ChunkKind,
+    CommitInfo,
+    ManifestId,
+    ManifestSegment,
+    NodeId,
+    NodeRecord,
+    SegmentRef,
+    Snapshot,
+    SnapshotId,
+    TransactionLog,
+    checksum,
+    decode_manifest_parts,
+    encode_snapshot,
+    encode_transaction_log,
+)
+from frazil.format.common import BRANCH_REF
+from frazil.format.manifest import SCHEMA as MANIFEST_SCHEMA
+
+from . import _aio
+from .commit import CommitPlan, build_segments
+from .errors import FormatError, InvalidInputError, NotFoundError
+from .objects import ObjectReader, manifest_key, txlog_key
+from .refs import read_ref, swap_branch
+from .storage.base import Storage
+from .zarrmeta import parse_zarr_json
+
+Progress = Callable[[str, int, int | None], None]
+"""``progress(stage, done, total)``: called as long work advances (``total`` may be None)."""
+
+COMPACTION_MESSAGE = "frazil: compact manifests"
+_ROW_COLUMNS = [f.name for f in MANIFEST_SCHEMA if f.name != "coord"]
+
+
+@dataclass(frozen=True)
+class CompactionSummary:
+    """What ``Repository.compact`` did: the new snapshot (None when there was nothing to
+    compact), and per compacted array path, its segment count before and after."""
+
+    snapshot_id: str | None
+    arrays: dict[str, tuple[int, int]]
+    refs: int
+    attempts: int
+
+    @property
+    def segments_before(self) -> int:
+        return sum(b for b, _ in self.arrays.values())
+
+    @property
+    def segments_after(self) -> int:
+        return sum(a for _, a in self.arrays.values())
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """New segments for the suffix ``old`` of one array's segment list."""
+
+    node_id: NodeId
+    old: tuple[ManifestId, ...]
+    new: tuple[SegmentRef, ...]
+    objects: list[tuple[str, bytes]]
+    refs: int
+
+
+async def load_segment(storage: Storage, seg: SegmentRef) -> ManifestSegment:
+    """Read and verify one segment without going through (or filling) the shared cache."""
+    key = manifest_key(seg.manifest_id)
+    try:
+        data = await storage.get(key)
+    except NotFoundError:
+        raise NotFoundError(f"manifest {key} is missing from storage") from None
+    parts = await _aio.in_thread(decode_manifest_parts, data, key, seg.checksum)
+    m = parts.get(seg.row_offset)
+    if m is None or len(m) != seg.rows:
+        raise FormatError(f"{key}: has no segment of {seg.rows} rows at row {seg.row_offset}")
+    return m
+
+
+def live_rows(segments: list[ManifestSegment], ndim: int) -> np.ndarray:
+    """Row numbers (into the segments' rows concatenated, newest segment first) of the
+    live refs, in coordinate order: per coordinate the newest row, tombstones dropped."""
+    sizes = [len(m) for m in segments]
+    if not segments or not sum(sizes):
+        return np.zeros(0, np.int64)
+    coords = np.concatenate([m.coords for m in segments])
+    age = np.repeat(np.arange(len(segments), dtype=np.int32), sizes)
+    kinds = np.concatenate([m.kinds for m in segments])
+    order = np.lexsort((age, *[coords[:, d] for d in range(ndim - 1, -1, -1)]))
+    ordered = coords[order]
+    first = np.ones(len(order), bool)
+    if len(order) > 1:
+        first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1) if ndim else False
+    keep = order[first]
+    return keep[kinds[keep] != int(ChunkKind.DELETED)]
+
+
+def merge_segments(segments: list[ManifestSegment], ndim: int
+                   ) -> tuple[np.ndarray, pa.Table]:
+    """The live refs of ``segments`` (newest first): (sorted coords, rows without
+    ``coord``); for each coordinate the newest segment's row, tombstones dropped."""
+    keep = live_rows(segments, ndim)
+    if not len(keep):
+        return np.zeros((0, ndim), np.int64), pa.table(
+            {n: pa.array([], MANIFEST_SCHEMA.field(n).type) for n in _ROW_COLUMNS})
+    coords = np.concatenate([m.coords for m in segments])[keep]
+    rows = pa.concat_tables([m.table.select(_ROW_COLUMNS) for m in segments])
+    return coords, rows.combine_chunks().take(pa.array(keep))
+
+
+async def count_chunks(storage: Storage, node: NodeRecord) -> int:
+    """How many chunks of the array ``node`` exist (live refs over all its segments)."""
+    loaded = await _aio.gather_limited([load_segment(storage, s) for s in node.segments],
+                                       limit=16)
+    return len(live_rows(loaded, _ndim(node)))
+
+
+def _parts(coords: np.ndarray, rows: pa.Table, size: int
+           ) -> Iterator[tuple[np.ndarray, pa.Table]]:
+    for start in range(0, len(coords), size):
+        yield coords[start:start + size], rows.slice(start, size)
+
+
+async def compact_node(storage: Storage, node: NodeRecord, ndim: int,
+                       rows_per_segment: int, loaded_one: Callable[[], None] | None = None
+                       ) -> Replacement:
+    """Merge every segment of ``node`` into segments of at most ``rows_per_segment``
+    rows (the objects are returned, not yet written)."""
+    async def load(seg: SegmentRef) -> ManifestSegment:
+        m = await load_segment(storage, seg)
+        if loaded_one is not None:
+            loaded_one()
+        return m
+
+    loaded = await _aio.gather_limited([load(s) for s in node.segments], limit=16)
+    coords, rows = merge_segments(loaded, ndim)
+    del loaded
+    segs, objects, _ = build_segments(node.node_id, _parts(coords, rows, rows_per_segment))
+    return Replacement(node.node_id, tuple(s.manifest_id for s in node.segments),
+                       tuple(segs), objects, len(coords))
+
+
+def apply_replacements(nodes: tuple[NodeRecord, ...], replacements: list[Replacement]
+                       ) -> tuple[tuple[NodeRecord, ...], list[Replacement]]:
+    """``nodes`` with each replacement applied where the node's segment list still ends
+    with the replaced suffix; also returns the replacements that applied."""
+    by_id = {r.node_id: r for r in replacements}
+    out, applied = [], []
+    for n in nodes:
+        r = by_id.get(n.node_id)
+        k = len(r.old) if r is not None else 0
+        if (r is not None and n.node_type == ARRAY and len(n.segments) >= k
+                and tuple(s.manifest_id for s in n.segments[len(n.segments) - k:]) == r.old):
+            n = dataclasses.replace(n, segments=(*n.segments[:len(n.segments) - k], *r.new))
+            applied.append(r)
+        out.append(n)
+    return tuple(out), applied
+
+
+def compaction_plan(base: Snapshot, nodes: tuple[NodeRecord, ...], metadata: dict[str, object],
+                    message: str = COMPACTION_MESSAGE) -> CommitPlan:
+    """A snapshot on top of ``base`` with the node table ``nodes`` (same content, other
+    segments) and an empty transaction log."""
+    sid = SnapshotId.new()
+    log_bytes = encode_transaction_log(TransactionLog(sid, base.id, ()))
+    info = CommitInfo(sid, base.id, dt.datetime.now(dt.UTC), message, dict(metadata),
+                      checksum(log_bytes))
+    snapshot = Snapshot(info, nodes)
+    data = encode_snapshot(snapshot)
+    return CommitPlan(snapshot, data, checksum(data), [], (txlog_key(sid), log_bytes))
+
+
+def _ndim(node: NodeRecord) -> int:
+    return parse_zarr_json(node.zarr_json, node.path).ndim
+
+
+def _needs_compaction(node: NodeRecord, rows_per_segment: int) -> bool:
+    """Whether merging would change anything: a compacted list has at most one segment
+    that is not exactly full (the last piece); a commit's delta segments are rarely full."""
+    if node.node_type != ARRAY or len(node.segments) < 2:
+        return False
+    return sum(1 for s in node.segments if s.rows != rows_per_segment) >= 2
+
+
+async def compact_branch(storage: Storage, reader: ObjectReader, branch: str,
+                         rows_per_segment: int, *, paths: list[str] | None = None,
+                         progress: Progress | None = None,
+                         max_attempts: int = 1_000) -> CompactionSummary:
+    """Compact every array of ``branch`` whose segments are not already compacted (or
+    only the arrays at ``paths``) and commit the result on the branch (see the module docstring)."""
+    if not isinstance(rows_per_segment, int) or rows_per_segment < 1:
+        raise InvalidInputError("rows_per_segment must be a positive int")
+    ref = await read_ref(storage, BRANCH_REF, branch)
+    assert ref.record.snapshot_id is not None
+    tip = await reader.snapshot(ref.record.snapshot_id, ref.record.checksum)
+    wanted = None if paths is None else set(paths)
+    todo = [n for n in tip.nodes if (wanted is None or n.path in wanted)
+            and _needs_compaction(n, rows_per_segment)]
+    if not todo:
+        return CompactionSummary(None, {}, 0, 0)
+    total = sum(len(n.segments) for n in todo)
+    done = 0
+
+    def loaded_one() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None and (done % 16 == 0 or done == total):
+            progress("compact", done, total)
+
+    replacements: list[Replacement] = []
+    for node in todo:
+        replacements.append(await compact_node(storage, node, _ndim(node), rows_per_segment,
+                                               loaded_one))
+        objects = replacements[-1].objects
+        await _aio.gather_limited([storage.put(k, b) for k, b in objects])
+        replacements[-1] = dataclasses.replace(replacements[-1], objects=[])
+    paths_of = {n.node_id: n.path for n in todo}
+    base = tip
+    for attempt in range(1, max_attempts + 1):
+        nodes, applied = apply_replacements(base.nodes, replacements)
+        if not applied:
+            return CompactionSummary(None, {}, 0, attempt)
+        arrays = {paths_of[r.node_id]: (len(r.old), len(r.new)) for r in applied}
+        plan = compaction_plan(base, nodes, {"frazil.compaction": True,
+                                             "frazil.compacted_arrays": sorted(arrays)})
+        await storage.put(*plan.log)
+        await storage.put(*plan.objects()[-1])
+        if await swap_branch(storage, branch, ref, plan.snapshot.id, plan.snapshot_checksum):
+            reader.snapshots.put(plan.snapshot.id, plan.snapshot)
+            return CompactionSummary(str(plan.snapshot.id), arrays,
+                                     sum(r.refs for r in applied), attempt)
+        # the branch moved: apply the same replacements to the new tip (the objects of
+        # this attempt are garbage for ``garbage_collect``)
+        ref = await read_ref(storage, BRANCH_REF, branch)
+        assert ref.record.snapshot_id is not None
+        base = await reader.snapshot(ref.record.snapshot_id, ref.record.checksum)
+    raise InvalidInputError(f"gave up compacting {branch!r} after {max_attempts} attempts: "
+                            "the branch kept moving")
+
+
+async def compact_for_commit(storage: Storage, base: Snapshot, touched: set[NodeId],
+                             limit: int, rows_per_segment: int
+                             ) -> tuple[Snapshot, list[tuple[str, bytes]], list[str]]:
+    """For automatic compaction at commit: ``base`` with the segments of every array in
+    ``touched`` that has ``limit`` or more segments merged (a commit adds at least one
+    more), the new segment objects to write, and the compacted paths. An array whose
+    references fill more than half of its segments is left alone (merging would not
+    shrink its list much, and would be redone at every commit)."""
+    todo = [n for n in base.nodes if n.node_id in touched and n.node_type == ARRAY
+            and len(n.segments) >= limit and len(n.segments) > 2 * max(
+                1, -(-sum(s.rows for s in n.segments) // rows_per_segment))]
+    if not todo:
+        return base, [], []
+    replacements = [await compact_node(storage, n, _ndim(n), rows_per_segment) for n in todo]
+    nodes, _ = apply_replacements(base.nodes, replacements)
+    objects = [o for r in replacements for o in r.objects]
+    return dataclasses.replace(base, nodes=nodes), objects, sorted(n.path for n in todo)
