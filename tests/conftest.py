@@ -3,6 +3,7 @@ server started for the session; see s3server.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +20,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         limits = getattr(getattr(item, "module", None), "KNOWN_LIMITS", None)
         if limits and item.name in limits:
             item.add_marker(pytest.mark.xfail(reason=limits[item.name], strict=True))
+    # Long soak and stress runs (@pytest.mark.slow) run only with FRAZIL_LONG=1; each
+    # has a short version that always runs, so `make test` still covers the same code.
+    if LONG:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+LONG = os.environ.get("FRAZIL_LONG") == "1"
+"""True when FRAZIL_LONG=1: the long versions of soak and stress tests run."""
 
 
 @pytest.fixture(scope="session", autouse=True)
