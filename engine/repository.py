@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from frazil.format import SnapshotId
+from frazil.format import Snapshot, SnapshotId
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
 from frazil.format.config import decode_config, encode_config
 
@@ -26,10 +27,12 @@ from .errors import (
 from .maintenance import ChunkStorageStats, FsckReport, GCSummary
 from .objects import ObjectReader
 from .refs import (
+    branch_key,
     create_ref,
     list_refs,
     read_ref,
     swap_branch,
+    tag_key,
     tombstone_tag,
     validate_name,
 )
@@ -61,6 +64,29 @@ def _parse_sid(value: object) -> SnapshotId:
         return SnapshotId.parse(value)  # type: ignore[arg-type]
     except FormatError as e:
         raise InvalidInputError(f"invalid snapshot id {value!r}") from e
+
+
+def _ref_label(branch: str | None, tag: str | None) -> str | None:
+    if branch is not None:
+        return f"branch {branch!r} ({branch_key(branch)})"
+    if tag is not None:
+        return f"tag {tag!r} ({tag_key(tag)})"
+    return None
+
+
+@contextlib.contextmanager
+def _named_by(label: str | None) -> Iterator[None]:
+    """Errors reading the snapshot a ref names also name the ref: a damaged ref shows as
+    a snapshot that is missing or does not match the checksum the ref records."""
+    if label is None:
+        yield
+        return
+    try:
+        yield
+    except NotFoundError as e:
+        raise NotFoundError(f"{label} names a snapshot that cannot be found: {e}") from e
+    except FormatError as e:
+        raise FormatError(f"{label}: {e}") from e
 
 
 class Repository:
@@ -199,6 +225,20 @@ class Repository:
         assert rec.snapshot_id is not None
         return rec.snapshot_id, rec.checksum
 
+    async def _load(self, branch: str | None = None, tag: str | None = None,
+                    snapshot_id: str | None = None) -> tuple[Snapshot, int | None]:
+        """The snapshot at a branch, tag or id (verified), and the checksum its ref records."""
+        sid, cs = await self._resolve(branch, tag, snapshot_id)
+        with _named_by(_ref_label(branch, tag)):
+            return await self._reader.snapshot(sid, cs), cs
+
+    async def _tip(self, branch: str | None = None, tag: str | None = None) -> SnapshotId:
+        """The snapshot a ref names, checked to exist (a small read of its footer)."""
+        sid, _ = await self._resolve(branch, tag)
+        with _named_by(_ref_label(branch, tag)):
+            await self._reader.commit_info(sid)
+        return sid
+
     # -- branches --------------------------------------------------------------------------
     def create_branch(self, name: str, snapshot_id: str) -> None:
         async def go() -> None:
@@ -213,7 +253,7 @@ class Repository:
 
     def lookup_branch(self, name: str) -> str:
         validate_name(name, "branch")
-        return str(_aio.run(read_ref(self._storage, BRANCH_REF, name)).record.snapshot_id)
+        return str(_aio.run(self._tip(branch=name)))
 
     def reset_branch(self, name: str, snapshot_id: str, *,
                      from_snapshot_id: str | None = None) -> None:
@@ -258,7 +298,7 @@ class Repository:
 
     def lookup_tag(self, name: str) -> str:
         validate_name(name, "tag")
-        return str(_aio.run(read_ref(self._storage, TAG_REF, name)).record.snapshot_id)
+        return str(_aio.run(self._tip(tag=name)))
 
     def delete_tag(self, name: str) -> None:
         """Delete a tag; its name can never be used again."""
@@ -270,8 +310,11 @@ class Repository:
                  snapshot_id: str | None = None) -> Iterator[SnapshotInfo]:
         """History newest first, from footers of snapshots (never their node tables)."""
         sid: SnapshotId | None = _aio.run(self._resolve(branch, tag, snapshot_id))[0]
+        label = _ref_label(branch, tag)
         while sid is not None:
-            info = _aio.run(self._reader.commit_info(sid))
+            with _named_by(label):
+                info = _aio.run(self._reader.commit_info(sid))
+            label = None
             yield SnapshotInfo(str(info.snapshot_id),
                                str(info.parent_id) if info.parent_id else None,
                                info.written_at, info.message, dict(info.metadata))
@@ -298,7 +341,8 @@ class Repository:
         sid: SnapshotId | None = dst
         while sid is not None and sid != src:
             chain.append(sid)
-            sid = (await self._reader.commit_info(sid)).parent_id
+            with _named_by(_ref_label(tb, tt) if sid == dst else None):
+                sid = (await self._reader.commit_info(sid)).parent_id
         if sid is None:
             raise InvalidInputError(f"snapshot {src} is not an ancestor of {dst}; diff goes "
                                     "from an older version to a newer one")
@@ -310,8 +354,10 @@ class Repository:
                 if change.chunks is not None:
                     chunks.setdefault(change.node_id, set()).update(
                         map(tuple, change.chunks.tolist()))
-        old = await self._reader.snapshot(src, src_cs)
-        new = await self._reader.snapshot(dst, dst_cs)
+        with _named_by(_ref_label(fb, ft)):
+            old = await self._reader.snapshot(src, src_cs)
+        with _named_by(_ref_label(tb, tt)):
+            new = await self._reader.snapshot(dst, dst_cs)
         return node_diff({n.path: n for n in old.nodes}, {n.path: n for n in new.nodes}, chunks)
 
     # -- sessions --------------------------------------------------------------------------
@@ -319,9 +365,8 @@ class Repository:
                          snapshot_id: str | None = None) -> Session:
         """A read-only session at a branch tip, a tag or a snapshot."""
         async def go() -> Session:
-            sid, cs = await self._resolve(branch, tag, snapshot_id)
-            return Session(self, await self._reader.snapshot(sid, cs), branch=branch,
-                           read_only=True, base_checksum=cs)
+            snap, cs = await self._load(branch, tag, snapshot_id)
+            return Session(self, snap, branch=branch, read_only=True, base_checksum=cs)
         return _aio.run(go())
 
     def writable_session(self, branch: str) -> Session:
@@ -332,9 +377,8 @@ class Repository:
             raise ReadOnlyError(f"{self._storage.describe()} is read-only")
 
         async def go() -> Session:
-            sid, cs = await self._resolve(branch=branch)
-            return Session(self, await self._reader.snapshot(sid, cs), branch=branch,
-                           read_only=False, base_checksum=cs)
+            snap, cs = await self._load(branch=branch)
+            return Session(self, snap, branch=branch, read_only=False, base_checksum=cs)
         return _aio.run(go())
 
 
