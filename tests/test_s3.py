@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConn
 from test_zarr_store import _FrazilStoreTests
 
 import frazil
+from frazil import _aio
 from frazil.errors import (
     InvalidInputError,
     NotFoundError,
@@ -195,7 +196,7 @@ def fast(**kw: Any) -> S3Storage:
 
 
 def test_throttling_is_retried() -> None:
-    storage = fast()
+    storage = fast(direct_put=False)  # PUTs through botocore, where FlakyCalls hooks in
 
     async def go() -> bytes:
         flaky = FlakyCalls(storage, "put_object", wrapped(client_error("SlowDown", 503)),
@@ -226,7 +227,7 @@ def test_retries_are_bounded() -> None:
 def test_lost_ack_on_conditional_put_is_not_a_conflict(kind: str) -> None:
     """The first attempt lands but its answer is lost; the retry fails its precondition
     (because of our own write): the read-back sees our bytes, so the put succeeded."""
-    storage = fast()
+    storage = fast(direct_put=False)
     key = "refs/branch.main/ref.json"
 
     async def go() -> None:
@@ -251,7 +252,7 @@ def test_lost_ack_on_conditional_put_is_not_a_conflict(kind: str) -> None:
 def test_lost_ack_then_real_conflict_is_reported() -> None:
     """An attempt failed without an answer, but it had not landed, and another writer
     won meanwhile: the read-back shows their bytes, so this is a lost race."""
-    storage = fast()
+    storage = fast(direct_put=False)
     key = "refs/branch.main/ref.json"
 
     async def go() -> None:
@@ -273,7 +274,7 @@ def test_lost_ack_then_real_conflict_is_reported() -> None:
 def test_unsafe_settings_off_warn_and_use_plain_puts() -> None:
     with pytest.warns(UserWarning, match="concurrent commits .* can be lost"):
         storage = s3server.storage(unsafe_use_conditional_update=False,
-                                   unsafe_use_conditional_create=False)
+                                   unsafe_use_conditional_create=False, direct_put=False)
     assert storage.supports_conditional_writes is False
 
     async def go() -> None:
@@ -399,7 +400,7 @@ def test_one_client_per_loop_closed_with_its_loop() -> None:
 def test_concurrent_reads_go_out_together(direct: bool) -> None:
     """Many gets on one loop share one client and are in flight together (bounded), on
     the direct GET path and through botocore."""
-    storage = s3server.storage(max_concurrency=8, direct_get=direct)
+    storage = s3server.storage(max_concurrency=8, direct_get=direct, direct_put=direct)
     keys = [f"chunks/{i:04d}" for i in range(64)]
 
     async def go() -> list[bytes]:
@@ -474,19 +475,47 @@ def test_sigv4_signature_matches_botocore(url: str, extra: dict[str, str],
     assert ours["authorization"] == request.headers["Authorization"]
 
 
+@pytest.mark.parametrize("conditions", [{}, {"If-None-Match": "*"}, {"If-Match": '"abc"'}])
+def test_sigv4_put_signature_matches_botocore(conditions: dict[str, str]) -> None:
+    """A PUT over plain http signs its payload's SHA-256, as botocore does."""
+    import datetime as dt
+    import hashlib
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from frazil.storage._s3get import SigV4
+
+    url, body = "http://127.0.0.1:8333/bucket/prefix/chunks/ABC", b"chunk bytes" * 100
+    extra = {"Content-Length": str(len(body)), **conditions}
+    request = AWSRequest("PUT", url, data=body, headers=dict(extra))
+    S3SigV4Auth(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG"), "s3",
+                "us-east-1").add_auth(request)
+    now = dt.datetime.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(
+        tzinfo=dt.UTC)
+    ours = SigV4("us-east-1").headers(url, extra, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG",
+                                      None, now=now, method="PUT",
+                                      payload_hash=hashlib.sha256(body).hexdigest())
+    assert ours["x-amz-content-sha256"] == request.headers["X-Amz-Content-SHA256"]
+    assert ours["authorization"] == request.headers["Authorization"]
+
+
 class FakeS3:
-    """An HTTP server on 127.0.0.1 that answers each GET with the next (status, body,
-    headers) of a script, to see how the direct path reads real HTTP answers."""
+    """An HTTP server on 127.0.0.1 that answers each GET or PUT with the next (status,
+    body, headers) of a script, to see how the direct path reads real HTTP answers."""
 
     def __init__(self, script: list[tuple[int, bytes, dict[str, str]]]) -> None:
         self.script = list(script)
         self.seen: list[dict[str, str]] = []
+        self.bodies: list[bytes] = []
 
     async def __aenter__(self) -> str:
         from aiohttp import web
 
         async def handle(request: Any) -> Any:
             self.seen.append(dict(request.headers))
+            self.bodies.append(await request.read())
             status, body, headers = self.script.pop(0)
             resp = web.StreamResponse(status=status, headers=headers)
             resp.content_length = int(headers.get("X-Claimed-Length", len(body)))
@@ -496,6 +525,7 @@ class FakeS3:
 
         app = web.Application()
         app.router.add_get("/{tail:.*}", handle)
+        app.router.add_put("/{tail:.*}", handle)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -508,7 +538,7 @@ class FakeS3:
 
 
 def test_direct_get_reads_statuses_right() -> None:
-    from frazil.storage._s3get import DirectGetter, RangeNotSatisfiable
+    from frazil.storage._s3get import DirectClient, RangeNotSatisfiable
 
     script = [
         (200, b"whole", {"ETag": '"e1"', "Last-Modified": "Wed, 25 Nov 2026 06:30:15 GMT"}),
@@ -533,7 +563,7 @@ def test_direct_get_reads_statuses_right() -> None:
 
             client = type("C", (), {"_request_signer": type("S", (), {
                 "_credentials": Creds()})()})()
-            g = DirectGetter(url + "/b/", "us-east-1", client, False, 5, 5, 4)
+            g = DirectClient(url + "/b/", "us-east-1", client, False, 5, 5, 4)
             try:
                 import datetime as dt
                 assert await g.get("k", None, "w") == (b"whole", {
@@ -561,6 +591,137 @@ def test_direct_get_reads_statuses_right() -> None:
                 await g.close()
 
     run(go())
+
+
+def test_direct_put_reads_statuses_right() -> None:
+    from frazil.storage._s3get import DirectClient, PreconditionFailed
+
+    script = [
+        (200, b"", {"ETag": '"e1"'}),
+        (200, b"", {}),  # no ETag: the caller asks with a HEAD
+        (412, b"<Error><Code>PreconditionFailed</Code></Error>", {}),
+        (404, b"<Error><Code>NoSuchKey</Code></Error>", {}),  # If-Match on a missing key
+        (503, b"<Error><Code>SlowDown</Code></Error>", {}),
+        (403, b"<Error><Code>AccessDenied</Code></Error>", {}),
+        (404, b"<Error><Code>NoSuchBucket</Code></Error>", {}),  # unconditional: botocore
+    ]
+
+    async def go() -> None:
+        fake = FakeS3(script)
+        async with fake as url:
+            g = DirectClient(url + "/b/", "us-east-1", _fake_client(), False, 5, 5, 4)
+            try:
+                assert await g.put("k", b"data", {}, "w") == '"e1"'
+                assert fake.bodies[0] == b"data"
+                assert fake.seen[0]["Authorization"].startswith("AWS4-HMAC-SHA256 ")
+                import hashlib
+                assert fake.seen[0]["x-amz-content-sha256"] == hashlib.sha256(
+                    b"data").hexdigest()
+                assert await g.put("k", b"data", {"If-None-Match": "*"}, "w") == ""
+                assert fake.seen[1]["If-None-Match"] == "*"
+                with pytest.raises(PreconditionFailed):
+                    await g.put("k", b"data", {"If-None-Match": "*"}, "w")
+                with pytest.raises(NotFoundError):
+                    await g.put("k", b"data", {"If-Match": '"x"'}, "w")
+                with pytest.raises(TransientStorageError, match="HTTP 503"):
+                    await g.put("k", b"data", {}, "w")
+                assert await g.put("k", b"data", {}, "w") is None  # 403: botocore reports
+                assert await g.put("k", b"data", {}, "w") is None
+                assert await g.put("k with space", b"data", {}, "w") is None  # not sent
+                assert not fake.script and len(fake.seen) == 7
+            finally:
+                await g.close()
+
+    run(go())
+
+
+def _fake_client() -> Any:
+    """Stands in for the aiobotocore client the direct path takes credentials from."""
+    class Creds:
+        def get_frozen_credentials(self) -> Any:
+            from botocore.credentials import ReadOnlyCredentials
+            return ReadOnlyCredentials("AK", "SK", None)
+
+    return type("C", (), {"_request_signer": type("S", (), {"_credentials": Creds()})()})()
+
+
+@pytest.mark.parametrize("kind", ["create", "update"])
+def test_lost_ack_on_a_direct_put_is_not_a_conflict(kind: str) -> None:
+    """The fast path's conditional PUT lands on the real server but its answer is lost:
+    the retry fails its precondition, the read-back sees our bytes: success."""
+    storage = fast()
+    key = "refs/branch.main/ref.json"
+
+    async def go() -> None:
+        version = ""
+        if kind == "update":
+            await storage.put(key, b"old")
+            _, version = await storage.get_with_version(key)
+        client = await storage._clients.get()
+        direct = await storage._direct(client)
+        assert direct is not None
+        real, sent = direct.put, []
+
+        async def lose_first_answer(*args: Any) -> Any:
+            out = await real(*args)
+            sent.append(out)
+            if len(sent) == 1:
+                raise TransientStorageError("the answer was lost")
+            return out
+
+        direct.put = lose_first_answer  # type: ignore[method-assign]
+        data = b'{"snapshot": "S", "write_id": "unique-2"}'
+        if kind == "create":
+            result = await storage.put_if_absent(key, data)
+        else:
+            result = await storage.put_if_version(key, data, version)
+        assert len(sent) == 1  # landed; the retry was refused (412 raises, not appended)
+        assert result.ok is True
+        assert (data, result.version) == await storage.get_with_version(key)
+
+    run(go())
+
+
+def test_commits_write_through_the_direct_path() -> None:
+    """A commit's chunk, manifest, snapshot, transaction-log and ref writes (conditional
+    ones included) all take the fast path on the real server: botocore puts nothing."""
+    storage = s3server.storage()
+    repo = frazil.Repository.create(storage)
+    session = repo.writable_session("main")
+    botocore_puts = []
+
+    async def hook() -> None:
+        client = await storage._clients.get()
+        real = client.fs._call_s3
+
+        async def count(method: str, *args: Any, **kwargs: Any) -> Any:
+            botocore_puts.extend([method] if method == "put_object" else [])
+            return await real(method, *args, **kwargs)
+        client.fs._call_s3 = count
+
+    _aio.run(hook())
+    arr = zarr.create_array(session.store, name="a", shape=(64,), chunks=(8,), dtype="i4")
+    arr[:] = np.arange(64, dtype="i4")
+    sid = session.commit("direct")
+    repo.create_tag("t", sid)
+    assert botocore_puts == []
+    reread = frazil.Repository.open(s3server.storage(storage.config.prefix))
+    a = zarr.open_array(reread.readonly_session(tag="t").store, path="a", mode="r")
+    assert (a[:] == np.arange(64)).all()
+
+
+def test_direct_put_goes_to_botocore_for_its_errors() -> None:
+    """A PUT the fast path does not understand (403, a bad secret) is made again through
+    botocore, whose error names the S3 error code; nothing is written."""
+    srv = s3server.server()
+    prefix = s3server.new_prefix()
+    storage = frazil.s3_storage(bucket=s3server.BUCKET, prefix=prefix,
+                                endpoint_url=srv.endpoint_url, allow_http=True,
+                                region="us-east-1", access_key_id=s3server.ACCESS_KEY,
+                                secret_access_key="wrong-secret", max_attempts=1)
+    with pytest.raises(StorageError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccess"):
+        run(storage.put("k", b"data"))
+    assert run(s3server.storage(prefix).list("")) == []
 
 
 def test_direct_get_falls_back_to_botocore_for_its_errors() -> None:

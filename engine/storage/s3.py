@@ -17,9 +17,10 @@
   object back (``frazil.storage.retry.conditional_put``): equal bytes mean ours landed.
 * Async all the way: one s3fs filesystem per running event loop (``PerLoop``), with at
   most ``max_concurrency`` requests in flight per loop.
-* Reads take a fast path (``_s3get``): GETs signed with botocore's SigV4 signer and sent
-  over aiohttp, at a third of botocore's CPU per request; anything it does not
-  understand goes through botocore (``S3Settings.direct_get=False`` turns it off).
+* Reads and writes take a fast path (``_s3get``): GETs and PUTs signed with SigV4 and
+  sent over aiohttp, at a third of botocore's CPU per request; anything it does not
+  understand goes through botocore (``S3Settings.direct_get=False`` and
+  ``direct_put=False`` turn it off).
 * Stores without conditional writes: ``unsafe_use_conditional_create=False`` /
   ``unsafe_use_conditional_update=False`` replace them by check-then-put (racy; a warning
   says that concurrent commits can then be lost).
@@ -41,7 +42,7 @@ from typing import Any, TypeVar
 from .. import _aio
 from ..errors import InvalidInputError, NotFoundError, StorageError, TransientStorageError
 from ._perloop import PerLoop
-from ._s3get import DirectGetter, RangeNotSatisfiable, base_url
+from ._s3get import DirectClient, PreconditionFailed, RangeNotSatisfiable, base_url
 from .base import (
     ByteRange,
     ObjectInfo,
@@ -81,8 +82,9 @@ class S3Settings:
     ``read_timeout`` are per request, in seconds. ``unsafe_use_conditional_update`` and
     ``unsafe_use_conditional_create`` (default True) say whether the store supports
     ``If-Match`` and ``If-None-Match`` on ``PutObject``; turning them off makes commits
-    use racy check-then-put (a warning is given). ``direct_get`` sends GETs signed by
-    botocore's signer straight over aiohttp instead of through botocore's pipeline.
+    use racy check-then-put (a warning is given). ``direct_get`` and ``direct_put`` send
+    GETs and PUTs signed with SigV4 straight over aiohttp instead of through botocore's
+    pipeline.
     """
 
     max_attempts: int = 8
@@ -94,6 +96,7 @@ class S3Settings:
     unsafe_use_conditional_update: bool = True
     unsafe_use_conditional_create: bool = True
     direct_get: bool = True
+    direct_put: bool = True
 
     def __post_init__(self) -> None:
         RetrySettings(self.max_attempts, self.backoff_base, self.backoff_cap)  # validates
@@ -166,6 +169,9 @@ class S3Config:
         """The key prefix under the bucket, with a trailing '/' (or '' for the bucket root)."""
         p = self.prefix.strip("/")
         return p + "/" if p else ""
+
+
+_CONDITION_HEADERS = {"IfNoneMatch": "If-None-Match", "IfMatch": "If-Match"}
 
 
 class _Precondition(Exception):
@@ -269,7 +275,7 @@ class _Client:
     def __init__(self, fs: Any, limit: int) -> None:
         self.fs = fs
         self.limit = asyncio.Semaphore(limit)
-        self.direct: DirectGetter | None = None
+        self.direct: DirectClient | None = None
         self.direct_ready = False
 
 
@@ -372,14 +378,14 @@ class S3Storage(Storage):
         return retry_call(op, self._retry, what)
 
     # -- single attempts -----------------------------------------------------------------
-    async def _direct(self, client: _Client) -> DirectGetter | None:
+    async def _direct(self, client: _Client) -> DirectClient | None:
         if not client.direct_ready:
             client.direct_ready = True
             c, s = self.config, self.config.settings
             base = base_url(c.bucket, c.region, c.endpoint_url, c.force_path_style)
-            if s.direct_get and base is not None:
+            if (s.direct_get or s.direct_put) and base is not None:
                 await client.fs.set_session()
-                client.direct = DirectGetter(
+                client.direct = DirectClient(
                     base, c.region or "us-east-1", client.fs._s3, c.anonymous,
                     s.connect_timeout, s.read_timeout, s.max_concurrency)
         return client.direct
@@ -400,7 +406,7 @@ class S3Storage(Storage):
         what = f"reading {key!r} from {self.describe()}"
         direct = client.direct if client.direct_ready else await self._direct(client)
         async with client.limit:
-            if direct is not None:
+            if direct is not None and self.config.settings.direct_get:
                 try:
                     got = await direct.get(kwargs["Key"], range_header, what)
                 except RangeNotSatisfiable:
@@ -441,8 +447,11 @@ class S3Storage(Storage):
 
     async def _put_once(self, key: str, data: bytes, **conditions: str) -> PutResult:
         try:
-            resp = await self._call("put_object", f"writing {key!r}", Key=self._key(key),
-                                    Body=data, **conditions)
+            etag = await self._put_direct(key, data, conditions)
+            if etag is None:
+                resp = await self._call("put_object", f"writing {key!r}", Key=self._key(key),
+                                        Body=data, **conditions)
+                etag = resp.get("ETag")
         except _Precondition as e:
             if not conditions:
                 raise StorageError(f"writing {key!r} to {self.describe()}: unexpected "
@@ -452,10 +461,28 @@ class S3Storage(Storage):
             if "IfMatch" not in conditions:
                 raise
             return PutResult(False, await self._version_once(key))
-        etag = resp.get("ETag")
         if not etag:  # some S3-compatible stores leave it out: ask
             etag = await self._version_once(key)
         return PutResult(True, str(etag or ""))
+
+    async def _put_direct(self, key: str, data: bytes, conditions: dict[str, str]
+                          ) -> str | None:
+        """A PutObject on the fast path: the ETag (or '' if the server sent none), or
+        None where botocore must make the request. Raises ``_Precondition`` on 412."""
+        if not self.config.settings.direct_put:
+            return None
+        client = await self._clients.get()
+        direct = client.direct if client.direct_ready else await self._direct(client)
+        if direct is None:
+            return None
+        headers = {_CONDITION_HEADERS[name]: value for name, value in conditions.items()}
+        async with client.limit:
+            try:
+                etag = await direct.put(self._key(key), data, headers,
+                                        f"writing {key!r} to {self.describe()}")
+            except PreconditionFailed as e:
+                raise _Precondition(str(e)) from e
+        return etag
 
     # -- the Storage interface -------------------------------------------------------------
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
