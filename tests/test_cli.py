@@ -236,3 +236,38 @@ def test_show_counts_match_the_library(local_repo: tuple[str, frazil.Repository]
             for p in ("/grp/t", "/flags")}
     assert shown == live == {"/grp/t": 6, "/flags": 4}
     assert np.array(content(repo)["grp/t"])[0:2].sum() == 0
+
+
+@pytest.mark.parametrize("command", [("fsck",), ("compact", "--branch", "main"),
+                                     ("gc", "--older-than", "0s", "--dry-run"),
+                                     ("expire", "--older-than", "0s")])
+def test_progress_bars_on_a_terminal(local_repo: tuple[str, frazil.Repository],
+                                     command: tuple[str, ...]) -> None:
+    """With stderr on a terminal (a pseudo-terminal here), the long commands draw rich
+    progress bars there; stdout keeps only the result."""
+    import pty
+
+    path, _ = local_repo
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen([FRAZIL, command[0], path, *command[1:]], stdout=subprocess.PIPE,
+                                stderr=follower, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "COLUMNS": "100", "TERM": "xterm"})
+        os.close(follower)
+        drawn = bytearray()
+        while True:
+            try:
+                piece = os.read(leader, 65536)
+            except OSError:  # the child closed its end of the terminal
+                break
+            if not piece:
+                break
+            drawn += piece
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        os.close(leader)
+    assert proc.returncode == 0, drawn.decode(errors="replace")
+    text = drawn.decode(errors="replace")
+    assert "Traceback" not in text
+    assert "\x1b[" in text and "/" in text  # drawn with escape codes, "done/total" counts
+    assert out.strip() and b"\x1b[" not in out
