@@ -409,9 +409,15 @@ class Repository:
         writers whose sessions are younger than the cutoff. ``dry_run`` only counts."""
         if not dry_run:
             self._check_writable_storage("collect garbage")
-        return _aio.run(maintenance.garbage_collect(
+        summary = _aio.run(maintenance.garbage_collect(
             self._storage, self._reader, delete_object_older_than, dry_run=dry_run,
             progress=progress))
+        if summary.objects_deleted and not dry_run:
+            # cached copies of deleted objects would let this repository open snapshots
+            # that no longer exist (and then fail on their missing manifests)
+            for cache in (self._reader.snapshots, self._reader.manifests, self._reader.chunks):
+                cache.clear()
+        return summary
 
     def expire_snapshots(self, older_than: dt.datetime, *,
                          progress: Progress | None = None) -> set[str]:
