@@ -139,6 +139,7 @@ class Repository:
                       auth: Mapping[str, Any] | None = None) -> Repository:
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
+        _check_config(config)
         if not storage.writable:
             raise ReadOnlyError(f"cannot create a repository on read-only {storage.describe()}")
         if await _exists(storage):
@@ -172,6 +173,7 @@ class Repository:
                     auth: Mapping[str, Any] | None = None) -> Repository:
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
+        _check_config(config)
         if not await _exists(storage):
             raise NotFoundError(f"no frazil repository in {storage.describe()}")
         try:
@@ -179,6 +181,8 @@ class Repository:
                                                               CONFIG_KEY))
         except NotFoundError:
             stored = RepositoryConfig()
+        except InvalidInputError as e:  # valid JSON, settings of the wrong type or range
+            raise FormatError(f"{CONFIG_KEY}: damaged settings ({e})") from e
         return cls(storage, RepositoryConfig.default().merge(stored).merge(config), auth)
 
     @classmethod
@@ -186,6 +190,7 @@ class Repository:
                        authorize_virtual_chunk_access: Mapping[str, Any] | None = None
                        ) -> Repository:
         auth = authorize_virtual_chunk_access
+        _check_config(config)
         if cls.exists(storage):
             return cls.open(storage, config, authorize_virtual_chunk_access=auth)
         try:
@@ -371,8 +376,7 @@ class Repository:
 
     def writable_session(self, branch: str) -> Session:
         """A session at the tip of ``branch`` whose commit moves the branch."""
-        if not isinstance(branch, str):
-            raise InvalidInputError("writable_session takes a branch name")
+        validate_name(branch, "branch")
         if not self._storage.writable:
             raise ReadOnlyError(f"{self._storage.describe()} is read-only")
 
@@ -396,6 +400,10 @@ class Repository:
         setting), and commit the result as a snapshot with identical content. Commits that
         land meanwhile are kept: the compaction is re-applied on top of them."""
         validate_name(branch, "branch")
+        if paths is not None and (isinstance(paths, str) or not isinstance(paths, list | tuple)
+                                  or not all(isinstance(p, str) for p in paths)):
+            raise InvalidInputError(f"compact: paths must be a list of array paths, got "
+                                    f"{paths!r}")
         self._check_writable_storage("compact")
         rows = self._config.split_rows if rows_per_segment is None else rows_per_segment
         return _aio.run(compact_branch(self._storage, self._reader, branch, rows,
@@ -443,6 +451,12 @@ class Repository:
         """Native, inline and virtual chunk counts and bytes over everything reachable."""
         return _aio.run(maintenance.chunk_storage_stats(self._storage, self._reader,
                                                         progress))
+
+
+def _check_config(config: object) -> None:
+    if config is not None and not isinstance(config, RepositoryConfig):
+        raise InvalidInputError(f"config must be a RepositoryConfig (or None), got "
+                                f"{type(config).__name__}")
 
 
 async def _exists(storage: Storage) -> bool:

@@ -203,6 +203,16 @@ class Session:
         return rec, self.node_meta(rec)
 
     @staticmethod
+    def _as_coord(path: str, coord: Any) -> Coord:
+        """``coord`` as a tuple of ints; refuses strings, floats and other non-integers."""
+        items = None if isinstance(coord, (str, bytes)) else _as_list(coord)
+        if items is None or not all(isinstance(c, (int, np.integer))
+                                    and not isinstance(c, bool) for c in items):
+            raise InvalidInputError(f"chunk coordinates of {path!r} must be a sequence of "
+                                    f"ints, got {coord!r}")
+        return tuple(int(c) for c in items)
+
+    @staticmethod
     def _check_coord(path: str, meta: NodeMeta, coord: Coord) -> None:
         if len(coord) != meta.ndim:
             raise InvalidInputError(f"chunk {list(coord)} of {path!r}: the array has "
@@ -488,7 +498,7 @@ class Session:
         under no declared container is refused now (otherwise at read)."""
         self._check_writable()
         rec, meta = self._array(path)
-        coord = tuple(coord)
+        coord = self._as_coord(path, coord)
         self._check_coord(path, meta, coord)
         for name, v in (("offset", offset), ("length", length)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
@@ -547,7 +557,8 @@ class Session:
             coords = np.asarray(indices, dtype=np.int64)
             n = len(coords)
             if coords.ndim != 2 or coords.shape[1] != meta.ndim:
-                raise InvalidInputError(f"indices must be n x {meta.ndim} chunk coordinates")
+                raise InvalidInputError(f"indices must be n x {meta.ndim} chunk coordinates "
+                                        f"of {path!r}, got shape {list(coords.shape)}")
             hi = np.asarray(meta.grid if meta.grid is not None else (), np.int64)
             if n and (coords.min() < 0 or (len(hi) and (coords >= np.maximum(hi, 1)).any())):
                 raise InvalidInputError(f"indices fall outside the chunk grid "
@@ -588,7 +599,7 @@ class Session:
     def chunk_type(self, path: str, coord: Sequence[int]) -> ChunkType:
         """What the chunk at ``coord`` is: uninitialized, inline, native or virtual."""
         rec, meta = self._array(path)
-        coord = tuple(int(c) for c in coord)
+        coord = self._as_coord(path, coord)
         self._check_coord(path, meta, coord)
         ref = _aio.run(self.chunk_ref(path, coord))
         if ref is None:
@@ -669,6 +680,13 @@ class ForkSession(Session):
 
     def __repr__(self) -> str:
         return f"<frazil.ForkSession branch={self._branch!r} snapshot={self.snapshot_id}>"
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    try:
+        return list(value)
+    except TypeError:
+        return None
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ through the public API by a FrazilError naming it, and zarr never gets wrong byt
 from __future__ import annotations
 
 import collections
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from frazil import (
     _aio,
     containers_credentials,
 )
+from frazil.format import common
 
 PROTO = default_buffer_prototype()
 ARRAYS = {  # name -> (shape, chunks, dtype): native, inline and virtual chunks
@@ -223,7 +225,7 @@ def _copy(t: Template, backend: str, where: Path) -> frazil.Storage:
     return storage
 
 
-# -- the damage ---------------------------------------------------------------------------------
+# -- the damage --------------------------------------------------------------------------------
 TYPES = {  # object type -> (role damaged, role whose bytes it is swapped with)
     "config": ("config", None),
     "branch_ref": ("branch_ref", "tag_ref"),            # a tag's bytes under a branch key
@@ -337,6 +339,22 @@ def test_same_type_ref_swap_reads_the_named_snapshot_exactly(
     assert got["read main"] == expected["read v1"]
     assert got["ancestry main"] == expected["ancestry v1"]
     assert got["read S3"] == expected["read S3"]
+
+
+@pytest.mark.parametrize("settings", [{"inline_chunk_threshold_bytes": "512"},
+                                      {"manifest_split_rows": -5},
+                                      {"compact_when_segments_exceed": 0},
+                                      {"virtual_chunk_containers": {"s3://x": 1}}], ids=repr)
+def test_config_with_damaged_settings(template: Template, tmp_path: Path,
+                                      settings: dict[str, Any]) -> None:
+    """Valid JSON whose settings have the wrong type or range: a FormatError naming it."""
+    RAN.append(f"config settings {settings!r}")
+    storage = _copy(template, "local", tmp_path / "repo")
+    doc = json.loads(template.objects["config.json"])
+    _aio.run(storage.put("config.json", common.encode_json({**doc, **settings})))
+    with pytest.raises(FormatError, match="config.json"):
+        Repository.open(storage, authorize_virtual_chunk_access=template.auth())
+    CAUGHT[("config", "damaged settings")] += 1
 
 
 def test_zz_summary() -> None:

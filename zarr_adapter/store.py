@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from frazil.session import Session
 
 META = "zarr.json"
+_BAD_KEY_CHARS = re.compile(r"[\\\x00-\x1f\x7f]")
 Coord = tuple[int, ...]
 
 
@@ -157,13 +159,28 @@ class FrazilStore(Store):
     @staticmethod
     def _valid_key(key: str) -> None:
         if not isinstance(key, str) or key.startswith("/") or any(
-                p in ("", ".", "..") for p in key.split("/")):
+                p in ("", ".", "..") for p in key.split("/")) or _BAD_KEY_CHARS.search(key):
             raise InvalidInputError(f"invalid zarr key {key!r}: no leading '/', empty parts, "
-                                    "'.' or '..'")
+                                    "'.' or '..', backslashes or control characters")
+
+    def _not_a_key(self, key: str) -> str:
+        """Why ``key`` names nothing that can be stored (for error messages)."""
+        parts = key.split("/")
+        for i in range(len(parts) - 1, -1, -1):
+            path = "/" + "/".join(parts[:i])
+            rec = self._session.node(path)
+            if rec is not None and rec.node_type == ARRAY:
+                meta = self._session.node_meta(rec)
+                example = _chunk_key(path, meta, (0,) * meta.ndim)
+                return (f"cannot store {key!r}: it is not a chunk key of the array {path!r} "
+                        f"({meta.ndim} dimensions; its chunk keys look like {example!r})")
+        return (f"cannot store {key!r}: it is neither a zarr.json nor a chunk key of an "
+                "existing array (write the array's zarr.json first)")
 
     # -- reads -----------------------------------------------------------------------------
     async def get(self, key: str, prototype: BufferPrototype,
                   byte_range: ByteRequest | None = None) -> Buffer | None:
+        self._valid_key(key)
         br = _byte_range(byte_range)
         parsed = self._parse(key)
         if parsed is None:
@@ -185,6 +202,7 @@ class FrazilStore(Store):
         return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
 
     async def exists(self, key: str) -> bool:
+        self._valid_key(key)
         parsed = self._parse(key)
         if parsed is None:
             return False
@@ -195,6 +213,7 @@ class FrazilStore(Store):
         return await self._session.chunk_ref(path, coord) is not None
 
     async def getsize(self, key: str) -> int:
+        self._valid_key(key)
         parsed = self._parse(key)
         if parsed is not None and parsed[0] == "chunk":
             assert parsed[2] is not None
@@ -208,12 +227,11 @@ class FrazilStore(Store):
         self._check_writable()
         self._valid_key(key)
         if not isinstance(value, Buffer):
-            raise TypeError(f"FrazilStore.set expects a zarr Buffer, got {type(value).__name__}")
+            raise InvalidInputError(f"FrazilStore.set of {key!r} expects a zarr Buffer, got "
+                                    f"{type(value).__name__}")
         parsed = self._parse(key)
         if parsed is None:
-            raise InvalidInputError(
-                f"cannot store {key!r}: it is neither a zarr.json nor a chunk key of an "
-                "existing array (write the array's zarr.json first)")
+            raise InvalidInputError(self._not_a_key(key))
         kind, path, coord = parsed
         if kind == "meta":
             self._session.set_metadata(path, value.to_bytes())
@@ -231,7 +249,7 @@ class FrazilStore(Store):
         self._valid_key(key)
         parsed = self._parse(key)
         if parsed is None or parsed[0] != "chunk" or parsed[2] is None:
-            raise InvalidInputError(f"{key!r} is not a chunk key of an existing array")
+            raise InvalidInputError(self._not_a_key(key))
         self._session.set_virtual_ref(parsed[1], parsed[2], location, offset=offset,
                                       length=length, checksum=checksum,
                                       validate_container=validate_container)
@@ -257,6 +275,7 @@ class FrazilStore(Store):
 
     async def delete(self, key: str) -> None:
         self._check_writable()
+        self._valid_key(key)
         parsed = self._parse(key)
         if parsed is None:
             return
