@@ -321,7 +321,7 @@ ARGS: dict[str, tuple[Callable[[Ctx], Any], type[FrazilError], tuple[str, ...]]]
                       InvalidInputError, ("snapshot id",)),
     "diff nothing": (lambda c: c.repo.diff(to_branch="main"), InvalidInputError,
                      ("exactly one",)),
-    "open on a path string": (lambda c: Repository.open("/tmp/x"),  # type: ignore[arg-type]
+    "open on a path string": (lambda c: Repository.open("repo-dir"),  # type: ignore[arg-type]
                               InvalidInputError, ("Storage", "str")),
     "create on None": (lambda c: Repository.create(None),  # type: ignore[arg-type]
                        InvalidInputError, ("Storage", "NoneType")),
