@@ -131,7 +131,7 @@ def merge_segments(segments: list[ManifestSegment], ndim: int
             {n: pa.array([], MANIFEST_SCHEMA.field(n).type) for n in _ROW_COLUMNS})
     coords = np.concatenate([m.coords for m in segments])[keep]
     rows = pa.concat_tables([m.table.select(_ROW_COLUMNS) for m in segments])
-    return coords, rows.combine_chunks().take(pa.array(keep))
+    return coords, rows.take(pa.array(keep))  # take gathers across chunks: no combined copy
 
 
 async def count_chunks(storage: Storage, node: NodeRecord) -> int:
