@@ -228,6 +228,9 @@ class GCSummary:
     reachable: int = 0
     """reachable objects (snapshots, transaction logs, manifests, chunks) kept"""
     dry_run: bool = False
+    temporaries_deleted: int = 0
+    """files that writers killed mid-put left outside any object (local storage's hidden
+    temp files), older than the cutoff; not counted in ``objects_deleted``"""
 
     @property
     def objects_deleted(self) -> int:
@@ -290,11 +293,13 @@ async def garbage_collect(storage: Storage, reader: ObjectReader, older_than: dt
                 done += len(batch)
                 if progress is not None:
                     progress("sweep", done, total)
+    temporaries = 0 if dry_run else await storage.remove_stale_temporaries(older_than)
     return GCSummary(
         chunks_deleted=len(doomed["chunk"]), manifests_deleted=len(doomed["manifest"]),
         snapshots_deleted=len(doomed["snapshot"]),
         transaction_logs_deleted=len(doomed["transaction_log"]), bytes_deleted=deleted_bytes,
-        kept_young=counts["young"], reachable=counts["reachable"], dry_run=dry_run)
+        kept_young=counts["young"], reachable=counts["reachable"], dry_run=dry_run,
+        temporaries_deleted=temporaries)
 
 
 def _valid_id(text: str) -> bool:

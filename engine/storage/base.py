@@ -152,6 +152,13 @@ class Storage(abc.ABC):
         sizes = [await self.size(k) for k in keys]
         return [ObjectInfo(k, s, None) for k, s in zip(keys, sizes)]
 
+    async def remove_stale_temporaries(self, older_than: dt.datetime) -> int:
+        """Delete what writers that died mid-put left behind outside any object (the local
+        backend's hidden temporary files), if last written before ``older_than``; returns
+        how many. Garbage collection calls it. Backends whose interrupted puts leave
+        nothing behind have nothing to do."""
+        return 0
+
     def describe(self) -> str:
         """A short human description (for messages)."""
         return type(self).__name__

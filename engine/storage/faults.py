@@ -22,6 +22,7 @@ counters ``calls``, ``injected_errors`` and ``dropped_responses`` say what happe
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -110,6 +111,10 @@ class FaultInjectingStorage(Storage):
 
     async def size(self, key: str) -> int:
         return await self._call(f"size {key!r}", lambda: self.inner.size(key))
+
+    async def remove_stale_temporaries(self, older_than: dt.datetime) -> int:
+        return await self._call("remove stale temporaries",
+                                lambda: self.inner.remove_stale_temporaries(older_than))
 
     async def delete(self, keys: Sequence[str]) -> None:
         keys = list(keys)

@@ -7,7 +7,8 @@ Replace-if-version takes an exclusive ``fcntl.flock`` on a hidden lock file besi
 key, reads the current version, compares and renames. A version is the file's inode and
 mtime plus the xxh3 of its content: every write puts a new inode in place (allocated while
 the old file still exists), so the version changes even when the bytes do not.
-Hidden names (starting with ``.``) are never listed.
+Hidden names (starting with ``.``) are never listed. A writer killed mid-put leaves its
+temp file behind; ``remove_stale_temporaries`` (run by garbage collection) deletes those.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def _read_versioned(path: str) -> tuple[bytes, str]:
         data = f.read()
     return data, _version(st, data)
 
+
+_TEMP_PREFIX = ".tmp-"  # a put's file before it is linked or renamed into place
 
 # a path that is a folder, or runs through a file, holds no object
 _NOT_AN_OBJECT = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
@@ -73,7 +76,7 @@ class LocalFileSystemStorage(Storage):
     def _write_temp(self, path: str, data: bytes) -> str:
         d = os.path.dirname(path)
         self._ensure_dir(d)
-        tmp = os.path.join(d, f".tmp-{os.urandom(8).hex()}")
+        tmp = os.path.join(d, f"{_TEMP_PREFIX}{os.urandom(8).hex()}")
         try:
             with open(tmp, "xb") as f:
                 f.write(data)
@@ -202,6 +205,24 @@ class LocalFileSystemStorage(Storage):
                 if e.errno != errno.ENOENT and not os.path.isdir(path):  # EPERM on macOS
                     raise StorageError(f"deleting {key!r} from {self.describe()}: {e}") from e
 
+    def _remove_stale_temporaries(self, older_than: dt.datetime) -> int:
+        cutoff = older_than.timestamp()
+        removed = 0
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                if not name.startswith(_TEMP_PREFIX):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:  # renamed into place or removed meanwhile
+                    continue
+                except OSError as e:
+                    raise StorageError(f"removing {path!r}: {e}") from e
+        return removed
+
     def _size(self, key: str) -> int:
         path = self._path(key)
         try:
@@ -244,6 +265,9 @@ class LocalFileSystemStorage(Storage):
 
     async def delete(self, keys: Sequence[str]) -> None:
         await _aio.in_thread(self._delete, list(keys))
+
+    async def remove_stale_temporaries(self, older_than: dt.datetime) -> int:
+        return await _aio.in_thread(self._remove_stale_temporaries, older_than)
 
 
 def local_filesystem_storage(path: str | os.PathLike[str]) -> LocalFileSystemStorage:

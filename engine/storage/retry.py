@@ -24,6 +24,7 @@ Two pieces, shared by ``RetryingStorage`` (around any ``Storage``) and the S3 ba
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -193,6 +194,10 @@ class RetryingStorage(Storage):
 
     async def size(self, key: str) -> int:
         return await self._retry(lambda: self.inner.size(key), f"size {key!r}")
+
+    async def remove_stale_temporaries(self, older_than: dt.datetime) -> int:
+        return await self._retry(lambda: self.inner.remove_stale_temporaries(older_than),
+                                 "remove stale temporaries")
 
     async def delete(self, keys: Sequence[str]) -> None:
         keys = list(keys)
