@@ -46,6 +46,7 @@ class CommitPlan:
     snapshot_checksum: int
     manifests: list[tuple[str, bytes]]
     log: tuple[str, bytes]
+    transaction_log: TransactionLog | None = None  # what ``log`` encodes, for the cache
 
     def objects(self) -> list[tuple[str, bytes]]:
         return [*self.manifests, self.log, (snapshot_key(self.snapshot.id), self.snapshot_bytes)]
@@ -167,7 +168,8 @@ def prepare_commit(
             node, segments=(packed[node_id], *nodes[node.path].segments))
         log.append(NodeChange(tx.CHUNKS, node.path, node_id, coords))
 
-    log_bytes = encode_transaction_log(TransactionLog(sid, base.id, tuple(log)))
+    txlog = TransactionLog(sid, base.id, tuple(log))
+    log_bytes = encode_transaction_log(txlog)
     info = CommitInfo(
         snapshot_id=sid,
         parent_id=base.id,
@@ -179,7 +181,7 @@ def prepare_commit(
     snapshot = Snapshot(info, tuple(sorted(nodes.values(), key=lambda n: n.path)))
     snap_bytes = encode_snapshot(snapshot)
     return CommitPlan(snapshot, snap_bytes, checksum(snap_bytes), manifests,
-                      (txlog_key(sid), log_bytes))
+                      (txlog_key(sid), log_bytes), txlog)
 
 
 def initial_snapshot(now: dt.datetime | None = None) -> CommitPlan:

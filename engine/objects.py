@@ -107,6 +107,8 @@ class ObjectReader:
         self.manifests: LRU[tuple[ManifestId, int], ManifestSegment] = LRU(
             manifest_cache_bytes, lambda m: m.nbytes)
         self.chunks: LRU[ChunkId, bytes] = LRU(chunk_cache_bytes, len)
+        # transaction logs: what a rebase reads of every commit it moves over
+        self.txlogs: LRU[SnapshotId, TransactionLog] = LRU(256, lambda t: 1)
         self._inflight: dict[tuple[int, Any], asyncio.Future[Any]] = {}
         self._lock = threading.Lock()
         _aio.reset_in_child(self)
@@ -215,12 +217,24 @@ class ObjectReader:
 
     async def transaction_log(self, sid: SnapshotId,
                               checksum: int | None = None) -> TransactionLog:
+        hit = self.txlogs.get(sid)
+        if hit is not None:
+            return hit
         key = txlog_key(sid)
         try:
             data = await self.storage.get(key)
         except NotFoundError:
             raise NotFoundError(f"transaction log {key} is missing") from None
-        return decode_transaction_log(data, key, checksum)
+        log = decode_transaction_log(data, key, checksum)
+        if log.snapshot_id != sid:
+            raise FormatError(f"{key}: is the transaction log of {log.snapshot_id}, not {sid}")
+        self.txlogs.put(sid, log)
+        return log
+
+    def forget(self) -> None:
+        """Drop every cached object (after garbage collection deleted some)."""
+        for cache in (self.snapshots, self.manifests, self.chunks, self.txlogs):
+            cache.clear()
 
     async def chunk(self, cid: ChunkId, checksum: int | None,
                     byte_range: ByteRange | None = None) -> bytes:

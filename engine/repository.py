@@ -423,8 +423,7 @@ class Repository:
         if summary.objects_deleted and not dry_run:
             # cached copies of deleted objects would let this repository open snapshots
             # that no longer exist (and then fail on their missing manifests)
-            for cache in (self._reader.snapshots, self._reader.manifests, self._reader.chunks):
-                cache.clear()
+            self._reader.forget()
         return summary
 
     def expire_snapshots(self, older_than: dt.datetime, *,

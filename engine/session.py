@@ -377,6 +377,8 @@ class Session:
                 if await swap_branch(storage, self._branch, ref, plan.snapshot.id,
                                      plan.snapshot_checksum):
                     repo._reader.snapshots.put(plan.snapshot.id, plan.snapshot)
+                    if plan.transaction_log is not None:  # rebases of other sessions read it
+                        repo._reader.txlogs.put(plan.snapshot.id, plan.transaction_log)
                     self._changes = ChangeSet()
                     self._set_base(plan.snapshot)
                     self._base_checksum = plan.snapshot_checksum
@@ -394,8 +396,15 @@ class Session:
                     f"gave up committing to {self._branch!r} after {attempt} attempts: "
                     "the branch kept moving", expected_parent=str(self._base.id),
                     actual_parent=str(tip))
-            await self._rebase_onto(rebase_with, tip, ref.record.checksum)
-            await asyncio.sleep(random.uniform(0, min(0.25, 0.002 * 2 ** min(attempt, 8))))
+            # Pause first, then rebase onto the tip as it is after the pause, so that the
+            # next attempt starts from the freshest state and its window between reading
+            # the tip and swapping is only the time to write the new snapshot. The pause
+            # is short (a losing writer that backs off long never wins against writers
+            # that commit in a tight loop) and random (writers do not retry in lockstep).
+            await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 5))))
+            ref = await read_ref(storage, BRANCH_REF, self._branch)
+            assert ref.record.snapshot_id is not None
+            await self._rebase_onto(rebase_with, ref.record.snapshot_id, ref.record.checksum)
 
     def rebase(self, solver: ConflictSolver) -> None:
         """Move this session's base to the branch tip, checking the commits in between

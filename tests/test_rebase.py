@@ -21,6 +21,7 @@ from frazil import (
     ConflictType,
     RebaseFailedError,
     VersionSelection,
+    _aio,
 )
 
 CT = ConflictType
@@ -103,6 +104,24 @@ def test_rebase_with_detector_disjoint_chunks(repo: frazil.Repository, base: str
     assert ours.read_only and ours.snapshot_id == mine
     # the committed session reads what it committed
     assert zarr.open_array(ours.store, path="a")[:].tolist() == read(repo)
+
+
+def test_rebase_in_the_same_process_reads_no_transaction_log(
+        repo: frazil.Repository, base: str) -> None:
+    """A commit leaves its transaction log in the repository's cache, so a session of the
+    same repository rebasing over it reads nothing more from storage for it; a session
+    of another Repository (another process) reads it from storage."""
+    elsewhere = frazil.Repository.open(repo.storage).writable_session("main")
+    theirs, ours = two_sessions(repo)
+    write(theirs, {0: 10})
+    tip = theirs.commit("theirs")
+    _aio.run(repo.storage.delete([f"transactions/{tip}"]))  # only the cached copy is left
+    write(ours, {1: 21})
+    ours.commit("ours", rebase_with=ConflictDetector())
+    assert read(repo) == expect({0: 10, 1: 21})
+    write(elsewhere, {2: 32})
+    with pytest.raises(frazil.NotFoundError, match=f"transactions/{tip}"):
+        elsewhere.commit("elsewhere", rebase_with=ConflictDetector())
 
 
 def test_commit_attempts_is_one_without_contention(repo: frazil.Repository, base: str) -> None:
