@@ -61,7 +61,7 @@ def check_header(header: Any, object_type: str, what: str) -> dict[str, Any]:
     if found != object_type:
         raise FormatError(f"{what}: expected a {object_type}, found a {found!r}")
     version = header.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise FormatError(f"{what}: invalid format version {version!r}")
     if version > FORMAT_VERSION:
         raise FormatError(

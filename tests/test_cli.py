@@ -150,8 +150,13 @@ def test_maintenance_commands(local_repo: tuple[str, frazil.Repository]) -> None
     assert dry["dry_run"] and dry["snapshots_deleted"] == 0  # all history is reachable
     expired = run_json("expire", path, "--older-than", "0s")
     assert len(expired["expired"]) == 5  # everything but the tip and the first snapshot
+    leftover = Path(path) / "chunks" / ".tmp-0123456789abcdef"  # a killed write's file
+    leftover.write_bytes(b"partial")
+    old = (dt.datetime.now() - dt.timedelta(hours=1)).timestamp()
+    os.utime(leftover, (old, old))
     gc = run_json("gc", path, "--older-than", "0s")
     assert gc["snapshots_deleted"] == 6  # the 5 expired and the tip's pre-expiry copy
+    assert gc["temporaries_deleted"] == 1 and not leftover.exists()
     # the segments compaction replaced: every manifest written before it
     remaining = {p.name for p in (Path(path) / "manifests").iterdir()}
     assert gc["manifests_deleted"] == len(originals) and not remaining & originals

@@ -561,7 +561,7 @@ def test_newer_format_version_is_refused(version):
             decode(json.dumps(obj).encode(), what)
 
 
-@pytest.mark.parametrize("version", [0, -1, "1", None, 1.5])
+@pytest.mark.parametrize("version", [0, -1, "1", None, 1.5, True])
 def test_invalid_format_version_is_refused(version):
     data = encode_snapshot(make_snapshot())
     header = header_of(data)

@@ -483,6 +483,9 @@ def gc(ctx: Ctx, older_than: str, dry_run: bool) -> None:
                    f"transaction logs, {s.manifests_deleted} manifests, {s.chunks_deleted} "
                    f"chunks ({_human_bytes(s.bytes_deleted)}); kept {s.reachable} reachable "
                    f"and {s.kept_young} younger than {cutoff.isoformat()}")
+        if s.temporaries_deleted:
+            click.echo(f"removed {s.temporaries_deleted} temporary files left by "
+                       "interrupted writes")
 
     ctx.emit(data, human)
 
