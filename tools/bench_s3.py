@@ -6,7 +6,8 @@ Measures, as same-run medians:
   the ratio of the two;
 - ``reads``: reading every chunk of a 1,000-chunk array concurrently (zarr ``arr[:]``)
   against reading the same chunks one at a time, through zarr (``arr[i]`` chunk by chunk)
-  and through the session (``get_chunk`` awaited one by one);
+  and through the session (``get_chunk`` awaited one by one); ``--latency-ms L`` adds a
+  network-like wait of 0..L ms before every request;
 - ``w1w2``: W1 (write chunks of 32 KiB and commit) and W2 (cold open and read back)
   through frazil on S3 against zarr's ``FsspecStore`` on the same bucket.
 
@@ -105,8 +106,14 @@ def bench_commit(env: Env, repeat: int, narrays: int) -> None:
     emit({"bench": "commit", "ratio": f"{narrays}/1", "value": round(mn / m1, 2)})
 
 
-def bench_reads(env: Env, repeat: int, nchunks: int) -> None:
+def bench_reads(env: Env, repeat: int, nchunks: int, latency_ms: float = 0.0) -> None:
     repo = frazil.Repository.create(env.storage(f"reads-{uuid.uuid4().hex[:6]}"))
+    # with --latency-ms, every request first waits a uniform 0..L ms (as a real network
+    # would), through the fault-injecting wrapper; the loopback server has none
+    storage: frazil.Storage = repo.storage
+    if latency_ms:
+        from frazil.storage.faults import FaultInjectingStorage
+        storage = FaultInjectingStorage(repo.storage, latency=latency_ms / 1000, seed=0)
     s = repo.writable_session("main")
     arr = zarr.create_array(s.store, name="a", shape=(nchunks * CHUNK,), chunks=(CHUNK,),
                             dtype="float32", compressors=None, fill_value=0)
@@ -118,11 +125,11 @@ def bench_reads(env: Env, repeat: int, nchunks: int) -> None:
     for _ in range(repeat):
         # cold each time: a new Repository has an empty object cache
         def concurrent() -> None:
-            r = frazil.Repository.open(repo.storage).readonly_session("main")
+            r = frazil.Repository.open(storage).readonly_session("main")
             assert _last(zarr.open_array(r.store, path="a", mode="r")) == nchunks * CHUNK - 1
 
         def one_at_a_time() -> None:
-            r = frazil.Repository.open(repo.storage).readonly_session("main")
+            r = frazil.Repository.open(storage).readonly_session("main")
 
             async def go() -> None:
                 for i in range(nchunks):
@@ -130,7 +137,7 @@ def bench_reads(env: Env, repeat: int, nchunks: int) -> None:
             _aio.run(go())
 
         def zarr_one_at_a_time() -> None:
-            r = frazil.Repository.open(repo.storage).readonly_session("main")
+            r = frazil.Repository.open(storage).readonly_session("main")
             a: Any = zarr.open_array(r.store, path="a", mode="r")
             for i in range(nchunks):
                 assert float(a[i * CHUNK]) == i * CHUNK
@@ -138,7 +145,8 @@ def bench_reads(env: Env, repeat: int, nchunks: int) -> None:
         seq.append(timed(one_at_a_time))
         zseq.append(timed(zarr_one_at_a_time))
     mc, ms, mz = statistics.median(conc), statistics.median(seq), statistics.median(zseq)
-    emit({"bench": "reads", "chunks": nchunks, "concurrent_s": round(mc, 3),
+    emit({"bench": "reads", "chunks": nchunks, "latency_ms": latency_ms,
+          "concurrent_s": round(mc, 3),
           "session_one_at_a_time_s": round(ms, 3), "speedup_vs_session": round(ms / mc, 2),
           "zarr_one_at_a_time_s": round(mz, 3), "speedup_vs_zarr": round(mz / mc, 2)})
 
@@ -203,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--arrays", type=int, default=100)
     p.add_argument("--read-chunks", type=int, default=1000)
     p.add_argument("--w-chunks", type=int, default=2000)
+    p.add_argument("--latency-ms", type=float, default=0.0,
+                   help="reads: add a uniform 0..L ms wait before every request")
     p.add_argument("--endpoint-url")
     p.add_argument("--bucket", default="frazil-bench")
     p.add_argument("--zarr-concurrency", type=int, default=None,
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         if b == "commit":
             bench_commit(env, args.repeat, args.arrays)
         elif b == "reads":
-            bench_reads(env, args.repeat, args.read_chunks)
+            bench_reads(env, args.repeat, args.read_chunks, args.latency_ms)
         elif b == "w1w2":
             bench_w1w2(env, args.repeat, args.w_chunks)
         else:
