@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from conftest import LONG
 
 import frazil
 from frazil.errors import InvalidInputError, StorageError, TransientStorageError
@@ -306,3 +307,134 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
         delays = [s.delay(failures) for _ in range(200)]
         assert all(lo <= d <= hi for d in delays)
         assert len(set(delays)) > 100  # jittered
+
+
+# -- permanent errors: a clear error, nothing half-written visible ---------------------------------
+class Broken(Scripted):
+    """Every put of a key under ``prefix`` fails for good (a permission or quota error)
+    until ``healed`` is set; everything else passes through."""
+
+    def __init__(self, inner: Storage, prefix: str) -> None:
+        super().__init__(inner)
+        self.prefix, self.healed, self.refused = prefix, False, 0
+
+    async def _do(self, op: str, coro: Any) -> Any:
+        return await coro
+
+    def _check(self, key: str) -> None:
+        if not self.healed and key.startswith(self.prefix):
+            self.refused += 1
+            raise StorageError(f"writing {key!r}: access denied (the test's broken store)")
+
+    async def put(self, key: str, data: bytes) -> None:
+        self._check(key)
+        await self.inner.put(key, data)
+
+    async def put_if_absent(self, key: str, data: bytes) -> PutResult:
+        self._check(key)
+        return await self.inner.put_if_absent(key, data)
+
+    async def put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
+        self._check(key)
+        return await self.inner.put_if_version(key, data, version)
+
+
+@pytest.mark.parametrize("prefix", ["chunks/", "manifests/", "transactions/", "snapshots/",
+                                    "refs/branch.main/"])
+def test_permanent_errors_leave_nothing_visible(tmp_path: Path, prefix: str) -> None:
+    """A store that refuses one kind of write for good: the write or commit fails with the
+    store's error (naming the key), the branch, its history and content are untouched and
+    pass fsck, and once the store is fixed the same session commits what it staged."""
+    broken = Broken(local_filesystem_storage(tmp_path / "repo"), prefix)
+    broken.healed = True  # while the repository is made
+    repo = frazil.Repository.create(retrying(broken), frazil.RepositoryConfig(
+        inline_chunk_threshold_bytes=0))
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(8,), chunks=(2,), dtype="i4",
+                      fill_value=0)[:] = 1
+    before = session.commit("ones")
+    session = repo.writable_session("main")
+    arr = zarr.open_array(session.store, path="a")
+    broken.healed = False  # from here on
+    if prefix == "chunks/":  # chunk bytes are written as zarr writes them
+        with pytest.raises(StorageError, match="chunks/.*access denied"):
+            arr[:] = 2
+        broken.healed = True
+        arr[:] = 2  # zarr writes again once the store works
+    else:
+        arr[:] = 2
+        with pytest.raises(StorageError, match=f"{prefix}.*access denied"):
+            session.commit("twos")
+        assert not session.read_only and session.has_uncommitted_changes
+    assert broken.refused > 0
+    fresh = frazil.Repository.open(local_filesystem_storage(tmp_path / "repo"))
+    assert fresh.lookup_branch("main") == before
+    assert zarr.open_array(fresh.readonly_session("main").store, path="a")[:].tolist() == [1] * 8
+    assert fresh.fsck().ok
+    broken.healed = True
+    after = session.commit("twos")
+    fresh = frazil.Repository.open(local_filesystem_storage(tmp_path / "repo"))
+    assert [h.id for h in fresh.ancestry(branch="main")][:2] == [after, before]
+    assert zarr.open_array(fresh.readonly_session("main").store, path="a")[:].tolist() == [2] * 8
+    assert fresh.fsck().ok
+
+
+# -- a soak through faults, on local storage and the S3 test server -------------------------------
+SOAK = {"local": 60 if LONG else 12, "s3": 30 if LONG else 6}
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_fault_soak_loses_nothing(tmp_path: Path, backend: str, seed: int = 20261201) -> None:
+    """Commits (two arrays, native chunks), branch and tag moves and reads through a store
+    that fails 10% of calls before sending them, loses 10% of answers after running them
+    and adds latency: every commit is in history once with its content, and the counts of
+    faults injected and survived are printed (``-s``)."""
+    import s3server
+
+    inner: Storage = (local_filesystem_storage(tmp_path / "repo") if backend == "local"
+                      else s3server.storage())
+    flaky = FaultInjectingStorage(inner, error_rate=0.1, drop_response_rate=0.1,
+                                  latency=0.002, seed=seed)
+    storage = RetryingStorage(flaky, attempts=20, backoff_base=0.0005, backoff_cap=0.005)
+    repo = frazil.Repository.create(storage, frazil.RepositoryConfig(
+        inline_chunk_threshold_bytes=0))
+    session = repo.writable_session("main")
+    root = zarr.open_group(session.store, mode="a")
+    root.create_array("a", shape=(64,), chunks=(4,), dtype="i4", fill_value=0)
+    root.create_array("b", shape=(8, 8), chunks=(4, 4), dtype="f4", fill_value=0)
+    session.commit("arrays")
+    expected: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    a, b = np.zeros(64, "i4"), np.zeros((8, 8), "f4")
+    for i in range(SOAK[backend]):
+        session = repo.writable_session("main")
+        a[(i * 4) % 64:(i * 4) % 64 + 4] = i + 1
+        b[i % 8, :] = i * 0.5
+        zarr.open_array(session.store, path="a")[:] = a
+        zarr.open_array(session.store, path="b")[:] = b
+        sid = session.commit(f"c{i}", rebase_with=frazil.ConflictDetector())
+        expected[sid] = (a.copy(), b.copy())
+        if i % 4 == 0:
+            repo.create_tag(f"t{i}", sid)
+            repo.create_branch(f"br{i}", sid)
+    reopened = frazil.Repository.open(storage)
+    history = [h.id for h in reopened.ancestry(branch="main")]
+    assert history[:len(expected)] == list(reversed(expected))
+    for sid, (ea, eb) in expected.items():
+        s = reopened.readonly_session(snapshot_id=sid)
+        assert (zarr.open_array(s.store, path="a")[:] == ea).all()
+        assert (zarr.open_array(s.store, path="b")[:] == eb).all()
+    tags = {f"t{i}" for i in range(0, SOAK[backend], 4)}
+    assert reopened.list_tags() == tags
+    assert reopened.list_branches() == {"main"} | {f"br{i}" for i in range(0, SOAK[backend], 4)}
+    assert flaky.injected_errors > 0 and flaky.dropped_responses > 0
+    print(f"\nfault soak ({backend}): {flaky.calls} calls, {flaky.injected_errors} errors "
+          f"and {flaky.dropped_responses} lost responses injected and survived; "
+          f"{len(expected)} commits, {len(tags)} tags and branches, all present")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_fault_soak_long(tmp_path: Path, backend: str) -> None:
+    """The long soak (FRAZIL_LONG=1): the same, five times over with other seeds."""
+    for seed in range(5):
+        test_fault_soak_loses_nothing(tmp_path / f"run{seed}", backend, seed)
