@@ -19,10 +19,12 @@ from frazil.format import (
     ChunkId,
     ChunkKind,
     ChunkRef,
+    CommitInfo,
     NodeId,
     NodeRecord,
     Snapshot,
     SnapshotId,
+    TransactionLog,
     checksum,
 )
 from frazil.format.common import BRANCH_REF
@@ -61,6 +63,10 @@ def normalize_path(path: str) -> str:
         if p in ("", ".", "..") or any(ord(ch) < 32 for ch in p):
             raise InvalidInputError(f"invalid node path {path!r}")
     return "/" + "/".join(parts)
+
+
+_CATCH_UP_ROUNDS = 8
+"""At most this many rebases between two commit attempts (while the branch keeps moving)."""
 
 
 class Session:
@@ -396,15 +402,20 @@ class Session:
                     f"gave up committing to {self._branch!r} after {attempt} attempts: "
                     "the branch kept moving", expected_parent=str(self._base.id),
                     actual_parent=str(tip))
-            # Pause first, then rebase onto the tip as it is after the pause, so that the
-            # next attempt starts from the freshest state and its window between reading
-            # the tip and swapping is only the time to write the new snapshot. The pause
-            # is short (a losing writer that backs off long never wins against writers
-            # that commit in a tight loop) and random (writers do not retry in lockstep).
-            await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 5))))
-            ref = await read_ref(storage, BRANCH_REF, self._branch)
-            assert ref.record.snapshot_id is not None
-            await self._rebase_onto(rebase_with, ref.record.snapshot_id, ref.record.checksum)
+            # Pause, then rebase onto the tip as it is after the pause, and again while
+            # the branch moved during the rebase, so that the next attempt writes its
+            # snapshot on the freshest tip: its window between reading the tip and the
+            # swap is then only the time to write, as short as a fresh session's. The
+            # pause is short (a writer that backs off long never wins against writers
+            # committing in a tight loop) and random (writers do not retry in lockstep).
+            await asyncio.sleep(random.uniform(0, min(0.02, 0.002 * 2 ** min(attempt, 5))))
+            for _ in range(_CATCH_UP_ROUNDS):
+                ref = await read_ref(storage, BRANCH_REF, self._branch)
+                tip = ref.record.snapshot_id
+                assert tip is not None
+                if tip == self._base.id:
+                    break
+                await self._rebase_onto(rebase_with, tip, ref.record.checksum)
 
     def rebase(self, solver: ConflictSolver) -> None:
         """Move this session's base to the branch tip, checking the commits in between
@@ -424,24 +435,32 @@ class Session:
     async def _rebase_onto(self, solver: ConflictSolver, tip: SnapshotId,
                            tip_checksum: int | None) -> None:
         reader = self._repo._reader
-        chain = []
-        sid: SnapshotId | None = tip
-        while sid is not None and sid != self._base.id:
-            info = await reader.commit_info(sid)
-            chain.append(info)
-            sid = info.parent_id
-        if sid is None:
-            raise ConflictError(
-                f"cannot rebase onto {tip}: this session's base {self._base.id} is not in "
-                f"its history (was branch {self._branch!r} reset?)",
-                expected_parent=str(self._base.id), actual_parent=str(tip))
-        logs = await asyncio.gather(*(reader.transaction_log(i.snapshot_id,
-                                                             i.transaction_log_checksum)
-                                      for i in reversed(chain)))
-        theirs = summarize_logs(logs)
+        # The tip is read whole (it becomes the new base), which also gives its commit
+        # info; each commit's transaction log is fetched as soon as the walk down the
+        # chain reaches it, so a rebase over one commit costs two round trips.
+        new_base = await reader.snapshot(tip, tip_checksum)
+        logs: list[asyncio.Task[TransactionLog]] = []
+        info: CommitInfo | None = new_base.info
+        try:
+            while info is not None and info.snapshot_id != self._base.id:
+                logs.append(asyncio.ensure_future(reader.transaction_log(
+                    info.snapshot_id, info.transaction_log_checksum)))
+                parent = info.parent_id
+                info = None if parent is None else await reader.commit_info(parent)
+            if info is None:
+                raise ConflictError(
+                    f"cannot rebase onto {tip}: this session's base {self._base.id} is not "
+                    f"in its history (was branch {self._branch!r} reset?)",
+                    expected_parent=str(self._base.id), actual_parent=str(tip))
+            theirs = summarize_logs(list(reversed(await asyncio.gather(*logs))))
+        finally:  # on an error: no read left running, no failure left unretrieved
+            for task in logs:
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()
         ours = summarize_changes(self._base_nodes, self._changes)
         resolution = solver.solve(detect_conflicts(ours, theirs), str(tip))
-        new_base = await reader.snapshot(tip, tip_checksum)
         with self._changes.lock:
             apply_resolution(self._base_nodes, self._changes, resolution)
             tip_nodes = {n.path: n for n in new_base.nodes}
