@@ -26,6 +26,8 @@ import hashlib
 import hmac
 import inspect
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +45,18 @@ class RangeNotSatisfiable(Exception):
 
 class PreconditionFailed(Exception):
     """The server answered 412 to a conditional PUT."""
+
+
+@contextmanager
+def _transport_errors_are_transient(what: str) -> Iterator[None]:
+    """A dropped connection, a timeout or a cut-off body: worth trying again."""
+    import aiohttp
+
+    try:
+        yield
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError,
+            ConnectionError) as e:
+        raise TransientStorageError(f"{what}: {type(e).__name__}: {e}") from e
 
 
 def base_url(bucket: str, region: str | None, endpoint_url: str | None,
@@ -158,14 +172,13 @@ class DirectClient:
         whether the range was applied), or None: ask botocore."""
         if not _SAFE_KEY.fullmatch(key):
             return None
-        import aiohttp
         import yarl
 
         url = self._base + key
         headers = await self._sign(url, {} if range_header is None else {"range": range_header})
         if headers is None:
             return None
-        try:
+        with _transport_errors_are_transient(what):
             async with self._session.get(yarl.URL(url, encoded=True), headers=headers,
                                          allow_redirects=False) as resp:
                 status = resp.status
@@ -193,9 +206,6 @@ class DirectClient:
                 if status in TRANSIENT_STATUS:
                     raise TransientStorageError(f"{what}: HTTP {status}")
                 return None
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                TimeoutError, ConnectionError) as e:
-            raise TransientStorageError(f"{what}: {type(e).__name__}: {e}") from e
 
     async def put(self, key: str, data: bytes, conditions: dict[str, str], what: str
                   ) -> str | None:
@@ -205,7 +215,6 @@ class DirectClient:
         ``NotFoundError`` (servers differ)."""
         if not _SAFE_KEY.fullmatch(key):
             return None
-        import aiohttp
         import yarl
 
         url = self._base + key
@@ -214,7 +223,7 @@ class DirectClient:
                                    "PUT", payload)
         if headers is None:
             return None
-        try:
+        with _transport_errors_are_transient(what):
             async with self._session.put(yarl.URL(url, encoded=True), data=data,
                                          headers=headers, allow_redirects=False) as resp:
                 status = resp.status
@@ -228,6 +237,3 @@ class DirectClient:
                 if status in TRANSIENT_STATUS:
                     raise TransientStorageError(f"{what}: HTTP {status}")
                 return None
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                TimeoutError, ConnectionError) as e:
-            raise TransientStorageError(f"{what}: {type(e).__name__}: {e}") from e
