@@ -56,7 +56,7 @@ async def read_ref(storage: Storage, kind: str, name: str) -> Ref:
         data, version = await storage.get_with_version(key)
     except NotFoundError:
         raise NotFoundError(f"{what} {name!r} does not exist") from None
-    record = decode_ref(data, kind, key)
+    record = decode_ref(data, kind, key, name)
     if record.deleted:
         raise NotFoundError(f"{what} {name!r} was deleted")
     return Ref(record, version)
@@ -65,7 +65,7 @@ async def read_ref(storage: Storage, kind: str, name: str) -> Ref:
 async def create_ref(storage: Storage, kind: str, name: str, snapshot_id: SnapshotId,
                      checksum: int) -> None:
     key = branch_key(name) if kind == BRANCH_REF else tag_key(name)
-    result = await storage.put_if_absent(key, encode_ref(kind, snapshot_id, checksum))
+    result = await storage.put_if_absent(key, encode_ref(kind, snapshot_id, checksum, name=name))
     if not result.ok:
         what = "branch" if kind == BRANCH_REF else "tag"
         if kind == TAG_REF:
@@ -81,14 +81,16 @@ async def swap_branch(storage: Storage, name: str, expected: Ref, snapshot_id: S
                       checksum: int) -> bool:
     """Move a branch from ``expected`` to ``snapshot_id``; False if it changed meanwhile."""
     result = await storage.put_if_version(
-        branch_key(name), encode_ref(BRANCH_REF, snapshot_id, checksum), expected.version)
+        branch_key(name), encode_ref(BRANCH_REF, snapshot_id, checksum, name=name),
+        expected.version)
     return result.ok
 
 
 async def tombstone_tag(storage: Storage, name: str) -> None:
     current = await read_ref(storage, TAG_REF, name)
     result = await storage.put_if_version(
-        tag_key(name), encode_ref(TAG_REF, None, None, deleted=True), current.version)
+        tag_key(name), encode_ref(TAG_REF, None, None, deleted=True, name=name),
+        current.version)
     if not result.ok:
         raise ConflictError(f"tag {name!r} changed while being deleted; try again")
 

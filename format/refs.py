@@ -3,7 +3,9 @@
 ``refs/branch.<name>/ref.json`` and ``refs/tag.<name>/ref.json``. A ref records the
 snapshot's checksum so the snapshot is verified when read through it, and a random
 ``write_id`` that makes every write of a ref unique (so a compare-and-swap never
-mistakes one write for another with the same snapshot).
+mistakes one write for another with the same snapshot). It also records its own name, so
+a ref copied under another name is caught (refs written before names were recorded have
+none, and are read as before).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def new_write_id() -> str:
 
 
 def encode_ref(kind: str, snapshot_id: SnapshotId | None, checksum: int | None,
-               deleted: bool = False, write_id: str | None = None) -> bytes:
+               deleted: bool = False, write_id: str | None = None,
+               name: str | None = None) -> bytes:
     if kind not in (BRANCH_REF, TAG_REF):
         raise ValueError(f"unknown ref kind {kind!r}")
     obj: dict[str, object] = {
@@ -36,6 +39,8 @@ def encode_ref(kind: str, snapshot_id: SnapshotId | None, checksum: int | None,
         "object_type": kind,
         "write_id": write_id or new_write_id(),
     }
+    if name is not None:
+        obj["name"] = name
     if deleted:
         obj["deleted"] = True
     else:
@@ -46,8 +51,14 @@ def encode_ref(kind: str, snapshot_id: SnapshotId | None, checksum: int | None,
     return encode_json(obj)
 
 
-def decode_ref(data: bytes, kind: str, what: str) -> RefRecord:
+def decode_ref(data: bytes, kind: str, what: str, name: str | None = None) -> RefRecord:
+    """The ref in ``data``; with ``name``, a ref that records another name is refused."""
     obj = decode_json(data, kind, what)
+    recorded = obj.get("name")
+    if name is not None and recorded is not None and recorded != name:
+        word = "branch" if kind == BRANCH_REF else "tag"
+        raise FormatError(f"{what}: holds the ref of {word} {recorded!r}, not of {name!r} "
+                          "(copied from another ref?)")
     try:
         if obj.get("deleted"):
             return RefRecord(None, None, str(obj["write_id"]), deleted=True)

@@ -327,18 +327,22 @@ def test_damaged_object_is_caught(template: Template, expected: dict[str, Any],
     (CAUGHT if caught else HARMLESS)[(typ, way)] += 1
 
 
-def test_same_type_ref_swap_reads_the_named_snapshot_exactly(
+def test_same_type_ref_swap_is_caught(
         template: Template, expected: dict[str, Any], tmp_path: Path) -> None:
-    """A branch ref holding another branch's bytes is indistinguishable from a reset (refs
-    do not record their own name): frazil then serves exactly the named snapshot."""
+    """A branch ref holding another branch's bytes: refs record their own name, so this
+    is caught (a FormatError naming the ref), never served as a silent reset."""
+    RAN.append("branch_ref-swapped with a branch's ref")
     storage = _copy(template, "local", tmp_path / "repo")
-    _aio.run(storage.put(template.keys["branch_ref"],
-                         template.objects[template.keys["other_branch_ref"]]))
+    key = template.keys["branch_ref"]
+    _aio.run(storage.put(key, template.objects[template.keys["other_branch_ref"]]))
     got = _run_probe(storage, template)
-    assert got["lookup_branch"] == template.snaps[2]
-    assert got["read main"] == expected["read v1"]
-    assert got["ancestry main"] == expected["ancestry v1"]
-    assert got["read S3"] == expected["read S3"]
+    for op in ("lookup_branch", "read main", "ancestry main"):
+        assert isinstance(got[op], FormatError), (op, got[op])
+        assert key in str(got[op]) and "holds the ref of branch" in str(got[op])
+    assert got["read S3"] == expected["read S3"]  # the other refs are untouched
+    report = Repository.open(storage, authorize_virtual_chunk_access=template.auth()).fsck()
+    assert [p.key for p in report.problems] == [key]
+    CAUGHT[("branch_ref", "swapped with a branch's ref")] += 1
 
 
 @pytest.mark.parametrize("settings", [{"inline_chunk_threshold_bytes": "512"},

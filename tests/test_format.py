@@ -466,6 +466,25 @@ def test_branch_ref_round_trip():
                       "r").checksum is None
 
 
+def test_ref_records_its_name():
+    sid = SnapshotId.new()
+    data = encode_ref(common.BRANCH_REF, sid, 7, name="main")
+    assert json.loads(data)["name"] == "main"
+    key = "refs/branch.main/ref.json"
+    assert decode_ref(data, common.BRANCH_REF, key, "main").snapshot_id == sid
+    with pytest.raises(FormatError, match=r"refs/branch.dev/ref.json: holds the ref of "
+                                          r"branch 'main', not of 'dev'"):
+        decode_ref(data, common.BRANCH_REF, "refs/branch.dev/ref.json", "dev")
+    tomb = encode_ref(common.TAG_REF, None, None, deleted=True, name="v1")
+    with pytest.raises(FormatError, match="holds the ref of tag 'v1'"):
+        decode_ref(tomb, common.TAG_REF, "refs/tag.v2/ref.json", "v2")
+    # refs written without a name (before names were recorded) read as before
+    unnamed = encode_ref(common.BRANCH_REF, sid, 7)
+    assert "name" not in json.loads(unnamed)
+    assert decode_ref(unnamed, common.BRANCH_REF, "refs/branch.dev/ref.json",
+                      "dev").snapshot_id == sid
+
+
 def test_tag_ref_and_tombstone_round_trip():
     sid = SnapshotId.new()
     rec = decode_ref(encode_ref(common.TAG_REF, sid, 42), common.TAG_REF, "refs/tag.v1/ref.json")
