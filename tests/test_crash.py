@@ -502,13 +502,20 @@ def test_kill_during_compaction(tmp_path: Path) -> None:
                 killed += 1
         finally:
             spares.close()
+    removed, temps = collect_and_check(target, before)
+    print(f"crash summary [compaction/local]: kills survived {killed} (compaction took "
+          f"{duration:.2f} s; {landed} landed before the kill), {segments} segments, "
+          f"leftovers removed by gc {removed} objects + {temps} temp files")
+
+
+def collect_and_check(target: Target, before: dict[str, dict[str, np.ndarray]]
+                      ) -> tuple[int, int]:
+    """After the last kill: gc removes the leftovers, and content is still ``before``."""
     removed, temps = collect(target)
     repo = target.repo()
     assert_same(before, contents(repo))
     check_fsck(repo)
-    print(f"crash summary [compaction/local]: kills survived {killed} (compaction took "
-          f"{duration:.2f} s; {landed} landed before the kill), {segments} segments, "
-          f"leftovers removed by gc {removed} objects + {temps} temp files")
+    return removed, temps
 
 
 def make_garbage(repo: frazil.Repository, k: int) -> None:
@@ -562,10 +569,7 @@ def test_kill_during_gc(tmp_path: Path) -> None:
                 check_fsck(repo)
         finally:
             spares.close()
-    removed, temps = collect(target)
-    repo = target.repo()
-    assert_same(before, contents(repo))
-    check_fsck(repo)
+    removed, temps = collect_and_check(target, before)
     print(f"crash summary [gc/local]: kills survived {killed} (gc took {duration:.2f} s; "
           f"{finished} finished before the kill), "
           f"objects deleted by killed gcs {deleted_by_killed}, leftovers removed by the "
