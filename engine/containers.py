@@ -20,9 +20,9 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from .errors import InvalidInputError
+from .locations import Location, LocationError, parse_location
 from .storage.s3 import check_endpoint
 
 __all__ = [
@@ -145,27 +145,21 @@ def local_filesystem_store(path: str) -> LocalFileSystemStoreConfig:
 
 # -- locations ---------------------------------------------------------------------------
 def location_problem(location: object) -> str | None:
-    """Why ``location`` is not an acceptable virtual chunk URL, or None if it is: it
-    must be a string ``scheme://...`` with no ``.``/``..`` path segments (they could
-    step out of a container's prefix) and no control characters."""
-    if not isinstance(location, str):
-        return f"a location must be a string, got {type(location).__name__}"
-    if "://" not in location:
-        return f"location {location!r} is not a URL (scheme://...)"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in location):
-        return f"location {location!r} contains control characters"
-    path = location.split("://", 1)[1].split("?", 1)[0].split("#", 1)[0]
-    if any(p in (".", "..") for p in path.split("/")) or "\\" in path:
-        return f"location {location!r} has '.' or '..' path segments or backslashes"
+    """Why ``location`` is not an acceptable virtual chunk URL, or None if it is (the
+    rules of ``frazil.locations``: one canonical form, no dot segments however spelled)."""
+    try:
+        parse_location(location)  # type: ignore[arg-type]
+    except LocationError as e:
+        return str(e)
     return None
 
 
 def prefix_contains(prefix: str, location: str) -> bool:
-    """``location`` is under ``prefix`` on a ``/`` boundary (or equal to it)."""
-    if not location.startswith(prefix):
+    """``location`` is under ``prefix`` (both canonicalised; on a segment boundary)."""
+    try:
+        return parse_location(prefix).contains(parse_location(location))
+    except LocationError:
         return False
-    return (len(location) == len(prefix) or prefix.endswith("/")
-            or location[len(prefix)] == "/")
 
 
 # -- containers --------------------------------------------------------------------------
@@ -185,24 +179,29 @@ class VirtualChunkContainer:
             raise InvalidInputError(
                 "VirtualChunkContainer: store must come from s3_store(), gcs_store(), "
                 f"http_store() or local_filesystem_store(), got {type(self.store).__name__}")
-        problem = location_problem(self.url_prefix)
-        if problem is not None:
-            raise InvalidInputError(f"VirtualChunkContainer: url_prefix: {problem}")
+        try:
+            parsed = parse_location(self.url_prefix)
+        except LocationError as e:
+            raise InvalidInputError(f"VirtualChunkContainer: url_prefix: {e}") from None
         schemes = self.store.schemes
-        if not self.url_prefix.lower().startswith(schemes):
+        if parsed.scheme + "://" not in schemes:
             raise InvalidInputError(
                 f"VirtualChunkContainer: url_prefix {self.url_prefix!r} does not fit a "
                 f"{self.store.type} store (it must start with {' or '.join(schemes)})")
-        rest = self.url_prefix.split("://", 1)[1]
-        if self.store.type != "local" and not urlsplit(self.url_prefix).netloc:
-            raise InvalidInputError(f"VirtualChunkContainer: url_prefix {self.url_prefix!r} "
-                                    "names no bucket or host")
-        if self.store.type == "local" and not rest.startswith("/"):
-            raise InvalidInputError(f"VirtualChunkContainer: url_prefix {self.url_prefix!r} "
-                                    "must be file:///absolute/path")
 
-    def contains(self, location: str) -> bool:
-        return prefix_contains(self.url_prefix, location)
+    @property
+    def location(self) -> Location:
+        """The prefix in canonical form (``frazil.locations``)."""
+        return parse_location(self.url_prefix)
+
+    def contains(self, location: str | Location) -> bool:
+        """``location`` lies under this container's prefix (canonical forms compared)."""
+        if isinstance(location, str):
+            try:
+                location = parse_location(location)
+            except LocationError:
+                return False
+        return self.location.contains(location)
 
     def to_dict(self) -> dict[str, Any]:
         return {"url_prefix": self.url_prefix, "store": self.store.to_dict()}

@@ -46,6 +46,7 @@ _shared_readers: weakref.WeakValueDictionary[tuple[str, str, str], ObjectReader]
 MAIN = "main"
 
 from .config import RepositoryConfig  # noqa: E402
+from .containers import VirtualChunkContainer  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -93,24 +94,29 @@ class Repository:
     """A frazil repository on some ``Storage``. Use ``create``, ``open`` or ``open_or_create``."""
 
     def __init__(self, storage: Storage, config: RepositoryConfig,
-                 authorize_virtual_chunk_access: Mapping[str, Any] | None = None) -> None:
+                 authorize_virtual_chunk_access: Mapping[str, Any] | None = None, *,
+                 untrusted_containers: Mapping[str, VirtualChunkContainer] | None = None
+                 ) -> None:
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         self._storage = storage
         self._config = config
         self._reader = ObjectReader(storage)
+        # containers as the stored config declares them, which the opener did not pass:
+        # credentials are never sent to an endpoint only they name
         self._virtual = VirtualResolver(
-            config, check_authorization(config, authorize_virtual_chunk_access))
+            config, check_authorization(config, authorize_virtual_chunk_access),
+            untrusted_containers)
 
     def __getstate__(self) -> dict[str, Any]:
         # the virtual chunk authorization (with its credentials) travels with the
         # repository, so that forks on workers can read virtual chunks
         return {"storage": self._storage, "config": self._config,
-                "virtual_auth": self._virtual.auth}
+                "virtual_auth": self._virtual.auth, "untrusted": self._virtual.untrusted}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["storage"], state["config"],  # type: ignore[misc]
-                      state.get("virtual_auth"))
+                      state.get("virtual_auth"), untrusted_containers=state.get("untrusted"))
         # repositories unpickled in one process (forks sent to a worker task by task)
         # share one cache of immutable objects per storage location
         key = (type(self._storage).__qualname__, self._storage.describe(),
@@ -183,7 +189,11 @@ class Repository:
             stored = RepositoryConfig()
         except InvalidInputError as e:  # valid JSON, settings of the wrong type or range
             raise FormatError(f"{CONFIG_KEY}: damaged settings ({e})") from e
-        return cls(storage, RepositoryConfig.default().merge(stored).merge(config), auth)
+        given = (config.virtual_chunk_containers if config is not None else None) or {}
+        untrusted = {p: c for p, c in (stored.virtual_chunk_containers or {}).items()
+                     if given.get(p) != c}
+        return cls(storage, RepositoryConfig.default().merge(stored).merge(config), auth,
+                   untrusted_containers=untrusted)
 
     @classmethod
     def open_or_create(cls, storage: Storage, config: RepositoryConfig | None = None, *,

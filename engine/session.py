@@ -37,6 +37,7 @@ from .conflicts import ConflictSolver, detect_conflicts
 from .diff import Diff, node_diff
 from .errors import (
     ConflictError,
+    FormatError,
     InvalidInputError,
     NotFoundError,
     ReadOnlyError,
@@ -160,7 +161,15 @@ class Session:
                 yield rec
 
     def node_meta(self, rec: NodeRecord) -> NodeMeta:
-        return parse_zarr_json(rec.zarr_json, rec.path)
+        """The facts of ``rec``'s zarr.json; a stored document that is not valid Zarr v3
+        is a ``FormatError`` naming the snapshot (it came from the repository)."""
+        try:
+            return parse_zarr_json(rec.zarr_json, rec.path)
+        except InvalidInputError as e:
+            path, stored = rec.path, self._base_nodes.get(rec.path)
+            if stored is not None and stored is rec:
+                raise FormatError(f"snapshot {self._base.id}: node {path!r}: {e}") from None
+            raise
 
     def set_metadata(self, path: str, zarr_json: bytes) -> None:
         """Create or update the node at ``path`` from its zarr.json document."""

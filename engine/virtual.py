@@ -28,13 +28,14 @@ import asyncio
 import datetime as dt
 import email.utils
 import enum
+import fcntl
 import json
 import os
+import stat
 import weakref
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +46,7 @@ from . import _aio
 from .containers import (
     AnyCredential,
     S3Credentials,
+    S3StoreConfig,
     VirtualChunkContainer,
     location_problem,
 )
@@ -55,6 +57,7 @@ from .errors import (
     StorageError,
     VirtualChunkError,
 )
+from .locations import Location, LocationError, parse_location
 from .storage.base import ByteRange
 
 if TYPE_CHECKING:
@@ -230,12 +233,19 @@ def outside_message(locations: Sequence[str], config: RepositoryConfig) -> str:
 
 
 # -- containers and authorization ------------------------------------------------------------
-def container_for(config: RepositoryConfig, location: str) -> VirtualChunkContainer | None:
-    """The declared container with the longest prefix containing ``location``."""
-    best = None
+def container_for(config: RepositoryConfig,
+                  location: str | Location) -> VirtualChunkContainer | None:
+    """The declared container with the longest prefix containing ``location`` (compared
+    in canonical form, prefix length counted in path segments)."""
+    if isinstance(location, str):
+        try:
+            location = parse_location(location)
+        except LocationError:
+            return None
+    best, depth = None, -1
     for c in (config.virtual_chunk_containers or {}).values():
-        if c.contains(location) and (best is None or len(c.url_prefix) > len(best.url_prefix)):
-            best = c
+        if c.contains(location) and len(c.location.segments) > depth:
+            best, depth = c, len(c.location.segments)
     return best
 
 
@@ -335,7 +345,7 @@ def _check_pins(read: VirtualRead, got: _Fetched) -> None:
 
 
 class _S3Source:
-    """S3 objects through frazil's S3 backend (s3fs), one per bucket."""
+    """S3 objects through frazil's S3 backend, one per bucket."""
 
     def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
         self.container = container
@@ -361,18 +371,17 @@ class _S3Source:
                 force_path_style=store.force_path_style))
         return st
 
-    async def fetch(self, location: str, start: int, end: int) -> _Fetched:
+    async def fetch(self, loc: Location, start: int, end: int) -> _Fetched:
         from .storage.retry import retry_call
 
-        parts = urlsplit(location)
-        st = self._storage(parts.netloc)
-        what = f"reading bytes {start}-{end - 1} of virtual chunk source {location!r}"
+        st = self._storage(loc.host)
+        what = f"reading bytes {start}-{end - 1} of virtual chunk source {loc}"
         try:
             data, resp, ranged = await retry_call(
-                lambda: st.get_response(parts.path.lstrip("/"), f"bytes={start}-{end - 1}"),
+                lambda: st.get_response(loc.key, f"bytes={start}-{end - 1}"),
                 st._retry, what)
         except NotFoundError:
-            raise NotFoundError(f"virtual chunk source {location!r} does not exist") from None
+            raise NotFoundError(f"virtual chunk source {loc} does not exist") from None
         if not ranged:
             data = data[start:end]
         lm = resp.get("LastModified")
@@ -380,29 +389,25 @@ class _S3Source:
 
 
 class _HttpSource:
-    """Files over HTTP(S) through frazil's read-only HTTP backend, one per origin."""
+    """Files over HTTP(S) through frazil's read-only HTTP backend, one per origin; a
+    redirect to another scheme, host or port is refused (``HTTPStorage``)."""
 
     def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
         self._origins: dict[str, Any] = {}
 
-    async def fetch(self, location: str, start: int, end: int) -> _Fetched:
+    async def fetch(self, loc: Location, start: int, end: int) -> _Fetched:
         from .storage.http import HTTPConfig, HTTPStorage
 
-        parts = urlsplit(location)
-        if parts.query or parts.fragment:
-            raise VirtualChunkError(f"virtual chunk location {location!r}: URLs with a query "
-                                    "or fragment are not supported", location=location)
-        origin = f"{parts.scheme}://{parts.netloc}"
-        st = self._origins.get(origin)
+        st = self._origins.get(loc.origin)
         if st is None:
-            st = self._origins[origin] = HTTPStorage(HTTPConfig(origin))
-        key = unquote(parts.path.lstrip("/"))
-        what = f"reading bytes {start}-{end - 1} of virtual chunk source {location!r}"
+            st = self._origins[loc.origin] = HTTPStorage(HTTPConfig(loc.origin))
+        what = f"reading bytes {start}-{end - 1} of virtual chunk source {loc}"
         try:
             status, data, headers = await st._retrying(
-                lambda: st._request("GET", key, {"Range": f"bytes={start}-{end - 1}"}), what)
+                lambda: st._request("GET", loc.key, {"Range": f"bytes={start}-{end - 1}"},
+                                    limit=end - start, upto=end), what)
         except NotFoundError:
-            raise NotFoundError(f"virtual chunk source {location!r} does not exist") from None
+            raise NotFoundError(f"virtual chunk source {loc} does not exist") from None
         if status == 416:
             data = b""
         elif status != 206:  # the server ignored the range
@@ -412,18 +417,55 @@ class _HttpSource:
                         email.utils.parsedate_to_datetime(lm) if lm else None)
 
 
-def _read_local(path: str, start: int, end: int) -> _Fetched:
-    from fsspec.implementations.local import LocalFileSystem
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
 
+
+def _opened_path(fd: int, path: str) -> str:
+    """Where the open file ``fd`` really is (symlinks resolved by the kernel's own record
+    of what it opened, so a link swapped after a check cannot redirect the read)."""
     try:
-        with LocalFileSystem().open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            f.seek(start)
-            data = f.read(end - start)
-    except FileNotFoundError:
-        raise NotFoundError(f"virtual chunk source file://{path} does not exist") from None
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc (macOS and others): F_GETPATH, else the resolved name
+        get_path = getattr(fcntl, "F_GETPATH", None)
+        if get_path is not None:
+            raw = fcntl.fcntl(fd, get_path, b"\0" * 1024)
+            return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        return os.path.realpath(path)
+
+
+def _read_local(path: str, root: str, start: int, end: int) -> _Fetched:
+    """Bytes ``start``..``end`` of the file at ``path``, refused unless the file the
+    kernel opened lies inside ``root`` (resolved) and is a regular file. Never reads or
+    allocates past the end of the file."""
+    where = f"file://{path}"
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFoundError(f"virtual chunk source {where} does not exist") from None
     except OSError as e:
-        raise StorageError(f"reading virtual chunk source file://{path}: {e}") from e
+        raise StorageError(f"reading virtual chunk source {where}: {e}") from e
+    try:
+        real = _opened_path(fd, path)
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real, real_root]) != real_root:
+            raise VirtualChunkError(
+                f"virtual chunk source {where} resolves to {real}, outside its container "
+                f"{real_root} (through a symbolic link); refusing to read it", location=where)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise VirtualChunkError(f"virtual chunk source {where} is not a regular file; "
+                                    "refusing to read it", location=where)
+        stop = max(start, min(end, st.st_size))  # never past the end of the file
+        data = os.pread(fd, stop - start, start) if stop > start else b""
+        while len(data) < stop - start:  # short reads of large ranges
+            more = os.pread(fd, stop - start - len(data), start + len(data))
+            if not more:
+                break
+            data += more
+    except OSError as e:
+        raise StorageError(f"reading virtual chunk source {where}: {e}") from e
+    finally:
+        os.close(fd)
     # the same form as object_store's local ETag: inode, mtime (µs) and size in hex
     etag = f"{st.st_ino:x}-{st.st_mtime_ns // 1000:x}-{st.st_size:x}"
     return _Fetched(data, etag, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC))
@@ -436,32 +478,34 @@ def local_etag(path: str | os.PathLike[str]) -> str:
 
 
 class _LocalSource:
-    def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
-        pass
+    """Files under the container's folder (its prefix's path); a file reached through a
+    symbolic link that leads outside that folder is refused."""
 
-    async def fetch(self, location: str, start: int, end: int) -> _Fetched:
-        path = unquote(urlsplit(location).path)
-        return await _aio.in_thread(_read_local, path, start, end)
+    def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
+        self.root = container.location.path or "/"
+
+    async def fetch(self, loc: Location, start: int, end: int) -> _Fetched:
+        return await _aio.in_thread(_read_local, loc.path, self.root, start, end)
 
 
 class _GcsSource:
     def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
         self._fs: Any = None
 
-    async def fetch(self, location: str, start: int, end: int) -> _Fetched:
+    async def fetch(self, loc: Location, start: int, end: int) -> _Fetched:
         try:
             import gcsfs
         except ImportError:
-            raise VirtualChunkError(f"reading {location!r} needs gcsfs: pip install gcsfs",
-                                    location=location) from None
+            raise VirtualChunkError(f"reading {loc} needs gcsfs: pip install gcsfs",
+                                    location=str(loc)) from None
         fs = gcsfs.GCSFileSystem()
-        path = location.split("://", 1)[1]
+        path = f"{loc.host}/{loc.key}"
         before = await _aio.in_thread(fs.info, path)
         data = await _aio.in_thread(fs.cat_file, path, start, end)
         after = await _aio.in_thread(fs.info, path)
         if before.get("generation") != after.get("generation"):
-            raise VirtualChunkError(f"virtual chunk source {location!r} changed while it "
-                                    "was read", location=location)
+            raise VirtualChunkError(f"virtual chunk source {loc} changed while it "
+                                    "was read", location=str(loc))
         updated = after.get("updated")
         lm = dt.datetime.fromisoformat(updated.replace("Z", "+00:00")) if updated else None
         return _Fetched(bytes(data), after.get("etag"), lm)
@@ -516,13 +560,16 @@ class _Batcher:
 
 
 class VirtualResolver:
-    """Reads virtual chunks of one repository: its config's containers (looked up live)
-    and the authorization it was opened with."""
+    """Reads virtual chunks of one repository: its config's containers (looked up live),
+    the authorization it was opened with, and which stored containers the opener did not
+    confirm (``untrusted``: prefix -> the container as the stored config declares it)."""
 
     def __init__(self, config: RepositoryConfig,
-                 auth: Mapping[str, AnyCredential | None]) -> None:
+                 auth: Mapping[str, AnyCredential | None],
+                 untrusted: Mapping[str, VirtualChunkContainer] | None = None) -> None:
         self.config = config
         self.auth = dict(auth)
+        self.untrusted = dict(untrusted or {})
         self.requests = 0  # requests sent to sources (for tests and benchmarks)
         self._sources: dict[tuple[str, str], Any] = {}
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = (
@@ -536,13 +583,16 @@ class VirtualResolver:
     def __repr__(self) -> str:
         return f"<VirtualResolver authorized={sorted(self.auth)}>"
 
-    def authorized_container(self, location: str) -> VirtualChunkContainer:
-        """The container to read ``location`` through, or ``VirtualChunkError``."""
-        problem = location_problem(location)
-        if problem is not None:
-            raise VirtualChunkError(f"cannot read virtual chunk: {problem}",
-                                    location=location if isinstance(location, str) else None)
-        container = container_for(self.config, location)
+    def authorized_container(self, location: str) -> tuple[VirtualChunkContainer, Location]:
+        """The container to read ``location`` through and the location's canonical form
+        (the only form used to read it), or ``VirtualChunkError``."""
+        try:
+            loc = parse_location(location)
+        except LocationError as e:
+            raise VirtualChunkError(f"cannot read virtual chunk: {e}",
+                                    location=location if isinstance(location, str) else None
+                                    ) from None
+        container = container_for(self.config, loc)
         if container is None:
             raise VirtualChunkError(
                 outside_message([location], self.config) + ", and authorize it when "
@@ -555,7 +605,10 @@ class VirtualResolver:
                 f"authorize_virtual_chunk_access=frazil.containers_credentials("
                 f"{{{prefix!r}: credentials}}) (credentials None: those of the "
                 "environment)", location=location, url_prefix=prefix)
-        return container
+        problem = unconfirmed_endpoint(container, self.auth[prefix], self.untrusted)
+        if problem is not None:
+            raise VirtualChunkError(problem, location=location, url_prefix=prefix)
+        return container, loc
 
     def _source(self, container: VirtualChunkContainer) -> Any:
         key = (container.url_prefix, json.dumps(container.to_dict(), sort_keys=True))
@@ -577,18 +630,19 @@ class VirtualResolver:
     async def read_many(self, reads: Sequence[VirtualRead]) -> list[bytes | BaseException]:
         """Every read's bytes or its error; adjacent ranges of a file are coalesced."""
         out: list[bytes | BaseException] = [b""] * len(reads)
-        by_file: dict[str, list[int]] = {}
-        containers: dict[str, VirtualChunkContainer] = {}
+        by_file: dict[Location, list[int]] = {}
+        containers: dict[Location, VirtualChunkContainer] = {}
         for i, r in enumerate(reads):
             try:
-                containers[r.location] = self.authorized_container(r.location)
+                container, loc = self.authorized_container(r.location)
             except VirtualChunkError as e:
                 out[i] = e
                 continue
+            containers[loc] = container
             if r.end > r.start:
-                by_file.setdefault(r.location, []).append(i)
+                by_file.setdefault(loc, []).append(i)
         jobs: list[Awaitable[None]] = []
-        for location, idx in by_file.items():
+        for loc, idx in by_file.items():
             idx.sort(key=lambda i: reads[i].start)
             group = [idx[0]]
             lo, hi = reads[idx[0]].start, reads[idx[0]].end
@@ -598,25 +652,24 @@ class VirtualResolver:
                     group.append(i)
                     hi = max(hi, r.end)
                     continue
-                jobs.append(self._fetch(containers[location], location, lo, hi, group,
-                                        reads, out))
+                jobs.append(self._fetch(containers[loc], loc, lo, hi, group, reads, out))
                 group, lo, hi = [i], r.start, r.end
-            jobs.append(self._fetch(containers[location], location, lo, hi, group, reads, out))
+            jobs.append(self._fetch(containers[loc], loc, lo, hi, group, reads, out))
         await _aio.gather_limited(jobs)
         return out
 
-    async def _fetch(self, container: VirtualChunkContainer, location: str, lo: int, hi: int,
+    async def _fetch(self, container: VirtualChunkContainer, loc: Location, lo: int, hi: int,
                      group: list[int], reads: Sequence[VirtualRead],
                      out: list[bytes | BaseException]) -> None:
         self.requests += 1
         try:
-            got = await self._source(container).fetch(location, lo, hi)
+            got = await self._source(container).fetch(loc, lo, hi)
         except FrazilError as e:
             for i in group:
                 out[i] = e
             return
         except Exception as e:  # an unexpected library error: still the caller's error
-            err = StorageError(f"reading virtual chunk source {location!r}: "
+            err = StorageError(f"reading virtual chunk source {loc}: "
                                f"{type(e).__name__}: {e}")
             for i in group:
                 out[i] = err
@@ -627,11 +680,42 @@ class VirtualResolver:
             try:
                 if len(data) != r.end - r.start:
                     raise VirtualChunkError(
-                        f"virtual chunk source {location!r} is shorter than referenced: "
+                        f"virtual chunk source {r.location!r} is shorter than referenced: "
                         f"bytes {r.start}-{r.end - 1} asked, {len(data)} of them there; "
-                        "refusing to read it", location=location)
+                        "refusing to read it", location=r.location)
                 _check_pins(r, got)
             except VirtualChunkError as e:
                 out[i] = e
                 continue
             out[i] = data
+
+
+def unconfirmed_endpoint(container: VirtualChunkContainer, cred: AnyCredential | None,
+                         untrusted: Mapping[str, VirtualChunkContainer]) -> str | None:
+    """Why the reader's credentials must not be sent through ``container``, or None.
+
+    Credentials (keys given, or the environment's) are sent only to store settings the
+    reader confirmed: a container whose S3 store names an endpoint of its own, or allows
+    plain http, counts as confirmed when the reader passed it (in ``config=`` when
+    opening, or by creating the repository), not when it comes only from the stored
+    config. Anonymous reads send nothing secret and need no confirmation."""
+    store = container.store
+    if not isinstance(store, S3StoreConfig) or store.anonymous:
+        return None
+    if cred is not None and cred.kind == "anonymous":
+        return None
+    if store.endpoint_url is None and not store.allow_http:
+        return None  # the provider's own endpoint, over https
+    if untrusted.get(container.url_prefix) != container:
+        return None  # the reader passed these settings
+    where = store.endpoint_url or "the default endpoint"
+    how = " over plain http" if store.allow_http else ""
+    return (
+        f"virtual chunk container {container.url_prefix!r} would send your credentials to "
+        f"{where}{how}, an endpoint named by the repository's stored config, not by you; "
+        "frazil does not send credentials where a repository alone says. If you trust it, "
+        "confirm it when opening: Repository.open(storage, config=cfg, "
+        "authorize_virtual_chunk_access=...) with cfg.set_virtual_chunk_container("
+        f"VirtualChunkContainer({container.url_prefix!r}, s3_store(endpoint_url="
+        f"{store.endpoint_url!r}, allow_http={store.allow_http!r}, ...))); or read it "
+        "with frazil.s3_anonymous_credentials()")

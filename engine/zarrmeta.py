@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 
-from frazil.format import ARRAY, GROUP
+from frazil.format import ARRAY, GROUP, FormatError
+from frazil.format.common import load_json
 
 from .errors import InvalidInputError
 
@@ -24,9 +24,9 @@ class NodeMeta:
 def parse_zarr_json(data: bytes, path: str) -> NodeMeta:
     """Validate a zarr.json document for ``path``; refuses anything that is not Zarr v3."""
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidInputError(f"zarr.json for {path!r} is not valid JSON: {e}") from None
+        doc = load_json(data, f"zarr.json for {path!r}")
+    except FormatError as e:
+        raise InvalidInputError(str(e)) from None
     if not isinstance(doc, dict):
         raise InvalidInputError(f"zarr.json for {path!r} must be a JSON object")
     if doc.get("zarr_format") != 3:

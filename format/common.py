@@ -9,8 +9,10 @@ record an xxh3-64 checksum of the whole object.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
@@ -153,9 +155,52 @@ def _header_from_metadata(metadata: dict[bytes, bytes] | None, what: str) -> Any
     if raw is None:
         raise FormatError(f"{what}: not a frazil object (no '{HEADER_KEY.decode()}' header)")
     try:
-        return json.loads(raw)
-    except ValueError as e:
+        return load_json(raw, f"{what}: header")
+    except FormatError as e:
         raise FormatError(f"{what}: damaged header ({e})") from e
+
+
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects accepted in any JSON frazil reads (headers, refs,
+config, zarr.json, commit metadata). Real documents nest a few levels; hostile ones nest
+thousands deep to exhaust the parser's stack."""
+
+MAX_JSON_BYTES = 64 << 20
+"""Largest JSON document accepted (zarr.json with large attributes stays far below)."""
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_OPEN = re.compile(rb"[\[{]")
+_OPENERS = np.frombuffer(b"[{", np.uint8)
+_CLOSERS = np.frombuffer(b"]}", np.uint8)
+
+
+def json_depth(data: bytes) -> int:
+    """The deepest nesting of ``[`` / ``{`` in a JSON text (strings skipped), computed
+    without parsing it (so without recursion), in bulk."""
+    if not _OPEN.search(data):
+        return 0
+    codes = np.frombuffer(_STRING.sub(b"", data), np.uint8)
+    steps = (np.isin(codes, _OPENERS).astype(np.int64)
+             - np.isin(codes, _CLOSERS).astype(np.int64))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def load_json(data: bytes | bytearray | memoryview | str, what: str) -> Any:
+    """Parse untrusted JSON: ``FormatError`` naming ``what`` for invalid text, for more
+    than ``MAX_JSON_BYTES`` or for nesting deeper than ``MAX_JSON_DEPTH`` (checked before
+    parsing, so a hostile document never reaches the recursive parser)."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if len(raw) > MAX_JSON_BYTES:
+        raise FormatError(f"{what}: {len(raw)} bytes of JSON, more than the "
+                          f"{MAX_JSON_BYTES} accepted")
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise FormatError(f"{what}: JSON nested {depth} levels deep, more than the "
+                          f"{MAX_JSON_DEPTH} accepted")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise FormatError(f"{what}: not valid JSON ({e})") from None
 
 
 def encode_json(obj: dict[str, Any]) -> bytes:
@@ -164,11 +209,7 @@ def encode_json(obj: dict[str, Any]) -> bytes:
 
 
 def decode_json(data: bytes, object_type: str, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FormatError(f"{what}: not valid JSON ({e})") from e
-    return check_header(obj, object_type, what)
+    return check_header(load_json(data, what), object_type, what)
 
 
 def json_checksum(obj: Any) -> str:

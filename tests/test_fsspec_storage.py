@@ -85,3 +85,53 @@ def test_file_and_s3_urls_use_frazils_own_backends(tmp_path: Path) -> None:
 def test_bad_urls_are_clear_errors(url: str) -> None:
     with pytest.raises(InvalidInputError, match="fsspec"):
         fsspec_storage(url, read_only=True)
+
+
+def test_read_only_holds_for_file_and_s3_urls(tmp_path: Path) -> None:
+    """``read_only=True`` is read-only on every route: a commit, a branch, a tag, gc and
+    a config save through it are refused, and storage is unchanged."""
+    srv = s3server.server()
+    prefix = s3server.new_prefix()
+    s3_options = {"key": s3server.ACCESS_KEY, "secret": s3server.SECRET_KEY,
+                  "client_kwargs": {"endpoint_url": srv.endpoint_url,
+                                    "region_name": "us-east-1"}}
+    for url, options, writer in (
+            (f"file://{tmp_path}/repo", None, lambda: fsspec_storage(f"file://{tmp_path}/repo")),
+            (f"s3://{s3server.BUCKET}/{prefix}", s3_options, lambda: s3server.storage(prefix))):
+        repo = frazil.Repository.create(writer())
+        s = repo.writable_session("main")
+        zarr.create_array(s.store, name="a", shape=(4,), chunks=(2,), dtype="i4")[:] = 1
+        tip = s.commit("data")
+        ro = fsspec_storage(url, storage_options=options, read_only=True)
+        assert not ro.writable and "read-only" in ro.describe()
+        reader = frazil.Repository.open(ro)
+        assert list(zarr.open_array(reader.readonly_session("main").store, path="a",
+                                    mode="r")[:]) == [1, 1, 1, 1]
+        with pytest.raises(ReadOnlyError):
+            reader.writable_session("main")
+        for attempt in (lambda: reader.create_branch("dev", tip),
+                        lambda: reader.create_tag("v1", tip),
+                        lambda: reader.save_config(),
+                        lambda: reader.reset_branch("main", tip)):
+            with pytest.raises(ReadOnlyError):
+                attempt()
+        import datetime as dt
+        with pytest.raises(ReadOnlyError):
+            reader.garbage_collect(dt.datetime.now(dt.UTC))
+        with pytest.raises(ReadOnlyError):
+            frazil.Repository.create(fsspec_storage(url.rstrip("/") + "-new",
+                                                    storage_options=options, read_only=True))
+        assert repo.list_branches() == {"main"} and repo.list_tags() == set()
+        assert repo.lookup_branch("main") == tip
+
+
+@pytest.mark.parametrize("url,options,bad", [
+    ("file:///tmp/x", {"auto_mkdirs": True}, "auto_mkdirs"),
+    ("s3://bucket/p", {"secret_key": "s"}, "secret_key"),
+    ("s3://bucket/p", {"key": "k", "secret": "s", "endpoint": "http://h"}, "endpoint"),
+    ("s3://bucket/p", {"client_kwargs": {"region": "us-east-1"}}, "region"),
+])
+def test_unknown_storage_options_are_refused(url: str, options: dict[str, object],
+                                             bad: str) -> None:
+    with pytest.raises(InvalidInputError, match=f"'{bad}'.*not understood"):
+        fsspec_storage(url, storage_options=options)

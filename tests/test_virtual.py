@@ -227,8 +227,10 @@ def test_migration_guide_example_on_s3(testbucket: str, tmp_path: Path) -> None:
     check_hdf5_values(session, info)  # staged refs read before the commit
     session.commit("virtual air temperature")
 
-    # a reader: containers come from the saved config, credentials from the reader
-    reader = frazil.Repository.open(s3server.storage(storage.config.prefix),
+    # a reader: containers come from the saved config, credentials from the reader, who
+    # confirms the container's endpoint by passing the same config (a stored endpoint
+    # alone never receives the reader's credentials)
+    reader = frazil.Repository.open(s3server.storage(storage.config.prefix), config=config,
                                     authorize_virtual_chunk_access=credentials)
     assert reader.config.virtual_chunk_containers == {"s3://testbucket": container}
     ro = reader.readonly_session("main")
@@ -248,7 +250,7 @@ def test_migration_guide_example_on_s3(testbucket: str, tmp_path: Path) -> None:
 
     # the source is replaced: its ETag changes, the pinned refs are refused
     put_s3(testbucket, key, (tmp_path / "air.nc").read_bytes()[::-1])
-    fresh = frazil.Repository.open(s3server.storage(storage.config.prefix),
+    fresh = frazil.Repository.open(s3server.storage(storage.config.prefix), config=config,
                                    authorize_virtual_chunk_access=credentials)
     with pytest.raises(VirtualChunkError, match=f"{re.escape(url)}.*has changed.*ETag"):
         zarr.open_array(fresh.readonly_session("main").store, path="temperature",

@@ -27,6 +27,7 @@ from frazil import _aio
 from frazil.compaction import count_chunks
 from frazil.errors import FrazilError, NotFoundError
 from frazil.format import ARRAY
+from frazil.format.common import load_json
 from frazil.format.errors import FormatError
 
 from . import sqlviews
@@ -352,8 +353,8 @@ def show(ctx: Ctx, ref: str) -> None:
         entry: dict[str, Any] = {"path": rec.path, "type": rec.node_type,
                                  "node_id": str(rec.node_id)}
         if rec.node_type == ARRAY:
-            doc = json.loads(rec.zarr_json)
-            meta = session.node_meta(rec)
+            meta = session.node_meta(rec)  # checks the document first
+            doc = load_json(rec.zarr_json, f"zarr.json of {rec.path!r}")
             chunk_shape = ((doc.get("chunk_grid") or {}).get("configuration") or {}).get(
                 "chunk_shape")
             entry.update(shape=doc.get("shape"), dtype=doc.get("data_type"),

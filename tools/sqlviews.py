@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 import frazil
 from frazil import _aio
+from frazil.format.common import load_json
 from frazil.maintenance import PREFIXES
 from frazil.storage import Storage
 
@@ -62,7 +63,8 @@ def _parquet(data: bytes) -> pa.Table:
 
 
 def _header(table: pa.Table) -> dict[str, Any]:
-    return json.loads((table.schema.metadata or {})[b"frazil"])  # type: ignore[no-any-return]
+    return load_json((table.schema.metadata or {})[b"frazil"],  # type: ignore[no-any-return]
+                     "frazil header")
 
 
 def _with(table: pa.Table, **constants: str | None) -> pa.Table:

@@ -190,6 +190,7 @@ class FrazilStore(Store):
             rec = self._session.node(path)
             if rec is None:
                 return None
+            self._session.node_meta(rec)  # never hand zarr a document it cannot parse
             data: bytes | None = slice_range(rec.zarr_json, br)
         else:
             assert coord is not None

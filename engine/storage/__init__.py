@@ -1,6 +1,6 @@
 """Storage backends: the interface; local-filesystem, in-memory, S3 and read-only HTTP
 implementations; other fsspec filesystems (read-only, or unsafe by explicit choice); a
-retrying wrapper and a fault-injecting one (for tests)."""
+retrying wrapper, a read-only one and a fault-injecting one (for tests)."""
 
 from .base import ByteRange, PutResult, Storage
 from .faults import FaultInjectingStorage
@@ -8,12 +8,13 @@ from .generic import FsspecStorage, fsspec_storage
 from .http import HTTPStorage, http_storage
 from .local import LocalFileSystemStorage, local_filesystem_storage
 from .memory import InMemoryStorage, in_memory_storage
+from .readonly import ReadOnlyStorage
 from .retry import RetryingStorage, RetrySettings
 from .s3 import S3Config, S3Settings, S3Storage, s3_storage
 
 __all__ = [
     "ByteRange", "FaultInjectingStorage", "FsspecStorage", "HTTPStorage", "InMemoryStorage",
-    "LocalFileSystemStorage", "PutResult", "RetrySettings", "RetryingStorage", "S3Config",
-    "S3Settings", "S3Storage", "Storage", "http_storage", "in_memory_storage",
-    "fsspec_storage", "local_filesystem_storage", "s3_storage",
+    "LocalFileSystemStorage", "PutResult", "ReadOnlyStorage", "RetrySettings",
+    "RetryingStorage", "S3Config", "S3Settings", "S3Storage", "Storage", "http_storage",
+    "in_memory_storage", "fsspec_storage", "local_filesystem_storage", "s3_storage",
 ]

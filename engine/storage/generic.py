@@ -6,7 +6,10 @@ fsspec's generic API has no conditional put, so on a filesystem reached only thr
 two writers can both "win" and one commit is silently lost. ``fsspec_storage`` therefore:
 
 * sends ``file://`` and ``s3://`` URLs to frazil's own backends, which do have
-  conditional writes (``local_filesystem_storage``, ``s3_storage``);
+  conditional writes (``local_filesystem_storage``, ``s3_storage``), read-only
+  (``ReadOnlyStorage``) with ``read_only=True``; their ``storage_options`` are mapped to
+  those backends' arguments, and an option they do not understand is refused, never
+  dropped;
 * opens any other filesystem read-only when ``read_only=True``;
 * refuses to open it for writing, with an error that says why and what to pass, unless
   ``unsafe_use_conditional_update=False`` and ``unsafe_use_conditional_create=False``
@@ -150,6 +153,42 @@ class FsspecStorage(Storage):
         await self._call("deleting objects", remove)
 
 
+_LOCAL_OPTIONS = frozenset({"auto_mkdir"})  # frazil creates folders as it writes anyway
+_S3_OPTIONS = frozenset({"key", "secret", "token", "anon", "endpoint_url", "client_kwargs"})
+_S3_CLIENT_OPTIONS = frozenset({"endpoint_url", "region_name"})
+
+
+def _refuse_unknown(url: str, options: dict[str, Any], known: frozenset[str],
+                    what: str = "storage_options") -> None:
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InvalidInputError(
+            f"fsspec_storage({url!r}): {what} {unknown} are not understood by frazil's "
+            f"backend for this URL (known: {sorted(known) or 'none'}); nothing is dropped "
+            "silently: remove them, or build the storage with local_filesystem_storage() / "
+            "s3_storage() and their own arguments")
+
+
+def _s3_from_options(url: str, path: str, options: dict[str, Any], conditional_update: bool,
+                     conditional_create: bool) -> Storage:
+    from .s3 import s3_storage
+
+    _refuse_unknown(url, options, _S3_OPTIONS)
+    client = options.get("client_kwargs") or {}
+    if not isinstance(client, dict):
+        raise InvalidInputError(f"fsspec_storage({url!r}): client_kwargs must be a dict")
+    _refuse_unknown(url, client, _S3_CLIENT_OPTIONS, "client_kwargs")
+    bucket, _, prefix = path.partition("/")
+    endpoint = options.get("endpoint_url") or client.get("endpoint_url")
+    return s3_storage(
+        bucket=bucket, prefix=prefix, endpoint_url=endpoint, region=client.get("region_name"),
+        allow_http=bool(endpoint and endpoint.startswith("http://")),
+        access_key_id=options.get("key"), secret_access_key=options.get("secret"),
+        session_token=options.get("token"), anonymous=bool(options.get("anon", False)),
+        unsafe_use_conditional_update=conditional_update,
+        unsafe_use_conditional_create=conditional_create)
+
+
 def fsspec_storage(url: str, *, storage_options: dict[str, Any] | None = None,
                    read_only: bool = False, unsafe_use_conditional_update: bool = True,
                    unsafe_use_conditional_create: bool = True) -> Storage:
@@ -160,25 +199,27 @@ def fsspec_storage(url: str, *, storage_options: dict[str, Any] | None = None,
     if not isinstance(url, str) or "://" not in url:
         raise InvalidInputError(f"fsspec_storage takes a URL such as 'gcs://bucket/prefix', "
                                 f"got {url!r}")
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise InvalidInputError(f"storage_options must be a dict, got "
+                                f"{type(storage_options).__name__}")
     options = dict(storage_options or {})
     protocol, path = url.split("://", 1)
     protocol = protocol.lower()
+    own: Storage | None = None
     if protocol == "file":
         from .local import local_filesystem_storage
-        return local_filesystem_storage("/" + path.lstrip("/"))
-    if protocol in ("s3", "s3a"):
-        from .s3 import s3_storage
-        bucket, _, prefix = path.partition("/")
-        client = options.pop("client_kwargs", {}) or {}
-        endpoint = options.pop("endpoint_url", None) or client.get("endpoint_url")
-        return s3_storage(
-            bucket=bucket, prefix=prefix, endpoint_url=endpoint,
-            region=client.get("region_name"), allow_http=bool(endpoint and endpoint.startswith(
-                "http://")), access_key_id=options.pop("key", None),
-            secret_access_key=options.pop("secret", None),
-            session_token=options.pop("token", None), anonymous=bool(options.pop("anon", False)),
-            unsafe_use_conditional_update=unsafe_use_conditional_update,
-            unsafe_use_conditional_create=unsafe_use_conditional_create)
+
+        _refuse_unknown(url, options, _LOCAL_OPTIONS)
+        own = local_filesystem_storage("/" + path.lstrip("/"))
+    elif protocol in ("s3", "s3a"):
+        own = _s3_from_options(url, path, options, unsafe_use_conditional_update,
+                               unsafe_use_conditional_create)
+    if own is not None:
+        if read_only:
+            from .readonly import ReadOnlyStorage
+
+            return ReadOnlyStorage(own)
+        return own
     try:
         fs, root = fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as e:

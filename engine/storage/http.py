@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import xxhash
+import yarl
 
 from ..errors import (
     InvalidInputError,
@@ -43,6 +44,8 @@ from .retry import RetrySettings, retry_call
 T = TypeVar("T")
 
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,7 @@ class HTTPStorage(Storage):
             raise InvalidInputError("HTTPStorage takes an HTTPConfig; use frazil.http_storage")
         self.config = config
         self._base = config.base_url.rstrip("/") + "/"
+        self._origin = yarl.URL(self._base).origin()
         self._retry = RetrySettings(config.max_attempts, config.backoff_base,
                                     config.backoff_cap)
         self._sessions: PerLoop[Any] = PerLoop(self._make_session, _close_session)
@@ -115,31 +119,73 @@ class HTTPStorage(Storage):
     def _retrying(self, op: Callable[[], Awaitable[T]], what: str) -> Awaitable[T]:
         return retry_call(op, self._retry, what)
 
-    async def _request(self, method: str, key: str,
-                       headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
-        """(status, body, response headers); errors mapped to frazil's."""
+    async def _request(self, method: str, key: str, headers: dict[str, str] | None = None,
+                       *, limit: int | None = None, upto: int | None = None
+                       ) -> tuple[int, bytes, Any]:
+        """(status, body, response headers); errors mapped to frazil's. Redirects are
+        followed only within this storage's origin (scheme, host and port); one to
+        anywhere else is refused, so bytes from another host are never taken for this
+        one's. With ``limit`` (a range request), a partial answer longer than ``limit``
+        bytes is refused unread, and of a whole-object answer only the first ``upto``
+        bytes are read (the range's end)."""
         import aiohttp
 
         session = await self._sessions.get()
         what = f"{method} {key!r} from {self.describe()}"
+        url = yarl.URL(self._url(key), encoded=True)
         try:
-            async with session.request(method, self._url(key), headers=headers or {},
-                                       allow_redirects=True) as r:
-                status = r.status
-                if status in (404, 410):
-                    raise NotFoundError(f"object {key!r} not found in {self.describe()}")
-                if status in _TRANSIENT_STATUS:
-                    raise TransientStorageError(f"{what}: HTTP {status} {r.reason}")
-                if status == 416:
-                    return status, b"", r.headers
-                if status >= 400:
-                    raise StorageError(f"{what}: HTTP {status} {r.reason}")
-                body = await r.read() if method == "GET" else b""
-                return status, body, r.headers
+            for _ in range(_MAX_REDIRECTS + 1):
+                async with session.request(method, url, headers=headers or {},
+                                           allow_redirects=False) as r:
+                    status = r.status
+                    if status in _REDIRECTS:
+                        url = self._redirect_target(url, r.headers.get("Location"), what)
+                        continue
+                    return await self._answer(r, method, key, what, limit, upto)
+            raise StorageError(f"{what}: more than {_MAX_REDIRECTS} redirects")
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
             raise TransientStorageError(f"{what}: {type(e).__name__}: {e}") from e
         except aiohttp.ClientError as e:
             raise StorageError(f"{what}: {type(e).__name__}: {e}") from e
+
+    def _redirect_target(self, current: yarl.URL, target: str | None, what: str) -> yarl.URL:
+        if not target:
+            raise StorageError(f"{what}: a redirect without a Location header")
+        new = current.join(yarl.URL(target))
+        if (new.scheme, new.host, new.port) != (self._origin.scheme, self._origin.host,
+                                                 self._origin.port):
+            raise StorageError(
+                f"{what}: the server redirects to {new.scheme}://{new.host}:{new.port}, "
+                f"outside {self._origin}; frazil follows redirects only within the origin "
+                "it was given")
+        return new
+
+    async def _answer(self, r: Any, method: str, key: str, what: str, limit: int | None,
+                      upto: int | None) -> tuple[int, bytes, Any]:
+        status = r.status
+        if status in (404, 410):
+            raise NotFoundError(f"object {key!r} not found in {self.describe()}")
+        if status in _TRANSIENT_STATUS:
+            raise TransientStorageError(f"{what}: HTTP {status} {r.reason}")
+        if status == 416:
+            return status, b"", r.headers
+        if status >= 400:
+            raise StorageError(f"{what}: HTTP {status} {r.reason}")
+        if method != "GET":
+            return status, b"", r.headers
+        if limit is None:
+            return status, await r.read(), r.headers
+        if status != 206:  # the range was ignored: only the bytes up to its end are needed
+            return status, await _read_at_most(r.content, upto or limit), r.headers
+        length = r.content_length
+        if length is not None and length > limit:
+            raise StorageError(f"{what}: the server sends {length} bytes for a range of "
+                               f"{limit}; refusing the answer")
+        body = await _read_at_most(r.content, limit + 1)
+        if len(body) > limit:
+            raise StorageError(f"{what}: the server sends more than the {limit} bytes "
+                               "asked for; refusing the answer")
+        return status, body, r.headers
 
     # -- reads -----------------------------------------------------------------------------
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
@@ -204,6 +250,19 @@ class HTTPStorage(Storage):
         for k in keys:
             validate_key(k)
         raise ReadOnlyError(f"{self.describe()} is read-only: cannot delete objects")
+
+
+async def _read_at_most(stream: Any, n: int) -> bytes:
+    """Up to ``n`` bytes of a response body (fewer only at its end), never more."""
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        part = await stream.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 def http_storage(base_url: str, *, max_attempts: int = 8, backoff_base: float = 0.05,
