@@ -251,7 +251,8 @@ async def compact_branch(storage: Storage, reader: ObjectReader, branch: str,
                                              "frazil.compacted_arrays": sorted(arrays)})
         await storage.put(*plan.log)
         await storage.put(*plan.objects()[-1])
-        if await swap_branch(storage, branch, ref, plan.snapshot.id, plan.snapshot_checksum):
+        if (await swap_branch(storage, branch, ref, plan.snapshot.id,
+                               plan.snapshot_checksum)).ok:
             reader.snapshots.put(plan.snapshot.id, plan.snapshot)
             return CompactionSummary(str(plan.snapshot.id), arrays,
                                      sum(r.refs for r in applied), attempt)

@@ -428,7 +428,7 @@ async def expire_snapshots(storage: Storage, reader: ObjectReader, older_than: d
                 break
             if new_checksum is None:
                 new_checksum = await reader.snapshot_checksum(new_parent)
-            if await swap_branch(storage, name, ref, new_parent, new_checksum):
+            if (await swap_branch(storage, name, ref, new_parent, new_checksum)).ok:
                 expired |= {str(i.snapshot_id) for i in dropped}
                 break
     if progress is not None:

@@ -9,13 +9,14 @@ from frazil.format.common import BRANCH_REF, TAG_REF
 from frazil.format.ids import SnapshotId
 from frazil.format.refs import RefRecord, decode_ref, encode_ref
 
+from . import _aio
 from .errors import (
     AlreadyExistsError,
     ConflictError,
     InvalidInputError,
     NotFoundError,
 )
-from .storage.base import Storage
+from .storage.base import PutResult, Storage
 
 _BAD = re.compile(r"[/\\\x00-\x1f\x7f]")
 
@@ -49,41 +50,73 @@ class Ref:
     version: str
 
 
-async def read_ref(storage: Storage, kind: str, name: str) -> Ref:
+async def read_any_ref(storage: Storage, kind: str, name: str) -> Ref:
+    """The ref file as it is, tombstone or not (``NotFoundError`` if there is none)."""
     key = branch_key(name) if kind == BRANCH_REF else tag_key(name)
     what = "branch" if kind == BRANCH_REF else "tag"
     try:
         data, version = await storage.get_with_version(key)
     except NotFoundError:
         raise NotFoundError(f"{what} {name!r} does not exist") from None
-    record = decode_ref(data, kind, key, name)
-    if record.deleted:
-        raise NotFoundError(f"{what} {name!r} was deleted")
-    return Ref(record, version)
+    return Ref(decode_ref(data, kind, key, name), version)
+
+
+async def read_ref(storage: Storage, kind: str, name: str) -> Ref:
+    """A live ref: ``NotFoundError`` if absent or deleted (a tombstone)."""
+    ref = await read_any_ref(storage, kind, name)
+    if ref.record.deleted:
+        if kind == BRANCH_REF:
+            raise NotFoundError(f"branch {name!r} does not exist (it was deleted)")
+        raise NotFoundError(f"tag {name!r} was deleted")
+    return ref
 
 
 async def create_ref(storage: Storage, kind: str, name: str, snapshot_id: SnapshotId,
                      checksum: int) -> None:
+    """Create a branch or tag. A branch may be created again over the tombstone a
+    deletion left (by compare-and-swap on it); a tag name is never reused."""
     key = branch_key(name) if kind == BRANCH_REF else tag_key(name)
-    result = await storage.put_if_absent(key, encode_ref(kind, snapshot_id, checksum, name=name))
-    if not result.ok:
+    data = encode_ref(kind, snapshot_id, checksum, name=name)
+    result = await storage.put_if_absent(key, data)
+    while not result.ok:
         what = "branch" if kind == BRANCH_REF else "tag"
+        try:
+            current = await read_any_ref(storage, kind, name)
+        except NotFoundError:  # deleted meanwhile (its tombstone tidied away): try again
+            result = await storage.put_if_absent(key, data)
+            continue
+        if not current.record.deleted:
+            raise AlreadyExistsError(f"{what} {name!r} already exists")
         if kind == TAG_REF:
-            try:
-                await read_ref(storage, kind, name)
-            except NotFoundError:
-                raise AlreadyExistsError(
-                    f"tag {name!r} was deleted, and tag names are never reused") from None
-        raise AlreadyExistsError(f"{what} {name!r} already exists")
+            raise AlreadyExistsError(
+                f"tag {name!r} was deleted, and tag names are never reused")
+        result = await storage.put_if_version(key, data, current.version)
+
+
+async def delete_branch(storage: Storage, name: str) -> None:
+    """Delete a branch so that it stays deleted: the ref is replaced by a tombstone by
+    compare-and-swap on the version read, so a commit racing with the deletion either
+    lands first (and is then deleted with the branch) or fails its own swap; it never
+    brings the branch back. Where the backend can, the tombstone is then removed by a
+    conditional delete (only if it is still that tombstone)."""
+    key = branch_key(name)
+    tombstone = encode_ref(BRANCH_REF, None, None, deleted=True, name=name)
+    while True:
+        current = await read_ref(storage, BRANCH_REF, name)  # NotFoundError once gone
+        result = await storage.put_if_version(key, tombstone, current.version)
+        if result.ok:
+            break
+    if storage.supports_conditional_delete and result.version is not None:
+        await storage.delete_if_version(key, result.version)
 
 
 async def swap_branch(storage: Storage, name: str, expected: Ref, snapshot_id: SnapshotId,
-                      checksum: int) -> bool:
-    """Move a branch from ``expected`` to ``snapshot_id``; False if it changed meanwhile."""
-    result = await storage.put_if_version(
+                      checksum: int) -> PutResult:
+    """Move a branch from ``expected`` to ``snapshot_id``; ``ok`` False if it changed
+    meanwhile (``uncertain`` when our write may have landed before that change)."""
+    return await storage.put_if_version(
         branch_key(name), encode_ref(BRANCH_REF, snapshot_id, checksum, name=name),
         expected.version)
-    return result.ok
 
 
 async def tombstone_tag(storage: Storage, name: str) -> None:
@@ -96,18 +129,15 @@ async def tombstone_tag(storage: Storage, name: str) -> None:
 
 
 async def list_refs(storage: Storage, kind: str) -> set[str]:
+    """Names of the live branches or tags (tombstones of deleted ones skipped)."""
     prefix = "refs/branch." if kind == BRANCH_REF else "refs/tag."
-    names = set()
-    for key in await storage.list(prefix):
-        if key.endswith("/ref.json"):
-            names.add(key[len(prefix): -len("/ref.json")])
-    if kind == TAG_REF:  # skip tombstones
-        live = set()
-        for name in names:
-            try:
-                await read_ref(storage, kind, name)
-                live.add(name)
-            except NotFoundError:
-                pass
-        return live
-    return names
+    names = sorted({key[len(prefix): -len("/ref.json")] for key in await storage.list(prefix)
+                    if key.endswith("/ref.json")})
+
+    async def live(name: str) -> bool:
+        try:
+            return not (await read_any_ref(storage, kind, name)).record.deleted
+        except NotFoundError:  # deleted since the listing
+            return False
+    flags = await _aio.gather_limited([live(n) for n in names], limit=32)
+    return {n for n, ok in zip(names, flags) if ok}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import weakref
@@ -29,6 +30,7 @@ from .objects import ObjectReader
 from .refs import (
     branch_key,
     create_ref,
+    delete_branch,
     list_refs,
     read_ref,
     swap_branch,
@@ -143,6 +145,10 @@ class Repository:
     @classmethod
     async def _create(cls, storage: Storage, config: RepositoryConfig | None,
                       auth: Mapping[str, Any] | None = None) -> Repository:
+        """Exactly one of any number of concurrent creators wins: ``config.json`` is
+        written first, create-if-absent, and whoever wrote it writes the first snapshot
+        and ``main`` (create-if-absent too); every other creator gets
+        ``AlreadyExistsError`` and the winner's config is the one stored."""
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         _check_config(config)
@@ -155,10 +161,18 @@ class Repository:
                                      "repository; use an empty location")
         cfg = RepositoryConfig.default().merge(config)
         check_authorization(cfg, auth)
+        claim = await storage.put_if_absent(CONFIG_KEY, encode_config(cfg.to_dict()))
+        if not claim.ok:
+            if await _exists(storage):
+                raise AlreadyExistsError(f"a repository already exists in {storage.describe()}")
+            raise AlreadyExistsError(
+                f"a repository is being created in {storage.describe()} by another writer "
+                f"({CONFIG_KEY} is there, the main branch not yet); open it once it is "
+                "(Repository.open_or_create waits for it). If no creation is running, an "
+                f"interrupted one left {CONFIG_KEY} behind: delete it and create again")
         plan = initial_snapshot()
         await storage.put(plan.log[0], plan.log[1])
         await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
-        await storage.put(CONFIG_KEY, encode_config(cfg.to_dict()))
         try:
             await create_ref(storage, BRANCH_REF, MAIN, plan.snapshot.id, plan.snapshot_checksum)
         except AlreadyExistsError:
@@ -199,13 +213,16 @@ class Repository:
     def open_or_create(cls, storage: Storage, config: RepositoryConfig | None = None, *,
                        authorize_virtual_chunk_access: Mapping[str, Any] | None = None
                        ) -> Repository:
+        """Open the repository, or create it if there is none; concurrent callers all
+        end up with the one repository that one of them created."""
         auth = authorize_virtual_chunk_access
         _check_config(config)
         if cls.exists(storage):
             return cls.open(storage, config, authorize_virtual_chunk_access=auth)
         try:
             return cls.create(storage, config, authorize_virtual_chunk_access=auth)
-        except AlreadyExistsError:  # lost a race with another creator
+        except AlreadyExistsError:  # lost the race to another creator: wait for its main
+            _aio.run(_wait_for_main(storage))
             return cls.open(storage, config, authorize_virtual_chunk_access=auth)
 
     @staticmethod
@@ -285,7 +302,7 @@ class Repository:
                     raise ConflictError(
                         f"branch {name!r} is at {ref.record.snapshot_id}, not {expect}",
                         expected_parent=str(expect), actual_parent=str(ref.record.snapshot_id))
-                if await swap_branch(self._storage, name, ref, sid, cs):
+                if (await swap_branch(self._storage, name, ref, sid, cs)).ok:
                     return
         _aio.run(go())
 
@@ -294,10 +311,8 @@ class Repository:
         if name == MAIN:
             raise InvalidInputError("the main branch cannot be deleted")
 
-        async def go() -> None:
-            await read_ref(self._storage, BRANCH_REF, name)  # NotFoundError if absent
-            await self._storage.delete([f"refs/branch.{name}/ref.json"])
-        _aio.run(go())
+        self._check_writable_storage(f"delete branch {name!r}")
+        _aio.run(delete_branch(self._storage, name))
 
     # -- tags ------------------------------------------------------------------------------
     def create_tag(self, name: str, snapshot_id: str) -> None:
@@ -470,4 +485,24 @@ def _check_config(config: object) -> None:
 
 async def _exists(storage: Storage) -> bool:
     return await storage.exists(f"refs/branch.{MAIN}/ref.json")
+
+
+CREATE_WAIT = 30.0
+"""Seconds ``open_or_create`` waits for a concurrent creator to finish its repository."""
+
+
+async def _wait_for_main(storage: Storage) -> None:
+    """Wait (with backoff) until the main branch of a repository that another writer is
+    creating exists; ``AlreadyExistsError`` if it does not appear in ``CREATE_WAIT``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CREATE_WAIT
+    delay = 0.005
+    while not await _exists(storage):
+        if loop.time() > deadline:
+            raise AlreadyExistsError(
+                f"{storage.describe()} holds {CONFIG_KEY} but no main branch after "
+                f"{CREATE_WAIT:.0f} s: an interrupted creation left it behind; delete "
+                f"{CONFIG_KEY} and create again")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
 

@@ -31,7 +31,7 @@ from frazil.format.common import BRANCH_REF
 
 from . import _aio, virtual
 from .changeset import ChangeSet, Coord, row_ref
-from .commit import prepare_commit
+from .commit import CommitPlan, prepare_commit
 from .compaction import compact_for_commit
 from .conflicts import ConflictSolver, detect_conflicts
 from .diff import Diff, node_diff
@@ -87,6 +87,8 @@ class Session:
         self._changes = ChangeSet()
         self._set_base(base)
         self._store: Any = None
+        # commits whose swap had an unknown outcome, until it is known (see _find_landed)
+        self._maybe_landed: dict[SnapshotId, CommitPlan] = {}
 
     def _set_base(self, base: Snapshot) -> None:
         self._base = base
@@ -365,6 +367,12 @@ class Session:
         if self._changes.is_empty():
             raise InvalidInputError("nothing to commit: the session has no changes")
         repo, storage = self._repo, self._repo.storage
+        if self._maybe_landed:  # an earlier commit() ended with its outcome unknown
+            tip = (await read_ref(storage, BRANCH_REF, self._branch)).record.snapshot_id
+            assert tip is not None
+            landed = await self._find_landed(tip)
+            if landed is not None:
+                return self._committed(landed)
         attempt = 0
         while True:
             attempt += 1
@@ -389,17 +397,17 @@ class Session:
                 tip = ref.record.snapshot_id
                 if tip != self._base.id:
                     break
-                if await swap_branch(storage, self._branch, ref, plan.snapshot.id,
-                                     plan.snapshot_checksum):
-                    repo._reader.snapshots.put(plan.snapshot.id, plan.snapshot)
-                    if plan.transaction_log is not None:  # rebases of other sessions read it
-                        repo._reader.txlogs.put(plan.snapshot.id, plan.transaction_log)
-                    self._changes = ChangeSet()
-                    self._set_base(plan.snapshot)
-                    self._base_checksum = plan.snapshot_checksum
-                    self._read_only = True
-                    return str(plan.snapshot.id)
+                self._maybe_landed[plan.snapshot.id] = plan  # until the outcome is known
+                result = await swap_branch(storage, self._branch, ref, plan.snapshot.id,
+                                           plan.snapshot_checksum)
+                if result.ok:
+                    return self._committed(plan)
+                if not result.uncertain:
+                    del self._maybe_landed[plan.snapshot.id]
             assert tip is not None
+            landed = await self._find_landed(tip)
+            if landed is not None:
+                return self._committed(landed)
             if rebase_with is None:
                 raise ConflictError(
                     f"branch {self._branch!r} moved: this session started at snapshot "
@@ -426,6 +434,38 @@ class Session:
                     break
                 await self._rebase_onto(rebase_with, tip, ref.record.checksum)
 
+    def _committed(self, plan: CommitPlan) -> str:
+        """Finish a commit whose snapshot is on the branch: the session becomes read-only
+        at it, and the caches hold what other sessions of this process will read."""
+        reader = self._repo._reader
+        reader.snapshots.put(plan.snapshot.id, plan.snapshot)
+        if plan.transaction_log is not None:  # rebases of other sessions read it
+            reader.txlogs.put(plan.snapshot.id, plan.transaction_log)
+        self._maybe_landed.clear()
+        self._changes = ChangeSet()
+        self._set_base(plan.snapshot)
+        self._base_checksum = plan.snapshot_checksum
+        self._read_only = True
+        return str(plan.snapshot.id)
+
+    async def _find_landed(self, tip: SnapshotId) -> CommitPlan | None:
+        """The commit of ours whose outcome was unknown (a lost answer to its swap) and
+        that is in the branch's history from ``tip`` down to our base: it landed, so the
+        commit is done and nothing more may be written. Once the history is walked
+        without finding them, they did not land and never can (their swaps expected a
+        version that is gone), so they are forgotten."""
+        if not self._maybe_landed:
+            return None
+        reader = self._repo._reader
+        sid: SnapshotId | None = tip
+        while sid is not None and sid != self._base.id:
+            plan = self._maybe_landed.get(sid)
+            if plan is not None:
+                return plan
+            sid = (await reader.commit_info(sid)).parent_id
+        self._maybe_landed.clear()
+        return None
+
     def rebase(self, solver: ConflictSolver) -> None:
         """Move this session's base to the branch tip, checking the commits in between
         for conflicts with the staged changes; the solver resolves or fails."""
@@ -437,7 +477,10 @@ class Session:
             ref = await read_ref(self._repo.storage, BRANCH_REF, self._branch or "")
             tip = ref.record.snapshot_id
             assert tip is not None
-            if tip != self._base.id:
+            landed = await self._find_landed(tip)
+            if landed is not None:  # an earlier commit() did land: nothing to rebase
+                self._committed(landed)
+            elif tip != self._base.id:
                 await self._rebase_onto(solver, tip, ref.record.checksum)
         _aio.run(go())
 

@@ -109,12 +109,11 @@ def test_read_only_holds_for_file_and_s3_urls(tmp_path: Path) -> None:
                                     mode="r")[:]) == [1, 1, 1, 1]
         with pytest.raises(ReadOnlyError):
             reader.writable_session("main")
-        for attempt in (lambda: reader.create_branch("dev", tip),
-                        lambda: reader.create_tag("v1", tip),
-                        lambda: reader.save_config(),
-                        lambda: reader.reset_branch("main", tip)):
+        for attempt, args in ((reader.create_branch, ("dev", tip)),
+                              (reader.create_tag, ("v1", tip)), (reader.save_config, ()),
+                              (reader.reset_branch, ("main", tip))):
             with pytest.raises(ReadOnlyError):
-                attempt()
+                attempt(*args)  # type: ignore[operator]
         import datetime as dt
         with pytest.raises(ReadOnlyError):
             reader.garbage_collect(dt.datetime.now(dt.UTC))

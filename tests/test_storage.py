@@ -425,6 +425,45 @@ def test_delete(storage: Storage) -> None:
     assert run(storage.list("")) == []
 
 
+def test_delete_if_version(atomic_storage: Storage) -> None:
+    """Where a backend has conditional deletes, one removes the key only at the version
+    given; otherwise it says so (frazil then leaves the tombstone in place)."""
+    storage = atomic_storage
+    assert storage.supports_conditional_delete
+    run(storage.put("refs/branch.x/ref.json", b"one"))
+    _, v1 = run(storage.get_with_version("refs/branch.x/ref.json"))
+    run(storage.put("refs/branch.x/ref.json", b"two"))
+    _, v2 = run(storage.get_with_version("refs/branch.x/ref.json"))
+    assert run(storage.delete_if_version("refs/branch.x/ref.json", v1)) is False
+    assert run(storage.get("refs/branch.x/ref.json")) == b"two"
+    assert run(storage.delete_if_version("refs/branch.x/ref.json", v2)) is True
+    assert run(storage.exists("refs/branch.x/ref.json")) is False
+    assert run(storage.delete_if_version("refs/branch.x/ref.json", v2)) is False  # absent
+
+
+def test_threads_delete_if_version_against_writers(atomic_storage: Storage) -> None:
+    """A conditional delete and compare-and-swaps from one version: exactly one wins,
+    and a lost delete leaves the winner's write in place (nothing written is removed)."""
+    storage = atomic_storage
+    key = "refs/branch.race/ref.json"
+    for _ in range(5):
+        run(storage.put(key, b"start"))
+        _, v0 = run(storage.get_with_version(key))
+
+        def op(i: int, v0: str = v0) -> bool:
+            if i == 0:
+                return bool(run(storage.delete_if_version(key, v0)))
+            return run(storage.put_if_version(key, f"writer-{i}".encode(), v0)).ok
+
+        results = race(8, op)
+        assert sum(results) == 1
+        if results[0]:
+            assert not run(storage.exists(key))
+        else:
+            winner = results.index(True)
+            assert run(storage.get(key)) == f"writer-{winner}".encode()
+
+
 # -- invalid keys ----------------------------------------------------------------------
 
 INVALID_KEYS = ["", "/abs", "a/../b", "../escape", "a/..", "./a", "a//b", "a/"]

@@ -12,6 +12,11 @@ Contract every backend keeps (and ``tests/test_storage.py`` checks for each):
   ``ok=False`` (never an exception) and the key's current version.
 * **Read-after-write.** Once a put returns, every get and list on the same storage
   (from any process on any machine that can reach it) sees the object.
+* **Conditional deletes.** Where ``supports_conditional_delete`` is True,
+  ``delete_if_version`` removes a key only if its version is still the one given (so a
+  delete never removes what a concurrent write put there). frazil never relies on it for
+  correctness: a deleted branch is first replaced by a tombstone with ``put_if_version``;
+  the conditional delete only tidies the tombstone away where the backend can.
 * **Versions.** ``get_with_version`` returns an opaque version token that changes on
   every successful write of the key. Exception: on backends whose versions are content
   hashes (``versions_follow_content = True``: S3, whose ETag is the MD5 of the bytes),
@@ -45,10 +50,16 @@ A negative ``start`` with ``end=None`` means the last ``-start`` bytes."""
 @dataclass(frozen=True, slots=True)
 class PutResult:
     """Outcome of a conditional put: ``ok`` and the key's version after the call
-    (ours if ``ok``, the current one otherwise; None if the key is absent)."""
+    (ours if ``ok``, the current one otherwise; None if the key is absent).
+
+    ``uncertain`` (with ``ok=False``): an earlier attempt's answer was lost, and the key
+    now holds another writer's bytes, so ours may have landed and been replaced since.
+    The caller settles it from what it knows (a commit looks for its snapshot in the
+    branch's history)."""
 
     ok: bool
     version: str | None
+    uncertain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +118,8 @@ class Storage(abc.ABC):
     writable: bool = True
     #: the version token is a hash of the content (identical bytes, identical version)
     versions_follow_content: bool = False
+    #: ``delete_if_version`` is atomic on this backend
+    supports_conditional_delete: bool = False
 
     @abc.abstractmethod
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
@@ -143,6 +156,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def delete(self, keys: Sequence[str]) -> None:
         """Delete the objects; missing keys are ignored."""
+
+    async def delete_if_version(self, key: str, version: str) -> bool:
+        """Delete ``key`` only if its current version is ``version``; True if it was
+        deleted. Only on backends with ``supports_conditional_delete``."""
+        raise NotImplementedError(f"{self.describe()} has no conditional delete")
 
     async def list_info(self, prefix: str) -> ObjectInfos:
         """Like ``list``, with each object's size and last-modified time (for garbage

@@ -54,6 +54,8 @@ class FaultInjectingStorage(Storage):
         self._rng = random.Random(seed)
         self.writable = inner.writable
         self.supports_conditional_writes = inner.supports_conditional_writes
+        self.supports_conditional_delete = inner.supports_conditional_delete
+        self.versions_follow_content = inner.versions_follow_content
         self.calls = 0
         self.injected_errors = 0
         self.dropped_responses = 0
@@ -99,6 +101,10 @@ class FaultInjectingStorage(Storage):
         data = bytes(data)
         return await self._call(f"update {key!r}",
                                 lambda: self.inner.put_if_version(key, data, version))
+
+    async def delete_if_version(self, key: str, version: str) -> bool:
+        return await self._call(f"delete {key!r} if unchanged",
+                                lambda: self.inner.delete_if_version(key, version))
 
     async def exists(self, key: str) -> bool:
         return await self._call(f"exists {key!r}", lambda: self.inner.exists(key))

@@ -49,6 +49,8 @@ _NOT_AN_OBJECT = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 class LocalFileSystemStorage(Storage):
     """Objects as files under ``root``. See the module docstring."""
 
+    supports_conditional_delete = True
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
         self._dirs: set[str] = set()
@@ -159,6 +161,24 @@ class LocalFileSystemStorage(Storage):
         except OSError as e:
             raise StorageError(f"updating {key!r} in {self.describe()}: {e}") from e
 
+    def _delete_if_version(self, key: str, version: str) -> bool:
+        path = self._path(key)
+        try:
+            fd = self._locked(path)
+            try:
+                try:
+                    current: str | None = _read_versioned(path)[1]
+                except FileNotFoundError:
+                    return False
+                if current != version:
+                    return False
+                os.unlink(path)
+                return True
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise StorageError(f"deleting {key!r} from {self.describe()}: {e}") from e
+
     def _get_with_version(self, key: str) -> tuple[bytes, str]:
         path = self._path(key)
         try:
@@ -268,6 +288,9 @@ class LocalFileSystemStorage(Storage):
 
     async def remove_stale_temporaries(self, older_than: dt.datetime) -> int:
         return await _aio.in_thread(self._remove_stale_temporaries, older_than)
+
+    async def delete_if_version(self, key: str, version: str) -> bool:
+        return await _aio.in_thread(self._delete_if_version, key, version)
 
 
 def local_filesystem_storage(path: str | os.PathLike[str]) -> LocalFileSystemStorage:

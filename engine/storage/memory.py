@@ -23,6 +23,8 @@ _registry: weakref.WeakValueDictionary[str, InMemoryStorage] = weakref.WeakValue
 class InMemoryStorage(Storage):
     """Objects in a dict. See the module docstring."""
 
+    supports_conditional_delete = True
+
     def __init__(self) -> None:
         self._objects: dict[str, tuple[bytes, str]] = {}
         self._lock = threading.Lock()
@@ -85,6 +87,16 @@ class InMemoryStorage(Storage):
             new = self._next_version(key)
             self._objects[key] = (bytes(data), new)
             return PutResult(True, new)
+
+    async def delete_if_version(self, key: str, version: str) -> bool:
+        self._check(key)
+        with self._lock:
+            current = self._objects.get(key)
+            if current is None or current[1] != version:
+                return False
+            del self._objects[key]
+            self._written.pop(key, None)
+            return True
 
     async def exists(self, key: str) -> bool:
         self._check(key)

@@ -23,6 +23,7 @@ class ReadOnlyStorage(Storage):
         self.inner = inner
         self.supports_conditional_writes = inner.supports_conditional_writes
         self.versions_follow_content = inner.versions_follow_content
+        self.supports_conditional_delete = inner.supports_conditional_delete
 
     def describe(self) -> str:
         return f"{self.inner.describe()} (read-only)"
@@ -53,6 +54,9 @@ class ReadOnlyStorage(Storage):
         raise self._refuse(key)
 
     async def put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
+        raise self._refuse(key)
+
+    async def delete_if_version(self, key: str, version: str) -> bool:
         raise self._refuse(key)
 
     async def exists(self, key: str) -> bool:

@@ -16,9 +16,10 @@ Two pieces, shared by ``RetryingStorage`` (around any ``Storage``) and the S3 ba
   successful with the object's current version. This relies on every conditionally
   written payload being unique (frazil's refs carry a random ``write_id``): equal bytes
   mean ours. Limits: if another writer replaced our landed write before the read-back,
-  the put is reported as lost although it landed (the engine then sees a moved branch, as
-  it would after any lost race); if attempts run out while the outcome is still unknown,
-  ``TransientStorageError`` is raised rather than a guess.
+  the put is reported as lost (``PutResult.uncertain``: the engine then looks for its
+  commit in the branch's history before treating it as a lost race); if attempts run
+  out while the outcome is still unknown, ``TransientStorageError`` is raised rather
+  than a guess.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ async def conditional_put(attempt: Callable[[], Awaitable[PutResult]], read_back
         current = await read_back()
         if current is not None and current[0] == data:
             return PutResult(True, current[1])
-        return PutResult(False, current[1] if current is not None else None)
+        return PutResult(False, current[1] if current is not None else None, uncertain=True)
     # out of attempts, the last outcome unknown: the object itself may tell
     current = await read_back()
     if current is not None and current[0] == data:
@@ -142,6 +143,8 @@ class RetryingStorage(Storage):
         self.settings = RetrySettings(attempts, backoff_base, backoff_cap)
         self.writable = inner.writable
         self.supports_conditional_writes = inner.supports_conditional_writes
+        self.supports_conditional_delete = inner.supports_conditional_delete
+        self.versions_follow_content = inner.versions_follow_content
 
     def describe(self) -> str:
         return f"{self.inner.describe()} (retrying)"
@@ -182,6 +185,12 @@ class RetryingStorage(Storage):
             read_back_with(lambda: self.inner.get_with_version(key), self.settings,
                            f"read back {key!r}"),
             data, self.settings, f"update {key!r}")
+
+    async def delete_if_version(self, key: str, version: str) -> bool:
+        # a retry after a lost answer finds the key gone or changed and says False: the
+        # caller (tidying a tombstone) cannot tell, and need not
+        return await self._retry(lambda: self.inner.delete_if_version(key, version),
+                                 f"delete {key!r} if unchanged")
 
     async def exists(self, key: str) -> bool:
         return await self._retry(lambda: self.inner.exists(key), f"exists {key!r}")

@@ -292,6 +292,11 @@ class S3Storage(Storage):
 
     versions_follow_content = True  # ETags are MD5s of the content
 
+    @property
+    def supports_conditional_delete(self) -> bool:  # type: ignore[override]
+        """DeleteObject with If-Match (with the store's conditional writes)."""
+        return self.config.settings.unsafe_use_conditional_update
+
     def __init__(self, config: S3Config) -> None:
         self._setup(config, warn=True)
 
@@ -542,6 +547,18 @@ class S3Storage(Storage):
             return PutResult(False, current)
         result = await self._retrying(lambda: self._put_once(key, data), f"put {key!r}")
         return result
+
+    async def delete_if_version(self, key: str, version: str) -> bool:
+        validate_key(key)
+
+        async def once() -> bool:
+            try:
+                await self._call("delete_object", f"deleting {key!r}", Key=self._key(key),
+                                 IfMatch=version)
+            except (_Precondition, NotFoundError):
+                return False
+            return True
+        return await self._retrying(once, f"delete {key!r} if unchanged")
 
     async def exists(self, key: str) -> bool:
         validate_key(key)
