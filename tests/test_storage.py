@@ -661,3 +661,110 @@ def test_memory_storage_unpickle_after_gone_raises() -> None:
     gc.collect()
     with pytest.raises(InvalidInputError, match="another process"):
         pickle.loads(blob)
+
+
+# -- durability: the order of syncs ----------------------------------------------------
+
+
+class _RecordingOs:
+    """The ``os`` module as the local backend sees it, with renames and links recorded."""
+
+    def __init__(self, real: Any, events: list[tuple[str, str]]) -> None:
+        self._real, self._events = real, events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def replace(self, src: str, dst: str) -> None:
+        self._real.replace(src, dst)
+        self._events.append(("publish", dst))
+        self._events.append(("from", src))
+
+    def link(self, src: str, dst: str) -> None:
+        self._real.link(src, dst)
+        self._events.append(("publish", dst))
+        self._events.append(("from", src))
+
+
+class _RecordingStorage(LocalFileSystemStorage):
+    def __init__(self, root: Path, events: list[tuple[str, str]], **kw: Any) -> None:
+        super().__init__(root, **kw)
+        self.events = events
+
+    def _sync_file(self, fd: int, path: str) -> None:
+        super()._sync_file(fd, path)
+        self.events.append(("sync_file", path))
+
+    def _sync_dir(self, path: str) -> None:
+        super()._sync_dir(path)
+        self.events.append(("sync_dir", path))
+
+
+def _commit_some(storage: Storage) -> None:
+    import numpy as np
+    import zarr
+
+    import frazil
+
+    repo = frazil.Repository.create(storage)
+    s = repo.writable_session("main")
+    a = zarr.create_array(s.store, name="a", shape=(4, 1000), chunks=(1, 1000), dtype="f8")
+    a[:] = np.random.default_rng(0).random((4, 1000))  # 8 KB chunks: native objects
+    s.commit("four native chunks")
+
+
+def test_local_syncs_objects_before_the_ref_that_publishes_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Since a power cut cannot be simulated here, the order of syncs is checked against
+    the order of writes: every object's data is synced before it is renamed into place;
+    every folder an object went into is synced after that object and before the next ref
+    (or config) is published; a ref's data is synced before its rename and its folder
+    after."""
+    import frazil.storage.local as local_module
+
+    events: list[tuple[str, str]] = []
+    monkeypatch.setattr(local_module, "os", _RecordingOs(os, events))
+    root = tmp_path / "repo"
+    _commit_some(_RecordingStorage(root, events))
+    monkeypatch.undo()
+
+    publishes = [(i, events[i][1], events[i + 1][1]) for i, (kind, _) in enumerate(events)
+                 if kind == "publish"]
+    refs = [(i, dst) for i, dst, _ in publishes
+            if dst.endswith("ref.json") or dst.endswith("config.json")]
+    objects = [(i, dst, src) for i, dst, src in publishes
+               if not (dst.endswith("ref.json") or dst.endswith("config.json"))]
+    assert len(objects) >= 4 + 3 and len(refs) >= 2  # chunks, manifest, log, snapshots
+    synced_files = {p: i for i, (kind, p) in enumerate(events) if kind == "sync_file"}
+    for i, dst, src in [*objects, *[(i, d, events[i + 1][1]) for i, d in refs]]:
+        assert synced_files.get(src, len(events)) < i, f"{dst} published before its sync"
+    for i, dst, _ in objects:
+        later_refs = [j for j, _ in refs if j > i]
+        assert later_refs, f"object {dst} published after the last ref"
+        folder = os.path.dirname(dst)
+        assert any(kind == "sync_dir" and p == folder and i < k < later_refs[0]
+                   for k, (kind, p) in enumerate(events)), (
+            f"folder of {dst} not synced before the ref that follows it")
+    for i, dst in refs:
+        assert ("sync_dir", os.path.dirname(dst)) in events[i + 2:i + 4], (
+            f"folder of {dst} not synced right after it")
+    # new folders are synced in their parents (the repository's root, refs/)
+    assert ("sync_dir", str(root)) in events
+
+
+def test_local_syncs_folders_other_processes_wrote_into(tmp_path: Path) -> None:
+    """A fork in another process renames its chunks into ``chunks/``; the committing
+    process syncs that folder before its ref, although it wrote nothing there itself."""
+    events: list[tuple[str, str]] = []
+    storage = _RecordingStorage(tmp_path / "repo", events)
+    other = local_filesystem_storage(tmp_path / "repo")
+    run(other.put("chunks/ABC", b"from a worker"))
+    run(storage.put_if_absent("refs/branch.x/ref.json", b"ref"))
+    syncs = [p for kind, p in events if kind == "sync_dir"]
+    assert str(tmp_path / "repo" / "chunks") in syncs
+
+
+def test_local_fsync_off_syncs_nothing(tmp_path: Path) -> None:
+    events: list[tuple[str, str]] = []
+    _commit_some(_RecordingStorage(tmp_path / "repo", events, fsync=False))
+    assert events == []
