@@ -370,6 +370,8 @@ class ChangeSet:
 
     nodes: dict[str, NodeRecord | None] = field(default_factory=dict)
     chunks: dict[NodeId, ChunkTable] = field(default_factory=dict)
+    #: fork copies whose journaled changes this holds (merges skip their journals)
+    writers: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -412,12 +414,14 @@ class ChangeSet:
         with self.lock:
             self.nodes.clear()
             self.chunks.clear()
+            self.writers.clear()
 
     def __getstate__(self) -> dict[str, object]:
-        return {"nodes": self.nodes, "chunks": self.chunks}
+        return {"nodes": self.nodes, "chunks": self.chunks, "writers": self.writers}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.nodes = state["nodes"]  # type: ignore[assignment]
         self.chunks = state["chunks"]  # type: ignore[assignment]
+        self.writers = set(state.get("writers") or ())  # type: ignore[call-overload]
         self.lock = threading.Lock()
         self.__post_init__()

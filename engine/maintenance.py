@@ -48,6 +48,7 @@ from frazil.format.manifest import SCHEMA as MANIFEST_SCHEMA
 from . import _aio
 from .compaction import Progress
 from .errors import FormatError, FrazilError, InvalidInputError, NotFoundError
+from .journal import FORKS_PREFIX
 from .objects import ObjectReader, manifest_key, snapshot_key, txlog_key
 from .refs import Ref, list_refs, read_ref, swap_branch
 from .storage.base import ObjectInfo, Storage
@@ -231,6 +232,9 @@ class GCSummary:
     temporaries_deleted: int = 0
     """files that writers killed mid-put left outside any object (local storage's hidden
     temp files), older than the cutoff; not counted in ``objects_deleted``"""
+    fork_journals_deleted: int = 0
+    """journal objects of fork copies (``forks/``) older than the cutoff: what a merge
+    had to read is merged by then, or abandoned; not counted in ``objects_deleted``"""
 
     @property
     def objects_deleted(self) -> int:
@@ -294,7 +298,13 @@ async def garbage_collect(storage: Storage, reader: ObjectReader, older_than: dt
                 if progress is not None:
                     progress("sweep", done, total)
     temporaries = 0 if dry_run else await storage.remove_stale_temporaries(older_than)
+    journals = [i.key for i in await storage.list_info(FORKS_PREFIX)
+                if i.last_modified is not None and i.last_modified.timestamp() * 1000 < cutoff]
+    if not dry_run:
+        for start in range(0, len(journals), _DELETE_BATCH):
+            await storage.delete(journals[start:start + _DELETE_BATCH])
     return GCSummary(
+        fork_journals_deleted=len(journals),
         chunks_deleted=len(doomed["chunk"]), manifests_deleted=len(doomed["manifest"]),
         snapshots_deleted=len(doomed["snapshot"]),
         transaction_logs_deleted=len(doomed["transaction_log"]), bytes_deleted=deleted_bytes,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 
-from frazil.format import ARRAY, NodeId, NodeRecord, TransactionLog
+from frazil.format import ARRAY, ChunkKind, ChunkRef, NodeId, NodeRecord, TransactionLog
 from frazil.format import txlog as tx
 
 from .changeset import ChangeSet
@@ -88,20 +88,27 @@ def apply_resolution(base: dict[str, NodeRecord], changes: ChangeSet,
 
 
 def merge_changes(base: dict[str, NodeRecord], target: ChangeSet,
-                  sources: Iterable[ChangeSet]) -> tuple[ChangeSet, list[Conflict]]:
+                  sources: Iterable[ChangeSet], journaled: Iterable[ChangeSet] = ()
+                  ) -> tuple[ChangeSet, list[Conflict]]:
     """``target`` with every source folded in (a new change set; the inputs are unchanged),
     and the conflicts found. Identical node records merge silently; a node both created
-    with the same metadata becomes one node."""
+    with the same metadata becomes one node. ``journaled`` change sets (replayed from fork
+    journals, folded after ``sources``) may repeat a chunk already staged with the same
+    bytes, as a retried task does; that is no conflict."""
     merged = ChangeSet(nodes=dict(target.nodes),
-                       chunks={k: copy.copy(t) for k, t in target.chunks.items()})
+                       chunks={k: copy.copy(t) for k, t in target.chunks.items()},
+                       writers=set(target.writers))
     conflicts: list[Conflict] = []
-    for source in sources:
-        conflicts.extend(_fold(base, merged, source))
+    for source, retried in [*((s, False) for s in sources), *((s, True) for s in journaled)]:
+        conflicts.extend(_fold(base, merged, source, retried))
+        merged.writers |= source.writers
     return merged, conflicts
 
 
-def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet) -> list[Conflict]:
-    """Fold ``source`` into ``merged`` in place; returns the conflicts found."""
+def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet,
+          retried: bool = False) -> list[Conflict]:
+    """Fold ``source`` into ``merged`` in place; returns the conflicts found. With
+    ``retried``, chunks both staged with the same bytes are not conflicts."""
     conflicts: list[Conflict] = []
     id_map: dict[NodeId, NodeId] = {}
     paths = _paths_by_id(base, merged)
@@ -165,11 +172,23 @@ def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet) -> 
             merged.chunks[tid] = copy.copy(table)
             continue
         both = mine_table.overlap(table)
+        if retried:
+            both = {c for c in both if not same_content(mine_table.get(c), table.get(c))}
         if both:
             conflicts.append(Conflict(ConflictType.ChunkDoubleUpdate, path, tuple(sorted(both))))
             continue
         mine_table.update(table)
     return conflicts
+
+
+def same_content(a: ChunkRef | None, b: ChunkRef | None) -> bool:
+    """Two staged refs that give the same bytes (a retried task wrote the chunk again):
+    merging them is no conflict. Native chunks compare by length and checksum."""
+    if a is None or b is None or a.kind != b.kind:
+        return False
+    if a.kind == ChunkKind.NATIVE:
+        return a.length == b.length and a.checksum is not None and a.checksum == b.checksum
+    return a == b
 
 
 def _parents(path: str) -> list[str]:

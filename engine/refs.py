@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from frazil.format.common import BRANCH_REF, TAG_REF
+from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
 from frazil.format.ids import SnapshotId
 from frazil.format.refs import RefRecord, decode_ref, encode_ref
 
@@ -139,5 +139,7 @@ async def list_refs(storage: Storage, kind: str) -> set[str]:
             return not (await read_any_ref(storage, kind, name)).record.deleted
         except NotFoundError:  # deleted since the listing
             return False
+        except FormatError:  # there, but damaged: whoever reads it reports that
+            return True
     flags = await _aio.gather_limited([live(n) for n in names], limit=32)
     return {n for n, ok in zip(names, flags) if ok}

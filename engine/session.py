@@ -28,6 +28,7 @@ from frazil.format import (
     checksum,
 )
 from frazil.format.common import BRANCH_REF
+from frazil.format.manifest import virtual_rows
 
 from . import _aio, virtual
 from .changeset import ChangeSet, Coord, row_ref
@@ -38,10 +39,12 @@ from .diff import Diff, node_diff
 from .errors import (
     ConflictError,
     FormatError,
+    FrazilError,
     InvalidInputError,
     NotFoundError,
     ReadOnlyError,
 )
+from .journal import ForkJournal, delete_journals, new_token, read_journals
 from .objects import chunk_key
 from .rebase import apply_resolution, merge_changes, summarize_changes, summarize_logs
 from .refs import read_ref, swap_branch
@@ -89,6 +92,8 @@ class Session:
         self._store: Any = None
         # commits whose swap had an unknown outcome, until it is known (see _find_landed)
         self._maybe_landed: dict[SnapshotId, CommitPlan] = {}
+        self._journal: ForkJournal | None = None  # only fork copies on workers journal
+        self._merged_forks: set[str] = set()  # fork ids whose journals a commit removes
 
     def _set_base(self, base: Snapshot) -> None:
         self._base = base
@@ -186,10 +191,12 @@ class Session:
                     current = None
             if current is not None:
                 self._changes.set_node(dataclasses.replace(current, zarr_json=bytes(zarr_json)))
+                self._journal_node(path)
                 return
         if current is not None:
             self._changes.delete_node(path, current.node_id, path in self._base_nodes)
         self._changes.set_node(NodeRecord(path, NodeId.new(), meta.node_type, bytes(zarr_json)))
+        self._journal_node(path)
 
     def delete_node(self, path: str) -> bool:
         """Delete the node at ``path`` (its chunks too); False if there is none."""
@@ -199,6 +206,7 @@ class Session:
         if current is None:
             return False
         self._changes.delete_node(path, current.node_id, path in self._base_nodes)
+        self._journal_node(path)
         return True
 
     def delete_tree(self, path: str) -> int:
@@ -240,6 +248,26 @@ class Session:
                     raise InvalidInputError(
                         f"chunk {list(coord)} is outside the chunk grid {list(meta.grid)} "
                         f"of {path!r}")
+
+    # -- fork journals (see frazil.journal) -------------------------------------------------
+    def _journal_node(self, path: str) -> None:
+        if self._journal is not None:
+            self._journal.node(path)
+
+    async def flush_journal(self) -> None:
+        """Write what a fork copy staged since its last journal object (a no-op for
+        sessions that keep no journal); the store calls it before a write returns."""
+        if self._journal is not None and self._journal.pending:
+            await self._journal.flush(self._changes)
+
+    def _flush_journal_sync(self) -> None:
+        if self._journal is None or not self._journal.pending:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            _aio.run(self.flush_journal())
+        # called from an event loop (a store method): the store flushes when it returns
 
     # -- chunks ----------------------------------------------------------------------------
     async def _base_ref(self, rec: NodeRecord, coord: Coord) -> ChunkRef | None:
@@ -283,11 +311,14 @@ class Session:
         table = self._changes.table(rec.node_id, meta.ndim)
         if len(data) <= self._repo.config.inline_threshold:
             table.set_inline(coord, data)
-            return
-        cid = ChunkId.new()
-        await self._repo.storage.put(chunk_key(cid), data)
-        table.set(coord, ChunkRef(ChunkKind.NATIVE, chunk_id=cid, length=len(data),
-                                  checksum=checksum(data)))
+        else:
+            cid = ChunkId.new()
+            await self._repo.storage.put(chunk_key(cid), data)
+            table.set(coord, ChunkRef(ChunkKind.NATIVE, chunk_id=cid, length=len(data),
+                                      checksum=checksum(data)))
+        if self._journal is not None:
+            self._journal.chunk(rec.node_id, coord)
+            await self.flush_journal()
 
     async def delete_chunk(self, path: str, coord: Coord) -> None:
         self._check_writable()
@@ -295,6 +326,9 @@ class Session:
         if len(coord) != meta.ndim:
             raise InvalidInputError(f"chunk {list(coord)} of {path!r}: wrong dimensions")
         self._changes.set_chunk(rec.node_id, coord, ChunkRef(ChunkKind.DELETED))
+        if self._journal is not None:
+            self._journal.chunk(rec.node_id, coord)
+            await self.flush_journal()
 
     async def chunk_coords(self, path: str) -> list[Coord]:
         """Coordinates of every existing chunk of the array at ``path``."""
@@ -335,6 +369,9 @@ class Session:
         """Drop every staged change (chunk objects already written become garbage)."""
         self._check_writable()
         self._changes.clear()
+        if self._journal is not None:
+            self._journal.clear()
+            self._flush_journal_sync()
 
     def commit(self, message: str, metadata: dict[str, Any] | None = None, *,
                rebase_with: ConflictSolver | None = None, rebase_tries: int = 1_000) -> str:
@@ -352,6 +389,17 @@ class Session:
     async def commit_async(self, message: str, metadata: dict[str, Any] | None = None, *,
                            rebase_with: ConflictSolver | None = None,
                            rebase_tries: int = 1_000) -> str:
+        sid = await self._commit(message, metadata, rebase_with, rebase_tries)
+        if self._merged_forks:  # the merged forks' journals are garbage now
+            forks, self._merged_forks = self._merged_forks, set()
+            try:
+                await delete_journals(self._repo.storage, forks)
+            except FrazilError:  # best effort: garbage_collect removes what is left
+                pass
+        return sid
+
+    async def _commit(self, message: str, metadata: dict[str, Any] | None,
+                      rebase_with: ConflictSolver | None, rebase_tries: int) -> str:
         self._check_writable()
         if self._branch is None:
             raise ReadOnlyError("this session is not on a branch and cannot commit")
@@ -527,18 +575,23 @@ class Session:
     # -- fork and merge --------------------------------------------------------------------
     def fork(self) -> ForkSession:
         """A picklable session for workers, at this session's base. Workers write through
-        ``fork.store`` and return the fork; ``merge`` brings their changes back."""
+        ``fork.store``; ``merge`` brings their changes back, from the forks the workers
+        return and, for copies that never come back (``ds.to_zarr(fork.store)`` under a
+        distributed scheduler), from the journals the copies wrote (``frazil.journal``)."""
         if self._read_only:
             raise ReadOnlyError("a read-only session cannot be forked; fork a writable one")
         if self.has_uncommitted_changes:
             raise InvalidInputError("cannot fork a session with uncommitted changes: "
                                     "commit first, then fork")
-        return ForkSession(self._repo, self._base, branch=self._branch, read_only=False,
+        fork = ForkSession(self._repo, self._base, branch=self._branch, read_only=False,
                            base_checksum=self._base_checksum)
+        fork._fork_id = new_token()
+        return fork
 
     def _fork_with_changes(self) -> ForkSession:
         """A fork that starts with a copy of this session's staged node changes (for the
-        dask and xarray helpers, which create arrays here and fill them on workers)."""
+        dask and xarray helpers, which create arrays here and fill them on workers). Its
+        copies keep no journal: the helpers return every fork they make."""
         self._check_writable()
         fork = ForkSession(self._repo, self._base, branch=self._branch, read_only=False,
                            base_checksum=self._base_checksum)
@@ -546,9 +599,13 @@ class Session:
         return fork
 
     def merge(self, *forks: ForkSession) -> None:
-        """Fold the forks' changes into this session. Raises ``ConflictError`` (naming the
-        array and chunk coordinates) if two of them, or a fork and this session, wrote the
-        same chunk or changed the same node differently; then nothing is merged."""
+        """Fold the forks' changes into this session. A fork handed back by a worker
+        brings what it staged; the fork object ``fork()`` returned brings, besides its
+        own, what every copy of it wrote on workers that did not come back (read from
+        their journals). Raises ``ConflictError`` (naming the array and chunk
+        coordinates) if two of them, or a fork and this session, wrote the same chunk or
+        changed the same node differently (copies that wrote identical bytes, as a
+        retried task does, do not conflict); then nothing is merged."""
         self._check_writable()
         for fork in forks:
             if not isinstance(fork, ForkSession):
@@ -558,14 +615,30 @@ class Session:
                 raise InvalidInputError(
                     f"cannot merge a fork of snapshot {fork._base.id} into a session at "
                     f"{self._base.id}: forks must come from this session's base")
+        # the fork objects themselves (not copies handed back) stand for everything their
+        # copies wrote: those copies' journals are read, but for the writers handed back
+        originals = {f._fork_id for f in forks if f._fork_id is not None and f._journal is None}
+        covered = set(self._changes.writers).union(*(f._changes.writers for f in forks))
+        journaled = _aio.run(read_journals(self._repo.storage, originals, covered,
+                                           self._base_nodes)) if originals else {}
         merged, conflicts = merge_changes(self._base_nodes, self._changes,
-                                          [f._changes for f in forks])
+                                          [f._changes for f in forks], journaled.values())
         if conflicts:
             shown = "; ".join(str(c) for c in conflicts[:20])
             raise ConflictError(f"merge found {len(conflicts)} conflict(s): {shown}",
                                 conflicts=conflicts)
         with self._changes.lock:
             self._changes.nodes, self._changes.chunks = merged.nodes, merged.chunks
+            self._changes.writers = merged.writers
+        self._merged_forks |= {f._fork_id for f in forks if f._fork_id is not None}
+        if self._journal is not None:  # a copy merging forks: its journal says so too
+            for source in [f._changes for f in forks] + list(journaled.values()):
+                for path in source.nodes:
+                    self._journal.node(path)
+                for node_id, table in source.chunks.items():
+                    for coord, _ in table.items():
+                        self._journal.chunk(node_id, coord)
+            self._flush_journal_sync()
 
 
     # -- virtual chunks ----------------------------------------------------------------------
@@ -591,6 +664,9 @@ class Session:
         self._changes.set_chunk(rec.node_id, coord, ChunkRef(
             ChunkKind.VIRTUAL, location=location, offset=int(offset), length=int(length),
             etag=etag, last_modified=last_modified))
+        if self._journal is not None:
+            self._journal.chunk(rec.node_id, coord)
+            self._flush_journal_sync()
 
     def set_virtual_refs(self, path: str, chunks: Sequence[VirtualChunkSpec], *,
                          validate_containers: bool = True) -> list[Coord] | None:
@@ -672,6 +748,14 @@ class Session:
         else:
             with self._changes.lock:
                 table.add_block(keys, rows)
+        if self._journal is not None and len(coords):
+            self._journal.block(rec.node_id, coords, virtual_rows(
+                rows.column("offset").combine_chunks(), rows.column("length").combine_chunks(),
+                rows.column("location").combine_chunks(),
+                rows.column("etag").combine_chunks() if "etag" in rows.column_names else None,
+                rows.column("last_modified").combine_chunks()
+                if "last_modified" in rows.column_names else None))
+            self._flush_journal_sync()
         if _return_failed:
             return failed or None
         return len(coords)
@@ -747,9 +831,12 @@ class ForkSession(Session):
     def fork(self) -> ForkSession:
         raise InvalidInputError("a ForkSession cannot be forked again; fork the session")
 
+    _fork_id: str | None = None  # None: a helper's fork, whose copies keep no journal
+
     def __getstate__(self) -> dict[str, Any]:
         return {"repo": self._repo, "base_id": self._base.id, "base_checksum":
-                self._base_checksum, "branch": self._branch, "changes": self._changes}
+                self._base_checksum, "branch": self._branch, "changes": self._changes,
+                "fork_id": self._fork_id}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         repo = state["repo"]
@@ -757,6 +844,10 @@ class ForkSession(Session):
         Session.__init__(self, repo, base, branch=state["branch"], read_only=False,
                          base_checksum=state["base_checksum"])
         self._changes = state["changes"]
+        self._fork_id = state.get("fork_id")
+        if self._fork_id is not None:  # a copy: what it stages is journaled
+            self._journal = ForkJournal(repo.storage, self._fork_id)
+            self._changes.writers.add(self._journal.writer_id)
 
     def __repr__(self) -> str:
         return f"<frazil.ForkSession branch={self._branch!r} snapshot={self.snapshot_id}>"

@@ -30,6 +30,7 @@ TRANSACTION_LOG = "transaction_log"
 BRANCH_REF = "branch_ref"
 TAG_REF = "tag_ref"
 CONFIG = "config"
+FORK_JOURNAL = "fork_journal"
 
 _ROW_GROUP_ROWS = 1 << 20
 

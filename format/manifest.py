@@ -304,7 +304,17 @@ def encode_manifest_parts(manifest_id: ManifestId,
     manifest object; segment ``i`` starts at the sum of the rows before it."""
     if not parts:
         raise ValueError("a manifest holds at least one segment")
-    flats, offsets, nodes, header_parts = [], [np.zeros(1, np.int64)], [], []
+    table, header_parts = encode_manifest_columns(parts)
+    return encode_parquet(table, {"object_type": MANIFEST, "id": str(manifest_id),
+                                  "parts": header_parts})
+
+
+def encode_manifest_columns(parts: list[tuple[NodeId, np.ndarray, pa.Table]]
+                            ) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """The manifest table of several (node id, coords, rows) parts, and the header's
+    ``parts`` list describing them (shared by manifests and fork journals)."""
+    flats: list[np.ndarray] = [np.zeros(0, np.int64)]
+    offsets, nodes, header_parts = [np.zeros(1, np.int64)], [pa.array([], pa.string())], []
     total = 0
     for node_id, coords, rows in parts:
         n, ndim = coords.shape
@@ -325,9 +335,7 @@ def encode_manifest_parts(manifest_id: ManifestId,
         columns[f.name] = pa.concat_arrays(
             [c for _, _, rows in parts for c in rows.column(f.name).chunks]
             or [pa.array([], f.type)])
-    table = pa.table(columns, schema=SCHEMA)
-    return encode_parquet(table, {"object_type": MANIFEST, "id": str(manifest_id),
-                                  "parts": header_parts})
+    return pa.table(columns, schema=SCHEMA), header_parts
 
 
 def virtual_rows(offset: pa.Array, length: pa.Array, location: pa.Array,

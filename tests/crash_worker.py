@@ -16,6 +16,10 @@ and prints ``ready``. Then, by ``MODE``:
   count, ``crash.writes``: ``[array, chunk index, value]``, the whole chunk filled with
   ``value``). ``<branch> <snapshot id>`` is printed and flushed only after ``commit()``
   returned.
+- ``forkmerge SEED``: forever, main's next planned commit written by two worker
+  processes through copies of a fork that they do not return (so only the copies'
+  journals carry the writes), then ``session.merge(fork)`` and the commit; ``main <id>``
+  is printed after ``commit()`` returned. The parent kills the whole process group.
 - ``compact``: ``repo.compact("main")``, then ``done <snapshot id or None>``.
 - ``gc`` (``go CUTOFF_MS``): ``repo.garbage_collect(cutoff)``, then ``done <objects
   deleted>``.
@@ -88,6 +92,31 @@ def commit_one(repo: frazil.Repository, branch: str) -> str:
     return session.commit(f"{branch} {n}", metadata={"crash.n": n, "crash.writes": writes})
 
 
+def pool_write(fork: frazil.ForkSession, array: str, index: int, value: int) -> None:
+    """In a pool worker: one planned write through this worker's copy of the fork."""
+    arr = zarr.open_group(fork.store, mode="r+")[array]
+    assert isinstance(arr, zarr.Array)
+    arr[chunk_slice(array, index)] = value
+
+
+def fork_merge_forever(repo: frazil.Repository, seed: int) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        while True:
+            tip = next(iter(repo.ancestry(branch="main")))
+            n = int(tip.metadata.get("crash.n", 0)) + 1
+            session = repo.writable_session("main")
+            fork = session.fork()
+            writes = planned_writes(n)
+            for f in [pool.submit(pool_write, fork, *w) for w in writes]:
+                f.result()
+            session.merge(fork)
+            sid = session.commit(f"main {n}", metadata={"crash.n": n, "crash.writes": writes})
+            print(f"main {sid}", flush=True)
+
+
 def commit_forever(repo: frazil.Repository, seed: int) -> None:
     rng = random.Random(seed)
     while True:
@@ -121,6 +150,8 @@ def main(argv: list[str]) -> None:
     print("ready", flush=True)
     if mode == "commit":
         commit_forever(repo, int(argv[3]))
+    elif mode == "forkmerge":
+        fork_merge_forever(repo, int(argv[3]))
     elif mode == "compact":
         summary = repo.compact("main")
         print(f"done {summary.snapshot_id}", flush=True)

@@ -41,6 +41,8 @@ KILLS_LOCAL = 200 if LONG else 15
 KILLS_S3 = 50 if LONG else 5
 KILLS_COMPACT = 50 if LONG else 4
 KILLS_GC = 50 if LONG else 4
+KILLS_MAINTENANCE_S3 = 20 if LONG else 2  # compaction and gc kills on the S3 server
+KILLS_FORK = 30 if LONG else 3  # fork/merge writes through worker processes
 GC_EVERY = 5  # a garbage collection (and full listing check) after every this many kills
 
 
@@ -79,9 +81,11 @@ class Child:
     def __init__(self, tmp_path: Path, mode: str, target: Target, *args: str) -> None:
         self.stderr_path = tmp_path / f"worker-{time.monotonic_ns()}.err"
         with open(self.stderr_path, "wb") as err:
+            # its own process group: a kill takes its pool workers with it
             self.proc = subprocess.Popen(
                 [sys.executable, str(WORKER), mode, json.dumps(target.spec), *args],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, bufsize=0)
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, bufsize=0,
+                process_group=0)
         self._buf = b""
         self.lines: list[str] = []
 
@@ -120,7 +124,8 @@ class Child:
         """SIGKILL it; every line it printed (ready excluded). Fails if it died by itself
         (unless it finished normally and ``may_have_finished``)."""
         assert self.proc.stdout is not None
-        self.proc.send_signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         code = self.proc.wait()
         rest = self._buf + self.proc.stdout.read()
         self.proc.stdout.close()
@@ -134,7 +139,8 @@ class Child:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
 
@@ -301,11 +307,14 @@ def collect(target: Target) -> tuple[int, int]:
     objects and of temp files deleted."""
     storage = target.storage()
     before, strays = orphans(storage), stray_files(target)
+    journals = _aio.run(storage.list("forks/"))
     gc = frazil.Repository.open(storage).garbage_collect(dt.datetime.now(dt.UTC))
     assert gc.objects_deleted == sum(len(v) for v in before.values()), (gc, before)
     assert gc.temporaries_deleted == len(strays), (gc, strays)
+    assert gc.fork_journals_deleted == len(journals), (gc, journals)
     assert gc.kept_young == 0
     assert_all_reachable(target)
+    assert _aio.run(storage.list("forks/")) == []
     return gc.objects_deleted, gc.temporaries_deleted
 
 
@@ -469,19 +478,27 @@ def kill_delay(rng: random.Random, duration: float) -> float:
     return rng.uniform(0.8 * duration, 1.05 * duration)
 
 
-def test_kill_during_compaction(tmp_path: Path) -> None:
-    target = local_target(tmp_path)
-    repo = build_history(target, 48)
+def maintenance_target(where: str, tmp_path: Path) -> tuple[Target, int, int]:
+    """(target, compaction kills, gc kills) for ``where``."""
+    if where == "local":
+        return local_target(tmp_path), KILLS_COMPACT, KILLS_GC
+    return s3_target(s3server.server()), KILLS_MAINTENANCE_S3, KILLS_MAINTENANCE_S3
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_kill_during_compaction(tmp_path: Path, where: str) -> None:
+    target, kills, _ = maintenance_target(where, tmp_path)
+    repo = build_history(target, 48 if where == "local" else 24)
     original = repo.lookup_branch("main")
     before = contents(repo)
     segments = sum(len(n.segments) for n in repo.readonly_session("main").nodes())
-    assert segments > 60
+    assert segments > (60 if where == "local" else 30)
     landed = killed = 0
-    with seeded("compaction") as rng:
+    with seeded(f"compaction/{where}") as rng:
         spares = Spares(lambda: Child(tmp_path, "compact", target))
         duration = timed_run(spares.take())  # calibration, not killed
         try:
-            for _ in range(KILLS_COMPACT + 1):
+            for _ in range(kills + 1):
                 repo = target.repo()
                 tip = repo.lookup_branch("main")
                 if tip != original:  # the last one landed: undo it for the next one
@@ -493,7 +510,7 @@ def test_kill_during_compaction(tmp_path: Path) -> None:
                 check_branch(repo, "main", [original])
                 check_branch(repo, "side", [])
                 check_fsck(repo)
-                if killed == KILLS_COMPACT:
+                if killed == kills:
                     break
                 child = spares.take()
                 child.go()
@@ -503,7 +520,7 @@ def test_kill_during_compaction(tmp_path: Path) -> None:
         finally:
             spares.close()
     removed, temps = collect_and_check(target, before)
-    print(f"crash summary [compaction/local]: kills survived {killed} (compaction took "
+    print(f"crash summary [compaction/{where}]: kills survived {killed} (compaction took "
           f"{duration:.2f} s; {landed} landed before the kill), {segments} segments, "
           f"leftovers removed by gc {removed} objects + {temps} temp files")
 
@@ -535,18 +552,19 @@ def make_garbage(repo: frazil.Repository, k: int) -> None:
         repo.reset_branch("side", side)
 
 
-def test_kill_during_gc(tmp_path: Path) -> None:
-    target = local_target(tmp_path)
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_kill_during_gc(tmp_path: Path, where: str) -> None:
+    target, _, kills = maintenance_target(where, tmp_path)
     repo = build_history(target, 24)
     before = contents(repo)
     killed = deleted_by_killed = finished = 0
-    with seeded("gc") as rng:
+    with seeded(f"gc/{where}") as rng:
         make_garbage(repo, 0)
         spares = Spares(lambda: Child(tmp_path, "gc", target))
         try:
             duration = timed_run(spares.take(), now_ms())  # calibration, not killed
             assert_all_reachable(target)
-            for k in range(1, KILLS_GC + 1):
+            for k in range(1, kills + 1):
                 make_garbage(target.repo(), k)
                 storage = target.storage()
                 listed_before, garbage = listing(storage), orphans(storage)
@@ -570,10 +588,54 @@ def test_kill_during_gc(tmp_path: Path) -> None:
         finally:
             spares.close()
     removed, temps = collect_and_check(target, before)
-    print(f"crash summary [gc/local]: kills survived {killed} (gc took {duration:.2f} s; "
+    print(f"crash summary [gc/{where}]: kills survived {killed} (gc took {duration:.2f} s; "
           f"{finished} finished before the kill), "
           f"objects deleted by killed gcs {deleted_by_killed}, leftovers removed by the "
           f"final gc {removed} objects + {temps} temp files")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_kill_during_fork_merge_writes(tmp_path: Path, where: str) -> None:
+    """A process writing each commit through two worker processes (fork copies that are
+    never returned: only their journals carry the writes), merging the fork and
+    committing, is killed with its workers at random moments: every acknowledged commit
+    is there with exactly the values its history says, fsck is clean, and gc removes
+    the chunks and journals the killed writes left."""
+    target = local_target(tmp_path) if where == "local" else s3_target(s3server.server())
+    new_repository(target)
+    acked: list[str] = []
+    kills = KILLS_FORK if where == "local" else max(2, KILLS_FORK // 2)
+    landed = journals_seen = 0
+    with seeded(f"forkmerge/{where}") as rng:
+        spares = Spares(lambda: Child(tmp_path, "forkmerge", target, "0"))
+        try:
+            child = spares.take()
+            child.go()
+            t0 = time.monotonic()
+            acked.append(child.read_line().split()[1])  # calibration: the first commit
+            first = time.monotonic() - t0  # (it starts the worker pool too)
+            for _ in range(3):
+                acked.append(child.read_line().split()[1])
+            per_commit = (time.monotonic() - t0 - first) / 3
+            child.kill()
+            for _ in range(kills):
+                child = spares.take()
+                child.go()
+                time.sleep(rng.uniform(0, first + 3 * per_commit))  # the experiment
+                acked += [ln.split()[1] for ln in child.kill()]
+                repo = target.repo()
+                history = check_branch(repo, "main", acked)
+                landed += history.index(acked[-1]) if acked[-1] in history else 0
+                check_fsck(repo)
+                journals_seen += len(_aio.run(target.storage().list("forks/")))
+        finally:
+            spares.close()
+    removed, temps = collect(target)
+    check_branch(target.repo(), "main", acked)
+    print(f"crash summary [forkmerge/{where}]: kills survived {kills}, commits "
+          f"acknowledged {len(acked)}, landed unacknowledged {landed}, journal objects "
+          f"left by killed writes (summed over kills) {journals_seen}, leftovers removed by "
+          f"gc {removed} objects + {temps} temp files")
 
 
 def test_gc_removes_temp_files_of_killed_writes(tmp_path: Path) -> None:

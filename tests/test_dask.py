@@ -307,3 +307,81 @@ def test_to_frazil_refuses_read_only_sessions(client: Any, repo: frazil.Reposito
         to_frazil(make_dataset(ntime=4), session, mode="w")
     with pytest.raises(InvalidInputError, match="Dataset or DataArray"):
         to_frazil(np.zeros(3), repo.writable_session("main"))  # type: ignore[arg-type]
+
+
+# -- fork copies that never come back (issue 11, item 8) ---------------------------------------
+def test_to_zarr_on_a_fork_store_reaches_the_commit(client: Any,
+                                                    repo: frazil.Repository) -> None:
+    """``ds.to_zarr(fork.store)`` on a process cluster: dask pickles the fork into every
+    task and never returns the copies. Their writes are journaled on storage, so merging
+    the fork finds them (before: merge and commit succeeded with every chunk missing)."""
+    ds = make_dataset(12).chunk({"time": 3})
+    session = repo.writable_session("main")
+    ds.to_zarr(session.store, compute=False, consolidated=False, zarr_format=3)  # metadata
+    session.commit("template")
+
+    session = repo.writable_session("main")
+    fork = session.fork()
+    tasks = _write_tasks(client, lambda: None)
+    assert tasks == []
+    with distributed.get_task_stream(client) as ts:
+        ds.to_zarr(fork.store, region="auto", consolidated=False, zarr_format=3)
+    workers = {t["worker"] for t in ts.data}
+    assert len(workers) >= 1 and all(w in client.scheduler_info()["workers"] for w in workers)
+    assert not fork.has_uncommitted_changes  # the copies wrote, the original did not
+    session.merge(fork)
+    session.commit("written by the workers")
+    assert repo.list_branches() == {"main"}
+    back = _open(repo)
+    xr.testing.assert_identical(back.load(), ds.load())
+    # the journals were read and removed with the commit
+    keys = frazil._aio.run(repo.storage.list("forks/"))
+    assert keys == []
+
+
+def test_journaled_copies_conflict_unless_identical(client: Any,
+                                                    repo: frazil.Repository) -> None:
+    """Two copies writing one chunk with different bytes: the merge names it. The same
+    chunk written twice with the same bytes (a task dask retried) merges."""
+    session = repo.writable_session("main")
+    z = zarr.create_array(session.store, name="a", shape=(4,), chunks=(2,), dtype="i4",
+                          fill_value=0)
+    session.commit("array")
+    del z
+
+    def write(fork: frazil.ForkSession, values: list[int]) -> None:
+        zarr.open_array(fork.store, path="a", mode="r+")[:2] = values
+
+    for values, conflict in (([1, 2], False), ([3, 4], True)):
+        session = repo.writable_session("main")
+        fork = session.fork()
+        client.gather([client.submit(write, fork, [1, 2], pure=False),
+                       client.submit(write, fork, values, pure=False)])
+        if conflict:
+            with pytest.raises(ConflictError, match=r"ChunkDoubleUpdate.*\[0\]"):
+                session.merge(fork)
+            assert not session.has_uncommitted_changes
+        else:
+            session.merge(fork)
+            session.commit("twice the same")
+            assert list(_read(repo, "a")) == [1, 2, 0, 0]
+
+
+def test_plain_session_store_on_a_process_cluster_names_the_fix(
+        client: Any, repo: frazil.Repository) -> None:
+    """``ds.to_zarr(session.store)`` with dask on worker processes cannot work (the
+    session stays in this process): the error is frazil's, pointing at fork() and
+    frazil.xarray.to_frazil, not dask's "Could not serialize object"."""
+    ds = make_dataset(6).chunk({"time": 2})
+    session = repo.writable_session("main")
+    with pytest.raises(Exception) as info:
+        ds.to_zarr(session.store, consolidated=False, zarr_format=3)
+    text = "".join(str(e) for e in _chain(info.value))
+    assert "session.fork()" in text and "to_frazil" in text, text
+    assert "writable Session" in str(info.value) or "writable Session" in text
+
+
+def _chain(e: BaseException | None) -> Iterator[BaseException]:
+    while e is not None:
+        yield e
+        e = e.__cause__ or e.__context__

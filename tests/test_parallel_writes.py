@@ -130,3 +130,55 @@ def test_parallel_writes_of_one_time_step_twice_conflict(tmp_path: Path) -> None
     assert conflicts == {("/temperature", ((2, 0, 0),)), ("/precip", ((2, 0, 0),))}
     assert "[2, 0, 0]" in str(info.value)
     assert not session.has_uncommitted_changes
+
+
+def write_and_forget(*, itime: int, session: frazil.ForkSession) -> None:
+    """A worker that writes through its copy of the fork and returns nothing."""
+    write_timestamp(itime=itime, session=session)
+
+
+def write_then_fail(*, itime: int, session: frazil.ForkSession) -> None:
+    write_timestamp(itime=itime, session=session)
+    raise RuntimeError("the task failed after writing")
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_forks_that_never_come_back_reach_the_commit(tmp_path: Path, method: str) -> None:
+    """Workers that do not return their fork: merging the fork object itself brings what
+    its copies wrote (from their journals). Before: merge and commit succeeded with every
+    chunk missing."""
+    repo = create_template(tmp_path)
+    session = repo.writable_session("main")
+    fork = session.fork()
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context(method)) as executor:
+        for f in [executor.submit(write_and_forget, itime=i, session=fork)
+                  for i in range(ds.sizes["time"])]:
+            f.result(timeout=120)
+    session.merge(fork)
+    session.commit("finished writes")
+    check_result(repo)
+    assert frazil._aio.run(repo.storage.list("forks/")) == []  # journals removed
+
+
+def test_returned_forks_merge_only_what_they_carry(tmp_path: Path) -> None:
+    """Merging the forks handed back merges exactly those: a failed task's copy wrote
+    (and journaled) its time step, but it was not handed back, so it is not merged; the
+    fork object itself would bring it."""
+    repo = create_template(tmp_path)
+    session = repo.writable_session("main")
+    fork = session.fork()
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork")) as executor:
+        good = [executor.submit(write_timestamp, itime=i, session=fork) for i in range(5)]
+        bad = executor.submit(write_then_fail, itime=5, session=fork)
+        returned = [f.result(timeout=120) for f in good]
+        with pytest.raises(RuntimeError, match="failed after writing"):
+            bad.result(timeout=120)
+    session.merge(*returned)
+    result = xr.open_zarr(session.store, consolidated=False)
+    assert bool(result["precip"].isel(time=5).isnull().all())  # the failed task's write
+    xr.testing.assert_identical(result.isel(time=slice(0, 5)).load(),
+                                ds.isel(time=slice(0, 5)))
+    # the fork itself brings the rest (its returned copies are not merged twice)
+    session.merge(fork)
+    session.commit("finished writes")
+    check_result(repo)

@@ -141,10 +141,15 @@ class _FrazilStoreTests(StoreTests[FrazilStore, cpu.Buffer]):
 
     # -- overrides: read-only behaviour -----------------------------------------------------
     # Overridden: a writable Session is deliberately not picklable (staged changes must not be
-    # copied to other processes); a read-only one is, and its store equals the original.
+    # copied to other processes): its store pickles as one that refuses every call, saying
+    # so; a read-only one pickles, and its store equals the original.
     async def test_serializable_store(self, store: FrazilStore) -> None:
-        with pytest.raises(InvalidInputError, match="cannot be pickled"):
-            pickle.dumps(store)
+        detached = pickle.loads(pickle.dumps(store))
+        assert detached != store
+        with pytest.raises(InvalidInputError, match="cannot be sent to other processes"):
+            await detached.get("zarr.json", prototype=PROTO)
+        with pytest.raises(InvalidInputError, match=r"session\.fork\(\)"):
+            await detached.set("zarr.json", Buf.from_bytes(array_doc((4,))))
         await store.set("zarr.json", Buf.from_bytes(array_doc((4,))))
         await store.set("c/0", Buf.from_bytes(b"\x01\x02\x03\x04"))
         store.session.commit("data")

@@ -487,6 +487,8 @@ def gc(ctx: Ctx, older_than: str, dry_run: bool) -> None:
         if s.temporaries_deleted:
             click.echo(f"removed {s.temporaries_deleted} temporary files left by "
                        "interrupted writes")
+        if s.fork_journals_deleted:
+            click.echo(f"{verb} {s.fork_journals_deleted} fork journal objects")
 
     ctx.emit(data, human)
 

@@ -76,6 +76,83 @@ def _parse_chunk(rest: str, meta: NodeMeta) -> Coord | None:
     return tuple(int(p) for p in parts)
 
 
+def _is_fork(session: Session) -> bool:
+    from frazil.session import ForkSession
+
+    return isinstance(session, ForkSession)
+
+
+def _restore(session: Session, read_only: bool) -> FrazilStore:
+    return FrazilStore(session, read_only=read_only or None)
+
+
+DETACHED_MESSAGE = (
+    "this store belongs to a writable Session in another process, and a writable Session "
+    "cannot be sent to other processes or workers: its staged changes would be lost. "
+    "Write from workers through a fork (fork = session.fork(); ds.to_zarr(fork.store, "
+    "...); session.merge(fork)), or let frazil.xarray.to_frazil(ds, session) (and "
+    "frazil.dask.store_dask) do it, then commit the session")
+
+
+class DetachedStore(Store):
+    """What a writable session's store becomes when pickled: every call raises
+    ``InvalidInputError`` saying how to write from workers (see ``FrazilStore``)."""
+
+    supports_writes = True
+    supports_deletes = True
+    supports_listing = True
+    supports_partial_writes = False  # type: ignore[assignment]
+
+    def __init__(self, message: str = DETACHED_MESSAGE) -> None:
+        super().__init__(read_only=False)
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DetachedStore, (self.message,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DetachedStore)
+
+    def __hash__(self) -> int:
+        return hash(DetachedStore)
+
+    def _refuse(self) -> InvalidInputError:
+        return InvalidInputError(self.message)
+
+    def with_read_only(self, read_only: bool = False) -> DetachedStore:
+        raise self._refuse()
+
+    async def get(self, key: str, prototype: BufferPrototype,
+                  byte_range: ByteRequest | None = None) -> Buffer | None:
+        raise self._refuse()
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        raise self._refuse()
+
+    async def exists(self, key: str) -> bool:
+        raise self._refuse()
+
+    async def set(self, key: str, value: Buffer) -> None:
+        raise self._refuse()
+
+    async def delete(self, key: str) -> None:
+        raise self._refuse()
+
+    async def list(self) -> AsyncIterator[str]:  # type: ignore[override]
+        raise self._refuse()
+        yield ""  # pragma: no cover
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+        raise self._refuse()
+        yield ""  # pragma: no cover
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+        raise self._refuse()
+        yield ""  # pragma: no cover
+
+
 def _chunk_key(path: str, meta: NodeMeta, coord: Coord) -> str:
     prefix = "" if path == "/" else path[1:] + "/"
     sep = meta.separator
@@ -133,6 +210,16 @@ class FrazilStore(Store):
 
     def __repr__(self) -> str:
         return f"FrazilStore({self._session!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        session = self._session
+        if not session.read_only and not self._force_read_only and not _is_fork(session):
+            # A writable session cannot leave this process. Pickling its store (dask
+            # does, for every task of ds.to_zarr(session.store) on worker processes)
+            # gives a store that refuses every call with the fix, so that the error
+            # the user sees is this one, raised by the task, not a serialization error.
+            return (DetachedStore, (DETACHED_MESSAGE,))
+        return (_restore, (session, self._force_read_only))
 
     def __getstate__(self) -> dict[str, Any]:
         return {"session": self._session, "read_only": self._force_read_only}
@@ -236,6 +323,7 @@ class FrazilStore(Store):
         kind, path, coord = parsed
         if kind == "meta":
             self._session.set_metadata(path, value.to_bytes())
+            await self._session.flush_journal()  # a fork copy's write is journaled first
         else:
             assert coord is not None
             await self._session.set_chunk(path, coord, value.to_bytes())
@@ -283,6 +371,7 @@ class FrazilStore(Store):
         kind, path, coord = parsed
         if kind == "meta":
             self._session.delete_node(path)
+            await self._session.flush_journal()
         else:
             assert coord is not None
             await self._session.delete_chunk(path, coord)
@@ -292,11 +381,13 @@ class FrazilStore(Store):
         stripped = prefix.rstrip("/")
         if stripped == "":
             self._session.delete_tree("/")
+            await self._session.flush_journal()
             return
         path = "/" + stripped
         if self._session.node(path) is not None or any(
                 n.path.startswith(path + "/") for n in self._session.nodes()):
             self._session.delete_tree(path)
+            await self._session.flush_journal()
             return
         async for key in self.list_prefix(stripped + "/"):
             await self.delete(key)
