@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from .common import FORK_JOURNAL, FormatError, decode_parquet, encode_parquet
 from .ids import NodeId
-from .manifest import _ROW_SCHEMA, SCHEMA, encode_manifest_columns
+from .manifest import _ROW_SCHEMA, SCHEMA, encode_manifest_columns, split_parts
 
 _TOKEN = re.compile(r"^[0-9a-f]{16,64}$")
 
@@ -94,22 +94,9 @@ def decode_journal(data: bytes, what: str = "fork journal") -> JournalBatch:
                 raise FormatError(f"bad node record at {n['path']!r}")
             nodes.append(JournalNode(n["path"], NodeId.parse(n["node_id"]), n["node_type"],
                                      n["zarr_json"].encode("utf-8")))
-        coord = table.column("coord").combine_chunks()
-        flat = coord.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-        offsets = coord.offsets.to_numpy()
         rows_table = table.select(list(_ROW_SCHEMA.names))
-        chunks, row = [], 0
-        for part in header["parts"]:
-            nid, ndim, n = NodeId.parse(part["node_id"]), int(part["ndim"]), int(part["rows"])
-            if n < 0 or ndim < 0 or row + n > table.num_rows:
-                raise FormatError("parts exceed the table")
-            lo, hi = int(offsets[row]), int(offsets[row + n])
-            if hi - lo != n * ndim:
-                raise FormatError("coordinates do not match the declared shape")
-            chunks.append((nid, flat[lo:hi].reshape(n, ndim), rows_table.slice(row, n)))
-            row += n
-        if row != table.num_rows:
-            raise FormatError("rows not covered by any part")
+        chunks = [(nid, coords, rows_table.slice(row, len(coords)))
+                  for nid, row, coords in split_parts(table, header["parts"])]
         return JournalBatch(fork_id, writer_id, seq, tuple(nodes), tuple(chunks),
                             bool(header.get("cleared", False)))
     except (KeyError, TypeError, ValueError, AttributeError, pa.ArrowException,

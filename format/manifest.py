@@ -202,6 +202,27 @@ def _all_equal(col: pa.ChunkedArray, value: str) -> bool:
     return True
 
 
+def split_parts(table: pa.Table, parts: Any) -> list[tuple[NodeId, int, np.ndarray]]:
+    """The header's ``parts`` list checked against ``table``: per part its node id, first
+    row and coordinates (n x ndim); ``FormatError`` if they do not tile the table."""
+    coord = table.column("coord").combine_chunks()
+    flat = coord.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    list_offsets = coord.offsets.to_numpy()
+    out, row = [], 0
+    for part in parts:
+        nid, ndim, n = NodeId.parse(part["node_id"]), int(part["ndim"]), int(part["rows"])
+        if n < 0 or ndim < 0 or row + n > table.num_rows:
+            raise FormatError("parts exceed the table")
+        lo, hi = int(list_offsets[row]), int(list_offsets[row + n])
+        if hi - lo != n * ndim:
+            raise FormatError("coordinates do not match the declared shape")
+        out.append((nid, row, flat[lo:hi].reshape(n, ndim)))
+        row += n
+    if row != table.num_rows:
+        raise FormatError("rows not covered by any part")
+    return out
+
+
 def decode_manifest_parts(
     data: bytes, what: str = "manifest", expected_checksum: int | None = None
 ) -> dict[int, ManifestSegment]:
@@ -213,27 +234,14 @@ def decode_manifest_parts(
         parts = header["parts"]
         if not isinstance(parts, list) or not parts:
             raise FormatError("no parts")
-        coord = table.column("coord").combine_chunks()
-        flat = coord.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-        list_offsets = coord.offsets.to_numpy()
         node_col = table.column("node_id")
         kinds = table.column("kind").to_numpy()
         out: dict[int, ManifestSegment] = {}
-        row = 0
-        for part in parts:
-            nid, ndim, n = NodeId.parse(part["node_id"]), int(part["ndim"]), int(part["rows"])
-            if n < 0 or ndim < 0 or row + n > table.num_rows:
-                raise FormatError("parts exceed the table")
-            lo, hi = int(list_offsets[row]), int(list_offsets[row + n])
-            if hi - lo != n * ndim:
-                raise FormatError("coordinates do not match the declared shape")
+        for nid, row, coords in split_parts(table, parts):
+            n = len(coords)
             if n and not _all_equal(node_col.slice(row, n), str(nid)):
                 raise FormatError("node_id column does not match the header")
-            coords = flat[lo:hi].reshape(n, ndim)
             out[row] = ManifestSegment(mid, nid, coords, table.slice(row, n))
-            row += n
-        if row != table.num_rows:
-            raise FormatError("rows not covered by any part")
     except (KeyError, TypeError, ValueError, pa.ArrowException, FormatError) as e:
         raise FormatError(f"{what}: damaged manifest ({e!r})") from e
     if len(kinds) and (kinds.min() < 0 or kinds.max() > 3):

@@ -99,6 +99,19 @@ def write(session: frazil.Session, name: str, value: int) -> None:
     arr[value % 4] = value
 
 
+def commits_on_top(other: frazil.Repository) -> Callable[[], Awaitable[None]]:
+    """A hook committing "other" (array b) through ``other``, from another thread (the
+    engine's loop, which runs the hook, waits meanwhile)."""
+    def commit_other() -> None:
+        o = other.writable_session("main")
+        write(o, "b", 2)
+        o.commit("other")
+
+    async def hook() -> None:
+        await asyncio.to_thread(commit_other)
+    return hook
+
+
 def history(repo: frazil.Repository) -> list[str]:
     return [i.message for i in repo.ancestry(branch="main")]
 
@@ -120,15 +133,7 @@ def test_lost_swap_answer_with_a_commit_on_top_is_one_commit(
     s = mine.writable_session("main")
     write(s, "a", 1)
 
-    def commit_other() -> None:
-        o = other.writable_session("main")
-        write(o, "b", 2)
-        o.commit("other")
-
-    async def other_commits() -> None:  # from another thread: the engine's loop waits here
-        await asyncio.to_thread(commit_other)
-
-    lossy.after_landing = other_commits
+    lossy.after_landing = commits_on_top(other)
     sid = s.commit("mine", rebase_with=solver)
     assert history(other) == ["other", "mine", "Repository initialized"]
     assert [i.id for i in other.ancestry(branch="main")][1] == sid
@@ -152,15 +157,7 @@ def test_commit_whose_outcome_stayed_unknown_is_settled_by_the_next_call(
     s = mine.writable_session("main")
     write(s, "a", 1)
 
-    def commit_other() -> None:
-        o = other.writable_session("main")
-        write(o, "b", 2)
-        o.commit("other")
-
-    async def other_commits() -> None:
-        await asyncio.to_thread(commit_other)
-
-    lossy.after_landing = other_commits
+    lossy.after_landing = commits_on_top(other)
     with pytest.raises(TransientStorageError):
         s.commit("mine")
     assert not s.read_only and s.has_uncommitted_changes
