@@ -5,8 +5,9 @@ stage changes in the copy's memory, which a merge sees only if the copy comes ba
 that they are never lost when it does not (``ds.to_zarr(fork.store)`` under a distributed
 scheduler drops the copies it made), a copy records what it staged: before a write
 through ``fork.store`` returns, the chunks and nodes it touched are written as one
-journal object (``frazil.format.journal``); writes made together share one object (the
-first waiting writer writes everything recorded by then; the others find theirs done).
+journal object (``frazil.format.journal``); writes made together share one object (a
+writer takes everything recorded and not yet taken; one whose change was taken by another
+waits for that object), and objects are written concurrently.
 
 ``Session.merge(fork)`` lists the journals of the fork's copies, skips the writers whose
 changes it was handed (each change set names the writers it holds), replays the others
@@ -19,31 +20,35 @@ not. Journals are garbage: the merging session deletes them after its commit, an
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from frazil.format import ChunkRef, ManifestId, NodeId, NodeRecord
+from frazil.format import NodeId, NodeRecord
 from frazil.format.journal import (
     JournalBatch,
     JournalNode,
+    Rows,
     decode_journal,
     encode_journal,
     journal_key,
+    marker_key,
     parse_journal_key,
+    split_batch,
 )
-from frazil.format.manifest import ManifestSegment, ref_rows
 
 from . import _aio
 from .changeset import ChangeSet, Coord
+from .errors import InvalidInputError, StorageError
 from .storage.base import Storage
 
 FORKS_PREFIX = "forks/"
+_SETTLE_TURNS = 2  # event-loop turns a flush waits for other writes to join its object
 
 
 def new_token() -> str:
@@ -51,27 +56,30 @@ def new_token() -> str:
 
 
 class ForkJournal:
-    """The journal of one writer (a fork copy): what it touched since the last flush."""
+    """The journal of one writer (a fork copy): what it touched since the last flush.
+    With ``marker_only`` (``fork(journal=False)``), only the fact that it wrote: one
+    empty marker object at its first write."""
 
-    def __init__(self, storage: Storage, fork_id: str) -> None:
+    def __init__(self, storage: Storage, fork_id: str, marker_only: bool = False) -> None:
         self.storage = storage
         self.fork_id = fork_id
+        self.marker_only = marker_only
         self.writer_id = new_token()
         self._seq = 0
         self._nodes: set[str] = set()
         self._chunks: dict[NodeId, set[Coord]] = {}
         self._blocks: list[tuple[NodeId, np.ndarray, pa.Table]] = []
         self._cleared = False
-        self._recorded = 0  # changes recorded, and of those, written to storage
-        self._flushed = 0
+        # changes recorded; of those, taken into journal objects; and known on storage
+        self._recorded = self._taken = self._flushed = 0
+        self._inflight: list[concurrent.futures.Future[None]] = []  # objects being written
+        self._failed: BaseException | None = None
         self._lock = threading.Lock()
-        self._flushing: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary())
         _aio.reset_in_child(self)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._flushing = weakref.WeakKeyDictionary()
+        self._inflight = []
 
     # -- recording (under the session's staging calls) ------------------------------------
     def node(self, path: str) -> None:
@@ -103,34 +111,65 @@ class ForkJournal:
 
     # -- flushing -----------------------------------------------------------------------
     async def flush(self, changes: ChangeSet) -> None:
-        """Write what was recorded so far (if a flush running now did not already)."""
+        """Return once everything recorded before the call is on storage: what nobody took
+        yet goes out as a new journal object, written concurrently with those already in
+        flight (which may hold the rest of ours, and are waited for). Runs on the
+        caller's loop; taking, building and numbering happen under one lock, so a newer
+        batch never gets an older number."""
+        if self._failed is not None:
+            raise StorageError(f"an earlier journal write of this fork copy failed "
+                               f"({self._failed}); its writes cannot reach the merge: "
+                               "run the task again") from self._failed
         if not self.pending:
             return
-        loop = _aio.loop()
-        if asyncio.get_running_loop() is not loop:  # one loop orders every flush
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
-                self.flush(changes), loop))
+        if self.marker_only:
+            await self._mark()
             return
-        wanted = self._recorded
-        lock = self._flushing.get(loop)
-        if lock is None:
-            lock = self._flushing[loop] = asyncio.Lock()
-        async with lock:
-            if self._flushed >= wanted:
-                return  # a flush that ran while we waited wrote ours too
-            with self._lock:
+        for _ in range(_SETTLE_TURNS):  # let writes finishing together join one object
+            await asyncio.sleep(0)
+        with self._lock:
+            waits = list(self._inflight)
+            pieces: list[JournalBatch] = []
+            if self._taken < self._recorded:
                 upto = self._recorded
                 nodes, self._nodes = self._nodes, set()
                 chunks, self._chunks = self._chunks, {}
                 blocks, self._blocks = self._blocks, []
                 cleared, self._cleared = self._cleared, False
-                seq = self._seq
-                self._seq += 1
-            batch = _batch(self.fork_id, self.writer_id, seq, changes, nodes, chunks,
-                           blocks, cleared)
-            await self.storage.put(journal_key(self.fork_id, self.writer_id, seq),
-                                   encode_journal(batch))
-            self._flushed = upto
+                self._taken = upto
+                pieces = split_batch(_batch(self.fork_id, self.writer_id, self._seq, changes,
+                                            nodes, chunks, blocks, cleared))
+                self._seq += len(pieces)
+                mine: concurrent.futures.Future[None] = concurrent.futures.Future()
+                self._inflight.append(mine)
+                waits.append(mine)
+        if pieces:
+            try:
+                await _aio.gather_limited([self.storage.put(
+                    journal_key(self.fork_id, self.writer_id, p.seq), encode_journal(p))
+                    for p in pieces])
+            except BaseException as e:
+                mine.set_exception(e)
+                self._failed = e  # its changes are not on storage: never claim they are
+                raise
+            else:
+                mine.set_result(None)
+            finally:
+                with self._lock:
+                    self._inflight.remove(mine)
+                    if not self._inflight:
+                        self._flushed = self._taken
+        await asyncio.gather(*(asyncio.wrap_future(w) for w in waits))
+
+
+    async def _mark(self) -> None:
+        with self._lock:
+            first, upto = self._taken == 0, self._recorded
+            self._taken = upto
+            self._nodes, self._chunks, self._blocks = set(), {}, []
+        if first:
+            await self.storage.put(marker_key(self.fork_id, self.writer_id), b"")
+        self._flushed = max(self._flushed, upto)
 
 
 def _batch(fork_id: str, writer_id: str, seq: int, changes: ChangeSet, nodes: set[str],
@@ -143,16 +182,16 @@ def _batch(fork_id: str, writer_id: str, seq: int, changes: ChangeSet, nodes: se
         rec = changes.nodes.get(path)
         out_nodes.append(JournalNode(path) if rec is None else
                          JournalNode(path, rec.node_id, rec.node_type, rec.zarr_json))
-    parts: list[tuple[NodeId, np.ndarray, pa.Table]] = list(blocks)
+    parts: list[tuple[NodeId, np.ndarray, Rows]] = list(blocks)
     for node_id, coords in chunks.items():
         table = changes.chunks.get(node_id)
         if table is None:  # the node was deleted since: its node entry says so
             continue
         staged = [(c, table.get(c)) for c in sorted(coords)]
-        staged = [(c, r) for c, r in staged if r is not None]
-        if staged:
-            parts.append((node_id, np.array([c for c, _ in staged], np.int64).reshape(
-                len(staged), table.ndim), ref_rows([r for _, r in staged])))
+        refs = [r for _, r in staged if r is not None]
+        if refs:
+            parts.append((node_id, np.array([c for c, r in staged if r is not None],
+                                            np.int64).reshape(len(refs), table.ndim), refs))
     return JournalBatch(fork_id, writer_id, seq, tuple(out_nodes), tuple(parts), cleared)
 
 
@@ -161,13 +200,27 @@ async def read_journals(storage: Storage, fork_ids: Iterable[str], skip: set[str
                         base: Mapping[str, NodeRecord]
                         ) -> dict[str, ChangeSet]:
     """The change sets of every writer of ``fork_ids`` not in ``skip``, replayed from its
-    journal objects in order, by writer id."""
+    journal objects in order, by writer id. ``InvalidInputError`` if a writer that keeps
+    no journal (``fork(journal=False)``) wrote and is not in ``skip``: its writes exist
+    only in a copy that was not handed back."""
     keys: dict[str, list[tuple[int, str]]] = {}
+    unjournaled: list[str] = []
     for fork_id in sorted(set(fork_ids)):
         for key in await storage.list(f"{FORKS_PREFIX}{fork_id}/"):
             parsed = parse_journal_key(key)
-            if parsed is not None and parsed[1] not in skip:
+            if parsed is None or parsed[1] in skip:
+                continue
+            if parsed[2] is None:
+                unjournaled.append(parsed[1])
+            else:
                 keys.setdefault(parsed[1], []).append((parsed[2], key))
+    if unjournaled:
+        raise InvalidInputError(
+            f"{len(unjournaled)} copies of this fork wrote on workers and were not handed "
+            "back, and the fork keeps no journal (fork(journal=False)), so their writes "
+            "would be lost: return the forks from the tasks and merge those, or fork with "
+            "journal=True (the default), or write with frazil.xarray.to_frazil / "
+            "frazil.dask.store_dask")
     ordered = [(writer, key) for writer, items in sorted(keys.items())
                for _, key in sorted(items)]
     datas = await _aio.gather_limited([storage.get(key) for _, key in ordered])
@@ -196,13 +249,12 @@ def _replay(changes: ChangeSet, batch: JournalBatch, base: Mapping[str, NodeReco
         segments = old.segments if isinstance(old, NodeRecord) and \
             old.node_id == n.node_id else ()
         changes.set_node(NodeRecord(n.path, n.node_id, n.node_type, n.zarr_json, segments))
-    for node_id, coords, rows in batch.chunks:
+    for node_id, coords, refs in batch.chunks:
         if not len(coords):
             continue
-        segment = ManifestSegment(ManifestId.new(), node_id, coords, rows)
+        assert isinstance(refs, list)  # decoded journals hold ChunkRef values
         table = changes.table(node_id, coords.shape[1])
-        for i, c in enumerate(coords.tolist()):
-            ref: ChunkRef = segment.ref(i)
+        for c, ref in zip(coords.tolist(), refs):
             table.set(tuple(c), ref)
 
 

@@ -573,19 +573,26 @@ class Session:
         self._base_checksum = tip_checksum
 
     # -- fork and merge --------------------------------------------------------------------
-    def fork(self) -> ForkSession:
+    def fork(self, *, journal: bool = True) -> ForkSession:
         """A picklable session for workers, at this session's base. Workers write through
         ``fork.store``; ``merge`` brings their changes back, from the forks the workers
         return and, for copies that never come back (``ds.to_zarr(fork.store)`` under a
-        distributed scheduler), from the journals the copies wrote (``frazil.journal``)."""
+        distributed scheduler), from the journals the copies wrote (``frazil.journal``).
+
+        ``journal=False``: the copies keep no journal (their writes are a little faster),
+        so every copy that writes must be handed back and merged; merging the fork object
+        itself then refuses, naming the fix, if a copy wrote and was not."""
         if self._read_only:
             raise ReadOnlyError("a read-only session cannot be forked; fork a writable one")
         if self.has_uncommitted_changes:
             raise InvalidInputError("cannot fork a session with uncommitted changes: "
                                     "commit first, then fork")
+        if not isinstance(journal, bool):
+            raise InvalidInputError(f"journal must be True or False, got {journal!r}")
         fork = ForkSession(self._repo, self._base, branch=self._branch, read_only=False,
                            base_checksum=self._base_checksum)
         fork._fork_id = new_token()
+        fork._journaled = journal
         return fork
 
     def _fork_with_changes(self) -> ForkSession:
@@ -828,15 +835,16 @@ class ForkSession(Session):
     def rebase(self, solver: ConflictSolver) -> None:
         raise InvalidInputError("a ForkSession cannot rebase; merge it into its session")
 
-    def fork(self) -> ForkSession:
+    def fork(self, *, journal: bool = True) -> ForkSession:
         raise InvalidInputError("a ForkSession cannot be forked again; fork the session")
 
     _fork_id: str | None = None  # None: a helper's fork, whose copies keep no journal
+    _journaled = True  # False: copies only mark that they wrote (fork(journal=False))
 
     def __getstate__(self) -> dict[str, Any]:
         return {"repo": self._repo, "base_id": self._base.id, "base_checksum":
                 self._base_checksum, "branch": self._branch, "changes": self._changes,
-                "fork_id": self._fork_id}
+                "fork_id": self._fork_id, "journaled": self._journaled}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         repo = state["repo"]
@@ -845,8 +853,10 @@ class ForkSession(Session):
                          base_checksum=state["base_checksum"])
         self._changes = state["changes"]
         self._fork_id = state.get("fork_id")
-        if self._fork_id is not None:  # a copy: what it stages is journaled
-            self._journal = ForkJournal(repo.storage, self._fork_id)
+        self._journaled = state.get("journaled", True)
+        if self._fork_id is not None:  # a copy: what it stages is journaled (or marked)
+            self._journal = ForkJournal(repo.storage, self._fork_id,
+                                        marker_only=not self._journaled)
             self._changes.writers.add(self._journal.writer_id)
 
     def __repr__(self) -> str:

@@ -219,8 +219,8 @@ class PausingLocalStorage(LocalFileSystemStorage):
         self.release = threading.Event()
         self.pause_next = False
 
-    def _write_temp(self, path: str, data: bytes) -> str:
-        tmp = super()._write_temp(path, data)
+    def _write_temp(self, path: str, data: bytes, sync: bool = True) -> str:
+        tmp = super()._write_temp(path, data, sync)
         if self.pause_next and "refs/branch.dev" in path and b'"snapshot"' in data:
             self.pause_next = False
             self.inside.set()
@@ -247,7 +247,7 @@ def test_delete_racing_an_in_flight_swap_never_resurrects(tmp_path: Path) -> Non
         # give the deletion its chance to run while the swap is paused: an unconditional
         # delete finishes at once; a conditional one waits for the swap's lock (bounded
         # wait, then the swap is released; the outcome checked below holds either way)
-        concurrent.futures.wait([deletion], timeout=5)
+        concurrent.futures.wait([deletion], timeout=1)
         storage.release.set()
         deletion.result(timeout=30)
         try:

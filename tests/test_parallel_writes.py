@@ -182,3 +182,32 @@ def test_returned_forks_merge_only_what_they_carry(tmp_path: Path) -> None:
     session.merge(fork)
     session.commit("finished writes")
     check_result(repo)
+
+
+def test_fork_without_journal_refuses_to_lose_writes(tmp_path: Path) -> None:
+    """``fork(journal=False)``: copies keep no journal (a little faster when every fork is
+    handed back). Returned forks merge as usual; merging the fork object after copies
+    wrote without coming back refuses, naming the fix, instead of losing their writes."""
+    repo = create_template(tmp_path)
+    session = repo.writable_session("main")
+    fork = session.fork(journal=False)
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork")) as executor:
+        returned = [f.result(timeout=120) for f in
+                    [executor.submit(write_timestamp, itime=i, session=fork) for i in range(6)]]
+    session.merge(*returned)
+    assert not frazil._aio.run(repo.storage.list(f"forks/{fork._fork_id}/"))[0].endswith(
+        "0000000000")  # markers only, no journal objects
+    session.commit("finished writes")
+    check_result(repo)
+
+    session = repo.writable_session("main")
+    fork = session.fork(journal=False)
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork")) as executor:
+        for f in [executor.submit(write_and_forget, itime=i, session=fork) for i in (0, 1)]:
+            f.result(timeout=120)
+    with pytest.raises(frazil.InvalidInputError, match=r"2 copies of this fork wrote.*"
+                       r"not handed back.*journal=True.*to_frazil"):
+        session.merge(fork)
+    assert not session.has_uncommitted_changes
+    with pytest.raises(frazil.InvalidInputError, match="journal must be True or False"):
+        session.fork(journal="no")  # type: ignore[arg-type]

@@ -16,9 +16,10 @@ place (so an object that is visible is whole on disk); before any ref or config 
 (the conditional puts that make objects reachable), the folders objects were renamed into
 are synced, by this process or any other (``chunks/``, ``manifests/``, ...: a folder's
 sync covers every entry in it, whoever made it), and new folders' parents; then the ref's
-own data is synced before its rename, and its folder after. ``fsync=False`` skips all of
-it (scratch repositories, benchmarks). On macOS ``F_FULLFSYNC`` is used, as ``fsync``
-there does not reach the disk.
+own data is synced before its rename, and its folder after. Fork journals (``forks/``)
+are scratch that nothing reachable depends on, and are written without syncs.
+``fsync=False`` skips all of it (scratch repositories, benchmarks). On macOS
+``F_FULLFSYNC`` is used, as ``fsync`` there does not reach the disk.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from .base import ByteRange, ObjectInfo, ObjectInfos, PutResult, Storage
 
 # folders whose entries a ref or config can make reachable; synced before every ref write
 OBJECT_FOLDERS = ("chunks", "manifests", "transactions", "snapshots")
+# scratch objects nothing reachable depends on (fork journals): written without syncs
+SCRATCH_PREFIXES = ("forks/",)
 
 
 def _sync_fd(fd: int) -> None:
@@ -142,22 +145,22 @@ class LocalFileSystemStorage(Storage):
                     self._unsynced_dirs.update(os.path.dirname(m) for m in missing)
             self._dirs.add(d)
 
-    def _write_temp(self, path: str, data: bytes) -> str:
+    def _write_temp(self, path: str, data: bytes, sync: bool = True) -> str:
         d = os.path.dirname(path)
         self._ensure_dir(d)
         tmp = os.path.join(d, f"{_TEMP_PREFIX}{os.urandom(8).hex()}")
         try:
-            self._write_file(tmp, data)
+            self._write_file(tmp, data, sync)
         except FileNotFoundError:  # folder removed under us: recreate and retry once
             self._dirs.discard(d)
             self._ensure_dir(d)
-            self._write_file(tmp, data)
+            self._write_file(tmp, data, sync)
         return tmp
 
-    def _write_file(self, tmp: str, data: bytes) -> None:
+    def _write_file(self, tmp: str, data: bytes, sync: bool) -> None:
         with open(tmp, "xb") as f:
             f.write(data)
-            if self.fsync:
+            if self.fsync and sync:
                 f.flush()
                 self._sync_file(f.fileno(), tmp)
 
@@ -183,7 +186,7 @@ class LocalFileSystemStorage(Storage):
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            tmp = self._write_temp(path, data)
+            tmp = self._write_temp(path, data, sync=not key.startswith(SCRATCH_PREFIXES))
             os.replace(tmp, path)
             if self.fsync and key == "config.json":  # written in place of a ref
                 self._sync_dir(os.path.dirname(path))
