@@ -22,12 +22,14 @@ demo: $(VENV)/.installed
 	$(BIN)/python tools/demo.py
 
 test: $(STAMP)
-	$(BIN)/ruff check engine format zarr_adapter tools tests
+	$(BIN)/ruff format --check engine format zarr_adapter tools tests dev
+	$(BIN)/ruff check engine format zarr_adapter tools tests dev
 	$(BIN)/mypy engine format zarr_adapter tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine format zarr_adapter tools tests
+	$(BIN)/ruff format --check engine format zarr_adapter tools tests dev
+	$(BIN)/ruff check engine format zarr_adapter tools tests dev
 	$(BIN)/mypy engine format zarr_adapter tools
 
 bench: $(STAMP)

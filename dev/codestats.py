@@ -16,8 +16,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"engine": "frazil", "format": "frazil.format", "zarr_adapter": "frazil.zarr_adapter",
-          "tools": "frazil.tools"}
+LAYERS = {
+    "engine": "frazil",
+    "format": "frazil.format",
+    "zarr_adapter": "frazil.zarr_adapter",
+    "tools": "frazil.tools",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -59,7 +63,7 @@ def imports(name: str, path: Path, tree: ast.AST, known: set[str]) -> set[str]:
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = pkg.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
@@ -95,20 +99,28 @@ def main() -> None:
             examples[name].append(use)
         graph[name] = imports(name, path, tree, set(mods))
     lengths = sorted(n for n, _ in funcs)
-    print(f"modules: {len(mods)}, lines: {sum(sizes.values())}, functions: {len(funcs)}, "
-          f"median function {lengths[len(lengths) // 2]} lines")
+    print(
+        f"modules: {len(mods)}, lines: {sum(sizes.values())}, functions: {len(funcs)}, "
+        f"median function {lengths[len(lengths) // 2]} lines"
+    )
     print("\nlargest modules:")
-    for name, n in sorted(sizes.items(), key=lambda kv: -kv[1])[:args.top]:
+    for name, n in sorted(sizes.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"  {n:5d}  {name}")
     print("\nlongest functions:")
-    for n, name in sorted(funcs, reverse=True)[:args.top]:
+    for n, name in sorted(funcs, reverse=True)[: args.top]:
         print(f"  {n:5d}  {name}")
     print(f"\nprivate members of other objects used: {sum(private.values())}")
     for name, n in private.most_common():
         shown = ", ".join(sorted(set(examples[name]))[:6])
         print(f"  {n:3d}  {name}: {shown}")
-    cycles = sorted({tuple(sorted((a, b))) for a, deps in graph.items() for b in deps
-                     if a in graph.get(b, set())})
+    cycles = sorted(
+        {
+            tuple(sorted((a, b)))
+            for a, deps in graph.items()
+            for b in deps
+            if a in graph.get(b, set())
+        }
+    )
     print(f"\nimport cycles (pairs importing each other): {len(cycles)}")
     for a, b in cycles:
         print(f"  {a} <-> {b}")

@@ -84,8 +84,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         running = None
     if running is target:
         coro.close()
-        raise RuntimeError("frazil: a blocking call was made from the engine's own event loop; "
-                           "use the async method instead")
+        raise RuntimeError(
+            "frazil: a blocking call was made from the engine's own event loop; "
+            "use the async method instead"
+        )
     return asyncio.run_coroutine_threadsafe(coro, target).result()
 
 
@@ -96,7 +98,8 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
 
 _BATCH = 8
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
 class _Batcher:
@@ -119,13 +122,14 @@ class _Batcher:
     def _flush(self) -> None:
         items, self.pending, self.scheduled = self.pending, [], False
         for i in range(0, len(items), _BATCH):
-            part = items[i:i + _BATCH]
+            part = items[i : i + _BATCH]
             job = self.loop.run_in_executor(pool(), _run_batch, part)
             job.add_done_callback(functools.partial(_deliver, part))
 
 
-def _run_batch(part: list[tuple[Callable[..., Any], tuple[Any, ...], Any]]
-               ) -> list[tuple[bool, Any]]:
+def _run_batch(
+    part: list[tuple[Callable[..., Any], tuple[Any, ...], Any]],
+) -> list[tuple[bool, Any]]:
     out: list[tuple[bool, Any]] = []
     for fn, args, _ in part:
         try:
@@ -135,8 +139,10 @@ def _run_batch(part: list[tuple[Callable[..., Any], tuple[Any, ...], Any]]
     return out
 
 
-def _deliver(part: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]],
-             job: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+def _deliver(
+    part: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]],
+    job: asyncio.Future[list[tuple[bool, Any]]],
+) -> None:
     if job.cancelled() or job.exception() is not None:
         err = job.exception() if not job.cancelled() else asyncio.CancelledError()
         for _, _, fut in part:

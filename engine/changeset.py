@@ -46,9 +46,14 @@ def _pick(values: list[Any], idx: np.ndarray) -> list[Any]:
 def row_ref(rows: pa.Table, i: int) -> ChunkRef:
     """The virtual ref in row ``i`` of a ``VirtualBlock``'s table."""
     row = {c: rows.column(c)[i].as_py() for c in rows.column_names}
-    return ChunkRef(ChunkKind.VIRTUAL, location=row["location"], offset=row["offset"],
-                    length=row["length"], etag=row.get("etag"),
-                    last_modified=row.get("last_modified"))
+    return ChunkRef(
+        ChunkKind.VIRTUAL,
+        location=row["location"],
+        offset=row["offset"],
+        length=row["length"],
+        etag=row.get("etag"),
+        last_modified=row.get("last_modified"),
+    )
 
 
 @dataclass(slots=True)
@@ -74,8 +79,13 @@ class VirtualBlock:
     def manifest_rows(self, idx: np.ndarray) -> pa.Table:
         part = self.rows.take(pa.array(idx))
         cols = {c: part.column(c).combine_chunks() for c in part.column_names}
-        return virtual_rows(cols["offset"], cols["length"], cols["location"],
-                            cols.get("etag"), cols.get("last_modified"))
+        return virtual_rows(
+            cols["offset"],
+            cols["length"],
+            cols["location"],
+            cols.get("etag"),
+            cols.get("last_modified"),
+        )
 
     def copy(self) -> VirtualBlock:
         return VirtualBlock(self.keys, self.live.copy(), self.rows)
@@ -184,7 +194,8 @@ class ChunkTable:
         if len(tables) == 1:
             return tables[0]
         return pa.concat_tables(tables).take(
-            pa.array(np.argsort(np.concatenate(positions), kind="stable")))
+            pa.array(np.argsort(np.concatenate(positions), kind="stable"))
+        )
 
     def set_inline(self, coord: Coord, data: bytes) -> None:
         k = self.key(coord)
@@ -219,8 +230,12 @@ class ChunkTable:
         return None
 
     def __len__(self) -> int:
-        return (len(self.inline) + len(self.refs) + len(self.deleted)
-                + sum(int(np.count_nonzero(b.live)) for b in self.blocks))
+        return (
+            len(self.inline)
+            + len(self.refs)
+            + len(self.deleted)
+            + sum(int(np.count_nonzero(b.live)) for b in self.blocks)
+        )
 
     def __copy__(self) -> ChunkTable:
         other = ChunkTable(self.ndim)
@@ -241,20 +256,22 @@ class ChunkTable:
 
     def _int_keys(self) -> np.ndarray:
         """Every staged packed key (tuple keys aside)."""
-        parts = [np.fromiter((k for k in ks if isinstance(k, int)), np.int64)
-                 for ks in (self.inline, self.refs, self.deleted)]
+        parts = [
+            np.fromiter((k for k in ks if isinstance(k, int)), np.int64)
+            for ks in (self.inline, self.refs, self.deleted)
+        ]
         parts.append(self._live_virtual()[0])
         return np.concatenate(parts)
 
     def _tuple_keys(self) -> CoordSet:
-        return {k for ks in (self.inline, self.refs, self.deleted) for k in ks
-                if isinstance(k, tuple)}
+        return {
+            k for ks in (self.inline, self.refs, self.deleted) for k in ks if isinstance(k, tuple)
+        }
 
     def overlap(self, other: ChunkTable) -> CoordSet:
         """Coordinates staged in both tables."""
         both = np.intersect1d(self._int_keys(), other._int_keys())
-        return {self.coord(k) for k in both.tolist()} | (
-            self._tuple_keys() & other._tuple_keys())
+        return {self.coord(k) for k in both.tolist()} | (self._tuple_keys() & other._tuple_keys())
 
     def update(self, other: ChunkTable) -> None:
         """Add every ref of ``other`` (callers check ``overlap`` first)."""
@@ -295,47 +312,63 @@ class ChunkTable:
             except (TypeError, ValueError):  # some coordinates did not fit a packed key
                 packed = None
         if packed is not None:
-            cols = [(packed >> (self._bits * (self.ndim - 1 - d))) & (self._limit - 1)
-                    for d in range(self.ndim)]
+            cols = [
+                (packed >> (self._bits * (self.ndim - 1 - d))) & (self._limit - 1)
+                for d in range(self.ndim)
+            ]
             return np.stack(cols, axis=1) if cols else np.zeros((n, 0), np.int64)
         return np.array([self.coord(k) for k in keys], dtype=np.int64).reshape(n, self.ndim)
 
-    def segments(self, split_rows: int, drop_tombstones: bool = False
-                 ) -> Iterator[tuple[np.ndarray, pa.Table]]:
+    def segments(
+        self, split_rows: int, drop_tombstones: bool = False
+    ) -> Iterator[tuple[np.ndarray, pa.Table]]:
         """The staged refs sorted by coordinate, in parts of at most ``split_rows``:
         (coords, manifest rows without ``coord``). Columns are built part by part, so
         memory stays bounded by one part beyond the sort keys."""
         inline_vals = list(self.inline.values())
         ref_vals = list(self.refs.values())
         vkeys, vrows = self._live_virtual()
-        groups: list[Any] = [list(self.inline.keys()), list(self.refs.keys()),
-                             [] if drop_tombstones else list(self.deleted), vkeys]
+        groups: list[Any] = [
+            list(self.inline.keys()),
+            list(self.refs.keys()),
+            [] if drop_tombstones else list(self.deleted),
+            vkeys,
+        ]
         coords = np.concatenate([self._coords(g) for g in groups])
         src = np.concatenate([np.full(len(g), i, np.int8) for i, g in enumerate(groups)])
-        idx = np.concatenate([np.arange(len(g), dtype=np.int64) for g in groups[:3]]
-                             + [vrows])
+        idx = np.concatenate([np.arange(len(g), dtype=np.int64) for g in groups[:3]] + [vrows])
         del groups, vkeys, vrows
         order = np.lexsort(coords.T[::-1]) if self.ndim else np.arange(len(coords))
         for start in range(0, len(order), split_rows):
-            sel = order[start:start + split_rows]
+            sel = order[start : start + split_rows]
             part_src, part_idx = src[sel], idx[sel]
             tables, positions = [], []
-            for code, build in ((0, lambda ix: inline_rows(_pick(inline_vals, ix))),
-                                (1, lambda ix: ref_rows(_pick(ref_vals, ix))),
-                                (2, lambda ix: tombstone_rows(len(ix))),
-                                (3, self._virtual_manifest_rows)):
+            for code, build in (
+                (0, lambda ix: inline_rows(_pick(inline_vals, ix))),
+                (1, lambda ix: ref_rows(_pick(ref_vals, ix))),
+                (2, lambda ix: tombstone_rows(len(ix))),
+                (3, self._virtual_manifest_rows),
+            ):
                 pos = np.flatnonzero(part_src == code)
                 if len(pos):
                     tables.append(build(part_idx[pos]))
                     positions.append(pos)
-            rows = tables[0] if len(tables) == 1 else pa.concat_tables(tables).take(
-                pa.array(np.argsort(np.concatenate(positions), kind="stable")))
+            rows = (
+                tables[0]
+                if len(tables) == 1
+                else pa.concat_tables(tables).take(
+                    pa.array(np.argsort(np.concatenate(positions), kind="stable"))
+                )
+            )
             yield coords[sel], rows
 
     def virtual_locations(self) -> StrSet:
         """Locations of the live staged virtual refs."""
-        out = {r.location for r in self.refs.values()
-               if r.kind == ChunkKind.VIRTUAL and r.location is not None}
+        out = {
+            r.location
+            for r in self.refs.values()
+            if r.kind == ChunkKind.VIRTUAL and r.location is not None
+        }
         for b in self.blocks:
             pos = np.flatnonzero(b.live)
             if len(pos):
@@ -351,7 +384,8 @@ class ChunkTable:
             (list(self.inline.keys()), ChunkKind.INLINE),
             (list(self.refs.keys()), ChunkKind.NATIVE),
             (list(self.deleted), ChunkKind.DELETED),
-            (self._live_virtual()[0], ChunkKind.VIRTUAL)]
+            (self._live_virtual()[0], ChunkKind.VIRTUAL),
+        ]
         coords = [self._coords(keys) for keys, _ in parts if len(keys)]
         kinds = [np.full(len(keys), int(kind), np.int8) for keys, kind in parts if len(keys)]
         if not coords:

@@ -52,8 +52,9 @@ class CommitPlan:
         return [*self.manifests, self.log, (snapshot_key(self.snapshot.id), self.snapshot_bytes)]
 
 
-def build_segments(node_id: NodeId, parts: Iterable[tuple[np.ndarray, pa.Table]]
-                   ) -> tuple[list[SegmentRef], list[tuple[str, bytes]], np.ndarray | None]:
+def build_segments(
+    node_id: NodeId, parts: Iterable[tuple[np.ndarray, pa.Table]]
+) -> tuple[list[SegmentRef], list[tuple[str, bytes]], np.ndarray | None]:
     """Encode each (sorted coords, rows) part as one manifest segment; also returns all
     the coordinates (for the transaction log), or None if there were none."""
     segs: list[SegmentRef] = []
@@ -62,9 +63,16 @@ def build_segments(node_id: NodeId, parts: Iterable[tuple[np.ndarray, pa.Table]]
     for part, rows in parts:
         mid = ManifestId.new()
         data = encode_manifest_table(mid, node_id, part, rows)
-        segs.append(SegmentRef(mid, checksum(data), len(data), len(part),
-                               tuple(part.min(axis=0).tolist()),
-                               tuple(part.max(axis=0).tolist())))
+        segs.append(
+            SegmentRef(
+                mid,
+                checksum(data),
+                len(data),
+                len(part),
+                tuple(part.min(axis=0).tolist()),
+                tuple(part.max(axis=0).tolist()),
+            )
+        )
         objects.append((manifest_key(mid), data))
         all_coords.append(part)
     return segs, objects, (np.concatenate(all_coords) if all_coords else None)
@@ -79,8 +87,9 @@ PACK_ROWS = 1024
 PACK_OBJECT_ROWS = 16384
 
 
-def pack_segments(deltas: list[tuple[NodeId, np.ndarray, pa.Table]]
-                  ) -> tuple[dict[NodeId, SegmentRef], list[tuple[str, bytes]]]:
+def pack_segments(
+    deltas: list[tuple[NodeId, np.ndarray, pa.Table]],
+) -> tuple[dict[NodeId, SegmentRef], list[tuple[str, bytes]]]:
     """Encode small deltas (node id, sorted coords, rows) into shared manifest objects."""
     refs: dict[NodeId, SegmentRef] = {}
     objects: list[tuple[str, bytes]] = []
@@ -92,9 +101,15 @@ def pack_segments(deltas: list[tuple[NodeId, np.ndarray, pa.Table]]
         data = encode_manifest_parts(mid, batch)
         digest, offset = checksum(data), 0
         for node_id, coords, _ in batch:
-            refs[node_id] = SegmentRef(mid, digest, len(data), len(coords),
-                                       tuple(coords.min(axis=0).tolist()),
-                                       tuple(coords.max(axis=0).tolist()), offset)
+            refs[node_id] = SegmentRef(
+                mid,
+                digest,
+                len(data),
+                len(coords),
+                tuple(coords.min(axis=0).tolist()),
+                tuple(coords.max(axis=0).tolist()),
+                offset,
+            )
             offset += len(coords)
         objects.append((manifest_key(mid), data))
 
@@ -165,7 +180,8 @@ def prepare_commit(
     for node_id, coords, _ in small:
         node = by_id[node_id]
         nodes[node.path] = dataclasses.replace(
-            node, segments=(packed[node_id], *nodes[node.path].segments))
+            node, segments=(packed[node_id], *nodes[node.path].segments)
+        )
         log.append(NodeChange(tx.CHUNKS, node.path, node_id, coords))
 
     txlog = TransactionLog(sid, base.id, tuple(log))
@@ -180,16 +196,18 @@ def prepare_commit(
     )
     snapshot = Snapshot(info, tuple(sorted(nodes.values(), key=lambda n: n.path)))
     snap_bytes = encode_snapshot(snapshot)
-    return CommitPlan(snapshot, snap_bytes, checksum(snap_bytes), manifests,
-                      (txlog_key(sid), log_bytes), txlog)
+    return CommitPlan(
+        snapshot, snap_bytes, checksum(snap_bytes), manifests, (txlog_key(sid), log_bytes), txlog
+    )
 
 
 def initial_snapshot(now: dt.datetime | None = None) -> CommitPlan:
     """The first snapshot of a new repository: no nodes, no parent."""
     sid = SnapshotId.new()
     log_bytes = encode_transaction_log(TransactionLog(sid, None, ()))
-    info = CommitInfo(sid, None, now or dt.datetime.now(dt.UTC), "Repository initialized",
-                      {}, checksum(log_bytes))
+    info = CommitInfo(
+        sid, None, now or dt.datetime.now(dt.UTC), "Repository initialized", {}, checksum(log_bytes)
+    )
     snapshot = Snapshot(info, ())
     data = encode_snapshot(snapshot)
     return CommitPlan(snapshot, data, checksum(data), [], (txlog_key(sid), log_bytes))

@@ -121,14 +121,14 @@ def live_rows(segments: list[ManifestSegment], ndim: int) -> np.ndarray:
     return keep[kinds[keep] != int(ChunkKind.DELETED)]
 
 
-def merge_segments(segments: list[ManifestSegment], ndim: int
-                   ) -> tuple[np.ndarray, pa.Table]:
+def merge_segments(segments: list[ManifestSegment], ndim: int) -> tuple[np.ndarray, pa.Table]:
     """The live refs of ``segments`` (newest first): (sorted coords, rows without
     ``coord``); for each coordinate the newest segment's row, tombstones dropped."""
     keep = live_rows(segments, ndim)
     if not len(keep):
         return np.zeros((0, ndim), np.int64), pa.table(
-            {n: pa.array([], MANIFEST_SCHEMA.field(n).type) for n in _ROW_COLUMNS})
+            {n: pa.array([], MANIFEST_SCHEMA.field(n).type) for n in _ROW_COLUMNS}
+        )
     coords = np.concatenate([m.coords for m in segments])[keep]
     rows = pa.concat_tables([m.table.select(_ROW_COLUMNS) for m in segments])
     return coords, rows.take(pa.array(keep))  # take gathers across chunks: no combined copy
@@ -136,22 +136,25 @@ def merge_segments(segments: list[ManifestSegment], ndim: int
 
 async def count_chunks(storage: Storage, node: NodeRecord) -> int:
     """How many chunks of the array ``node`` exist (live refs over all its segments)."""
-    loaded = await _aio.gather_limited([load_segment(storage, s) for s in node.segments],
-                                       limit=16)
+    loaded = await _aio.gather_limited([load_segment(storage, s) for s in node.segments], limit=16)
     return len(live_rows(loaded, _ndim(node)))
 
 
-def _parts(coords: np.ndarray, rows: pa.Table, size: int
-           ) -> Iterator[tuple[np.ndarray, pa.Table]]:
+def _parts(coords: np.ndarray, rows: pa.Table, size: int) -> Iterator[tuple[np.ndarray, pa.Table]]:
     for start in range(0, len(coords), size):
-        yield coords[start:start + size], rows.slice(start, size)
+        yield coords[start : start + size], rows.slice(start, size)
 
 
-async def compact_node(storage: Storage, node: NodeRecord, ndim: int,
-                       rows_per_segment: int, loaded_one: Callable[[], None] | None = None
-                       ) -> Replacement:
+async def compact_node(
+    storage: Storage,
+    node: NodeRecord,
+    ndim: int,
+    rows_per_segment: int,
+    loaded_one: Callable[[], None] | None = None,
+) -> Replacement:
     """Merge every segment of ``node`` into segments of at most ``rows_per_segment``
     rows (the objects are returned, not yet written)."""
+
     async def load(seg: SegmentRef) -> ManifestSegment:
         m = await load_segment(storage, seg)
         if loaded_one is not None:
@@ -162,12 +165,14 @@ async def compact_node(storage: Storage, node: NodeRecord, ndim: int,
     coords, rows = merge_segments(loaded, ndim)
     del loaded
     segs, objects, _ = build_segments(node.node_id, _parts(coords, rows, rows_per_segment))
-    return Replacement(node.node_id, tuple(s.manifest_id for s in node.segments),
-                       tuple(segs), objects, len(coords))
+    return Replacement(
+        node.node_id, tuple(s.manifest_id for s in node.segments), tuple(segs), objects, len(coords)
+    )
 
 
-def apply_replacements(nodes: tuple[NodeRecord, ...], replacements: list[Replacement]
-                       ) -> tuple[tuple[NodeRecord, ...], list[Replacement]]:
+def apply_replacements(
+    nodes: tuple[NodeRecord, ...], replacements: list[Replacement]
+) -> tuple[tuple[NodeRecord, ...], list[Replacement]]:
     """``nodes`` with each replacement applied where the node's segment list still ends
     with the replaced suffix; also returns the replacements that applied."""
     by_id = {r.node_id: r for r in replacements}
@@ -175,22 +180,31 @@ def apply_replacements(nodes: tuple[NodeRecord, ...], replacements: list[Replace
     for n in nodes:
         r = by_id.get(n.node_id)
         k = len(r.old) if r is not None else 0
-        if (r is not None and n.node_type == ARRAY and len(n.segments) >= k
-                and tuple(s.manifest_id for s in n.segments[len(n.segments) - k:]) == r.old):
-            n = dataclasses.replace(n, segments=(*n.segments[:len(n.segments) - k], *r.new))
+        if (
+            r is not None
+            and n.node_type == ARRAY
+            and len(n.segments) >= k
+            and tuple(s.manifest_id for s in n.segments[len(n.segments) - k :]) == r.old
+        ):
+            n = dataclasses.replace(n, segments=(*n.segments[: len(n.segments) - k], *r.new))
             applied.append(r)
         out.append(n)
     return tuple(out), applied
 
 
-def compaction_plan(base: Snapshot, nodes: tuple[NodeRecord, ...], metadata: dict[str, object],
-                    message: str = COMPACTION_MESSAGE) -> CommitPlan:
+def compaction_plan(
+    base: Snapshot,
+    nodes: tuple[NodeRecord, ...],
+    metadata: dict[str, object],
+    message: str = COMPACTION_MESSAGE,
+) -> CommitPlan:
     """A snapshot on top of ``base`` with the node table ``nodes`` (same content, other
     segments) and an empty transaction log."""
     sid = SnapshotId.new()
     log_bytes = encode_transaction_log(TransactionLog(sid, base.id, ()))
-    info = CommitInfo(sid, base.id, dt.datetime.now(dt.UTC), message, dict(metadata),
-                      checksum(log_bytes))
+    info = CommitInfo(
+        sid, base.id, dt.datetime.now(dt.UTC), message, dict(metadata), checksum(log_bytes)
+    )
     snapshot = Snapshot(info, nodes)
     data = encode_snapshot(snapshot)
     return CommitPlan(snapshot, data, checksum(data), [], (txlog_key(sid), log_bytes))
@@ -208,10 +222,16 @@ def _needs_compaction(node: NodeRecord, rows_per_segment: int) -> bool:
     return sum(1 for s in node.segments if s.rows != rows_per_segment) >= 2
 
 
-async def compact_branch(storage: Storage, reader: ObjectReader, branch: str,
-                         rows_per_segment: int, *, paths: list[str] | None = None,
-                         progress: Progress | None = None,
-                         max_attempts: int = 1_000) -> CompactionSummary:
+async def compact_branch(
+    storage: Storage,
+    reader: ObjectReader,
+    branch: str,
+    rows_per_segment: int,
+    *,
+    paths: list[str] | None = None,
+    progress: Progress | None = None,
+    max_attempts: int = 1_000,
+) -> CompactionSummary:
     """Compact every array of ``branch`` whose segments are not already compacted (or
     only the arrays at ``paths``) and commit the result on the branch (see the module docstring)."""
     if not isinstance(rows_per_segment, int) or rows_per_segment < 1:
@@ -220,8 +240,11 @@ async def compact_branch(storage: Storage, reader: ObjectReader, branch: str,
     assert ref.record.snapshot_id is not None
     tip = await reader.snapshot(ref.record.snapshot_id, ref.record.checksum)
     wanted = None if paths is None else set(paths)
-    todo = [n for n in tip.nodes if (wanted is None or n.path in wanted)
-            and _needs_compaction(n, rows_per_segment)]
+    todo = [
+        n
+        for n in tip.nodes
+        if (wanted is None or n.path in wanted) and _needs_compaction(n, rows_per_segment)
+    ]
     if not todo:
         return CompactionSummary(None, {}, 0, 0)
     total = sum(len(n.segments) for n in todo)
@@ -235,8 +258,9 @@ async def compact_branch(storage: Storage, reader: ObjectReader, branch: str,
 
     replacements: list[Replacement] = []
     for node in todo:
-        replacements.append(await compact_node(storage, node, _ndim(node), rows_per_segment,
-                                               loaded_one))
+        replacements.append(
+            await compact_node(storage, node, _ndim(node), rows_per_segment, loaded_one)
+        )
         objects = replacements[-1].objects
         await _aio.gather_limited([storage.put(k, b) for k, b in objects])
         replacements[-1] = dataclasses.replace(replacements[-1], objects=[])
@@ -247,35 +271,42 @@ async def compact_branch(storage: Storage, reader: ObjectReader, branch: str,
         if not applied:
             return CompactionSummary(None, {}, 0, attempt)
         arrays = {paths_of[r.node_id]: (len(r.old), len(r.new)) for r in applied}
-        plan = compaction_plan(base, nodes, {"frazil.compaction": True,
-                                             "frazil.compacted_arrays": sorted(arrays)})
+        plan = compaction_plan(
+            base, nodes, {"frazil.compaction": True, "frazil.compacted_arrays": sorted(arrays)}
+        )
         await storage.put(*plan.log)
         await storage.put(*plan.objects()[-1])
-        if (await swap_branch(storage, branch, ref, plan.snapshot.id,
-                               plan.snapshot_checksum)).ok:
+        if (await swap_branch(storage, branch, ref, plan.snapshot.id, plan.snapshot_checksum)).ok:
             reader.snapshots.put(plan.snapshot.id, plan.snapshot)
-            return CompactionSummary(str(plan.snapshot.id), arrays,
-                                     sum(r.refs for r in applied), attempt)
+            return CompactionSummary(
+                str(plan.snapshot.id), arrays, sum(r.refs for r in applied), attempt
+            )
         # the branch moved: apply the same replacements to the new tip (the objects of
         # this attempt are garbage for ``garbage_collect``)
         ref = await read_ref(storage, BRANCH_REF, branch)
         assert ref.record.snapshot_id is not None
         base = await reader.snapshot(ref.record.snapshot_id, ref.record.checksum)
-    raise InvalidInputError(f"gave up compacting {branch!r} after {max_attempts} attempts: "
-                            "the branch kept moving")
+    raise InvalidInputError(
+        f"gave up compacting {branch!r} after {max_attempts} attempts: the branch kept moving"
+    )
 
 
-async def compact_for_commit(storage: Storage, base: Snapshot, touched: set[NodeId],
-                             limit: int, rows_per_segment: int
-                             ) -> tuple[Snapshot, list[tuple[str, bytes]], list[str]]:
+async def compact_for_commit(
+    storage: Storage, base: Snapshot, touched: set[NodeId], limit: int, rows_per_segment: int
+) -> tuple[Snapshot, list[tuple[str, bytes]], list[str]]:
     """For automatic compaction at commit: ``base`` with the segments of every array in
     ``touched`` that has ``limit`` or more segments merged (a commit adds at least one
     more), the new segment objects to write, and the compacted paths. An array whose
     references fill more than half of its segments is left alone (merging would not
     shrink its list much, and would be redone at every commit)."""
-    todo = [n for n in base.nodes if n.node_id in touched and n.node_type == ARRAY
-            and len(n.segments) >= limit and len(n.segments) > 2 * max(
-                1, -(-sum(s.rows for s in n.segments) // rows_per_segment))]
+    todo = [
+        n
+        for n in base.nodes
+        if n.node_id in touched
+        and n.node_type == ARRAY
+        and len(n.segments) >= limit
+        and len(n.segments) > 2 * max(1, -(-sum(s.rows for s in n.segments) // rows_per_segment))
+    ]
     if not todo:
         return base, [], []
     replacements = [await compact_node(storage, n, _ndim(n), rows_per_segment) for n in todo]

@@ -14,8 +14,7 @@ from .errors import FormatError, InvalidInputError
 VCC_KEY = "virtual_chunk_containers"
 DEFAULT_INLINE_THRESHOLD = 512
 DEFAULT_MANIFEST_SPLIT_ROWS = 65_536
-_SETTINGS = ("inline_chunk_threshold_bytes", "manifest_split_rows",
-             "compact_when_segments_exceed")
+_SETTINGS = ("inline_chunk_threshold_bytes", "manifest_split_rows", "compact_when_segments_exceed")
 
 
 @dataclass
@@ -48,31 +47,40 @@ class RepositoryConfig:
     def __post_init__(self) -> None:
         for name in _SETTINGS:
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value < 0):
-                raise InvalidInputError(f"RepositoryConfig.{name} must be a non-negative "
-                                        f"int, got {value!r}")
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0
+            ):
+                raise InvalidInputError(
+                    f"RepositoryConfig.{name} must be a non-negative int, got {value!r}"
+                )
         if self.manifest_split_rows == 0:
             raise InvalidInputError("RepositoryConfig.manifest_split_rows must be positive")
         if self.compact_when_segments_exceed == 0:
-            raise InvalidInputError("RepositoryConfig.compact_when_segments_exceed must be "
-                                    "positive (or None)")
+            raise InvalidInputError(
+                "RepositoryConfig.compact_when_segments_exceed must be positive (or None)"
+            )
         vcc = self.virtual_chunk_containers
         if vcc is not None:
             if not isinstance(vcc, dict) or not all(
-                    isinstance(c, VirtualChunkContainer) and k == c.url_prefix
-                    for k, c in vcc.items()):
-                raise InvalidInputError("RepositoryConfig.virtual_chunk_containers must map "
-                                        "url prefixes to their VirtualChunkContainer")
+                isinstance(c, VirtualChunkContainer) and k == c.url_prefix for k, c in vcc.items()
+            ):
+                raise InvalidInputError(
+                    "RepositoryConfig.virtual_chunk_containers must map "
+                    "url prefixes to their VirtualChunkContainer"
+                )
             self.virtual_chunk_containers = dict(vcc)
 
     def merge(self, other: RepositoryConfig | None) -> RepositoryConfig:
         """A new config: ``other``'s set fields over this one's."""
         if other is None:
             return dataclasses.replace(self, extra=dict(self.extra))
-        values = {f.name: getattr(other, f.name) if getattr(other, f.name) is not None
-                  else getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name != "extra"}
+        values = {
+            f.name: getattr(other, f.name)
+            if getattr(other, f.name) is not None
+            else getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "extra"
+        }
         mine, theirs = self.virtual_chunk_containers, other.virtual_chunk_containers
         if mine is not None and theirs is not None:
             values["virtual_chunk_containers"] = {**mine, **theirs}
@@ -93,8 +101,7 @@ class RepositoryConfig:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         if self.virtual_chunk_containers is not None:
-            out[VCC_KEY] = [c.to_dict() for _, c in
-                            sorted(self.virtual_chunk_containers.items())]
+            out[VCC_KEY] = [c.to_dict() for _, c in sorted(self.virtual_chunk_containers.items())]
         return out
 
     @classmethod
@@ -104,8 +111,10 @@ class RepositoryConfig:
         containers = None
         if VCC_KEY in d:
             try:
-                containers = {c.url_prefix: c for c in map(VirtualChunkContainer.from_dict,
-                                                            decode_containers(d[VCC_KEY]))}
+                containers = {
+                    c.url_prefix: c
+                    for c in map(VirtualChunkContainer.from_dict, decode_containers(d[VCC_KEY]))
+                }
             except (TypeError, KeyError, ValueError) as e:
                 raise FormatError(f"config.json: invalid {VCC_KEY} ({e})") from e
         return cls(**known, extra=extra, virtual_chunk_containers=containers)

@@ -50,8 +50,11 @@ class Conflict:
         text = f"{self.conflict_type.name} at {self.path}"
         if self.conflicted_chunks:
             shown = ", ".join(str(list(c)) for c in self.conflicted_chunks[:10])
-            more = f" and {len(self.conflicted_chunks) - 10} more" \
-                if len(self.conflicted_chunks) > 10 else ""
+            more = (
+                f" and {len(self.conflicted_chunks) - 10} more"
+                if len(self.conflicted_chunks) > 10
+                else ""
+            )
             text += f" (chunks {shown}{more})"
         return text
 
@@ -61,8 +64,10 @@ class RebaseFailedError(ConflictError):
 
     def __init__(self, snapshot_id: str, conflicts: Sequence[Conflict]) -> None:
         lines = "; ".join(str(c) for c in conflicts[:20])
-        super().__init__(f"rebase onto snapshot {snapshot_id} failed: {len(conflicts)} "
-                         f"conflict(s): {lines}", actual_parent=snapshot_id)
+        super().__init__(
+            f"rebase onto snapshot {snapshot_id} failed: {len(conflicts)} conflict(s): {lines}",
+            actual_parent=snapshot_id,
+        )
         self.snapshot_id = snapshot_id
         self.conflicts = list(conflicts)
 
@@ -140,8 +145,7 @@ def detect_conflicts(ours: ChangeSummary, theirs: ChangeSummary) -> list[Conflic
     # a path in both deleted_* and new_* was replaced: the old node is deleted all the same;
     # and a node they replaced (new at a path that was in the base) counts as updated
     for path in sorted(ours.deleted_arrays):
-        if (path in theirs.updated_arrays or path in theirs.new_nodes
-                or theirs.chunks.get(path)):
+        if path in theirs.updated_arrays or path in theirs.new_nodes or theirs.chunks.get(path):
             add(Conflict(ConflictType.DeleteOfUpdatedArray, path))
     for path in sorted(ours.deleted_groups):
         if path in theirs.updated_groups or path in theirs.new_nodes:
@@ -179,20 +183,27 @@ class BasicConflictSolver(ConflictSolver):
     """Resolves chunk double-updates by ``on_chunk_conflict`` and, unless told to fail,
     lets our deletes win over their updates; every other conflict fails the rebase."""
 
-    def __init__(self, *, on_chunk_conflict: VersionSelection = VersionSelection.UseOurs,
-                 fail_on_delete_of_updated_array: bool = False,
-                 fail_on_delete_of_updated_group: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        on_chunk_conflict: VersionSelection = VersionSelection.UseOurs,
+        fail_on_delete_of_updated_array: bool = False,
+        fail_on_delete_of_updated_group: bool = False,
+    ) -> None:
         if not isinstance(on_chunk_conflict, VersionSelection):
             from .errors import InvalidInputError
+
             raise InvalidInputError("on_chunk_conflict must be a VersionSelection")
         self.on_chunk_conflict = on_chunk_conflict
         self.fail_on_delete_of_updated_array = fail_on_delete_of_updated_array
         self.fail_on_delete_of_updated_group = fail_on_delete_of_updated_group
 
     def __repr__(self) -> str:
-        return (f"BasicConflictSolver(on_chunk_conflict={self.on_chunk_conflict}, "
-                f"fail_on_delete_of_updated_array={self.fail_on_delete_of_updated_array}, "
-                f"fail_on_delete_of_updated_group={self.fail_on_delete_of_updated_group})")
+        return (
+            f"BasicConflictSolver(on_chunk_conflict={self.on_chunk_conflict}, "
+            f"fail_on_delete_of_updated_array={self.fail_on_delete_of_updated_array}, "
+            f"fail_on_delete_of_updated_group={self.fail_on_delete_of_updated_group})"
+        )
 
     def solve(self, conflicts: Sequence[Conflict], tip: str) -> Resolution:
         unresolved: list[Conflict] = []

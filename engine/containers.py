@@ -26,11 +26,23 @@ from .locations import Location, LocationError, parse_location
 from .storage.s3 import check_endpoint
 
 __all__ = [
-    "AnyCredential", "AnyObjectStoreConfig", "GcsStoreConfig", "HttpStoreConfig",
-    "LocalFileSystemStoreConfig", "S3Credentials", "S3StoreConfig", "VirtualChunkContainer",
-    "containers_credentials", "gcs_store", "http_store", "local_filesystem_store",
-    "s3_anonymous_credentials", "s3_credentials", "s3_from_env_credentials",
-    "s3_static_credentials", "s3_store",
+    "AnyCredential",
+    "AnyObjectStoreConfig",
+    "GcsStoreConfig",
+    "HttpStoreConfig",
+    "LocalFileSystemStoreConfig",
+    "S3Credentials",
+    "S3StoreConfig",
+    "VirtualChunkContainer",
+    "containers_credentials",
+    "gcs_store",
+    "http_store",
+    "local_filesystem_store",
+    "s3_anonymous_credentials",
+    "s3_credentials",
+    "s3_from_env_credentials",
+    "s3_static_credentials",
+    "s3_store",
 ]
 
 
@@ -59,9 +71,14 @@ class S3StoreConfig:
         check_endpoint(self.endpoint_url, self.allow_http, "s3_store: ")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "region": self.region, "endpoint_url": self.endpoint_url,
-                "allow_http": self.allow_http, "anonymous": self.anonymous,
-                "force_path_style": self.force_path_style}
+        return {
+            "type": self.type,
+            "region": self.region,
+            "endpoint_url": self.endpoint_url,
+            "allow_http": self.allow_http,
+            "anonymous": self.anonymous,
+            "force_path_style": self.force_path_style,
+        }
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,8 @@ class _OptsStoreConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.opts, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in self.opts.items()):
+            isinstance(k, str) and isinstance(v, str) for k, v in self.opts.items()
+        ):
             raise InvalidInputError(f"{self.type}_store: opts must be a dict of strings")
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,21 +127,27 @@ class LocalFileSystemStoreConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.path, str) or not self.path:
-            raise InvalidInputError(f"local_filesystem_store: path must be a non-empty "
-                                    f"string, got {self.path!r}")
+            raise InvalidInputError(
+                f"local_filesystem_store: path must be a non-empty string, got {self.path!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "path": self.path}
 
 
 AnyObjectStoreConfig = S3StoreConfig | GcsStoreConfig | HttpStoreConfig | LocalFileSystemStoreConfig
-_STORE_TYPES: dict[str, type[Any]] = {c.type: c for c in (
-    S3StoreConfig, GcsStoreConfig, HttpStoreConfig, LocalFileSystemStoreConfig)}
+_STORE_TYPES: dict[str, type[Any]] = {
+    c.type: c for c in (S3StoreConfig, GcsStoreConfig, HttpStoreConfig, LocalFileSystemStoreConfig)
+}
 
 
-def s3_store(region: str | None = None, endpoint_url: str | None = None,
-             allow_http: bool = False, anonymous: bool = False,
-             force_path_style: bool = False) -> S3StoreConfig:
+def s3_store(
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    allow_http: bool = False,
+    anonymous: bool = False,
+    force_path_style: bool = False,
+) -> S3StoreConfig:
     """An S3 store for a virtual chunk container (Icechunk's name)."""
     return S3StoreConfig(region, endpoint_url, allow_http, anonymous, force_path_style)
 
@@ -178,7 +202,8 @@ class VirtualChunkContainer:
         if not isinstance(self.store, tuple(_STORE_TYPES.values())):
             raise InvalidInputError(
                 "VirtualChunkContainer: store must come from s3_store(), gcs_store(), "
-                f"http_store() or local_filesystem_store(), got {type(self.store).__name__}")
+                f"http_store() or local_filesystem_store(), got {type(self.store).__name__}"
+            )
         try:
             parsed = parse_location(self.url_prefix)
         except LocationError as e:
@@ -187,7 +212,8 @@ class VirtualChunkContainer:
         if parsed.scheme + "://" not in schemes:
             raise InvalidInputError(
                 f"VirtualChunkContainer: url_prefix {self.url_prefix!r} does not fit a "
-                f"{self.store.type} store (it must start with {' or '.join(schemes)})")
+                f"{self.store.type} store (it must start with {' or '.join(schemes)})"
+            )
 
     @property
     def location(self) -> Location:
@@ -232,20 +258,25 @@ class S3Credentials:
     def __post_init__(self) -> None:
         if self.kind not in ("static", "anonymous", "from_env"):
             raise InvalidInputError(f"unknown S3 credential kind {self.kind!r}")
-        if self.kind == "static" and (not isinstance(self.access_key_id, str)
-                                      or not isinstance(self.secret_access_key, str)):
-            raise InvalidInputError("static S3 credentials need access_key_id and "
-                                    "secret_access_key (strings)")
+        if self.kind == "static" and (
+            not isinstance(self.access_key_id, str) or not isinstance(self.secret_access_key, str)
+        ):
+            raise InvalidInputError(
+                "static S3 credentials need access_key_id and secret_access_key (strings)"
+            )
 
 
 AnyCredential = S3Credentials
 
 
-def s3_static_credentials(*, access_key_id: str, secret_access_key: str,
-                          session_token: str | None = None,
-                          expires_after: dt.datetime | None = None) -> S3Credentials:
-    return S3Credentials("static", access_key_id, secret_access_key, session_token,
-                         expires_after)
+def s3_static_credentials(
+    *,
+    access_key_id: str,
+    secret_access_key: str,
+    session_token: str | None = None,
+    expires_after: dt.datetime | None = None,
+) -> S3Credentials:
+    return S3Credentials("static", access_key_id, secret_access_key, session_token, expires_after)
 
 
 def s3_anonymous_credentials() -> S3Credentials:
@@ -258,19 +289,28 @@ def s3_from_env_credentials() -> S3Credentials:
     return S3Credentials("from_env")
 
 
-def s3_credentials(*, access_key_id: str | None = None, secret_access_key: str | None = None,
-                   session_token: str | None = None, expires_after: dt.datetime | None = None,
-                   anonymous: bool | None = None, from_env: bool | None = None
-                   ) -> S3Credentials:
+def s3_credentials(
+    *,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    session_token: str | None = None,
+    expires_after: dt.datetime | None = None,
+    anonymous: bool | None = None,
+    from_env: bool | None = None,
+) -> S3Credentials:
     """S3 credentials (Icechunk's name): keys if given, else anonymous if asked, else
     the environment's."""
     if access_key_id is not None or secret_access_key is not None:
         if anonymous or from_env:
-            raise InvalidInputError("s3_credentials: keys cannot be combined with "
-                                    "anonymous=True or from_env=True")
-        return s3_static_credentials(access_key_id=access_key_id,  # type: ignore[arg-type]
-                                     secret_access_key=secret_access_key,  # type: ignore[arg-type]
-                                     session_token=session_token, expires_after=expires_after)
+            raise InvalidInputError(
+                "s3_credentials: keys cannot be combined with anonymous=True or from_env=True"
+            )
+        return s3_static_credentials(
+            access_key_id=access_key_id,  # type: ignore[arg-type]
+            secret_access_key=secret_access_key,  # type: ignore[arg-type]
+            session_token=session_token,
+            expires_after=expires_after,
+        )
     if anonymous and from_env:
         raise InvalidInputError("s3_credentials: anonymous and from_env exclude each other")
     return s3_anonymous_credentials() if anonymous else s3_from_env_credentials()
@@ -285,11 +325,13 @@ def containers_credentials(
     out: dict[str, AnyCredential | None] = {}
     for prefix, cred in {**dict(m or {}), **kwargs}.items():
         if not isinstance(prefix, str):
-            raise InvalidInputError(f"containers_credentials: keys are url prefixes "
-                                    f"(strings), got {prefix!r}")
+            raise InvalidInputError(
+                f"containers_credentials: keys are url prefixes (strings), got {prefix!r}"
+            )
         if cred is not None and not isinstance(cred, S3Credentials):
             raise InvalidInputError(
                 f"containers_credentials: credentials for {prefix!r} must come from "
-                f"s3_credentials() and the like, or be None; got {type(cred).__name__}")
+                f"s3_credentials() and the like, or be None; got {type(cred).__name__}"
+            )
         out[prefix] = cred
     return out

@@ -23,17 +23,28 @@ class Diff:
     updated_chunks: dict[str, set[Coord]] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
-        return not any((self.new_groups, self.new_arrays, self.deleted_groups,
-                        self.deleted_arrays, self.updated_groups, self.updated_arrays,
-                        self.updated_chunks))
+        return not any(
+            (
+                self.new_groups,
+                self.new_arrays,
+                self.deleted_groups,
+                self.deleted_arrays,
+                self.updated_groups,
+                self.updated_arrays,
+                self.updated_chunks,
+            )
+        )
 
     def __str__(self) -> str:
         lines = []
-        for title, paths in (("New groups", self.new_groups), ("New arrays", self.new_arrays),
-                             ("Deleted groups", self.deleted_groups),
-                             ("Deleted arrays", self.deleted_arrays),
-                             ("Group metadata updated", self.updated_groups),
-                             ("Array metadata updated", self.updated_arrays)):
+        for title, paths in (
+            ("New groups", self.new_groups),
+            ("New arrays", self.new_arrays),
+            ("Deleted groups", self.deleted_groups),
+            ("Deleted arrays", self.deleted_arrays),
+            ("Group metadata updated", self.updated_groups),
+            ("Array metadata updated", self.updated_arrays),
+        ):
             if paths:
                 lines.append(f"{title}:")
                 lines.extend(f"    {p}" for p in sorted(paths))
@@ -47,8 +58,9 @@ class Diff:
         return "\n".join(lines) if lines else "No changes"
 
 
-def node_diff(old: dict[str, NodeRecord], new: dict[str, NodeRecord],
-              chunks: dict[NodeId, set[Coord]]) -> Diff:
+def node_diff(
+    old: dict[str, NodeRecord], new: dict[str, NodeRecord], chunks: dict[NodeId, set[Coord]]
+) -> Diff:
     """Compare two node tables (path -> record); ``chunks`` holds the chunk coordinates
     written per node id. Nodes are matched by path and id: a path whose node id changed
     was deleted and created again."""

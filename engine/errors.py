@@ -7,8 +7,15 @@ from typing import Any
 from frazil.format.errors import FormatError, FrazilError
 
 __all__ = [
-    "AlreadyExistsError", "ConflictError", "FormatError", "FrazilError", "InvalidInputError",
-    "NotFoundError", "ReadOnlyError", "StorageError", "TransientStorageError",
+    "AlreadyExistsError",
+    "ConflictError",
+    "FormatError",
+    "FrazilError",
+    "InvalidInputError",
+    "NotFoundError",
+    "ReadOnlyError",
+    "StorageError",
+    "TransientStorageError",
     "VirtualChunkError",
 ]
 
@@ -20,8 +27,14 @@ class ConflictError(FrazilError):
     ``conflicts`` lists the ``Conflict`` values found by a merge or rebase.
     """
 
-    def __init__(self, message: str, *, expected_parent: Any = None,
-                 actual_parent: Any = None, conflicts: Any = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected_parent: Any = None,
+        actual_parent: Any = None,
+        conflicts: Any = None,
+    ) -> None:
         super().__init__(message)
         self.expected_parent = expected_parent
         self.actual_parent = actual_parent
@@ -69,8 +82,9 @@ class VirtualChunkError(FrazilError):
     recorded time). ``location`` and ``url_prefix`` say which, where known. Never
     answered with other bytes."""
 
-    def __init__(self, message: str, *, location: str | None = None,
-                 url_prefix: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, location: str | None = None, url_prefix: str | None = None
+    ) -> None:
         super().__init__(message)
         self.location = location
         self.url_prefix = url_prefix

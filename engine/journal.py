@@ -117,9 +117,11 @@ class ForkJournal:
         caller's loop; taking, building and numbering happen under one lock, so a newer
         batch never gets an older number."""
         if self._failed is not None:
-            raise StorageError(f"an earlier journal write of this fork copy failed "
-                               f"({self._failed}); its writes cannot reach the merge: "
-                               "run the task again") from self._failed
+            raise StorageError(
+                f"an earlier journal write of this fork copy failed "
+                f"({self._failed}); its writes cannot reach the merge: "
+                "run the task again"
+            ) from self._failed
         if not self.pending:
             return
         if self.marker_only:
@@ -137,17 +139,32 @@ class ForkJournal:
                 blocks, self._blocks = self._blocks, []
                 cleared, self._cleared = self._cleared, False
                 self._taken = upto
-                pieces = split_batch(_batch(self.fork_id, self.writer_id, self._seq, changes,
-                                            nodes, chunks, blocks, cleared))
+                pieces = split_batch(
+                    _batch(
+                        self.fork_id,
+                        self.writer_id,
+                        self._seq,
+                        changes,
+                        nodes,
+                        chunks,
+                        blocks,
+                        cleared,
+                    )
+                )
                 self._seq += len(pieces)
                 mine: concurrent.futures.Future[None] = concurrent.futures.Future()
                 self._inflight.append(mine)
                 waits.append(mine)
         if pieces:
             try:
-                await _aio.gather_limited([self.storage.put(
-                    journal_key(self.fork_id, self.writer_id, p.seq), encode_journal(p))
-                    for p in pieces])
+                await _aio.gather_limited(
+                    [
+                        self.storage.put(
+                            journal_key(self.fork_id, self.writer_id, p.seq), encode_journal(p)
+                        )
+                        for p in pieces
+                    ]
+                )
             except BaseException as e:
                 mine.set_exception(e)
                 self._failed = e  # its changes are not on storage: never claim they are
@@ -161,7 +178,6 @@ class ForkJournal:
                         self._flushed = self._taken
         await asyncio.gather(*(asyncio.wrap_future(w) for w in waits))
 
-
     async def _mark(self) -> None:
         with self._lock:
             first, upto = self._taken == 0, self._recorded
@@ -172,16 +188,26 @@ class ForkJournal:
         self._flushed = max(self._flushed, upto)
 
 
-def _batch(fork_id: str, writer_id: str, seq: int, changes: ChangeSet, nodes: set[str],
-           chunks: dict[NodeId, set[Coord]], blocks: list[tuple[NodeId, np.ndarray, pa.Table]],
-           cleared: bool) -> JournalBatch:
+def _batch(
+    fork_id: str,
+    writer_id: str,
+    seq: int,
+    changes: ChangeSet,
+    nodes: set[str],
+    chunks: dict[NodeId, set[Coord]],
+    blocks: list[tuple[NodeId, np.ndarray, pa.Table]],
+    cleared: bool,
+) -> JournalBatch:
     """The journal object for what was touched: each node and chunk as it is staged
     now (bulk blocks first, as staged; single chunks after, as they stand now)."""
     out_nodes = []
     for path in sorted(nodes):
         rec = changes.nodes.get(path)
-        out_nodes.append(JournalNode(path) if rec is None else
-                         JournalNode(path, rec.node_id, rec.node_type, rec.zarr_json))
+        out_nodes.append(
+            JournalNode(path)
+            if rec is None
+            else JournalNode(path, rec.node_id, rec.node_type, rec.zarr_json)
+        )
     parts: list[tuple[NodeId, np.ndarray, Rows]] = list(blocks)
     for node_id, coords in chunks.items():
         table = changes.chunks.get(node_id)
@@ -190,15 +216,22 @@ def _batch(fork_id: str, writer_id: str, seq: int, changes: ChangeSet, nodes: se
         staged = [(c, table.get(c)) for c in sorted(coords)]
         refs = [r for _, r in staged if r is not None]
         if refs:
-            parts.append((node_id, np.array([c for c, r in staged if r is not None],
-                                            np.int64).reshape(len(refs), table.ndim), refs))
+            parts.append(
+                (
+                    node_id,
+                    np.array([c for c, r in staged if r is not None], np.int64).reshape(
+                        len(refs), table.ndim
+                    ),
+                    refs,
+                )
+            )
     return JournalBatch(fork_id, writer_id, seq, tuple(out_nodes), tuple(parts), cleared)
 
 
 # -- reading journals back ----------------------------------------------------------------
-async def read_journals(storage: Storage, fork_ids: Iterable[str], skip: set[str],
-                        base: Mapping[str, NodeRecord]
-                        ) -> dict[str, ChangeSet]:
+async def read_journals(
+    storage: Storage, fork_ids: Iterable[str], skip: set[str], base: Mapping[str, NodeRecord]
+) -> dict[str, ChangeSet]:
     """The change sets of every writer of ``fork_ids`` not in ``skip``, replayed from its
     journal objects in order, by writer id. ``InvalidInputError`` if a writer that keeps
     no journal (``fork(journal=False)``) wrote and is not in ``skip``: its writes exist
@@ -220,9 +253,9 @@ async def read_journals(storage: Storage, fork_ids: Iterable[str], skip: set[str
             "back, and the fork keeps no journal (fork(journal=False)), so their writes "
             "would be lost: return the forks from the tasks and merge those, or fork with "
             "journal=True (the default), or write with frazil.xarray.to_frazil / "
-            "frazil.dask.store_dask")
-    ordered = [(writer, key) for writer, items in sorted(keys.items())
-               for _, key in sorted(items)]
+            "frazil.dask.store_dask"
+        )
+    ordered = [(writer, key) for writer, items in sorted(keys.items()) for _, key in sorted(items)]
     datas = await _aio.gather_limited([storage.get(key) for _, key in ordered])
     out: dict[str, ChangeSet] = {}
     for (writer, key), data in zip(ordered, datas):
@@ -240,14 +273,14 @@ def _replay(changes: ChangeSet, batch: JournalBatch, base: Mapping[str, NodeReco
         current = changes.nodes.get(n.path, _MISSING)
         old = base.get(n.path) if current is _MISSING else current
         if n.node_id is None:
-            changes.delete_node(n.path, old.node_id if isinstance(old, NodeRecord) else None,
-                                n.path in base)
+            changes.delete_node(
+                n.path, old.node_id if isinstance(old, NodeRecord) else None, n.path in base
+            )
             continue
         assert n.node_type is not None and n.zarr_json is not None
         if isinstance(old, NodeRecord) and old.node_id != n.node_id:
             changes.chunks.pop(old.node_id, None)
-        segments = old.segments if isinstance(old, NodeRecord) and \
-            old.node_id == n.node_id else ()
+        segments = old.segments if isinstance(old, NodeRecord) and old.node_id == n.node_id else ()
         changes.set_node(NodeRecord(n.path, n.node_id, n.node_type, n.zarr_json, segments))
     for node_id, coords, refs in batch.chunks:
         if not len(coords):

@@ -82,7 +82,7 @@ class Location:
         if (self.scheme, self.host) != (other.scheme, other.host):
             return False
         mine = self.segments
-        return other.segments[:len(mine)] == mine
+        return other.segments[: len(mine)] == mine
 
     def __str__(self) -> str:
         return self.url
@@ -99,11 +99,13 @@ def parse_location(text: str) -> Location:
     if _CONTROL.search(text):
         raise LocationError(f"location {text!r} contains control characters")
     if "?" in text or "#" in text:
-        raise LocationError(f"location {text!r} has a '?' or '#' (a query or fragment is "
-                            "not part of an object's name; percent-encode them as %3F, %23)")
+        raise LocationError(
+            f"location {text!r} has a '?' or '#' (a query or fragment is "
+            "not part of an object's name; percent-encode them as %3F, %23)"
+        )
     scheme = m.group(1).lower()
     scheme = _ALIASES.get(scheme, scheme)
-    rest = text[m.end():]
+    rest = text[m.end() :]
     host, slash, raw_path = rest.partition("/")
     path = slash + raw_path
     host = _host(text, scheme, host)
@@ -112,11 +114,14 @@ def parse_location(text: str) -> Location:
     except UnicodeDecodeError:
         raise LocationError(f"location {text!r}: its path does not decode to UTF-8") from None
     if _CONTROL.search(decoded) or "\\" in decoded:
-        raise LocationError(f"location {text!r}: its decoded path has control characters or "
-                            "backslashes")
+        raise LocationError(
+            f"location {text!r}: its decoded path has control characters or backslashes"
+        )
     if any(p in (".", "..") for p in decoded.split("/")):
-        raise LocationError(f"location {text!r} has '.' or '..' path segments (spelled "
-                            "plainly or percent-encoded); they could step out of a container")
+        raise LocationError(
+            f"location {text!r} has '.' or '..' path segments (spelled "
+            "plainly or percent-encoded); they could step out of a container"
+        )
     if scheme == "file" and not decoded.startswith("/"):
         raise LocationError(f"location {text!r}: a local file is file:///absolute/path")
     return Location(scheme, host, decoded)
@@ -124,12 +129,16 @@ def parse_location(text: str) -> Location:
 
 def _host(text: str, scheme: str, host: str) -> str:
     if "@" in host:
-        raise LocationError(f"location {text!r} has user information before its host "
-                            "('user@host'), which frazil refuses")
+        raise LocationError(
+            f"location {text!r} has user information before its host "
+            "('user@host'), which frazil refuses"
+        )
     if scheme == "file":
         if host not in ("", "localhost"):
-            raise LocationError(f"location {text!r}: file:// URLs name no host other than "
-                                "localhost (use file:///absolute/path)")
+            raise LocationError(
+                f"location {text!r}: file:// URLs name no host other than "
+                "localhost (use file:///absolute/path)"
+            )
         return ""
     if not host:
         raise LocationError(f"location {text!r} names no bucket or host")

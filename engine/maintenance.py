@@ -53,8 +53,12 @@ from .objects import ObjectReader, manifest_key, snapshot_key, txlog_key
 from .refs import Ref, list_refs, read_ref, swap_branch
 from .storage.base import ObjectInfo, Storage
 
-PREFIXES = {"snapshot": "snapshots/", "transaction_log": "transactions/",
-            "manifest": "manifests/", "chunk": "chunks/"}
+PREFIXES = {
+    "snapshot": "snapshots/",
+    "transaction_log": "transactions/",
+    "manifest": "manifests/",
+    "chunk": "chunks/",
+}
 _DELETE_BATCH = 1_000
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _LUT = np.full(256, 255, np.uint8)
@@ -94,8 +98,9 @@ async def ref_targets(storage: Storage) -> list[tuple[str, Ref]]:
     return out
 
 
-async def walk_history(reader: ObjectReader, tips: Iterable[SnapshotId],
-                       problems: list[Problem] | None = None) -> dict[SnapshotId, CommitInfo]:
+async def walk_history(
+    reader: ObjectReader, tips: Iterable[SnapshotId], problems: list[Problem] | None = None
+) -> dict[SnapshotId, CommitInfo]:
     """Every snapshot reachable from ``tips`` through parent links, with its commit info.
     With ``problems``, unreadable snapshots are recorded there instead of raising."""
     seen: dict[SnapshotId, CommitInfo] = {}
@@ -108,8 +113,13 @@ async def walk_history(reader: ObjectReader, tips: Iterable[SnapshotId],
             except FrazilError as e:
                 if problems is None:
                     raise
-                problems.append(Problem(_kind(e), snapshot_key(sid), str(e) + (
-                    f" (parent of snapshot {child})" if child is not None else "")))
+                problems.append(
+                    Problem(
+                        _kind(e),
+                        snapshot_key(sid),
+                        str(e) + (f" (parent of snapshot {child})" if child is not None else ""),
+                    )
+                )
                 break
             seen[sid] = info
             child, sid = sid, info.parent_id
@@ -121,8 +131,9 @@ def _kind(e: BaseException) -> str:
 
 
 def _manifest_rows(data: bytes, key: str, expected: int) -> pa.Table:
-    table, _ = decode_parquet(data, MANIFEST, key, expected, MANIFEST_SCHEMA,
-                              read_dictionary=("node_id",))
+    table, _ = decode_parquet(
+        data, MANIFEST, key, expected, MANIFEST_SCHEMA, read_dictionary=("node_id",)
+    )
     return table
 
 
@@ -134,14 +145,16 @@ async def read_manifest_rows(storage: Storage, seg: SegmentRef) -> pa.Table:
     except NotFoundError:
         raise NotFoundError(f"manifest {key} is missing from storage") from None
     if len(data) != seg.size:
-        raise FormatError(f"manifest {key} is damaged: {len(data)} bytes, {seg.size} "
-                          "recorded when it was written")
+        raise FormatError(
+            f"manifest {key} is damaged: {len(data)} bytes, {seg.size} recorded when it was written"
+        )
     return await _aio.in_thread(_manifest_rows, data, key, seg.checksum)
 
 
 def _native(table: pa.Table) -> pa.Table:
     return table.filter(pc.equal(table.column("kind"), int(ChunkKind.NATIVE))).select(
-        ["chunk_id", "checksum", "length"])
+        ["chunk_id", "checksum", "length"]
+    )
 
 
 @dataclass
@@ -153,25 +166,31 @@ class Reachable:
     chunk_ids: pa.Array
 
 
-async def _load_snapshots(reader: ObjectReader, sids: Iterable[SnapshotId],
-                          checksums: dict[SnapshotId, int | None]) -> list[Snapshot]:
-    return await _aio.gather_limited([reader.snapshot(s, checksums.get(s)) for s in sids],
-                                     limit=16)
+async def _load_snapshots(
+    reader: ObjectReader, sids: Iterable[SnapshotId], checksums: dict[SnapshotId, int | None]
+) -> list[Snapshot]:
+    return await _aio.gather_limited([reader.snapshot(s, checksums.get(s)) for s in sids], limit=16)
 
 
-async def mark(storage: Storage, reader: ObjectReader, extra_roots: Iterable[SnapshotId] = (),
-               progress: Progress | None = None) -> Reachable:
+async def mark(
+    storage: Storage,
+    reader: ObjectReader,
+    extra_roots: Iterable[SnapshotId] = (),
+    progress: Progress | None = None,
+) -> Reachable:
     """Everything reachable from refs, and from ``extra_roots`` as far as those exist
     (they may be garbage whose history is already gone). An object reachable from a ref
     that cannot be read raises: nothing can be swept without knowing what it names."""
     refs = await ref_targets(storage)
     tips = [r.record.snapshot_id for _, r in refs if r.record.snapshot_id is not None]
-    checksums = {r.record.snapshot_id: r.record.checksum for _, r in refs
-                 if r.record.snapshot_id is not None}
+    checksums = {
+        r.record.snapshot_id: r.record.checksum for _, r in refs if r.record.snapshot_id is not None
+    }
     history = await walk_history(reader, tips)
     strict = set(history)
-    history.update(await walk_history(reader, [r for r in extra_roots if r not in history],
-                                      problems=[]))
+    history.update(
+        await walk_history(reader, [r for r in extra_roots if r not in history], problems=[])
+    )
 
     async def load(sid: SnapshotId) -> Snapshot | None:
         try:
@@ -209,8 +228,11 @@ async def mark(storage: Storage, reader: ObjectReader, extra_roots: Iterable[Sna
         return pc.unique(_native(rows).column("chunk_id"))
 
     parts = await _aio.gather_limited([chunk_ids(s) for s in segments.values()], limit=16)
-    ids = pc.unique(pa.chunked_array(parts, pa.string()).combine_chunks()) if parts else \
-        pa.array([], pa.string())
+    ids = (
+        pc.unique(pa.chunked_array(parts, pa.string()).combine_chunks())
+        if parts
+        else pa.array([], pa.string())
+    )
     return Reachable(history, segments, ids)
 
 
@@ -238,42 +260,62 @@ class GCSummary:
 
     @property
     def objects_deleted(self) -> int:
-        return (self.chunks_deleted + self.manifests_deleted + self.snapshots_deleted
-                + self.transaction_logs_deleted)
+        return (
+            self.chunks_deleted
+            + self.manifests_deleted
+            + self.snapshots_deleted
+            + self.transaction_logs_deleted
+        )
 
 
 def _ages_ms(infos: list[ObjectInfo], ids: list[str]) -> np.ndarray:
     """Each object's age reference (ms): the later of its id time and its last-modified."""
     t_id = id_times_ms(ids)
-    t_mod = np.array([-1 if i.last_modified is None else int(i.last_modified.timestamp() * 1000)
-                      for i in infos], np.int64)
+    t_mod = np.array(
+        [-1 if i.last_modified is None else int(i.last_modified.timestamp() * 1000) for i in infos],
+        np.int64,
+    )
     return np.maximum(t_id, t_mod)
 
 
 def _to_ms(when: dt.datetime) -> int:
     if not isinstance(when, dt.datetime) or when.tzinfo is None:
-        raise InvalidInputError(f"the cutoff must be a timezone-aware datetime (e.g. "
-                                f"datetime.now(UTC) - timedelta(days=7)), got {when!r}")
+        raise InvalidInputError(
+            f"the cutoff must be a timezone-aware datetime (e.g. "
+            f"datetime.now(UTC) - timedelta(days=7)), got {when!r}"
+        )
     return int(when.timestamp() * 1000)
 
 
-async def garbage_collect(storage: Storage, reader: ObjectReader, older_than: dt.datetime,
-                          *, dry_run: bool = False,
-                          progress: Progress | None = None) -> GCSummary:
+async def garbage_collect(
+    storage: Storage,
+    reader: ObjectReader,
+    older_than: dt.datetime,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> GCSummary:
     """Delete every unreachable snapshot, transaction log, manifest and chunk older than
     ``older_than`` (see the module docstring for roots and ages)."""
     cutoff = _to_ms(older_than)
-    listed = dict(zip(PREFIXES, await _aio.gather_limited(
-        [storage.list_info(p) for p in PREFIXES.values()])))
-    ids = {kind: [i.key[len(PREFIXES[kind]):] for i in infos] for kind, infos in listed.items()}
+    listed = dict(
+        zip(PREFIXES, await _aio.gather_limited([storage.list_info(p) for p in PREFIXES.values()]))
+    )
+    ids = {kind: [i.key[len(PREFIXES[kind]) :] for i in infos] for kind, infos in listed.items()}
     ages = {kind: _ages_ms(listed[kind], ids[kind]) for kind in PREFIXES}
-    young = [SnapshotId.parse(i) for i, age in zip(ids["snapshot"], ages["snapshot"])
-             if age >= cutoff and _valid_id(i)]
+    young = [
+        SnapshotId.parse(i)
+        for i, age in zip(ids["snapshot"], ages["snapshot"])
+        if age >= cutoff and _valid_id(i)
+    ]
     found = await mark(storage, reader, young, progress)
     snaps = pa.array([str(s) for s in found.snapshots], pa.string())
-    live = {"snapshot": snaps, "transaction_log": snaps,
-            "manifest": pa.array([str(m) for m in found.segments], pa.string()),
-            "chunk": found.chunk_ids}
+    live = {
+        "snapshot": snaps,
+        "transaction_log": snaps,
+        "manifest": pa.array([str(m) for m in found.segments], pa.string()),
+        "chunk": found.chunk_ids,
+    }
     doomed: dict[str, list[int]] = {}
     counts = {"young": 0, "reachable": 0}
     for kind in PREFIXES:
@@ -292,24 +334,32 @@ async def garbage_collect(storage: Storage, reader: ObjectReader, older_than: dt
         for kind in ("snapshot", "transaction_log", "manifest", "chunk"):
             keys = [listed[kind][i].key for i in doomed[kind]]
             for start in range(0, len(keys), _DELETE_BATCH):
-                batch = keys[start:start + _DELETE_BATCH]
+                batch = keys[start : start + _DELETE_BATCH]
                 await storage.delete(batch)
                 done += len(batch)
                 if progress is not None:
                     progress("sweep", done, total)
     temporaries = 0 if dry_run else await storage.remove_stale_temporaries(older_than)
-    journals = [i.key for i in await storage.list_info(FORKS_PREFIX)
-                if i.last_modified is not None and i.last_modified.timestamp() * 1000 < cutoff]
+    journals = [
+        i.key
+        for i in await storage.list_info(FORKS_PREFIX)
+        if i.last_modified is not None and i.last_modified.timestamp() * 1000 < cutoff
+    ]
     if not dry_run:
         for start in range(0, len(journals), _DELETE_BATCH):
-            await storage.delete(journals[start:start + _DELETE_BATCH])
+            await storage.delete(journals[start : start + _DELETE_BATCH])
     return GCSummary(
         fork_journals_deleted=len(journals),
-        chunks_deleted=len(doomed["chunk"]), manifests_deleted=len(doomed["manifest"]),
+        chunks_deleted=len(doomed["chunk"]),
+        manifests_deleted=len(doomed["manifest"]),
         snapshots_deleted=len(doomed["snapshot"]),
-        transaction_logs_deleted=len(doomed["transaction_log"]), bytes_deleted=deleted_bytes,
-        kept_young=counts["young"], reachable=counts["reachable"], dry_run=dry_run,
-        temporaries_deleted=temporaries)
+        transaction_logs_deleted=len(doomed["transaction_log"]),
+        bytes_deleted=deleted_bytes,
+        kept_young=counts["young"],
+        reachable=counts["reachable"],
+        dry_run=dry_run,
+        temporaries_deleted=temporaries,
+    )
 
 
 def _valid_id(text: str) -> bool:
@@ -321,8 +371,9 @@ def _valid_id(text: str) -> bool:
 
 
 # -- expiry ------------------------------------------------------------------------------------
-def squash_log(sid: SnapshotId, parent: Snapshot, current: Snapshot,
-               logs: Iterable[TransactionLog]) -> TransactionLog:
+def squash_log(
+    sid: SnapshotId, parent: Snapshot, current: Snapshot, logs: Iterable[TransactionLog]
+) -> TransactionLog:
     """The transaction log of ``current`` re-parented onto ``parent``: node changes from
     comparing the two node tables, and per array alive in ``current`` the union of the
     chunk coordinates that ``logs`` (the commits between them) wrote."""
@@ -332,14 +383,21 @@ def squash_log(sid: SnapshotId, parent: Snapshot, current: Snapshot,
     for path in sorted(old.keys() | new.keys()):
         a, b = old.get(path), new.get(path)
         if a is not None and (b is None or a.node_id != b.node_id):
-            changes.append(NodeChange(tx.DELETED_ARRAY if a.node_type == ARRAY
-                                      else tx.DELETED_GROUP, path, a.node_id))
+            changes.append(
+                NodeChange(
+                    tx.DELETED_ARRAY if a.node_type == ARRAY else tx.DELETED_GROUP, path, a.node_id
+                )
+            )
         if b is not None and (a is None or a.node_id != b.node_id):
-            changes.append(NodeChange(tx.NEW_ARRAY if b.node_type == ARRAY
-                                      else tx.NEW_GROUP, path, b.node_id))
+            changes.append(
+                NodeChange(tx.NEW_ARRAY if b.node_type == ARRAY else tx.NEW_GROUP, path, b.node_id)
+            )
         elif a is not None and b is not None and a.zarr_json != b.zarr_json:
-            changes.append(NodeChange(tx.UPDATED_ARRAY if b.node_type == ARRAY
-                                      else tx.UPDATED_GROUP, path, b.node_id))
+            changes.append(
+                NodeChange(
+                    tx.UPDATED_ARRAY if b.node_type == ARRAY else tx.UPDATED_GROUP, path, b.node_id
+                )
+            )
     alive = {n.node_id: n.path for n in current.nodes if n.node_type == ARRAY}
     written: dict[Any, list[np.ndarray]] = {}
     for log in logs:
@@ -353,24 +411,36 @@ def squash_log(sid: SnapshotId, parent: Snapshot, current: Snapshot,
     return TransactionLog(sid, parent.id, tuple(changes))
 
 
-async def _rewrite(storage: Storage, reader: ObjectReader, info: CommitInfo,
-                   new_parent: SnapshotId, squashed: list[CommitInfo]) -> tuple[SnapshotId, int]:
+async def _rewrite(
+    storage: Storage,
+    reader: ObjectReader,
+    info: CommitInfo,
+    new_parent: SnapshotId,
+    squashed: list[CommitInfo],
+) -> tuple[SnapshotId, int]:
     """Write a copy of snapshot ``info`` whose parent is ``new_parent``; ``squashed`` are
     the snapshots between them that leave history (their changes fold into the copy's
     transaction log; oldest first). Returns the copy's id and checksum."""
     snap = await reader.snapshot(info.snapshot_id)
     sid = SnapshotId.new()
     if squashed:
-        logs = [await reader.transaction_log(i.snapshot_id, i.transaction_log_checksum)
-                for i in [*squashed, info]]
+        logs = [
+            await reader.transaction_log(i.snapshot_id, i.transaction_log_checksum)
+            for i in [*squashed, info]
+        ]
         log = squash_log(sid, await reader.snapshot(new_parent), snap, logs)
     else:
         own = await reader.transaction_log(info.snapshot_id, info.transaction_log_checksum)
         log = TransactionLog(sid, new_parent, own.changes)
     log_bytes = encode_transaction_log(log)
     meta = {**info.metadata, "frazil.rewritten_from": str(info.snapshot_id)}
-    new_info = dataclasses.replace(info, snapshot_id=sid, parent_id=new_parent, metadata=meta,
-                                   transaction_log_checksum=checksum(log_bytes))
+    new_info = dataclasses.replace(
+        info,
+        snapshot_id=sid,
+        parent_id=new_parent,
+        metadata=meta,
+        transaction_log_checksum=checksum(log_bytes),
+    )
     data = encode_snapshot(Snapshot(new_info, snap.nodes))
     await storage.put(txlog_key(sid), log_bytes)
     await storage.put(snapshot_key(sid), data)
@@ -387,8 +457,12 @@ async def _branch_tips(storage: Storage, names: list[str]) -> set[SnapshotId | N
     return tips
 
 
-async def expire_snapshots(storage: Storage, reader: ObjectReader, older_than: dt.datetime,
-                           progress: Progress | None = None) -> set[str]:
+async def expire_snapshots(
+    storage: Storage,
+    reader: ObjectReader,
+    older_than: dt.datetime,
+    progress: Progress | None = None,
+) -> set[str]:
     """Drop snapshots written before ``older_than`` from every branch's history; returns
     their ids. See format/SPEC.md ("Expiring history") for the exact rules."""
     _to_ms(older_than)
@@ -409,8 +483,14 @@ async def expire_snapshots(storage: Storage, reader: ObjectReader, older_than: d
             tips = first_tips | await _branch_tips(storage, branches)
             assert ref.record.snapshot_id is not None
             chain = list((await walk_history(reader, [ref.record.snapshot_id])).values())
-            keep = [i for i in chain if i is chain[0] or i.parent_id is None
-                    or i.snapshot_id in tips or i.written_at >= older_than]
+            keep = [
+                i
+                for i in chain
+                if i is chain[0]
+                or i.parent_id is None
+                or i.snapshot_id in tips
+                or i.written_at >= older_than
+            ]
             dropped = [i for i in chain if not any(i is k for k in keep)]
             if not dropped:
                 break
@@ -477,8 +557,13 @@ class FsckReport:
         return not self.problems
 
 
-async def fsck(storage: Storage, reader: ObjectReader, *, verify_chunks: bool = True,
-               progress: Progress | None = None) -> FsckReport:
+async def fsck(
+    storage: Storage,
+    reader: ObjectReader,
+    *,
+    verify_chunks: bool = True,
+    progress: Progress | None = None,
+) -> FsckReport:
     """Check every reachable object exists and matches its recorded checksum."""
     report = FsckReport()
     problems = report.problems
@@ -497,8 +582,11 @@ async def fsck(storage: Storage, reader: ObjectReader, *, verify_chunks: bool = 
             except FrazilError as e:
                 problems.append(Problem("ref", f"refs/{what}.{name}/ref.json", str(e)))
     report.refs = len(refs)
-    history = await walk_history(reader, [r.record.snapshot_id for _, r in refs
-                                          if r.record.snapshot_id is not None], problems)
+    history = await walk_history(
+        reader,
+        [r.record.snapshot_id for _, r in refs if r.record.snapshot_id is not None],
+        problems,
+    )
     checksums: dict[SnapshotId, int | None] = {}
     named: dict[SnapshotId, str] = {}
     for label, r in refs:
@@ -523,8 +611,7 @@ async def fsck(storage: Storage, reader: ObjectReader, *, verify_chunks: bool = 
             problems.append(Problem(_kind(e), txlog_key(sid), str(e)))
         for node in snap.nodes:
             for seg in node.segments:
-                segments.setdefault(seg.manifest_id, (seg, f"array {node.path} of snapshot "
-                                                           f"{sid}"))
+                segments.setdefault(seg.manifest_id, (seg, f"array {node.path} of snapshot {sid}"))
 
     await _aio.gather_limited([check_snapshot(s) for s in history], limit=16)
     natives: list[pa.Table] = []
@@ -537,12 +624,16 @@ async def fsck(storage: Storage, reader: ObjectReader, *, verify_chunks: bool = 
             report.manifests += 1
             report.bytes_verified += seg.size
             native = _native(rows)
-            natives.append(native.append_column(
-                "manifest", pa.array(np.full(native.num_rows, str(seg.manifest_id)),
-                                     pa.string())))
+            natives.append(
+                native.append_column(
+                    "manifest",
+                    pa.array(np.full(native.num_rows, str(seg.manifest_id)), pa.string()),
+                )
+            )
         except FrazilError as e:
-            problems.append(Problem(_kind(e), manifest_key(seg.manifest_id),
-                                    f"{e} (used by {owner})"))
+            problems.append(
+                Problem(_kind(e), manifest_key(seg.manifest_id), f"{e} (used by {owner})")
+            )
         done += 1
         if progress is not None and (done % 64 == 0 or done == len(segments)):
             progress("manifests", done, len(segments))
@@ -568,13 +659,20 @@ async def fsck(storage: Storage, reader: ObjectReader, *, verify_chunks: bool = 
             elif verify_chunks:
                 data = await storage.get(key)
                 if checksum(data) != sums[i] or len(data) != lengths[i]:
-                    problems.append(Problem("damaged", key, f"{len(data)} bytes do not match "
-                                            f"the length {lengths[i]} and checksum "
-                                            f"{sums[i]:016x} recorded ({owner})"))
+                    problems.append(
+                        Problem(
+                            "damaged",
+                            key,
+                            f"{len(data)} bytes do not match "
+                            f"the length {lengths[i]} and checksum "
+                            f"{sums[i]:016x} recorded ({owner})",
+                        )
+                    )
                 report.bytes_verified += len(data)
             elif size is not None and size != lengths[i]:
-                problems.append(Problem("damaged", key, f"{size} bytes, {lengths[i]} "
-                                        f"recorded ({owner})"))
+                problems.append(
+                    Problem("damaged", key, f"{size} bytes, {lengths[i]} recorded ({owner})")
+                )
         except FrazilError as e:
             problems.append(Problem(_kind(e), key, f"{e} ({owner})"))
         done += 1
@@ -582,16 +680,23 @@ async def fsck(storage: Storage, reader: ObjectReader, *, verify_chunks: bool = 
             progress("chunks", done, len(cids))
 
     for start in range(0, len(cids), 4096):  # bounded memory: a batch of reads at a time
-        await _aio.gather_limited([check_chunk(i) for i in
-                                   range(start, min(start + 4096, len(cids)))], limit=32)
+        await _aio.gather_limited(
+            [check_chunk(i) for i in range(start, min(start + 4096, len(cids)))], limit=32
+        )
     problems.sort(key=lambda p: (p.key, p.message))
     return report
 
 
 def _unique_chunks(natives: list[pa.Table]) -> pa.Table:
     """One row per native chunk id (the first manifest that names it)."""
-    schema = pa.schema([("chunk_id", pa.string()), ("checksum", pa.uint64()),
-                        ("length", pa.int64()), ("manifest", pa.string())])
+    schema = pa.schema(
+        [
+            ("chunk_id", pa.string()),
+            ("checksum", pa.uint64()),
+            ("length", pa.int64()),
+            ("manifest", pa.string()),
+        ]
+    )
     if not natives:
         return schema.empty_table()
     table = pa.concat_tables(natives).combine_chunks()
@@ -623,11 +728,13 @@ class ChunkStorageStats:
         return self.non_virtual_bytes + self.virtual_bytes
 
 
-async def chunk_storage_stats(storage: Storage, reader: ObjectReader,
-                              progress: Progress | None = None) -> ChunkStorageStats:
+async def chunk_storage_stats(
+    storage: Storage, reader: ObjectReader, progress: Progress | None = None
+) -> ChunkStorageStats:
     found = await mark(storage, reader, progress=progress)
-    parts = await _aio.gather_limited([read_manifest_rows(storage, s)
-                                       for s in found.segments.values()], limit=16)
+    parts = await _aio.gather_limited(
+        [read_manifest_rows(storage, s) for s in found.segments.values()], limit=16
+    )
     cols = ["kind", "chunk_id", "length", "location", "offset"]
     if not parts:
         return ChunkStorageStats()
@@ -645,10 +752,24 @@ async def chunk_storage_stats(storage: Storage, reader: ObjectReader,
         return int(pc.sum(col).as_py() or 0)
 
     return ChunkStorageStats(
-        native_bytes=total(native.column("length_max")), native_chunks=native.num_rows,
-        inlined_bytes=total(inline.column("length")), inlined_chunks=inline.num_rows,
-        virtual_bytes=total(virtual.column("length")), virtual_chunks=virtual.num_rows)
+        native_bytes=total(native.column("length_max")),
+        native_chunks=native.num_rows,
+        inlined_bytes=total(inline.column("length")),
+        inlined_chunks=inline.num_rows,
+        virtual_bytes=total(virtual.column("length")),
+        virtual_chunks=virtual.num_rows,
+    )
 
 
-__all__ = ["ChunkStorageStats", "FsckReport", "GCSummary", "NodeRecord", "Problem",
-           "chunk_storage_stats", "expire_snapshots", "fsck", "garbage_collect", "mark"]
+__all__ = [
+    "ChunkStorageStats",
+    "FsckReport",
+    "GCSummary",
+    "NodeRecord",
+    "Problem",
+    "chunk_storage_stats",
+    "expire_snapshots",
+    "fsck",
+    "garbage_collect",
+    "mark",
+]

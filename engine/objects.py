@@ -99,13 +99,18 @@ class LRU(Generic[K, V]):
 class ObjectReader:
     """Reads and caches a repository's immutable objects."""
 
-    def __init__(self, storage: Storage, manifest_cache_bytes: int = 512 << 20,
-                 chunk_cache_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        manifest_cache_bytes: int = 512 << 20,
+        chunk_cache_bytes: int = 64 << 20,
+    ) -> None:
         self.storage = storage
         self.snapshots: LRU[SnapshotId, Snapshot] = LRU(64, lambda s: 1)
         # segments by (manifest object, first row): one object may hold several arrays'
         self.manifests: LRU[tuple[ManifestId, int], ManifestSegment] = LRU(
-            manifest_cache_bytes, lambda m: m.nbytes)
+            manifest_cache_bytes, lambda m: m.nbytes
+        )
         self.chunks: LRU[ChunkId, bytes] = LRU(chunk_cache_bytes, len)
         # transaction logs: what a rebase reads of every commit it moves over
         self.txlogs: LRU[SnapshotId, TransactionLog] = LRU(256, lambda t: 1)
@@ -211,12 +216,12 @@ class ObjectReader:
         parts = await self._once(("m", mid), load)
         m = parts.get(seg.row_offset)
         if m is None or len(m) != seg.rows:
-            raise FormatError(f"{manifest_key(mid)}: has no segment of {seg.rows} rows at "
-                              f"row {seg.row_offset}")
+            raise FormatError(
+                f"{manifest_key(mid)}: has no segment of {seg.rows} rows at row {seg.row_offset}"
+            )
         return m
 
-    async def transaction_log(self, sid: SnapshotId,
-                              checksum: int | None = None) -> TransactionLog:
+    async def transaction_log(self, sid: SnapshotId, checksum: int | None = None) -> TransactionLog:
         hit = self.txlogs.get(sid)
         if hit is not None:
             return hit
@@ -236,8 +241,9 @@ class ObjectReader:
         for cache in (self.snapshots, self.manifests, self.chunks, self.txlogs):
             cache.clear()
 
-    async def chunk(self, cid: ChunkId, checksum: int | None,
-                    byte_range: ByteRange | None = None) -> bytes:
+    async def chunk(
+        self, cid: ChunkId, checksum: int | None, byte_range: ByteRange | None = None
+    ) -> bytes:
         """A native chunk's bytes, verified whole; ranges are cut from the verified bytes
         (and the bytes are kept for a while, so sharded reads fetch a shard once)."""
         cached = self.chunks.get(cid) if byte_range is not None else None
@@ -253,4 +259,3 @@ class ObjectReader:
             self.chunks.put(cid, data)
             cached = data
         return slice_range(cached, byte_range)
-

@@ -44,9 +44,14 @@ def summarize_changes(base: dict[str, NodeRecord], changes: ChangeSet) -> Change
 def summarize_logs(logs: Iterable[TransactionLog]) -> ChangeSummary:
     """The union of several commits' changes (oldest first)."""
     s = ChangeSummary()
-    targets = {tx.NEW_GROUP: s.new_groups, tx.NEW_ARRAY: s.new_arrays,
-               tx.DELETED_GROUP: s.deleted_groups, tx.DELETED_ARRAY: s.deleted_arrays,
-               tx.UPDATED_GROUP: s.updated_groups, tx.UPDATED_ARRAY: s.updated_arrays}
+    targets = {
+        tx.NEW_GROUP: s.new_groups,
+        tx.NEW_ARRAY: s.new_arrays,
+        tx.DELETED_GROUP: s.deleted_groups,
+        tx.DELETED_ARRAY: s.deleted_arrays,
+        tx.UPDATED_GROUP: s.updated_groups,
+        tx.UPDATED_ARRAY: s.updated_arrays,
+    }
     for log in logs:
         for change in log.changes:
             if change.change == tx.CHUNKS:
@@ -67,16 +72,21 @@ def _paths_by_id(base: dict[str, NodeRecord], changes: ChangeSet) -> dict[NodeId
     return paths
 
 
-def apply_resolution(base: dict[str, NodeRecord], changes: ChangeSet,
-                     resolution: Resolution) -> None:
+def apply_resolution(
+    base: dict[str, NodeRecord], changes: ChangeSet, resolution: Resolution
+) -> None:
     """Drop our staged chunks that the solver gave to the other side, and our staged node
     records that change nothing (the base's node with the base's zarr.json):
     ``summarize_changes`` does not count them, so kept they would silently undo the other
     side's update, delete or replacement of that node on the new base."""
     for path, staged in list(changes.nodes.items()):
         old = base.get(path)
-        if (staged is not None and old is not None and staged.node_id == old.node_id
-                and staged.zarr_json == old.zarr_json):
+        if (
+            staged is not None
+            and old is not None
+            and staged.node_id == old.node_id
+            and staged.zarr_json == old.zarr_json
+        ):
             del changes.nodes[path]
     if not resolution.drop_chunks:
         return
@@ -87,17 +97,22 @@ def apply_resolution(base: dict[str, NodeRecord], changes: ChangeSet,
             table.discard(coords)
 
 
-def merge_changes(base: dict[str, NodeRecord], target: ChangeSet,
-                  sources: Iterable[ChangeSet], journaled: Iterable[ChangeSet] = ()
-                  ) -> tuple[ChangeSet, list[Conflict]]:
+def merge_changes(
+    base: dict[str, NodeRecord],
+    target: ChangeSet,
+    sources: Iterable[ChangeSet],
+    journaled: Iterable[ChangeSet] = (),
+) -> tuple[ChangeSet, list[Conflict]]:
     """``target`` with every source folded in (a new change set; the inputs are unchanged),
     and the conflicts found. Identical node records merge silently; a node both created
     with the same metadata becomes one node. ``journaled`` change sets (replayed from fork
     journals, folded after ``sources``) may repeat a chunk already staged with the same
     bytes, as a retried task does; that is no conflict."""
-    merged = ChangeSet(nodes=dict(target.nodes),
-                       chunks={k: copy.copy(t) for k, t in target.chunks.items()},
-                       writers=set(target.writers))
+    merged = ChangeSet(
+        nodes=dict(target.nodes),
+        chunks={k: copy.copy(t) for k, t in target.chunks.items()},
+        writers=set(target.writers),
+    )
     conflicts: list[Conflict] = []
     for source, retried in [*((s, False) for s in sources), *((s, True) for s in journaled)]:
         conflicts.extend(_fold(base, merged, source, retried))
@@ -105,8 +120,9 @@ def merge_changes(base: dict[str, NodeRecord], target: ChangeSet,
     return merged, conflicts
 
 
-def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet,
-          retried: bool = False) -> list[Conflict]:
+def _fold(
+    base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet, retried: bool = False
+) -> list[Conflict]:
     """Fold ``source`` into ``merged`` in place; returns the conflicts found. With
     ``retried``, chunks both staged with the same bytes are not conflicts."""
     conflicts: list[Conflict] = []
@@ -118,8 +134,11 @@ def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet,
         if mine is _MISSING:
             old = base.get(path)
             if rec is None and old is not None and len(merged.chunks.get(old.node_id, ())):
-                kind = (ConflictType.DeleteOfUpdatedArray if old.node_type == ARRAY
-                        else ConflictType.DeleteOfUpdatedGroup)
+                kind = (
+                    ConflictType.DeleteOfUpdatedArray
+                    if old.node_type == ARRAY
+                    else ConflictType.DeleteOfUpdatedGroup
+                )
                 conflicts.append(Conflict(kind, path))
                 continue
             merged.nodes[path] = rec
@@ -129,13 +148,23 @@ def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet,
         if mine == rec:
             continue
         old = base.get(path)
-        if (mine is not None and rec is not None and mine.node_type == rec.node_type
-                and mine.zarr_json == rec.zarr_json
-                # one node, or two created independently; not the base node and a
-                # replacement of it, even with equal metadata (its chunks differ)
-                and (mine.node_id == rec.node_id  # type: ignore[union-attr]
-                     or old is None or old.node_id not in (mine.node_id,  # type: ignore[union-attr]
-                                                           rec.node_id))):
+        if (
+            mine is not None
+            and rec is not None
+            and mine.node_type == rec.node_type
+            and mine.zarr_json == rec.zarr_json
+            # one node, or two created independently; not the base node and a
+            # replacement of it, even with equal metadata (its chunks differ)
+            and (
+                mine.node_id == rec.node_id  # type: ignore[union-attr]
+                or old is None
+                or old.node_id
+                not in (
+                    mine.node_id,  # type: ignore[union-attr]
+                    rec.node_id,
+                )
+            )
+        ):
             id_map[rec.node_id] = mine.node_id  # type: ignore[union-attr]
             continue
         in_base = path in base
@@ -152,13 +181,16 @@ def _fold(base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet,
     # a node one side created under a group the other side deleted would be orphaned
     for mine_side, other_side in ((source.nodes, before), (before, source.nodes)):
         for path, rec in mine_side.items():
-            if rec is not None and path not in base and any(
-                    other_side.get(p, _MISSING) is None for p in _parents(path)):
+            if (
+                rec is not None
+                and path not in base
+                and any(other_side.get(p, _MISSING) is None for p in _parents(path))
+            ):
                 conflicts.append(Conflict(ConflictType.NewNodeInInvalidGroup, path))
-    paths.update({nid: p for p, r in merged.nodes.items() if r is not None
-                  for nid in [r.node_id]})
+    paths.update({nid: p for p, r in merged.nodes.items() if r is not None for nid in [r.node_id]})
     live_ids = {r.node_id for r in merged.nodes.values() if r is not None} | {
-        r.node_id for p, r in base.items() if merged.nodes.get(p, _MISSING) is _MISSING}
+        r.node_id for p, r in base.items() if merged.nodes.get(p, _MISSING) is _MISSING
+    }
     for node_id, table in source.chunks.items():
         if not len(table):
             continue
@@ -201,4 +233,3 @@ class _Missing:
 
 
 _MISSING: object = _Missing()
-

@@ -25,8 +25,14 @@ def validate_name(name: object, what: str) -> str:
     """Refuse names that cannot be keys: empty, '/', '..', control characters, a leading dot."""
     if not isinstance(name, str):
         raise InvalidInputError(f"{what} name must be a string, got {type(name).__name__}")
-    if (not name or len(name) > 255 or _BAD.search(name) or name.startswith(".")
-            or ".." in name or name != name.strip()):
+    if (
+        not name
+        or len(name) > 255
+        or _BAD.search(name)
+        or name.startswith(".")
+        or ".." in name
+        or name != name.strip()
+    ):
         raise InvalidInputError(
             f"invalid {what} name {name!r}: names are 1-255 characters with no '/', '\\', "
             "'..', control characters, leading dot or surrounding spaces"
@@ -71,8 +77,9 @@ async def read_ref(storage: Storage, kind: str, name: str) -> Ref:
     return ref
 
 
-async def create_ref(storage: Storage, kind: str, name: str, snapshot_id: SnapshotId,
-                     checksum: int) -> None:
+async def create_ref(
+    storage: Storage, kind: str, name: str, snapshot_id: SnapshotId, checksum: int
+) -> None:
     """Create a branch or tag. A branch may be created again over the tombstone a
     deletion left (by compare-and-swap on it); a tag name is never reused."""
     key = branch_key(name) if kind == BRANCH_REF else tag_key(name)
@@ -88,8 +95,7 @@ async def create_ref(storage: Storage, kind: str, name: str, snapshot_id: Snapsh
         if not current.record.deleted:
             raise AlreadyExistsError(f"{what} {name!r} already exists")
         if kind == TAG_REF:
-            raise AlreadyExistsError(
-                f"tag {name!r} was deleted, and tag names are never reused")
+            raise AlreadyExistsError(f"tag {name!r} was deleted, and tag names are never reused")
         result = await storage.put_if_version(key, data, current.version)
 
 
@@ -110,20 +116,21 @@ async def delete_branch(storage: Storage, name: str) -> None:
         await storage.delete_if_version(key, result.version)
 
 
-async def swap_branch(storage: Storage, name: str, expected: Ref, snapshot_id: SnapshotId,
-                      checksum: int) -> PutResult:
+async def swap_branch(
+    storage: Storage, name: str, expected: Ref, snapshot_id: SnapshotId, checksum: int
+) -> PutResult:
     """Move a branch from ``expected`` to ``snapshot_id``; ``ok`` False if it changed
     meanwhile (``uncertain`` when our write may have landed before that change)."""
     return await storage.put_if_version(
-        branch_key(name), encode_ref(BRANCH_REF, snapshot_id, checksum, name=name),
-        expected.version)
+        branch_key(name), encode_ref(BRANCH_REF, snapshot_id, checksum, name=name), expected.version
+    )
 
 
 async def tombstone_tag(storage: Storage, name: str) -> None:
     current = await read_ref(storage, TAG_REF, name)
     result = await storage.put_if_version(
-        tag_key(name), encode_ref(TAG_REF, None, None, deleted=True, name=name),
-        current.version)
+        tag_key(name), encode_ref(TAG_REF, None, None, deleted=True, name=name), current.version
+    )
     if not result.ok:
         raise ConflictError(f"tag {name!r} changed while being deleted; try again")
 
@@ -131,8 +138,13 @@ async def tombstone_tag(storage: Storage, name: str) -> None:
 async def list_refs(storage: Storage, kind: str) -> set[str]:
     """Names of the live branches or tags (tombstones of deleted ones skipped)."""
     prefix = "refs/branch." if kind == BRANCH_REF else "refs/tag."
-    names = sorted({key[len(prefix): -len("/ref.json")] for key in await storage.list(prefix)
-                    if key.endswith("/ref.json")})
+    names = sorted(
+        {
+            key[len(prefix) : -len("/ref.json")]
+            for key in await storage.list(prefix)
+            if key.endswith("/ref.json")
+        }
+    )
 
     async def live(name: str) -> bool:
         try:
@@ -141,5 +153,6 @@ async def list_refs(storage: Storage, kind: str) -> set[str]:
             return False
         except FormatError:  # there, but damaged: whoever reads it reports that
             return True
+
     flags = await _aio.gather_limited([live(n) for n in names], limit=32)
     return {n for n, ok in zip(names, flags) if ok}

@@ -44,7 +44,8 @@ from .virtual import VirtualResolver, check_authorization
 
 CONFIG_KEY = "config.json"
 _shared_readers: weakref.WeakValueDictionary[tuple[str, str, str], ObjectReader] = (
-    weakref.WeakValueDictionary())
+    weakref.WeakValueDictionary()
+)
 MAIN = "main"
 
 from .config import RepositoryConfig  # noqa: E402
@@ -95,10 +96,14 @@ def _named_by(label: str | None) -> Iterator[None]:
 class Repository:
     """A frazil repository on some ``Storage``. Use ``create``, ``open`` or ``open_or_create``."""
 
-    def __init__(self, storage: Storage, config: RepositoryConfig,
-                 authorize_virtual_chunk_access: Mapping[str, Any] | None = None, *,
-                 untrusted_containers: Mapping[str, VirtualChunkContainer] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        config: RepositoryConfig,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+        *,
+        untrusted_containers: Mapping[str, VirtualChunkContainer] | None = None,
+    ) -> None:
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         self._storage = storage
@@ -107,22 +112,35 @@ class Repository:
         # containers as the stored config declares them, which the opener did not pass:
         # credentials are never sent to an endpoint only they name
         self._virtual = VirtualResolver(
-            config, check_authorization(config, authorize_virtual_chunk_access),
-            untrusted_containers)
+            config,
+            check_authorization(config, authorize_virtual_chunk_access),
+            untrusted_containers,
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         # the virtual chunk authorization (with its credentials) travels with the
         # repository, so that forks on workers can read virtual chunks
-        return {"storage": self._storage, "config": self._config,
-                "virtual_auth": self._virtual.auth, "untrusted": self._virtual.untrusted}
+        return {
+            "storage": self._storage,
+            "config": self._config,
+            "virtual_auth": self._virtual.auth,
+            "untrusted": self._virtual.untrusted,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["storage"], state["config"],  # type: ignore[misc]
-                      state.get("virtual_auth"), untrusted_containers=state.get("untrusted"))
+        self.__init__(  # type: ignore[misc]
+            state["storage"],
+            state["config"],
+            state.get("virtual_auth"),
+            untrusted_containers=state.get("untrusted"),
+        )
         # repositories unpickled in one process (forks sent to a worker task by task)
         # share one cache of immutable objects per storage location
-        key = (type(self._storage).__qualname__, self._storage.describe(),
-               str(getattr(self._storage, "token", "")))
+        key = (
+            type(self._storage).__qualname__,
+            self._storage.describe(),
+            str(getattr(self._storage, "token", "")),
+        )
         shared = _shared_readers.get(key)
         if shared is None:
             _shared_readers[key] = self._reader
@@ -134,8 +152,13 @@ class Repository:
 
     # -- creating and opening ----------------------------------------------------------
     @classmethod
-    def create(cls, storage: Storage, config: RepositoryConfig | None = None, *,
-               authorize_virtual_chunk_access: Mapping[str, Any] | None = None) -> Repository:
+    def create(
+        cls,
+        storage: Storage,
+        config: RepositoryConfig | None = None,
+        *,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+    ) -> Repository:
         """Create a new repository; ``AlreadyExistsError`` if one is there. Its config
         (virtual chunk containers included) is saved with it;
         ``authorize_virtual_chunk_access`` (``containers_credentials({...})``) says which
@@ -143,8 +166,12 @@ class Repository:
         return _aio.run(cls._create(storage, config, authorize_virtual_chunk_access))
 
     @classmethod
-    async def _create(cls, storage: Storage, config: RepositoryConfig | None,
-                      auth: Mapping[str, Any] | None = None) -> Repository:
+    async def _create(
+        cls,
+        storage: Storage,
+        config: RepositoryConfig | None,
+        auth: Mapping[str, Any] | None = None,
+    ) -> Repository:
         """Exactly one of any number of concurrent creators wins: ``config.json`` is
         written first, create-if-absent, and whoever wrote it writes the first snapshot
         and ``main`` (create-if-absent too); every other creator gets
@@ -157,8 +184,10 @@ class Repository:
         if await _exists(storage):
             raise AlreadyExistsError(f"a repository already exists in {storage.describe()}")
         if (await storage.list("")) and not await storage.exists(CONFIG_KEY):
-            raise AlreadyExistsError(f"{storage.describe()} is not empty and holds no frazil "
-                                     "repository; use an empty location")
+            raise AlreadyExistsError(
+                f"{storage.describe()} is not empty and holds no frazil "
+                "repository; use an empty location"
+            )
         cfg = RepositoryConfig.default().merge(config)
         check_authorization(cfg, auth)
         claim = await storage.put_if_absent(CONFIG_KEY, encode_config(cfg.to_dict()))
@@ -169,7 +198,8 @@ class Repository:
                 f"a repository is being created in {storage.describe()} by another writer "
                 f"({CONFIG_KEY} is there, the main branch not yet); open it once it is "
                 "(Repository.open_or_create waits for it). If no creation is running, an "
-                f"interrupted one left {CONFIG_KEY} behind: delete it and create again")
+                f"interrupted one left {CONFIG_KEY} behind: delete it and create again"
+            )
         plan = initial_snapshot()
         await storage.put(plan.log[0], plan.log[1])
         await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
@@ -177,42 +207,62 @@ class Repository:
             await create_ref(storage, BRANCH_REF, MAIN, plan.snapshot.id, plan.snapshot_checksum)
         except AlreadyExistsError:
             raise AlreadyExistsError(
-                f"a repository already exists in {storage.describe()}") from None
+                f"a repository already exists in {storage.describe()}"
+            ) from None
         return cls(storage, cfg, auth)
 
     @classmethod
-    def open(cls, storage: Storage, config: RepositoryConfig | None = None, *,
-             authorize_virtual_chunk_access: Mapping[str, Any] | None = None) -> Repository:
+    def open(
+        cls,
+        storage: Storage,
+        config: RepositoryConfig | None = None,
+        *,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+    ) -> Repository:
         """Open an existing repository; ``config`` overrides the stored settings.
         Virtual chunks are read only from the containers authorized here (none by
         default)."""
         return _aio.run(cls._open(storage, config, authorize_virtual_chunk_access))
 
     @classmethod
-    async def _open(cls, storage: Storage, config: RepositoryConfig | None,
-                    auth: Mapping[str, Any] | None = None) -> Repository:
+    async def _open(
+        cls,
+        storage: Storage,
+        config: RepositoryConfig | None,
+        auth: Mapping[str, Any] | None = None,
+    ) -> Repository:
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         _check_config(config)
         if not await _exists(storage):
             raise NotFoundError(f"no frazil repository in {storage.describe()}")
         try:
-            stored = RepositoryConfig.from_dict(decode_config(await storage.get(CONFIG_KEY),
-                                                              CONFIG_KEY))
+            stored = RepositoryConfig.from_dict(
+                decode_config(await storage.get(CONFIG_KEY), CONFIG_KEY)
+            )
         except NotFoundError:
             stored = RepositoryConfig()
         except InvalidInputError as e:  # valid JSON, settings of the wrong type or range
             raise FormatError(f"{CONFIG_KEY}: damaged settings ({e})") from e
         given = (config.virtual_chunk_containers if config is not None else None) or {}
-        untrusted = {p: c for p, c in (stored.virtual_chunk_containers or {}).items()
-                     if given.get(p) != c}
-        return cls(storage, RepositoryConfig.default().merge(stored).merge(config), auth,
-                   untrusted_containers=untrusted)
+        untrusted = {
+            p: c for p, c in (stored.virtual_chunk_containers or {}).items() if given.get(p) != c
+        }
+        return cls(
+            storage,
+            RepositoryConfig.default().merge(stored).merge(config),
+            auth,
+            untrusted_containers=untrusted,
+        )
 
     @classmethod
-    def open_or_create(cls, storage: Storage, config: RepositoryConfig | None = None, *,
-                       authorize_virtual_chunk_access: Mapping[str, Any] | None = None
-                       ) -> Repository:
+    def open_or_create(
+        cls,
+        storage: Storage,
+        config: RepositoryConfig | None = None,
+        *,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+    ) -> Repository:
         """Open the repository, or create it if there is none; concurrent callers all
         end up with the one repository that one of them created."""
         auth = authorize_virtual_chunk_access
@@ -242,14 +292,16 @@ class Repository:
         _aio.run(self._storage.put(CONFIG_KEY, encode_config(self._config.to_dict())))
 
     # -- resolving -------------------------------------------------------------------------
-    async def _resolve(self, branch: str | None = None, tag: str | None = None,
-                       snapshot_id: str | None = None) -> tuple[SnapshotId, int | None]:
+    async def _resolve(
+        self, branch: str | None = None, tag: str | None = None, snapshot_id: str | None = None
+    ) -> tuple[SnapshotId, int | None]:
         given = [x for x in (branch, tag, snapshot_id) if x is not None]
         if len(given) != 1:
             raise InvalidInputError("give exactly one of branch=, tag= or snapshot_id=")
         if branch is not None:
-            rec = (await read_ref(self._storage, BRANCH_REF, validate_name(branch, "branch"))
-                   ).record
+            rec = (
+                await read_ref(self._storage, BRANCH_REF, validate_name(branch, "branch"))
+            ).record
         elif tag is not None:
             rec = (await read_ref(self._storage, TAG_REF, validate_name(tag, "tag"))).record
         else:
@@ -257,8 +309,9 @@ class Repository:
         assert rec.snapshot_id is not None
         return rec.snapshot_id, rec.checksum
 
-    async def _load(self, branch: str | None = None, tag: str | None = None,
-                    snapshot_id: str | None = None) -> tuple[Snapshot, int | None]:
+    async def _load(
+        self, branch: str | None = None, tag: str | None = None, snapshot_id: str | None = None
+    ) -> tuple[Snapshot, int | None]:
         """The snapshot at a branch, tag or id (verified), and the checksum its ref records."""
         sid, cs = await self._resolve(branch, tag, snapshot_id)
         with _named_by(_ref_label(branch, tag)):
@@ -276,8 +329,10 @@ class Repository:
         async def go() -> None:
             validate_name(name, "branch")
             sid = _parse_sid(snapshot_id)
-            await create_ref(self._storage, BRANCH_REF, name, sid,
-                             await self._reader.snapshot_checksum(sid))
+            await create_ref(
+                self._storage, BRANCH_REF, name, sid, await self._reader.snapshot_checksum(sid)
+            )
+
         _aio.run(go())
 
     def list_branches(self) -> set[str]:
@@ -287,10 +342,12 @@ class Repository:
         validate_name(name, "branch")
         return str(_aio.run(self._tip(branch=name)))
 
-    def reset_branch(self, name: str, snapshot_id: str, *,
-                     from_snapshot_id: str | None = None) -> None:
+    def reset_branch(
+        self, name: str, snapshot_id: str, *, from_snapshot_id: str | None = None
+    ) -> None:
         """Point ``name`` at ``snapshot_id``; with ``from_snapshot_id``, only if the branch
         is still there (else ``ConflictError``)."""
+
         async def go() -> None:
             validate_name(name, "branch")
             sid = _parse_sid(snapshot_id)
@@ -301,9 +358,12 @@ class Repository:
                 if expect is not None and ref.record.snapshot_id != expect:
                     raise ConflictError(
                         f"branch {name!r} is at {ref.record.snapshot_id}, not {expect}",
-                        expected_parent=str(expect), actual_parent=str(ref.record.snapshot_id))
+                        expected_parent=str(expect),
+                        actual_parent=str(ref.record.snapshot_id),
+                    )
                 if (await swap_branch(self._storage, name, ref, sid, cs)).ok:
                     return
+
         _aio.run(go())
 
     def delete_branch(self, name: str) -> None:
@@ -319,8 +379,10 @@ class Repository:
         async def go() -> None:
             validate_name(name, "tag")
             sid = _parse_sid(snapshot_id)
-            await create_ref(self._storage, TAG_REF, name, sid,
-                             await self._reader.snapshot_checksum(sid))
+            await create_ref(
+                self._storage, TAG_REF, name, sid, await self._reader.snapshot_checksum(sid)
+            )
+
         _aio.run(go())
 
     def list_tags(self) -> set[str]:
@@ -336,8 +398,9 @@ class Repository:
         _aio.run(tombstone_tag(self._storage, name))
 
     # -- history ---------------------------------------------------------------------------
-    def ancestry(self, *, branch: str | None = None, tag: str | None = None,
-                 snapshot_id: str | None = None) -> Iterator[SnapshotInfo]:
+    def ancestry(
+        self, *, branch: str | None = None, tag: str | None = None, snapshot_id: str | None = None
+    ) -> Iterator[SnapshotInfo]:
         """History newest first, from footers of snapshots (never their node tables)."""
         sid: SnapshotId | None = _aio.run(self._resolve(branch, tag, snapshot_id))[0]
         label = _ref_label(branch, tag)
@@ -345,26 +408,49 @@ class Repository:
             with _named_by(label):
                 info = _aio.run(self._reader.commit_info(sid))
             label = None
-            yield SnapshotInfo(str(info.snapshot_id),
-                               str(info.parent_id) if info.parent_id else None,
-                               info.written_at, info.message, dict(info.metadata))
+            yield SnapshotInfo(
+                str(info.snapshot_id),
+                str(info.parent_id) if info.parent_id else None,
+                info.written_at,
+                info.message,
+                dict(info.metadata),
+            )
             sid = info.parent_id
 
     def lookup_snapshot(self, snapshot_id: str) -> SnapshotInfo:
         info = _aio.run(self._reader.commit_info(_parse_sid(snapshot_id)))
-        return SnapshotInfo(str(info.snapshot_id),
-                            str(info.parent_id) if info.parent_id else None,
-                            info.written_at, info.message, dict(info.metadata))
+        return SnapshotInfo(
+            str(info.snapshot_id),
+            str(info.parent_id) if info.parent_id else None,
+            info.written_at,
+            info.message,
+            dict(info.metadata),
+        )
 
-    def diff(self, *, from_branch: str | None = None, from_tag: str | None = None,
-             from_snapshot_id: str | None = None, to_branch: str | None = None,
-             to_tag: str | None = None, to_snapshot_id: str | None = None) -> Diff:
+    def diff(
+        self,
+        *,
+        from_branch: str | None = None,
+        from_tag: str | None = None,
+        from_snapshot_id: str | None = None,
+        to_branch: str | None = None,
+        to_tag: str | None = None,
+        to_snapshot_id: str | None = None,
+    ) -> Diff:
         """What changed from one version to a later one (``from`` must be an ancestor)."""
-        return _aio.run(self._diff(from_branch, from_tag, from_snapshot_id,
-                                   to_branch, to_tag, to_snapshot_id))
+        return _aio.run(
+            self._diff(from_branch, from_tag, from_snapshot_id, to_branch, to_tag, to_snapshot_id)
+        )
 
-    async def _diff(self, fb: str | None, ft: str | None, fs: str | None, tb: str | None,
-                    tt: str | None, ts: str | None) -> Diff:
+    async def _diff(
+        self,
+        fb: str | None,
+        ft: str | None,
+        fs: str | None,
+        tb: str | None,
+        tt: str | None,
+        ts: str | None,
+    ) -> Diff:
         src, src_cs = await self._resolve(fb, ft, fs)
         dst, dst_cs = await self._resolve(tb, tt, ts)
         chain: list[SnapshotId] = []
@@ -374,8 +460,10 @@ class Repository:
             with _named_by(_ref_label(tb, tt) if sid == dst else None):
                 sid = (await self._reader.commit_info(sid)).parent_id
         if sid is None:
-            raise InvalidInputError(f"snapshot {src} is not an ancestor of {dst}; diff goes "
-                                    "from an older version to a newer one")
+            raise InvalidInputError(
+                f"snapshot {src} is not an ancestor of {dst}; diff goes "
+                "from an older version to a newer one"
+            )
         chunks: dict[Any, set[tuple[int, ...]]] = {}
         for s in chain:
             info = await self._reader.commit_info(s)
@@ -383,7 +471,8 @@ class Repository:
             for change in log.changes:
                 if change.chunks is not None:
                     chunks.setdefault(change.node_id, set()).update(
-                        map(tuple, change.chunks.tolist()))
+                        map(tuple, change.chunks.tolist())
+                    )
         with _named_by(_ref_label(fb, ft)):
             old = await self._reader.snapshot(src, src_cs)
         with _named_by(_ref_label(tb, tt)):
@@ -391,12 +480,15 @@ class Repository:
         return node_diff({n.path: n for n in old.nodes}, {n.path: n for n in new.nodes}, chunks)
 
     # -- sessions --------------------------------------------------------------------------
-    def readonly_session(self, branch: str | None = None, *, tag: str | None = None,
-                         snapshot_id: str | None = None) -> Session:
+    def readonly_session(
+        self, branch: str | None = None, *, tag: str | None = None, snapshot_id: str | None = None
+    ) -> Session:
         """A read-only session at a branch tip, a tag or a snapshot."""
+
         async def go() -> Session:
             snap, cs = await self._load(branch, tag, snapshot_id)
             return Session(self, snap, branch=branch, read_only=True, base_checksum=cs)
+
         return _aio.run(go())
 
     def writable_session(self, branch: str) -> Session:
@@ -408,79 +500,104 @@ class Repository:
         async def go() -> Session:
             snap, cs = await self._load(branch=branch)
             return Session(self, snap, branch=branch, read_only=False, base_checksum=cs)
-        return _aio.run(go())
 
+        return _aio.run(go())
 
     # -- maintenance: compaction, garbage collection, expiry, fsck, statistics ---------------
     def _check_writable_storage(self, what: str) -> None:
         if not self._storage.writable:
             raise ReadOnlyError(f"cannot {what}: {self._storage.describe()} is read-only")
 
-    def compact(self, branch: str = MAIN, *, rows_per_segment: int | None = None,
-                paths: list[str] | None = None,
-                progress: Progress | None = None) -> CompactionSummary:
+    def compact(
+        self,
+        branch: str = MAIN,
+        *,
+        rows_per_segment: int | None = None,
+        paths: list[str] | None = None,
+        progress: Progress | None = None,
+    ) -> CompactionSummary:
         """Merge the manifest segments of every array on ``branch`` that is not compacted
         already (or only the arrays at ``paths``) into segments of at
         most ``rows_per_segment`` references (default: the ``manifest_split_rows``
         setting), and commit the result as a snapshot with identical content. Commits that
         land meanwhile are kept: the compaction is re-applied on top of them."""
         validate_name(branch, "branch")
-        if paths is not None and (isinstance(paths, str) or not isinstance(paths, list | tuple)
-                                  or not all(isinstance(p, str) for p in paths)):
-            raise InvalidInputError(f"compact: paths must be a list of array paths, got "
-                                    f"{paths!r}")
+        if paths is not None and (
+            isinstance(paths, str)
+            or not isinstance(paths, list | tuple)
+            or not all(isinstance(p, str) for p in paths)
+        ):
+            raise InvalidInputError(f"compact: paths must be a list of array paths, got {paths!r}")
         self._check_writable_storage("compact")
         rows = self._config.split_rows if rows_per_segment is None else rows_per_segment
-        return _aio.run(compact_branch(self._storage, self._reader, branch, rows,
-                                       paths=paths, progress=progress))
+        return _aio.run(
+            compact_branch(
+                self._storage, self._reader, branch, rows, paths=paths, progress=progress
+            )
+        )
 
-    def garbage_collect(self, delete_object_older_than: dt.datetime, *, dry_run: bool = False,
-                        progress: Progress | None = None) -> GCSummary:
+    def garbage_collect(
+        self,
+        delete_object_older_than: dt.datetime,
+        *,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> GCSummary:
         """Delete every snapshot, transaction log, manifest and chunk that no branch or tag
         (nor their history) reaches and that is older than ``delete_object_older_than`` (a
         timezone-aware datetime). Younger objects are never deleted, so this is safe beside
         writers whose sessions are younger than the cutoff. ``dry_run`` only counts."""
         if not dry_run:
             self._check_writable_storage("collect garbage")
-        summary = _aio.run(maintenance.garbage_collect(
-            self._storage, self._reader, delete_object_older_than, dry_run=dry_run,
-            progress=progress))
+        summary = _aio.run(
+            maintenance.garbage_collect(
+                self._storage,
+                self._reader,
+                delete_object_older_than,
+                dry_run=dry_run,
+                progress=progress,
+            )
+        )
         if summary.objects_deleted and not dry_run:
             # cached copies of deleted objects would let this repository open snapshots
             # that no longer exist (and then fail on their missing manifests)
             self._reader.forget()
         return summary
 
-    def expire_snapshots(self, older_than: dt.datetime, *,
-                         progress: Progress | None = None) -> set[str]:
+    def expire_snapshots(
+        self, older_than: dt.datetime, *, progress: Progress | None = None
+    ) -> set[str]:
         """Drop the snapshots written before ``older_than`` from every branch's history
         (branch tips and the first snapshot stay; snapshots above a dropped one are
         rewritten with new ids) and return the dropped ids. Tags and their history are
         untouched. ``garbage_collect`` then reclaims what nothing reaches any more."""
         self._check_writable_storage("expire snapshots")
-        return _aio.run(maintenance.expire_snapshots(self._storage, self._reader, older_than,
-                                                     progress))
+        return _aio.run(
+            maintenance.expire_snapshots(self._storage, self._reader, older_than, progress)
+        )
 
-    def fsck(self, *, verify_chunks: bool = True,
-             progress: Progress | None = None) -> FsckReport:
+    def fsck(self, *, verify_chunks: bool = True, progress: Progress | None = None) -> FsckReport:
         """Check that every object reachable from a branch or tag exists and matches the
         checksum recorded for it; the report lists every problem found.
         ``verify_chunks=False`` checks native chunks' presence and size only."""
-        return _aio.run(maintenance.fsck(self._storage, self._reader,
-                                         verify_chunks=verify_chunks, progress=progress))
+        return _aio.run(
+            maintenance.fsck(
+                self._storage, self._reader, verify_chunks=verify_chunks, progress=progress
+            )
+        )
 
     verify = fsck
 
     def chunk_storage_stats(self, *, progress: Progress | None = None) -> ChunkStorageStats:
         """Native, inline and virtual chunk counts and bytes over everything reachable."""
-        return _aio.run(maintenance.chunk_storage_stats(self._storage, self._reader,
-                                                        progress))
+        return _aio.run(maintenance.chunk_storage_stats(self._storage, self._reader, progress))
 
 
 def _check_config(config: object) -> None:
     if config is not None and not isinstance(config, RepositoryConfig):
-        raise InvalidInputError(f"config must be a RepositoryConfig (or None), got "
-                                f"{type(config).__name__}")
+        raise InvalidInputError(
+            f"config must be a RepositoryConfig (or None), got {type(config).__name__}"
+        )
 
 
 async def _exists(storage: Storage) -> bool:
@@ -502,7 +619,7 @@ async def _wait_for_main(storage: Storage) -> None:
             raise AlreadyExistsError(
                 f"{storage.describe()} holds {CONFIG_KEY} but no main branch after "
                 f"{CREATE_WAIT:.0f} s: an interrupted creation left it behind; delete "
-                f"{CONFIG_KEY} and create again")
+                f"{CONFIG_KEY} and create again"
+            )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.5)
-

@@ -81,8 +81,15 @@ class Session:
     branch, after which the session is read-only at that snapshot.
     """
 
-    def __init__(self, repo: Repository, base: Snapshot, *, branch: str | None,
-                 read_only: bool, base_checksum: int | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        base: Snapshot,
+        *,
+        branch: str | None,
+        read_only: bool,
+        base_checksum: int | None = None,
+    ) -> None:
         self._repo = repo
         self._base_checksum = base_checksum
         self._branch = branch
@@ -138,19 +145,25 @@ class Session:
         if not self._read_only:
             raise InvalidInputError(
                 "a writable Session cannot be pickled; use session.fork() to send a "
-                "session to other processes or workers")
+                "session to other processes or workers"
+            )
         return {"repo": self._repo, "base": self._base, "branch": self._branch}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["repo"], state["base"], branch=state["branch"],  # type: ignore[misc]
-                      read_only=True)
+        self.__init__(  # type: ignore[misc]
+            state["repo"],
+            state["base"],
+            branch=state["branch"],
+            read_only=True,
+        )
 
     # -- nodes -----------------------------------------------------------------------------
     def _check_writable(self) -> None:
         if self._read_only:
             raise ReadOnlyError(
                 f"this session is read-only (snapshot {self.snapshot_id}); use "
-                "repo.writable_session(branch) to write")
+                "repo.writable_session(branch) to write"
+            )
 
     def node(self, path: str) -> NodeRecord | None:
         """The current record at ``path`` (staged or base), or None."""
@@ -231,23 +244,27 @@ class Session:
     def _as_coord(path: str, coord: Any) -> Coord:
         """``coord`` as a tuple of ints; refuses strings, floats and other non-integers."""
         items = None if isinstance(coord, (str, bytes)) else _as_list(coord)
-        if items is None or not all(isinstance(c, (int, np.integer))
-                                    and not isinstance(c, bool) for c in items):
-            raise InvalidInputError(f"chunk coordinates of {path!r} must be a sequence of "
-                                    f"ints, got {coord!r}")
+        if items is None or not all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in items
+        ):
+            raise InvalidInputError(
+                f"chunk coordinates of {path!r} must be a sequence of ints, got {coord!r}"
+            )
         return tuple(int(c) for c in items)
 
     @staticmethod
     def _check_coord(path: str, meta: NodeMeta, coord: Coord) -> None:
         if len(coord) != meta.ndim:
-            raise InvalidInputError(f"chunk {list(coord)} of {path!r}: the array has "
-                                    f"{meta.ndim} dimensions")
+            raise InvalidInputError(
+                f"chunk {list(coord)} of {path!r}: the array has {meta.ndim} dimensions"
+            )
         if meta.grid is not None:
             for c, n in zip(coord, meta.grid):
                 if c < 0 or c >= max(n, 1):
                     raise InvalidInputError(
                         f"chunk {list(coord)} is outside the chunk grid {list(meta.grid)} "
-                        f"of {path!r}")
+                        f"of {path!r}"
+                    )
 
     # -- fork journals (see frazil.journal) -------------------------------------------------
     def _journal_node(self, path: str) -> None:
@@ -289,8 +306,9 @@ class Session:
             ref = await self._base_ref(rec, coord)
         return None if ref is None or ref.kind == ChunkKind.DELETED else ref
 
-    async def get_chunk(self, path: str, coord: Coord,
-                        byte_range: ByteRange | None = None) -> bytes | None:
+    async def get_chunk(
+        self, path: str, coord: Coord, byte_range: ByteRange | None = None
+    ) -> bytes | None:
         """A chunk's bytes (or a range of them); None if the chunk does not exist."""
         ref = await self.chunk_ref(path, coord)
         if ref is None:
@@ -314,8 +332,10 @@ class Session:
         else:
             cid = ChunkId.new()
             await self._repo.storage.put(chunk_key(cid), data)
-            table.set(coord, ChunkRef(ChunkKind.NATIVE, chunk_id=cid, length=len(data),
-                                      checksum=checksum(data)))
+            table.set(
+                coord,
+                ChunkRef(ChunkKind.NATIVE, chunk_id=cid, length=len(data), checksum=checksum(data)),
+            )
         if self._journal is not None:
             self._journal.chunk(rec.node_id, coord)
             await self.flush_journal()
@@ -340,8 +360,7 @@ class Session:
             staged_coords, staged_kinds = table.kinds()
             parts.append(staged_coords)
             kinds.append(staged_kinds)
-        segments = await _aio.gather_limited(
-            [self._repo._reader.manifest(s) for s in rec.segments])
+        segments = await _aio.gather_limited([self._repo._reader.manifest(s) for s in rec.segments])
         for m in segments:
             parts.append(m.coords.reshape(len(m.kinds), meta.ndim))  # -1 fails for 0-d
             kinds.append(m.kinds)
@@ -361,8 +380,9 @@ class Session:
     def status(self) -> Diff:
         """What this session has staged, as a ``Diff`` against its base snapshot."""
         current = {n.path: n for n in self.nodes()}
-        chunks = {nid: {c for c, _ in t.items()} for nid, t in self._changes.chunks.items()
-                  if len(t)}
+        chunks = {
+            nid: {c for c, _ in t.items()} for nid, t in self._changes.chunks.items() if len(t)
+        }
         return node_diff(self._base_nodes, current, chunks)
 
     def discard_changes(self) -> None:
@@ -373,8 +393,14 @@ class Session:
             self._journal.clear()
             self._flush_journal_sync()
 
-    def commit(self, message: str, metadata: dict[str, Any] | None = None, *,
-               rebase_with: ConflictSolver | None = None, rebase_tries: int = 1_000) -> str:
+    def commit(
+        self,
+        message: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        rebase_with: ConflictSolver | None = None,
+        rebase_tries: int = 1_000,
+    ) -> str:
         """Publish the staged changes as a new snapshot on the branch; returns its id.
 
         If the branch moved since this session started: without ``rebase_with``,
@@ -383,12 +409,18 @@ class Session:
         to ``rebase_tries`` attempts, with backoff and jitter). The number of attempts is
         recorded in the commit's metadata as ``"frazil.commit_attempts"``.
         """
-        return _aio.run(self.commit_async(message, metadata, rebase_with=rebase_with,
-                                          rebase_tries=rebase_tries))
+        return _aio.run(
+            self.commit_async(message, metadata, rebase_with=rebase_with, rebase_tries=rebase_tries)
+        )
 
-    async def commit_async(self, message: str, metadata: dict[str, Any] | None = None, *,
-                           rebase_with: ConflictSolver | None = None,
-                           rebase_tries: int = 1_000) -> str:
+    async def commit_async(
+        self,
+        message: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        rebase_with: ConflictSolver | None = None,
+        rebase_tries: int = 1_000,
+    ) -> str:
         sid = await self._commit(message, metadata, rebase_with, rebase_tries)
         if self._merged_forks:  # the merged forks' journals are garbage now
             forks, self._merged_forks = self._merged_forks, set()
@@ -398,18 +430,26 @@ class Session:
                 pass
         return sid
 
-    async def _commit(self, message: str, metadata: dict[str, Any] | None,
-                      rebase_with: ConflictSolver | None, rebase_tries: int) -> str:
+    async def _commit(
+        self,
+        message: str,
+        metadata: dict[str, Any] | None,
+        rebase_with: ConflictSolver | None,
+        rebase_tries: int,
+    ) -> str:
         self._check_writable()
         if self._branch is None:
             raise ReadOnlyError("this session is not on a branch and cannot commit")
         if not isinstance(message, str):
-            raise InvalidInputError(f"commit message must be a string, got "
-                                    f"{type(message).__name__}")
+            raise InvalidInputError(
+                f"commit message must be a string, got {type(message).__name__}"
+            )
         metadata = _check_metadata(metadata)
         if rebase_with is not None and not isinstance(rebase_with, ConflictSolver):
-            raise InvalidInputError("rebase_with must be a ConflictSolver such as "
-                                    "ConflictDetector() or BasicConflictSolver()")
+            raise InvalidInputError(
+                "rebase_with must be a ConflictSolver such as "
+                "ConflictDetector() or BasicConflictSolver()"
+            )
         if not isinstance(rebase_tries, int) or rebase_tries < 1:
             raise InvalidInputError("rebase_tries must be a positive int")
         if self._changes.is_empty():
@@ -431,14 +471,24 @@ class Session:
             if repo.config.compact_when_segments_exceed is not None:  # automatic compaction
                 touched = {nid for nid, t in self._changes.chunks.items() if len(t)}
                 base, merged, paths = await compact_for_commit(
-                    storage, self._base, touched, repo.config.compact_when_segments_exceed,
-                    repo.config.split_rows)
+                    storage,
+                    self._base,
+                    touched,
+                    repo.config.compact_when_segments_exceed,
+                    repo.config.split_rows,
+                )
                 if paths:
                     meta["frazil.compacted_arrays"] = paths
-            plan = prepare_commit(base, self._changes, message=message, metadata=meta,
-                                  split_rows=repo.config.split_rows)
-            await _aio.gather_limited([storage.put(k, b)
-                                       for k, b in [*merged, *plan.manifests, plan.log]])
+            plan = prepare_commit(
+                base,
+                self._changes,
+                message=message,
+                metadata=meta,
+                split_rows=repo.config.split_rows,
+            )
+            await _aio.gather_limited(
+                [storage.put(k, b) for k, b in [*merged, *plan.manifests, plan.log]]
+            )
             await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
             while True:
                 ref = await read_ref(storage, BRANCH_REF, self._branch)
@@ -446,8 +496,9 @@ class Session:
                 if tip != self._base.id:
                     break
                 self._maybe_landed[plan.snapshot.id] = plan  # until the outcome is known
-                result = await swap_branch(storage, self._branch, ref, plan.snapshot.id,
-                                           plan.snapshot_checksum)
+                result = await swap_branch(
+                    storage, self._branch, ref, plan.snapshot.id, plan.snapshot_checksum
+                )
                 if result.ok:
                     return self._committed(plan)
                 if not result.uncertain:
@@ -461,12 +512,16 @@ class Session:
                     f"branch {self._branch!r} moved: this session started at snapshot "
                     f"{self._base.id}, but the branch is now at {tip}; rebase "
                     "(commit(..., rebase_with=ConflictDetector())) or start a new session",
-                    expected_parent=str(self._base.id), actual_parent=str(tip))
+                    expected_parent=str(self._base.id),
+                    actual_parent=str(tip),
+                )
             if attempt >= rebase_tries:
                 raise ConflictError(
                     f"gave up committing to {self._branch!r} after {attempt} attempts: "
-                    "the branch kept moving", expected_parent=str(self._base.id),
-                    actual_parent=str(tip))
+                    "the branch kept moving",
+                    expected_parent=str(self._base.id),
+                    actual_parent=str(tip),
+                )
             # Pause, then rebase onto the tip as it is after the pause, and again while
             # the branch moved during the rebase, so that the next attempt writes its
             # snapshot on the freshest tip: its window between reading the tip and the
@@ -530,10 +585,12 @@ class Session:
                 self._committed(landed)
             elif tip != self._base.id:
                 await self._rebase_onto(solver, tip, ref.record.checksum)
+
         _aio.run(go())
 
-    async def _rebase_onto(self, solver: ConflictSolver, tip: SnapshotId,
-                           tip_checksum: int | None) -> None:
+    async def _rebase_onto(
+        self, solver: ConflictSolver, tip: SnapshotId, tip_checksum: int | None
+    ) -> None:
         reader = self._repo._reader
         # The tip is read whole (it becomes the new base), which also gives its commit
         # info; each commit's transaction log is fetched as soon as the walk down the
@@ -543,15 +600,20 @@ class Session:
         info: CommitInfo | None = new_base.info
         try:
             while info is not None and info.snapshot_id != self._base.id:
-                logs.append(asyncio.ensure_future(reader.transaction_log(
-                    info.snapshot_id, info.transaction_log_checksum)))
+                logs.append(
+                    asyncio.ensure_future(
+                        reader.transaction_log(info.snapshot_id, info.transaction_log_checksum)
+                    )
+                )
                 parent = info.parent_id
                 info = None if parent is None else await reader.commit_info(parent)
             if info is None:
                 raise ConflictError(
                     f"cannot rebase onto {tip}: this session's base {self._base.id} is not "
                     f"in its history (was branch {self._branch!r} reset?)",
-                    expected_parent=str(self._base.id), actual_parent=str(tip))
+                    expected_parent=str(self._base.id),
+                    actual_parent=str(tip),
+                )
             theirs = summarize_logs(list(reversed(await asyncio.gather(*logs))))
         finally:  # on an error: no read left running, no failure left unretrieved
             for task in logs:
@@ -567,8 +629,7 @@ class Session:
             for path, rec in list(self._changes.nodes.items()):
                 fresh = tip_nodes.get(path)
                 if rec is not None and fresh is not None and fresh.node_id == rec.node_id:
-                    self._changes.nodes[path] = dataclasses.replace(
-                        fresh, zarr_json=rec.zarr_json)
+                    self._changes.nodes[path] = dataclasses.replace(fresh, zarr_json=rec.zarr_json)
         self._set_base(new_base)
         self._base_checksum = tip_checksum
 
@@ -585,12 +646,18 @@ class Session:
         if self._read_only:
             raise ReadOnlyError("a read-only session cannot be forked; fork a writable one")
         if self.has_uncommitted_changes:
-            raise InvalidInputError("cannot fork a session with uncommitted changes: "
-                                    "commit first, then fork")
+            raise InvalidInputError(
+                "cannot fork a session with uncommitted changes: commit first, then fork"
+            )
         if not isinstance(journal, bool):
             raise InvalidInputError(f"journal must be True or False, got {journal!r}")
-        fork = ForkSession(self._repo, self._base, branch=self._branch, read_only=False,
-                           base_checksum=self._base_checksum)
+        fork = ForkSession(
+            self._repo,
+            self._base,
+            branch=self._branch,
+            read_only=False,
+            base_checksum=self._base_checksum,
+        )
         fork._fork_id = new_token()
         fork._journaled = journal
         return fork
@@ -600,8 +667,13 @@ class Session:
         dask and xarray helpers, which create arrays here and fill them on workers). Its
         copies keep no journal: the helpers return every fork they make."""
         self._check_writable()
-        fork = ForkSession(self._repo, self._base, branch=self._branch, read_only=False,
-                           base_checksum=self._base_checksum)
+        fork = ForkSession(
+            self._repo,
+            self._base,
+            branch=self._branch,
+            read_only=False,
+            base_checksum=self._base_checksum,
+        )
         fork._changes.nodes.update(self._changes.nodes)
         return fork
 
@@ -616,24 +688,32 @@ class Session:
         self._check_writable()
         for fork in forks:
             if not isinstance(fork, ForkSession):
-                raise InvalidInputError(f"merge takes ForkSession objects (from "
-                                        f"session.fork()), got {type(fork).__name__}")
+                raise InvalidInputError(
+                    f"merge takes ForkSession objects (from "
+                    f"session.fork()), got {type(fork).__name__}"
+                )
             if fork._base.id != self._base.id:
                 raise InvalidInputError(
                     f"cannot merge a fork of snapshot {fork._base.id} into a session at "
-                    f"{self._base.id}: forks must come from this session's base")
+                    f"{self._base.id}: forks must come from this session's base"
+                )
         # the fork objects themselves (not copies handed back) stand for everything their
         # copies wrote: those copies' journals are read, but for the writers handed back
         originals = {f._fork_id for f in forks if f._fork_id is not None and f._journal is None}
         covered = set(self._changes.writers).union(*(f._changes.writers for f in forks))
-        journaled = _aio.run(read_journals(self._repo.storage, originals, covered,
-                                           self._base_nodes)) if originals else {}
-        merged, conflicts = merge_changes(self._base_nodes, self._changes,
-                                          [f._changes for f in forks], journaled.values())
+        journaled = (
+            _aio.run(read_journals(self._repo.storage, originals, covered, self._base_nodes))
+            if originals
+            else {}
+        )
+        merged, conflicts = merge_changes(
+            self._base_nodes, self._changes, [f._changes for f in forks], journaled.values()
+        )
         if conflicts:
             shown = "; ".join(str(c) for c in conflicts[:20])
-            raise ConflictError(f"merge found {len(conflicts)} conflict(s): {shown}",
-                                conflicts=conflicts)
+            raise ConflictError(
+                f"merge found {len(conflicts)} conflict(s): {shown}", conflicts=conflicts
+            )
         with self._changes.lock:
             self._changes.nodes, self._changes.chunks = merged.nodes, merged.chunks
             self._changes.writers = merged.writers
@@ -647,11 +727,18 @@ class Session:
                         self._journal.chunk(node_id, coord)
             self._flush_journal_sync()
 
-
     # -- virtual chunks ----------------------------------------------------------------------
-    def set_virtual_ref(self, path: str, coord: Coord, location: str, *, offset: int,
-                        length: int, checksum: str | dt.datetime | None = None,
-                        validate_container: bool = False) -> None:
+    def set_virtual_ref(
+        self,
+        path: str,
+        coord: Coord,
+        location: str,
+        *,
+        offset: int,
+        length: int,
+        checksum: str | dt.datetime | None = None,
+        validate_container: bool = False,
+    ) -> None:
         """Stage chunk ``coord`` of the array at ``path`` as ``length`` bytes at
         ``offset`` of ``location``. ``checksum``: the source's ETag, or a datetime the
         source must not have been modified after. With ``validate_container``, a location
@@ -668,15 +755,25 @@ class Session:
         outside = virtual.check_locations([location], cfg, validate_container)
         if outside:
             raise InvalidInputError(virtual.outside_message(outside, cfg))
-        self._changes.set_chunk(rec.node_id, coord, ChunkRef(
-            ChunkKind.VIRTUAL, location=location, offset=int(offset), length=int(length),
-            etag=etag, last_modified=last_modified))
+        self._changes.set_chunk(
+            rec.node_id,
+            coord,
+            ChunkRef(
+                ChunkKind.VIRTUAL,
+                location=location,
+                offset=int(offset),
+                length=int(length),
+                etag=etag,
+                last_modified=last_modified,
+            ),
+        )
         if self._journal is not None:
             self._journal.chunk(rec.node_id, coord)
             self._flush_journal_sync()
 
-    def set_virtual_refs(self, path: str, chunks: Sequence[VirtualChunkSpec], *,
-                         validate_containers: bool = True) -> list[Coord] | None:
+    def set_virtual_refs(
+        self, path: str, chunks: Sequence[VirtualChunkSpec], *, validate_containers: bool = True
+    ) -> list[Coord] | None:
         """Stage many virtual refs (``VirtualChunkSpec``). With ``validate_containers``,
         refs whose location is under no declared container are not staged and their
         chunk indices are returned; otherwise None."""
@@ -684,20 +781,33 @@ class Session:
         if not all(isinstance(c, VirtualChunkSpec) for c in specs):
             raise InvalidInputError("set_virtual_refs takes VirtualChunkSpec values")
         _, meta = self._array(path)
-        indices = np.array([tuple(c.index) for c in specs], np.int64).reshape(
-            len(specs), meta.ndim)
+        indices = np.array([tuple(c.index) for c in specs], np.int64).reshape(len(specs), meta.ndim)
         lms = [c.last_updated_at_checksum for c in specs]
         return self.set_virtual_refs_arrays(
-            path, [c.location for c in specs], [c.offset for c in specs],
-            [c.length for c in specs], indices=indices,
+            path,
+            [c.location for c in specs],
+            [c.offset for c in specs],
+            [c.length for c in specs],
+            indices=indices,
             etags=[c.etag_checksum for c in specs],
             last_modified=lms if any(t is not None for t in lms) else None,
-            validate_containers=validate_containers, _return_failed=True)
+            validate_containers=validate_containers,
+            _return_failed=True,
+        )
 
-    def set_virtual_refs_arrays(self, path: str, locations: Any, offsets: Any, lengths: Any,
-                                *, indices: Any = None, etags: Any = None,
-                                last_modified: Any = None, validate_containers: bool = True,
-                                _return_failed: bool = False) -> Any:
+    def set_virtual_refs_arrays(
+        self,
+        path: str,
+        locations: Any,
+        offsets: Any,
+        lengths: Any,
+        *,
+        indices: Any = None,
+        etags: Any = None,
+        last_modified: Any = None,
+        validate_containers: bool = True,
+        _return_failed: bool = False,
+    ) -> Any:
         """The columnar fast path: stage virtual refs for many chunks at once, with no
         Python work per chunk.
 
@@ -720,12 +830,15 @@ class Session:
             coords = np.asarray(indices, dtype=np.int64)
             n = len(coords)
             if coords.ndim != 2 or coords.shape[1] != meta.ndim:
-                raise InvalidInputError(f"indices must be n x {meta.ndim} chunk coordinates "
-                                        f"of {path!r}, got shape {list(coords.shape)}")
+                raise InvalidInputError(
+                    f"indices must be n x {meta.ndim} chunk coordinates "
+                    f"of {path!r}, got shape {list(coords.shape)}"
+                )
             hi = np.asarray(meta.grid if meta.grid is not None else (), np.int64)
             if n and (coords.min() < 0 or (len(hi) and (coords >= np.maximum(hi, 1)).any())):
-                raise InvalidInputError(f"indices fall outside the chunk grid "
-                                        f"{list(meta.grid or ())} of {path!r}")
+                raise InvalidInputError(
+                    f"indices fall outside the chunk grid {list(meta.grid or ())} of {path!r}"
+                )
         locs = virtual.location_column(locations, n)
         offs = virtual.int_column(offsets, n, "offsets")
         lens = virtual.int_column(lengths, n, "lengths")
@@ -756,12 +869,19 @@ class Session:
             with self._changes.lock:
                 table.add_block(keys, rows)
         if self._journal is not None and len(coords):
-            self._journal.block(rec.node_id, coords, virtual_rows(
-                rows.column("offset").combine_chunks(), rows.column("length").combine_chunks(),
-                rows.column("location").combine_chunks(),
-                rows.column("etag").combine_chunks() if "etag" in rows.column_names else None,
-                rows.column("last_modified").combine_chunks()
-                if "last_modified" in rows.column_names else None))
+            self._journal.block(
+                rec.node_id,
+                coords,
+                virtual_rows(
+                    rows.column("offset").combine_chunks(),
+                    rows.column("length").combine_chunks(),
+                    rows.column("location").combine_chunks(),
+                    rows.column("etag").combine_chunks() if "etag" in rows.column_names else None,
+                    rows.column("last_modified").combine_chunks()
+                    if "last_modified" in rows.column_names
+                    else None,
+                ),
+            )
             self._flush_journal_sync()
         if _return_failed:
             return failed or None
@@ -775,8 +895,11 @@ class Session:
         ref = _aio.run(self.chunk_ref(path, coord))
         if ref is None:
             return ChunkType.UNINITIALIZED
-        return {ChunkKind.INLINE: ChunkType.INLINE, ChunkKind.NATIVE: ChunkType.NATIVE,
-                ChunkKind.VIRTUAL: ChunkType.VIRTUAL}[ref.kind]
+        return {
+            ChunkKind.INLINE: ChunkType.INLINE,
+            ChunkKind.NATIVE: ChunkType.NATIVE,
+            ChunkKind.VIRTUAL: ChunkType.VIRTUAL,
+        }[ref.kind]
 
     def all_virtual_chunk_locations(self) -> list[str]:
         """Every location the session's current virtual chunks point at, sorted."""
@@ -798,7 +921,8 @@ class Session:
                 src.append(np.full(len(staged), -1, np.int64))
                 rows.append(np.zeros(len(staged), np.int64))
             segments = await _aio.gather_limited(
-                [self._repo._reader.manifest(s) for s in rec.segments])
+                [self._repo._reader.manifest(s) for s in rec.segments]
+            )
             for si, m in enumerate(segments):
                 coords.append(m.coords.reshape(len(m.kinds), ndim))
                 kinds.append(m.kinds)
@@ -808,8 +932,11 @@ class Session:
                 continue
             all_coords, all_kinds = np.concatenate(coords), np.concatenate(kinds)
             all_src, all_rows = np.concatenate(src), np.concatenate(rows)
-            first = (np.unique(all_coords, axis=0, return_index=True)[1] if ndim
-                     else np.zeros(1, np.int64))
+            first = (
+                np.unique(all_coords, axis=0, return_index=True)[1]
+                if ndim
+                else np.zeros(1, np.int64)
+            )
             win = first[(all_kinds[first] == ChunkKind.VIRTUAL) & (all_src[first] >= 0)]
             for si in np.unique(all_src[win]).tolist():
                 picked = all_rows[win[all_src[win] == si]]
@@ -822,14 +949,27 @@ class ForkSession(Session):
     """A writable session to send to workers (it pickles, with its changes). It cannot
     commit or rebase: return it to the process that forked it, which merges it."""
 
-    def commit(self, message: str, metadata: dict[str, Any] | None = None, *,
-               rebase_with: ConflictSolver | None = None, rebase_tries: int = 1_000) -> str:
-        raise InvalidInputError("a ForkSession cannot commit: return it to the process "
-                                "that forked it and call session.merge(fork) there")
+    def commit(
+        self,
+        message: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        rebase_with: ConflictSolver | None = None,
+        rebase_tries: int = 1_000,
+    ) -> str:
+        raise InvalidInputError(
+            "a ForkSession cannot commit: return it to the process "
+            "that forked it and call session.merge(fork) there"
+        )
 
-    async def commit_async(self, message: str, metadata: dict[str, Any] | None = None, *,
-                           rebase_with: ConflictSolver | None = None,
-                           rebase_tries: int = 1_000) -> str:
+    async def commit_async(
+        self,
+        message: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        rebase_with: ConflictSolver | None = None,
+        rebase_tries: int = 1_000,
+    ) -> str:
         return self.commit(message, metadata)
 
     def rebase(self, solver: ConflictSolver) -> None:
@@ -842,21 +982,34 @@ class ForkSession(Session):
     _journaled = True  # False: copies only mark that they wrote (fork(journal=False))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"repo": self._repo, "base_id": self._base.id, "base_checksum":
-                self._base_checksum, "branch": self._branch, "changes": self._changes,
-                "fork_id": self._fork_id, "journaled": self._journaled}
+        return {
+            "repo": self._repo,
+            "base_id": self._base.id,
+            "base_checksum": self._base_checksum,
+            "branch": self._branch,
+            "changes": self._changes,
+            "fork_id": self._fork_id,
+            "journaled": self._journaled,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         repo = state["repo"]
         base = _aio.run(repo._reader.snapshot(state["base_id"], state["base_checksum"]))
-        Session.__init__(self, repo, base, branch=state["branch"], read_only=False,
-                         base_checksum=state["base_checksum"])
+        Session.__init__(
+            self,
+            repo,
+            base,
+            branch=state["branch"],
+            read_only=False,
+            base_checksum=state["base_checksum"],
+        )
         self._changes = state["changes"]
         self._fork_id = state.get("fork_id")
         self._journaled = state.get("journaled", True)
         if self._fork_id is not None:  # a copy: what it stages is journaled (or marked)
-            self._journal = ForkJournal(repo.storage, self._fork_id,
-                                        marker_only=not self._journaled)
+            self._journal = ForkJournal(
+                repo.storage, self._fork_id, marker_only=not self._journaled
+            )
             self._changes.writers.add(self._journal.writer_id)
 
     def __repr__(self) -> str:

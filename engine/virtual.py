@@ -103,8 +103,9 @@ def split_checksum(checksum: object) -> tuple[str | None, dt.datetime | None]:
         return checksum, None
     if isinstance(checksum, dt.datetime):
         return None, _utc_seconds(checksum)
-    raise InvalidInputError(f"checksum must be an ETag (str) or a last-modified datetime, "
-                            f"got {type(checksum).__name__}")
+    raise InvalidInputError(
+        f"checksum must be an ETag (str) or a last-modified datetime, got {type(checksum).__name__}"
+    )
 
 
 def _utc_seconds(t: dt.datetime) -> dt.datetime:
@@ -113,9 +114,13 @@ def _utc_seconds(t: dt.datetime) -> dt.datetime:
 
 
 # -- bulk columns --------------------------------------------------------------------------
-_ROW_TYPES = {"offset": pa.int64(), "length": pa.int64(),
-              "location": pa.dictionary(pa.int32(), pa.string()), "etag": pa.string(),
-              "last_modified": pa.timestamp("s", tz="UTC")}
+_ROW_TYPES = {
+    "offset": pa.int64(),
+    "length": pa.int64(),
+    "location": pa.dictionary(pa.int32(), pa.string()),
+    "etag": pa.string(),
+    "last_modified": pa.timestamp("s", tz="UTC"),
+}
 
 
 def _arrow(values: Any) -> pa.Array | None:
@@ -128,8 +133,9 @@ def location_column(locations: Any, n: int) -> pa.DictionaryArray:
     """Locations as a dictionary-encoded Arrow array of ``n`` strings (nulls allowed):
     from one string (every chunk), an Arrow array, or a numpy array or sequence."""
     if isinstance(locations, str):
-        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
-                                              pa.array([locations], pa.string()))
+        return pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(n, np.int32)), pa.array([locations], pa.string())
+        )
     arr = _arrow(locations)
     if arr is None:
         raw = np.asarray(locations)
@@ -137,13 +143,15 @@ def location_column(locations: Any, n: int) -> pa.DictionaryArray:
             raw = np.asarray(locations, dtype=object)
         raw = raw.reshape(-1)
         # encoded slice by slice, so the full string column never exists at once
-        parts = [pa.array(raw[i:i + _SLICE]).cast(pa.string()).dictionary_encode()
-                 for i in range(0, len(raw), _SLICE)] or [
-            pa.array([], pa.string()).dictionary_encode()]
+        parts = [
+            pa.array(raw[i : i + _SLICE]).cast(pa.string()).dictionary_encode()
+            for i in range(0, len(raw), _SLICE)
+        ] or [pa.array([], pa.string()).dictionary_encode()]
         arr = pa.chunked_array(parts).unify_dictionaries().combine_chunks()
     if pa.types.is_dictionary(arr.type):
-        arr = pa.DictionaryArray.from_arrays(arr.indices.cast(pa.int32()),
-                                             arr.dictionary.cast(pa.string()))
+        arr = pa.DictionaryArray.from_arrays(
+            arr.indices.cast(pa.int32()), arr.dictionary.cast(pa.string())
+        )
     else:
         arr = arr.cast(pa.string()).dictionary_encode()
     assert isinstance(arr, pa.DictionaryArray)
@@ -182,9 +190,12 @@ def optional_column(values: Any, n: int, name: str) -> pa.Array | None:
         if name == "last_modified" and raw.dtype.kind == "M":
             arr = pa.array(raw.astype("datetime64[s]")).cast(want)
         else:
-            arr = pa.array([_utc_seconds(v) if isinstance(v, dt.datetime) else v
-                            for v in raw.tolist()] if name == "last_modified" else raw,
-                           want if name == "etag" else None)
+            arr = pa.array(
+                [_utc_seconds(v) if isinstance(v, dt.datetime) else v for v in raw.tolist()]
+                if name == "last_modified"
+                else raw,
+                want if name == "etag" else None,
+            )
     try:
         if name == "last_modified" and pa.types.is_timestamp(arr.type) and arr.type.tz is None:
             arr = arr.cast(pa.timestamp(arr.type.unit, tz="UTC"))
@@ -196,11 +207,19 @@ def optional_column(values: Any, n: int, name: str) -> pa.Array | None:
     return arr
 
 
-def block_rows(locations: pa.DictionaryArray, offsets: np.ndarray, lengths: np.ndarray,
-               etags: pa.Array | None, last_modified: pa.Array | None) -> pa.Table:
+def block_rows(
+    locations: pa.DictionaryArray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    etags: pa.Array | None,
+    last_modified: pa.Array | None,
+) -> pa.Table:
     """The Arrow table a ``VirtualBlock`` keeps."""
-    cols: dict[str, Any] = {"offset": pa.array(offsets, pa.int64()),
-                            "length": pa.array(lengths, pa.int64()), "location": locations}
+    cols: dict[str, Any] = {
+        "offset": pa.array(offsets, pa.int64()),
+        "length": pa.array(lengths, pa.int64()),
+        "location": locations,
+    }
     if etags is not None:
         cols["etag"] = etags
     if last_modified is not None:
@@ -208,8 +227,9 @@ def block_rows(locations: pa.DictionaryArray, offsets: np.ndarray, lengths: np.n
     return pa.table(cols)
 
 
-def check_locations(values: Sequence[str | None], config: RepositoryConfig,
-                    validate: bool) -> list[str]:
+def check_locations(
+    values: Sequence[str | None], config: RepositoryConfig, validate: bool
+) -> list[str]:
     """Refuse malformed locations; with ``validate``, return those under no container."""
     outside = []
     for loc in values:
@@ -227,14 +247,17 @@ def outside_message(locations: Sequence[str], config: RepositoryConfig) -> str:
     declared = sorted(config.virtual_chunk_containers or {})
     shown = ", ".join(repr(x) for x in locations[:5])
     more = f" and {len(locations) - 5} more" if len(locations) > 5 else ""
-    return (f"virtual chunk location(s) {shown}{more} fall under no virtual chunk "
-            f"container of this repository (declared: {declared or 'none'}); declare one "
-            "with config.set_virtual_chunk_container(VirtualChunkContainer(prefix, store))")
+    return (
+        f"virtual chunk location(s) {shown}{more} fall under no virtual chunk "
+        f"container of this repository (declared: {declared or 'none'}); declare one "
+        "with config.set_virtual_chunk_container(VirtualChunkContainer(prefix, store))"
+    )
 
 
 # -- containers and authorization ------------------------------------------------------------
-def container_for(config: RepositoryConfig,
-                  location: str | Location) -> VirtualChunkContainer | None:
+def container_for(
+    config: RepositoryConfig, location: str | Location
+) -> VirtualChunkContainer | None:
     """The declared container with the longest prefix containing ``location`` (compared
     in canonical form, prefix length counted in path segments)."""
     if isinstance(location, str):
@@ -249,15 +272,16 @@ def container_for(config: RepositoryConfig,
     return best
 
 
-def check_authorization(config: RepositoryConfig,
-                        auth: Mapping[str, AnyCredential | None] | None
-                        ) -> dict[str, AnyCredential | None]:
+def check_authorization(
+    config: RepositoryConfig, auth: Mapping[str, AnyCredential | None] | None
+) -> dict[str, AnyCredential | None]:
     """Validate ``authorize_virtual_chunk_access`` against the declared containers."""
     if auth is None:
         return {}
     if not isinstance(auth, Mapping):
-        raise InvalidInputError("authorize_virtual_chunk_access must be a dict (see "
-                                "frazil.containers_credentials)")
+        raise InvalidInputError(
+            "authorize_virtual_chunk_access must be a dict (see frazil.containers_credentials)"
+        )
     declared = config.virtual_chunk_containers or {}
     out: dict[str, AnyCredential | None] = {}
     for prefix, cred in auth.items():
@@ -265,11 +289,14 @@ def check_authorization(config: RepositoryConfig,
         if container is None:
             raise InvalidInputError(
                 f"authorize_virtual_chunk_access names {prefix!r}, which is not a virtual "
-                f"chunk container of this repository (declared: {sorted(declared) or 'none'})")
-        if cred is not None and not (isinstance(cred, S3Credentials)
-                                     and container.store.type == "s3"):
-            raise InvalidInputError(f"credentials for {prefix!r} do not fit its "
-                                    f"{container.store.type} store")
+                f"chunk container of this repository (declared: {sorted(declared) or 'none'})"
+            )
+        if cred is not None and not (
+            isinstance(cred, S3Credentials) and container.store.type == "s3"
+        ):
+            raise InvalidInputError(
+                f"credentials for {prefix!r} do not fit its {container.store.type} store"
+            )
         out[prefix] = cred
     return out
 
@@ -307,8 +334,7 @@ def read_for(ref: ChunkRef, byte_range: ByteRange | None) -> VirtualRead:
         else:
             s = min(s, n)
             e = n if end is None else max(min(end, n), s)
-    return VirtualRead(ref.location, ref.offset + s, ref.offset + e, ref.etag,
-                       ref.last_modified)
+    return VirtualRead(ref.location, ref.offset + s, ref.offset + e, ref.etag, ref.last_modified)
 
 
 def _plain_etag(etag: str) -> str:
@@ -324,24 +350,31 @@ def _check_pins(read: VirtualRead, got: _Fetched) -> None:
             raise VirtualChunkError(
                 f"virtual chunk source {read.location!r}: the reference is pinned to ETag "
                 f"{read.etag!r} but the source reports no ETag, so it cannot be verified; "
-                "refusing to read it", location=read.location)
+                "refusing to read it",
+                location=read.location,
+            )
         if _plain_etag(got.etag) != _plain_etag(read.etag):
             raise VirtualChunkError(
                 f"virtual chunk source {read.location!r} has changed since the reference "
                 f"was made: its ETag is {got.etag!r}, the reference expects {read.etag!r}; "
-                "refusing to read it", location=read.location)
+                "refusing to read it",
+                location=read.location,
+            )
     if read.last_modified is not None:
         if got.last_modified is None:
             raise VirtualChunkError(
                 f"virtual chunk source {read.location!r}: the reference is pinned to a "
                 "last-modified time but the source reports none; refusing to read it",
-                location=read.location)
+                location=read.location,
+            )
         bound = _utc_seconds(read.last_modified)
         if _utc_seconds(got.last_modified) > bound:
             raise VirtualChunkError(
                 f"virtual chunk source {read.location!r} has changed since the reference "
                 f"was made: modified at {got.last_modified.isoformat()}, after "
-                f"{bound.isoformat()}; refusing to read it", location=read.location)
+                f"{bound.isoformat()}; refusing to read it",
+                location=read.location,
+            )
 
 
 class _S3Source:
@@ -361,14 +394,21 @@ class _S3Source:
             cred = self.cred
             anonymous = store.anonymous or (cred is not None and cred.kind == "anonymous")
             static = cred is not None and cred.kind == "static" and not anonymous
-            st = self._buckets[bucket] = S3Storage(S3Config(
-                bucket=bucket, prefix="", region=store.region,
-                endpoint_url=store.endpoint_url, allow_http=store.allow_http,
-                access_key_id=cred.access_key_id if static else None,  # type: ignore[union-attr]
-                secret_access_key=cred.secret_access_key if static else None,  # type: ignore[union-attr]
-                session_token=cred.session_token if static else None,  # type: ignore[union-attr]
-                anonymous=anonymous, from_env=not anonymous and not static,
-                force_path_style=store.force_path_style))
+            st = self._buckets[bucket] = S3Storage(
+                S3Config(
+                    bucket=bucket,
+                    prefix="",
+                    region=store.region,
+                    endpoint_url=store.endpoint_url,
+                    allow_http=store.allow_http,
+                    access_key_id=cred.access_key_id if static else None,  # type: ignore[union-attr]
+                    secret_access_key=cred.secret_access_key if static else None,  # type: ignore[union-attr]
+                    session_token=cred.session_token if static else None,  # type: ignore[union-attr]
+                    anonymous=anonymous,
+                    from_env=not anonymous and not static,
+                    force_path_style=store.force_path_style,
+                )
+            )
         return st
 
     async def fetch(self, loc: Location, start: int, end: int) -> _Fetched:
@@ -378,8 +418,8 @@ class _S3Source:
         what = f"reading bytes {start}-{end - 1} of virtual chunk source {loc}"
         try:
             data, resp, ranged = await retry_call(
-                lambda: st.get_response(loc.key, f"bytes={start}-{end - 1}"),
-                st._retry, what)
+                lambda: st.get_response(loc.key, f"bytes={start}-{end - 1}"), st._retry, what
+            )
         except NotFoundError:
             raise NotFoundError(f"virtual chunk source {loc} does not exist") from None
         if not ranged:
@@ -404,8 +444,15 @@ class _HttpSource:
         what = f"reading bytes {start}-{end - 1} of virtual chunk source {loc}"
         try:
             status, data, headers = await st._retrying(
-                lambda: st._request("GET", loc.key, {"Range": f"bytes={start}-{end - 1}"},
-                                    limit=end - start, upto=end), what)
+                lambda: st._request(
+                    "GET",
+                    loc.key,
+                    {"Range": f"bytes={start}-{end - 1}"},
+                    limit=end - start,
+                    upto=end,
+                ),
+                what,
+            )
         except NotFoundError:
             raise NotFoundError(f"virtual chunk source {loc} does not exist") from None
         if status == 416:
@@ -413,8 +460,9 @@ class _HttpSource:
         elif status != 206:  # the server ignored the range
             data = data[start:end]
         lm = headers.get("Last-Modified")
-        return _Fetched(data, headers.get("ETag"),
-                        email.utils.parsedate_to_datetime(lm) if lm else None)
+        return _Fetched(
+            data, headers.get("ETag"), email.utils.parsedate_to_datetime(lm) if lm else None
+        )
 
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -450,11 +498,15 @@ def _read_local(path: str, root: str, start: int, end: int) -> _Fetched:
         if os.path.commonpath([real, real_root]) != real_root:
             raise VirtualChunkError(
                 f"virtual chunk source {where} resolves to {real}, outside its container "
-                f"{real_root} (through a symbolic link); refusing to read it", location=where)
+                f"{real_root} (through a symbolic link); refusing to read it",
+                location=where,
+            )
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise VirtualChunkError(f"virtual chunk source {where} is not a regular file; "
-                                    "refusing to read it", location=where)
+            raise VirtualChunkError(
+                f"virtual chunk source {where} is not a regular file; refusing to read it",
+                location=where,
+            )
         stop = max(start, min(end, st.st_size))  # never past the end of the file
         data = os.pread(fd, stop - start, start) if stop > start else b""
         while len(data) < stop - start:  # short reads of large ranges
@@ -496,23 +548,29 @@ class _GcsSource:
         try:
             import gcsfs
         except ImportError:
-            raise VirtualChunkError(f"reading {loc} needs gcsfs: pip install gcsfs",
-                                    location=str(loc)) from None
+            raise VirtualChunkError(
+                f"reading {loc} needs gcsfs: pip install gcsfs", location=str(loc)
+            ) from None
         fs = gcsfs.GCSFileSystem()
         path = f"{loc.host}/{loc.key}"
         before = await _aio.in_thread(fs.info, path)
         data = await _aio.in_thread(fs.cat_file, path, start, end)
         after = await _aio.in_thread(fs.info, path)
         if before.get("generation") != after.get("generation"):
-            raise VirtualChunkError(f"virtual chunk source {loc} changed while it "
-                                    "was read", location=str(loc))
+            raise VirtualChunkError(
+                f"virtual chunk source {loc} changed while it was read", location=str(loc)
+            )
         updated = after.get("updated")
         lm = dt.datetime.fromisoformat(updated.replace("Z", "+00:00")) if updated else None
         return _Fetched(bytes(data), after.get("etag"), lm)
 
 
-_SOURCES: dict[str, type[Any]] = {"s3": _S3Source, "http": _HttpSource,
-                                  "local": _LocalSource, "gcs": _GcsSource}
+_SOURCES: dict[str, type[Any]] = {
+    "s3": _S3Source,
+    "http": _HttpSource,
+    "local": _LocalSource,
+    "gcs": _GcsSource,
+}
 
 
 class _Batcher:
@@ -564,16 +622,20 @@ class VirtualResolver:
     the authorization it was opened with, and which stored containers the opener did not
     confirm (``untrusted``: prefix -> the container as the stored config declares it)."""
 
-    def __init__(self, config: RepositoryConfig,
-                 auth: Mapping[str, AnyCredential | None],
-                 untrusted: Mapping[str, VirtualChunkContainer] | None = None) -> None:
+    def __init__(
+        self,
+        config: RepositoryConfig,
+        auth: Mapping[str, AnyCredential | None],
+        untrusted: Mapping[str, VirtualChunkContainer] | None = None,
+    ) -> None:
         self.config = config
         self.auth = dict(auth)
         self.untrusted = dict(untrusted or {})
         self.requests = 0  # requests sent to sources (for tests and benchmarks)
         self._sources: dict[tuple[str, str], Any] = {}
         self._batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batcher] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
         _aio.reset_in_child(self)
 
     def _after_fork(self) -> None:
@@ -589,14 +651,17 @@ class VirtualResolver:
         try:
             loc = parse_location(location)
         except LocationError as e:
-            raise VirtualChunkError(f"cannot read virtual chunk: {e}",
-                                    location=location if isinstance(location, str) else None
-                                    ) from None
+            raise VirtualChunkError(
+                f"cannot read virtual chunk: {e}",
+                location=location if isinstance(location, str) else None,
+            ) from None
         container = container_for(self.config, loc)
         if container is None:
             raise VirtualChunkError(
                 outside_message([location], self.config) + ", and authorize it when "
-                "opening the repository", location=location)
+                "opening the repository",
+                location=location,
+            )
         prefix = container.url_prefix
         if prefix not in self.auth:
             raise VirtualChunkError(
@@ -604,7 +669,10 @@ class VirtualResolver:
                 f"to read {location!r}: open the repository with "
                 f"authorize_virtual_chunk_access=frazil.containers_credentials("
                 f"{{{prefix!r}: credentials}}) (credentials None: those of the "
-                "environment)", location=location, url_prefix=prefix)
+                "environment)",
+                location=location,
+                url_prefix=prefix,
+            )
         problem = unconfirmed_endpoint(container, self.auth[prefix], self.untrusted)
         if problem is not None:
             raise VirtualChunkError(problem, location=location, url_prefix=prefix)
@@ -615,7 +683,8 @@ class VirtualResolver:
         src = self._sources.get(key)
         if src is None:
             src = self._sources[key] = _SOURCES[container.store.type](
-                container, self.auth.get(container.url_prefix))
+                container, self.auth.get(container.url_prefix)
+            )
         return src
 
     async def read(self, ref: ChunkRef, byte_range: ByteRange | None = None) -> bytes:
@@ -658,9 +727,16 @@ class VirtualResolver:
         await _aio.gather_limited(jobs)
         return out
 
-    async def _fetch(self, container: VirtualChunkContainer, loc: Location, lo: int, hi: int,
-                     group: list[int], reads: Sequence[VirtualRead],
-                     out: list[bytes | BaseException]) -> None:
+    async def _fetch(
+        self,
+        container: VirtualChunkContainer,
+        loc: Location,
+        lo: int,
+        hi: int,
+        group: list[int],
+        reads: Sequence[VirtualRead],
+        out: list[bytes | BaseException],
+    ) -> None:
         self.requests += 1
         try:
             got = await self._source(container).fetch(loc, lo, hi)
@@ -669,20 +745,21 @@ class VirtualResolver:
                 out[i] = e
             return
         except Exception as e:  # an unexpected library error: still the caller's error
-            err = StorageError(f"reading virtual chunk source {loc}: "
-                               f"{type(e).__name__}: {e}")
+            err = StorageError(f"reading virtual chunk source {loc}: {type(e).__name__}: {e}")
             for i in group:
                 out[i] = err
             return
         for i in group:
             r = reads[i]
-            data = got.data[r.start - lo:r.end - lo]
+            data = got.data[r.start - lo : r.end - lo]
             try:
                 if len(data) != r.end - r.start:
                     raise VirtualChunkError(
                         f"virtual chunk source {r.location!r} is shorter than referenced: "
                         f"bytes {r.start}-{r.end - 1} asked, {len(data)} of them there; "
-                        "refusing to read it", location=r.location)
+                        "refusing to read it",
+                        location=r.location,
+                    )
                 _check_pins(r, got)
             except VirtualChunkError as e:
                 out[i] = e
@@ -690,8 +767,11 @@ class VirtualResolver:
             out[i] = data
 
 
-def unconfirmed_endpoint(container: VirtualChunkContainer, cred: AnyCredential | None,
-                         untrusted: Mapping[str, VirtualChunkContainer]) -> str | None:
+def unconfirmed_endpoint(
+    container: VirtualChunkContainer,
+    cred: AnyCredential | None,
+    untrusted: Mapping[str, VirtualChunkContainer],
+) -> str | None:
     """Why the reader's credentials must not be sent through ``container``, or None.
 
     Credentials (keys given, or the environment's) are sent only to store settings the
@@ -718,4 +798,5 @@ def unconfirmed_endpoint(container: VirtualChunkContainer, cred: AnyCredential |
         "authorize_virtual_chunk_access=...) with cfg.set_virtual_chunk_container("
         f"VirtualChunkContainer({container.url_prefix!r}, s3_store(endpoint_url="
         f"{store.endpoint_url!r}, allow_http={store.allow_http!r}, ...))); or read it "
-        "with frazil.s3_anonymous_credentials()")
+        "with frazil.s3_anonymous_credentials()"
+    )

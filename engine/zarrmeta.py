@@ -30,14 +30,17 @@ def parse_zarr_json(data: bytes, path: str) -> NodeMeta:
     if not isinstance(doc, dict):
         raise InvalidInputError(f"zarr.json for {path!r} must be a JSON object")
     if doc.get("zarr_format") != 3:
-        raise InvalidInputError(f"zarr.json for {path!r}: only zarr_format 3 is supported, "
-                                f"got {doc.get('zarr_format')!r}")
+        raise InvalidInputError(
+            f"zarr.json for {path!r}: only zarr_format 3 is supported, "
+            f"got {doc.get('zarr_format')!r}"
+        )
     node_type = doc.get("node_type")
     if node_type == GROUP:
         return NodeMeta(GROUP)
     if node_type != ARRAY:
-        raise InvalidInputError(f"zarr.json for {path!r}: node_type must be 'group' or "
-                                f"'array', got {node_type!r}")
+        raise InvalidInputError(
+            f"zarr.json for {path!r}: node_type must be 'group' or 'array', got {node_type!r}"
+        )
     shape = doc.get("shape")
     if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise InvalidInputError(f"zarr.json for {path!r}: invalid shape {shape!r}")
@@ -45,8 +48,11 @@ def parse_zarr_json(data: bytes, path: str) -> NodeMeta:
     cg = doc.get("chunk_grid") or {}
     if isinstance(cg, dict) and cg.get("name") == "regular":
         chunk_shape = (cg.get("configuration") or {}).get("chunk_shape")
-        if (isinstance(chunk_shape, list) and len(chunk_shape) == len(shape)
-                and all(isinstance(c, int) and c > 0 for c in chunk_shape)):
+        if (
+            isinstance(chunk_shape, list)
+            and len(chunk_shape) == len(shape)
+            and all(isinstance(c, int) and c > 0 for c in chunk_shape)
+        ):
             grid = tuple(-(-s // c) for s, c in zip(shape, chunk_shape))
     cke = doc.get("chunk_key_encoding") or {"name": "default"}
     name = cke.get("name", "default") if isinstance(cke, dict) else "default"

@@ -90,8 +90,12 @@ def encode_parquet(table: pa.Table, header: dict[str, Any]) -> bytes:
 
 
 def decode_parquet(
-    data: bytes, object_type: str, what: str, expected_checksum: int | None = None,
-    schema: pa.Schema | None = None, read_dictionary: tuple[str, ...] = (),
+    data: bytes,
+    object_type: str,
+    what: str,
+    expected_checksum: int | None = None,
+    schema: pa.Schema | None = None,
+    read_dictionary: tuple[str, ...] = (),
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Verify and parse a Parquet object; returns its table and its header.
 
@@ -103,8 +107,11 @@ def decode_parquet(
     if expected_checksum is not None:
         verify_checksum(data, expected_checksum, what)
     try:
-        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True,
-                              read_dictionary=list(read_dictionary) or None)
+        table = pq.read_table(
+            pa.BufferReader(data),
+            page_checksum_verification=True,
+            read_dictionary=list(read_dictionary) or None,
+        )
     except (pa.ArrowException, OSError, ValueError) as e:
         raise FormatError(f"{what}: not a readable Parquet object ({e})") from e
     header = _header_from_metadata(table.schema.metadata, what)
@@ -125,8 +132,9 @@ def _check_schema(found: pa.Schema, expected: pa.Schema, what: str) -> None:
             if got is not None and pa.types.is_dictionary(got):
                 got = got.value_type
             if got is None or not got.equals(want):
-                raise FormatError(f"{what}: column {field.name!r} is missing or has the "
-                                  f"wrong type (want {want})")
+                raise FormatError(
+                    f"{what}: column {field.name!r} is missing or has the wrong type (want {want})"
+                )
     except (pa.ArrowException, ValueError) as e:  # e.g. a column name that is not UTF-8
         raise FormatError(f"{what}: damaged schema ({e})") from e
 
@@ -144,7 +152,7 @@ def decode_parquet_header(tail: bytes, object_type: str, what: str) -> dict[str,
     if footer_len + 8 > len(tail):
         return None
     try:
-        meta = pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-(footer_len + 8):]))
+        meta = pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-(footer_len + 8) :]))
     except (pa.ArrowException, OSError, ValueError) as e:
         raise FormatError(f"{what}: unreadable Parquet footer ({e})") from e
     header = _header_from_metadata(meta.metadata, what)
@@ -181,8 +189,7 @@ def json_depth(data: bytes) -> int:
     if not _OPEN.search(data):
         return 0
     codes = np.frombuffer(_STRING.sub(b"", data), np.uint8)
-    steps = (np.isin(codes, _OPENERS).astype(np.int64)
-             - np.isin(codes, _CLOSERS).astype(np.int64))
+    steps = np.isin(codes, _OPENERS).astype(np.int64) - np.isin(codes, _CLOSERS).astype(np.int64)
     return int(np.cumsum(steps).max(initial=0))
 
 
@@ -192,12 +199,14 @@ def load_json(data: bytes | bytearray | memoryview | str, what: str) -> Any:
     parsing, so a hostile document never reaches the recursive parser)."""
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     if len(raw) > MAX_JSON_BYTES:
-        raise FormatError(f"{what}: {len(raw)} bytes of JSON, more than the "
-                          f"{MAX_JSON_BYTES} accepted")
+        raise FormatError(
+            f"{what}: {len(raw)} bytes of JSON, more than the {MAX_JSON_BYTES} accepted"
+        )
     depth = json_depth(raw)
     if depth > MAX_JSON_DEPTH:
-        raise FormatError(f"{what}: JSON nested {depth} levels deep, more than the "
-                          f"{MAX_JSON_DEPTH} accepted")
+        raise FormatError(
+            f"{what}: JSON nested {depth} levels deep, more than the {MAX_JSON_DEPTH} accepted"
+        )
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:

@@ -21,8 +21,13 @@ def decode_config(data: bytes, what: str = "config.json") -> dict[str, Any]:
 
 
 _STORE_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
-    "s3": {"region": (str, type(None)), "endpoint_url": (str, type(None)),
-           "allow_http": (bool,), "anonymous": (bool,), "force_path_style": (bool,)},
+    "s3": {
+        "region": (str, type(None)),
+        "endpoint_url": (str, type(None)),
+        "allow_http": (bool,),
+        "anonymous": (bool,),
+        "force_path_style": (bool,),
+    },
     "gcs": {"opts": (dict,)},
     "http": {"opts": (dict,)},
     "local": {"path": (str,)},
@@ -45,11 +50,14 @@ def decode_containers(value: Any) -> list[dict[str, Any]]:
             raise ValueError(f"container {item['url_prefix']!r} has an unknown store")
         for name, value_types in fields.items():
             if name in store and not isinstance(store[name], value_types):
-                raise ValueError(f"container {item['url_prefix']!r}: store field {name!r} "
-                                 "has the wrong type")
+                raise ValueError(
+                    f"container {item['url_prefix']!r}: store field {name!r} has the wrong type"
+                )
         if set(store) - set(fields) - {"type"}:
-            raise ValueError(f"container {item['url_prefix']!r}: unknown store fields "
-                             f"{sorted(set(store) - set(fields) - {'type'})}")
+            raise ValueError(
+                f"container {item['url_prefix']!r}: unknown store fields "
+                f"{sorted(set(store) - set(fields) - {'type'})}"
+            )
         if item["url_prefix"] in seen:
             raise ValueError(f"container {item['url_prefix']!r} is declared twice")
         seen.add(item["url_prefix"])

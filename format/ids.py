@@ -85,7 +85,8 @@ class ObjectId:
 
 _ALPHABET = _CROCKFORD.decode("ascii")
 _VALUE = {ch: i for i, ch in enumerate(_ALPHABET)} | {
-    ch.lower(): i for i, ch in enumerate(_ALPHABET)}
+    ch.lower(): i for i, ch in enumerate(_ALPHABET)
+}
 
 
 def _encode(raw: bytes) -> str:

@@ -82,8 +82,12 @@ def parse_journal_key(key: str) -> tuple[str, str, int | None] | None:
     """(fork id, writer id, seq or None for a marker) of a journal key, or None if it is
     not one."""
     parts = key.split("/")
-    if (len(parts) != 4 or parts[0] != "forks" or not _TOKEN.match(parts[1])
-            or not _TOKEN.match(parts[2])):
+    if (
+        len(parts) != 4
+        or parts[0] != "forks"
+        or not _TOKEN.match(parts[1])
+        or not _TOKEN.match(parts[2])
+    ):
         return None
     if parts[3] == MARKER:
         return parts[1], parts[2], None
@@ -93,11 +97,17 @@ def parse_journal_key(key: str) -> tuple[str, str, int | None] | None:
 
 
 def _ref_columns(refs: list[ChunkRef]) -> dict[str, list[Any]]:
-    return {"kind": [int(r.kind) for r in refs], "inline": [r.data for r in refs],
-            "chunk_id": [None if r.chunk_id is None else str(r.chunk_id) for r in refs],
-            "offset": [r.offset for r in refs], "length": [r.length for r in refs],
-            "checksum": [r.checksum for r in refs], "location": [r.location for r in refs],
-            "etag": [r.etag for r in refs], "last_modified": [r.last_modified for r in refs]}
+    return {
+        "kind": [int(r.kind) for r in refs],
+        "inline": [r.data for r in refs],
+        "chunk_id": [None if r.chunk_id is None else str(r.chunk_id) for r in refs],
+        "offset": [r.offset for r in refs],
+        "length": [r.length for r in refs],
+        "checksum": [r.checksum for r in refs],
+        "location": [r.location for r in refs],
+        "etag": [r.etag for r in refs],
+        "last_modified": [r.last_modified for r in refs],
+    }
 
 
 def _encode_rows(node_id: NodeId, coords: np.ndarray, rows: Rows) -> dict[str, Any]:
@@ -105,23 +115,41 @@ def _encode_rows(node_id: NodeId, coords: np.ndarray, rows: Rows) -> dict[str, A
         cols = {name: rows.column(name).to_pylist() for name in _ROW_SCHEMA.names}
     else:
         cols = _ref_columns(rows)
-    cols["inline"] = [None if v is None else base64.b64encode(v).decode("ascii")
-                      for v in cols["inline"]]
+    cols["inline"] = [
+        None if v is None else base64.b64encode(v).decode("ascii") for v in cols["inline"]
+    ]
     cols["checksum"] = [None if v is None else f"{v:016x}" for v in cols["checksum"]]
-    cols["last_modified"] = [None if v is None else int(v.timestamp())
-                             for v in cols["last_modified"]]
-    return {"node_id": str(node_id), "ndim": int(coords.shape[1]),
-            "coords": coords.reshape(-1).tolist(), **cols}
+    cols["last_modified"] = [
+        None if v is None else int(v.timestamp()) for v in cols["last_modified"]
+    ]
+    return {
+        "node_id": str(node_id),
+        "ndim": int(coords.shape[1]),
+        "coords": coords.reshape(-1).tolist(),
+        **cols,
+    }
 
 
 def encode_journal(batch: JournalBatch) -> bytes:
-    nodes = [{"path": n.path, "node_id": None if n.node_id is None else str(n.node_id),
-              "node_type": n.node_type,
-              "zarr_json": None if n.zarr_json is None else n.zarr_json.decode("utf-8")}
-             for n in batch.nodes]
-    doc = {"format_version": 1, "object_type": FORK_JOURNAL, "fork_id": batch.fork_id,
-           "writer_id": batch.writer_id, "seq": batch.seq, "cleared": batch.cleared,
-           "nodes": nodes, "parts": [_encode_rows(*c) for c in batch.chunks]}
+    nodes = [
+        {
+            "path": n.path,
+            "node_id": None if n.node_id is None else str(n.node_id),
+            "node_type": n.node_type,
+            "zarr_json": None if n.zarr_json is None else n.zarr_json.decode("utf-8"),
+        }
+        for n in batch.nodes
+    ]
+    doc = {
+        "format_version": 1,
+        "object_type": FORK_JOURNAL,
+        "fork_id": batch.fork_id,
+        "writer_id": batch.writer_id,
+        "seq": batch.seq,
+        "cleared": batch.cleared,
+        "nodes": nodes,
+        "parts": [_encode_rows(*c) for c in batch.chunks],
+    }
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
 
@@ -141,19 +169,32 @@ def _decode_rows(part: dict[str, Any]) -> tuple[NodeId, np.ndarray, list[ChunkRe
             data = base64.b64decode(cols["inline"][i], validate=True)
             refs.append(ChunkRef(ChunkKind.INLINE, data=data, length=len(data)))
         elif kind == ChunkKind.NATIVE:
-            refs.append(ChunkRef(ChunkKind.NATIVE, chunk_id=ChunkId.parse(cols["chunk_id"][i]),
-                                 offset=int(cols["offset"][i] or 0),
-                                 length=int(cols["length"][i]),
-                                 checksum=int(cols["checksum"][i], 16)))
+            refs.append(
+                ChunkRef(
+                    ChunkKind.NATIVE,
+                    chunk_id=ChunkId.parse(cols["chunk_id"][i]),
+                    offset=int(cols["offset"][i] or 0),
+                    length=int(cols["length"][i]),
+                    checksum=int(cols["checksum"][i], 16),
+                )
+            )
         elif kind == ChunkKind.VIRTUAL:
             lm = cols["last_modified"][i]
             location, etag = cols["location"][i], cols["etag"][i]
             if not isinstance(location, str) or not (etag is None or isinstance(etag, str)):
                 raise FormatError("bad virtual reference")
-            refs.append(ChunkRef(ChunkKind.VIRTUAL, location=location,
-                                 offset=int(cols["offset"][i]), length=int(cols["length"][i]),
-                                 etag=etag, last_modified=None if lm is None else
-                                 dt.datetime.fromtimestamp(int(lm), dt.UTC)))
+            refs.append(
+                ChunkRef(
+                    ChunkKind.VIRTUAL,
+                    location=location,
+                    offset=int(cols["offset"][i]),
+                    length=int(cols["length"][i]),
+                    etag=etag,
+                    last_modified=None
+                    if lm is None
+                    else dt.datetime.fromtimestamp(int(lm), dt.UTC),
+                )
+            )
         elif kind == ChunkKind.DELETED:
             refs.append(TOMBSTONE)
         else:
@@ -165,8 +206,14 @@ def decode_journal(data: bytes, what: str = "fork journal") -> JournalBatch:
     doc = check_header(load_json(data, what), FORK_JOURNAL, what)
     try:
         fork_id, writer_id, seq = doc["fork_id"], doc["writer_id"], doc["seq"]
-        if not (isinstance(fork_id, str) and _TOKEN.match(fork_id) and isinstance(writer_id, str)
-                and _TOKEN.match(writer_id) and isinstance(seq, int) and seq >= 0):
+        if not (
+            isinstance(fork_id, str)
+            and _TOKEN.match(fork_id)
+            and isinstance(writer_id, str)
+            and _TOKEN.match(writer_id)
+            and isinstance(seq, int)
+            and seq >= 0
+        ):
             raise FormatError("bad fork, writer or sequence number")
         nodes = []
         for n in doc["nodes"]:
@@ -177,13 +224,19 @@ def decode_journal(data: bytes, what: str = "fork journal") -> JournalBatch:
                 continue
             if n["node_type"] not in ("group", "array") or not isinstance(n["zarr_json"], str):
                 raise FormatError(f"bad node record at {n['path']!r}")
-            nodes.append(JournalNode(n["path"], NodeId.parse(n["node_id"]), n["node_type"],
-                                     n["zarr_json"].encode("utf-8")))
+            nodes.append(
+                JournalNode(
+                    n["path"],
+                    NodeId.parse(n["node_id"]),
+                    n["node_type"],
+                    n["zarr_json"].encode("utf-8"),
+                )
+            )
         chunks = tuple(_decode_rows(p) for p in doc["parts"])
-        return JournalBatch(fork_id, writer_id, seq, tuple(nodes), chunks,
-                            bool(doc.get("cleared", False)))
-    except (KeyError, TypeError, ValueError, AttributeError, pa.ArrowException,
-            FormatError) as e:
+        return JournalBatch(
+            fork_id, writer_id, seq, tuple(nodes), chunks, bool(doc.get("cleared", False))
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, pa.ArrowException, FormatError) as e:
         raise FormatError(f"{what}: damaged fork journal ({e!r})") from e
 
 
@@ -195,9 +248,13 @@ def split_batch(batch: JournalBatch) -> list[JournalBatch]:
     rows = 0
     for nid, coords, table in batch.chunks:
         for start in range(0, max(len(coords), 1), MAX_ROWS):
-            piece = (nid, coords[start:start + MAX_ROWS],
-                     table.slice(start, MAX_ROWS) if isinstance(table, pa.Table)
-                     else table[start:start + MAX_ROWS])
+            piece = (
+                nid,
+                coords[start : start + MAX_ROWS],
+                table.slice(start, MAX_ROWS)
+                if isinstance(table, pa.Table)
+                else table[start : start + MAX_ROWS],
+            )
             if parts and rows + len(piece[1]) > MAX_ROWS:
                 out.append(JournalBatch(batch.fork_id, batch.writer_id, 0, (), tuple(parts)))
                 parts, rows = [], 0
@@ -205,7 +262,10 @@ def split_batch(batch: JournalBatch) -> list[JournalBatch]:
             rows += len(piece[1])
     out.append(JournalBatch(batch.fork_id, batch.writer_id, 0, (), tuple(parts)))
     first = out[0]
-    out[0] = JournalBatch(first.fork_id, first.writer_id, 0, batch.nodes, first.chunks,
-                          batch.cleared)
-    return [JournalBatch(b.fork_id, b.writer_id, batch.seq + i, b.nodes, b.chunks, b.cleared)
-            for i, b in enumerate(out)]
+    out[0] = JournalBatch(
+        first.fork_id, first.writer_id, 0, batch.nodes, first.chunks, batch.cleared
+    )
+    return [
+        JournalBatch(b.fork_id, b.writer_id, batch.seq + i, b.nodes, b.chunks, b.cleared)
+        for i, b in enumerate(out)
+    ]

@@ -84,11 +84,22 @@ def encode_manifest(
 class ManifestSegment:
     """A decoded segment: coordinates as a numpy matrix, refs materialized on demand."""
 
-    __slots__ = ("manifest_id", "node_id", "coords", "kinds", "_table", "_keys", "_lo",
-                 "_spans", "_cols", "nbytes")
+    __slots__ = (
+        "manifest_id",
+        "node_id",
+        "coords",
+        "kinds",
+        "_table",
+        "_keys",
+        "_lo",
+        "_spans",
+        "_cols",
+        "nbytes",
+    )
 
-    def __init__(self, manifest_id: ManifestId, node_id: NodeId, coords: np.ndarray,
-                 table: pa.Table) -> None:
+    def __init__(
+        self, manifest_id: ManifestId, node_id: NodeId, coords: np.ndarray, table: pa.Table
+    ) -> None:
         self.manifest_id = manifest_id
         self.node_id = node_id
         self.coords = coords
@@ -144,8 +155,7 @@ class ManifestSegment:
         hit = self._cols.get(key)
         if hit is None:
             col = self._col(name)
-            valid = None if col.null_count == 0 else col.is_valid().to_numpy(
-                zero_copy_only=False)
+            valid = None if col.null_count == 0 else col.is_valid().to_numpy(zero_copy_only=False)
             hit = self._cols[key] = (col.fill_null(0).to_numpy(), valid)
         return hit  # type: ignore[no-any-return]
 
@@ -156,8 +166,9 @@ class ManifestSegment:
     def ref(self, i: int) -> ChunkRef:
         kind = _KINDS[int(self.kinds[i])]
         if kind == ChunkKind.INLINE:
-            return ChunkRef(kind, data=self._col("inline")[i].as_py(),
-                            length=self._int("length", i) or 0)
+            return ChunkRef(
+                kind, data=self._col("inline")[i].as_py(), length=self._int("length", i) or 0
+            )
         if kind == ChunkKind.NATIVE:
             return ChunkRef(
                 kind,
@@ -227,8 +238,9 @@ def decode_manifest_parts(
     data: bytes, what: str = "manifest", expected_checksum: int | None = None
 ) -> dict[int, ManifestSegment]:
     """Every segment of a manifest object, by the row where it starts."""
-    table, header = decode_parquet(data, MANIFEST, what, expected_checksum, SCHEMA,
-                                   read_dictionary=("node_id",))
+    table, header = decode_parquet(
+        data, MANIFEST, what, expected_checksum, SCHEMA, read_dictionary=("node_id",)
+    )
     try:
         mid = ManifestId.parse(header["id"])
         parts = header["parts"]
@@ -264,17 +276,22 @@ _ROW_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in ("node_id", "coord")
 
 
 def _rows(n: int, **columns: pa.Array) -> pa.Table:
-    return pa.table({f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in _ROW_SCHEMA},
-                    schema=_ROW_SCHEMA)
+    return pa.table(
+        {f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in _ROW_SCHEMA}, schema=_ROW_SCHEMA
+    )
 
 
 def inline_rows(datas: list[bytes]) -> pa.Table:
     """Manifest rows (without ``coord``) for inline chunks holding ``datas``."""
     n = len(datas)
     inline = pa.array(datas, pa.binary())
-    return _rows(n, kind=pa.array(np.full(n, int(ChunkKind.INLINE), np.int8)),
-                 inline=inline, offset=pa.array(np.zeros(n, np.int64)),
-                 length=pa.compute.binary_length(inline).cast(pa.int64()))
+    return _rows(
+        n,
+        kind=pa.array(np.full(n, int(ChunkKind.INLINE), np.int8)),
+        inline=inline,
+        offset=pa.array(np.zeros(n, np.int64)),
+        length=pa.compute.binary_length(inline).cast(pa.int64()),
+    )
 
 
 def tombstone_rows(n: int) -> pa.Table:
@@ -288,8 +305,9 @@ def ref_rows(refs: list[ChunkRef]) -> pa.Table:
         len(refs),
         kind=pa.array([int(r.kind) for r in refs], pa.int8()),
         inline=pa.array([r.data for r in refs], pa.binary()),
-        chunk_id=pa.array([str(r.chunk_id) if r.chunk_id is not None else None for r in refs],
-                          pa.string()),
+        chunk_id=pa.array(
+            [str(r.chunk_id) if r.chunk_id is not None else None for r in refs], pa.string()
+        ),
         offset=pa.array([r.offset for r in refs], pa.int64()),
         length=pa.array([r.length for r in refs], pa.int64()),
         checksum=pa.array([r.checksum for r in refs], pa.uint64()),
@@ -299,26 +317,30 @@ def ref_rows(refs: list[ChunkRef]) -> pa.Table:
     )
 
 
-def encode_manifest_table(manifest_id: ManifestId, node_id: NodeId, coords: np.ndarray,
-                          rows: pa.Table) -> bytes:
+def encode_manifest_table(
+    manifest_id: ManifestId, node_id: NodeId, coords: np.ndarray, rows: pa.Table
+) -> bytes:
     """Encode ``rows`` (every column but ``node_id`` and ``coord``) for ``coords``
     (n x ndim, sorted) as a manifest object holding one segment."""
     return encode_manifest_parts(manifest_id, [(node_id, coords, rows)])
 
 
-def encode_manifest_parts(manifest_id: ManifestId,
-                          parts: list[tuple[NodeId, np.ndarray, pa.Table]]) -> bytes:
+def encode_manifest_parts(
+    manifest_id: ManifestId, parts: list[tuple[NodeId, np.ndarray, pa.Table]]
+) -> bytes:
     """Encode several arrays' segments, each (node id, sorted coords, rows), as one
     manifest object; segment ``i`` starts at the sum of the rows before it."""
     if not parts:
         raise ValueError("a manifest holds at least one segment")
     table, header_parts = encode_manifest_columns(parts)
-    return encode_parquet(table, {"object_type": MANIFEST, "id": str(manifest_id),
-                                  "parts": header_parts})
+    return encode_parquet(
+        table, {"object_type": MANIFEST, "id": str(manifest_id), "parts": header_parts}
+    )
 
 
-def encode_manifest_columns(parts: list[tuple[NodeId, np.ndarray, pa.Table]]
-                            ) -> tuple[pa.Table, list[dict[str, Any]]]:
+def encode_manifest_columns(
+    parts: list[tuple[NodeId, np.ndarray, pa.Table]],
+) -> tuple[pa.Table, list[dict[str, Any]]]:
     """The manifest table of several (node id, coords, rows) parts, and the header's
     ``parts`` list describing them (shared by manifests and fork journals)."""
     flats: list[np.ndarray] = [np.zeros(0, np.int64)]
@@ -331,32 +353,46 @@ def encode_manifest_columns(parts: list[tuple[NodeId, np.ndarray, pa.Table]]
         flats.append(np.ascontiguousarray(coords, dtype=np.int64).reshape(-1))
         offsets.append(total + np.arange(1, n + 1, dtype=np.int64) * ndim)
         total += n * ndim
-        nodes.append(pa.array(np.full(n, str(node_id), object), pa.string())
-                     if n else pa.array([], pa.string()))
+        nodes.append(
+            pa.array(np.full(n, str(node_id), object), pa.string())
+            if n
+            else pa.array([], pa.string())
+        )
         header_parts.append({"node_id": str(node_id), "ndim": ndim, "rows": n})
     if total >= 2**31:
         raise ValueError("too many coordinates for one manifest object")
-    coord = pa.ListArray.from_arrays(pa.array(np.concatenate(offsets).astype(np.int32)),
-                                     pa.array(np.concatenate(flats), pa.int64()))
+    coord = pa.ListArray.from_arrays(
+        pa.array(np.concatenate(offsets).astype(np.int32)),
+        pa.array(np.concatenate(flats), pa.int64()),
+    )
     columns: dict[str, Any] = {"node_id": pa.concat_arrays(nodes), "coord": coord}
     for f in _ROW_SCHEMA:
         columns[f.name] = pa.concat_arrays(
             [c for _, _, rows in parts for c in rows.column(f.name).chunks]
-            or [pa.array([], f.type)])
+            or [pa.array([], f.type)]
+        )
     return pa.table(columns, schema=SCHEMA), header_parts
 
 
-def virtual_rows(offset: pa.Array, length: pa.Array, location: pa.Array,
-                 etag: pa.Array | None = None, last_modified: pa.Array | None = None
-                 ) -> pa.Table:
+def virtual_rows(
+    offset: pa.Array,
+    length: pa.Array,
+    location: pa.Array,
+    etag: pa.Array | None = None,
+    last_modified: pa.Array | None = None,
+) -> pa.Table:
     """Manifest rows (without ``coord``) for virtual chunks, from columns: ``location``
     may be dictionary-encoded (it is written as plain strings, which Parquet then
     dictionary-encodes on disk)."""
     n = len(offset)
     if pa.types.is_dictionary(location.type):
         location = location.cast(pa.string())
-    columns = {"kind": pa.array(np.full(n, int(ChunkKind.VIRTUAL), np.int8)),
-               "offset": offset, "length": length, "location": location}
+    columns = {
+        "kind": pa.array(np.full(n, int(ChunkKind.VIRTUAL), np.int8)),
+        "offset": offset,
+        "length": length,
+        "location": location,
+    }
     if etag is not None:
         columns["etag"] = etag
     if last_modified is not None:

@@ -29,9 +29,14 @@ def new_write_id() -> str:
     return os.urandom(8).hex()
 
 
-def encode_ref(kind: str, snapshot_id: SnapshotId | None, checksum: int | None,
-               deleted: bool = False, write_id: str | None = None,
-               name: str | None = None) -> bytes:
+def encode_ref(
+    kind: str,
+    snapshot_id: SnapshotId | None,
+    checksum: int | None,
+    deleted: bool = False,
+    write_id: str | None = None,
+    name: str | None = None,
+) -> bytes:
     if kind not in (BRANCH_REF, TAG_REF):
         raise ValueError(f"unknown ref kind {kind!r}")
     obj: dict[str, object] = {
@@ -57,8 +62,10 @@ def decode_ref(data: bytes, kind: str, what: str, name: str | None = None) -> Re
     recorded = obj.get("name")
     if name is not None and recorded is not None and recorded != name:
         word = "branch" if kind == BRANCH_REF else "tag"
-        raise FormatError(f"{what}: holds the ref of {word} {recorded!r}, not of {name!r} "
-                          "(copied from another ref?)")
+        raise FormatError(
+            f"{what}: holds the ref of {word} {recorded!r}, not of {name!r} "
+            "(copied from another ref?)"
+        )
     try:
         if obj.get("deleted"):
             return RefRecord(None, None, str(obj["write_id"]), deleted=True)

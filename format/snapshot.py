@@ -109,7 +109,8 @@ def _info_header(info: CommitInfo, nodes_checksum: str | None = None) -> dict[st
         "message": info.message,
         "metadata": info.metadata,
         "transaction_log_checksum": (
-            None if info.transaction_log_checksum is None
+            None
+            if info.transaction_log_checksum is None
             else f"{info.transaction_log_checksum:016x}"
         ),
     }
@@ -212,7 +213,10 @@ def decode_snapshot(
                 ),
             )
             for path, nid, ntype, zj, segs in zip(
-                cols["path"], cols["node_id"], cols["node_type"], cols["zarr_json"],
+                cols["path"],
+                cols["node_id"],
+                cols["node_type"],
+                cols["zarr_json"],
                 cols["segments"],
             )
         )

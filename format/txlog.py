@@ -21,8 +21,15 @@ DELETED_ARRAY = "deleted_array"
 UPDATED_GROUP = "updated_group"
 UPDATED_ARRAY = "updated_array"
 CHUNKS = "chunks"
-CHANGE_KINDS = (NEW_GROUP, NEW_ARRAY, DELETED_GROUP, DELETED_ARRAY, UPDATED_GROUP,
-                UPDATED_ARRAY, CHUNKS)
+CHANGE_KINDS = (
+    NEW_GROUP,
+    NEW_ARRAY,
+    DELETED_GROUP,
+    DELETED_ARRAY,
+    UPDATED_GROUP,
+    UPDATED_ARRAY,
+    CHUNKS,
+)
 
 SCHEMA = pa.schema(
     [
@@ -52,18 +59,21 @@ class TransactionLog:
 
 
 def _chunks_column(changes: tuple[NodeChange, ...]) -> pa.Array:
-    counts = np.array([0 if c.chunks is None else c.chunks.shape[0] for c in changes],
-                      np.int64)
+    counts = np.array([0 if c.chunks is None else c.chunks.shape[0] for c in changes], np.int64)
     ndims = [c.chunks.shape[1] for c in changes if c.chunks is not None]
     outer = np.zeros(len(changes) + 1, np.int64)
     np.cumsum(counts, out=outer[1:])
     present = np.array([c.chunks is not None for c in changes], bool)
-    per_coord = np.repeat(np.array(ndims, np.int64), counts[present]) if ndims else \
-        np.zeros(0, np.int64)
+    per_coord = (
+        np.repeat(np.array(ndims, np.int64), counts[present]) if ndims else np.zeros(0, np.int64)
+    )
     inner = np.zeros(len(per_coord) + 1, np.int64)
     np.cumsum(per_coord, out=inner[1:])
-    flat = [np.ascontiguousarray(c.chunks, np.int64).reshape(-1) for c in changes
-            if c.chunks is not None]
+    flat = [
+        np.ascontiguousarray(c.chunks, np.int64).reshape(-1)
+        for c in changes
+        if c.chunks is not None
+    ]
     values = pa.array(np.concatenate(flat) if flat else np.zeros(0, np.int64), pa.int64())
     inner_list = pa.ListArray.from_arrays(pa.array(inner.astype(np.int32)), values)
     mask = pa.array([c.chunks is None for c in changes], pa.bool_())
@@ -83,8 +93,11 @@ def encode_transaction_log(log: TransactionLog) -> bytes:
         },
         schema=SCHEMA,
     )
-    header = {"object_type": TRANSACTION_LOG, "id": str(log.snapshot_id),
-              "parent_id": str(log.parent_id) if log.parent_id else None}
+    header = {
+        "object_type": TRANSACTION_LOG,
+        "id": str(log.snapshot_id),
+        "parent_id": str(log.parent_id) if log.parent_id else None,
+    }
     return encode_parquet(table, header)
 
 

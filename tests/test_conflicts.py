@@ -55,164 +55,306 @@ def C(kind: ConflictType, path: str, chunks: Any = None) -> Conflict:  # noqa: N
 # (id, ours, theirs, expected conflicts in detection order)
 DETECT_ROWS: list[tuple[str, ChangeSummary, ChangeSummary, list[Conflict]]] = [
     # -- NewNodeConflictsWithExistingNode
-    ("new-array-vs-new-array",
-     summary(new_arrays={"/x"}), summary(new_arrays={"/x"}),
-     [C(CT.NewNodeConflictsWithExistingNode, "/x")]),
-    ("new-group-vs-new-array",
-     summary(new_groups={"/x"}), summary(new_arrays={"/x"}),
-     [C(CT.NewNodeConflictsWithExistingNode, "/x")]),
-    ("new-group-vs-new-group",
-     summary(new_groups={"/g/x"}), summary(new_groups={"/g/x"}),
-     [C(CT.NewNodeConflictsWithExistingNode, "/g/x")]),
+    (
+        "new-array-vs-new-array",
+        summary(new_arrays={"/x"}),
+        summary(new_arrays={"/x"}),
+        [C(CT.NewNodeConflictsWithExistingNode, "/x")],
+    ),
+    (
+        "new-group-vs-new-array",
+        summary(new_groups={"/x"}),
+        summary(new_arrays={"/x"}),
+        [C(CT.NewNodeConflictsWithExistingNode, "/x")],
+    ),
+    (
+        "new-group-vs-new-group",
+        summary(new_groups={"/g/x"}),
+        summary(new_groups={"/g/x"}),
+        [C(CT.NewNodeConflictsWithExistingNode, "/g/x")],
+    ),
     # -- NewNodeInInvalidGroup: ours new node under a group they deleted
-    ("ours-new-under-their-deleted-group",
-     summary(new_arrays={"/g/x"}), summary(deleted_groups={"/g"}),
-     [C(CT.NewNodeInInvalidGroup, "/g/x")]),
-    ("ours-new-deep-under-their-deleted-group",
-     summary(new_groups={"/g/h"}, new_arrays={"/g/h/x"}), summary(deleted_groups={"/g"}),
-     [C(CT.NewNodeInInvalidGroup, "/g/h"), C(CT.NewNodeInInvalidGroup, "/g/h/x")]),
+    (
+        "ours-new-under-their-deleted-group",
+        summary(new_arrays={"/g/x"}),
+        summary(deleted_groups={"/g"}),
+        [C(CT.NewNodeInInvalidGroup, "/g/x")],
+    ),
+    (
+        "ours-new-deep-under-their-deleted-group",
+        summary(new_groups={"/g/h"}, new_arrays={"/g/h/x"}),
+        summary(deleted_groups={"/g"}),
+        [C(CT.NewNodeInInvalidGroup, "/g/h"), C(CT.NewNodeInInvalidGroup, "/g/h/x")],
+    ),
     # -- the case Icechunk misses: we deleted the group, they created a node under it
-    ("their-new-under-our-deleted-group",
-     summary(deleted_groups={"/g"}), summary(new_arrays={"/g/x"}),
-     [C(CT.NewNodeInInvalidGroup, "/g/x")]),
-    ("their-new-group-deep-under-our-deleted-group",
-     summary(deleted_groups={"/g"}), summary(new_groups={"/g/h", "/g/h/i"}),
-     [C(CT.NewNodeInInvalidGroup, "/g/h"), C(CT.NewNodeInInvalidGroup, "/g/h/i")]),
-    ("sibling-with-common-prefix-is-not-under-group",
-     summary(deleted_groups={"/g"}), summary(new_arrays={"/gx", "/g2/x"}),
-     []),
-    ("ours-new-sibling-with-common-prefix",
-     summary(new_arrays={"/gx"}), summary(deleted_groups={"/g"}),
-     []),
+    (
+        "their-new-under-our-deleted-group",
+        summary(deleted_groups={"/g"}),
+        summary(new_arrays={"/g/x"}),
+        [C(CT.NewNodeInInvalidGroup, "/g/x")],
+    ),
+    (
+        "their-new-group-deep-under-our-deleted-group",
+        summary(deleted_groups={"/g"}),
+        summary(new_groups={"/g/h", "/g/h/i"}),
+        [C(CT.NewNodeInInvalidGroup, "/g/h"), C(CT.NewNodeInInvalidGroup, "/g/h/i")],
+    ),
+    (
+        "sibling-with-common-prefix-is-not-under-group",
+        summary(deleted_groups={"/g"}),
+        summary(new_arrays={"/gx", "/g2/x"}),
+        [],
+    ),
+    (
+        "ours-new-sibling-with-common-prefix",
+        summary(new_arrays={"/gx"}),
+        summary(deleted_groups={"/g"}),
+        [],
+    ),
     # -- ZarrMetadataDoubleUpdate
-    ("array-metadata-double-update",
-     summary(updated_arrays={"/a"}), summary(updated_arrays={"/a"}),
-     [C(CT.ZarrMetadataDoubleUpdate, "/a")]),
-    ("group-metadata-double-update",
-     summary(updated_groups={"/g"}), summary(updated_groups={"/g"}),
-     [C(CT.ZarrMetadataDoubleUpdate, "/g")]),
-    ("root-group-metadata-double-update",
-     summary(updated_groups={"/"}), summary(updated_groups={"/"}),
-     [C(CT.ZarrMetadataDoubleUpdate, "/")]),
+    (
+        "array-metadata-double-update",
+        summary(updated_arrays={"/a"}),
+        summary(updated_arrays={"/a"}),
+        [C(CT.ZarrMetadataDoubleUpdate, "/a")],
+    ),
+    (
+        "group-metadata-double-update",
+        summary(updated_groups={"/g"}),
+        summary(updated_groups={"/g"}),
+        [C(CT.ZarrMetadataDoubleUpdate, "/g")],
+    ),
+    (
+        "root-group-metadata-double-update",
+        summary(updated_groups={"/"}),
+        summary(updated_groups={"/"}),
+        [C(CT.ZarrMetadataDoubleUpdate, "/")],
+    ),
     # -- ZarrMetadataUpdateOf...
-    ("update-of-deleted-array",
-     summary(updated_arrays={"/a"}), summary(deleted_arrays={"/a"}),
-     [C(CT.ZarrMetadataUpdateOfDeletedArray, "/a")]),
-    ("update-of-replaced-array",  # they deleted it and made a new one at the same path
-     summary(updated_arrays={"/a"}), summary(deleted_arrays={"/a"}, new_arrays={"/a"}),
-     [C(CT.ZarrMetadataUpdateOfDeletedArray, "/a")]),
-    ("update-of-deleted-group",
-     summary(updated_groups={"/g"}), summary(deleted_groups={"/g"}),
-     [C(CT.ZarrMetadataUpdateOfDeletedGroup, "/g")]),
+    (
+        "update-of-deleted-array",
+        summary(updated_arrays={"/a"}),
+        summary(deleted_arrays={"/a"}),
+        [C(CT.ZarrMetadataUpdateOfDeletedArray, "/a")],
+    ),
+    (
+        "update-of-replaced-array",  # they deleted it and made a new one at the same path
+        summary(updated_arrays={"/a"}),
+        summary(deleted_arrays={"/a"}, new_arrays={"/a"}),
+        [C(CT.ZarrMetadataUpdateOfDeletedArray, "/a")],
+    ),
+    (
+        "update-of-deleted-group",
+        summary(updated_groups={"/g"}),
+        summary(deleted_groups={"/g"}),
+        [C(CT.ZarrMetadataUpdateOfDeletedGroup, "/g")],
+    ),
     # -- ChunkDoubleUpdate, exactly the overlapping coordinates
-    ("chunk-double-update-1d",
-     summary(chunks={"/a": [(0,), (1,), (2,)]}), summary(chunks={"/a": [(2,), (1,), (9,)]}),
-     [C(CT.ChunkDoubleUpdate, "/a", [(1,), (2,)])]),
-    ("chunk-double-update-2d",
-     summary(chunks={"/a": [(0, 0), (1, 1), (2, 2), (5, 0)]}),
-     summary(chunks={"/a": [(1, 1), (2, 2), (3, 3), (0, 5)]}),
-     [C(CT.ChunkDoubleUpdate, "/a", [(1, 1), (2, 2)])]),
-    ("chunk-double-update-0d",
-     summary(chunks={"/s": [()]}), summary(chunks={"/s": [()]}),
-     [C(CT.ChunkDoubleUpdate, "/s", [()])]),
-    ("chunk-double-update-in-two-arrays",
-     summary(chunks={"/b": [(3,)], "/a": [(1,), (4,)]}),
-     summary(chunks={"/a": [(4,)], "/b": [(3,), (7,)]}),
-     [C(CT.ChunkDoubleUpdate, "/a", [(4,)]), C(CT.ChunkDoubleUpdate, "/b", [(3,)])]),
+    (
+        "chunk-double-update-1d",
+        summary(chunks={"/a": [(0,), (1,), (2,)]}),
+        summary(chunks={"/a": [(2,), (1,), (9,)]}),
+        [C(CT.ChunkDoubleUpdate, "/a", [(1,), (2,)])],
+    ),
+    (
+        "chunk-double-update-2d",
+        summary(chunks={"/a": [(0, 0), (1, 1), (2, 2), (5, 0)]}),
+        summary(chunks={"/a": [(1, 1), (2, 2), (3, 3), (0, 5)]}),
+        [C(CT.ChunkDoubleUpdate, "/a", [(1, 1), (2, 2)])],
+    ),
+    (
+        "chunk-double-update-0d",
+        summary(chunks={"/s": [()]}),
+        summary(chunks={"/s": [()]}),
+        [C(CT.ChunkDoubleUpdate, "/s", [()])],
+    ),
+    (
+        "chunk-double-update-in-two-arrays",
+        summary(chunks={"/b": [(3,)], "/a": [(1,), (4,)]}),
+        summary(chunks={"/a": [(4,)], "/b": [(3,), (7,)]}),
+        [C(CT.ChunkDoubleUpdate, "/a", [(4,)]), C(CT.ChunkDoubleUpdate, "/b", [(3,)])],
+    ),
     # -- ChunksUpdatedInDeletedArray
-    ("chunks-in-deleted-array",
-     summary(chunks={"/a": [(0,)]}), summary(deleted_arrays={"/a"}),
-     [C(CT.ChunksUpdatedInDeletedArray, "/a")]),
-    ("chunks-in-replaced-array",  # their new array's chunks do not count as a double update
-     summary(chunks={"/a": [(0,)]}),
-     summary(deleted_arrays={"/a"}, new_arrays={"/a"}, chunks={"/a": [(0,)]}),
-     [C(CT.ChunksUpdatedInDeletedArray, "/a")]),
+    (
+        "chunks-in-deleted-array",
+        summary(chunks={"/a": [(0,)]}),
+        summary(deleted_arrays={"/a"}),
+        [C(CT.ChunksUpdatedInDeletedArray, "/a")],
+    ),
+    (
+        "chunks-in-replaced-array",  # their new array's chunks do not count as a double update
+        summary(chunks={"/a": [(0,)]}),
+        summary(deleted_arrays={"/a"}, new_arrays={"/a"}, chunks={"/a": [(0,)]}),
+        [C(CT.ChunksUpdatedInDeletedArray, "/a")],
+    ),
     # -- ChunksUpdatedInUpdatedArray (and a double update on top when chunks overlap)
-    ("chunks-in-updated-array",
-     summary(chunks={"/a": [(0,)]}), summary(updated_arrays={"/a"}),
-     [C(CT.ChunksUpdatedInUpdatedArray, "/a")]),
-    ("chunks-in-updated-array-overlapping",
-     summary(chunks={"/a": [(0,), (1,)]}),
-     summary(updated_arrays={"/a"}, chunks={"/a": [(1,)]}),
-     [C(CT.ChunksUpdatedInUpdatedArray, "/a"), C(CT.ChunkDoubleUpdate, "/a", [(1,)])]),
+    (
+        "chunks-in-updated-array",
+        summary(chunks={"/a": [(0,)]}),
+        summary(updated_arrays={"/a"}),
+        [C(CT.ChunksUpdatedInUpdatedArray, "/a")],
+    ),
+    (
+        "chunks-in-updated-array-overlapping",
+        summary(chunks={"/a": [(0,), (1,)]}),
+        summary(updated_arrays={"/a"}, chunks={"/a": [(1,)]}),
+        [C(CT.ChunksUpdatedInUpdatedArray, "/a"), C(CT.ChunkDoubleUpdate, "/a", [(1,)])],
+    ),
     # -- DeleteOfUpdatedArray: their metadata update or their chunk writes
-    ("delete-of-array-with-their-metadata-update",
-     summary(deleted_arrays={"/a"}), summary(updated_arrays={"/a"}),
-     [C(CT.DeleteOfUpdatedArray, "/a")]),
-    ("delete-of-array-with-their-chunk-writes",
-     summary(deleted_arrays={"/a"}), summary(chunks={"/a": [(3,)]}),
-     [C(CT.DeleteOfUpdatedArray, "/a")]),
-    ("replace-of-array-with-their-chunk-writes",  # our delete+create still deletes theirs
-     summary(deleted_arrays={"/a"}, new_arrays={"/a"}, chunks={"/a": [(0,)]}),
-     summary(chunks={"/a": [(0,)]}),
-     [C(CT.DeleteOfUpdatedArray, "/a")]),
-    ("replace-of-array-with-their-metadata-update",
-     summary(deleted_arrays={"/a"}, new_groups={"/a"}), summary(updated_arrays={"/a"}),
-     [C(CT.DeleteOfUpdatedArray, "/a")]),
-    ("delete-of-array-they-replaced",
-     summary(deleted_arrays={"/a"}), summary(deleted_arrays={"/a"}, new_arrays={"/a"}),
-     [C(CT.DeleteOfUpdatedArray, "/a")]),
+    (
+        "delete-of-array-with-their-metadata-update",
+        summary(deleted_arrays={"/a"}),
+        summary(updated_arrays={"/a"}),
+        [C(CT.DeleteOfUpdatedArray, "/a")],
+    ),
+    (
+        "delete-of-array-with-their-chunk-writes",
+        summary(deleted_arrays={"/a"}),
+        summary(chunks={"/a": [(3,)]}),
+        [C(CT.DeleteOfUpdatedArray, "/a")],
+    ),
+    (
+        "replace-of-array-with-their-chunk-writes",  # our delete+create still deletes theirs
+        summary(deleted_arrays={"/a"}, new_arrays={"/a"}, chunks={"/a": [(0,)]}),
+        summary(chunks={"/a": [(0,)]}),
+        [C(CT.DeleteOfUpdatedArray, "/a")],
+    ),
+    (
+        "replace-of-array-with-their-metadata-update",
+        summary(deleted_arrays={"/a"}, new_groups={"/a"}),
+        summary(updated_arrays={"/a"}),
+        [C(CT.DeleteOfUpdatedArray, "/a")],
+    ),
+    (
+        "delete-of-array-they-replaced",
+        summary(deleted_arrays={"/a"}),
+        summary(deleted_arrays={"/a"}, new_arrays={"/a"}),
+        [C(CT.DeleteOfUpdatedArray, "/a")],
+    ),
     # -- DeleteOfUpdatedGroup
-    ("delete-of-updated-group",
-     summary(deleted_groups={"/g"}), summary(updated_groups={"/g"}),
-     [C(CT.DeleteOfUpdatedGroup, "/g")]),
-    ("replace-of-updated-group",
-     summary(deleted_groups={"/g"}, new_arrays={"/g"}), summary(updated_groups={"/g"}),
-     [C(CT.DeleteOfUpdatedGroup, "/g")]),
+    (
+        "delete-of-updated-group",
+        summary(deleted_groups={"/g"}),
+        summary(updated_groups={"/g"}),
+        [C(CT.DeleteOfUpdatedGroup, "/g")],
+    ),
+    (
+        "replace-of-updated-group",
+        summary(deleted_groups={"/g"}, new_arrays={"/g"}),
+        summary(updated_groups={"/g"}),
+        [C(CT.DeleteOfUpdatedGroup, "/g")],
+    ),
     # -- no conflict
     ("nothing", summary(), summary(), []),
-    ("ours-only", summary(new_arrays={"/x"}, updated_arrays={"/a"}, chunks={"/a": [(0,)]}),
-     summary(), []),
-    ("theirs-only", summary(),
-     summary(new_arrays={"/x"}, deleted_groups={"/g"}, updated_arrays={"/a"},
-             chunks={"/a": [(0,)]}), []),
-    ("different-chunks-of-one-array",
-     summary(chunks={"/a": [(0, 0), (0, 1)]}), summary(chunks={"/a": [(1, 0), (1, 1)]}), []),
-    ("different-arrays",
-     summary(updated_arrays={"/a"}, chunks={"/a": [(0,)]}),
-     summary(updated_arrays={"/b"}, chunks={"/b": [(0,)]}), []),
-    ("chunk-writes-to-array-ours-created",
-     summary(new_arrays={"/n"}, chunks={"/n": [(0,), (1,)]}),
-     summary(deleted_arrays={"/other"}, chunks={"/b": [(0,)]}), []),
-    ("ours-recreated-an-array-they-deleted",  # our chunks go to our new array
-     summary(deleted_arrays={"/a"}, new_arrays={"/a"}, chunks={"/a": [(0,)]}),
-     summary(deleted_arrays={"/a"}), []),
-    ("both-deleted-the-same-nodes",
-     summary(deleted_arrays={"/g/a"}, deleted_groups={"/g"}),
-     summary(deleted_arrays={"/g/a"}, deleted_groups={"/g"}), []),
-    ("ours-metadata-update-their-chunks",  # the asymmetric case is not a conflict
-     summary(updated_arrays={"/a"}), summary(chunks={"/a": [(0,)]}), []),
-    ("empty-chunk-set-is-no-write",
-     summary(chunks={"/a": []}), summary(deleted_arrays={"/a"}, chunks={"/a": [(0,)]}), []),
-    ("new-node-under-group-they-created",
-     summary(new_arrays={"/g/x"}), summary(new_groups={"/g"}), []),
-    ("group-delete-and-update-elsewhere",
-     summary(deleted_groups={"/g"}), summary(updated_groups={"/h"}, new_arrays={"/h/x"}), []),
+    (
+        "ours-only",
+        summary(new_arrays={"/x"}, updated_arrays={"/a"}, chunks={"/a": [(0,)]}),
+        summary(),
+        [],
+    ),
+    (
+        "theirs-only",
+        summary(),
+        summary(
+            new_arrays={"/x"}, deleted_groups={"/g"}, updated_arrays={"/a"}, chunks={"/a": [(0,)]}
+        ),
+        [],
+    ),
+    (
+        "different-chunks-of-one-array",
+        summary(chunks={"/a": [(0, 0), (0, 1)]}),
+        summary(chunks={"/a": [(1, 0), (1, 1)]}),
+        [],
+    ),
+    (
+        "different-arrays",
+        summary(updated_arrays={"/a"}, chunks={"/a": [(0,)]}),
+        summary(updated_arrays={"/b"}, chunks={"/b": [(0,)]}),
+        [],
+    ),
+    (
+        "chunk-writes-to-array-ours-created",
+        summary(new_arrays={"/n"}, chunks={"/n": [(0,), (1,)]}),
+        summary(deleted_arrays={"/other"}, chunks={"/b": [(0,)]}),
+        [],
+    ),
+    (
+        "ours-recreated-an-array-they-deleted",  # our chunks go to our new array
+        summary(deleted_arrays={"/a"}, new_arrays={"/a"}, chunks={"/a": [(0,)]}),
+        summary(deleted_arrays={"/a"}),
+        [],
+    ),
+    (
+        "both-deleted-the-same-nodes",
+        summary(deleted_arrays={"/g/a"}, deleted_groups={"/g"}),
+        summary(deleted_arrays={"/g/a"}, deleted_groups={"/g"}),
+        [],
+    ),
+    (
+        "ours-metadata-update-their-chunks",  # the asymmetric case is not a conflict
+        summary(updated_arrays={"/a"}),
+        summary(chunks={"/a": [(0,)]}),
+        [],
+    ),
+    (
+        "empty-chunk-set-is-no-write",
+        summary(chunks={"/a": []}),
+        summary(deleted_arrays={"/a"}, chunks={"/a": [(0,)]}),
+        [],
+    ),
+    (
+        "new-node-under-group-they-created",
+        summary(new_arrays={"/g/x"}),
+        summary(new_groups={"/g"}),
+        [],
+    ),
+    (
+        "group-delete-and-update-elsewhere",
+        summary(deleted_groups={"/g"}),
+        summary(updated_groups={"/h"}, new_arrays={"/h/x"}),
+        [],
+    ),
     # -- several at once, in detection order
-    ("many",
-     summary(new_arrays={"/n", "/g/x"}, deleted_groups={"/d"}, updated_arrays={"/u"},
-             updated_groups={"/ug"}, deleted_arrays={"/da"},
-             chunks={"/c": [(0,), (1,)], "/gone": [(2,)]}),
-     summary(new_arrays={"/n", "/d/y"}, deleted_groups={"/g", "/ug"},
-             updated_arrays={"/u", "/c"}, deleted_arrays={"/gone"},
-             chunks={"/c": [(1,)], "/da": [(5,)]}, updated_groups={"/d"}),
-     [C(CT.NewNodeInInvalidGroup, "/g/x"),
-      C(CT.NewNodeConflictsWithExistingNode, "/n"),
-      C(CT.NewNodeInInvalidGroup, "/d/y"),
-      C(CT.ZarrMetadataDoubleUpdate, "/u"),
-      C(CT.ZarrMetadataUpdateOfDeletedGroup, "/ug"),
-      C(CT.ChunksUpdatedInUpdatedArray, "/c"),
-      C(CT.ChunkDoubleUpdate, "/c", [(1,)]),
-      C(CT.ChunksUpdatedInDeletedArray, "/gone"),
-      C(CT.DeleteOfUpdatedArray, "/da"),
-      C(CT.DeleteOfUpdatedGroup, "/d")]),
+    (
+        "many",
+        summary(
+            new_arrays={"/n", "/g/x"},
+            deleted_groups={"/d"},
+            updated_arrays={"/u"},
+            updated_groups={"/ug"},
+            deleted_arrays={"/da"},
+            chunks={"/c": [(0,), (1,)], "/gone": [(2,)]},
+        ),
+        summary(
+            new_arrays={"/n", "/d/y"},
+            deleted_groups={"/g", "/ug"},
+            updated_arrays={"/u", "/c"},
+            deleted_arrays={"/gone"},
+            chunks={"/c": [(1,)], "/da": [(5,)]},
+            updated_groups={"/d"},
+        ),
+        [
+            C(CT.NewNodeInInvalidGroup, "/g/x"),
+            C(CT.NewNodeConflictsWithExistingNode, "/n"),
+            C(CT.NewNodeInInvalidGroup, "/d/y"),
+            C(CT.ZarrMetadataDoubleUpdate, "/u"),
+            C(CT.ZarrMetadataUpdateOfDeletedGroup, "/ug"),
+            C(CT.ChunksUpdatedInUpdatedArray, "/c"),
+            C(CT.ChunkDoubleUpdate, "/c", [(1,)]),
+            C(CT.ChunksUpdatedInDeletedArray, "/gone"),
+            C(CT.DeleteOfUpdatedArray, "/da"),
+            C(CT.DeleteOfUpdatedGroup, "/d"),
+        ],
+    ),
 ]
 
 
-@pytest.mark.parametrize("ours,theirs,expected", [r[1:] for r in DETECT_ROWS],
-                         ids=[r[0] for r in DETECT_ROWS])
-def test_detect_conflicts(ours: ChangeSummary, theirs: ChangeSummary,
-                          expected: list[Conflict]) -> None:
+@pytest.mark.parametrize(
+    "ours,theirs,expected", [r[1:] for r in DETECT_ROWS], ids=[r[0] for r in DETECT_ROWS]
+)
+def test_detect_conflicts(
+    ours: ChangeSummary, theirs: ChangeSummary, expected: list[Conflict]
+) -> None:
     assert detect_conflicts(ours, theirs) == expected
 
 
@@ -270,41 +412,79 @@ def test_detector_fails_on_any_conflict(kind: ConflictType) -> None:
 # (id, solver kwargs, conflicts, expected drop_chunks or the list of unresolved conflicts)
 SOLVER_ROWS: list[tuple[str, dict[str, Any], list[Conflict], Any]] = [
     ("no-conflicts", {}, [], {}),
-    ("use-ours-chunk", {"on_chunk_conflict": VersionSelection.UseOurs},
-     [C(CT.ChunkDoubleUpdate, "/a", [(0,), (3,)])], {}),
+    (
+        "use-ours-chunk",
+        {"on_chunk_conflict": VersionSelection.UseOurs},
+        [C(CT.ChunkDoubleUpdate, "/a", [(0,), (3,)])],
+        {},
+    ),
     ("default-is-use-ours", {}, [C(CT.ChunkDoubleUpdate, "/a", [(0,)])], {}),
-    ("use-theirs-chunk", {"on_chunk_conflict": VersionSelection.UseTheirs},
-     [C(CT.ChunkDoubleUpdate, "/a", [(0,), (3,)])], {"/a": {(0,), (3,)}}),
-    ("use-theirs-two-arrays", {"on_chunk_conflict": VersionSelection.UseTheirs},
-     [C(CT.ChunkDoubleUpdate, "/a", [(0, 0)]), C(CT.ChunkDoubleUpdate, "/b", [(1, 1)]),
-      C(CT.ChunkDoubleUpdate, "/a", [(2, 2)])],
-     {"/a": {(0, 0), (2, 2)}, "/b": {(1, 1)}}),
-    ("fail-chunk", {"on_chunk_conflict": VersionSelection.Fail},
-     [C(CT.ChunkDoubleUpdate, "/a", [(0,)])], [C(CT.ChunkDoubleUpdate, "/a", [(0,)])]),
+    (
+        "use-theirs-chunk",
+        {"on_chunk_conflict": VersionSelection.UseTheirs},
+        [C(CT.ChunkDoubleUpdate, "/a", [(0,), (3,)])],
+        {"/a": {(0,), (3,)}},
+    ),
+    (
+        "use-theirs-two-arrays",
+        {"on_chunk_conflict": VersionSelection.UseTheirs},
+        [
+            C(CT.ChunkDoubleUpdate, "/a", [(0, 0)]),
+            C(CT.ChunkDoubleUpdate, "/b", [(1, 1)]),
+            C(CT.ChunkDoubleUpdate, "/a", [(2, 2)]),
+        ],
+        {"/a": {(0, 0), (2, 2)}, "/b": {(1, 1)}},
+    ),
+    (
+        "fail-chunk",
+        {"on_chunk_conflict": VersionSelection.Fail},
+        [C(CT.ChunkDoubleUpdate, "/a", [(0,)])],
+        [C(CT.ChunkDoubleUpdate, "/a", [(0,)])],
+    ),
     ("delete-of-updated-array-ours-wins", {}, [C(CT.DeleteOfUpdatedArray, "/a")], {}),
     ("delete-of-updated-group-ours-wins", {}, [C(CT.DeleteOfUpdatedGroup, "/g")], {}),
-    ("fail-on-delete-of-updated-array", {"fail_on_delete_of_updated_array": True},
-     [C(CT.DeleteOfUpdatedArray, "/a"), C(CT.DeleteOfUpdatedGroup, "/g")],
-     [C(CT.DeleteOfUpdatedArray, "/a")]),
-    ("fail-on-delete-of-updated-group", {"fail_on_delete_of_updated_group": True},
-     [C(CT.DeleteOfUpdatedArray, "/a"), C(CT.DeleteOfUpdatedGroup, "/g")],
-     [C(CT.DeleteOfUpdatedGroup, "/g")]),
-    ("fail-on-both-deletes",
-     {"fail_on_delete_of_updated_array": True, "fail_on_delete_of_updated_group": True,
-      "on_chunk_conflict": VersionSelection.UseTheirs},
-     [C(CT.DeleteOfUpdatedGroup, "/g"), C(CT.ChunkDoubleUpdate, "/a", [(1,)]),
-      C(CT.DeleteOfUpdatedArray, "/b")],
-     [C(CT.DeleteOfUpdatedGroup, "/g"), C(CT.DeleteOfUpdatedArray, "/b")]),
-    ("fail-chunk-and-fail-deletes",
-     {"on_chunk_conflict": VersionSelection.Fail, "fail_on_delete_of_updated_array": True},
-     [C(CT.ChunkDoubleUpdate, "/a", [(1,)]), C(CT.DeleteOfUpdatedArray, "/b"),
-      C(CT.DeleteOfUpdatedGroup, "/g")],
-     [C(CT.ChunkDoubleUpdate, "/a", [(1,)]), C(CT.DeleteOfUpdatedArray, "/b")]),
+    (
+        "fail-on-delete-of-updated-array",
+        {"fail_on_delete_of_updated_array": True},
+        [C(CT.DeleteOfUpdatedArray, "/a"), C(CT.DeleteOfUpdatedGroup, "/g")],
+        [C(CT.DeleteOfUpdatedArray, "/a")],
+    ),
+    (
+        "fail-on-delete-of-updated-group",
+        {"fail_on_delete_of_updated_group": True},
+        [C(CT.DeleteOfUpdatedArray, "/a"), C(CT.DeleteOfUpdatedGroup, "/g")],
+        [C(CT.DeleteOfUpdatedGroup, "/g")],
+    ),
+    (
+        "fail-on-both-deletes",
+        {
+            "fail_on_delete_of_updated_array": True,
+            "fail_on_delete_of_updated_group": True,
+            "on_chunk_conflict": VersionSelection.UseTheirs,
+        },
+        [
+            C(CT.DeleteOfUpdatedGroup, "/g"),
+            C(CT.ChunkDoubleUpdate, "/a", [(1,)]),
+            C(CT.DeleteOfUpdatedArray, "/b"),
+        ],
+        [C(CT.DeleteOfUpdatedGroup, "/g"), C(CT.DeleteOfUpdatedArray, "/b")],
+    ),
+    (
+        "fail-chunk-and-fail-deletes",
+        {"on_chunk_conflict": VersionSelection.Fail, "fail_on_delete_of_updated_array": True},
+        [
+            C(CT.ChunkDoubleUpdate, "/a", [(1,)]),
+            C(CT.DeleteOfUpdatedArray, "/b"),
+            C(CT.DeleteOfUpdatedGroup, "/g"),
+        ],
+        [C(CT.ChunkDoubleUpdate, "/a", [(1,)]), C(CT.DeleteOfUpdatedArray, "/b")],
+    ),
 ]
 
 
-@pytest.mark.parametrize("kwargs,conflicts,expected", [r[1:] for r in SOLVER_ROWS],
-                         ids=[r[0] for r in SOLVER_ROWS])
+@pytest.mark.parametrize(
+    "kwargs,conflicts,expected", [r[1:] for r in SOLVER_ROWS], ids=[r[0] for r in SOLVER_ROWS]
+)
 def test_basic_solver(kwargs: dict[str, Any], conflicts: list[Conflict], expected: Any) -> None:
     solver = BasicConflictSolver(**kwargs)
     if isinstance(expected, dict):
@@ -317,31 +497,45 @@ def test_basic_solver(kwargs: dict[str, Any], conflicts: list[Conflict], expecte
 
 
 SOLVER_CONFIGS = [
-    {"on_chunk_conflict": sel, "fail_on_delete_of_updated_array": a,
-     "fail_on_delete_of_updated_group": g}
-    for sel in VersionSelection for a in (False, True) for g in (False, True)
+    {
+        "on_chunk_conflict": sel,
+        "fail_on_delete_of_updated_array": a,
+        "fail_on_delete_of_updated_group": g,
+    }
+    for sel in VersionSelection
+    for a in (False, True)
+    for g in (False, True)
 ]
 
 
 @pytest.mark.parametrize("kind", UNRESOLVABLE, ids=lambda k: k.name)
-@pytest.mark.parametrize("kwargs", SOLVER_CONFIGS,
-                         ids=lambda kw: "-".join(str(v).split(".")[-1] for v in kw.values()))
-def test_basic_solver_unresolvable_always_fails(kind: ConflictType,
-                                                kwargs: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "kwargs", SOLVER_CONFIGS, ids=lambda kw: "-".join(str(v).split(".")[-1] for v in kw.values())
+)
+def test_basic_solver_unresolvable_always_fails(kind: ConflictType, kwargs: dict[str, Any]) -> None:
     """Unresolvable conflicts fail under every setting; the error lists exactly the
     conflicts left unresolved (the resolvable ones around them are not listed)."""
     solver = BasicConflictSolver(**kwargs)
-    resolvable = [sample(CT.ChunkDoubleUpdate), sample(CT.DeleteOfUpdatedArray),
-                  sample(CT.DeleteOfUpdatedGroup)]
+    resolvable = [
+        sample(CT.ChunkDoubleUpdate),
+        sample(CT.DeleteOfUpdatedArray),
+        sample(CT.DeleteOfUpdatedGroup),
+    ]
     bad = sample(kind)
     also_unresolved = [
-        c for c in resolvable
-        if (c.conflict_type is CT.ChunkDoubleUpdate
-            and kwargs["on_chunk_conflict"] is VersionSelection.Fail)
-        or (c.conflict_type is CT.DeleteOfUpdatedArray
-            and kwargs["fail_on_delete_of_updated_array"])
-        or (c.conflict_type is CT.DeleteOfUpdatedGroup
-            and kwargs["fail_on_delete_of_updated_group"])]
+        c
+        for c in resolvable
+        if (
+            c.conflict_type is CT.ChunkDoubleUpdate
+            and kwargs["on_chunk_conflict"] is VersionSelection.Fail
+        )
+        or (
+            c.conflict_type is CT.DeleteOfUpdatedArray and kwargs["fail_on_delete_of_updated_array"]
+        )
+        or (
+            c.conflict_type is CT.DeleteOfUpdatedGroup and kwargs["fail_on_delete_of_updated_group"]
+        )
+    ]
     conflicts = [resolvable[0], bad, *resolvable[1:]]
     with pytest.raises(RebaseFailedError) as info:
         solver.solve(conflicts, "TIP")
@@ -356,8 +550,10 @@ def test_basic_solver_rejects_bad_selection() -> None:
 
 # -- summarize_changes ---------------------------------------------------------------------
 
-def rec(path: str, kind: str = ARRAY, meta: bytes = b"{}",
-        node_id: NodeId | None = None) -> NodeRecord:
+
+def rec(
+    path: str, kind: str = ARRAY, meta: bytes = b"{}", node_id: NodeId | None = None
+) -> NodeRecord:
     return NodeRecord(path, node_id or NodeId.new(), kind, meta)
 
 
@@ -367,8 +563,15 @@ DELETED = ChunkRef(ChunkKind.DELETED)
 
 @pytest.fixture
 def base() -> dict[str, NodeRecord]:
-    nodes = [rec("/", GROUP), rec("/g", GROUP), rec("/h", GROUP), rec("/a"), rec("/b"),
-             rec("/g/c"), rec("/m")]
+    nodes = [
+        rec("/", GROUP),
+        rec("/g", GROUP),
+        rec("/h", GROUP),
+        rec("/a"),
+        rec("/b"),
+        rec("/g/c"),
+        rec("/m"),
+    ]
     return {n.path: n for n in nodes}
 
 
@@ -398,8 +601,11 @@ def test_summarize_changes_every_kind(base: dict[str, NodeRecord]) -> None:
     assert s.deleted_groups == {"/g"} and s.deleted_arrays == {"/b", "/g/c"}
     assert s.updated_groups == {"/h"} and s.updated_arrays == {"/a"}
     assert s.chunks == {"/a": {(0,), (7,)}, "/m": {(2,)}, "/n/x": {(1,)}}
-    assert s.deleted_ids == {"/b": {base["/b"].node_id}, "/g/c": {base["/g/c"].node_id},
-                             "/g": {base["/g"].node_id}}
+    assert s.deleted_ids == {
+        "/b": {base["/b"].node_id},
+        "/g/c": {base["/g/c"].node_id},
+        "/g": {base["/g"].node_id},
+    }
     assert s.new_nodes == {"/n", "/n/x"}
     assert s.deleted_nodes == {"/g", "/b", "/g/c"}
 
@@ -437,6 +643,7 @@ def test_summarize_changes_empty(base: dict[str, NodeRecord]) -> None:
 
 # -- summarize_logs ------------------------------------------------------------------------
 
+
 def log(*changes: NodeChange) -> TransactionLog:
     return TransactionLog(SnapshotId.new(), SnapshotId.new(), tuple(changes))
 
@@ -449,14 +656,21 @@ def coords(*cs: tuple[int, ...]) -> np.ndarray:
 def test_summarize_logs_union() -> None:
     a, b, d, g, n = (NodeId.new() for _ in range(5))
     logs = [
-        log(NodeChange(tx.NEW_GROUP, "/n", n),
-            NodeChange(tx.CHUNKS, "/a", a, coords((0, 0), (1, 2)))),
-        log(NodeChange(tx.DELETED_ARRAY, "/b", b),
+        log(
+            NodeChange(tx.NEW_GROUP, "/n", n),
+            NodeChange(tx.CHUNKS, "/a", a, coords((0, 0), (1, 2))),
+        ),
+        log(
+            NodeChange(tx.DELETED_ARRAY, "/b", b),
             NodeChange(tx.UPDATED_ARRAY, "/a", a),
-            NodeChange(tx.CHUNKS, "/a", a, coords((1, 2), (3, 3)))),
-        log(NodeChange(tx.DELETED_GROUP, "/d", d), NodeChange(tx.UPDATED_GROUP, "/g", g),
+            NodeChange(tx.CHUNKS, "/a", a, coords((1, 2), (3, 3))),
+        ),
+        log(
+            NodeChange(tx.DELETED_GROUP, "/d", d),
+            NodeChange(tx.UPDATED_GROUP, "/g", g),
             NodeChange(tx.NEW_ARRAY, "/n/s", NodeId.new()),
-            NodeChange(tx.CHUNKS, "/n/s", NodeId.new(), coords(()))),
+            NodeChange(tx.CHUNKS, "/n/s", NodeId.new(), coords(())),
+        ),
         log(),
     ]
     s = summarize_logs(logs)
@@ -465,16 +679,22 @@ def test_summarize_logs_union() -> None:
     assert s.updated_arrays == {"/a"} and s.updated_groups == {"/g"}
     assert s.chunks == {"/a": {(0, 0), (1, 2), (3, 3)}, "/n/s": {()}}
     assert s.deleted_ids == {"/b": {b}, "/d": {d}}
-    assert all(type(c) is tuple and all(type(x) is int for x in c)
-               for cs in s.chunks.values() for c in cs)
+    assert all(
+        type(c) is tuple and all(type(x) is int for x in c) for cs in s.chunks.values() for c in cs
+    )
 
 
 def test_summarize_logs_replaced_array_across_commits() -> None:
     """Deleted in one commit and recreated in the next: both facts survive the union."""
     old, new = NodeId.new(), NodeId.new()
-    s = summarize_logs([log(NodeChange(tx.DELETED_ARRAY, "/a", old)),
-                        log(NodeChange(tx.NEW_ARRAY, "/a", new),
-                            NodeChange(tx.CHUNKS, "/a", new, coords((5,))))])
+    s = summarize_logs(
+        [
+            log(NodeChange(tx.DELETED_ARRAY, "/a", old)),
+            log(
+                NodeChange(tx.NEW_ARRAY, "/a", new), NodeChange(tx.CHUNKS, "/a", new, coords((5,)))
+            ),
+        ]
+    )
     assert s.deleted_arrays == {"/a"} and s.new_arrays == {"/a"}
     assert s.deleted_ids == {"/a": {old}}
     ours = summary(chunks={"/a": [(5,)]})
@@ -483,9 +703,11 @@ def test_summarize_logs_replaced_array_across_commits() -> None:
 
 def test_summarize_logs_after_encode_roundtrip() -> None:
     a = NodeId.new()
-    original = log(NodeChange(tx.CHUNKS, "/a", a, coords((0, 1, 2), (3, 4, 5))),
-                   NodeChange(tx.CHUNKS, "/z", NodeId.new(), coords(())),
-                   NodeChange(tx.UPDATED_ARRAY, "/a", a))
+    original = log(
+        NodeChange(tx.CHUNKS, "/a", a, coords((0, 1, 2), (3, 4, 5))),
+        NodeChange(tx.CHUNKS, "/z", NodeId.new(), coords(())),
+        NodeChange(tx.UPDATED_ARRAY, "/a", a),
+    )
     decoded = decode_transaction_log(encode_transaction_log(original))
     assert summarize_logs([decoded]) == summarize_logs([original])
     assert summarize_logs([decoded]).chunks == {"/a": {(0, 1, 2), (3, 4, 5)}, "/z": {()}}
@@ -502,17 +724,24 @@ def test_summaries_feed_detect_conflicts(base: dict[str, NodeRecord]) -> None:
     for c in [(0,), (1,), (2,)]:
         cs.set_chunk(a, c, INLINE)
     cs.delete_node("/b", base["/b"].node_id, True)
-    theirs = summarize_logs([
-        log(NodeChange(tx.CHUNKS, "/a", a, coords((2,), (3,)))),
-        log(NodeChange(tx.CHUNKS, "/b", base["/b"].node_id, coords((0,))),
-            NodeChange(tx.NEW_ARRAY, "/g/new", NodeId.new())),
-    ])
+    theirs = summarize_logs(
+        [
+            log(NodeChange(tx.CHUNKS, "/a", a, coords((2,), (3,)))),
+            log(
+                NodeChange(tx.CHUNKS, "/b", base["/b"].node_id, coords((0,))),
+                NodeChange(tx.NEW_ARRAY, "/g/new", NodeId.new()),
+            ),
+        ]
+    )
     ours = summarize_changes(base, cs)
-    assert detect_conflicts(ours, theirs) == [C(CT.ChunkDoubleUpdate, "/a", [(2,)]),
-                                              C(CT.DeleteOfUpdatedArray, "/b")]
+    assert detect_conflicts(ours, theirs) == [
+        C(CT.ChunkDoubleUpdate, "/a", [(2,)]),
+        C(CT.DeleteOfUpdatedArray, "/b"),
+    ]
 
 
 # -- apply_resolution ----------------------------------------------------------------------
+
 
 def test_apply_resolution_drops_only_given_chunks(base: dict[str, NodeRecord]) -> None:
     cs = ChangeSet()
@@ -523,8 +752,7 @@ def test_apply_resolution_drops_only_given_chunks(base: dict[str, NodeRecord]) -
     new = rec("/new")
     cs.set_node(new)
     cs.set_chunk(new.node_id, (1,), INLINE)
-    apply_resolution(base, cs, Resolution({"/a": {(1,), (9,)}, "/m": {(1,)},
-                                           "/nowhere": {(0,)}}))
+    apply_resolution(base, cs, Resolution({"/a": {(1,), (9,)}, "/m": {(1,)}, "/nowhere": {(0,)}}))
     assert {c for c, _ in cs.chunks[a].items()} == {(0,), (2,)}
     assert len(cs.chunks[m]) == 0
     assert {c for c, _ in cs.chunks[new.node_id].items()} == {(1,)}

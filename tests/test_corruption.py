@@ -34,9 +34,9 @@ from frazil.format import common
 
 PROTO = default_buffer_prototype()
 ARRAYS = {  # name -> (shape, chunks, dtype): native, inline and virtual chunks
-    "nat": ((512,), (128,), "i8"),   # 1 KiB chunks: chunks/<id> objects
-    "inl": ((16,), (4,), "i4"),      # 16-byte chunks: inline in the manifest
-    "vir": ((8,), (4,), "i8"),       # virtual refs into a local file
+    "nat": ((512,), (128,), "i8"),  # 1 KiB chunks: chunks/<id> objects
+    "inl": ((16,), (4,), "i4"),  # 16-byte chunks: inline in the manifest
+    "vir": ((8,), (4,), "i8"),  # virtual refs into a local file
 }
 CAUGHT: collections.Counter[tuple[str, str]] = collections.Counter()
 """(object type, way) -> damaged objects caught (a FrazilError naming the object)."""
@@ -51,11 +51,11 @@ RAN: list[str] = []
 # -- the template repository -------------------------------------------------------------------
 @dataclass
 class Template:
-    root: Path                  # a local repository to copy for each case
-    prefix: str                 # the virtual chunk container's url prefix
-    snaps: list[str]            # S0 (initial) .. S3 (main's tip)
-    keys: dict[str, str]        # role -> key of the object playing it
-    objects: dict[str, bytes]   # key -> pristine bytes
+    root: Path  # a local repository to copy for each case
+    prefix: str  # the virtual chunk container's url prefix
+    snaps: list[str]  # S0 (initial) .. S3 (main's tip)
+    keys: dict[str, str]  # role -> key of the object playing it
+    objects: dict[str, bytes]  # key -> pristine bytes
 
     def auth(self) -> Any:
         return containers_credentials({self.prefix: None})
@@ -78,17 +78,20 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     (vdir / "data.bin").write_bytes(_values("vir").tobytes())
     prefix = "file://" + str(vdir)
     config = RepositoryConfig.default()
-    config.set_virtual_chunk_container(VirtualChunkContainer(
-        prefix, frazil.local_filesystem_store(str(vdir))))
+    config.set_virtual_chunk_container(
+        VirtualChunkContainer(prefix, frazil.local_filesystem_store(str(vdir)))
+    )
     storage = frazil.local_filesystem_storage(base / "template")
-    repo = Repository.create(storage, config,
-                             authorize_virtual_chunk_access=containers_credentials({prefix: None}))
+    repo = Repository.create(
+        storage, config, authorize_virtual_chunk_access=containers_credentials({prefix: None})
+    )
     snaps = [repo.lookup_branch("main")]
     s = repo.writable_session("main")
     root = zarr.group(s.store)
     for name, (shape, chunks, dtype) in ARRAYS.items():
-        root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                          compressors=None)
+        root.create_array(
+            name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, compressors=None
+        )
     _write_array(s.store, "nat", _values("nat"))
     snaps.append(s.commit("one"))
     s = repo.writable_session("main")
@@ -216,11 +219,15 @@ def _copy(t: Template, backend: str, where: Path) -> frazil.Storage:
     if backend == "local":
         shutil.copytree(t.root, where)
         return frazil.local_filesystem_storage(where)
-    storage = (frazil.in_memory_storage() if backend == "memory"
-               else s3server.storage(s3server.new_prefix()))
+    storage = (
+        frazil.in_memory_storage()
+        if backend == "memory"
+        else s3server.storage(s3server.new_prefix())
+    )
 
     async def fill() -> None:
         await _aio.gather_limited([storage.put(k, v) for k, v in t.objects.items()])
+
     _aio.run(fill())
     return storage
 
@@ -228,7 +235,7 @@ def _copy(t: Template, backend: str, where: Path) -> frazil.Storage:
 # -- the damage --------------------------------------------------------------------------------
 TYPES = {  # object type -> (role damaged, role whose bytes it is swapped with)
     "config": ("config", None),
-    "branch_ref": ("branch_ref", "tag_ref"),            # a tag's bytes under a branch key
+    "branch_ref": ("branch_ref", "tag_ref"),  # a tag's bytes under a branch key
     "tag_ref": ("tag_ref", "branch_ref"),
     "snapshot_tip": ("snapshot_tip", "snapshot_tagged"),  # reached through refs (checksums)
     "snapshot_old": ("snapshot_old", "snapshot_initial"),  # reached by id and parent only
@@ -237,7 +244,7 @@ TYPES = {  # object type -> (role damaged, role whose bytes it is swapped with)
     "manifest_virtual": ("manifest_virtual", "manifest_native"),
     "txlog_tip": ("txlog_tip", "txlog_tagged"),
     "txlog_old": ("txlog_old", "txlog_tip"),
-    "chunk": ("chunk", "other_chunk"),                  # same size, other values
+    "chunk": ("chunk", "other_chunk"),  # same size, other values
 }
 UNCHECKED = {"config", "branch_ref", "tag_ref", "snapshot_old"}
 """Objects no referrer records a checksum for: damage that leaves their meaning unchanged
@@ -246,7 +253,7 @@ an exact answer everywhere is accepted. Everything else must be caught."""
 
 
 def _flip(data: bytes, i: int) -> bytes:
-    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
 
 
 def _swap_pair(data: bytes, i: int) -> bytes:
@@ -254,7 +261,7 @@ def _swap_pair(data: bytes, i: int) -> bytes:
     n = len(data)
     for j in [*range(i, n - 1), *range(0, i)]:
         if data[j] != data[j + 1]:
-            return data[:j] + bytes([data[j + 1], data[j]]) + data[j + 2:]
+            return data[:j] + bytes([data[j + 1], data[j]]) + data[j + 2 :]
     raise AssertionError("no unequal neighbours")
 
 
@@ -276,8 +283,8 @@ CASES = [
     for backend in ("local", "memory", "s3")
     for typ in TYPES
     for way in WAYS
-    if (backend != "s3" or way in S3_WAYS) and not (way == "swapped object"
-                                                    and TYPES[typ][1] is None)
+    if (backend != "s3" or way in S3_WAYS)
+    and not (way == "swapped object" and TYPES[typ][1] is None)
 ]
 
 
@@ -293,8 +300,9 @@ def _names(t: Template, role: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("backend", "typ", "way"), CASES)
-def test_damaged_object_is_caught(template: Template, expected: dict[str, Any],
-                                  tmp_path: Path, backend: str, typ: str, way: str) -> None:
+def test_damaged_object_is_caught(
+    template: Template, expected: dict[str, Any], tmp_path: Path, backend: str, typ: str, way: str
+) -> None:
     RAN.append(f"{backend}-{typ}-{way}")
     role, other = TYPES[typ]
     key = template.keys[role]
@@ -313,7 +321,8 @@ def test_damaged_object_is_caught(template: Template, expected: dict[str, Any],
         result = got[op]
         if isinstance(result, FrazilError):
             assert any(n in str(result) for n in names), (
-                f"{op}: {type(result).__name__} does not name {names}: {result}")
+                f"{op}: {type(result).__name__} does not name {names}: {result}"
+            )
             # damage is a FormatError; a ref damaged into naming another snapshot id
             # (one that does not exist) is a NotFoundError naming the ref
             allowed = (FormatError, NotFoundError) if role.endswith("_ref") else FormatError
@@ -328,7 +337,8 @@ def test_damaged_object_is_caught(template: Template, expected: dict[str, Any],
 
 
 def test_same_type_ref_swap_is_caught(
-        template: Template, expected: dict[str, Any], tmp_path: Path) -> None:
+    template: Template, expected: dict[str, Any], tmp_path: Path
+) -> None:
     """A branch ref holding another branch's bytes: refs record their own name, so this
     is caught (a FormatError naming the ref), never served as a silent reset."""
     RAN.append("branch_ref-swapped with a branch's ref")
@@ -345,12 +355,19 @@ def test_same_type_ref_swap_is_caught(
     CAUGHT[("branch_ref", "swapped with a branch's ref")] += 1
 
 
-@pytest.mark.parametrize("settings", [{"inline_chunk_threshold_bytes": "512"},
-                                      {"manifest_split_rows": -5},
-                                      {"compact_when_segments_exceed": 0},
-                                      {"virtual_chunk_containers": {"s3://x": 1}}], ids=repr)
-def test_config_with_damaged_settings(template: Template, tmp_path: Path,
-                                      settings: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"inline_chunk_threshold_bytes": "512"},
+        {"manifest_split_rows": -5},
+        {"compact_when_segments_exceed": 0},
+        {"virtual_chunk_containers": {"s3://x": 1}},
+    ],
+    ids=repr,
+)
+def test_config_with_damaged_settings(
+    template: Template, tmp_path: Path, settings: dict[str, Any]
+) -> None:
     """Valid JSON whose settings have the wrong type or range: a FormatError naming it."""
     RAN.append(f"config settings {settings!r}")
     storage = _copy(template, "local", tmp_path / "repo")
@@ -369,8 +386,10 @@ def test_zz_summary() -> None:
     for (typ, way), n in CAUGHT.items():
         by_type[typ] += n
         by_way[way] += n
-    print(f"\ncorrupted objects caught: {total}; harmless (meaning unchanged, every answer "
-          f"exact): {sum(HARMLESS.values())}")
+    print(
+        f"\ncorrupted objects caught: {total}; harmless (meaning unchanged, every answer "
+        f"exact): {sum(HARMLESS.values())}"
+    )
     print("  by type: " + ", ".join(f"{k} {v}" for k, v in sorted(by_type.items())))
     print("  by way: " + ", ".join(f"{k} {v}" for k, v in sorted(by_way.items())))
     print("  errors raised: " + ", ".join(f"{t}/{c} {n}" for (t, c), n in sorted(ERRORS.items())))

@@ -68,9 +68,16 @@ def local_target(tmp_path: Path) -> Target:
 
 
 def s3_target(server: s3server.SeaweedServer) -> Target:
-    return Target({"kind": "s3", "bucket": s3server.BUCKET, "prefix": s3server.new_prefix(),
-                   "endpoint_url": server.endpoint_url, "access_key_id": s3server.ACCESS_KEY,
-                   "secret_access_key": s3server.SECRET_KEY})
+    return Target(
+        {
+            "kind": "s3",
+            "bucket": s3server.BUCKET,
+            "prefix": s3server.new_prefix(),
+            "endpoint_url": server.endpoint_url,
+            "access_key_id": s3server.ACCESS_KEY,
+            "secret_access_key": s3server.SECRET_KEY,
+        }
+    )
 
 
 # -- the child -----------------------------------------------------------------------------------
@@ -84,8 +91,12 @@ class Child:
             # its own process group: a kill takes its pool workers with it
             self.proc = subprocess.Popen(
                 [sys.executable, str(WORKER), mode, json.dumps(target.spec), *args],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, bufsize=0,
-                process_group=0)
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                bufsize=0,
+                process_group=0,
+            )
         self._buf = b""
         self.lines: list[str] = []
 
@@ -113,8 +124,9 @@ class Child:
                 data = os.read(fd, 65536)
                 if not data:
                     self.proc.wait()
-                    pytest.fail(f"the worker exited ({self.proc.returncode}) early:\n"
-                                f"{self.stderr()}")
+                    pytest.fail(
+                        f"the worker exited ({self.proc.returncode}) early:\n{self.stderr()}"
+                    )
                 self._buf += data
         line, self._buf = self._buf.split(b"\n", 1)
         self.lines.append(line.decode())
@@ -182,12 +194,13 @@ def seeded(name: str) -> Iterator[random.Random]:
 # -- an independent view of the repository: Parquet and JSON read directly -------------------
 def listing(storage: frazil.Storage) -> dict[str, set[str]]:
     """The ids of every object in the four object folders."""
-    return {f: {k[len(f):] for k in _aio.run(storage.list(f))} for f in FOLDERS}
+    return {f: {k[len(f) :] for k in _aio.run(storage.list(f))} for f in FOLDERS}
 
 
 def get_all(storage: frazil.Storage, keys: list[str]) -> list[bytes]:
     async def go() -> list[bytes]:
         return list(await asyncio.gather(*(storage.get(k) for k in keys)))
+
     return _aio.run(go())
 
 
@@ -203,8 +216,9 @@ def reachable(storage: frazil.Storage) -> dict[str, set[str]]:
     for sid, data in zip(sids, get_all(storage, [f"snapshots/{s}" for s in sids])):
         table = pq.read_table(pa.BufferReader(data))
         parents[sid] = json.loads(table.schema.metadata[b"frazil"])["parent_id"]
-        manifests[sid] = {s["manifest_id"] for segs in table.column("segments").to_pylist()
-                          for s in segs or ()}
+        manifests[sid] = {
+            s["manifest_id"] for segs in table.column("segments").to_pylist() for s in segs or ()
+        }
     todo = [r["snapshot"] for r in refs if not r.get("deleted")]
     while todo:
         sid = todo.pop()
@@ -234,25 +248,32 @@ def stray_files(target: Target) -> list[str]:
     files) other than the ref lock files the local backend keeps on purpose."""
     if target.root is None:
         return []
-    return sorted(str(Path(d, f).relative_to(target.root))
-                  for d, _, files in os.walk(target.root) for f in files
-                  if f.startswith(".") and not f.endswith(".lock"))
+    return sorted(
+        str(Path(d, f).relative_to(target.root))
+        for d, _, files in os.walk(target.root)
+        for f in files
+        if f.startswith(".") and not f.endswith(".lock")
+    )
 
 
 def assert_all_reachable(target: Target) -> None:
     storage = target.storage()
     listed, live = listing(storage), reachable(storage)
     for f in FOLDERS:
-        assert listed[f] == live[f], (f"{f}: unreachable {sorted(listed[f] - live[f])[:5]}, "
-                                      f"missing {sorted(live[f] - listed[f])[:5]}")
+        assert listed[f] == live[f], (
+            f"{f}: unreachable {sorted(listed[f] - live[f])[:5]}, "
+            f"missing {sorted(live[f] - listed[f])[:5]}"
+        )
     assert stray_files(target) == []
 
 
 # -- what the history says the arrays hold --------------------------------------------------------
 def fill_values() -> dict[str, np.ndarray]:
-    return {"small": np.full(cw.CHUNKS * cw.SMALL_CHUNK, -1, "i1"),
-            "big": np.full(cw.CHUNKS * cw.BIG_CHUNK, -1.0, "f8"),
-            "wide": np.full((4 * cw.CHUNKS, 2), -1, "i4")}
+    return {
+        "small": np.full(cw.CHUNKS * cw.SMALL_CHUNK, -1, "i1"),
+        "big": np.full(cw.CHUNKS * cw.BIG_CHUNK, -1.0, "f8"),
+        "wide": np.full((4 * cw.CHUNKS, 2), -1, "i4"),
+    }
 
 
 def read_arrays(repo: frazil.Repository, **ref: str) -> dict[str, np.ndarray]:
@@ -383,7 +404,7 @@ def run_commit_kills(tmp_path: Path, target: Target, kills: int, label: str) -> 
                     # newest first: [the commit in flight, if it landed unseen], this
                     # run's acknowledged commits in order, then the tip before the run
                     newer = history.index(run[b][-1] if run[b] else tips[b])
-                    mine = history[newer:newer + len(run[b])]
+                    mine = history[newer : newer + len(run[b])]
                     assert mine == run[b][::-1], (b, mine, run[b])
                     assert history[newer + len(run[b])] == tips[b], (b, history[:8], tips[b])
                     unacked += newer
@@ -392,8 +413,9 @@ def run_commit_kills(tmp_path: Path, target: Target, kills: int, label: str) -> 
                 stats.unacked_landed += unacked
                 check_fsck(repo)
                 now_orphans = orphans(target.storage())
-                stats.phases[phase_of({f: now_orphans[f] - seen_orphans[f] for f in FOLDERS},
-                                      unacked)] += 1
+                stats.phases[
+                    phase_of({f: now_orphans[f] - seen_orphans[f] for f in FOLDERS}, unacked)
+                ] += 1
                 seen_orphans = now_orphans
                 if (k + 1) % GC_EVERY == 0 or k == kills - 1:
                     removed, temps = collect(target)
@@ -411,11 +433,13 @@ def run_commit_kills(tmp_path: Path, target: Target, kills: int, label: str) -> 
         stats.found += sum(1 for s in acked[b] if s in history)
     stats.acked = sum(len(v) for v in acked.values())
     assert stats.found == stats.acked > 0
-    print(f"crash summary [{label}]: kills survived {stats.kills}, commits acknowledged "
-          f"{stats.acked}, found {stats.found}, landed unacknowledged "
-          f"{stats.unacked_landed}, leftovers removed by gc {stats.gc_removed} objects "
-          f"+ {stats.temps_removed} temp files, kill "
-          f"phases {dict(sorted(stats.phases.items()))}")
+    print(
+        f"crash summary [{label}]: kills survived {stats.kills}, commits acknowledged "
+        f"{stats.acked}, found {stats.found}, landed unacknowledged "
+        f"{stats.unacked_landed}, leftovers removed by gc {stats.gc_removed} objects "
+        f"+ {stats.temps_removed} temp files, kill "
+        f"phases {dict(sorted(stats.phases.items()))}"
+    )
     return stats
 
 
@@ -520,13 +544,14 @@ def test_kill_during_compaction(tmp_path: Path, where: str) -> None:
         finally:
             spares.close()
     removed, temps = collect_and_check(target, before)
-    print(f"crash summary [compaction/{where}]: kills survived {killed} (compaction took "
-          f"{duration:.2f} s; {landed} landed before the kill), {segments} segments, "
-          f"leftovers removed by gc {removed} objects + {temps} temp files")
+    print(
+        f"crash summary [compaction/{where}]: kills survived {killed} (compaction took "
+        f"{duration:.2f} s; {landed} landed before the kill), {segments} segments, "
+        f"leftovers removed by gc {removed} objects + {temps} temp files"
+    )
 
 
-def collect_and_check(target: Target, before: dict[str, dict[str, np.ndarray]]
-                      ) -> tuple[int, int]:
+def collect_and_check(target: Target, before: dict[str, dict[str, np.ndarray]]) -> tuple[int, int]:
     """After the last kill: gc removes the leftovers, and content is still ``before``."""
     removed, temps = collect(target)
     repo = target.repo()
@@ -572,8 +597,7 @@ def test_kill_during_gc(tmp_path: Path, where: str) -> None:
                 child = spares.take()
                 child.go(now_ms())
                 time.sleep(kill_delay(rng, duration))  # the experiment
-                finished += any(ln.startswith("done") for ln in
-                                child.kill(may_have_finished=True))
+                finished += any(ln.startswith("done") for ln in child.kill(may_have_finished=True))
                 killed += 1
                 listed_after, live = listing(storage), reachable(storage)
                 for f in FOLDERS:  # only garbage went, and nothing reachable
@@ -588,10 +612,12 @@ def test_kill_during_gc(tmp_path: Path, where: str) -> None:
         finally:
             spares.close()
     removed, temps = collect_and_check(target, before)
-    print(f"crash summary [gc/{where}]: kills survived {killed} (gc took {duration:.2f} s; "
-          f"{finished} finished before the kill), "
-          f"objects deleted by killed gcs {deleted_by_killed}, leftovers removed by the "
-          f"final gc {removed} objects + {temps} temp files")
+    print(
+        f"crash summary [gc/{where}]: kills survived {killed} (gc took {duration:.2f} s; "
+        f"{finished} finished before the kill), "
+        f"objects deleted by killed gcs {deleted_by_killed}, leftovers removed by the "
+        f"final gc {removed} objects + {temps} temp files"
+    )
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -632,10 +658,12 @@ def test_kill_during_fork_merge_writes(tmp_path: Path, where: str) -> None:
             spares.close()
     removed, temps = collect(target)
     check_branch(target.repo(), "main", acked)
-    print(f"crash summary [forkmerge/{where}]: kills survived {kills}, commits "
-          f"acknowledged {len(acked)}, landed unacknowledged {landed}, journal objects "
-          f"left by killed writes (summed over kills) {journals_seen}, leftovers removed by "
-          f"gc {removed} objects + {temps} temp files")
+    print(
+        f"crash summary [forkmerge/{where}]: kills survived {kills}, commits "
+        f"acknowledged {len(acked)}, landed unacknowledged {landed}, journal objects "
+        f"left by killed writes (summed over kills) {journals_seen}, leftovers removed by "
+        f"gc {removed} objects + {temps} temp files"
+    )
 
 
 def test_gc_removes_temp_files_of_killed_writes(tmp_path: Path) -> None:
@@ -651,8 +679,10 @@ def test_gc_removes_temp_files_of_killed_writes(tmp_path: Path) -> None:
         path.write_bytes(b"half a chunk")
     hour_ago = time.time() - 3600
     os.utime(old, (hour_ago, hour_ago))
-    assert stray_files(target) == ["chunks/.tmp-0123456789abcdef",
-                                   "snapshots/.tmp-fedcba9876543210"]
+    assert stray_files(target) == [
+        "chunks/.tmp-0123456789abcdef",
+        "snapshots/.tmp-fedcba9876543210",
+    ]
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     assert repo.garbage_collect(cutoff, dry_run=True).temporaries_deleted == 0
     assert old.exists()

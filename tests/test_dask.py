@@ -29,8 +29,9 @@ pytestmark = pytest.mark.filterwarnings(
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     """Two worker processes: every fork crosses a process boundary, both ways."""
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
         with distributed.Client(cluster) as c:
             yield c
 
@@ -41,8 +42,9 @@ def repo(tmp_path: Path) -> frazil.Repository:
 
 
 def _read(repo: frazil.Repository, path: str) -> np.ndarray:
-    return np.asarray(zarr.open_array(repo.readonly_session("main").store, path=path,
-                                      mode="r")[...])
+    return np.asarray(
+        zarr.open_array(repo.readonly_session("main").store, path=path, mode="r")[...]
+    )
 
 
 def _write_tasks(client: Any, fn: Any) -> list[dict[str, Any]]:
@@ -55,8 +57,9 @@ def _write_tasks(client: Any, fn: Any) -> list[dict[str, Any]]:
 # -- store_dask ------------------------------------------------------------------------------
 def test_store_dask_into_uncommitted_array(client: Any, repo: frazil.Repository) -> None:
     session = repo.writable_session("main")
-    z = zarr.create_array(session.store, name="grid/t", shape=(40, 30), chunks=(10, 10),
-                          dtype="f8", fill_value=np.nan)
+    z = zarr.create_array(
+        session.store, name="grid/t", shape=(40, 30), chunks=(10, 10), dtype="f8", fill_value=np.nan
+    )
     source = da.random.default_rng(1).random((40, 30), chunks=(20, 10))
     expected = source.compute()
 
@@ -70,8 +73,7 @@ def test_store_dask_into_uncommitted_array(client: Any, repo: frazil.Repository)
     np.testing.assert_array_equal(_read(repo, "grid/t"), expected)
 
 
-def test_store_dask_single_block_and_several_targets(client: Any,
-                                                     repo: frazil.Repository) -> None:
+def test_store_dask_single_block_and_several_targets(client: Any, repo: frazil.Repository) -> None:
     session = repo.writable_session("main")
     a = zarr.create_array(session.store, name="a", shape=(5,), chunks=(5,), dtype="i4")
     b = zarr.create_array(session.store, name="b", shape=(12, 4), chunks=(3, 4), dtype="u2")
@@ -91,11 +93,13 @@ def test_store_dask_regions(client: Any, repo: frazil.Repository) -> None:
 
     session = repo.writable_session("main")
     z = zarr.open_array(session.store, path="z", mode="r+")
-    store_dask(da.zeros((10, 8), chunks=(5, 4), dtype="f4") + 3, z,
-               regions=(slice(10, 20),))
+    store_dask(da.zeros((10, 8), chunks=(5, 4), dtype="f4") + 3, z, regions=(slice(10, 20),))
     # a region whose start is not on a chunk boundary: only one block touches chunk 5..10
-    store_dask([da.full((3, 4), 9, chunks=(3, 4), dtype="f4"), da.ones((2, 1), chunks=(2, 1)) * 8],
-               [z, z], regions=((slice(2, 5), slice(4, 8)), (slice(25, 27), slice(0, 1))))
+    store_dask(
+        [da.full((3, 4), 9, chunks=(3, 4), dtype="f4"), da.ones((2, 1), chunks=(2, 1)) * 8],
+        [z, z],
+        regions=((slice(2, 5), slice(4, 8)), (slice(25, 27), slice(0, 1))),
+    )
     session.commit("regions")
 
     expected = np.full((30, 8), -1, dtype="f4")
@@ -133,8 +137,9 @@ def test_store_dask_conflicts_with_staged_chunks(client: Any, repo: frazil.Repos
     np.testing.assert_array_equal(z[...], [1] * 5 + [0] * 15)  # nothing was merged
 
 
-def test_merging_a_fork_that_wrote_the_same_chunk_fails(client: Any,
-                                                        repo: frazil.Repository) -> None:
+def test_merging_a_fork_that_wrote_the_same_chunk_fails(
+    client: Any, repo: frazil.Repository
+) -> None:
     session = repo.writable_session("main")
     zarr.create_array(session.store, name="z", shape=(20,), chunks=(5,), dtype="i8")
     session.commit("empty")
@@ -163,18 +168,30 @@ def test_store_dask_threaded_scheduler_and_edge_cases(client: Any) -> None:
     repo = frazil.Repository.create(frazil.in_memory_storage())
     session = repo.writable_session("main")
     scalar = zarr.create_array(session.store, name="scalar", shape=(), dtype="f8")
-    empty = zarr.create_array(session.store, name="empty", shape=(0, 3), chunks=(2, 3),
-                              dtype="f8")
-    zeros = zarr.create_array(session.store, name="zeros", shape=(20, 20), chunks=(5, 5),
-                              dtype="f8", config={"write_empty_chunks": True})
-    sharded = zarr.create_array(session.store, name="sharded", shape=(40,), chunks=(5,),
-                                shards=(20,), dtype="i4")
+    empty = zarr.create_array(session.store, name="empty", shape=(0, 3), chunks=(2, 3), dtype="f8")
+    zeros = zarr.create_array(
+        session.store,
+        name="zeros",
+        shape=(20, 20),
+        chunks=(5, 5),
+        dtype="f8",
+        config={"write_empty_chunks": True},
+    )
+    sharded = zarr.create_array(
+        session.store, name="sharded", shape=(40,), chunks=(5,), shards=(20,), dtype="i4"
+    )
     with pytest.raises(InvalidInputError, match="zarr shard size 20"):
         store_dask(da.arange(40, chunks=10, dtype="i4"), sharded)
     with dask.config.set(scheduler="threads"):
-        store_dask([da.from_array(np.array(3.5)), da.zeros((0, 3), chunks=(2, 3)),
-                    da.zeros((20, 20), chunks=(10, 10)), da.arange(40, chunks=20, dtype="i4")],
-                   [scalar, empty, zeros, sharded])
+        store_dask(
+            [
+                da.from_array(np.array(3.5)),
+                da.zeros((0, 3), chunks=(2, 3)),
+                da.zeros((20, 20), chunks=(10, 10)),
+                da.arange(40, chunks=20, dtype="i4"),
+            ],
+            [scalar, empty, zeros, sharded],
+        )
     assert len(session.status().updated_chunks["/zeros"]) == 16  # fill-value chunks kept
     session.commit("edge cases")
     assert _read(repo, "scalar") == 3.5
@@ -206,8 +223,11 @@ def make_dataset(ntime: int = 12, start: str = "2024-01-01") -> Any:
             "observed_at": (("time",), (time + pd.Timedelta(hours=6)).values),
             "eager": (("lat", "lon"), rng.random((6, 8))),  # stays in memory
         },
-        coords={"time": time, "lat": np.linspace(-10.0, 10.0, 6),
-                "lon": np.arange(8, dtype="i4") * 45},
+        coords={
+            "time": time,
+            "lat": np.linspace(-10.0, 10.0, 6),
+            "lon": np.arange(8, dtype="i4") * 45,
+        },
         attrs={"title": "frazil dask test"},
     )
     return ds.chunk({"time": 4, "lat": 3, "lon": 4}).assign(eager=ds["eager"])
@@ -278,8 +298,10 @@ def test_to_frazil_region(client: Any, repo: frazil.Repository) -> None:
     got = _open(repo).compute()
     zeros = xr.zeros_like(ds).compute()
     xr.testing.assert_identical(got.isel(time=slice(0, 4)), zeros.isel(time=slice(0, 4)))
-    xr.testing.assert_identical(got.isel(time=slice(4, 12)), ds.isel(time=slice(4, 12))
-                                .assign(eager=zeros["eager"]).compute())
+    xr.testing.assert_identical(
+        got.isel(time=slice(4, 12)),
+        ds.isel(time=slice(4, 12)).assign(eager=zeros["eager"]).compute(),
+    )
 
 
 def test_to_frazil_encoding_and_overwrite(client: Any, repo: frazil.Repository) -> None:
@@ -288,8 +310,11 @@ def test_to_frazil_encoding_and_overwrite(client: Any, repo: frazil.Repository) 
     # zarr chunks smaller than the dask chunks: each block fills two zarr chunks
     to_frazil(ds, session, encoding={"temperature": {"chunks": (2, 3, 4)}})
     session.commit("dataset")
-    assert zarr.open_array(repo.readonly_session("main").store,
-                           path="temperature").chunks == (2, 3, 4)
+    assert zarr.open_array(repo.readonly_session("main").store, path="temperature").chunks == (
+        2,
+        3,
+        4,
+    )
     xr.testing.assert_identical(_open(repo).compute(), ds.compute())
 
     small = make_dataset(ntime=4, start="2030-01-01")
@@ -310,8 +335,7 @@ def test_to_frazil_refuses_read_only_sessions(client: Any, repo: frazil.Reposito
 
 
 # -- fork copies that never come back (issue 11, item 8) ---------------------------------------
-def test_to_zarr_on_a_fork_store_reaches_the_commit(client: Any,
-                                                    repo: frazil.Repository) -> None:
+def test_to_zarr_on_a_fork_store_reaches_the_commit(client: Any, repo: frazil.Repository) -> None:
     """``ds.to_zarr(fork.store)`` on a process cluster: dask pickles the fork into every
     task and never returns the copies. Their writes are journaled on storage, so merging
     the fork finds them (before: merge and commit succeeded with every chunk missing)."""
@@ -339,13 +363,13 @@ def test_to_zarr_on_a_fork_store_reaches_the_commit(client: Any,
     assert keys == []
 
 
-def test_journaled_copies_conflict_unless_identical(client: Any,
-                                                    repo: frazil.Repository) -> None:
+def test_journaled_copies_conflict_unless_identical(client: Any, repo: frazil.Repository) -> None:
     """Two copies writing one chunk with different bytes: the merge names it. The same
     chunk written twice with the same bytes (a task dask retried) merges."""
     session = repo.writable_session("main")
-    z = zarr.create_array(session.store, name="a", shape=(4,), chunks=(2,), dtype="i4",
-                          fill_value=0)
+    z = zarr.create_array(
+        session.store, name="a", shape=(4,), chunks=(2,), dtype="i4", fill_value=0
+    )
     session.commit("array")
     del z
 
@@ -355,8 +379,12 @@ def test_journaled_copies_conflict_unless_identical(client: Any,
     for values, conflict in (([1, 2], False), ([3, 4], True)):
         session = repo.writable_session("main")
         fork = session.fork()
-        client.gather([client.submit(write, fork, [1, 2], pure=False),
-                       client.submit(write, fork, values, pure=False)])
+        client.gather(
+            [
+                client.submit(write, fork, [1, 2], pure=False),
+                client.submit(write, fork, values, pure=False),
+            ]
+        )
         if conflict:
             with pytest.raises(ConflictError, match=r"ChunkDoubleUpdate.*\[0\]"):
                 session.merge(fork)
@@ -368,7 +396,8 @@ def test_journaled_copies_conflict_unless_identical(client: Any,
 
 
 def test_plain_session_store_on_a_process_cluster_names_the_fix(
-        client: Any, repo: frazil.Repository) -> None:
+    client: Any, repo: frazil.Repository
+) -> None:
     """``ds.to_zarr(session.store)`` with dask on worker processes cannot work (the
     session stays in this process): the error is frazil's, pointing at fork() and
     frazil.xarray.to_frazil, not dask's "Could not serialize object"."""

@@ -94,14 +94,18 @@ class _Dropper(Storage):
 
 def write(session: frazil.Session, name: str, value: int) -> None:
     root = zarr.open_group(session.store)
-    arr = root[name] if name in root else root.create_array(
-        name, shape=(4,), chunks=(1,), dtype="i4", fill_value=0)
+    arr = (
+        root[name]
+        if name in root
+        else root.create_array(name, shape=(4,), chunks=(1,), dtype="i4", fill_value=0)
+    )
     arr[value % 4] = value
 
 
 def commits_on_top(other: frazil.Repository) -> Callable[[], Awaitable[None]]:
     """A hook committing "other" (array b) through ``other``, from another thread (the
     engine's loop, which runs the hook, waits meanwhile)."""
+
     def commit_other() -> None:
         o = other.writable_session("main")
         write(o, "b", 2)
@@ -109,6 +113,7 @@ def commits_on_top(other: frazil.Repository) -> Callable[[], Awaitable[None]]:
 
     async def hook() -> None:
         await asyncio.to_thread(commit_other)
+
     return hook
 
 
@@ -116,10 +121,14 @@ def history(repo: frazil.Repository) -> list[str]:
     return [i.message for i in repo.ancestry(branch="main")]
 
 
-@pytest.mark.parametrize("solver", [None, ConflictDetector(), BasicConflictSolver()],
-                         ids=["no-solver", "detector", "basic"])
+@pytest.mark.parametrize(
+    "solver",
+    [None, ConflictDetector(), BasicConflictSolver()],
+    ids=["no-solver", "detector", "basic"],
+)
 def test_lost_swap_answer_with_a_commit_on_top_is_one_commit(
-        storage_factory: Callable[[], Storage], solver: Any) -> None:
+    storage_factory: Callable[[], Storage], solver: Any
+) -> None:
     """The swap lands, its answer is lost, another writer commits on top before the
     retry: the retry fails its precondition and reads back the other writer's ref. The
     session finds its snapshot in the branch's history, returns its id and writes
@@ -144,7 +153,8 @@ def test_lost_swap_answer_with_a_commit_on_top_is_one_commit(
 
 
 def test_commit_whose_outcome_stayed_unknown_is_settled_by_the_next_call(
-        storage_factory: Callable[[], Storage]) -> None:
+    storage_factory: Callable[[], Storage],
+) -> None:
     """Every answer to the swap is lost, so commit() raises TransientStorageError; the
     swap had landed and another writer committed on top. The next commit() (or rebase)
     of the session sees its snapshot in history and returns it: nothing is written
@@ -168,8 +178,7 @@ def test_commit_whose_outcome_stayed_unknown_is_settled_by_the_next_call(
     assert [i.id for i in other.ancestry(branch="main")][1] == sid
 
 
-def test_plain_lost_answer_without_a_commit_on_top(
-        storage_factory: Callable[[], Storage]) -> None:
+def test_plain_lost_answer_without_a_commit_on_top(storage_factory: Callable[[], Storage]) -> None:
     lossy = LosesSwapAnswers(storage_factory())
     repo = frazil.Repository.create(lossy)
     s = repo.writable_session("main")
@@ -302,8 +311,9 @@ def _config(i: int) -> RepositoryConfig:
 
 
 @pytest.mark.parametrize("opener", ["create", "open_or_create"])
-def test_concurrent_creators_one_winner(storage_factory: Callable[[], Storage],
-                                        opener: str) -> None:
+def test_concurrent_creators_one_winner(
+    storage_factory: Callable[[], Storage], opener: str
+) -> None:
     n = 8
     barrier = threading.Barrier(n)
 
@@ -354,5 +364,7 @@ def test_s3_concurrent_creators(s3_server: Any) -> None:
 
     with ThreadPoolExecutor(n) as pool:
         assert sorted(pool.map(create, range(n))) == ["lost"] * (n - 1) + ["won"]
-    assert np.isin(frazil.Repository.open(s3server.storage(prefix)).config.inline_threshold,
-                   [100 + i for i in range(n)])
+    assert np.isin(
+        frazil.Repository.open(s3server.storage(prefix)).config.inline_threshold,
+        [100 + i for i in range(n)],
+    )

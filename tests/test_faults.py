@@ -33,10 +33,16 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def flaky_repo_storage(root: Path, seed: int, *, rate: float = 0.2,
-                       latency: float = 0.0) -> tuple[RetryingStorage, FaultInjectingStorage]:
-    flaky = FaultInjectingStorage(local_filesystem_storage(root), error_rate=rate,
-                                  drop_response_rate=rate, latency=latency, seed=seed)
+def flaky_repo_storage(
+    root: Path, seed: int, *, rate: float = 0.2, latency: float = 0.0
+) -> tuple[RetryingStorage, FaultInjectingStorage]:
+    flaky = FaultInjectingStorage(
+        local_filesystem_storage(root),
+        error_rate=rate,
+        drop_response_rate=rate,
+        latency=latency,
+        seed=seed,
+    )
     # 0.36 of attempts fail: 25 attempts make giving up (0.36**25) practically impossible
     return RetryingStorage(flaky, attempts=25, backoff_base=0.0005, backoff_cap=0.005), flaky
 
@@ -45,8 +51,9 @@ def flaky_repo_storage(root: Path, seed: int, *, rate: float = 0.2,
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_commits_and_reads_survive_faults(tmp_path: Path, seed: int) -> None:
     storage, flaky = flaky_repo_storage(tmp_path / "repo", seed)
-    repo = frazil.Repository.create(storage, frazil.RepositoryConfig(
-        inline_chunk_threshold_bytes=0))  # every chunk is an object: more calls to fail
+    repo = frazil.Repository.create(
+        storage, frazil.RepositoryConfig(inline_chunk_threshold_bytes=0)
+    )  # every chunk is an object: more calls to fail
     expected: dict[str, np.ndarray] = {}
     session = repo.writable_session("main")
     root = zarr.open_group(session.store, mode="a")
@@ -59,9 +66,9 @@ def test_commits_and_reads_survive_faults(tmp_path: Path, seed: int) -> None:
         a = zarr.open_array(session.store, path="a")
         b = zarr.open_array(session.store, path="b")
         a[i, :] = i + 1
-        b[i * 2:(i + 1) * 2] = i * 0.5
+        b[i * 2 : (i + 1) * 2] = i * 0.5
         current_a[i, :] = i + 1
-        current_b[i * 2:(i + 1) * 2] = i * 0.5
+        current_b[i * 2 : (i + 1) * 2] = i * 0.5
         sid = session.commit(f"commit {i}")
         expected[sid] = (current_a.copy(), current_b.copy())  # type: ignore[assignment]
     repo.create_branch("dev", first)
@@ -72,7 +79,8 @@ def test_commits_and_reads_survive_faults(tmp_path: Path, seed: int) -> None:
     for r in (repo, frazil.Repository.open(local_filesystem_storage(tmp_path / "repo"))):
         history = list(r.ancestry(branch="main"))
         assert [h.message for h in history] == (
-            [f"commit {i}" for i in reversed(range(8))] + ["create", "Repository initialized"])
+            [f"commit {i}" for i in reversed(range(8))] + ["create", "Repository initialized"]
+        )
         for child, parent in zip(history, history[1:]):
             assert child.parent_id == parent.id
         for sid, (ea, eb) in expected.items():  # type: ignore[misc]
@@ -115,11 +123,13 @@ def test_concurrent_committers_through_faults(tmp_path: Path) -> None:
     assert flaky.dropped_responses > 0
     messages = [h.message for h in repo.ancestry(branch="main")]
     assert len(messages) == workers * each + 2
-    assert sorted(messages[:-2]) == sorted(f"w{w} c{i}" for w in range(workers)
-                                           for i in range(each))
+    assert sorted(messages[:-2]) == sorted(
+        f"w{w} c{i}" for w in range(workers) for i in range(each)
+    )
     values = zarr.open_array(repo.readonly_session("main").store, path="x")[:]
-    assert list(values[:workers * each]) == [w * 10 + i for w in range(workers)
-                                             for i in range(each)]
+    assert list(values[: workers * each]) == [
+        w * 10 + i for w in range(workers) for i in range(each)
+    ]
 
 
 # -- lost acknowledgements, scripted --------------------------------------------------------------
@@ -156,8 +166,10 @@ class Scripted(Storage):
         return await self._do("put_if_absent", self.inner.put_if_absent(key, data))  # type: ignore[no-any-return]
 
     async def put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
-        return await self._do("put_if_version",  # type: ignore[no-any-return]
-                              self.inner.put_if_version(key, data, version))
+        return await self._do(
+            "put_if_version",  # type: ignore[no-any-return]
+            self.inner.put_if_version(key, data, version),
+        )
 
     async def exists(self, key: str) -> bool:
         return await self._do("exists", self.inner.exists(key))  # type: ignore[no-any-return]
@@ -257,8 +269,7 @@ def test_faults_reach_the_caller_without_retries(tmp_path: Path) -> None:
         run(flaky.put("k", b"v"))
     assert isinstance(info.value, StorageError)
     assert not run(local_filesystem_storage(tmp_path).exists("k"))  # failed before the call
-    dropping = FaultInjectingStorage(local_filesystem_storage(tmp_path),
-                                     drop_response_rate=1.0)
+    dropping = FaultInjectingStorage(local_filesystem_storage(tmp_path), drop_response_rate=1.0)
     with pytest.raises(TransientStorageError, match="lost"):
         run(dropping.put("k", b"v"))
     assert run(local_filesystem_storage(tmp_path).get("k")) == b"v"  # it ran
@@ -267,8 +278,9 @@ def test_faults_reach_the_caller_without_retries(tmp_path: Path) -> None:
 # -- the wrappers themselves ----------------------------------------------------------------------
 def test_fault_sequence_is_reproducible(tmp_path: Path) -> None:
     def outcomes(seed: int) -> list[str]:
-        flaky = FaultInjectingStorage(local_filesystem_storage(tmp_path), error_rate=0.3,
-                                      drop_response_rate=0.3, seed=seed)
+        flaky = FaultInjectingStorage(
+            local_filesystem_storage(tmp_path), error_rate=0.3, drop_response_rate=0.3, seed=seed
+        )
         out = []
         for i in range(40):
             try:
@@ -284,8 +296,10 @@ def test_fault_sequence_is_reproducible(tmp_path: Path) -> None:
 
 
 def test_wrappers_pickle_and_check_arguments(tmp_path: Path) -> None:
-    storage = RetryingStorage(FaultInjectingStorage(
-        local_filesystem_storage(tmp_path), error_rate=0.1, seed=3), attempts=4)
+    storage = RetryingStorage(
+        FaultInjectingStorage(local_filesystem_storage(tmp_path), error_rate=0.1, seed=3),
+        attempts=4,
+    )
     clone = pickle.loads(pickle.dumps(storage))
     assert clone.settings == storage.settings
     assert isinstance(clone.inner, FaultInjectingStorage)
@@ -304,8 +318,12 @@ def test_wrappers_pickle_and_check_arguments(tmp_path: Path) -> None:
 
 def test_backoff_grows_with_jitter_and_is_capped() -> None:
     s = RetrySettings(max_attempts=10, backoff_base=0.1, backoff_cap=1.0)
-    for failures, (lo, hi) in {1: (0.05, 0.1), 2: (0.1, 0.2), 3: (0.2, 0.4),
-                               10: (0.5, 1.0)}.items():
+    for failures, (lo, hi) in {
+        1: (0.05, 0.1),
+        2: (0.1, 0.2),
+        3: (0.2, 0.4),
+        10: (0.5, 1.0),
+    }.items():
         delays = [s.delay(failures) for _ in range(200)]
         assert all(lo <= d <= hi for d in delays)
         assert len(set(delays)) > 100  # jittered
@@ -341,19 +359,22 @@ class Broken(Scripted):
         return await self.inner.put_if_version(key, data, version)
 
 
-@pytest.mark.parametrize("prefix", ["chunks/", "manifests/", "transactions/", "snapshots/",
-                                    "refs/branch.main/"])
+@pytest.mark.parametrize(
+    "prefix", ["chunks/", "manifests/", "transactions/", "snapshots/", "refs/branch.main/"]
+)
 def test_permanent_errors_leave_nothing_visible(tmp_path: Path, prefix: str) -> None:
     """A store that refuses one kind of write for good: the write or commit fails with the
     store's error (naming the key), the branch, its history and content are untouched and
     pass fsck, and once the store is fixed the same session commits what it staged."""
     broken = Broken(local_filesystem_storage(tmp_path / "repo"), prefix)
     broken.healed = True  # while the repository is made
-    repo = frazil.Repository.create(retrying(broken), frazil.RepositoryConfig(
-        inline_chunk_threshold_bytes=0))
+    repo = frazil.Repository.create(
+        retrying(broken), frazil.RepositoryConfig(inline_chunk_threshold_bytes=0)
+    )
     session = repo.writable_session("main")
-    zarr.create_array(session.store, name="a", shape=(8,), chunks=(2,), dtype="i4",
-                      fill_value=0)[:] = 1
+    zarr.create_array(session.store, name="a", shape=(8,), chunks=(2,), dtype="i4", fill_value=0)[
+        :
+    ] = 1
     before = session.commit("ones")
     session = repo.writable_session("main")
     arr = zarr.open_array(session.store, path="a")
@@ -393,13 +414,16 @@ def test_fault_soak_loses_nothing(tmp_path: Path, backend: str, seed: int = 2026
     faults injected and survived are printed (``-s``)."""
     import s3server
 
-    inner: Storage = (local_filesystem_storage(tmp_path / "repo") if backend == "local"
-                      else s3server.storage())
-    flaky = FaultInjectingStorage(inner, error_rate=0.1, drop_response_rate=0.1,
-                                  latency=0.002, seed=seed)
+    inner: Storage = (
+        local_filesystem_storage(tmp_path / "repo") if backend == "local" else s3server.storage()
+    )
+    flaky = FaultInjectingStorage(
+        inner, error_rate=0.1, drop_response_rate=0.1, latency=0.002, seed=seed
+    )
     storage = RetryingStorage(flaky, attempts=20, backoff_base=0.0005, backoff_cap=0.005)
-    repo = frazil.Repository.create(storage, frazil.RepositoryConfig(
-        inline_chunk_threshold_bytes=0))
+    repo = frazil.Repository.create(
+        storage, frazil.RepositoryConfig(inline_chunk_threshold_bytes=0)
+    )
     session = repo.writable_session("main")
     root = zarr.open_group(session.store, mode="a")
     root.create_array("a", shape=(64,), chunks=(4,), dtype="i4", fill_value=0)
@@ -409,7 +433,7 @@ def test_fault_soak_loses_nothing(tmp_path: Path, backend: str, seed: int = 2026
     a, b = np.zeros(64, "i4"), np.zeros((8, 8), "f4")
     for i in range(SOAK[backend]):
         session = repo.writable_session("main")
-        a[(i * 4) % 64:(i * 4) % 64 + 4] = i + 1
+        a[(i * 4) % 64 : (i * 4) % 64 + 4] = i + 1
         b[i % 8, :] = i * 0.5
         zarr.open_array(session.store, path="a")[:] = a
         zarr.open_array(session.store, path="b")[:] = b
@@ -420,7 +444,7 @@ def test_fault_soak_loses_nothing(tmp_path: Path, backend: str, seed: int = 2026
             repo.create_branch(f"br{i}", sid)
     reopened = frazil.Repository.open(storage)
     history = [h.id for h in reopened.ancestry(branch="main")]
-    assert history[:len(expected)] == list(reversed(expected))
+    assert history[: len(expected)] == list(reversed(expected))
     for sid, (ea, eb) in expected.items():
         s = reopened.readonly_session(snapshot_id=sid)
         assert (zarr.open_array(s.store, path="a")[:] == ea).all()
@@ -429,9 +453,11 @@ def test_fault_soak_loses_nothing(tmp_path: Path, backend: str, seed: int = 2026
     assert reopened.list_tags() == tags
     assert reopened.list_branches() == {"main"} | {f"br{i}" for i in range(0, SOAK[backend], 4)}
     assert flaky.injected_errors > 0 and flaky.dropped_responses > 0
-    print(f"\nfault soak ({backend}): {flaky.calls} calls, {flaky.injected_errors} errors "
-          f"and {flaky.dropped_responses} lost responses injected and survived; "
-          f"{len(expected)} commits, {len(tags)} tags and branches, all present")
+    print(
+        f"\nfault soak ({backend}): {flaky.calls} calls, {flaky.injected_errors} errors "
+        f"and {flaky.dropped_responses} lost responses injected and survived; "
+        f"{len(expected)} commits, {len(tags)} tags and branches, all present"
+    )
 
 
 @pytest.mark.slow

@@ -41,11 +41,17 @@ def setup_repo(repo: frazil.Repository) -> str:
     chunks are too large to inline; returns the snapshot id."""
     s = repo.writable_session("main")
     zarr.create_group(s.store, attributes={"title": "fork tests"})
-    a = zarr.create_array(s.store, name="a", shape=(8, 8), chunks=(2, 2), dtype="i4",
-                          fill_value=-1)
+    a = zarr.create_array(s.store, name="a", shape=(8, 8), chunks=(2, 2), dtype="i4", fill_value=-1)
     a[:] = np.arange(64, dtype="i4").reshape(8, 8)
-    zarr.create_array(s.store, name="big", shape=(400,), chunks=(100,), dtype="f8",
-                      fill_value=0.0, compressors=None)
+    zarr.create_array(
+        s.store,
+        name="big",
+        shape=(400,),
+        chunks=(100,),
+        dtype="f8",
+        fill_value=0.0,
+        compressors=None,
+    )
     return s.commit("setup")
 
 
@@ -58,6 +64,7 @@ def arr(session: frazil.Session, path: str = "a") -> zarr.Array:
 
 
 # -- fork rules -------------------------------------------------------------------------------
+
 
 def test_fork_with_uncommitted_changes_raises(repo: frazil.Repository) -> None:
     setup_repo(repo)
@@ -161,21 +168,24 @@ def test_repository_and_config_pickle(repo: frazil.Repository, how: str) -> None
     assert back.lookup_branch("main") == sid
     np.testing.assert_array_equal(read(back, "a"), read(repo, "a"))
     assert back.config == repo.config
-    for config in (frazil.RepositoryConfig.default(), frazil.RepositoryConfig(),
-                   frazil.RepositoryConfig(inline_chunk_threshold_bytes=0,
-                                           manifest_split_rows=10)):
+    for config in (
+        frazil.RepositoryConfig.default(),
+        frazil.RepositoryConfig(),
+        frazil.RepositoryConfig(inline_chunk_threshold_bytes=0, manifest_split_rows=10),
+    ):
         assert roundtrip(config, how) == config
 
 
 # -- merge ------------------------------------------------------------------------------------
+
 
 def test_merge_disjoint_forks(repo: frazil.Repository) -> None:
     setup_repo(repo)
     s = repo.writable_session("main")
     forks = [s.fork() for _ in range(4)]
     for i, fork in enumerate(forks):
-        arr(fork)[2 * i:2 * i + 2, :] = 100 + i  # one row of chunks each
-        arr(fork, "big")[100 * i:100 * i + 100] = np.full(100, 1.5 * i)
+        arr(fork)[2 * i : 2 * i + 2, :] = 100 + i  # one row of chunks each
+        arr(fork, "big")[100 * i : 100 * i + 100] = np.full(100, 1.5 * i)
     forks = [roundtrip(f, how) for f, how in zip(forks, itertools.cycle(sorted(DUMPERS)))]
     s.merge(*forks)
     assert s.has_uncommitted_changes
@@ -256,7 +266,8 @@ def test_fork_and_session_write_the_same_chunk(repo: frazil.Repository) -> None:
         s.merge(roundtrip(fork))
     assert "/a" in str(info.value) and "[2, 2]" in str(info.value)
     assert [c.conflict_type for c in info.value.conflicts] == [
-        frazil.ConflictType.ChunkDoubleUpdate]
+        frazil.ConflictType.ChunkDoubleUpdate
+    ]
     assert s.status() == before
 
 
@@ -278,16 +289,24 @@ def test_same_new_node_in_two_forks_becomes_one(repo: frazil.Repository) -> None
     forks = [s.fork() for _ in range(3)]
     for i, fork in enumerate(forks):
         # identical metadata for the new group /g and array /g/b, created in every fork
-        new = zarr.create_array(fork.store, name="g/b", shape=(6, 3), chunks=(2, 3),
-                                dtype="f4", fill_value=np.nan, attributes={"units": "m"})
-        new[2 * i:2 * i + 2] = i + 0.5
+        new = zarr.create_array(
+            fork.store,
+            name="g/b",
+            shape=(6, 3),
+            chunks=(2, 3),
+            dtype="f4",
+            fill_value=np.nan,
+            attributes={"units": "m"},
+        )
+        new[2 * i : 2 * i + 2] = i + 0.5
     forks = [roundtrip(f) for f in forks]
     s.merge(*forks)
     paths = [n.path for n in s.nodes()]
     assert paths.count("/g") == 1 and paths.count("/g/b") == 1
     s.commit("one new array from three forks")
-    np.testing.assert_array_equal(read(repo, "g/b"),
-                                  np.repeat(np.arange(3) + 0.5, 2)[:, None] * np.ones((1, 3)))
+    np.testing.assert_array_equal(
+        read(repo, "g/b"), np.repeat(np.arange(3) + 0.5, 2)[:, None] * np.ones((1, 3))
+    )
     ro = repo.readonly_session("main")
     assert [n.path for n in ro.nodes()].count("/g/b") == 1
     assert zarr.open_array(ro.store, path="g/b").attrs["units"] == "m"
@@ -303,7 +322,8 @@ def test_same_path_different_metadata_conflicts(repo: frazil.Repository) -> None
         s.merge(f1, f2)
     assert "/c" in str(info.value)
     assert [(c.conflict_type, c.path) for c in info.value.conflicts] == [
-        (frazil.ConflictType.NewNodeConflictsWithExistingNode, "/c")]
+        (frazil.ConflictType.NewNodeConflictsWithExistingNode, "/c")
+    ]
     assert not s.has_uncommitted_changes
     # an array in one fork and a group in the other also collide
     g1, g2 = s.fork(), s.fork()
@@ -324,7 +344,8 @@ def test_metadata_updates_in_forks(repo: frazil.Repository) -> None:
     with pytest.raises(frazil.ConflictError) as info:
         s.merge(f3)
     assert [(c.conflict_type, c.path) for c in info.value.conflicts] == [
-        (frazil.ConflictType.ZarrMetadataDoubleUpdate, "/a")]
+        (frazil.ConflictType.ZarrMetadataDoubleUpdate, "/a")
+    ]
     s.commit("attrs and data")
     a = zarr.open_array(repo.readonly_session("main").store, path="a")
     assert a.attrs["owner"] == "f1" and a[0, 0] == 99
@@ -339,11 +360,13 @@ def test_delete_in_one_fork_and_write_in_another_conflict(repo: frazil.Repositor
     with pytest.raises(frazil.ConflictError) as info:
         s.merge(deleter, writer)
     assert [(c.conflict_type, c.path) for c in info.value.conflicts] == [
-        (frazil.ConflictType.ChunksUpdatedInDeletedArray, "/big")]
+        (frazil.ConflictType.ChunksUpdatedInDeletedArray, "/big")
+    ]
     with pytest.raises(frazil.ConflictError) as info:
         s.merge(writer, deleter)
     assert [(c.conflict_type, c.path) for c in info.value.conflicts] == [
-        (frazil.ConflictType.DeleteOfUpdatedArray, "/big")]
+        (frazil.ConflictType.DeleteOfUpdatedArray, "/big")
+    ]
     assert not s.has_uncommitted_changes
     # the same delete in two forks is no conflict
     other = s.fork()
@@ -355,14 +378,20 @@ def test_delete_in_one_fork_and_write_in_another_conflict(repo: frazil.Repositor
 
 def _replace_a(session: frazil.Session, **attributes: Any) -> zarr.Array:
     """Re-create ``a`` (a new node, no chunks) with the same metadata it had."""
-    return zarr.create_array(session.store, name="a", shape=(8, 8), chunks=(2, 2),
-                             dtype="i4", fill_value=-1, attributes=attributes,
-                             overwrite=True)
+    return zarr.create_array(
+        session.store,
+        name="a",
+        shape=(8, 8),
+        chunks=(2, 2),
+        dtype="i4",
+        fill_value=-1,
+        attributes=attributes,
+        overwrite=True,
+    )
 
 
 @pytest.mark.parametrize("order", ["update first", "replacement first"])
-def test_update_and_replacement_of_an_array_conflict(repo: frazil.Repository,
-                                                     order: str) -> None:
+def test_update_and_replacement_of_an_array_conflict(repo: frazil.Repository, order: str) -> None:
     """One fork updates ``a``'s attributes, the other replaces ``a`` by a new array with
     byte-identical metadata: different nodes, so a conflict (a merge into one node would
     bring back the chunks the replacement dropped)."""
@@ -395,8 +424,9 @@ def test_same_replacement_in_two_forks_becomes_one(repo: frazil.Repository) -> N
 
 
 @pytest.mark.parametrize("order", ["delete first", "create first"])
-def test_new_node_under_group_deleted_in_other_fork_conflicts(repo: frazil.Repository,
-                                                              order: str) -> None:
+def test_new_node_under_group_deleted_in_other_fork_conflicts(
+    repo: frazil.Repository, order: str
+) -> None:
     """Merging both would leave ``/g/y`` without its parent group."""
     s = repo.writable_session("main")
     zarr.create_array(s.store, name="g/x", shape=(4,), chunks=(2,), dtype="i4")[:] = 1
@@ -409,7 +439,8 @@ def test_new_node_under_group_deleted_in_other_fork_conflicts(repo: frazil.Repos
     with pytest.raises(frazil.ConflictError) as info:
         s.merge(*forks)
     assert [(c.conflict_type, c.path) for c in info.value.conflicts] == [
-        (frazil.ConflictType.NewNodeInInvalidGroup, "/g/y")]
+        (frazil.ConflictType.NewNodeInInvalidGroup, "/g/y")
+    ]
     assert not s.has_uncommitted_changes
     # deleting the group in one fork and creating elsewhere in another is fine
     other = s.fork()
@@ -457,6 +488,7 @@ def test_merge_takes_only_fork_sessions(repo: frazil.Repository) -> None:
 
 # -- forks equal serial writes (hypothesis) ----------------------------------------------------
 
+
 @st.composite
 def fork_plans(draw: st.DrawFn, overlap: bool = False) -> dict[str, Any]:
     """An array shape, and per fork a list of (chunk coord, value) writes; the chunk sets of
@@ -469,16 +501,14 @@ def fork_plans(draw: st.DrawFn, overlap: bool = False) -> dict[str, Any]:
     coords = list(itertools.product(*(range(n) for n in grid)))
     # each chunk goes to one fork, or to none (-1); 0 is the fill value, so some writes
     # delete a chunk the base has
-    owner = draw(st.lists(st.integers(-1, nforks - 1), min_size=len(coords),
-                          max_size=len(coords)))
+    owner = draw(st.lists(st.integers(-1, nforks - 1), min_size=len(coords), max_size=len(coords)))
     values = draw(st.lists(st.integers(-2, 5), min_size=len(coords), max_size=len(coords)))
     writes: list[list[tuple[tuple[int, ...], int]]] = [[] for _ in range(nforks)]
     for c, o, v in zip(coords, owner, values):
         if o >= 0:
             writes[o].append((c, v))
     if overlap:
-        a, b = draw(st.lists(st.integers(0, nforks - 1), min_size=2, max_size=2,
-                             unique=True))
+        a, b = draw(st.lists(st.integers(0, nforks - 1), min_size=2, max_size=2, unique=True))
         c = draw(st.sampled_from(coords))
         v = draw(st.integers(-2, 5))
         writes = [[w for w in ws if w[0] != c] for ws in writes]
@@ -486,27 +516,33 @@ def fork_plans(draw: st.DrawFn, overlap: bool = False) -> dict[str, Any]:
         writes[b].append((c, v + 1))
     for w in writes:
         w[:] = draw(st.permutations(w))
-    return {"grid": grid, "chunks": chunks, "writes": writes,
-            "inline": draw(st.booleans()), "base_written": draw(st.booleans()),
-            "conflict": overlap and (c, a, b)}
+    return {
+        "grid": grid,
+        "chunks": chunks,
+        "writes": writes,
+        "inline": draw(st.booleans()),
+        "base_written": draw(st.booleans()),
+        "conflict": overlap and (c, a, b),
+    }
 
 
 def plan_repo(plan: dict[str, Any]) -> frazil.Repository:
-    config = frazil.RepositoryConfig(
-        inline_chunk_threshold_bytes=None if plan["inline"] else 0)
+    config = frazil.RepositoryConfig(inline_chunk_threshold_bytes=None if plan["inline"] else 0)
     repo = frazil.Repository.create(frazil.in_memory_storage(), config)
     s = repo.writable_session("main")
     shape = tuple(g * c for g, c in zip(plan["grid"], plan["chunks"]))
-    a = zarr.create_array(s.store, name="v", shape=shape, chunks=plan["chunks"], dtype="i4",
-                          fill_value=0)
+    a = zarr.create_array(
+        s.store, name="v", shape=shape, chunks=plan["chunks"], dtype="i4", fill_value=0
+    )
     if plan["base_written"]:
         a[...] = np.arange(1, a.size + 1, dtype="i4").reshape(shape)
     s.commit("base")
     return repo
 
 
-def write_chunks(session: frazil.Session, plan: dict[str, Any],
-                 writes: list[tuple[tuple[int, ...], int]]) -> None:
+def write_chunks(
+    session: frazil.Session, plan: dict[str, Any], writes: list[tuple[tuple[int, ...], int]]
+) -> None:
     a = arr(session, "v")
     for coord, value in writes:
         a[tuple(slice(i * n, (i + 1) * n) for i, n in zip(coord, plan["chunks"]))] = value
@@ -521,8 +557,7 @@ def contents(repo: frazil.Repository) -> tuple[np.ndarray, list[str]]:
     return zarr.open_array(store, path="v")[...], sync(keys())
 
 
-HYPOTHESIS = settings(max_examples=25, deadline=None,
-                      suppress_health_check=[HealthCheck.too_slow])
+HYPOTHESIS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @HYPOTHESIS
@@ -571,11 +606,12 @@ def test_forks_writing_a_common_chunk_always_conflict(plan: dict[str, Any]) -> N
 
 # -- worker processes -------------------------------------------------------------------------
 
+
 def _fill_rows(fork: frazil.ForkSession, row: int, value: float) -> tuple[Any, int, bool]:
     """A worker: writes chunk row ``row`` of ``a`` and chunk ``row`` of ``big``."""
     assert isinstance(fork, frazil.ForkSession)
-    zarr.open_array(fork.store, path="a")[2 * row:2 * row + 2, :] = int(value)
-    zarr.open_array(fork.store, path="big")[100 * row:100 * row + 100] = value
+    zarr.open_array(fork.store, path="a")[2 * row : 2 * row + 2, :] = int(value)
+    zarr.open_array(fork.store, path="big")[100 * row : 100 * row + 100] = value
     return fork, os.getpid(), _aio._thread is not None and _aio._thread.is_alive()
 
 
@@ -607,6 +643,7 @@ def test_fork_sessions_in_worker_processes(tmp_path: Path, method: str) -> None:
 
 # -- timing -----------------------------------------------------------------------------------
 
+
 def test_merge_timing_8_forks_of_10k_chunks(capsys: pytest.CaptureFixture[str]) -> None:
     """Prints the figure of tools/bench_merge.py (one run); asserts correctness only."""
     from frazil.tools import bench_merge
@@ -615,6 +652,8 @@ def test_merge_timing_8_forks_of_10k_chunks(capsys: pytest.CaptureFixture[str]) 
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == result and result["merge_plus_commit_s"] > 0
     with capsys.disabled():
-        print(f"\nmerge + commit of 8 forks x 10,000 chunks: "
-              f"{result['merge_plus_commit_s']:.3f} s (merge {result['merge_s']:.3f} s, "
-              f"commit {result['commit_s']:.3f} s)")
+        print(
+            f"\nmerge + commit of 8 forks x 10,000 chunks: "
+            f"{result['merge_plus_commit_s']:.3f} s (merge {result['merge_s']:.3f} s, "
+            f"commit {result['commit_s']:.3f} s)"
+        )

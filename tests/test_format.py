@@ -77,31 +77,47 @@ def make_snapshot(nodes: bool = True) -> Snapshot:
         SegmentRef(ManifestId.new(), 2**63 + 5, 4096, 3, (0, 0), (4, 9)),
         SegmentRef(ManifestId.new(), 0, 1234, 100, (2, 1), (7, 3)),
     )
-    return Snapshot(info, (
-        NodeRecord("/", NodeId.new(), GROUP, b'{"zarr_format":3,"node_type":"group"}'),
-        NodeRecord("/g/temp", NodeId.new(), ARRAY, b'{"zarr_format":3,"node_type":"array"}',
-                   segs),
-        NodeRecord("/g", NodeId.new(), GROUP, b'{"attributes":{"title":"\xc3\xa9t\xc3\xa9"}}'),
-        NodeRecord("/scalar", NodeId.new(), ARRAY, b"{}",
-                   (SegmentRef(ManifestId.new(), 7, 99, 1, (), ()),)),
-        NodeRecord("/empty", NodeId.new(), ARRAY, b"{}"),
-    ))
+    return Snapshot(
+        info,
+        (
+            NodeRecord("/", NodeId.new(), GROUP, b'{"zarr_format":3,"node_type":"group"}'),
+            NodeRecord(
+                "/g/temp", NodeId.new(), ARRAY, b'{"zarr_format":3,"node_type":"array"}', segs
+            ),
+            NodeRecord("/g", NodeId.new(), GROUP, b'{"attributes":{"title":"\xc3\xa9t\xc3\xa9"}}'),
+            NodeRecord(
+                "/scalar",
+                NodeId.new(),
+                ARRAY,
+                b"{}",
+                (SegmentRef(ManifestId.new(), 7, 99, 1, (), ()),),
+            ),
+            NodeRecord("/empty", NodeId.new(), ARRAY, b"{}"),
+        ),
+    )
 
 
 def sample_refs() -> list[ChunkRef]:
     return [
         ChunkRef(ChunkKind.INLINE, data=b"\x00tiny chunk\xff", length=12),
         ChunkRef(ChunkKind.NATIVE, chunk_id=ChunkId.new(), length=1 << 20, checksum=2**64 - 1),
-        ChunkRef(ChunkKind.VIRTUAL, location="s3://bucket/data/file.nc", offset=1 << 33,
-                 length=4096, etag='"abc123"', last_modified=T0),
+        ChunkRef(
+            ChunkKind.VIRTUAL,
+            location="s3://bucket/data/file.nc",
+            offset=1 << 33,
+            length=4096,
+            etag='"abc123"',
+            last_modified=T0,
+        ),
         ChunkRef(ChunkKind.DELETED),
         ChunkRef(ChunkKind.VIRTUAL, location="https://example.com/f.h5", offset=0, length=8),
         ChunkRef(ChunkKind.INLINE, data=b"", length=0),
     ]
 
 
-def make_manifest(coords: list[tuple[int, ...]], ndim: int,
-                  refs: list[ChunkRef] | None = None) -> tuple[bytes, np.ndarray, list[ChunkRef]]:
+def make_manifest(
+    coords: list[tuple[int, ...]], ndim: int, refs: list[ChunkRef] | None = None
+) -> tuple[bytes, np.ndarray, list[ChunkRef]]:
     c = np.array(sorted(coords), dtype=np.int64).reshape(len(coords), ndim)
     if refs is None:
         pool = sample_refs()
@@ -111,31 +127,35 @@ def make_manifest(coords: list[tuple[int, ...]], ndim: int,
 
 def make_log(parent: bool = True) -> TransactionLog:
     a, g = NodeId.new(), NodeId.new()
-    return TransactionLog(SnapshotId.new(), SnapshotId.new() if parent else None, (
-        NodeChange(txlog.NEW_GROUP, "/g", g),
-        NodeChange(txlog.NEW_ARRAY, "/g/a", a),
-        NodeChange(txlog.UPDATED_GROUP, "/", NodeId.new()),
-        NodeChange(txlog.UPDATED_ARRAY, "/g/a", a),
-        NodeChange(txlog.CHUNKS, "/g/a", a, np.array([[0, 1], [2, 3], [5, 0]])),
-        NodeChange(txlog.CHUNKS, "/v", NodeId.new(), np.array([[7], [8]])),
-        NodeChange(txlog.CHUNKS, "/cube", NodeId.new(), np.array([[1, 2, 3]])),
-        NodeChange(txlog.CHUNKS, "/s", NodeId.new(), np.zeros((1, 0), np.int64)),
-        NodeChange(txlog.DELETED_ARRAY, "/old", NodeId.new()),
-        NodeChange(txlog.DELETED_GROUP, "/oldg", NodeId.new()),
-    ))
+    return TransactionLog(
+        SnapshotId.new(),
+        SnapshotId.new() if parent else None,
+        (
+            NodeChange(txlog.NEW_GROUP, "/g", g),
+            NodeChange(txlog.NEW_ARRAY, "/g/a", a),
+            NodeChange(txlog.UPDATED_GROUP, "/", NodeId.new()),
+            NodeChange(txlog.UPDATED_ARRAY, "/g/a", a),
+            NodeChange(txlog.CHUNKS, "/g/a", a, np.array([[0, 1], [2, 3], [5, 0]])),
+            NodeChange(txlog.CHUNKS, "/v", NodeId.new(), np.array([[7], [8]])),
+            NodeChange(txlog.CHUNKS, "/cube", NodeId.new(), np.array([[1, 2, 3]])),
+            NodeChange(txlog.CHUNKS, "/s", NodeId.new(), np.zeros((1, 0), np.int64)),
+            NodeChange(txlog.DELETED_ARRAY, "/old", NodeId.new()),
+            NodeChange(txlog.DELETED_GROUP, "/oldg", NodeId.new()),
+        ),
+    )
 
 
 def logs_equal(a: TransactionLog, b: TransactionLog) -> bool:
-    if (a.snapshot_id, a.parent_id, len(a.changes)) != (b.snapshot_id, b.parent_id,
-                                                        len(b.changes)):
+    if (a.snapshot_id, a.parent_id, len(a.changes)) != (b.snapshot_id, b.parent_id, len(b.changes)):
         return False
     for x, y in zip(a.changes, b.changes, strict=True):
         if (x.change, x.path, x.node_id) != (y.change, y.path, y.node_id):
             return False
         if (x.chunks is None) != (y.chunks is None):
             return False
-        if x.chunks is not None and not (x.chunks.shape == y.chunks.shape
-                                         and np.array_equal(x.chunks, y.chunks)):
+        if x.chunks is not None and not (
+            x.chunks.shape == y.chunks.shape and np.array_equal(x.chunks, y.chunks)
+        ):
             return False
     return True
 
@@ -184,8 +204,9 @@ def test_ids_are_time_ordered(cls):
     assert a < b and str(a) < str(b)
 
 
-@pytest.mark.parametrize("cls,length", [(SnapshotId, 20), (ManifestId, 20), (ChunkId, 20),
-                                        (NodeId, 13)])
+@pytest.mark.parametrize(
+    "cls,length", [(SnapshotId, 20), (ManifestId, 20), (ChunkId, 20), (NodeId, 13)]
+)
 def test_parse_round_trip_and_text_length(cls, length):
     for _ in range(200):
         i = cls.new()
@@ -224,10 +245,19 @@ def test_bad_id_text_is_a_format_error(cls):
     good = str(cls.new())
     n = len(good)
     bad = [
-        "", good[:-1], good + "0", " " + good[1:],
-        "!" + good[1:], "=" * n, "-" + good[1:],
-        "U" + good[1:], "I" + good[1:], "L" + good[1:], "O" + good[1:],  # not in the alphabet
-        "é" + good[1:], "ſ" + good[1:],  # non-ASCII (ſ upper-cases to S)
+        "",
+        good[:-1],
+        good + "0",
+        " " + good[1:],
+        "!" + good[1:],
+        "=" * n,
+        "-" + good[1:],
+        "U" + good[1:],
+        "I" + good[1:],
+        "L" + good[1:],
+        "O" + good[1:],  # not in the alphabet
+        "é" + good[1:],
+        "ſ" + good[1:],  # non-ASCII (ſ upper-cases to S)
         good[:-1] + "Z",  # the last character's pad bits must be zero
         str((SnapshotId if cls is NodeId else NodeId).new()),  # another type's length
     ]
@@ -299,16 +329,17 @@ def test_decode_commit_info_from_tail():
     footer = int.from_bytes(data[-8:-4], "little") + 8
     assert decode_commit_info(data) == snap.info
     assert decode_commit_info(data[-footer:]) == snap.info
-    assert decode_commit_info(data[-(footer + 100):]) == snap.info
-    assert decode_commit_info(data[-(footer - 1):]) is None  # footer not whole: read more
+    assert decode_commit_info(data[-(footer + 100) :]) == snap.info
+    assert decode_commit_info(data[-(footer - 1) :]) is None  # footer not whole: read more
     assert decode_commit_info(data[-12:]) is None
     assert decode_commit_info(data[-11:]) is None
     assert decode_commit_info(b"") is None
     with pytest.raises(FormatError, match=re.escape(WHAT)):
         decode_commit_info(data[:-1], WHAT)  # not the end of a Parquet file
     with pytest.raises(FormatError, match=re.escape(WHAT)):
-        decode_commit_info(encode_manifest(ManifestId.new(), NodeId.new(),
-                                           np.zeros((0, 1), np.int64), []), WHAT)
+        decode_commit_info(
+            encode_manifest(ManifestId.new(), NodeId.new(), np.zeros((0, 1), np.int64), []), WHAT
+        )
 
 
 def test_commit_info_checksum_catches_an_edited_header():
@@ -357,8 +388,16 @@ def test_manifest_round_trip_3d():
     assert m.refs() == refs
     for i, xyz in enumerate(sorted(coords)):
         assert m.find(xyz) == i
-    for miss in [(0, 0, 1), (0, 1, 0), (2, 0, 0), (3, 7, 4), (4, 0, 0), (0, 8, 0),
-                 (-1, 0, 0), (0, 0, -1)]:
+    for miss in [
+        (0, 0, 1),
+        (0, 1, 0),
+        (2, 0, 0),
+        (3, 7, 4),
+        (4, 0, 0),
+        (0, 8, 0),
+        (-1, 0, 0),
+        (0, 0, -1),
+    ]:
         assert m.find(miss) is None
 
 
@@ -374,8 +413,9 @@ def test_manifest_round_trip_0d():
 
 def test_manifest_round_trip_empty():
     for ndim in (0, 2):
-        m = decode_manifest(encode_manifest(ManifestId.new(), NodeId.new(),
-                                            np.zeros((0, ndim), np.int64), []))
+        m = decode_manifest(
+            encode_manifest(ManifestId.new(), NodeId.new(), np.zeros((0, ndim), np.int64), [])
+        )
         assert len(m) == 0 and m.coords.shape == (0, ndim)
         assert m.find((0,) * ndim) is None and m.refs() == []
 
@@ -396,14 +436,22 @@ def test_manifest_header_and_ids():
     m = decode_manifest(data)
     assert (m.manifest_id, m.node_id) == (mid, nid)
     h = header_of(data)
-    assert h == {"format_version": FORMAT_VERSION, "object_type": "manifest", "id": str(mid),
-                 "parts": [{"node_id": str(nid), "ndim": 2, "rows": 1}]}
+    assert h == {
+        "format_version": FORMAT_VERSION,
+        "object_type": "manifest",
+        "id": str(mid),
+        "parts": [{"node_id": str(nid), "ndim": 2, "rows": 1}],
+    }
 
 
 def test_encode_manifest_refuses_mismatched_lengths():
     with pytest.raises(ValueError):
-        encode_manifest(ManifestId.new(), NodeId.new(), np.zeros((2, 1), np.int64),
-                        [ChunkRef(ChunkKind.DELETED)])
+        encode_manifest(
+            ManifestId.new(),
+            NodeId.new(),
+            np.zeros((2, 1), np.int64),
+            [ChunkRef(ChunkKind.DELETED)],
+        )
 
 
 # -- transaction logs -------------------------------------------------------------------------
@@ -424,14 +472,19 @@ def test_transaction_log_round_trip_edge_cases():
     nid = NodeId.new()
     empty = TransactionLog(SnapshotId.new(), None, ())
     assert logs_equal(decode_transaction_log(encode_transaction_log(empty)), empty)
-    two_scalars = TransactionLog(SnapshotId.new(), None, (
-        NodeChange(txlog.CHUNKS, "/s", nid, np.zeros((2, 0), np.int64)),
-        NodeChange(txlog.CHUNKS, "/t", nid, np.arange(12).reshape(3, 4)),
-    ))
+    two_scalars = TransactionLog(
+        SnapshotId.new(),
+        None,
+        (
+            NodeChange(txlog.CHUNKS, "/s", nid, np.zeros((2, 0), np.int64)),
+            NodeChange(txlog.CHUNKS, "/t", nid, np.arange(12).reshape(3, 4)),
+        ),
+    )
     assert logs_equal(decode_transaction_log(encode_transaction_log(two_scalars)), two_scalars)
     # An empty coordinate list has no rows to tell its ndim: it comes back as 0 x 0.
-    no_rows = TransactionLog(SnapshotId.new(), None, (
-        NodeChange(txlog.CHUNKS, "/e", nid, np.zeros((0, 3), np.int64)),))
+    no_rows = TransactionLog(
+        SnapshotId.new(), None, (NodeChange(txlog.CHUNKS, "/e", nid, np.zeros((0, 3), np.int64)),)
+    )
     back = decode_transaction_log(encode_transaction_log(no_rows))
     assert back.changes[0].chunks is not None and back.changes[0].chunks.size == 0
 
@@ -454,16 +507,24 @@ def test_branch_ref_round_trip():
     sid = SnapshotId.new()
     data = encode_ref(common.BRANCH_REF, sid, 2**64 - 1, write_id="00112233aabbccdd")
     assert decode_ref(data, common.BRANCH_REF, "refs/branch.main/ref.json") == RefRecord(
-        sid, 2**64 - 1, "00112233aabbccdd")
+        sid, 2**64 - 1, "00112233aabbccdd"
+    )
     obj = json.loads(data)
-    assert obj == {"format_version": 1, "object_type": "branch_ref", "snapshot": str(sid),
-                   "snapshot_checksum": "ffffffffffffffff", "write_id": "00112233aabbccdd"}
+    assert obj == {
+        "format_version": 1,
+        "object_type": "branch_ref",
+        "snapshot": str(sid),
+        "snapshot_checksum": "ffffffffffffffff",
+        "write_id": "00112233aabbccdd",
+    }
     assert data.endswith(b"\n") and list(obj) == sorted(obj)
     a = decode_ref(encode_ref(common.BRANCH_REF, sid, 0), common.BRANCH_REF, "r")
     b = decode_ref(encode_ref(common.BRANCH_REF, sid, 0), common.BRANCH_REF, "r")
     assert a.checksum == 0 and a.write_id != b.write_id and len(a.write_id) == 16
-    assert decode_ref(encode_ref(common.BRANCH_REF, sid, None), common.BRANCH_REF,
-                      "r").checksum is None
+    assert (
+        decode_ref(encode_ref(common.BRANCH_REF, sid, None), common.BRANCH_REF, "r").checksum
+        is None
+    )
 
 
 def test_ref_records_its_name():
@@ -472,8 +533,11 @@ def test_ref_records_its_name():
     assert json.loads(data)["name"] == "main"
     key = "refs/branch.main/ref.json"
     assert decode_ref(data, common.BRANCH_REF, key, "main").snapshot_id == sid
-    with pytest.raises(FormatError, match=r"refs/branch.dev/ref.json: holds the ref of "
-                                          r"branch 'main', not of 'dev'"):
+    with pytest.raises(
+        FormatError,
+        match=r"refs/branch.dev/ref.json: holds the ref of "
+        r"branch 'main', not of 'dev'",
+    ):
         decode_ref(data, common.BRANCH_REF, "refs/branch.dev/ref.json", "dev")
     tomb = encode_ref(common.TAG_REF, None, None, deleted=True, name="v1")
     with pytest.raises(FormatError, match="holds the ref of tag 'v1'"):
@@ -481,8 +545,9 @@ def test_ref_records_its_name():
     # refs written without a name (before names were recorded) read as before
     unnamed = encode_ref(common.BRANCH_REF, sid, 7)
     assert "name" not in json.loads(unnamed)
-    assert decode_ref(unnamed, common.BRANCH_REF, "refs/branch.dev/ref.json",
-                      "dev").snapshot_id == sid
+    assert (
+        decode_ref(unnamed, common.BRANCH_REF, "refs/branch.dev/ref.json", "dev").snapshot_id == sid
+    )
 
 
 def test_tag_ref_and_tombstone_round_trip():
@@ -530,18 +595,26 @@ def all_parquet_objects() -> list[tuple[str, bytes, object, object]]:
 
 def same_object(name: str, got, want) -> bool:
     if name == "snapshot":
-        return got.info == want.info and got.nodes == tuple(sorted(want.nodes,
-                                                                   key=lambda n: n.path))
+        return got.info == want.info and got.nodes == tuple(
+            sorted(want.nodes, key=lambda n: n.path)
+        )
     if name == "manifest":
-        return (got.manifest_id == want.manifest_id and got.node_id == want.node_id
-                and np.array_equal(got.coords, want.coords) and got.refs() == want.refs())
+        return (
+            got.manifest_id == want.manifest_id
+            and got.node_id == want.node_id
+            and np.array_equal(got.coords, want.coords)
+            and got.refs() == want.refs()
+        )
     return logs_equal(got, want)
 
 
 def test_wrong_object_type():
     objs = {name: data for name, data, _, _ in all_parquet_objects()}
-    decoders = {"snapshot": decode_snapshot, "manifest": decode_manifest,
-                "transaction_log": decode_transaction_log}
+    decoders = {
+        "snapshot": decode_snapshot,
+        "manifest": decode_manifest,
+        "transaction_log": decode_transaction_log,
+    }
     for name, decode in decoders.items():
         for other, data in objs.items():
             if other == name:
@@ -559,8 +632,12 @@ def test_newer_format_version_is_refused(version):
         header = header_of(data)
         header["format_version"] = version
         newer = common.encode_parquet(table_of(data), header)
-        assert json.loads(pq.read_metadata(pa.BufferReader(newer)).metadata[b"frazil"])[
-            "format_version"] == version
+        assert (
+            json.loads(pq.read_metadata(pa.BufferReader(newer)).metadata[b"frazil"])[
+                "format_version"
+            ]
+            == version
+        )
         with pytest.raises(FormatError, match=re.escape(WHAT)) as e:
             decode(newer, WHAT)
         msg = str(e.value)
@@ -569,9 +646,11 @@ def test_newer_format_version_is_refused(version):
             with pytest.raises(FormatError, match="newer.*upgrade"):
                 decode_commit_info(newer, WHAT)
     for what, data, decode in [
-        ("refs/branch.main/ref.json",
-         encode_ref(common.BRANCH_REF, SnapshotId.new(), 1),
-         lambda d, w: decode_ref(d, common.BRANCH_REF, w)),
+        (
+            "refs/branch.main/ref.json",
+            encode_ref(common.BRANCH_REF, SnapshotId.new(), 1),
+            lambda d, w: decode_ref(d, common.BRANCH_REF, w),
+        ),
         ("config.json", encode_config({"a": 1}), decode_config),
     ]:
         obj = json.loads(data)
@@ -677,8 +756,13 @@ def test_data_page_damage_is_caught_by_page_checksums():
 def test_garbage_is_not_parquet():
     plain = pa.BufferOutputStream()
     pq.write_table(pa.table({"x": [1, 2]}), plain)
-    garbage = [os.urandom(1000), b'{"format_version": 1}', b"PAR1" + os.urandom(200) + b"PAR1",
-               b"\x00" * 64, plain.getvalue().to_pybytes()]
+    garbage = [
+        os.urandom(1000),
+        b'{"format_version": 1}',
+        b"PAR1" + os.urandom(200) + b"PAR1",
+        b"\x00" * 64,
+        plain.getvalue().to_pybytes(),
+    ]
     for blob in garbage:
         for decode in (decode_snapshot, decode_manifest, decode_transaction_log):
             with pytest.raises(FormatError, match=re.escape(WHAT)):
@@ -696,24 +780,40 @@ def test_missing_or_retyped_columns_are_refused():
         t.set_column(2, "kind", pa.array([1, 1], pa.int32())),
         t.set_column(8, "location", pa.array([b"a", b"b"], pa.binary())),
         t.set_column(0, "node_id", pa.array([1, 1], pa.int64())),
-        t.rename_columns(["node_id", "coord", "kind", "inline", "chunk_id", "offset", "length",
-                          "checksum", "location", "etag", "modified"]),
+        t.rename_columns(
+            [
+                "node_id",
+                "coord",
+                "kind",
+                "inline",
+                "chunk_id",
+                "offset",
+                "length",
+                "checksum",
+                "location",
+                "etag",
+                "modified",
+            ]
+        ),
     ]
     for v in variants:
         with pytest.raises(FormatError, match=re.escape(WHAT) + ".*column"):
             decode_manifest(common.encode_parquet(v, h), WHAT)
     # an extra column after the known ones is ignored (compatible addition)
     extra = t.append_column("note", pa.array(["x", "y"]))
-    assert decode_manifest(common.encode_parquet(extra, h)).refs() == decode_manifest(
-        mdata).refs()
+    assert decode_manifest(common.encode_parquet(extra, h)).refs() == decode_manifest(mdata).refs()
     sdata = encode_snapshot(make_snapshot())
     st_ = table_of(sdata)
     with pytest.raises(FormatError, match=re.escape(WHAT)):
-        decode_snapshot(common.encode_parquet(st_.drop_columns(["zarr_json"]),
-                                              header_of(sdata)), WHAT)
-    assert decode_snapshot(common.encode_parquet(
-        st_.append_column("note", pa.array([None] * st_.num_rows, pa.string())),
-        header_of(sdata))) == decode_snapshot(sdata)
+        decode_snapshot(
+            common.encode_parquet(st_.drop_columns(["zarr_json"]), header_of(sdata)), WHAT
+        )
+    assert decode_snapshot(
+        common.encode_parquet(
+            st_.append_column("note", pa.array([None] * st_.num_rows, pa.string())),
+            header_of(sdata),
+        )
+    ) == decode_snapshot(sdata)
 
 
 def test_bad_ids_inside_objects_name_the_object():
@@ -746,14 +846,22 @@ def test_refs_and_config_that_are_not_json_or_the_wrong_type():
             decode_ref(data, common.BRANCH_REF, what)
         with pytest.raises(FormatError, match=re.escape("config.json")):
             decode_config(data, "config.json")
-    for data, kind in [(tag, common.BRANCH_REF), (branch, common.TAG_REF),
-                       (config, common.BRANCH_REF)]:
+    for data, kind in [
+        (tag, common.BRANCH_REF),
+        (branch, common.TAG_REF),
+        (config, common.BRANCH_REF),
+    ]:
         with pytest.raises(FormatError, match=re.escape(what) + ".*expected a"):
             decode_ref(data, kind, what)
     with pytest.raises(FormatError, match="config.json.*expected a config"):
         decode_config(branch, "config.json")
-    for damaged in [{"snapshot": None}, {"snapshot": "XYZ"}, {"snapshot": 5},
-                    {"snapshot_checksum": "zz"}, {"write_id": None}]:
+    for damaged in [
+        {"snapshot": None},
+        {"snapshot": "XYZ"},
+        {"snapshot": 5},
+        {"snapshot_checksum": "zz"},
+        {"write_id": None},
+    ]:
         obj = {**json.loads(branch), **damaged}
         if damaged.get("write_id", "") is None:
             del obj["write_id"]
@@ -766,14 +874,26 @@ def test_refs_and_config_that_are_not_json_or_the_wrong_type():
 _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 _REF = st.one_of(
     st.builds(lambda d: ChunkRef(ChunkKind.INLINE, data=d, length=len(d)), st.binary(max_size=40)),
-    st.builds(lambda ln, cs: ChunkRef(ChunkKind.NATIVE, chunk_id=ChunkId.new(), length=ln,
-                                      checksum=cs),
-              st.integers(0, 2**40), st.integers(0, 2**64 - 1)),
-    st.builds(lambda loc, off, ln, etag, lm: ChunkRef(
-        ChunkKind.VIRTUAL, location=loc, offset=off, length=ln, etag=etag,
-        last_modified=None if lm is None else dt.datetime.fromtimestamp(lm, dt.UTC)),
-        _TEXT, st.integers(0, 2**50), st.integers(0, 2**30), st.none() | _TEXT,
-        st.none() | st.integers(0, 2**33)),
+    st.builds(
+        lambda ln, cs: ChunkRef(ChunkKind.NATIVE, chunk_id=ChunkId.new(), length=ln, checksum=cs),
+        st.integers(0, 2**40),
+        st.integers(0, 2**64 - 1),
+    ),
+    st.builds(
+        lambda loc, off, ln, etag, lm: ChunkRef(
+            ChunkKind.VIRTUAL,
+            location=loc,
+            offset=off,
+            length=ln,
+            etag=etag,
+            last_modified=None if lm is None else dt.datetime.fromtimestamp(lm, dt.UTC),
+        ),
+        _TEXT,
+        st.integers(0, 2**50),
+        st.integers(0, 2**30),
+        st.none() | _TEXT,
+        st.none() | st.integers(0, 2**33),
+    ),
     st.just(ChunkRef(ChunkKind.DELETED)),
 )
 
@@ -832,21 +952,37 @@ def test_snapshot_opens_in_pyarrow_and_duckdb(tmp_path):
     temp = next(r for r in rows if r["path"] == "/g/temp")
     seg = temp["segments"][0]
     want = next(n for n in nodes if n.path == "/g/temp").segments[0]
-    assert seg == {"manifest_id": str(want.manifest_id), "checksum": want.checksum,
-                   "size": want.size, "rows": want.rows, "extent_min": list(want.extent_min),
-                   "extent_max": list(want.extent_max), "row_offset": want.row_offset}
+    assert seg == {
+        "manifest_id": str(want.manifest_id),
+        "checksum": want.checksum,
+        "size": want.size,
+        "rows": want.rows,
+        "extent_min": list(want.extent_min),
+        "extent_max": list(want.extent_max),
+        "row_offset": want.row_offset,
+    }
     header = json.loads(t.schema.metadata[b"frazil"])
     assert header["object_type"] == "snapshot" and header["id"] == str(snap.id)
     assert header["message"] == snap.info.message
 
     p = str(path)
-    got = _duck(f"SELECT path, node_type, len(segments), segments[1].checksum, "
-                f"segments[1].extent_max FROM read_parquet('{p}') ORDER BY path")
-    assert got == [(n.path, n.node_type, len(n.segments),
-                    n.segments[0].checksum if n.segments else None,
-                    list(n.segments[0].extent_max) if n.segments else None) for n in nodes]
-    (kv,) = _duck(f"SELECT decode(value) FROM parquet_kv_metadata('{p}') "
-                  f"WHERE decode(key) = 'frazil'")
+    got = _duck(
+        f"SELECT path, node_type, len(segments), segments[1].checksum, "
+        f"segments[1].extent_max FROM read_parquet('{p}') ORDER BY path"
+    )
+    assert got == [
+        (
+            n.path,
+            n.node_type,
+            len(n.segments),
+            n.segments[0].checksum if n.segments else None,
+            list(n.segments[0].extent_max) if n.segments else None,
+        )
+        for n in nodes
+    ]
+    (kv,) = _duck(
+        f"SELECT decode(value) FROM parquet_kv_metadata('{p}') WHERE decode(key) = 'frazil'"
+    )
     assert json.loads(kv[0])["parent_id"] == str(snap.info.parent_id)
 
 
@@ -866,14 +1002,20 @@ def test_manifest_opens_in_pyarrow_and_duckdb(tmp_path):
             assert row["length"] == ref.length and row["inline"] is None
         elif ref.kind == ChunkKind.VIRTUAL:
             assert (row["location"], row["offset"], row["length"], row["etag"]) == (
-                ref.location, ref.offset, ref.length, ref.etag)
+                ref.location,
+                ref.offset,
+                ref.length,
+                ref.etag,
+            )
             assert row["last_modified"] == ref.last_modified
         else:
             assert row["inline"] is None and row["chunk_id"] is None and row["location"] is None
 
     p = str(path)
-    got = _duck(f"SELECT coord, kind, inline, chunk_id, checksum, location, etag, "
-                f"\"offset\", length FROM read_parquet('{p}')")
+    got = _duck(
+        f"SELECT coord, kind, inline, chunk_id, checksum, location, etag, "
+        f"\"offset\", length FROM read_parquet('{p}')"
+    )
     assert [list(g[0]) for g in got] == c.tolist()
     assert [g[1] for g in got] == [int(r.kind) for r in refs]
     assert got[1][2:5] == (None, str(refs[1].chunk_id), 2**64 - 1)
@@ -893,14 +1035,15 @@ def test_transaction_log_opens_in_pyarrow_and_duckdb(tmp_path):
     assert t.column_names == ["change", "path", "node_id", "chunks"]
     rows = t.to_pylist()
     assert [(r["change"], r["path"], r["node_id"]) for r in rows] == [
-        (c.change, c.path, str(c.node_id)) for c in log.changes]
+        (c.change, c.path, str(c.node_id)) for c in log.changes
+    ]
     assert [r["chunks"] for r in rows] == [
-        None if c.chunks is None else c.chunks.tolist() for c in log.changes]
+        None if c.chunks is None else c.chunks.tolist() for c in log.changes
+    ]
     header = json.loads(t.schema.metadata[b"frazil"])
     assert header["id"] == str(log.snapshot_id) and header["parent_id"] == str(log.parent_id)
 
-    got = _duck(f"SELECT change, path, chunks FROM read_parquet('{path}') "
-                f"WHERE chunks IS NOT NULL")
+    got = _duck(f"SELECT change, path, chunks FROM read_parquet('{path}') WHERE chunks IS NOT NULL")
     want = [(c.change, c.path, c.chunks.tolist()) for c in log.changes if c.chunks is not None]
     assert [(g[0], g[1], [list(x) for x in g[2]]) for g in got] == want
 
@@ -926,9 +1069,19 @@ def test_snapshot_checksums_are_checkable_with_pyarrow_and_xxhash():
 
 def test_schemas_are_the_documented_ones():
     assert snapshot_mod.SCHEMA.names == ["path", "node_id", "node_type", "zarr_json", "segments"]
-    assert manifest_mod.SCHEMA.names == ["node_id", "coord", "kind", "inline", "chunk_id", "offset",
-                                         "length", "checksum", "location", "etag",
-                                         "last_modified"]
+    assert manifest_mod.SCHEMA.names == [
+        "node_id",
+        "coord",
+        "kind",
+        "inline",
+        "chunk_id",
+        "offset",
+        "length",
+        "checksum",
+        "location",
+        "etag",
+        "last_modified",
+    ]
     assert txlog.SCHEMA.names == ["change", "path", "node_id", "chunks"]
     assert [int(k) for k in ChunkKind] == [0, 1, 2, 3]
     assert [k.name for k in ChunkKind] == ["DELETED", "INLINE", "NATIVE", "VIRTUAL"]
@@ -950,8 +1103,9 @@ def test_id_text_matches_rfc4648_base32_in_crockford_letters() -> None:
 
     from frazil.format import ChunkId, NodeId
 
-    table = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
-                            b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+    table = bytes.maketrans(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    )
     for cls in (ChunkId, NodeId):
         for _ in range(500):
             raw = os.urandom(cls.SIZE)
@@ -962,10 +1116,15 @@ def test_id_text_matches_rfc4648_base32_in_crockford_letters() -> None:
 
 def test_packed_manifest_holds_several_arrays_segments(tmp_path):
     from frazil.format.manifest import encode_manifest_parts, ref_rows
+
     pool = sample_refs()
     parts = []
-    for ndim, cs in [(2, [(0, 1), (0, 4), (3, 0)]), (1, [(7,)]), (0, [()]),
-                     (3, [(0, 0, 0), (0, 0, 2), (1, 5, 0), (9, 9, 9)])]:
+    for ndim, cs in [
+        (2, [(0, 1), (0, 4), (3, 0)]),
+        (1, [(7,)]),
+        (0, [()]),
+        (3, [(0, 0, 0), (0, 0, 2), (1, 5, 0), (9, 9, 9)]),
+    ]:
         coords = np.array(cs, np.int64).reshape(len(cs), ndim)
         refs = [pool[i % len(pool)] for i in range(len(coords))]
         parts.append((NodeId.new(), coords, ref_rows(refs), refs))
@@ -990,8 +1149,12 @@ def test_packed_manifest_holds_several_arrays_segments(tmp_path):
     assert counts == {str(nid): len(c) for nid, c, _, _ in parts}
     # a header whose parts do not cover the table, or disagree with the column, is refused
     h = header_of(data)
-    for bad in (h["parts"][:-1], [*h["parts"][:-1], {**h["parts"][-1], "rows": 99}],
-                [h["parts"][1], h["parts"][0], *h["parts"][2:]]):
+    for bad in (
+        h["parts"][:-1],
+        [*h["parts"][:-1], {**h["parts"][-1], "rows": 99}],
+        [h["parts"][1], h["parts"][0], *h["parts"][2:]],
+    ):
         with pytest.raises(FormatError, match="manifests/p"):
-            decode_manifest_parts(common.encode_parquet(table_of(data), {**h, "parts": bad}),
-                                  "manifests/p")
+            decode_manifest_parts(
+                common.encode_parquet(table_of(data), {**h, "parts": bad}), "manifests/p"
+            )

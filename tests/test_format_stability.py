@@ -23,8 +23,11 @@ FIXTURE = Path(__file__).parent / "data" / "format-v1"
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +68,21 @@ def read_tree(session: frazil.Session) -> dict[str, Any]:
             kind = session.chunk_type(path, coord).name.lower()
             types[",".join(map(str, coord))] = kind
             if kind != "virtual":
-                sel = tuple(slice(i * c, min((i + 1) * c, s))
-                            for i, c, s in zip(coord, node.chunks, node.shape))
+                sel = tuple(
+                    slice(i * c, min((i + 1) * c, s))
+                    for i, c, s in zip(coord, node.chunks, node.shape)
+                )
                 values[sel] = node[sel]
-        out[path] = {"type": "array", "attrs": dict(node.attrs), "shape": list(node.shape),
-                     "chunks": list(node.chunks), "dtype": str(node.dtype),
-                     "fill_value": node.fill_value.item(), "values": values,
-                     "chunk_types": types}
+        out[path] = {
+            "type": "array",
+            "attrs": dict(node.attrs),
+            "shape": list(node.shape),
+            "chunks": list(node.chunks),
+            "dtype": str(node.dtype),
+            "fill_value": node.fill_value.item(),
+            "values": values,
+            "chunk_types": types,
+        }
     return out
 
 
@@ -125,13 +136,15 @@ def test_ancestry_and_commit_info(repo: frazil.Repository, expected: dict[str, A
             assert info.metadata == want["metadata"]
             assert info.written_at == dt.datetime.fromisoformat(want["written_at"])
     tag_history = [i.id for i in repo.ancestry(tag="v1")]
-    assert tag_history == expected["ancestry"]["main"][-len(tag_history):]
+    assert tag_history == expected["ancestry"]["main"][-len(tag_history) :]
     assert set(expected["commits"]) | {expected["ancestry"]["main"][-1]} == set(
-        expected["snapshots"])
+        expected["snapshots"]
+    )
 
 
-def test_every_snapshot_reads_as_recorded(repo: frazil.Repository,
-                                          expected: dict[str, Any]) -> None:
+def test_every_snapshot_reads_as_recorded(
+    repo: frazil.Repository, expected: dict[str, Any]
+) -> None:
     for sid, want in expected["snapshots"].items():
         session = repo.readonly_session(snapshot_id=sid)
         if want["parent_id"] is None:  # the empty first snapshot
@@ -157,7 +170,7 @@ def test_virtual_reference(repo: frazil.Repository, expected: dict[str, Any]) ->
     assert (ref.location, ref.offset, ref.length) == (v["location"], v["offset"], v["length"])
     # the engine reads local virtual chunks only at absolute paths; resolve it by hand
     source = (FIXTURE / v["file"]).read_bytes()
-    assert list(source[ref.offset:ref.offset + ref.length]) == v["values"]
+    assert list(source[ref.offset : ref.offset + ref.length]) == v["values"]
     containers = repo.config.virtual_chunk_containers or {}
     assert [c.url_prefix for c in containers.values()] == [expected["virtual_prefix"]]
     with pytest.raises(VirtualChunkError):  # never authorized here: refused, not misread

@@ -24,8 +24,11 @@ def memory_url() -> str:
 
 def test_filesystem_without_conditional_writes_is_refused_for_writing() -> None:
     url = memory_url()
-    for settings in ({}, {"unsafe_use_conditional_update": False},
-                     {"unsafe_use_conditional_create": False}):
+    for settings in (
+        {},
+        {"unsafe_use_conditional_update": False},
+        {"unsafe_use_conditional_create": False},
+    ):
         with pytest.raises(InvalidInputError) as info:
             fsspec_storage(url, **settings)  # type: ignore[arg-type]
         msg = str(info.value)
@@ -36,8 +39,9 @@ def test_filesystem_without_conditional_writes_is_refused_for_writing() -> None:
 def test_unsafe_settings_off_warn_and_work_for_a_single_writer() -> None:
     url = memory_url()
     with pytest.warns(UserWarning, match="concurrent commits .* can be lost"):
-        storage = fsspec_storage(url, unsafe_use_conditional_update=False,
-                                 unsafe_use_conditional_create=False)
+        storage = fsspec_storage(
+            url, unsafe_use_conditional_update=False, unsafe_use_conditional_create=False
+        )
     assert isinstance(storage, FsspecStorage) and not storage.supports_conditional_writes
     repo = frazil.Repository.create(storage)
     s = repo.writable_session("main")
@@ -61,7 +65,13 @@ def test_unsafe_settings_off_warn_and_work_for_a_single_writer() -> None:
     assert "read-only" in ro.describe()
     r = frazil.Repository.open(ro)
     assert list(zarr.open_array(r.readonly_session("main").store, path="a", mode="r")[:]) == [
-        0, 1, 2, 3, 4, 5]
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]
     with pytest.raises(ReadOnlyError, match="read-only"):
         r.create_branch("dev", first)
     assert r.list_branches() == {"main"}
@@ -72,9 +82,14 @@ def test_file_and_s3_urls_use_frazils_own_backends(tmp_path: Path) -> None:
     assert isinstance(local, LocalFileSystemStorage) and local.supports_conditional_writes
     srv = s3server.server()
     prefix = s3server.new_prefix()
-    s3 = fsspec_storage(f"s3://{s3server.BUCKET}/{prefix}", storage_options={
-        "key": s3server.ACCESS_KEY, "secret": s3server.SECRET_KEY,
-        "client_kwargs": {"endpoint_url": srv.endpoint_url, "region_name": "us-east-1"}})
+    s3 = fsspec_storage(
+        f"s3://{s3server.BUCKET}/{prefix}",
+        storage_options={
+            "key": s3server.ACCESS_KEY,
+            "secret": s3server.SECRET_KEY,
+            "client_kwargs": {"endpoint_url": srv.endpoint_url, "region_name": "us-east-1"},
+        },
+    )
     assert isinstance(s3, S3Storage) and s3.supports_conditional_writes
     repo = frazil.Repository.create(s3)
     assert frazil.Repository.open(s3server.storage(prefix)).list_branches() == {"main"}
@@ -92,12 +107,15 @@ def test_read_only_holds_for_file_and_s3_urls(tmp_path: Path) -> None:
     a config save through it are refused, and storage is unchanged."""
     srv = s3server.server()
     prefix = s3server.new_prefix()
-    s3_options = {"key": s3server.ACCESS_KEY, "secret": s3server.SECRET_KEY,
-                  "client_kwargs": {"endpoint_url": srv.endpoint_url,
-                                    "region_name": "us-east-1"}}
+    s3_options = {
+        "key": s3server.ACCESS_KEY,
+        "secret": s3server.SECRET_KEY,
+        "client_kwargs": {"endpoint_url": srv.endpoint_url, "region_name": "us-east-1"},
+    }
     for url, options, writer in (
-            (f"file://{tmp_path}/repo", None, lambda: fsspec_storage(f"file://{tmp_path}/repo")),
-            (f"s3://{s3server.BUCKET}/{prefix}", s3_options, lambda: s3server.storage(prefix))):
+        (f"file://{tmp_path}/repo", None, lambda: fsspec_storage(f"file://{tmp_path}/repo")),
+        (f"s3://{s3server.BUCKET}/{prefix}", s3_options, lambda: s3server.storage(prefix)),
+    ):
         repo = frazil.Repository.create(writer())
         s = repo.writable_session("main")
         zarr.create_array(s.store, name="a", shape=(4,), chunks=(2,), dtype="i4")[:] = 1
@@ -105,32 +123,42 @@ def test_read_only_holds_for_file_and_s3_urls(tmp_path: Path) -> None:
         ro = fsspec_storage(url, storage_options=options, read_only=True)
         assert not ro.writable and "read-only" in ro.describe()
         reader = frazil.Repository.open(ro)
-        assert list(zarr.open_array(reader.readonly_session("main").store, path="a",
-                                    mode="r")[:]) == [1, 1, 1, 1]
+        assert list(
+            zarr.open_array(reader.readonly_session("main").store, path="a", mode="r")[:]
+        ) == [1, 1, 1, 1]
         with pytest.raises(ReadOnlyError):
             reader.writable_session("main")
-        for attempt, args in ((reader.create_branch, ("dev", tip)),
-                              (reader.create_tag, ("v1", tip)), (reader.save_config, ()),
-                              (reader.reset_branch, ("main", tip))):
+        for attempt, args in (
+            (reader.create_branch, ("dev", tip)),
+            (reader.create_tag, ("v1", tip)),
+            (reader.save_config, ()),
+            (reader.reset_branch, ("main", tip)),
+        ):
             with pytest.raises(ReadOnlyError):
                 attempt(*args)  # type: ignore[operator]
         import datetime as dt
+
         with pytest.raises(ReadOnlyError):
             reader.garbage_collect(dt.datetime.now(dt.UTC))
         with pytest.raises(ReadOnlyError):
-            frazil.Repository.create(fsspec_storage(url.rstrip("/") + "-new",
-                                                    storage_options=options, read_only=True))
+            frazil.Repository.create(
+                fsspec_storage(url.rstrip("/") + "-new", storage_options=options, read_only=True)
+            )
         assert repo.list_branches() == {"main"} and repo.list_tags() == set()
         assert repo.lookup_branch("main") == tip
 
 
-@pytest.mark.parametrize("url,options,bad", [
-    ("file:///tmp/x", {"auto_mkdirs": True}, "auto_mkdirs"),
-    ("s3://bucket/p", {"secret_key": "s"}, "secret_key"),
-    ("s3://bucket/p", {"key": "k", "secret": "s", "endpoint": "http://h"}, "endpoint"),
-    ("s3://bucket/p", {"client_kwargs": {"region": "us-east-1"}}, "region"),
-])
-def test_unknown_storage_options_are_refused(url: str, options: dict[str, object],
-                                             bad: str) -> None:
+@pytest.mark.parametrize(
+    "url,options,bad",
+    [
+        ("file:///tmp/x", {"auto_mkdirs": True}, "auto_mkdirs"),
+        ("s3://bucket/p", {"secret_key": "s"}, "secret_key"),
+        ("s3://bucket/p", {"key": "k", "secret": "s", "endpoint": "http://h"}, "endpoint"),
+        ("s3://bucket/p", {"client_kwargs": {"region": "us-east-1"}}, "region"),
+    ],
+)
+def test_unknown_storage_options_are_refused(
+    url: str, options: dict[str, object], bad: str
+) -> None:
     with pytest.raises(InvalidInputError, match=f"'{bad}'.*not understood"):
         fsspec_storage(url, storage_options=options)

@@ -112,7 +112,8 @@ class HierarchyHistoryMachine(RuleBasedStateMachine):
         if path in self.tree:
             return
         zarr.open_group(self.session.store, path=parent, mode="r+").create_group(
-            name, attributes={"made": self.n})
+            name, attributes={"made": self.n}
+        )
         note(f"group {path!r}")
         self.tree[path] = Node({"made": self.n})
         self.ever.add(path)
@@ -127,7 +128,8 @@ class HierarchyHistoryMachine(RuleBasedStateMachine):
         shape = tuple(data.draw(st.lists(st.integers(0, 7), min_size=ndim, max_size=ndim)))
         chunks = tuple(data.draw(st.lists(st.integers(1, 3), min_size=ndim, max_size=ndim)))
         zarr.open_group(self.session.store, path=parent, mode="r+").create_array(
-            name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, compressors=None)
+            name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, compressors=None
+        )
         note(f"array {path!r} {shape} chunks {chunks} {dtype}")
         self.tree[path] = Node({}, np.zeros(shape, dtype), chunks)
         self.ever.add(path)
@@ -210,23 +212,31 @@ class HierarchyHistoryMachine(RuleBasedStateMachine):
 
 
 def _settings(examples: int, steps: int) -> settings:
-    return settings(max_examples=examples, stateful_step_count=steps, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    return settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
 
 
 def test_hierarchy_history_memory() -> None:
-    run_state_machine_as_test(lambda: HierarchyHistoryMachine(frazil.in_memory_storage()),
-                              settings=_settings(40, 40))
+    run_state_machine_as_test(
+        lambda: HierarchyHistoryMachine(frazil.in_memory_storage()), settings=_settings(40, 40)
+    )
 
 
 def test_hierarchy_history_local(tmp_path: Path) -> None:
     def make() -> HierarchyHistoryMachine:
         return HierarchyHistoryMachine(
-            frazil.local_filesystem_storage(tempfile.mkdtemp(dir=tmp_path)))
+            frazil.local_filesystem_storage(tempfile.mkdtemp(dir=tmp_path))
+        )
+
     run_state_machine_as_test(make, settings=_settings(8, 25))
 
 
 @pytest.mark.slow
 def test_hierarchy_history_memory_long() -> None:
-    run_state_machine_as_test(lambda: HierarchyHistoryMachine(frazil.in_memory_storage()),
-                              settings=_settings(300, 60))
+    run_state_machine_as_test(
+        lambda: HierarchyHistoryMachine(frazil.in_memory_storage()), settings=_settings(300, 60)
+    )

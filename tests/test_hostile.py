@@ -45,8 +45,7 @@ SECRET = b"the secret outside the container"
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def stage_raw(session: frazil.Session, path: str, coord: tuple[int, ...],
-              ref: ChunkRef) -> None:
+def stage_raw(session: frazil.Session, path: str, coord: tuple[int, ...], ref: ChunkRef) -> None:
     """Stage ``ref`` as an attacker would write it: past every check of the API."""
     rec = session.node(path)
     assert rec is not None
@@ -63,25 +62,33 @@ def local_layout(tmp_path: Path) -> tuple[Path, Path, str]:
     return allowed, secret, f"file://{allowed}"
 
 
-def hostile_local_repo(tmp_path: Path, prefix: str, locations: list[str],
-                       length: int = len(SECRET)) -> frazil.Repository:
+def hostile_local_repo(
+    tmp_path: Path, prefix: str, locations: list[str], length: int = len(SECRET)
+) -> frazil.Repository:
     """A repository whose array ``x`` has one virtual chunk per location (written past
     the API's checks), opened by a reader who authorized the container."""
     config = RepositoryConfig.default()
-    config.set_virtual_chunk_container(VirtualChunkContainer(
-        prefix, frazil.local_filesystem_store(prefix[len("file://"):])))
+    config.set_virtual_chunk_container(
+        VirtualChunkContainer(prefix, frazil.local_filesystem_store(prefix[len("file://") :]))
+    )
     storage = frazil.local_filesystem_storage(tmp_path / "repo")
     repo = frazil.Repository.create(storage, config)
     s = repo.writable_session("main")
-    zarr.create_array(s.store, name="x", shape=(len(locations) * length,), chunks=(length,),
-                      dtype="u1", compressors=None, fill_value=0)
+    zarr.create_array(
+        s.store,
+        name="x",
+        shape=(len(locations) * length,),
+        chunks=(length,),
+        dtype="u1",
+        compressors=None,
+        fill_value=0,
+    )
     for i, loc in enumerate(locations):
-        stage_raw(s, "/x", (i,), ChunkRef(ChunkKind.VIRTUAL, location=loc, offset=0,
-                                          length=length))
+        stage_raw(s, "/x", (i,), ChunkRef(ChunkKind.VIRTUAL, location=loc, offset=0, length=length))
     s.commit("hostile refs")
-    return frazil.Repository.open(storage,
-                                  authorize_virtual_chunk_access=containers_credentials(
-                                      {prefix: None}))
+    return frazil.Repository.open(
+        storage, authorize_virtual_chunk_access=containers_credentials({prefix: None})
+    )
 
 
 def read_chunk(repo: frazil.Repository, coord: tuple[int, ...]) -> bytes | None:
@@ -91,8 +98,15 @@ def read_chunk(repo: frazil.Repository, coord: tuple[int, ...]) -> bytes | None:
 
 # -- 1. locations are parsed once; encoded dot segments and symbolic links do not escape -----
 
-ESCAPES = ["%2e%2e/secret", "..%2fsecret", "%2E%2E%2Fsecret", "%2e%2e%2fsecret",
-           ".%2e/secret", "%2e./secret", "sub/%2e%2e/%2e%2e/secret"]
+ESCAPES = [
+    "%2e%2e/secret",
+    "..%2fsecret",
+    "%2E%2E%2Fsecret",
+    "%2e%2e%2fsecret",
+    ".%2e/secret",
+    "%2e./secret",
+    "sub/%2e%2e/%2e%2e/secret",
+]
 
 
 @pytest.mark.parametrize("escape", ESCAPES)
@@ -109,8 +123,13 @@ def test_percent_encoded_dot_segments_never_escape(tmp_path: Path, escape: str) 
 
 
 def test_one_canonical_form_for_every_scheme() -> None:
-    for url in ("s3://bucket/a/%2e%2e/b", "gs://bucket/%2E%2E/b", "http://h/a/..%2Fb",
-                "file:///a/%2e/b", "https://h/a/%2e%2E/b"):
+    for url in (
+        "s3://bucket/a/%2e%2e/b",
+        "gs://bucket/%2E%2E/b",
+        "http://h/a/..%2Fb",
+        "file:///a/%2e/b",
+        "https://h/a/%2e%2E/b",
+    ):
         with pytest.raises(LocationError, match="path segments"):
             parse_location(url)
     # decoded exactly once: a double-encoded name stays a literal name
@@ -118,10 +137,14 @@ def test_one_canonical_form_for_every_scheme() -> None:
     assert parse_location("s3://b/k%20x").key == "k x"
     assert parse_location("GCS://b/k") == parse_location("gs://b/k")
     assert parse_location("HTTPS://Example.ORG:443/a").url == "https://example.org/a"
-    for bad, why in (("http://trusted.org@evil.org/x", "user information"),
-                     ("file://evil-host/etc/passwd", "localhost"),
-                     ("s3://b/k?versionId=1", "query"), ("s3://b/k\\..\\x", "backslash"),
-                     ("s3://b/%ff", "UTF-8"), ("s3://b/a%00b", "control")):
+    for bad, why in (
+        ("http://trusted.org@evil.org/x", "user information"),
+        ("file://evil-host/etc/passwd", "localhost"),
+        ("s3://b/k?versionId=1", "query"),
+        ("s3://b/k\\..\\x", "backslash"),
+        ("s3://b/%ff", "UTF-8"),
+        ("s3://b/a%00b", "control"),
+    ):
         with pytest.raises(LocationError, match=why):
             parse_location(bad)
     # containment compares canonical forms segment by segment
@@ -136,8 +159,9 @@ def test_symlink_out_of_the_container_is_refused(tmp_path: Path) -> None:
     (allowed / "link").symlink_to(secret)  # a link inside, to a file outside
     (allowed / "dirlink").symlink_to(tmp_path)  # a link inside, to a folder outside
     (allowed / "inside").symlink_to(allowed / "ok.bin")  # a link that stays inside
-    repo = hostile_local_repo(tmp_path, prefix, [
-        f"{prefix}/link", f"{prefix}/dirlink/secret", f"{prefix}/inside"])
+    repo = hostile_local_repo(
+        tmp_path, prefix, [f"{prefix}/link", f"{prefix}/dirlink/secret", f"{prefix}/inside"]
+    )
     for coord in ((0,), (1,)):
         with pytest.raises(VirtualChunkError, match="outside its container.*symbolic link"):
             read_chunk(repo, coord)
@@ -209,36 +233,51 @@ def recorder() -> Iterator[tuple[str, list[dict[str, str]]]]:
 
 
 def test_stored_endpoint_never_receives_the_readers_credentials(
-        tmp_path: Path, recorder: tuple[str, list[dict[str, str]]]) -> None:
+    tmp_path: Path, recorder: tuple[str, list[dict[str, str]]]
+) -> None:
     evil, seen = recorder
     # the repository declares the prefix the reader trusts, with its own endpoint
-    hostile = s3_store(region="us-east-1", endpoint_url=evil, allow_http=True,
-                       force_path_style=True)
+    hostile = s3_store(
+        region="us-east-1", endpoint_url=evil, allow_http=True, force_path_style=True
+    )
     config = RepositoryConfig.default()
     config.set_virtual_chunk_container(VirtualChunkContainer("s3://trusted-data", hostile))
     storage = frazil.local_filesystem_storage(tmp_path / "repo")
     repo = frazil.Repository.create(storage, config)
     s = repo.writable_session("main")
-    zarr.create_array(s.store, name="x", shape=(4,), chunks=(4,), dtype="u1",
-                      compressors=None, fill_value=0)
+    zarr.create_array(
+        s.store, name="x", shape=(4,), chunks=(4,), dtype="u1", compressors=None, fill_value=0
+    )
     s.store.set_virtual_ref("x/c/0", "s3://trusted-data/file.bin", offset=0, length=4)
     s.commit("points at the trusted bucket")
 
-    credentials = containers_credentials({"s3://trusted-data": s3_credentials(
-        access_key_id="AKIAREADERSKEY", secret_access_key="readers-secret",
-        session_token="readers-session-token")})
+    credentials = containers_credentials(
+        {
+            "s3://trusted-data": s3_credentials(
+                access_key_id="AKIAREADERSKEY",
+                secret_access_key="readers-secret",
+                session_token="readers-session-token",
+            )
+        }
+    )
     for cred in (credentials, {"s3://trusted-data": None}):  # given keys, or the environment's
         reader = frazil.Repository.open(storage, authorize_virtual_chunk_access=cred)
         arr = zarr.open_array(reader.readonly_session("main").store, path="x", mode="r")
-        with pytest.raises(VirtualChunkError, match=(
+        with pytest.raises(
+            VirtualChunkError,
+            match=(
                 "would send your credentials to http://127.0.0.1:[0-9]+ over plain http, an "
-                "endpoint named by the repository's stored config.*confirm it.*config=")):
+                "endpoint named by the repository's stored config.*confirm it.*config="
+            ),
+        ):
             arr[:]
     assert seen == []  # not one request reached the endpoint
 
     # anonymous reads send nothing secret: allowed without confirmation
-    anon = frazil.Repository.open(storage, authorize_virtual_chunk_access={
-        "s3://trusted-data": frazil.s3_anonymous_credentials()})
+    anon = frazil.Repository.open(
+        storage,
+        authorize_virtual_chunk_access={"s3://trusted-data": frazil.s3_anonymous_credentials()},
+    )
     with pytest.raises(frazil.FrazilError):
         zarr.open_array(anon.readonly_session("main").store, path="x", mode="r")[:]
     assert seen and all("authorization" not in h for h in seen)
@@ -247,28 +286,37 @@ def test_stored_endpoint_never_receives_the_readers_credentials(
     # a reader who confirms the endpoint (passes the same container) sends to it
     mine = RepositoryConfig()
     mine.set_virtual_chunk_container(VirtualChunkContainer("s3://trusted-data", hostile))
-    confirmed = frazil.Repository.open(storage, config=mine,
-                                       authorize_virtual_chunk_access=credentials)
+    confirmed = frazil.Repository.open(
+        storage, config=mine, authorize_virtual_chunk_access=credentials
+    )
     with pytest.raises(frazil.FrazilError):  # the recorder answers 404
         zarr.open_array(confirmed.readonly_session("main").store, path="x", mode="r")[:]
     assert seen and "AKIAREADERSKEY" in seen[0].get("authorization", "")
 
 
 def test_reader_settings_replace_the_stored_endpoint(
-        tmp_path: Path, recorder: tuple[str, list[dict[str, str]]]) -> None:
+    tmp_path: Path, recorder: tuple[str, list[dict[str, str]]]
+) -> None:
     """A reader passing the container with its own settings uses those, never the stored
     endpoint (and needs no confirmation of it)."""
     evil, seen = recorder
     config = RepositoryConfig.default()
-    config.set_virtual_chunk_container(VirtualChunkContainer(
-        "s3://data", s3_store(endpoint_url=evil, allow_http=True)))
+    config.set_virtual_chunk_container(
+        VirtualChunkContainer("s3://data", s3_store(endpoint_url=evil, allow_http=True))
+    )
     storage = frazil.local_filesystem_storage(tmp_path / "repo")
     frazil.Repository.create(storage, config)
     mine = RepositoryConfig()
-    mine.set_virtual_chunk_container(VirtualChunkContainer("s3://data",
-                                                           s3_store(region="eu-west-1")))
-    reader = frazil.Repository.open(storage, config=mine, authorize_virtual_chunk_access={
-        "s3://data": s3_credentials(access_key_id="k", secret_access_key="s")})
+    mine.set_virtual_chunk_container(
+        VirtualChunkContainer("s3://data", s3_store(region="eu-west-1"))
+    )
+    reader = frazil.Repository.open(
+        storage,
+        config=mine,
+        authorize_virtual_chunk_access={
+            "s3://data": s3_credentials(access_key_id="k", secret_access_key="s")
+        },
+    )
     assert reader.config.virtual_chunk_containers["s3://data"].store.endpoint_url is None
     container, _ = reader._virtual.authorized_container("s3://data/x.nc")
     assert container.store.region == "eu-west-1"
@@ -279,17 +327,24 @@ def test_confirmation_travels_with_a_pickled_repository(tmp_path: Path) -> None:
     import pickle
 
     config = RepositoryConfig.default()
-    config.set_virtual_chunk_container(VirtualChunkContainer(
-        "s3://data", s3_store(endpoint_url="http://127.0.0.1:9", allow_http=True)))
+    config.set_virtual_chunk_container(
+        VirtualChunkContainer(
+            "s3://data", s3_store(endpoint_url="http://127.0.0.1:9", allow_http=True)
+        )
+    )
     storage = frazil.local_filesystem_storage(tmp_path / "repo")
     frazil.Repository.create(storage, config)
     auth = {"s3://data": s3_credentials(access_key_id="k", secret_access_key="s")}
-    unconfirmed = pickle.loads(pickle.dumps(
-        frazil.Repository.open(storage, authorize_virtual_chunk_access=auth)))
+    unconfirmed = pickle.loads(
+        pickle.dumps(frazil.Repository.open(storage, authorize_virtual_chunk_access=auth))
+    )
     with pytest.raises(VirtualChunkError, match="would send your credentials"):
         unconfirmed._virtual.authorized_container("s3://data/x")
-    confirmed = pickle.loads(pickle.dumps(frazil.Repository.open(
-        storage, config=config, authorize_virtual_chunk_access=auth)))
+    confirmed = pickle.loads(
+        pickle.dumps(
+            frazil.Repository.open(storage, config=config, authorize_virtual_chunk_access=auth)
+        )
+    )
     confirmed._virtual.authorized_container("s3://data/x")
 
 
@@ -345,17 +400,22 @@ def test_redirect_to_another_host_is_refused(tmp_path: Path) -> None:
         prefix = f"{origin_url}/data"
         config = RepositoryConfig.default()
         config.set_virtual_chunk_container(VirtualChunkContainer(prefix, frazil.http_store()))
-        repo = frazil.Repository.create(frazil.local_filesystem_storage(tmp_path / "repo"),
-                                        config, authorize_virtual_chunk_access={prefix: None})
+        repo = frazil.Repository.create(
+            frazil.local_filesystem_storage(tmp_path / "repo"),
+            config,
+            authorize_virtual_chunk_access={prefix: None},
+        )
         s = repo.writable_session("main")
-        zarr.create_array(s.store, name="x", shape=(64,), chunks=(32,), dtype="u1",
-                          compressors=None, fill_value=0)
+        zarr.create_array(
+            s.store, name="x", shape=(64,), chunks=(32,), dtype="u1", compressors=None, fill_value=0
+        )
         s.store.set_virtual_ref("x/c/0", f"{prefix}/away.bin", offset=0, length=32)
         s.store.set_virtual_ref("x/c/1", f"{prefix}/moved.bin", offset=0, length=32)
         s.commit("refs")
         ro = repo.readonly_session("main")
-        with pytest.raises(frazil.StorageError, match="redirects to http://127.0.0.1:[0-9]+.*"
-                           "outside"):
+        with pytest.raises(
+            frazil.StorageError, match="redirects to http://127.0.0.1:[0-9]+.*outside"
+        ):
             frazil._aio.run(ro.get_chunk("/x", (0,)))
         assert frazil._aio.run(ro.get_chunk("/x", (1,))) == good_bytes
     finally:
@@ -385,8 +445,9 @@ def test_deep_zarr_json_in_a_snapshot(tmp_path: Path) -> None:
     repo = frazil.Repository.create(storage)
     s = repo.writable_session("main")
     zarr.group(s.store)
-    hostile = (b'{"zarr_format": 3, "node_type": "group", "attributes": {"a": '
-               + deep(50_000) + b"}}")
+    hostile = (
+        b'{"zarr_format": 3, "node_type": "group", "attributes": {"a": ' + deep(50_000) + b"}}"
+    )
     s._changes.set_node(NodeRecord("/g", frazil.format.NodeId.new(), "group", hostile))
     s.commit("a hostile group")
     reader = frazil.Repository.open(storage)
@@ -405,8 +466,9 @@ def frazil_now() -> Any:
     return dt.datetime.now(dt.UTC)
 
 
-@pytest.mark.parametrize("where", ["config.json", "refs/branch.main/ref.json",
-                                   "refs/branch.dev/ref.json"])
+@pytest.mark.parametrize(
+    "where", ["config.json", "refs/branch.main/ref.json", "refs/branch.dev/ref.json"]
+)
 def test_deep_json_in_config_and_refs(tmp_path: Path, where: str) -> None:
     storage = frazil.local_filesystem_storage(tmp_path / "repo")
     repo = frazil.Repository.create(storage)
@@ -426,15 +488,17 @@ def test_deep_json_in_config_and_refs(tmp_path: Path, where: str) -> None:
         reader.lookup_branch(name)
     report = reader.fsck()
     assert not report.ok and any("nested" in p for p in map(str, report.problems))
-    for call in (lambda: reader.garbage_collect(frazil_now()),
-                 lambda: reader.expire_snapshots(frazil_now())):
+    for call in (
+        lambda: reader.garbage_collect(frazil_now()),
+        lambda: reader.expire_snapshots(frazil_now()),
+    ):
         with pytest.raises(FormatError, match="nested"):
             call()
 
 
 def test_virtual_length_far_past_the_file_allocates_nothing(tmp_path: Path) -> None:
     allowed, _, prefix = local_layout(tmp_path)
-    repo = hostile_local_repo(tmp_path, prefix, [f"{prefix}/ok.bin"], length=2 ** 40)
+    repo = hostile_local_repo(tmp_path, prefix, [f"{prefix}/ok.bin"], length=2**40)
     tracemalloc.start()
     try:
         with pytest.raises(VirtualChunkError, match="shorter than referenced"):
@@ -457,17 +521,20 @@ def _rewrite(path: Path, change: str, column: str) -> None:
         table = table.drop_columns([column])
     else:  # retyped: the same name, another type
         i = table.schema.get_field_index(column)
-        table = table.set_column(i, column, pa.array([str(v) for v in
-                                                      table.column(column).to_pylist()]))
+        table = table.set_column(
+            i, column, pa.array([str(v) for v in table.column(column).to_pylist()])
+        )
     pq.write_table(table.replace_schema_metadata(meta), path)
 
 
 @pytest.mark.parametrize("change", ["extra", "missing", "retyped"])
-@pytest.mark.parametrize("folder,column", [("manifests", "length"),
-                                           ("snapshots", "segments"),
-                                           ("transactions", "chunks")])
-def test_parquet_with_changed_columns(tmp_path: Path, change: str, folder: str,
-                                      column: str) -> None:
+@pytest.mark.parametrize(
+    "folder,column",
+    [("manifests", "length"), ("snapshots", "segments"), ("transactions", "chunks")],
+)
+def test_parquet_with_changed_columns(
+    tmp_path: Path, change: str, folder: str, column: str
+) -> None:
     """Columns beyond the schema are ignored; a missing or retyped one is a FormatError
     naming the object. (The referrer's checksum also catches the rewrite: checked here
     with the checksum check bypassed, as a hostile writer would recompute it.)"""
@@ -476,16 +543,19 @@ def test_parquet_with_changed_columns(tmp_path: Path, change: str, folder: str,
     storage = frazil.local_filesystem_storage(tmp_path / "repo")
     repo = frazil.Repository.create(storage)
     s = repo.writable_session("main")
-    a = zarr.create_array(s.store, name="a", shape=(8,), chunks=(2,), dtype="i4",
-                          fill_value=0)
+    a = zarr.create_array(s.store, name="a", shape=(8,), chunks=(2,), dtype="i4", fill_value=0)
     a[:] = np.arange(8)
     sid = s.commit("data")
-    key = f"{folder}/" + (sid if folder != "manifests" else
-                          os.listdir(tmp_path / "repo" / "manifests")[0])
+    key = f"{folder}/" + (
+        sid if folder != "manifests" else os.listdir(tmp_path / "repo" / "manifests")[0]
+    )
     path = tmp_path / "repo" / key
     _rewrite(path, change, column)
-    decode = {"manifests": decode_manifest_parts, "snapshots": decode_snapshot,
-              "transactions": decode_transaction_log}[folder]
+    decode = {
+        "manifests": decode_manifest_parts,
+        "snapshots": decode_snapshot,
+        "transactions": decode_transaction_log,
+    }[folder]
     if change == "extra":
         decode(path.read_bytes(), key)
         return

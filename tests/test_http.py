@@ -35,9 +35,20 @@ def serve(directory: Path, timeout: float = 30.0) -> Iterator[str]:
     """``python -m http.server`` for ``directory`` on 127.0.0.1; yields its base URL."""
     [port] = s3server.free_ports(1)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
-         "--directory", str(directory)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            str(port),
+            "--directory",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -67,11 +78,20 @@ def serve(directory: Path, timeout: float = 30.0) -> Iterator[str]:
 def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A repository with two commits, a tag and a branch, served over HTTP."""
     root = tmp_path_factory.mktemp("published")
-    repo = frazil.Repository.create(frazil.local_filesystem_storage(root / "repo"),
-                                    frazil.RepositoryConfig(inline_chunk_threshold_bytes=0))
+    repo = frazil.Repository.create(
+        frazil.local_filesystem_storage(root / "repo"),
+        frazil.RepositoryConfig(inline_chunk_threshold_bytes=0),
+    )
     s = repo.writable_session("main")
-    arr = zarr.create_array(s.store, name="temps", shape=(6, 8), chunks=(3, 4), dtype="f4",
-                            fill_value=0.0, attributes={"units": "K"})
+    arr = zarr.create_array(
+        s.store,
+        name="temps",
+        shape=(6, 8),
+        chunks=(3, 4),
+        dtype="f4",
+        fill_value=0.0,
+        attributes={"units": "K"},
+    )
     first = np.arange(48, dtype="f4").reshape(6, 8)
     arr[:] = first
     v1 = s.commit("first")
@@ -101,7 +121,10 @@ def test_open_and_read_over_http(published: dict[str, Any]) -> None:
         assert (arr[:] == expected).all()
         assert (arr[1:4, 2:7] == expected[1:4, 2:7]).all()
     assert [h.message for h in repo.ancestry(branch="main")] == [
-        "second", "first", "Repository initialized"]
+        "second",
+        "first",
+        "Repository initialized",
+    ]
     assert repo.lookup_tag("v1") == published["v1"]
 
 
@@ -112,9 +135,12 @@ def test_writes_refused(published: dict[str, Any]) -> None:
         repo.writable_session("main")
     with pytest.raises(ReadOnlyError):
         frazil.Repository.create(frazil.http_storage(published["url"] + "-new"))
-    for call in [lambda: storage.put("x", b"1"), lambda: storage.put_if_absent("x", b"1"),
-                 lambda: storage.put_if_version("x", b"1", "v"),
-                 lambda: storage.delete(["config.json"])]:
+    for call in [
+        lambda: storage.put("x", b"1"),
+        lambda: storage.put_if_absent("x", b"1"),
+        lambda: storage.put_if_version("x", b"1", "v"),
+        lambda: storage.delete(["config.json"]),
+    ]:
         with pytest.raises(ReadOnlyError):
             run(call())
     assert run(storage.exists("config.json"))
@@ -139,9 +165,12 @@ def test_objects_and_ranges(published: dict[str, Any]) -> None:
     assert run(storage.get("config.json", (4, 4))) == b""
     got, version = run(storage.get_with_version("config.json"))
     assert got == data and run(storage.get_with_version("config.json"))[1] == version
-    for call in [lambda: storage.get("missing"), lambda: storage.get("missing", (0, 2)),
-                 lambda: storage.get_with_version("refs/branch.nope/ref.json"),
-                 lambda: storage.size("missing")]:
+    for call in [
+        lambda: storage.get("missing"),
+        lambda: storage.get("missing", (0, 2)),
+        lambda: storage.get_with_version("refs/branch.nope/ref.json"),
+        lambda: storage.size("missing"),
+    ]:
         with pytest.raises(NotFoundError):
             run(call())
     assert run(storage.exists("missing")) is False
@@ -160,8 +189,9 @@ def test_http_storage_pickles(published: dict[str, Any]) -> None:
 
 def test_unreachable_server_is_a_storage_error() -> None:
     [port] = s3server.free_ports(1)  # nothing listens there
-    storage = frazil.http_storage(f"http://127.0.0.1:{port}/repo", max_attempts=2,
-                                  backoff_base=0.001)
+    storage = frazil.http_storage(
+        f"http://127.0.0.1:{port}/repo", max_attempts=2, backoff_base=0.001
+    )
     with pytest.raises(StorageError):
         run(storage.get("config.json"))
     with pytest.raises(frazil.InvalidInputError):

@@ -36,16 +36,16 @@ def check(result: LoadResult) -> None:
     for c in result.commits:
         info = by_id[c.snapshot_id]  # the id commit() returned is in history
         assert (info.metadata["writer"], info.metadata["k"]) == (c.writer, c.k)
-    in_history = sorted((i.metadata["writer"], i.metadata["k"]) for i in history
-                        if "writer" in i.metadata)
+    in_history = sorted(
+        (i.metadata["writer"], i.metadata["k"]) for i in history if "writer" in i.metadata
+    )
     assert in_history == sorted(committed)  # exactly once each, nothing else
 
     store = repo.readonly_session("main").store
     for w, k in last.items():
         assert (np.asarray(zarr.open_array(store, path=f"w{w}", mode="r")[:]) == k).all()
     shared = np.asarray(zarr.open_array(store, path="shared", mode="r")[:])
-    assert shared.tolist() == [last[w] if result.shares(w) else 0
-                               for w in range(result.writers)]
+    assert shared.tolist() == [last[w] if result.shares(w) else 0 for w in range(result.writers)]
     assert repo.fsck().ok
 
 

@@ -34,8 +34,9 @@ def small_config(**kw: Any) -> frazil.RepositoryConfig:
     return frazil.RepositoryConfig(inline_chunk_threshold_bytes=kw.pop("inline", 8), **kw)
 
 
-def write(repo: frazil.Repository, branch: str, message: str,
-          fn: Callable[[zarr.Group], None]) -> str:
+def write(
+    repo: frazil.Repository, branch: str, message: str, fn: Callable[[zarr.Group], None]
+) -> str:
     s = repo.writable_session(branch)
     fn(zarr.open_group(s.store))
     return s.commit(message)
@@ -52,10 +53,11 @@ def new_repo(storage: Storage, **kw: Any) -> frazil.Repository:
 
     def init(g: zarr.Group) -> None:
         # uncompressed: "a"'s chunks are 16 bytes (native), "b"'s 1 byte (inline)
-        g.create_array("a", shape=(8, 8), chunks=(2, 2), dtype="i4", fill_value=-1,
-                       compressors=None)
-        g.create_array("b", shape=(10,), chunks=(1,), dtype="u1", fill_value=0,
-                       compressors=None)
+        g.create_array(
+            "a", shape=(8, 8), chunks=(2, 2), dtype="i4", fill_value=-1, compressors=None
+        )
+        g.create_array("b", shape=(10,), chunks=(1,), dtype="u1", fill_value=0, compressors=None)
+
     write(repo, "main", "arrays", init)
     return repo
 
@@ -98,34 +100,46 @@ def test_id_times_in_bulk() -> None:
 
 
 # -- compaction -----------------------------------------------------------------------------
-ops = st.lists(st.tuples(st.sampled_from(["set", "del"]), st.integers(0, 3), st.integers(0, 3),
-                         st.integers(0, 1000)), min_size=1, max_size=6)
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["set", "del"]), st.integers(0, 3), st.integers(0, 3), st.integers(0, 1000)
+    ),
+    min_size=1,
+    max_size=6,
+)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(commits=st.lists(ops, min_size=1, max_size=6), rows=st.integers(1, 5),
-       seed=st.integers(0, 3))
-def test_compaction_keeps_content(commits: list[list[tuple[str, int, int, int]]], rows: int,
-                                  seed: int) -> None:
+@given(
+    commits=st.lists(ops, min_size=1, max_size=6), rows=st.integers(1, 5), seed=st.integers(0, 3)
+)
+def test_compaction_keeps_content(
+    commits: list[list[tuple[str, int, int, int]]], rows: int, seed: int
+) -> None:
     repo = new_repo(frazil.in_memory_storage())
     for n, batch in enumerate(commits):
+
         def apply(g: zarr.Group, batch: list[tuple[str, int, int, int]] = batch) -> None:
             a = g["a"]
             for op, i, j, v in batch:
                 if op == "set":  # small values inline, big ones native (threshold 8 bytes)
-                    a[2 * i:2 * i + 2, 2 * j:2 * j + 2] = v if (v + seed) % 2 else \
-                        np.arange(4).reshape(2, 2) + v
+                    a[2 * i : 2 * i + 2, 2 * j : 2 * j + 2] = (
+                        v if (v + seed) % 2 else np.arange(4).reshape(2, 2) + v
+                    )
                 else:
-                    a[2 * i:2 * i + 2, 2 * j:2 * j + 2] = -1  # the fill value: a tombstone
+                    a[2 * i : 2 * i + 2, 2 * j : 2 * j + 2] = -1  # the fill value: a tombstone
+
         write(repo, "main", f"c{n}", apply)
     before = content(repo, branch="main")
     live_before = _aio.run(repo.readonly_session("main").chunk_coords("/a"))
     summary = repo.compact("main", rows_per_segment=rows)
     fresh = frazil.Repository.open(repo.storage)
-    assert {k: v.tolist() for k, v in content(fresh, branch="main").items()} == \
-        {k: v.tolist() for k, v in before.items()}
-    assert sorted(_aio.run(fresh.readonly_session("main").chunk_coords("/a"))) == \
-        sorted(live_before)
+    assert {k: v.tolist() for k, v in content(fresh, branch="main").items()} == {
+        k: v.tolist() for k, v in before.items()
+    }
+    assert sorted(_aio.run(fresh.readonly_session("main").chunk_coords("/a"))) == sorted(
+        live_before
+    )
     node = fresh.readonly_session("main").node("/a")
     assert node is not None
     if "/a" in summary.arrays:
@@ -136,17 +150,23 @@ def test_compaction_keeps_content(commits: list[list[tuple[str, int, int, int]]]
         assert fresh.lookup_branch("main") == summary.snapshot_id
         info = fresh.lookup_snapshot(summary.snapshot_id)
         assert info.metadata["frazil.compaction"] is True
-        assert fresh.diff(from_snapshot_id=info.parent_id or "",
-                          to_snapshot_id=summary.snapshot_id).is_empty()
+        assert fresh.diff(
+            from_snapshot_id=info.parent_id or "", to_snapshot_id=summary.snapshot_id
+        ).is_empty()
 
 
 def test_compaction_bounds_segments_and_extents() -> None:
     repo = new_repo(frazil.in_memory_storage())
     for i in range(4):
         for j in range(4):
-            write(repo, "main", f"{i},{j}",
-                  lambda g, i=i, j=j: g["a"].__setitem__((slice(2 * i, 2 * i + 2),
-                                                          slice(2 * j, 2 * j + 2)), i * 4 + j))
+            write(
+                repo,
+                "main",
+                f"{i},{j}",
+                lambda g, i=i, j=j: g["a"].__setitem__(
+                    (slice(2 * i, 2 * i + 2), slice(2 * j, 2 * j + 2)), i * 4 + j
+                ),
+            )
     assert segments(repo, "/a") == 16
     before = content(repo, branch="main")
     s = repo.compact("main", rows_per_segment=4)
@@ -155,7 +175,8 @@ def test_compaction_bounds_segments_and_extents() -> None:
     assert node is not None
     # cut in coordinate order: each segment holds one row of the chunk grid
     assert [(seg.extent_min, seg.extent_max) for seg in node.segments] == [
-        ((i, 0), (i, 3)) for i in range(4)]
+        ((i, 0), (i, 3)) for i in range(4)
+    ]
     assert all(v.tolist() == before[k].tolist() for k, v in content(repo, branch="main").items())
     assert repo.compact("main", rows_per_segment=4).snapshot_id is None  # nothing left to do
 
@@ -166,8 +187,9 @@ class RacingStorage(frazil.storage.InMemoryStorage):
     hook: Any = None
 
     async def put(self, key: str, data: bytes) -> None:
-        hook, self.hook = (self.hook, None) if key.startswith("transactions/") else (None,
-                                                                                      self.hook)
+        hook, self.hook = (
+            (self.hook, None) if key.startswith("transactions/") else (None, self.hook)
+        )
         if hook is not None:
             await hook()
         await super().put(key, data)
@@ -184,6 +206,7 @@ def test_compaction_rebases_over_a_concurrent_commit() -> None:
 
     async def land() -> None:
         await other.commit_async("landed during the compaction")
+
     storage.hook = land
     summary = repo.compact("main")
     assert summary.attempts == 2 and summary.arrays == {"/b": (5, 1)}
@@ -231,8 +254,7 @@ def test_automatic_compaction_at_commit() -> None:
         expected[i] = i + 1
         assert segments(repo, "/b") <= 3
         assert content(repo, branch="main")["b"].tolist() == expected.tolist()
-    compacted = [i for i in repo.ancestry(branch="main")
-                 if "frazil.compacted_arrays" in i.metadata]
+    compacted = [i for i in repo.ancestry(branch="main") if "frazil.compacted_arrays" in i.metadata]
     assert compacted and all(i.metadata["frazil.compacted_arrays"] == ["/b"] for i in compacted)
     with pytest.raises(frazil.InvalidInputError):
         frazil.RepositoryConfig(compact_when_segments_exceed=0)
@@ -241,21 +263,31 @@ def test_automatic_compaction_at_commit() -> None:
 # -- garbage collection ----------------------------------------------------------------------
 def build_history(repo: frazil.Repository) -> dict[str, Any]:
     """Branches, a tag, a deleted branch and a reset: some objects become unreachable."""
-    write(repo, "main", "m1", lambda g: g["a"].__setitem__((slice(0, 4), slice(0, 4)),
-                                                           np.arange(16).reshape(4, 4)))
+    write(
+        repo,
+        "main",
+        "m1",
+        lambda g: g["a"].__setitem__((slice(0, 4), slice(0, 4)), np.arange(16).reshape(4, 4)),
+    )
     repo.create_tag("v1", repo.lookup_branch("main"))
     repo.create_branch("dev", repo.lookup_branch("main"))
     write(repo, "dev", "d1", lambda g: g["a"].__setitem__((slice(4, 8), slice(4, 8)), 7))
     repo.create_branch("doomed", repo.lookup_branch("main"))
-    write(repo, "doomed", "x1", lambda g: g["a"].__setitem__(
-        (slice(0, 8), slice(0, 8)), np.arange(64).reshape(8, 8) + 100))
+    write(
+        repo,
+        "doomed",
+        "x1",
+        lambda g: g["a"].__setitem__((slice(0, 8), slice(0, 8)), np.arange(64).reshape(8, 8) + 100),
+    )
     repo.delete_branch("doomed")
     keep = repo.lookup_branch("main")
     write(repo, "main", "m2 (reset away)", lambda g: g["b"].__setitem__(slice(0, 10), 9))
     repo.reset_branch("main", keep)
     write(repo, "main", "m3", lambda g: g["b"].__setitem__(3, 3))
-    return {ref: content(repo, **{kind: ref}) for kind, ref in
-            [("branch", "main"), ("branch", "dev"), ("tag", "v1")]}
+    return {
+        ref: content(repo, **{kind: ref})
+        for kind, ref in [("branch", "main"), ("branch", "dev"), ("tag", "v1")]
+    }
 
 
 def all_keys(storage: Storage) -> set[str]:
@@ -263,7 +295,8 @@ def all_keys(storage: Storage) -> set[str]:
 
 
 def test_gc_removes_unreachable_and_keeps_every_ref_readable(
-        storage_factory: Callable[[], Storage]) -> None:
+    storage_factory: Callable[[], Storage],
+) -> None:
     repo = new_repo(storage_factory())
     expected = build_history(repo)
     objects = all_keys(repo.storage)
@@ -272,8 +305,12 @@ def test_gc_removes_unreachable_and_keeps_every_ref_readable(
     assert all_keys(repo.storage) == objects
     # doomed's x1 and main's m2: snapshot + log each; x1's 16 native chunks + 1 manifest,
     # m2's inline chunks: 1 manifest
-    assert (dry.snapshots_deleted, dry.transaction_logs_deleted, dry.manifests_deleted,
-            dry.chunks_deleted) == (2, 2, 2, 16)
+    assert (
+        dry.snapshots_deleted,
+        dry.transaction_logs_deleted,
+        dry.manifests_deleted,
+        dry.chunks_deleted,
+    ) == (2, 2, 2, 16)
     summary = repo.garbage_collect(now() + dt.timedelta(seconds=1))
     assert summary.objects_deleted == dry.objects_deleted and summary.bytes_deleted > 0
     assert len(objects - all_keys(repo.storage)) == summary.objects_deleted
@@ -281,8 +318,7 @@ def test_gc_removes_unreachable_and_keeps_every_ref_readable(
     for ref, arrays in expected.items():
         kind = "tag" if ref == "v1" else "branch"
         got = content(fresh, **{kind: ref})
-        assert {k: v.tolist() for k, v in got.items()} == \
-            {k: v.tolist() for k, v in arrays.items()}
+        assert {k: v.tolist() for k, v in got.items()} == {k: v.tolist() for k, v in arrays.items()}
     assert fresh.fsck().ok
     assert fresh.garbage_collect(now() + dt.timedelta(seconds=1)).objects_deleted == 0
 
@@ -327,8 +363,9 @@ def test_expire_then_gc(storage_factory: Callable[[], Storage]) -> None:
     assert len(expired) == 5  # "arrays" and old0..old3
     assert history[1].metadata["frazil.rewritten_from"] not in expired
     root = history[-1].id
-    assert {k: v.tolist() for k, v in content(repo, branch="main").items()} == \
-        {k: v.tolist() for k, v in tip_before.items()}
+    assert {k: v.tolist() for k, v in content(repo, branch="main").items()} == {
+        k: v.tolist() for k, v in tip_before.items()
+    }
     d = repo.diff(from_snapshot_id=root, to_branch="main")
     assert d.new_arrays == {"/a", "/b"} and d.updated_chunks == {"/b": {(i,) for i in range(6)}}
     summary = repo.garbage_collect(now() + dt.timedelta(seconds=1))
@@ -362,8 +399,9 @@ def test_expire_keeps_branch_tips_and_shares_rewrites() -> None:
 def test_fsck_reports_every_problem(tmp_path: Path) -> None:
     root = tmp_path / "r"
     repo = new_repo(frazil.local_filesystem_storage(root))
-    write(repo, "main", "data", lambda g: g["a"].__setitem__(slice(None),
-                                                            np.arange(64).reshape(8, 8)))
+    write(
+        repo, "main", "data", lambda g: g["a"].__setitem__(slice(None), np.arange(64).reshape(8, 8))
+    )
     write(repo, "main", "more", lambda g: g["b"].__setitem__(slice(None), 5))
     report = repo.fsck()
     assert report.ok and report.chunks == 16 and report.snapshots == 4
@@ -383,8 +421,9 @@ def test_fsck_reports_every_problem(tmp_path: Path) -> None:
     assert ("damaged", f"manifests/{manifest.name}") in found
     assert len(report.problems) == 3
     quick = repo.fsck(verify_chunks=False)  # presence and size only
-    assert {(p.kind, p.key) for p in quick.problems} == found - {("damaged",
-                                                                  f"chunks/{chunk.name}")}
+    assert {(p.kind, p.key) for p in quick.problems} == found - {
+        ("damaged", f"chunks/{chunk.name}")
+    }
 
 
 def test_fsck_finds_a_missing_snapshot_parent(tmp_path: Path) -> None:
@@ -400,8 +439,12 @@ def test_fsck_finds_a_missing_snapshot_parent(tmp_path: Path) -> None:
 # -- statistics ------------------------------------------------------------------------------
 def test_chunk_storage_stats() -> None:
     repo = new_repo(frazil.in_memory_storage())
-    write(repo, "main", "native", lambda g: g["a"].__setitem__(
-        (slice(0, 4), slice(0, 4)), np.arange(16).reshape(4, 4)))  # 4 chunks of 16 bytes
+    write(
+        repo,
+        "main",
+        "native",
+        lambda g: g["a"].__setitem__((slice(0, 4), slice(0, 4)), np.arange(16).reshape(4, 4)),
+    )  # 4 chunks of 16 bytes
     write(repo, "main", "inline", lambda g: g["b"].__setitem__(slice(0, 3), 1))  # 3 x 1 byte
     s = repo.chunk_storage_stats()
     assert (s.native_chunks, s.native_bytes) == (4, 64)

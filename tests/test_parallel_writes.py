@@ -30,9 +30,11 @@ def make_dataset() -> Any:
     ntime, ny, nx = 6, 10, 12
     return xr.Dataset(
         data_vars={
-            "temperature": (("time", "y", "x"),
-                            rng.normal(280, 5, (ntime, ny, nx)).astype("f4"),
-                            {"units": "K"}),
+            "temperature": (
+                ("time", "y", "x"),
+                rng.normal(280, 5, (ntime, ny, nx)).astype("f4"),
+                {"units": "K"},
+            ),
             "precip": (("time", "y", "x"), rng.random((ntime, ny, nx))),
         },
         coords={
@@ -50,8 +52,7 @@ ds = make_dataset()
 
 def write_timestamp(*, itime: int, session: frazil.ForkSession) -> frazil.ForkSession:
     # region="auto": xarray finds where time step ``itime`` goes in the existing arrays
-    ds.isel(time=slice(itime, itime + 1)).to_zarr(session.store, region="auto",
-                                                  consolidated=False)
+    ds.isel(time=slice(itime, itime + 1)).to_zarr(session.store, region="auto", consolidated=False)
     return session
 
 
@@ -69,11 +70,12 @@ def create_template(tmp_path: Path) -> frazil.Repository:
 
 def check_result(repo: frazil.Repository) -> None:
     result = xr.open_zarr(repo.readonly_session("main").store, consolidated=False)
-    assert dict(result["temperature"].encoding["preferred_chunks"]) == {
-        "time": 1, "y": 10, "x": 12}
+    assert dict(result["temperature"].encoding["preferred_chunks"]) == {"time": 1, "y": 10, "x": 12}
     xr.testing.assert_identical(result.load(), ds)
     assert [s.message for s in repo.ancestry(branch="main")][:2] == [
-        "finished writes", "initialize dataset"]
+        "finished writes",
+        "initialize dataset",
+    ]
 
 
 def test_parallel_writes_example(tmp_path: Path) -> None:
@@ -86,8 +88,7 @@ def test_parallel_writes_example(tmp_path: Path) -> None:
         fork = session.fork()
         # submit the writes, distribute `fork`
         futures = [
-            executor.submit(write_timestamp, itime=i, session=fork)
-            for i in range(ds.sizes["time"])
+            executor.submit(write_timestamp, itime=i, session=fork) for i in range(ds.sizes["time"])
         ]
         # grab the Session objects from each individual write task
         remote_sessions = [f.result() for f in futures]
@@ -108,8 +109,9 @@ def test_parallel_writes_every_start_method(tmp_path: Path, method: str) -> None
     session = repo.writable_session("main")
     with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context(method)) as executor:
         fork = session.fork()
-        futures = [executor.submit(write_timestamp, itime=i, session=fork)
-                   for i in range(ds.sizes["time"])]
+        futures = [
+            executor.submit(write_timestamp, itime=i, session=fork) for i in range(ds.sizes["time"])
+        ]
         remote_sessions = [f.result(timeout=120) for f in futures]
     session.merge(*remote_sessions)
     session.commit("finished writes")
@@ -151,8 +153,10 @@ def test_forks_that_never_come_back_reach_the_commit(tmp_path: Path, method: str
     session = repo.writable_session("main")
     fork = session.fork()
     with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context(method)) as executor:
-        for f in [executor.submit(write_and_forget, itime=i, session=fork)
-                  for i in range(ds.sizes["time"])]:
+        for f in [
+            executor.submit(write_and_forget, itime=i, session=fork)
+            for i in range(ds.sizes["time"])
+        ]:
             f.result(timeout=120)
     session.merge(fork)
     session.commit("finished writes")
@@ -176,8 +180,7 @@ def test_returned_forks_merge_only_what_they_carry(tmp_path: Path) -> None:
     session.merge(*returned)
     result = xr.open_zarr(session.store, consolidated=False)
     assert bool(result["precip"].isel(time=5).isnull().all())  # the failed task's write
-    xr.testing.assert_identical(result.isel(time=slice(0, 5)).load(),
-                                ds.isel(time=slice(0, 5)))
+    xr.testing.assert_identical(result.isel(time=slice(0, 5)).load(), ds.isel(time=slice(0, 5)))
     # the fork itself brings the rest (its returned copies are not merged twice)
     session.merge(fork)
     session.commit("finished writes")
@@ -192,11 +195,14 @@ def test_fork_without_journal_refuses_to_lose_writes(tmp_path: Path) -> None:
     session = repo.writable_session("main")
     fork = session.fork(journal=False)
     with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork")) as executor:
-        returned = [f.result(timeout=120) for f in
-                    [executor.submit(write_timestamp, itime=i, session=fork) for i in range(6)]]
+        returned = [
+            f.result(timeout=120)
+            for f in [executor.submit(write_timestamp, itime=i, session=fork) for i in range(6)]
+        ]
     session.merge(*returned)
     assert not frazil._aio.run(repo.storage.list(f"forks/{fork._fork_id}/"))[0].endswith(
-        "0000000000")  # markers only, no journal objects
+        "0000000000"
+    )  # markers only, no journal objects
     session.commit("finished writes")
     check_result(repo)
 
@@ -205,8 +211,11 @@ def test_fork_without_journal_refuses_to_lose_writes(tmp_path: Path) -> None:
     with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("fork")) as executor:
         for f in [executor.submit(write_and_forget, itime=i, session=fork) for i in (0, 1)]:
             f.result(timeout=120)
-    with pytest.raises(frazil.InvalidInputError, match=r"2 copies of this fork wrote.*"
-                       r"not handed back.*journal=True.*to_frazil"):
+    with pytest.raises(
+        frazil.InvalidInputError,
+        match=r"2 copies of this fork wrote.*"
+        r"not handed back.*journal=True.*to_frazil",
+    ):
         session.merge(fork)
     assert not session.has_uncommitted_changes
     with pytest.raises(frazil.InvalidInputError, match="journal must be True or False"):

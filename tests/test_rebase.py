@@ -69,6 +69,7 @@ def assert_linear(hist: list[frazil.SnapshotInfo]) -> None:
 
 # -- two sessions, one branch --------------------------------------------------------------
 
+
 def test_moved_branch_without_rebase_raises(repo: frazil.Repository, base: str) -> None:
     theirs, ours = two_sessions(repo)
     write(theirs, {0: 10})
@@ -107,7 +108,8 @@ def test_rebase_with_detector_disjoint_chunks(repo: frazil.Repository, base: str
 
 
 def test_rebase_in_the_same_process_reads_no_transaction_log(
-        repo: frazil.Repository, base: str) -> None:
+    repo: frazil.Repository, base: str
+) -> None:
     """A commit leaves its transaction log in the repository's cache, so a session of the
     same repository rebasing over it reads nothing more from storage for it; a session
     of another Repository (another process) reads it from storage."""
@@ -160,6 +162,7 @@ def test_conflict_in_an_older_commit_of_the_chain(repo: frazil.Repository, base:
 
 # -- overlapping chunks --------------------------------------------------------------------
 
+
 def overlap(repo: frazil.Repository) -> tuple[frazil.Session, str]:
     """Theirs wrote chunks 0 and 1 and landed; ours wrote 1 and 2 (not committed)."""
     theirs, ours = two_sessions(repo)
@@ -178,7 +181,8 @@ def test_overlap_use_ours(repo: frazil.Repository, base: str) -> None:
     assert [h.id for h in hist[:3]] == [mine, tip, base]
     assert hist[0].metadata[ATTEMPTS] == 2
     assert repo.diff(from_snapshot_id=tip, to_snapshot_id=mine).updated_chunks == {
-        "/a": {(1,), (2,)}}
+        "/a": {(1,), (2,)}
+    }
 
 
 def test_overlap_use_theirs(repo: frazil.Repository, base: str) -> None:
@@ -187,15 +191,15 @@ def test_overlap_use_theirs(repo: frazil.Repository, base: str) -> None:
     mine = ours.commit("ours", rebase_with=solver)
     assert read(repo) == expect({0: 10, 1: 11, 2: 22})
     # our commit no longer writes the contested chunk
-    assert repo.diff(from_snapshot_id=tip, to_snapshot_id=mine).updated_chunks == {
-        "/a": {(2,)}}
+    assert repo.diff(from_snapshot_id=tip, to_snapshot_id=mine).updated_chunks == {"/a": {(2,)}}
 
 
-@pytest.mark.parametrize("solver", [
-    ConflictDetector(), BasicConflictSolver(on_chunk_conflict=VersionSelection.Fail)],
-    ids=["detector", "basic-fail"])
-def test_overlap_fails(repo: frazil.Repository, base: str,
-                       solver: frazil.ConflictSolver) -> None:
+@pytest.mark.parametrize(
+    "solver",
+    [ConflictDetector(), BasicConflictSolver(on_chunk_conflict=VersionSelection.Fail)],
+    ids=["detector", "basic-fail"],
+)
+def test_overlap_fails(repo: frazil.Repository, base: str, solver: frazil.ConflictSolver) -> None:
     ours, tip = overlap(repo)
     with pytest.raises(RebaseFailedError) as info:
         ours.commit("ours", rebase_with=solver)
@@ -224,6 +228,7 @@ def test_failed_rebase_via_session_rebase(repo: frazil.Repository, base: str) ->
 
 
 # -- explicit rebase -----------------------------------------------------------------------
+
 
 def test_explicit_rebase_then_commit(repo: frazil.Repository, base: str) -> None:
     theirs, ours = two_sessions(repo)
@@ -281,16 +286,19 @@ def test_read_only_session_cannot_rebase(repo: frazil.Repository, base: str) -> 
 
 # -- node-level conflicts ------------------------------------------------------------------
 
+
 def set_attr(session: frazil.Session, path: str, value: Any) -> None:
     node = zarr.open(session.store, path=path, mode="r+")
     node.attrs["x"] = value
 
 
 @pytest.mark.parametrize("path", ["a", "g"])
-@pytest.mark.parametrize("solver", [ConflictDetector(), BasicConflictSolver()],
-                         ids=["detector", "basic"])
-def test_metadata_double_update_fails(repo: frazil.Repository, base: str, path: str,
-                                      solver: frazil.ConflictSolver) -> None:
+@pytest.mark.parametrize(
+    "solver", [ConflictDetector(), BasicConflictSolver()], ids=["detector", "basic"]
+)
+def test_metadata_double_update_fails(
+    repo: frazil.Repository, base: str, path: str, solver: frazil.ConflictSolver
+) -> None:
     theirs, ours = two_sessions(repo)
     set_attr(theirs, path, "theirs")
     tip = theirs.commit("theirs")
@@ -299,8 +307,9 @@ def test_metadata_double_update_fails(repo: frazil.Repository, base: str, path: 
         ours.commit("ours", rebase_with=solver)
     assert info.value.conflicts == [Conflict(CT.ZarrMetadataDoubleUpdate, f"/{path}")]
     assert repo.lookup_branch("main") == tip
-    assert zarr.open(repo.readonly_session("main").store, path=path, mode="r").attrs["x"] \
-        == "theirs"
+    assert (
+        zarr.open(repo.readonly_session("main").store, path=path, mode="r").attrs["x"] == "theirs"
+    )
 
 
 def test_metadata_update_and_their_chunks_merge(repo: frazil.Repository, base: str) -> None:
@@ -343,8 +352,7 @@ def test_delete_of_updated_array(repo: frazil.Repository, base: str) -> None:
     theirs.commit("theirs")
     ours.delete_node("/a")
     expected = [Conflict(CT.DeleteOfUpdatedArray, "/a")]
-    for solver in (ConflictDetector(),
-                   BasicConflictSolver(fail_on_delete_of_updated_array=True)):
+    for solver in (ConflictDetector(), BasicConflictSolver(fail_on_delete_of_updated_array=True)):
         with pytest.raises(RebaseFailedError) as info:
             ours.commit("ours", rebase_with=solver)
         assert info.value.conflicts == expected
@@ -365,15 +373,15 @@ def test_delete_of_updated_group(repo: frazil.Repository, base: str) -> None:
     assert "/g" not in {n.path for n in repo.readonly_session("main").nodes()}
 
 
-def test_replacing_an_array_they_wrote_to_is_a_conflict(repo: frazil.Repository,
-                                                        base: str) -> None:
+def test_replacing_an_array_they_wrote_to_is_a_conflict(repo: frazil.Repository, base: str) -> None:
     """Regression: replacing /a (new node id at the same path) deletes the array their
     commit wrote to; ConflictDetector used to let that through silently."""
     theirs, ours = two_sessions(repo)
     write(theirs, {0: 10})
     theirs.commit("theirs")
-    zarr.create_array(ours.store, name="a", shape=(2, 2), chunks=(1, 1), dtype="i4",
-                      fill_value=0, overwrite=True)
+    zarr.create_array(
+        ours.store, name="a", shape=(2, 2), chunks=(1, 1), dtype="i4", fill_value=0, overwrite=True
+    )
     with pytest.raises(RebaseFailedError) as info:
         ours.commit("ours", rebase_with=ConflictDetector())
     assert info.value.conflicts == [Conflict(CT.DeleteOfUpdatedArray, "/a")]
@@ -416,8 +424,9 @@ def _they_delete(s: frazil.Session) -> None:
 
 
 def _they_replace(s: frazil.Session) -> None:
-    zarr.create_array(s.store, name="a", shape=(2, 2), chunks=(1, 1), dtype="i4",
-                      fill_value=0, overwrite=True)
+    zarr.create_array(
+        s.store, name="a", shape=(2, 2), chunks=(1, 1), dtype="i4", fill_value=0, overwrite=True
+    )
     zarr.open_array(s.store, path="a")[:] = 3
 
 
@@ -438,13 +447,22 @@ def _noop_attrs_roundtrip(s: frazil.Session) -> None:
     del arr.attrs["tmp"]  # back to the base document
 
 
-@pytest.mark.parametrize("ours", [_noop_set_metadata, _noop_attrs_roundtrip],
-                         ids=["set-same-metadata", "attrs-set-and-delete"])
-@pytest.mark.parametrize("theirs", [_they_delete, _they_replace, _they_update],
-                         ids=["they-delete", "they-replace", "they-update"])
+@pytest.mark.parametrize(
+    "ours",
+    [_noop_set_metadata, _noop_attrs_roundtrip],
+    ids=["set-same-metadata", "attrs-set-and-delete"],
+)
+@pytest.mark.parametrize(
+    "theirs",
+    [_they_delete, _they_replace, _they_update],
+    ids=["they-delete", "they-replace", "they-update"],
+)
 def test_noop_metadata_write_does_not_undo_theirs(
-        repo: frazil.Repository, base: str, ours: Callable[[frazil.Session], None],
-        theirs: Callable[[frazil.Session], None]) -> None:
+    repo: frazil.Repository,
+    base: str,
+    ours: Callable[[frazil.Session], None],
+    theirs: Callable[[frazil.Session], None],
+) -> None:
     """Regression: a staged record identical to the base node is no change (so no
     conflict), and it must not survive the rebase either: it used to resurrect an array
     they deleted (empty), replace their new array by the old one, or revert their
@@ -470,6 +488,7 @@ def test_noop_metadata_write_does_not_undo_theirs(
 
 
 # -- history that does not contain our base -----------------------------------------------
+
 
 def unrelated_reset(repo: frazil.Repository) -> str:
     """Reset main to a commit made on another branch from the repository's first
@@ -538,18 +557,19 @@ def test_rebase_tries_exhausted(repo: frazil.Repository, base: str) -> None:
 
 # -- several processes, one branch ---------------------------------------------------------
 
+
 def _ctx() -> Any:
     methods = mp.get_all_start_methods()
     return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _run_workers(target: Callable[..., None], nproc: int, args: tuple[Any, ...],
-                 timeout: float = 120) -> list[Any]:
+def _run_workers(
+    target: Callable[..., None], nproc: int, args: tuple[Any, ...], timeout: float = 120
+) -> list[Any]:
     ctx = _ctx()
     barrier = ctx.Barrier(nproc)
     results = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(k, barrier, results, *args))
-             for k in range(nproc)]
+    procs = [ctx.Process(target=target, args=(k, barrier, results, *args)) for k in range(nproc)]
     for p in procs:
         p.start()
     try:
@@ -564,8 +584,7 @@ def _run_workers(target: Callable[..., None], nproc: int, args: tuple[Any, ...],
     return sorted(outcomes)
 
 
-def _disjoint_worker(k: int, barrier: Any, results: Any, root: str, m: int,
-                     lockstep: bool) -> None:
+def _disjoint_worker(k: int, barrier: Any, results: Any, root: str, m: int, lockstep: bool) -> None:
     """Commit i of process k writes chunk k*m+i = 1000*k+i, rebasing as needed. In
     lockstep, every process stages commit i, then all wait for each other and commit."""
     try:
@@ -592,8 +611,7 @@ def test_processes_disjoint_chunks_with_detector(tmp_path: Path, lockstep: bool)
     root = str(tmp_path / "repo")
     repo = frazil.Repository.create(frazil.local_filesystem_storage(root))
     s = repo.writable_session("main")
-    zarr.create_array(s.store, name="a", shape=(K * M,), chunks=(1,), dtype="i4",
-                      fill_value=-1)
+    zarr.create_array(s.store, name="a", shape=(K * M,), chunks=(1,), dtype="i4", fill_value=-1)
     created = s.commit("create")
 
     t0 = time.perf_counter()
@@ -603,7 +621,7 @@ def test_processes_disjoint_chunks_with_detector(tmp_path: Path, lockstep: bool)
     hist = history(repo)
     assert_linear(hist)
     assert hist[K * M].id == created and len(hist) == K * M + 2
-    landed = [h.message for h in hist[:K * M]]
+    landed = [h.message for h in hist[: K * M]]
     assert sorted(landed) == sorted(f"{k}/{i}" for k in range(K) for i in range(M))
     # each process's commits are in its own order
     for k in range(K):
@@ -613,16 +631,17 @@ def test_processes_disjoint_chunks_with_detector(tmp_path: Path, lockstep: bool)
     assert values.tolist() == [1000 * k + i for k in range(K) for i in range(M)]
     assert [o[0] for o in outcomes] == list(range(K))
     rebased = sum(a > 1 for _, attempts in outcomes for a in attempts)
-    assert rebased == sum(h.metadata[ATTEMPTS] > 1 for h in hist[:K * M])
+    assert rebased == sum(h.metadata[ATTEMPTS] > 1 for h in hist[: K * M])
     if lockstep:  # all sessions of a round share a base: one lands as is, the rest rebase
         assert rebased >= (K - 1) * M
-    print(f"\n{K}x{M} commits ({'lockstep' if lockstep else 'free-running'}) in "
-          f"{elapsed:.1f} s, {rebased} needed a rebase, max attempts "
-          f"{max(a for _, attempts in outcomes for a in attempts)}")
+    print(
+        f"\n{K}x{M} commits ({'lockstep' if lockstep else 'free-running'}) in "
+        f"{elapsed:.1f} s, {rebased} needed a rebase, max attempts "
+        f"{max(a for _, attempts in outcomes for a in attempts)}"
+    )
 
 
-def _overlap_worker(k: int, barrier: Any, results: Any, root: str, m: int,
-                    selection: str) -> None:
+def _overlap_worker(k: int, barrier: Any, results: Any, root: str, m: int, selection: str) -> None:
     """Round i: every process stages the contested chunk 0 = 1000*k+i and its own chunk
     1+k*m+i, waits for the others, then commits; all sessions of a round share a base."""
     try:
@@ -652,8 +671,7 @@ def _overlap_setup(tmp_path: Path, k: int, m: int) -> tuple[str, frazil.Reposito
     root = str(tmp_path / "repo")
     repo = frazil.Repository.create(frazil.local_filesystem_storage(root))
     s = repo.writable_session("main")
-    zarr.create_array(s.store, name="a", shape=(1 + k * m,), chunks=(1,), dtype="i4",
-                      fill_value=-1)
+    zarr.create_array(s.store, name="a", shape=(1 + k * m,), chunks=(1,), dtype="i4", fill_value=-1)
     return root, repo, s.commit("create")
 
 
@@ -665,10 +683,11 @@ def test_processes_overlapping_chunks_use_ours(tmp_path: Path) -> None:
 
     hist = history(repo)
     assert_linear(hist)
-    commits = hist[:K * M]
+    commits = hist[: K * M]
     assert hist[K * M].id == created
     assert sorted((h.metadata["k"], h.metadata["i"]) for h in commits) == sorted(
-        (k, i) for k in range(K) for i in range(M))
+        (k, i) for k in range(K) for i in range(M)
+    )
     # every commit kept its write of the contested chunk (ours wins at each rebase) ...
     for h in commits:
         written = repo.diff(from_snapshot_id=h.parent_id, to_snapshot_id=h.id).updated_chunks

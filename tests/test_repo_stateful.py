@@ -60,6 +60,7 @@ def read_content(repo: frazil.Repository, sid: str) -> Content:
 
     async def keys() -> list[str]:
         return [k async for k in store.list()]
+
     present = set(sync(keys()))
     out: Content = {}
     for name in ARRAYS:
@@ -70,7 +71,8 @@ def read_content(repo: frazil.Repository, sid: str) -> Content:
 
 def same_content(a: Content, b: Content) -> bool:
     return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+        a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a
+    )
 
 
 class RepoMachine(RuleBasedStateMachine):
@@ -139,8 +141,9 @@ class RepoMachine(RuleBasedStateMachine):
                 del content[name]
                 continue
             if name not in content:
-                root.create_array(name, shape=shape, chunks=chunks, dtype=dtype,
-                                  fill_value=0, compressors=None)
+                root.create_array(
+                    name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, compressors=None
+                )
                 content[name] = np.zeros(shape, dtype)
             arr = zarr.open_array(session.store, path=name)
             sel = tuple(slice(data.draw(st.integers(0, n - 1)), None) for n in shape)
@@ -253,8 +256,10 @@ class RepoMachine(RuleBasedStateMachine):
             self.repo.readonly_session(tag=name)
 
     # -- invalid input -------------------------------------------------------------------
-    @rule(name=st.sampled_from(["", "a/b", "..", ".hidden", " pad", "x\x00"]),
-          kind=st.sampled_from(["branch", "tag"]))
+    @rule(
+        name=st.sampled_from(["", "a/b", "..", ".hidden", " pad", "x\x00"]),
+        kind=st.sampled_from(["branch", "tag"]),
+    )
     @with_frequency(0.5)
     def invalid_names(self, name: str, kind: str) -> None:
         target = self.branches["main"]
@@ -289,8 +294,14 @@ class RepoMachine(RuleBasedStateMachine):
         plans: dict[str, tuple[list[str], list[str]]] = {}
         for b, tip in self.branches.items():
             chain = self.chain(tip)
-            keep = [s for s in chain if s == tip or self.snaps[s].parent is None
-                    or s in tips or self.snaps[s].written_at >= cutoff]
+            keep = [
+                s
+                for s in chain
+                if s == tip
+                or self.snaps[s].parent is None
+                or s in tips
+                or self.snaps[s].written_at >= cutoff
+            ]
             plans[b] = chain, keep
         want = {s for chain, keep in plans.values() for s in chain if s not in keep}
         before_tags = {t: list(self.repo.ancestry(tag=t)) for t in self.tags}
@@ -310,8 +321,9 @@ class RepoMachine(RuleBasedStateMachine):
                 else:
                     assert info.id != old
                     assert info.metadata["frazil.rewritten_from"] == old
-                    self.snaps.setdefault(info.id, Snap(info.parent_id, o.content, o.message,
-                                                        o.written_at))
+                    self.snaps.setdefault(
+                        info.id, Snap(info.parent_id, o.content, o.message, o.written_at)
+                    )
             self.branches[b] = new[0].id
             assert self.snaps[new[0].id].parent == new[0].parent_id
         for t, hist in before_tags.items():  # tags and their history are untouched
@@ -376,7 +388,8 @@ def test_collected_snapshot_is_gone_for_the_collecting_repository() -> None:
     root = repo.lookup_branch("main")
     session = repo.writable_session("main")
     zarr.open_group(session.store, mode="a").create_array(
-        "b", shape=(4, 4), chunks=(2, 2), dtype="float64", compressors=None)[:] = 1.0
+        "b", shape=(4, 4), chunks=(2, 2), dtype="float64", compressors=None
+    )[:] = 1.0
     sid = session.commit("one")
     assert same_content(read_content(repo, sid), {"b": np.ones((4, 4))})
     repo.reset_branch("main", root)
@@ -390,22 +403,29 @@ def test_collected_snapshot_is_gone_for_the_collecting_repository() -> None:
 
 
 def _settings(examples: int, steps: int) -> settings:
-    return settings(max_examples=examples, stateful_step_count=steps, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    return settings(
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
 
 
 def test_repository_memory() -> None:
-    run_state_machine_as_test(lambda: RepoMachine(frazil.in_memory_storage()),
-                              settings=_settings(40, 30))
+    run_state_machine_as_test(
+        lambda: RepoMachine(frazil.in_memory_storage()), settings=_settings(40, 30)
+    )
 
 
 def test_repository_local(tmp_path: Path) -> None:
     def make() -> RepoMachine:
         return RepoMachine(frazil.local_filesystem_storage(tempfile.mkdtemp(dir=tmp_path)))
+
     run_state_machine_as_test(make, settings=_settings(6, 20))
 
 
 @pytest.mark.slow
 def test_repository_memory_long() -> None:
-    run_state_machine_as_test(lambda: RepoMachine(frazil.in_memory_storage()),
-                              settings=_settings(300, 60))
+    run_state_machine_as_test(
+        lambda: RepoMachine(frazil.in_memory_storage()), settings=_settings(300, 60)
+    )

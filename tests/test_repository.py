@@ -22,8 +22,13 @@ from frazil import (
 )
 
 
-def write_array(session: frazil.Session, path: str = "a", value: float = 1.0,
-                shape: tuple[int, ...] = (4, 4), chunks: tuple[int, ...] = (2, 2)) -> zarr.Array:
+def write_array(
+    session: frazil.Session,
+    path: str = "a",
+    value: float = 1.0,
+    shape: tuple[int, ...] = (4, 4),
+    chunks: tuple[int, ...] = (2, 2),
+) -> zarr.Array:
     root = zarr.open_group(session.store, mode="a")
     if path in root:
         arr = root[path]
@@ -48,8 +53,9 @@ def test_create_open_exists(storage_factory: Callable[[], frazil.Storage]) -> No
         Repository.create(storage_factory())
     again = Repository.open(storage_factory())
     assert again.list_branches() == {"main"}
-    assert Repository.open_or_create(storage_factory()).lookup_branch("main") == \
-        repo.lookup_branch("main")
+    assert Repository.open_or_create(storage_factory()).lookup_branch("main") == repo.lookup_branch(
+        "main"
+    )
     [init] = list(again.ancestry(branch="main"))
     assert init.parent_id is None and init.message == "Repository initialized"
 
@@ -182,8 +188,21 @@ def test_tags_never_move_or_come_back(repo: Repository) -> None:
         repo.delete_tag("v1")
 
 
-@pytest.mark.parametrize("name", ["", "a/b", "..", "a..b", ".hidden", "tab\there", "nul\x00",
-                                  " padded", "x" * 256, "back\\slash"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "a/b",
+        "..",
+        "a..b",
+        ".hidden",
+        "tab\there",
+        "nul\x00",
+        " padded",
+        "x" * 256,
+        "back\\slash",
+    ],
+)
 def test_invalid_ref_names(repo: Repository, name: str) -> None:
     sid = repo.lookup_branch("main")
     with pytest.raises(InvalidInputError):
@@ -278,7 +297,8 @@ def test_commit_writes_only_the_change(repo: Repository) -> None:
 
 
 def test_small_changes_to_many_arrays_share_one_manifest(
-        repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
     PACK_ROWS = 4
     monkeypatch.setattr(frazil.commit, "PACK_ROWS", PACK_ROWS)
     s = repo.writable_session("main")
@@ -286,15 +306,14 @@ def test_small_changes_to_many_arrays_share_one_manifest(
     sizes = {f"g/a{i}": (i % PACK_ROWS) + 1 for i in range(40)}  # chunks written per array
     sizes["big"] = PACK_ROWS + 1  # too many for a shared object: its own segment
     for path in sizes:
-        root.create_array(path, shape=(PACK_ROWS + 10,), chunks=(1,), dtype="i4",
-                          fill_value=-1)
+        root.create_array(path, shape=(PACK_ROWS + 10,), chunks=(1,), dtype="i4", fill_value=-1)
     s.commit("arrays")
     for rnd in range(3):
         before = set(frazil._aio.run(repo.storage.list("manifests/")))
         s = repo.writable_session("main")
         g = zarr.open_group(s.store, mode="r+")
         for path, n in sizes.items():
-            g[path][rnd:rnd + n] = np.arange(n) + 1000 * rnd
+            g[path][rnd : rnd + n] = np.arange(n) + 1000 * rnd
         s.commit(f"round {rnd}")
         new = set(frazil._aio.run(repo.storage.list("manifests/"))) - before
         assert len(new) == 2  # one shared by the 40 small deltas, one for "big"
@@ -308,7 +327,7 @@ def test_small_changes_to_many_arrays_share_one_manifest(
     for path, n in sizes.items():
         want = np.full(PACK_ROWS + 10, -1)
         for rnd in range(3):
-            want[rnd:rnd + n] = np.arange(n) + 1000 * rnd
+            want[rnd : rnd + n] = np.arange(n) + 1000 * rnd
         assert (g[path][:] == want).all(), path
 
 
@@ -319,8 +338,9 @@ def test_manifest_split(storage_factory: Callable[[], frazil.Storage]) -> None:
     arr[:] = np.arange(95)
     s.commit("x")
     assert len(frazil._aio.run(repo.storage.list("manifests/"))) == 10
-    assert (read(Repository.open(storage_factory()).readonly_session("main")) ==
-            np.arange(95)).all()
+    assert (
+        read(Repository.open(storage_factory()).readonly_session("main")) == np.arange(95)
+    ).all()
 
 
 def test_repository_pickles(storage_factory: Callable[[], frazil.Storage]) -> None:
@@ -336,8 +356,15 @@ def test_repository_pickles(storage_factory: Callable[[], frazil.Storage]) -> No
 
 
 def test_error_hierarchy() -> None:
-    for cls in (ConflictError, NotFoundError, AlreadyExistsError, ReadOnlyError,
-                InvalidInputError, frazil.StorageError, frazil.FormatError):
+    for cls in (
+        ConflictError,
+        NotFoundError,
+        AlreadyExistsError,
+        ReadOnlyError,
+        InvalidInputError,
+        frazil.StorageError,
+        frazil.FormatError,
+    ):
         assert issubclass(cls, FrazilError)
     assert issubclass(NotFoundError, KeyError) and issubclass(InvalidInputError, ValueError)
 

@@ -45,7 +45,8 @@ class TestFrazilStoreS3(_FrazilStoreTests):
     @pytest.fixture
     def repo(self, tmp_path: Any) -> frazil.Repository:
         return frazil.Repository.create(
-            s3server.storage(), frazil.RepositoryConfig(inline_chunk_threshold_bytes=0))
+            s3server.storage(), frazil.RepositoryConfig(inline_chunk_threshold_bytes=0)
+        )
 
 
 # -- several processes committing to one branch -------------------------------------------------
@@ -61,8 +62,7 @@ def _committer(storage: frazil.Storage, worker: int, barrier: Any, results: Any)
             session = repo.writable_session("main")
             arr = zarr.open_array(session.store, path="counts")
             arr[worker * COMMITS_EACH + i] = worker * 100 + i
-            session.commit(f"worker {worker} commit {i}",
-                           rebase_with=frazil.ConflictDetector())
+            session.commit(f"worker {worker} commit {i}", rebase_with=frazil.ConflictDetector())
         results.put((worker, None))
     except BaseException as e:  # report, never hang the parent
         results.put((worker, repr(e)))
@@ -73,15 +73,23 @@ def test_processes_commit_to_one_branch_on_s3(method: str) -> None:
     storage = s3server.storage()
     repo = frazil.Repository.create(storage)
     s = repo.writable_session("main")
-    zarr.create_array(s.store, name="counts", shape=(PROCESSES * COMMITS_EACH,), chunks=(1,),
-                      dtype="i4", fill_value=-1)
+    zarr.create_array(
+        s.store,
+        name="counts",
+        shape=(PROCESSES * COMMITS_EACH,),
+        chunks=(1,),
+        dtype="i4",
+        fill_value=-1,
+    )
     s.commit("create")
 
     ctx = mp.get_context(method)
     barrier = ctx.Barrier(PROCESSES)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_committer, args=(storage, w, barrier, results))
-             for w in range(PROCESSES)]
+    procs = [
+        ctx.Process(target=_committer, args=(storage, w, barrier, results))
+        for w in range(PROCESSES)
+    ]
     for p in procs:
         p.start()
     try:
@@ -114,8 +122,9 @@ def client_error(code: str | None, status: int, message: str = "whatever") -> Cl
     error: dict[str, Any] = {"Message": message}
     if code is not None:
         error["Code"] = code
-    return ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}},
-                       "PutObject")
+    return ClientError(
+        {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
 
 
 def wrapped(cause: BaseException, message: str = "some text") -> OSError:
@@ -132,27 +141,32 @@ def test_precondition_failure_from_code_or_status() -> None:
     assert is_precondition_failed(FileExistsError("x")) is False  # no cause: not decided
     # the message text is never used
     assert not is_precondition_failed(
-        OSError(22, "At least one of the pre-conditions you specified did not hold"))
+        OSError(22, "At least one of the pre-conditions you specified did not hold")
+    )
     assert not is_precondition_failed(
-        wrapped(client_error("AccessDenied", 403, "PreconditionFailed 412")))
+        wrapped(client_error("AccessDenied", 403, "PreconditionFailed 412"))
+    )
 
 
-@pytest.mark.parametrize(("error", "expected"), [
-    (client_error("SlowDown", 503), TransientStorageError),
-    (wrapped(client_error("SlowDown", 503)), TransientStorageError),
-    (client_error(None, 503), TransientStorageError),
-    (client_error("InternalError", 500), TransientStorageError),
-    (client_error("RequestTimeout", 400), TransientStorageError),
-    (client_error("ConditionalRequestConflict", 409), TransientStorageError),
-    (ConnectionClosedError(endpoint_url="http://127.0.0.1:1"), TransientStorageError),
-    (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), TransientStorageError),
-    (TimeoutError(), TransientStorageError),
-    (client_error("NoSuchKey", 404), NotFoundError),
-    (wrapped(client_error("404", 404)), NotFoundError),
-    (client_error("AccessDenied", 403), StorageError),
-    (client_error("NoSuchBucket", 404), StorageError),
-    (OSError(5, "SlowDown: reduce your request rate"), StorageError),  # text is not a code
-])
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (client_error("SlowDown", 503), TransientStorageError),
+        (wrapped(client_error("SlowDown", 503)), TransientStorageError),
+        (client_error(None, 503), TransientStorageError),
+        (client_error("InternalError", 500), TransientStorageError),
+        (client_error("RequestTimeout", 400), TransientStorageError),
+        (client_error("ConditionalRequestConflict", 409), TransientStorageError),
+        (ConnectionClosedError(endpoint_url="http://127.0.0.1:1"), TransientStorageError),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), TransientStorageError),
+        (TimeoutError(), TransientStorageError),
+        (client_error("NoSuchKey", 404), NotFoundError),
+        (wrapped(client_error("404", 404)), NotFoundError),
+        (client_error("AccessDenied", 403), StorageError),
+        (client_error("NoSuchBucket", 404), StorageError),
+        (OSError(5, "SlowDown: reduce your request rate"), StorageError),  # text is not a code
+    ],
+)
 def test_error_translation(error: BaseException, expected: type) -> None:
     got = translate(error, "op")
     assert type(got) is expected
@@ -165,8 +179,15 @@ class FlakyCalls:
     server but raises ``error`` instead of their answers (a lost response). ``sent``
     counts the calls of ``method`` that reached the server."""
 
-    def __init__(self, storage: S3Storage, method: str, error: BaseException, *,
-                 before: int = 0, after: int = 0) -> None:
+    def __init__(
+        self,
+        storage: S3Storage,
+        method: str,
+        error: BaseException,
+        *,
+        before: int = 0,
+        after: int = 0,
+    ) -> None:
         self.storage, self.method, self.error = storage, method, error
         self.before, self.after, self.sent = before, after, 0
 
@@ -199,8 +220,7 @@ def test_throttling_is_retried() -> None:
     storage = fast(direct_put=False)  # PUTs through botocore, where FlakyCalls hooks in
 
     async def go() -> bytes:
-        flaky = FlakyCalls(storage, "put_object", wrapped(client_error("SlowDown", 503)),
-                           before=3)
+        flaky = FlakyCalls(storage, "put_object", wrapped(client_error("SlowDown", 503)), before=3)
         await flaky.install()
         await storage.put("a", b"data")
         assert flaky.sent == 1
@@ -234,8 +254,9 @@ def test_lost_ack_on_conditional_put_is_not_a_conflict(kind: str) -> None:
         if kind == "update":
             await storage.put(key, b"old")
             _, version = await storage.get_with_version(key)
-        flaky = FlakyCalls(storage, "put_object",
-                           ConnectionClosedError(endpoint_url="http://lost"), after=1)
+        flaky = FlakyCalls(
+            storage, "put_object", ConnectionClosedError(endpoint_url="http://lost"), after=1
+        )
         await flaky.install()
         data = b'{"snapshot": "S", "write_id": "unique-1"}'
         if kind == "create":
@@ -273,8 +294,11 @@ def test_lost_ack_then_real_conflict_is_reported() -> None:
 # -- stores without conditional writes ----------------------------------------------------------
 def test_unsafe_settings_off_warn_and_use_plain_puts() -> None:
     with pytest.warns(UserWarning, match="concurrent commits .* can be lost"):
-        storage = s3server.storage(unsafe_use_conditional_update=False,
-                                   unsafe_use_conditional_create=False, direct_put=False)
+        storage = s3server.storage(
+            unsafe_use_conditional_update=False,
+            unsafe_use_conditional_create=False,
+            direct_put=False,
+        )
     assert storage.supports_conditional_writes is False
 
     async def go() -> None:
@@ -301,8 +325,11 @@ def test_unsafe_settings_off_warn_and_use_plain_puts() -> None:
     run(go())
     with warnings.catch_warnings():  # a repository works (one writer)
         warnings.simplefilter("ignore")
-        repo = frazil.Repository.create(s3server.storage(
-            unsafe_use_conditional_update=False, unsafe_use_conditional_create=False))
+        repo = frazil.Repository.create(
+            s3server.storage(
+                unsafe_use_conditional_update=False, unsafe_use_conditional_create=False
+            )
+        )
     session = repo.writable_session("main")
     zarr.create_array(session.store, name="a", shape=(2,), chunks=(1,), dtype="i4")[:] = 7
     session.commit("one writer")
@@ -333,13 +360,19 @@ def test_constructor_checks() -> None:
         frazil.s3_storage(**base, max_attempts=0)
     with pytest.raises(InvalidInputError, match="bucket"):
         frazil.s3_storage(bucket="", prefix="p")
-    storage = frazil.s3_storage(**base, region="eu-west-1", anonymous=True,
-                                settings=S3Settings(max_concurrency=4), max_attempts=3)
+    storage = frazil.s3_storage(
+        **base,
+        region="eu-west-1",
+        anonymous=True,
+        settings=S3Settings(max_concurrency=4),
+        max_attempts=3,
+    )
     assert storage.config.settings.max_concurrency == 4
     assert storage.config.settings.max_attempts == 3
     assert storage.describe() == "s3://b/p/"
-    assert "secret" not in repr(frazil.s3_storage(**base, access_key_id="k",
-                                                  secret_access_key="secret"))
+    assert "secret" not in repr(
+        frazil.s3_storage(**base, access_key_id="k", secret_access_key="secret")
+    )
 
 
 def test_pickles_only_its_configuration() -> None:
@@ -432,6 +465,7 @@ def test_concurrent_reads_go_out_together(direct: bool) -> None:
                 nonlocal botocore_gets
                 botocore_gets += method == "get_object"
                 return await real_s3(method, *args, **kwargs)
+
             client.fs._call_s3 = count
         out = await asyncio.gather(*(storage.get(k) for k in keys))
         assert 1 < peak <= 8 and calls == len(keys) and botocore_gets == 0
@@ -441,15 +475,25 @@ def test_concurrent_reads_go_out_together(direct: bool) -> None:
 
 
 # -- the direct GET path ------------------------------------------------------------------------
-@pytest.mark.parametrize("url, extra, token", [
-    ("http://127.0.0.1:8333/bucket/prefix/chunks/ABC", {}, None),
-    ("https://bucket.s3.eu-west-1.amazonaws.com/p/manifests/X_Y-z.1", {"Range": "bytes=5-99"},
-     "session-token/with+chars="),
-    ("https://s3.us-east-1.amazonaws.com/my.bucket/snapshots/0", {"Range": "bytes=-65536"},
-     None),
-])
-def test_sigv4_signature_matches_botocore(url: str, extra: dict[str, str],
-                                          token: str | None) -> None:
+@pytest.mark.parametrize(
+    "url, extra, token",
+    [
+        ("http://127.0.0.1:8333/bucket/prefix/chunks/ABC", {}, None),
+        (
+            "https://bucket.s3.eu-west-1.amazonaws.com/p/manifests/X_Y-z.1",
+            {"Range": "bytes=5-99"},
+            "session-token/with+chars=",
+        ),
+        (
+            "https://s3.us-east-1.amazonaws.com/my.bucket/snapshots/0",
+            {"Range": "bytes=-65536"},
+            None,
+        ),
+    ],
+)
+def test_sigv4_signature_matches_botocore(
+    url: str, extra: dict[str, str], token: str | None
+) -> None:
     import datetime as dt
 
     from botocore.auth import S3SigV4Auth
@@ -459,18 +503,19 @@ def test_sigv4_signature_matches_botocore(url: str, extra: dict[str, str],
     from frazil.storage._s3get import SigV4
 
     region = url.split(".s3.")[1].split(".")[0] if ".s3." in url else "us-east-1"
-    request = AWSRequest("GET", url, headers={**extra,
-                                              "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    request = AWSRequest("GET", url, headers={**extra, "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+
     class Unsigned(S3SigV4Auth):  # botocore signs the payload of plain-http requests
         def _should_sha256_sign_payload(self, request: Any) -> bool:
             return False
 
-    Unsigned(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token), "s3",
-             region).add_auth(request)
+    Unsigned(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token), "s3", region).add_auth(
+        request
+    )
     now = dt.datetime.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(
-        tzinfo=dt.UTC)  # sign ours at the time botocore did
-    ours = SigV4(region).headers(url, extra, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token,
-                                 now=now)
+        tzinfo=dt.UTC
+    )  # sign ours at the time botocore did
+    ours = SigV4(region).headers(url, extra, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token, now=now)
     assert ours["x-amz-date"] == request.headers["X-Amz-Date"]
     assert ours["authorization"] == request.headers["Authorization"]
 
@@ -490,13 +535,22 @@ def test_sigv4_put_signature_matches_botocore(conditions: dict[str, str]) -> Non
     url, body = "http://127.0.0.1:8333/bucket/prefix/chunks/ABC", b"chunk bytes" * 100
     extra = {"Content-Length": str(len(body)), **conditions}
     request = AWSRequest("PUT", url, data=body, headers=dict(extra))
-    S3SigV4Auth(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG"), "s3",
-                "us-east-1").add_auth(request)
+    S3SigV4Auth(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG"), "s3", "us-east-1").add_auth(
+        request
+    )
     now = dt.datetime.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(
-        tzinfo=dt.UTC)
-    ours = SigV4("us-east-1").headers(url, extra, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG",
-                                      None, now=now, method="PUT",
-                                      payload_hash=hashlib.sha256(body).hexdigest())
+        tzinfo=dt.UTC
+    )
+    ours = SigV4("us-east-1").headers(
+        url,
+        extra,
+        "AKIDEXAMPLE",
+        "wJalrXUtnFEMI/K7MDENG",
+        None,
+        now=now,
+        method="PUT",
+        payload_hash=hashlib.sha256(body).hexdigest(),
+    )
     assert ours["x-amz-content-sha256"] == request.headers["X-Amz-Content-SHA256"]
     assert ours["authorization"] == request.headers["Authorization"]
 
@@ -556,19 +610,28 @@ def test_direct_get_reads_statuses_right() -> None:
     async def go() -> None:
         fake = FakeS3(script)
         async with fake as url:
+
             class Creds:
                 def get_frozen_credentials(self) -> Any:
                     from botocore.credentials import ReadOnlyCredentials
+
                     return ReadOnlyCredentials("AK", "SK", None)
 
-            client = type("C", (), {"_request_signer": type("S", (), {
-                "_credentials": Creds()})()})()
+            client = type(
+                "C", (), {"_request_signer": type("S", (), {"_credentials": Creds()})()}
+            )()
             g = DirectClient(url + "/b/", "us-east-1", client, False, 5, 5, 4)
             try:
                 import datetime as dt
-                assert await g.get("k", None, "w") == (b"whole", {
-                    "ETag": '"e1"',
-                    "LastModified": dt.datetime(2026, 11, 25, 6, 30, 15, tzinfo=dt.UTC)}, False)
+
+                assert await g.get("k", None, "w") == (
+                    b"whole",
+                    {
+                        "ETag": '"e1"',
+                        "LastModified": dt.datetime(2026, 11, 25, 6, 30, 15, tzinfo=dt.UTC),
+                    },
+                    False,
+                )
                 assert await g.get("k", "bytes=0-3", "w") == (b"part", {"ETag": '"e2"'}, True)
                 assert fake.seen[1]["Range"] == "bytes=0-3"
                 assert fake.seen[0]["Authorization"].startswith("AWS4-HMAC-SHA256 ")
@@ -615,8 +678,8 @@ def test_direct_put_reads_statuses_right() -> None:
                 assert fake.bodies[0] == b"data"
                 assert fake.seen[0]["Authorization"].startswith("AWS4-HMAC-SHA256 ")
                 import hashlib
-                assert fake.seen[0]["x-amz-content-sha256"] == hashlib.sha256(
-                    b"data").hexdigest()
+
+                assert fake.seen[0]["x-amz-content-sha256"] == hashlib.sha256(b"data").hexdigest()
                 assert await g.put("k", b"data", {"If-None-Match": "*"}, "w") == ""
                 assert fake.seen[1]["If-None-Match"] == "*"
                 with pytest.raises(PreconditionFailed):
@@ -637,9 +700,11 @@ def test_direct_put_reads_statuses_right() -> None:
 
 def _fake_client() -> Any:
     """Stands in for the aiobotocore client the direct path takes credentials from."""
+
     class Creds:
         def get_frozen_credentials(self) -> Any:
             from botocore.credentials import ReadOnlyCredentials
+
             return ReadOnlyCredentials("AK", "SK", None)
 
     return type("C", (), {"_request_signer": type("S", (), {"_credentials": Creds()})()})()
@@ -697,6 +762,7 @@ def test_commits_write_through_the_direct_path() -> None:
         async def count(method: str, *args: Any, **kwargs: Any) -> Any:
             botocore_puts.extend([method] if method == "put_object" else [])
             return await real(method, *args, **kwargs)
+
         client.fs._call_s3 = count
 
     _aio.run(hook())
@@ -715,10 +781,16 @@ def test_direct_put_goes_to_botocore_for_its_errors() -> None:
     botocore, whose error names the S3 error code; nothing is written."""
     srv = s3server.server()
     prefix = s3server.new_prefix()
-    storage = frazil.s3_storage(bucket=s3server.BUCKET, prefix=prefix,
-                                endpoint_url=srv.endpoint_url, allow_http=True,
-                                region="us-east-1", access_key_id=s3server.ACCESS_KEY,
-                                secret_access_key="wrong-secret", max_attempts=1)
+    storage = frazil.s3_storage(
+        bucket=s3server.BUCKET,
+        prefix=prefix,
+        endpoint_url=srv.endpoint_url,
+        allow_http=True,
+        region="us-east-1",
+        access_key_id=s3server.ACCESS_KEY,
+        secret_access_key="wrong-secret",
+        max_attempts=1,
+    )
     with pytest.raises(StorageError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccess"):
         run(storage.put("k", b"data"))
     assert run(s3server.storage(prefix).list("")) == []
@@ -728,9 +800,15 @@ def test_direct_get_falls_back_to_botocore_for_its_errors() -> None:
     """A request the direct path does not understand (here 403, bad credentials) is made
     again through botocore, whose error names the S3 error code."""
     srv = s3server.server()
-    storage = frazil.s3_storage(bucket=s3server.BUCKET, prefix=s3server.new_prefix(),
-                                endpoint_url=srv.endpoint_url, allow_http=True,
-                                region="us-east-1", access_key_id=s3server.ACCESS_KEY,
-                                secret_access_key="wrong-secret", max_attempts=1)
+    storage = frazil.s3_storage(
+        bucket=s3server.BUCKET,
+        prefix=s3server.new_prefix(),
+        endpoint_url=srv.endpoint_url,
+        allow_http=True,
+        region="us-east-1",
+        access_key_id=s3server.ACCESS_KEY,
+        secret_access_key="wrong-secret",
+        max_attempts=1,
+    )
     with pytest.raises(StorageError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccess"):
         run(storage.get("k"))

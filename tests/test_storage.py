@@ -46,8 +46,10 @@ BACKENDS: dict[str, Callable[[Path], Storage]] = {
 
 def _unsafe_fsspec(url: str) -> Storage:
     with pytest.warns(UserWarning, match="no conditional writes"):
-        return fsspec_storage(url, unsafe_use_conditional_update=False,
-                              unsafe_use_conditional_create=False)
+        return fsspec_storage(
+            url, unsafe_use_conditional_update=False, unsafe_use_conditional_create=False
+        )
+
 
 #: backends whose objects other processes can see (memory storage lives in one process)
 SHARED_BACKENDS = ["local", "s3"]
@@ -55,15 +57,17 @@ SHARED_BACKENDS = ["local", "s3"]
 #: conformance tests a backend cannot pass by design, by test id, with the reason; the
 #: conftest marks them xfail(strict=True), so they are still run and must still fail
 KNOWN_LIMITS: dict[str, str] = {
-    "test_version_changes_on_every_write_even_with_same_bytes[fsspec-memory]":
-        "versions of the generic fsspec backend are content checksums "
-        "(versions_follow_content)",
-    "test_version_changes_on_every_write_even_with_same_bytes[s3]":
+    "test_version_changes_on_every_write_even_with_same_bytes[fsspec-memory]": (
+        "versions of the generic fsspec backend are content checksums (versions_follow_content)"
+    ),
+    "test_version_changes_on_every_write_even_with_same_bytes[s3]": (
         "S3 versions are ETags, the MD5 of the bytes: rewriting identical bytes keeps the "
-        "version (versions_follow_content; frazil's refs always differ by write_id)",
-    "test_threads_put_if_version_one_winner[s3-same-bytes]":
+        "version (versions_follow_content; frazil's refs always differ by write_id)"
+    ),
+    "test_threads_put_if_version_one_winner[s3-same-bytes]": (
         "S3 If-Match compares ETags (MD5 of the bytes): after one writer rewrote identical "
-        "bytes the ETag still matches, so all writers of those bytes succeed",
+        "bytes the ETag still matches, so all writers of those bytes succeed"
+    ),
 }
 
 START_METHODS = ["spawn", "fork"]
@@ -126,18 +130,24 @@ def test_get_whole_object(storage: Storage) -> None:
 @pytest.mark.parametrize(
     "byte_range",
     [
-        (0, 4), (4, 10), (0, 0), (10, None), (0, None), (len(DATA) - 3, None),
+        (0, 4),
+        (4, 10),
+        (0, 0),
+        (10, None),
+        (0, None),
+        (len(DATA) - 3, None),
         (len(DATA) - 2, len(DATA) + 100),  # end past the object: up to the end
         (len(DATA) + 5, None),  # start past the object: nothing
         (10, 5),  # empty: end before start
-        (-4, None), (-1, None),  # suffixes
+        (-4, None),
+        (-1, None),  # suffixes
         (-(len(DATA) + 50), None),  # suffix longer than the object: all of it
     ],
 )
 def test_get_byte_range(storage: Storage, byte_range: tuple[int, int | None]) -> None:
     run(storage.put("objects/r", DATA))
     start, end = byte_range
-    expected = DATA[max(0, len(DATA) + start):] if start < 0 else DATA[start:end]
+    expected = DATA[max(0, len(DATA) + start) :] if start < 0 else DATA[start:end]
     assert run(storage.get("objects/r", byte_range)) == expected
 
 
@@ -238,8 +248,14 @@ LIST_KEYS = [
     ("prefix", "expected"),
     [
         ("", LIST_KEYS),
-        ("refs/branch.", ["refs/branch.dev/ref.json", "refs/branch.main/ref.json",
-                          "refs/branch.maintenance/ref.json"]),
+        (
+            "refs/branch.",
+            [
+                "refs/branch.dev/ref.json",
+                "refs/branch.main/ref.json",
+                "refs/branch.maintenance/ref.json",
+            ],
+        ),
         ("refs/branch.main", ["refs/branch.main/ref.json", "refs/branch.maintenance/ref.json"]),
         ("refs/branch.main/", ["refs/branch.main/ref.json"]),
         ("refs/", [k for k in LIST_KEYS if k.startswith("refs/")]),
@@ -495,12 +511,15 @@ def test_threads_put_if_absent_one_winner(atomic_storage: Storage) -> None:
     storage = atomic_storage
     key = "refs/tag.race/ref.json"
     results: list[PutResult] = race(
-        THREADS, lambda i: run(storage.put_if_absent(key, f"writer-{i}".encode())))
+        THREADS, lambda i: run(storage.put_if_absent(key, f"writer-{i}".encode()))
+    )
     winners = [i for i, r in enumerate(results) if r.ok]
     assert len(winners) == 1
     winner = winners[0]
     assert run(storage.get_with_version(key)) == (
-        f"writer-{winner}".encode(), results[winner].version)
+        f"writer-{winner}".encode(),
+        results[winner].version,
+    )
     # losers are told the current (the winner's) version
     assert {r.version for r in results} == {results[winner].version}
     assert run(storage.list("")) == [key]
@@ -517,7 +536,8 @@ def test_threads_put_if_version_one_winner(atomic_storage: Storage, same_bytes: 
         return b"start" if same_bytes else f"writer-{i}".encode()
 
     results: list[PutResult] = race(
-        THREADS, lambda i: run(storage.put_if_version(key, payload(i), v0)))
+        THREADS, lambda i: run(storage.put_if_version(key, payload(i), v0))
+    )
     winners = [i for i, r in enumerate(results) if r.ok]
     assert len(winners) == 1
     winner = winners[0]
@@ -578,8 +598,12 @@ def _mp_increment(storage: Storage, key: str, times: int, barrier: Any, out: Any
         out.put(("error", f"{type(e).__name__}: {e}"))
 
 
-def run_processes(method: str, target: Callable[..., None], args_for: Callable[[int], tuple],
-                  n: int = MP_PROCESSES) -> list[Any]:
+def run_processes(
+    method: str,
+    target: Callable[..., None],
+    args_for: Callable[[int], tuple],
+    n: int = MP_PROCESSES,
+) -> list[Any]:
     ctx = multiprocessing.get_context(method)
     barrier = ctx.Barrier(n)
     out = ctx.Queue()
@@ -604,8 +628,7 @@ def run_processes(method: str, target: Callable[..., None], args_for: Callable[[
 @pytest.mark.parametrize("method", START_METHODS)
 def test_processes_put_if_absent_one_winner(shared_storage: Storage, method: str) -> None:
     key = "refs/tag.race/ref.json"
-    reports = run_processes(method, _mp_put_if_absent,
-                            lambda i: (shared_storage, key, i))
+    reports = run_processes(method, _mp_put_if_absent, lambda i: (shared_storage, key, i))
     assert len({pid for *_, pid in reports}) == MP_PROCESSES  # really separate processes
     assert os.getpid() not in {pid for *_, pid in reports}
     winners = [(index, version) for index, ok, version, _ in reports if ok]
@@ -637,7 +660,8 @@ def test_local_storage_pickles(tmp_path: Path) -> None:
     assert run(clone.get("snapshots/S1")) == b"one"
     assert run(clone.list("")) == ["snapshots/S1"]
     assert run(clone.get_with_version("snapshots/S1")) == run(
-        storage.get_with_version("snapshots/S1"))
+        storage.get_with_version("snapshots/S1")
+    )
     run(clone.put("snapshots/S2", b"two"))  # and writes through the clone are seen too
     assert run(storage.get("snapshots/S2")) == b"two"
 
@@ -714,7 +738,8 @@ def _commit_some(storage: Storage) -> None:
 
 
 def test_local_syncs_objects_before_the_ref_that_publishes_them(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Since a power cut cannot be simulated here, the order of syncs is checked against
     the order of writes: every object's data is synced before it is renamed into place;
     every folder an object went into is synced after that object and before the next ref
@@ -728,12 +753,21 @@ def test_local_syncs_objects_before_the_ref_that_publishes_them(
     _commit_some(_RecordingStorage(root, events))
     monkeypatch.undo()
 
-    publishes = [(i, events[i][1], events[i + 1][1]) for i, (kind, _) in enumerate(events)
-                 if kind == "publish"]
-    refs = [(i, dst) for i, dst, _ in publishes
-            if dst.endswith("ref.json") or dst.endswith("config.json")]
-    objects = [(i, dst, src) for i, dst, src in publishes
-               if not (dst.endswith("ref.json") or dst.endswith("config.json"))]
+    publishes = [
+        (i, events[i][1], events[i + 1][1])
+        for i, (kind, _) in enumerate(events)
+        if kind == "publish"
+    ]
+    refs = [
+        (i, dst)
+        for i, dst, _ in publishes
+        if dst.endswith("ref.json") or dst.endswith("config.json")
+    ]
+    objects = [
+        (i, dst, src)
+        for i, dst, src in publishes
+        if not (dst.endswith("ref.json") or dst.endswith("config.json"))
+    ]
     assert len(objects) >= 4 + 3 and len(refs) >= 2  # chunks, manifest, log, snapshots
     synced_files = {p: i for i, (kind, p) in enumerate(events) if kind == "sync_file"}
     for i, dst, src in [*objects, *[(i, d, events[i + 1][1]) for i, d in refs]]:
@@ -742,12 +776,14 @@ def test_local_syncs_objects_before_the_ref_that_publishes_them(
         later_refs = [j for j, _ in refs if j > i]
         assert later_refs, f"object {dst} published after the last ref"
         folder = os.path.dirname(dst)
-        assert any(kind == "sync_dir" and p == folder and i < k < later_refs[0]
-                   for k, (kind, p) in enumerate(events)), (
-            f"folder of {dst} not synced before the ref that follows it")
+        assert any(
+            kind == "sync_dir" and p == folder and i < k < later_refs[0]
+            for k, (kind, p) in enumerate(events)
+        ), f"folder of {dst} not synced before the ref that follows it"
     for i, dst in refs:
-        assert ("sync_dir", os.path.dirname(dst)) in events[i + 2:i + 4], (
-            f"folder of {dst} not synced right after it")
+        assert ("sync_dir", os.path.dirname(dst)) in events[i + 2 : i + 4], (
+            f"folder of {dst} not synced right after it"
+        )
     # new folders are synced in their parents (the repository's root, refs/)
     assert ("sync_dir", str(root)) in events
 

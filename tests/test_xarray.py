@@ -36,9 +36,11 @@ def make_dataset(ntime: int = 12, start: str = "2024-01-01") -> Any:
     ds = xr.Dataset(
         data_vars={
             # float, dask-chunked (its chunks become the zarr chunks)
-            "temperature": (("time", "lat", "lon"),
-                            rng.normal(280, 5, (ntime, 5, 8)).astype("f4"),
-                            {"units": "K", "long_name": "air temperature"}),
+            "temperature": (
+                ("time", "lat", "lon"),
+                rng.normal(280, 5, (ntime, 5, 8)).astype("f4"),
+                {"units": "K", "long_name": "air temperature"},
+            ),
             "count": (("time", "lon"), rng.integers(0, 1000, (ntime, 8)).astype("i8")),
             "flag": (("time",), rng.integers(0, 2, ntime).astype(bool)),
             # bytes larger than the inline threshold: stored as separate chunk objects
@@ -97,7 +99,8 @@ def test_round_trip_identical(repo: frazil.Repository) -> None:
     lazy = _open(repo.readonly_session("main").store)
     np.testing.assert_array_equal(
         lazy["temperature"].isel(time=slice(3, 9), lon=[1, 6]).values,
-        ds["temperature"].isel(time=slice(3, 9), lon=[1, 6]).values)
+        ds["temperature"].isel(time=slice(3, 9), lon=[1, 6]).values,
+    )
 
 
 def test_round_trip_dtypes_decode_exactly(repo: frazil.Repository) -> None:
@@ -130,9 +133,18 @@ def test_append_along_time_and_time_travel(repo: frazil.Repository) -> None:
     more = more.drop_vars(["lat", "lon", "station", "name"])
     s2 = repo.writable_session("main")
     more.to_zarr(s2.store, consolidated=False, append_dim="time")
-    combined = xr.concat([first, more.assign_coords(
-        station=first["station"], name=first["name"], lat=first["lat"], lon=first["lon"])],
-        dim="time", data_vars="minimal", coords="minimal", compat="override")
+    combined = xr.concat(
+        [
+            first,
+            more.assign_coords(
+                station=first["station"], name=first["name"], lat=first["lat"], lon=first["lon"]
+            ),
+        ],
+        dim="time",
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+    )
     # the writable session sees the appended data before commit; the branch does not yet
     assert_identical(_open(s2.store).load(), combined.load())
     assert _open(repo.readonly_session("main").store).sizes["time"] == 6
@@ -160,7 +172,8 @@ def test_region_write_and_overwrite(repo: frazil.Repository) -> None:
     patch = ds[["temperature"]].isel(time=slice(4, 8)).copy(deep=True)
     patch["temperature"] = patch["temperature"] + 100
     patch.drop_vars(["lat", "lon", "station", "name"]).to_zarr(
-        s2.store, consolidated=False, region={"time": slice(4, 8)})
+        s2.store, consolidated=False, region={"time": slice(4, 8)}
+    )
     s2.commit("patched")
 
     new = _open(repo.readonly_session("main").store).load()

@@ -45,8 +45,12 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore::zarr.core.dtype.common.UnstableSpecificationWarning",
 )
 
-SETTINGS = settings(max_examples=30, stateful_step_count=20, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+SETTINGS = settings(
+    max_examples=30,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 # inline threshold low enough that the machines' chunks are a mix of inline and native
 CONFIG = frazil.RepositoryConfig(inline_chunk_threshold_bytes=24)
@@ -56,12 +60,14 @@ def _new_repo(kind: str, tmp_root: str) -> frazil.Repository:
     if kind == "memory":
         return frazil.Repository.create(frazil.in_memory_storage(), CONFIG)
     return frazil.Repository.create(
-        frazil.local_filesystem_storage(tempfile.mkdtemp(dir=tmp_root)), CONFIG)
+        frazil.local_filesystem_storage(tempfile.mkdtemp(dir=tmp_root)), CONFIG
+    )
 
 
 def _keys(store: FrazilStore) -> list[str]:
     async def go() -> list[str]:
         return sorted([k async for k in store.list()])
+
     return sync(go())
 
 
@@ -129,10 +135,14 @@ def array_docs(draw: st.DrawFn) -> tuple[bytes, int, tuple[int, ...], tuple[str,
     chunks = draw(st.lists(st.integers(1, 3), min_size=ndim, max_size=ndim))
     encoding = draw(st.sampled_from(ENCODINGS))
     doc = {
-        "zarr_format": 3, "node_type": "array", "shape": shape, "data_type": "uint8",
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": shape,
+        "data_type": "uint8",
         "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
         "chunk_key_encoding": {"name": encoding[0], "configuration": {"separator": encoding[1]}},
-        "fill_value": 0, "codecs": [{"name": "bytes"}],
+        "fill_value": 0,
+        "codecs": [{"name": "bytes"}],
         "attributes": {"n": draw(st.integers(0, 9))},
     }
     grid = tuple(-(-s // c) for s, c in zip(shape, chunks, strict=True))

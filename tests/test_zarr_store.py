@@ -35,16 +35,29 @@ def group_doc(**attrs: Any) -> bytes:
     return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs}).encode()
 
 
-def array_doc(shape: tuple[int, ...], chunks: tuple[int, ...] | None = None, *,
-              encoding: str = "default", sep: str = "/", dtype: str = "uint8") -> bytes:
+def array_doc(
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...] | None = None,
+    *,
+    encoding: str = "default",
+    sep: str = "/",
+    dtype: str = "uint8",
+) -> bytes:
     """A complete Zarr v3 array document (zarr itself can open it)."""
     chunks = chunks if chunks is not None else tuple(1 for _ in shape)
-    return json.dumps({
-        "zarr_format": 3, "node_type": "array", "shape": list(shape), "data_type": dtype,
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
-        "chunk_key_encoding": {"name": encoding, "configuration": {"separator": sep}},
-        "fill_value": 0, "codecs": [{"name": "bytes"}], "attributes": {},
-    }).encode()
+    return json.dumps(
+        {
+            "zarr_format": 3,
+            "node_type": "array",
+            "shape": list(shape),
+            "data_type": dtype,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+            "chunk_key_encoding": {"name": encoding, "configuration": {"separator": sep}},
+            "fill_value": 0,
+            "codecs": [{"name": "bytes"}],
+            "attributes": {},
+        }
+    ).encode()
 
 
 # chunk keys that are not in the default encoding, with the array they belong to
@@ -70,7 +83,7 @@ def infer_array(key: str) -> tuple[str, int, str, str]:
 
 def chunk_coord(key: str) -> tuple[str, tuple[int, ...]]:
     path, ndim, encoding, sep = infer_array(key)
-    rest = key[len(path) + 1:] if path else key
+    rest = key[len(path) + 1 :] if path else key
     if encoding == "default":
         rest = rest[2:] if ndim else ""
     return "/" + path, tuple(int(p) for p in rest.split(sep)) if ndim else ()
@@ -203,8 +216,7 @@ class _FrazilStoreTests(StoreTests[FrazilStore, cpu.Buffer]):
     # -- overrides: valid keys and values ---------------------------------------------------
     # The inherited keys "foo/c/0.0" and "foo/0/0" are replaced by keys of each chunk key
     # encoding FrazilStore parses (default "/" and ".", v2 "/" and ".", 0-d arrays).
-    CHUNK_KEYS = ["c/0", "foo/c/0/0", "foo/c.0.0", "foo/0/0", "foo/0.0", "foo/bar/c",
-                  "foo/bar/0"]
+    CHUNK_KEYS = ["c/0", "foo/c/0/0", "foo/c.0.0", "foo/0/0", "foo/0.0", "foo/bar/c", "foo/bar/0"]
 
     @pytest.mark.parametrize("key", CHUNK_KEYS)
     @pytest.mark.parametrize(
@@ -217,8 +229,7 @@ class _FrazilStoreTests(StoreTests[FrazilStore, cpu.Buffer]):
             (b"", None),
         ],
     )
-    async def test_get(self, store: FrazilStore, key: str, data: bytes,
-                       byte_range: Any) -> None:
+    async def test_get(self, store: FrazilStore, key: str, data: bytes, byte_range: Any) -> None:
         await super().test_get(store, key, data, byte_range)
 
     # Overridden: keys "0".."9" are not Zarr keys; use ten chunks of one array instead.
@@ -228,7 +239,8 @@ class _FrazilStoreTests(StoreTests[FrazilStore, cpu.Buffer]):
         for k, v in zip(keys, values, strict=True):
             await self.set(store, k, Buf.from_bytes(v))
         observed = await _collect_aiterator(
-            store._get_many(zip(keys, (PROTO,) * len(keys), (None,) * len(keys), strict=True)))
+            store._get_many(zip(keys, (PROTO,) * len(keys), (None,) * len(keys), strict=True))
+        )
         expected = sorted(zip(keys, values, strict=True))
         assert sorted((k, b.to_bytes()) for k, b in observed) == expected
 
@@ -249,8 +261,12 @@ class _FrazilStoreTests(StoreTests[FrazilStore, cpu.Buffer]):
     # can only be written to an array that exists.
     @pytest.mark.parametrize(
         ("key", "data"),
-        [("zarr.json", group_doc()), ("zarr.json", array_doc((3, 4))),
-         ("foo/zarr.json", group_doc(a=1)), ("foo/bar/zarr.json", array_doc(()))]
+        [
+            ("zarr.json", group_doc()),
+            ("zarr.json", array_doc((3, 4))),
+            ("foo/zarr.json", group_doc(a=1)),
+            ("foo/bar/zarr.json", array_doc(())),
+        ]
         + [(k, d) for k in CHUNK_KEYS for d in (b"\x01\x02\x03\x04", b"")],
     )
     async def test_set(self, store: FrazilStore, key: str, data: bytes) -> None:
@@ -370,8 +386,10 @@ class _FrazilStoreTests(StoreTests[FrazilStore, cpu.Buffer]):
     async def test_list(self, store: FrazilStore) -> None:
         assert await _collect_aiterator(store.list()) == ()
         data = Buf.from_bytes(b"")
-        items = {"foo/zarr.json": Buf.from_bytes(array_doc((10,))),
-                 **{f"foo/c/{i}": data for i in range(10)}}
+        items = {
+            "foo/zarr.json": Buf.from_bytes(array_doc((10,))),
+            **{f"foo/c/{i}": data for i in range(10)},
+        }
         await store._set_many(items.items())
         assert await collect(store.list()) == sorted(items)
 
@@ -382,7 +400,8 @@ class _FrazilStoreTests(StoreTests[FrazilStore, cpu.Buffer]):
         await store._set_many([(k, Buf.from_bytes(group_doc())) for k in keys])
         for prefix in prefixes:
             assert await collect(store.list_prefix(prefix)) == sorted(
-                k for k in keys if k.startswith(prefix))
+                k for k in keys if k.startswith(prefix)
+            )
 
     # Overridden: "foo/baz/c/0" needs its array's zarr.json, so it is listed too.
     async def test_list_empty_path(self, store: FrazilStore) -> None:
@@ -395,8 +414,7 @@ class _FrazilStoreTests(StoreTests[FrazilStore, cpu.Buffer]):
         await store._set_many(items.items())
         assert await collect(store.list()) == sorted(items)
         assert await collect(store.list_prefix("")) == sorted(items)
-        assert await collect(store.list_prefix("foo/bar/")) == ["foo/bar/c/1",
-                                                                 "foo/bar/zarr.json"]
+        assert await collect(store.list_prefix("foo/bar/")) == ["foo/bar/c/1", "foo/bar/zarr.json"]
 
     # Overridden: upstream's "foo/bar/foobar_first_child" is not a Zarr key, and its "foo"
     # holds both chunks and children, which no Zarr node does; same checks on a valid tree.
@@ -476,7 +494,8 @@ class TestFrazilStoreLocal(_FrazilStoreTests):
     def repo(self, tmp_path: Any) -> frazil.Repository:
         return frazil.Repository.create(
             frazil.local_filesystem_storage(tmp_path / "repo"),
-            frazil.RepositoryConfig(inline_chunk_threshold_bytes=0))
+            frazil.RepositoryConfig(inline_chunk_threshold_bytes=0),
+        )
 
 
 # -- focused tests ------------------------------------------------------------------------------
@@ -514,14 +533,21 @@ async def test_session_store_is_cached_and_writable(session: frazil.Session) -> 
         ("v2", ".", (5,), ["a/0", "a/1"]),
     ],
 )
-async def test_chunk_key_encodings(session: frazil.Session, encoding: str, sep: str,
-                                   shape: tuple[int, ...], expected: list[str]) -> None:
+async def test_chunk_key_encodings(
+    session: frazil.Session, encoding: str, sep: str, shape: tuple[int, ...], expected: list[str]
+) -> None:
     """zarr writes the keys of every encoding; the store parses, lists and reads them."""
     store = session.store
     chunks = tuple(min(3, s) for s in shape) if shape else ()
-    arr = zarr.create_array(store, name="a", shape=shape, chunks=chunks, dtype="i2",
-                            fill_value=-1,
-                            chunk_key_encoding={"name": encoding, "separator": sep})
+    arr = zarr.create_array(
+        store,
+        name="a",
+        shape=shape,
+        chunks=chunks,
+        dtype="i2",
+        fill_value=-1,
+        chunk_key_encoding={"name": encoding, "separator": sep},
+    )
     data = np.arange(int(np.prod(shape)), dtype="i2").reshape(shape)
     arr[...] = data
     assert await collect(store.list_prefix("a/")) == sorted([*expected, "a/zarr.json"])
@@ -541,8 +567,23 @@ async def test_chunk_key_encodings(session: frazil.Session, encoding: str, sep: 
     ("encoding", "sep", "ndim", "bad_keys"),
     [
         # wrong separator, wrong dimensionality, not digits, other encodings' shapes
-        ("default", "/", 2, ["a/c.0.0", "a/0/0", "a/c/0", "a/c/0/0/0", "a/c/x/0", "a/c",
-                             "a/c/-1/0", "a/c/0/", "a/d/0/0", "a/c/0/0/zarr"]),
+        (
+            "default",
+            "/",
+            2,
+            [
+                "a/c.0.0",
+                "a/0/0",
+                "a/c/0",
+                "a/c/0/0/0",
+                "a/c/x/0",
+                "a/c",
+                "a/c/-1/0",
+                "a/c/0/",
+                "a/d/0/0",
+                "a/c/0/0/zarr",
+            ],
+        ),
         ("default", ".", 2, ["a/c/0/0", "a/c.0", "a/c.0.0.0", "a/0.0", "a/c.0.a"]),
         ("v2", ".", 2, ["a/0/0", "a/c/0/0", "a/c.0.0", "a/0", "a/0.0.0"]),
         ("v2", "/", 2, ["a/0.0", "a/c/0/0", "a/0"]),
@@ -551,11 +592,13 @@ async def test_chunk_key_encodings(session: frazil.Session, encoding: str, sep: 
     ],
 )
 async def test_wrongly_encoded_chunk_keys_refused(
-        session: frazil.Session, encoding: str, sep: str, ndim: int,
-        bad_keys: list[str]) -> None:
+    session: frazil.Session, encoding: str, sep: str, ndim: int, bad_keys: list[str]
+) -> None:
     store = session.store
-    await store.set("a/zarr.json", Buf.from_bytes(
-        array_doc((4,) * ndim, (2,) * ndim, encoding=encoding, sep=sep)))
+    await store.set(
+        "a/zarr.json",
+        Buf.from_bytes(array_doc((4,) * ndim, (2,) * ndim, encoding=encoding, sep=sep)),
+    )
     for key in bad_keys:
         with pytest.raises(InvalidInputError):
             await store.set(key, Buf.from_bytes(b"x"))
@@ -577,10 +620,23 @@ async def test_chunk_outside_grid_refused(session: frazil.Session) -> None:
     assert await store.get("a/c/2/0", PROTO) is None
 
 
-@pytest.mark.parametrize("key", ["foo/bar", "foo", "zarr.jsonx", "c/0", "a/b/c", ".zattrs",
-                                 ".zgroup", "a/.zarray", "zarr.json/x"])
-async def test_unknown_keys_refused_on_set_and_none_on_get(session: frazil.Session,
-                                                          key: str) -> None:
+@pytest.mark.parametrize(
+    "key",
+    [
+        "foo/bar",
+        "foo",
+        "zarr.jsonx",
+        "c/0",
+        "a/b/c",
+        ".zattrs",
+        ".zgroup",
+        "a/.zarray",
+        "zarr.json/x",
+    ],
+)
+async def test_unknown_keys_refused_on_set_and_none_on_get(
+    session: frazil.Session, key: str
+) -> None:
     store = session.store
     await store.set("zarr.json", Buf.from_bytes(group_doc()))
     with pytest.raises(InvalidInputError):
@@ -593,21 +649,30 @@ async def test_unknown_keys_refused_on_set_and_none_on_get(session: frazil.Sessi
     assert await collect(store.list()) == ["zarr.json"]
 
 
-@pytest.mark.parametrize("key", ["/zarr.json", "a//zarr.json", "../zarr.json", "a/./zarr.json",
-                                 "a/../zarr.json", "/a/c/0"])
+@pytest.mark.parametrize(
+    "key",
+    ["/zarr.json", "a//zarr.json", "../zarr.json", "a/./zarr.json", "a/../zarr.json", "/a/c/0"],
+)
 async def test_malformed_keys_refused(session: frazil.Session, key: str) -> None:
     with pytest.raises(InvalidInputError):
         await session.store.set(key, Buf.from_bytes(group_doc()))
     assert await collect(session.store.list()) == []
 
 
-@pytest.mark.parametrize("doc", [
-    b"", b"not json", b"[1, 2]", b'{"zarr_format": 2, "node_type": "group"}',
-    b'{"zarr_format": 3}', b'{"zarr_format": 3, "node_type": "table"}',
-    b'{"zarr_format": 3, "node_type": "array", "shape": [-1]}',
-    b'{"zarr_format": 3, "node_type": "array", "shape": [2], '
-    b'"chunk_key_encoding": {"name": "weird"}}',
-])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b"",
+        b"not json",
+        b"[1, 2]",
+        b'{"zarr_format": 2, "node_type": "group"}',
+        b'{"zarr_format": 3}',
+        b'{"zarr_format": 3, "node_type": "table"}',
+        b'{"zarr_format": 3, "node_type": "array", "shape": [-1]}',
+        b'{"zarr_format": 3, "node_type": "array", "shape": [2], '
+        b'"chunk_key_encoding": {"name": "weird"}}',
+    ],
+)
 async def test_invalid_metadata_refused(session: frazil.Session, doc: bytes) -> None:
     with pytest.raises(InvalidInputError):
         await session.store.set("x/zarr.json", Buf.from_bytes(doc))
@@ -625,19 +690,31 @@ def expected_slice(data: bytes, br: Any) -> bytes:
     if br is None:
         return data
     if isinstance(br, RangeByteRequest):
-        return data[br.start:br.end]
+        return data[br.start : br.end]
     if isinstance(br, OffsetByteRequest):
-        return data[br.offset:]
-    return data[max(0, len(data) - br.suffix):] if br.suffix else b""
+        return data[br.offset :]
+    return data[max(0, len(data) - br.suffix) :] if br.suffix else b""
 
 
 def _byte_requests(n: int) -> list[Any]:
-    return [None, RangeByteRequest(0, 0), RangeByteRequest(0, 1), RangeByteRequest(3, 17),
-            RangeByteRequest(n - 5, n), RangeByteRequest(n - 5, n + 100),
-            RangeByteRequest(n + 10, n + 20), OffsetByteRequest(0), OffsetByteRequest(7),
-            OffsetByteRequest(n), OffsetByteRequest(n + 3), SuffixByteRequest(0),
-            SuffixByteRequest(1), SuffixByteRequest(9), SuffixByteRequest(n),
-            SuffixByteRequest(n + 50)]
+    return [
+        None,
+        RangeByteRequest(0, 0),
+        RangeByteRequest(0, 1),
+        RangeByteRequest(3, 17),
+        RangeByteRequest(n - 5, n),
+        RangeByteRequest(n - 5, n + 100),
+        RangeByteRequest(n + 10, n + 20),
+        OffsetByteRequest(0),
+        OffsetByteRequest(7),
+        OffsetByteRequest(n),
+        OffsetByteRequest(n + 3),
+        SuffixByteRequest(0),
+        SuffixByteRequest(1),
+        SuffixByteRequest(9),
+        SuffixByteRequest(n),
+        SuffixByteRequest(n + 50),
+    ]
 
 
 @pytest.mark.parametrize("size", [40, 512, 513, 3000])
@@ -661,7 +738,8 @@ async def test_partial_reads_inline_and_native(repo: frazil.Repository, size: in
         ranges = [("a/c/1", br) for br in _byte_requests(size)]
         got_many = await s.get_partial_values(PROTO, ranges)
         assert [g.to_bytes() for g in got_many] == [
-            (await s.get("a/c/1", PROTO, byte_range=br)).to_bytes() for _, br in ranges]
+            (await s.get("a/c/1", PROTO, byte_range=br)).to_bytes() for _, br in ranges
+        ]
 
     await check(store)
     session.commit("payload")
@@ -677,8 +755,12 @@ async def test_partial_reads_of_metadata_and_missing(session: frazil.Session) ->
         got = await store.get("g/zarr.json", PROTO, byte_range=br)
         assert got is not None and got.to_bytes() == expected_slice(doc, br), br
     assert await store.get("h/zarr.json", PROTO, byte_range=RangeByteRequest(0, 2)) is None
-    for bad in [RangeByteRequest(5, 2), RangeByteRequest(-1, 2), OffsetByteRequest(-1),
-                SuffixByteRequest(-1)]:
+    for bad in [
+        RangeByteRequest(5, 2),
+        RangeByteRequest(-1, 2),
+        OffsetByteRequest(-1),
+        SuffixByteRequest(-1),
+    ]:
         with pytest.raises(InvalidInputError):
             await store.get("g/zarr.json", PROTO, byte_range=bad)
 
@@ -687,12 +769,12 @@ async def test_partial_array_reads_through_zarr(repo: frazil.Repository) -> None
     session = repo.writable_session("main")
     root = zarr.open_group(session.store, mode="w", attributes={"title": "t"})
     data = np.arange(200 * 30, dtype="f8").reshape(200, 30)
-    arr = root.create_array("big", shape=data.shape, chunks=(64, 16), dtype="f8",
-                            compressors=None)
+    arr = root.create_array("big", shape=data.shape, chunks=(64, 16), dtype="f8", compressors=None)
     arr[:] = data
     # sharded array: inner chunks read by byte range out of each shard object
-    sharded = root.create_array("sharded", shape=(64, 64), chunks=(8, 8), shards=(32, 32),
-                                dtype="i4", compressors=None)
+    sharded = root.create_array(
+        "sharded", shape=(64, 64), chunks=(8, 8), shards=(32, 32), dtype="i4", compressors=None
+    )
     sdata = np.arange(64 * 64, dtype="i4").reshape(64, 64)
     sharded[:] = sdata
     session.commit("arrays")
@@ -711,8 +793,16 @@ async def test_listing_after_commit_and_with_staged_changes(repo: frazil.Reposit
     a = root.create_array("g1/a", shape=(4,), chunks=(2,), dtype="i1")
     a[:] = 1
     root.create_array("b", shape=(2, 2), chunks=(1, 1), dtype="i1")[0, :] = 7
-    committed = ["b/c/0/0", "b/c/0/1", "b/zarr.json", "g1/a/c/0", "g1/a/c/1", "g1/a/zarr.json",
-                 "g1/zarr.json", "zarr.json"]
+    committed = [
+        "b/c/0/0",
+        "b/c/0/1",
+        "b/zarr.json",
+        "g1/a/c/0",
+        "g1/a/c/1",
+        "g1/a/zarr.json",
+        "g1/zarr.json",
+        "zarr.json",
+    ]
     assert await collect(s1.store.list()) == committed
     s1.commit("one")
     assert await collect(s1.store.list()) == committed
@@ -758,11 +848,20 @@ async def test_delete_arrays_and_groups(repo: frazil.Repository) -> None:
     assert "x" not in g
     assert "xy" in g
     assert await collect(s2.store.list_prefix("x")) == [
-        "xy/c/0", "xy/c/1", "xy/c/2", "xy/zarr.json"]
+        "xy/c/0",
+        "xy/c/1",
+        "xy/c/2",
+        "xy/zarr.json",
+    ]
     del g["grp"]  # a group: everything under it goes
     assert sorted(g.keys()) == ["xy"]
-    assert await collect(s2.store.list()) == ["xy/c/0", "xy/c/1", "xy/c/2", "xy/zarr.json",
-                                              "zarr.json"]
+    assert await collect(s2.store.list()) == [
+        "xy/c/0",
+        "xy/c/1",
+        "xy/c/2",
+        "xy/zarr.json",
+        "zarr.json",
+    ]
     s2.commit("deleted")
     g2 = zarr.open_group(repo.readonly_session("main").store, mode="r")
     assert sorted(g2.keys()) == ["xy"]
@@ -782,8 +881,7 @@ async def test_recreate_array_drops_old_chunks(session: frazil.Session) -> None:
     store = session.store
     a = zarr.create_array(store, name="a", shape=(4,), chunks=(2,), dtype="i4")
     a[:] = 5
-    b = zarr.create_array(store, name="a", shape=(2, 2), chunks=(1, 1), dtype="i4",
-                          overwrite=True)
+    b = zarr.create_array(store, name="a", shape=(2, 2), chunks=(1, 1), dtype="i4", overwrite=True)
     assert await collect(store.list_prefix("a/")) == ["a/zarr.json"]
     np.testing.assert_array_equal(b[:], np.zeros((2, 2)))
     zarr.open_group(store, mode="a").create_group("a", overwrite=True)
@@ -799,10 +897,15 @@ async def test_read_only_session_refuses_writes(repo: frazil.Repository) -> None
     ro = repo.readonly_session("main")
     st = ro.store
     assert st.read_only
-    for op in (st.set("x/c/0", Buf.from_bytes(b"1234")),
-               st.set("zarr.json", Buf.from_bytes(group_doc())),
-               st.delete("x/c/0"), st.delete("x/zarr.json"), st.delete_dir("x"), st.clear(),
-               st.set_if_not_exists("x/c/9", Buf.from_bytes(b"1"))):
+    for op in (
+        st.set("x/c/0", Buf.from_bytes(b"1234")),
+        st.set("zarr.json", Buf.from_bytes(group_doc())),
+        st.delete("x/c/0"),
+        st.delete("x/zarr.json"),
+        st.delete_dir("x"),
+        st.clear(),
+        st.set_if_not_exists("x/c/9", Buf.from_bytes(b"1")),
+    ):
         with pytest.raises(ReadOnlyError):
             await op
     with pytest.raises(ReadOnlyError):
@@ -832,8 +935,14 @@ async def test_read_only_session_refuses_writes(repo: frazil.Repository) -> None
 def test_zarr_api_round_trip_and_time_travel(repo: frazil.Repository) -> None:
     s1 = repo.writable_session("main")
     root = zarr.open_group(s1.store, mode="w", attributes={"v": 1})
-    temp = root.create_array("temp", shape=(20, 10), chunks=(8, 4), dtype="f4",
-                             attributes={"units": "K"}, fill_value=np.nan)
+    temp = root.create_array(
+        "temp",
+        shape=(20, 10),
+        chunks=(8, 4),
+        dtype="f4",
+        attributes={"units": "K"},
+        fill_value=np.nan,
+    )
     temp[:] = np.full((20, 10), 1.5, dtype="f4")
     labels = root.create_array("labels", shape=(3,), dtype=str, chunks=(3,))
     labels[:] = np.array(["a", "bb", "ccc"])

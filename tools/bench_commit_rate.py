@@ -31,8 +31,7 @@ ARRAY = "counts"
 SLOTS = 1_000_000  # chunks per process (the grid is metadata only: nothing is allocated)
 
 
-def _worker(k: int, root: str, nproc: int, seconds: float, barrier: Any,
-            results: Any) -> None:
+def _worker(k: int, root: str, nproc: int, seconds: float, barrier: Any, results: Any) -> None:
     try:
         repo = frazil.Repository.open(frazil.local_filesystem_storage(root))
         solver = frazil.ConflictDetector()
@@ -49,8 +48,9 @@ def _worker(k: int, root: str, nproc: int, seconds: float, barrier: Any,
                 n += 1
             except frazil.ConflictError:  # gave up after rebase_tries: count it, go on
                 failures += 1
-        results.put({"p": k, "commits": n, "failures": failures,
-                     "elapsed": time.perf_counter() - start})
+        results.put(
+            {"p": k, "commits": n, "failures": failures, "elapsed": time.perf_counter() - start}
+        )
     except BaseException as e:  # report, never hang the parent
         barrier.abort()
         results.put({"p": k, "error": repr(e)})
@@ -59,16 +59,19 @@ def _worker(k: int, root: str, nproc: int, seconds: float, barrier: Any,
 def run(seconds: float, nproc: int, root: str) -> dict[str, Any]:
     repo = frazil.Repository.create(frazil.local_filesystem_storage(root))
     s = repo.writable_session("main")
-    zarr.create_array(s.store, name=ARRAY, shape=(nproc * SLOTS,), chunks=(1,), dtype="i8",
-                      fill_value=-1)
+    zarr.create_array(
+        s.store, name=ARRAY, shape=(nproc * SLOTS,), chunks=(1,), dtype="i8", fill_value=-1
+    )
     created = s.commit("create")
 
     methods = mp.get_all_start_methods()
     ctx: Any = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
     barrier = ctx.Barrier(nproc)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(k, root, nproc, seconds, barrier, results))
-             for k in range(nproc)]
+    procs = [
+        ctx.Process(target=_worker, args=(k, root, nproc, seconds, barrier, results))
+        for k in range(nproc)
+    ]
     for p in procs:
         p.start()
     outcomes = [results.get(timeout=seconds + 300) for _ in procs]
@@ -109,12 +112,13 @@ def run(seconds: float, nproc: int, root: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=10.0,
-                    help="how long each process commits (default 10)")
-    ap.add_argument("--processes", type=int, default=4,
-                    help="committing processes (default 4)")
-    ap.add_argument("--path", default=None,
-                    help="repository directory (default: a new temporary directory)")
+    ap.add_argument(
+        "--seconds", type=float, default=10.0, help="how long each process commits (default 10)"
+    )
+    ap.add_argument("--processes", type=int, default=4, help="committing processes (default 4)")
+    ap.add_argument(
+        "--path", default=None, help="repository directory (default: a new temporary directory)"
+    )
     args = ap.parse_args(argv)
     if args.processes < 1 or args.seconds <= 0:
         ap.error("--processes must be >= 1 and --seconds > 0")

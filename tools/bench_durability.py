@@ -32,8 +32,9 @@ def w1(root: Path, fsync: bool, chunks: int) -> float:
     data = np.random.default_rng(1).random((chunks, CHUNK))
     start = time.perf_counter()
     s = repo.writable_session("main")
-    a = zarr.create_array(s.store, name="w1", shape=data.shape, chunks=(1, CHUNK),
-                          dtype="f8", compressors=None)
+    a = zarr.create_array(
+        s.store, name="w1", shape=data.shape, chunks=(1, CHUNK), dtype="f8", compressors=None
+    )
     a[:] = data
     s.commit("W1")
     return time.perf_counter() - start
@@ -43,8 +44,9 @@ def w3_setup(root: Path, chunks: int) -> None:
     shutil.rmtree(root, ignore_errors=True)
     repo = frazil.Repository.create(frazil.local_filesystem_storage(root, fsync=False))
     s = repo.writable_session("main")
-    a = zarr.create_array(s.store, name="w3", shape=(chunks, 16), chunks=(1, 16),
-                          dtype="f8", compressors=None)
+    a = zarr.create_array(
+        s.store, name="w3", shape=(chunks, 16), chunks=(1, 16), dtype="f8", compressors=None
+    )
     a[:] = 1.0  # 128-byte chunks: inline, so setup is quick at any size
     s.commit("setup")
 
@@ -61,8 +63,10 @@ def w3(root: Path, fsync: bool, i: int) -> float:
 
 def report(name: str, on: list[float], off: list[float], unit: str = "s") -> None:
     m_on, m_off = statistics.median(on), statistics.median(off)
-    print(f"{name:<38} fsync on {m_on:8.4f} {unit}   off {m_off:8.4f} {unit}   "
-          f"on/off {m_on / m_off:5.2f}x   (n={len(on)})")
+    print(
+        f"{name:<38} fsync on {m_on:8.4f} {unit}   off {m_off:8.4f} {unit}   "
+        f"on/off {m_on / m_off:5.2f}x   (n={len(on)})"
+    )
 
 
 def main() -> None:
@@ -81,16 +85,19 @@ def main() -> None:
         off.append(w1(args.root / "w1", False, args.w1_chunks))
     mb = args.w1_chunks * CHUNK * 8 / 1e6
     report(f"W1 write {args.w1_chunks} x 32 KiB + commit", on, off)
-    print(f"{'':<38} = {mb / statistics.median(on):.1f} vs "
-          f"{mb / statistics.median(off):.1f} MB/s")
+    print(f"{'':<38} = {mb / statistics.median(on):.1f} vs {mb / statistics.median(off):.1f} MB/s")
     for size in map(int, args.w3_sizes.split(",")):
         w3_setup(args.root / "w3", size)
         on, off = [], []
         for i in range(args.repeat * args.w3_commits):
             on.append(w3(args.root / "w3", True, 2 * i))
             off.append(w3(args.root / "w3", False, 2 * i + 1))
-        report(f"W3 1-chunk commit at {size} chunks", [1e3 * t for t in on],
-               [1e3 * t for t in off], "ms")
+        report(
+            f"W3 1-chunk commit at {size} chunks",
+            [1e3 * t for t in on],
+            [1e3 * t for t in off],
+            "ms",
+        )
     print(f"load average after: {os.getloadavg()}")
     shutil.rmtree(args.root, ignore_errors=True)
 

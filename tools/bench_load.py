@@ -64,24 +64,32 @@ class LoadResult:
         lat = np.array(self.read_latency_s or [0.0]) * 1000
         commit_s = np.array([c.seconds for c in self.commits] or [0.0]) * 1000
         return {
-            "seconds": self.seconds, "writers": self.writers, "readers": self.readers,
+            "seconds": self.seconds,
+            "writers": self.writers,
+            "readers": self.readers,
             "commits": len(self.commits),
             "commits_per_s": round(len(self.commits) / self.seconds, 1),
-            "commits_by_writer": [sum(c.writer == w for c in self.commits)
-                                  for w in range(self.writers)],
+            "commits_by_writer": [
+                sum(c.writer == w for c in self.commits) for w in range(self.writers)
+            ],
             "max_commit_attempts": max((c.attempts for c in self.commits), default=0),
             "commit_latency_ms": _percentiles(commit_s),
             "reads": len(self.read_latency_s),
             "reads_per_s": round(len(self.read_latency_s) / self.seconds, 1),
             "read_latency_ms": _percentiles(lat),
-            "torn_reads": len(self.torn), "errors": len(self.errors),
+            "torn_reads": len(self.torn),
+            "errors": len(self.errors),
         }
 
 
 def _percentiles(ms: np.ndarray) -> dict[str, float]:
     p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2),
-            "p99": round(float(p99), 2), "max": round(float(ms.max()), 2)}
+    return {
+        "p50": round(float(p50), 2),
+        "p95": round(float(p95), 2),
+        "p99": round(float(p99), 2),
+        "max": round(float(ms.max()), 2),
+    }
 
 
 def setup(root: Path, writers: int) -> frazil.Repository:
@@ -89,15 +97,21 @@ def setup(root: Path, writers: int) -> frazil.Repository:
     session = repo.writable_session("main")
     group = zarr.open_group(session.store, mode="w")
     for w in range(writers):
-        group.create_array(f"w{w}", shape=(ARRAY_LEN,), chunks=(CHUNK,), dtype="int32",
-                           fill_value=0)
+        group.create_array(
+            f"w{w}", shape=(ARRAY_LEN,), chunks=(CHUNK,), dtype="int32", fill_value=0
+        )
     group.create_array("shared", shape=(writers,), chunks=(1,), dtype="int32", fill_value=0)
     session.commit("load: arrays")
     return repo
 
 
-def _writer(result: LoadResult, w: int, start: threading.Barrier, deadline: list[float],
-            lock: threading.Lock) -> None:
+def _writer(
+    result: LoadResult,
+    w: int,
+    start: threading.Barrier,
+    deadline: list[float],
+    lock: threading.Lock,
+) -> None:
     repo = frazil.Repository.open(frazil.local_filesystem_storage(str(result.root)))
     start.wait()
     k = 0
@@ -108,15 +122,21 @@ def _writer(result: LoadResult, w: int, start: threading.Barrier, deadline: list
         zarr.open_array(session.store, path=f"w{w}", mode="r+")[:] = k
         if result.shares(w):
             zarr.open_array(session.store, path="shared", mode="r+")[w] = k
-        sid = session.commit(f"w{w} {k}", metadata={"writer": w, "k": k},
-                             rebase_with=frazil.ConflictDetector())
+        sid = session.commit(
+            f"w{w} {k}", metadata={"writer": w, "k": k}, rebase_with=frazil.ConflictDetector()
+        )
         attempts = int(repo.lookup_snapshot(sid).metadata["frazil.commit_attempts"])
         with lock:
             result.commits.append(Commit(w, k, sid, attempts, time.perf_counter() - t0))
 
 
-def _reader(result: LoadResult, r: int, start: threading.Barrier, deadline: list[float],
-            lock: threading.Lock) -> None:
+def _reader(
+    result: LoadResult,
+    r: int,
+    start: threading.Barrier,
+    deadline: list[float],
+    lock: threading.Lock,
+) -> None:
     repo = frazil.Repository.open(frazil.local_filesystem_storage(str(result.root)))
     rng = random.Random(r)
     last = [0] * result.writers  # newest value seen per writer: never goes back
@@ -152,6 +172,7 @@ def run_load(root: Path, seconds: float, writers: int = 4, readers: int = 4) -> 
 
     def set_deadline() -> None:
         deadline[0] = time.monotonic() + seconds
+
     start = threading.Barrier(writers + readers + 1, action=set_deadline)
 
     def guarded(fn: Any, i: int) -> None:
@@ -162,10 +183,14 @@ def run_load(root: Path, seconds: float, writers: int = 4, readers: int = 4) -> 
             with lock:
                 result.errors.append(f"{fn.__name__} {i}: {type(e).__name__}: {e}")
 
-    threads = [threading.Thread(target=guarded, args=(_writer, i), name=f"writer-{i}")
-               for i in range(writers)]
-    threads += [threading.Thread(target=guarded, args=(_reader, i), name=f"reader-{i}")
-                for i in range(readers)]
+    threads = [
+        threading.Thread(target=guarded, args=(_writer, i), name=f"writer-{i}")
+        for i in range(writers)
+    ]
+    threads += [
+        threading.Thread(target=guarded, args=(_reader, i), name=f"reader-{i}")
+        for i in range(readers)
+    ]
     for t in threads:
         t.start()
     try:
@@ -182,8 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--readers", type=int, default=4)
-    parser.add_argument("--root", type=Path, default=None,
-                        help="an empty or absent folder for the repository (default: a temp)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="an empty or absent folder for the repository (default: a temp)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp) / "repo"

@@ -49,11 +49,14 @@ FRAZIL = str(Path(sys.executable).parent / "frazil")
 
 def new_array(path: str, n: int, *, split_rows: int | None = None) -> frazil.Repository:
     shutil.rmtree(path, ignore_errors=True)
-    repo = frazil.Repository.create(frazil.local_filesystem_storage(path),
-                                    frazil.RepositoryConfig(manifest_split_rows=split_rows))
+    repo = frazil.Repository.create(
+        frazil.local_filesystem_storage(path),
+        frazil.RepositoryConfig(manifest_split_rows=split_rows),
+    )
     s = repo.writable_session("main")
-    zarr.create_array(s.store, name="x", shape=(n,), chunks=(1,), dtype="u1", fill_value=0,
-                      compressors=None)
+    zarr.create_array(
+        s.store, name="x", shape=(n,), chunks=(1,), dtype="u1", fill_value=0, compressors=None
+    )
     s.commit("create array")
     return repo
 
@@ -68,8 +71,18 @@ def stage_native(session: frazil.Session, keys: range) -> None:
     rec = session.node("/x")
     assert rec is not None
     table = session._changes.table(rec.node_id, 1)
-    table.refs.update((k, ChunkRef(ChunkKind.NATIVE, chunk_id=ChunkId.new(), length=4096,
-                                   checksum=k * 2654435761 % (1 << 64))) for k in keys)
+    table.refs.update(
+        (
+            k,
+            ChunkRef(
+                ChunkKind.NATIVE,
+                chunk_id=ChunkId.new(),
+                length=4096,
+                checksum=k * 2654435761 % (1 << 64),
+            ),
+        )
+        for k in keys
+    )
 
 
 _COLD_READ = """
@@ -96,8 +109,12 @@ print(elapsed)
 def cold_read(path: str, coord: int) -> float:
     """Seconds to open the repository and read one chunk of main, in a fresh process
     (warmed up on another repository first; nothing of this one is cached)."""
-    out = subprocess.run([sys.executable, "-c", _COLD_READ, path, str(coord)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _COLD_READ, path, str(coord)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return float(out)
 
 
@@ -121,8 +138,10 @@ def bench_read(root: str, n: int, commits: int, repeat: int) -> dict[str, Any]:
     probes = {"untouched": untouched, "touched": int(touched[0])}
 
     def measure() -> dict[str, float]:
-        return {name: statistics.median(cold_read(path, c) for _ in range(repeat))
-                for name, c in probes.items()}
+        return {
+            name: statistics.median(cold_read(path, c) for _ in range(repeat))
+            for name, c in probes.items()
+        }
 
     segs_before = len(repo.readonly_session("main").node("/x").segments)  # type: ignore[union-attr]
     before = measure()
@@ -132,11 +151,14 @@ def bench_read(root: str, n: int, commits: int, repeat: int) -> dict[str, Any]:
     after = measure()
     segs_after = len(repo.readonly_session("main").node("/x").segments)  # type: ignore[union-attr]
     return {
-        "chunks": n, "single_chunk_commits": commits,
+        "chunks": n,
+        "single_chunk_commits": commits,
         "base_commit_s": round(base_commit, 3),
         "single_chunk_commit_ms_mean": round(1000 * delta_commits / commits, 2),
-        "segments_before": segs_before, "segments_after": segs_after,
-        "compact_s": round(compact_s, 3), "compacted_refs": summary.refs,
+        "segments_before": segs_before,
+        "segments_after": segs_after,
+        "compact_s": round(compact_s, 3),
+        "compacted_refs": summary.refs,
         "cold_open_read_ms_before": {k: round(v * 1000, 2) for k, v in before.items()},
         "cold_open_read_ms_after": {k: round(v * 1000, 2) for k, v in after.items()},
         "ratio_before_over_after": {k: round(before[k] / after[k], 2) for k in before},
@@ -154,9 +176,12 @@ def time_v(args: list[str]) -> dict[str, Any]:
         raise RuntimeError(f"unexpected /usr/bin/time output: {proc.stderr[-500:]}")
     rss = int(rss_m.group(1))
     parts = [float(p) for p in wall.group(1).split(":")]
-    seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
-    return {"wall_s": round(seconds, 2), "peak_rss_mib": round(rss / 1024, 1),
-            "stdout": proc.stdout}
+    seconds = sum(p * 60**i for i, p in enumerate(reversed(parts)))
+    return {
+        "wall_s": round(seconds, 2),
+        "peak_rss_mib": round(rss / 1024, 1),
+        "stdout": proc.stdout,
+    }
 
 
 def bench_compact(root: str, n: int, segments: int) -> dict[str, Any]:
@@ -174,9 +199,13 @@ def bench_compact(root: str, n: int, segments: int) -> dict[str, Any]:
     run = time_v([FRAZIL, "compact", path, "--json"])
     out = json.loads(run.pop("stdout"))
     assert out["refs"] == per * segments
-    return {"refs": per * segments, "segments_before": segments,
-            "segments_after": out["arrays"]["/x"]["segments_after"], "build_s": round(build, 1),
-            "frazil_compact": run}
+    return {
+        "refs": per * segments,
+        "segments_before": segments,
+        "segments_after": out["arrays"]["/x"]["segments_after"],
+        "build_s": round(build, 1),
+        "frazil_compact": run,
+    }
 
 
 def bench_gc(root: str, objects: int) -> dict[str, Any]:
@@ -196,14 +225,26 @@ def bench_gc(root: str, objects: int) -> dict[str, Any]:
         s.commit(f"commit {i}")
     repo.delete_branch("scratch")
     build = time.perf_counter() - t0
-    total = sum(len(_aio.run(repo.storage.list(p)))
-                for p in ("chunks/", "manifests/", "snapshots/", "transactions/"))
+    total = sum(
+        len(_aio.run(repo.storage.list(p)))
+        for p in ("chunks/", "manifests/", "snapshots/", "transactions/")
+    )
     run = time_v([FRAZIL, "gc", path, "--older-than", "0s", "--json"])
     out = json.loads(run.pop("stdout"))
-    return {"objects": total, "build_s": round(build, 1),
-            "deleted": {k: out[k] for k in ("snapshots_deleted", "transaction_logs_deleted",
-                                            "manifests_deleted", "chunks_deleted")},
-            "frazil_gc": run}
+    return {
+        "objects": total,
+        "build_s": round(build, 1),
+        "deleted": {
+            k: out[k]
+            for k in (
+                "snapshots_deleted",
+                "transaction_logs_deleted",
+                "manifests_deleted",
+                "chunks_deleted",
+            )
+        },
+        "frazil_gc": run,
+    }
 
 
 def main() -> None:

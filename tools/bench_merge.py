@@ -29,12 +29,20 @@ ARRAY = "x"
 
 
 def make_repo(where: str | None, forks: int, chunks: int) -> frazil.Repository:
-    storage = (frazil.in_memory_storage() if where is None
-               else frazil.local_filesystem_storage(where))
+    storage = (
+        frazil.in_memory_storage() if where is None else frazil.local_filesystem_storage(where)
+    )
     repo = frazil.Repository.create(storage)
     session = repo.writable_session("main")
-    zarr.create_array(session.store, name=ARRAY, shape=(forks * chunks,), chunks=(1,),
-                      dtype="<i4", fill_value=-1, compressors=None)
+    zarr.create_array(
+        session.store,
+        name=ARRAY,
+        shape=(forks * chunks,),
+        chunks=(1,),
+        dtype="<i4",
+        fill_value=-1,
+        compressors=None,
+    )
     session.commit("create array")
     return repo
 
@@ -63,8 +71,12 @@ def one_run(repo: frazil.Repository, forks: int, chunks: int) -> dict[str, float
     t2 = time.perf_counter()
     session.commit(f"merged {forks} forks")
     t3 = time.perf_counter()
-    return {"build_forks_s": t1 - t0, "merge_s": t2 - t1, "commit_s": t3 - t2,
-            "merge_plus_commit_s": t3 - t1}
+    return {
+        "build_forks_s": t1 - t0,
+        "merge_s": t2 - t1,
+        "commit_s": t3 - t2,
+        "merge_plus_commit_s": t3 - t1,
+    }
 
 
 def check(repo: frazil.Repository, forks: int, chunks: int) -> None:
@@ -88,7 +100,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs.append(one_run(repo, args.forks, args.chunks))
         check(repo, args.forks, args.chunks)
     result: dict[str, Any] = {
-        "forks": args.forks, "chunks_per_fork": args.chunks,
+        "forks": args.forks,
+        "chunks_per_fork": args.chunks,
         "storage": "memory" if args.memory else "local",
         "repeat": args.repeat,
         **{k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]},

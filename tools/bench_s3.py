@@ -44,8 +44,12 @@ CHUNK = 8192  # float32 values per chunk: 32 KiB
 
 def _server(args: argparse.Namespace) -> tuple[str, str, str, str]:
     if args.endpoint_url:
-        return (args.endpoint_url, args.bucket, os.environ.get("AWS_ACCESS_KEY_ID", ""),
-                os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+        return (
+            args.endpoint_url,
+            args.bucket,
+            os.environ.get("AWS_ACCESS_KEY_ID", ""),
+            os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        )
     sys.path.insert(0, os.getcwd())
     from tests import s3server  # the test suite's SeaweedFS launcher
 
@@ -60,16 +64,25 @@ class Env:
 
     def storage(self, name: str) -> frazil.Storage:
         return frazil.s3_storage(
-            bucket=self.bucket, prefix=f"bench-{self.run}/{name}", endpoint_url=self.endpoint,
-            allow_http=True, region="us-east-1", access_key_id=self.key,
-            secret_access_key=self.secret)
+            bucket=self.bucket,
+            prefix=f"bench-{self.run}/{name}",
+            endpoint_url=self.endpoint,
+            allow_http=True,
+            region="us-east-1",
+            access_key_id=self.key,
+            secret_access_key=self.secret,
+        )
 
     def fsspec_store(self, name: str, read_only: bool = False) -> Any:
         return zarr.storage.FsspecStore.from_url(
-            f"s3://{self.bucket}/bench-{self.run}/{name}", read_only=read_only,
-            storage_options={"key": self.key, "secret": self.secret,
-                             "client_kwargs": {"endpoint_url": self.endpoint,
-                                               "region_name": "us-east-1"}})
+            f"s3://{self.bucket}/bench-{self.run}/{name}",
+            read_only=read_only,
+            storage_options={
+                "key": self.key,
+                "secret": self.secret,
+                "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+            },
+        )
 
 
 def timed(fn: Callable[..., Any], *args: Any) -> float:
@@ -87,8 +100,14 @@ def bench_commit(env: Env, repeat: int, narrays: int) -> None:
     s = repo.writable_session("main")
     root = zarr.open_group(s.store, mode="w")
     for i in range(narrays):
-        root.create_array(f"a{i}", shape=(100 * CHUNK,), chunks=(CHUNK,), dtype="float32",
-                          compressors=None, fill_value=0)
+        root.create_array(
+            f"a{i}",
+            shape=(100 * CHUNK,),
+            chunks=(CHUNK,),
+            dtype="float32",
+            compressors=None,
+            fill_value=0,
+        )
     s.commit("arrays")
     times: dict[int, list[float]] = {1: [], narrays: []}
     data = np.arange(CHUNK, dtype="float32")
@@ -98,7 +117,7 @@ def bench_commit(env: Env, repeat: int, narrays: int) -> None:
             g = zarr.open_group(s.store, mode="r+")
             for i in range(n):
                 a: Any = g[f"a{i}"]
-                a[rep * CHUNK:(rep + 1) * CHUNK] = data
+                a[rep * CHUNK : (rep + 1) * CHUNK] = data
             times[n].append(timed(s.commit, f"{n} arrays"))
     m1, mn = statistics.median(times[1]), statistics.median(times[narrays])
     emit({"bench": "commit", "arrays": 1, "median_s": round(m1, 4)})
@@ -113,10 +132,18 @@ def bench_reads(env: Env, repeat: int, nchunks: int, latency_ms: float = 0.0) ->
     storage: frazil.Storage = repo.storage
     if latency_ms:
         from frazil.storage.faults import FaultInjectingStorage
+
         storage = FaultInjectingStorage(repo.storage, latency=latency_ms / 1000, seed=0)
     s = repo.writable_session("main")
-    arr = zarr.create_array(s.store, name="a", shape=(nchunks * CHUNK,), chunks=(CHUNK,),
-                            dtype="float32", compressors=None, fill_value=0)
+    arr = zarr.create_array(
+        s.store,
+        name="a",
+        shape=(nchunks * CHUNK,),
+        chunks=(CHUNK,),
+        dtype="float32",
+        compressors=None,
+        fill_value=0,
+    )
     arr[:] = np.arange(nchunks * CHUNK, dtype="float32")
     s.commit("data")
     conc: list[float] = []
@@ -134,6 +161,7 @@ def bench_reads(env: Env, repeat: int, nchunks: int, latency_ms: float = 0.0) ->
             async def go() -> None:
                 for i in range(nchunks):
                     assert await r.get_chunk("a", (i,)) is not None
+
             _aio.run(go())
 
         def zarr_one_at_a_time() -> None:
@@ -141,14 +169,23 @@ def bench_reads(env: Env, repeat: int, nchunks: int, latency_ms: float = 0.0) ->
             a: Any = zarr.open_array(r.store, path="a", mode="r")
             for i in range(nchunks):
                 assert float(a[i * CHUNK]) == i * CHUNK
+
         conc.append(timed(concurrent))
         seq.append(timed(one_at_a_time))
         zseq.append(timed(zarr_one_at_a_time))
     mc, ms, mz = statistics.median(conc), statistics.median(seq), statistics.median(zseq)
-    emit({"bench": "reads", "chunks": nchunks, "latency_ms": latency_ms,
-          "concurrent_s": round(mc, 3),
-          "session_one_at_a_time_s": round(ms, 3), "speedup_vs_session": round(ms / mc, 2),
-          "zarr_one_at_a_time_s": round(mz, 3), "speedup_vs_zarr": round(mz / mc, 2)})
+    emit(
+        {
+            "bench": "reads",
+            "chunks": nchunks,
+            "latency_ms": latency_ms,
+            "concurrent_s": round(mc, 3),
+            "session_one_at_a_time_s": round(ms, 3),
+            "speedup_vs_session": round(ms / mc, 2),
+            "zarr_one_at_a_time_s": round(mz, 3),
+            "speedup_vs_zarr": round(mz / mc, 2),
+        }
+    )
 
 
 def _last(a: Any) -> float:
@@ -158,8 +195,15 @@ def _last(a: Any) -> float:
 
 def _frazil_w1(st: frazil.Storage, data: np.ndarray) -> None:
     s = frazil.Repository.create(st).writable_session("main")
-    a = zarr.create_array(s.store, name="a", shape=data.shape, chunks=(CHUNK,),
-                          dtype="float32", compressors=None, fill_value=0)
+    a = zarr.create_array(
+        s.store,
+        name="a",
+        shape=data.shape,
+        chunks=(CHUNK,),
+        dtype="float32",
+        compressors=None,
+        fill_value=0,
+    )
     a[:] = data
     s.commit("w1")
 
@@ -170,8 +214,15 @@ def _frazil_w2(st: frazil.Storage) -> float:
 
 
 def _fsspec_w1(env: Env, tag: str, data: np.ndarray) -> None:
-    a = zarr.create_array(env.fsspec_store(tag), name="a", shape=data.shape, chunks=(CHUNK,),
-                          dtype="float32", compressors=None, fill_value=0)
+    a = zarr.create_array(
+        env.fsspec_store(tag),
+        name="a",
+        shape=data.shape,
+        chunks=(CHUNK,),
+        dtype="float32",
+        compressors=None,
+        fill_value=0,
+    )
     a[:] = data
 
 
@@ -182,8 +233,10 @@ def _fsspec_w2(env: Env, tag: str) -> float:
 def bench_w1w2(env: Env, repeat: int, nchunks: int) -> None:
     data = np.random.default_rng(0).random(nchunks * CHUNK, dtype="float32")
     mb = data.nbytes / 1e6
-    res: dict[str, dict[str, list[float]]] = {"frazil-s3": {"W1": [], "W2": []},
-                                              "fsspec-s3": {"W1": [], "W2": []}}
+    res: dict[str, dict[str, list[float]]] = {
+        "frazil-s3": {"W1": [], "W2": []},
+        "fsspec-s3": {"W1": [], "W2": []},
+    }
     for rep in range(repeat):
         for name in ("frazil-s3", "fsspec-s3") if rep % 2 == 0 else ("fsspec-s3", "frazil-s3"):
             tag = f"w-{name}-{rep}"
@@ -200,8 +253,15 @@ def bench_w1w2(env: Env, repeat: int, nchunks: int) -> None:
     for w in ("W1", "W2"):
         f = statistics.median(res["frazil-s3"][w])
         z = statistics.median(res["fsspec-s3"][w])
-        emit({"bench": w, "chunks": nchunks, "frazil_MBps": round(f, 1),
-              "fsspec_MBps": round(z, 1), "ratio": round(f / z, 2)})
+        emit(
+            {
+                "bench": w,
+                "chunks": nchunks,
+                "frazil_MBps": round(f, 1),
+                "fsspec_MBps": round(z, 1),
+                "ratio": round(f / z, 2),
+            }
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -211,12 +271,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--arrays", type=int, default=100)
     p.add_argument("--read-chunks", type=int, default=1000)
     p.add_argument("--w-chunks", type=int, default=2000)
-    p.add_argument("--latency-ms", type=float, default=0.0,
-                   help="reads: add a uniform 0..L ms wait before every request")
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="reads: add a uniform 0..L ms wait before every request",
+    )
     p.add_argument("--endpoint-url")
     p.add_argument("--bucket", default="frazil-bench")
-    p.add_argument("--zarr-concurrency", type=int, default=None,
-                   help="zarr's async.concurrency (default: zarr's own)")
+    p.add_argument(
+        "--zarr-concurrency",
+        type=int,
+        default=None,
+        help="zarr's async.concurrency (default: zarr's own)",
+    )
     args = p.parse_args(argv)
     if args.zarr_concurrency:
         zarr.config.set({"async.concurrency": args.zarr_concurrency})

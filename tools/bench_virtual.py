@@ -32,14 +32,22 @@ PREFIX = "s3://bench-sources"
 
 def run(root: str, refs: int, files: int) -> dict[str, Any]:
     cfg = frazil.RepositoryConfig.default()
-    cfg.set_virtual_chunk_container(frazil.VirtualChunkContainer(
-        PREFIX, frazil.s3_store(region="us-east-1")))
+    cfg.set_virtual_chunk_container(
+        frazil.VirtualChunkContainer(PREFIX, frazil.s3_store(region="us-east-1"))
+    )
     repo = frazil.Repository.create(frazil.local_filesystem_storage(root), cfg)
     session = repo.writable_session("main")
     rows = 1000
     cols = -(-refs // rows)
-    zarr.create_array(session.store, name="temperature", shape=(rows * 10, cols * 10),
-                      chunks=(10, 10), dtype="<f4", fill_value=0.0, compressors=None)
+    zarr.create_array(
+        session.store,
+        name="temperature",
+        shape=(rows * 10, cols * 10),
+        chunks=(10, 10),
+        dtype="<f4",
+        fill_value=0.0,
+        compressors=None,
+    )
     session.commit("create the array")
 
     # inputs as a virtualizing tool would have them: per chunk, its file, offset, length
@@ -61,8 +69,11 @@ def run(root: str, refs: int, files: int) -> dict[str, Any]:
     check = repo.readonly_session("main")
     assert check.chunk_type("temperature", (rows - 1, cols - 1)) == frazil.ChunkType.VIRTUAL
     return {
-        "refs": staged, "files": files, "stage_s": round(t1 - t0, 3),
-        "commit_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3),
+        "refs": staged,
+        "files": files,
+        "stage_s": round(t1 - t0, 3),
+        "commit_s": round(t2 - t1, 3),
+        "total_s": round(t2 - t0, 3),
         "manifest_bytes": manifest_bytes,
         "manifest_bytes_per_ref": round(manifest_bytes / staged, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

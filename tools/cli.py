@@ -36,24 +36,36 @@ _SNAPSHOT_ID = re.compile(r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{20}$")
 
 
 # -- opening repositories --------------------------------------------------------------------
-def storage_for(location: str, *, endpoint_url: str | None = None, region: str | None = None,
-                anonymous: bool = False) -> frazil.Storage:
+def storage_for(
+    location: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    anonymous: bool = False,
+) -> frazil.Storage:
     """The storage a command-line REPO argument names."""
     if location.startswith("s3://"):
-        bucket, _, prefix = location[len("s3://"):].partition("/")
+        bucket, _, prefix = location[len("s3://") :].partition("/")
         if not bucket:
             raise click.UsageError(f"no bucket in {location!r}; use s3://bucket/prefix")
         return frazil.s3_storage(
-            bucket=bucket, prefix=prefix, endpoint_url=endpoint_url, region=region,
+            bucket=bucket,
+            prefix=prefix,
+            endpoint_url=endpoint_url,
+            region=region,
             allow_http=bool(endpoint_url and endpoint_url.startswith("http://")),
-            anonymous=anonymous, from_env=not anonymous)
+            anonymous=anonymous,
+            from_env=not anonymous,
+        )
     if location.startswith(("http://", "https://")):
         return frazil.http_storage(location)
     if location.startswith("file://"):
-        location = location[len("file://"):]
+        location = location[len("file://") :]
     elif "://" in location:
-        raise click.UsageError(f"unsupported repository location {location!r}: use a local "
-                               "path, file://, s3:// or http(s)://")
+        raise click.UsageError(
+            f"unsupported repository location {location!r}: use a local "
+            "path, file://, s3:// or http(s)://"
+        )
     if not os.path.isdir(location):
         raise NotFoundError(f"no frazil repository at {location} (no such directory)")
     return frazil.local_filesystem_storage(location)
@@ -73,9 +85,14 @@ class Ctx:
     @property
     def repo(self) -> frazil.Repository:
         if self._repo is None:
-            self._repo = frazil.Repository.open(storage_for(
-                self.location, endpoint_url=self.endpoint_url, region=self.region,
-                anonymous=self.anonymous))
+            self._repo = frazil.Repository.open(
+                storage_for(
+                    self.location,
+                    endpoint_url=self.endpoint_url,
+                    region=self.region,
+                    anonymous=self.anonymous,
+                )
+            )
         return self._repo
 
     def emit(self, data: Any, human: Callable[[], object]) -> None:
@@ -99,19 +116,30 @@ def _json_default(value: Any) -> Any:
 
 def repo_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Add REPO and the options every command shares; pass a ``Ctx`` as ``ctx``."""
+
     @functools.wraps(fn)
-    def wrapper(repo: str, as_json: bool, endpoint_url: str | None, region: str | None,
-                anonymous: bool, **kwargs: Any) -> Any:
+    def wrapper(
+        repo: str,
+        as_json: bool,
+        endpoint_url: str | None,
+        region: str | None,
+        anonymous: bool,
+        **kwargs: Any,
+    ) -> Any:
         return fn(Ctx(repo, as_json, endpoint_url, region, anonymous), **kwargs)
 
-    for deco in (click.option("--anonymous", is_flag=True,
-                              help="S3: unsigned requests (public buckets)."),
-                 click.option("--region", default=None, help="S3 region."),
-                 click.option("--endpoint-url", default=None, envvar="FRAZIL_ENDPOINT_URL",
-                              help="S3-compatible endpoint (e.g. http://127.0.0.1:8333)."),
-                 click.option("--json", "as_json", is_flag=True,
-                              help="Machine-readable JSON output."),
-                 click.argument("repo")):
+    for deco in (
+        click.option("--anonymous", is_flag=True, help="S3: unsigned requests (public buckets)."),
+        click.option("--region", default=None, help="S3 region."),
+        click.option(
+            "--endpoint-url",
+            default=None,
+            envvar="FRAZIL_ENDPOINT_URL",
+            help="S3-compatible endpoint (e.g. http://127.0.0.1:8333).",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output."),
+        click.argument("repo"),
+    ):
         wrapper = deco(wrapper)
     return wrapper
 
@@ -139,8 +167,9 @@ def parse_age(text: str) -> dt.datetime:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise click.BadParameter(f"{text!r}: give an age like 30d, 12h, 90m, 45s, 2w or an "
-                                 "ISO 8601 time") from None
+        raise click.BadParameter(
+            f"{text!r}: give an age like 30d, 12h, 90m, 45s, 2w or an ISO 8601 time"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
@@ -155,8 +184,13 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str, int, int | None], Non
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    console=Console(stderr=True), transient=True)
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
     tasks: dict[str, Any] = {}
 
     def update(stage: str, done: int, total: int | None) -> None:
@@ -176,8 +210,13 @@ def cli() -> None:
 
 
 def _info_dict(info: frazil.SnapshotInfo) -> dict[str, Any]:
-    return {"id": info.id, "parent_id": info.parent_id, "written_at": info.written_at,
-            "message": info.message, "metadata": info.metadata}
+    return {
+        "id": info.id,
+        "parent_id": info.parent_id,
+        "written_at": info.written_at,
+        "message": info.message,
+        "metadata": info.metadata,
+    }
 
 
 def _labels(repo: frazil.Repository) -> dict[str, list[str]]:
@@ -204,18 +243,24 @@ def log(ctx: Ctx, branch: str | None, graph: bool, limit: int | None) -> None:
     labels = _labels(repo)
     if graph:
         rows = _graph(repo, branch, labels, limit)
-        ctx.emit([{**_info_dict(i), "refs": labels.get(i.id, []), "graph": g}
-                  for g, i in rows if i is not None],
-                 lambda: _lines(g if i is None else f"{g}{_one_line(i, labels)}"
-                                for g, i in rows))
+        ctx.emit(
+            [
+                {**_info_dict(i), "refs": labels.get(i.id, []), "graph": g}
+                for g, i in rows
+                if i is not None
+            ],
+            lambda: _lines(g if i is None else f"{g}{_one_line(i, labels)}" for g, i in rows),
+        )
         return
     infos: list[frazil.SnapshotInfo] = []
     for info in repo.ancestry(branch=branch or "main"):
         if limit is not None and len(infos) >= limit:
             break
         infos.append(info)
-    ctx.emit([{**_info_dict(i), "refs": labels.get(i.id, [])} for i in infos],
-             lambda: _lines(_one_line(i, labels) for i in infos))
+    ctx.emit(
+        [{**_info_dict(i), "refs": labels.get(i.id, [])} for i in infos],
+        lambda: _lines(_one_line(i, labels) for i in infos),
+    )
 
 
 def _lines(lines: Iterable[str]) -> None:
@@ -229,14 +274,20 @@ def _one_line(info: frazil.SnapshotInfo, labels: dict[str, list[str]]) -> str:
     return f"{info.id} {_when(info.written_at)}{shown} {info.message}"
 
 
-def _graph(repo: frazil.Repository, branch: str | None, labels: dict[str, list[str]],
-           limit: int | None) -> list[tuple[str, frazil.SnapshotInfo | None]]:
+def _graph(
+    repo: frazil.Repository, branch: str | None, labels: dict[str, list[str]], limit: int | None
+) -> list[tuple[str, frazil.SnapshotInfo | None]]:
     """Rows of (lanes drawing, snapshot or None for a joining line) for the history of
     ``branch`` or of every branch and tag; children always come before their parent."""
-    tips = ([repo.lookup_branch(branch)] if branch else
-            [repo.lookup_branch(b)
-             for b in sorted(repo.list_branches(), key=lambda b: (b != "main", b))]
-            + [repo.lookup_tag(t) for t in sorted(repo.list_tags())])
+    tips = (
+        [repo.lookup_branch(branch)]
+        if branch
+        else [
+            repo.lookup_branch(b)
+            for b in sorted(repo.list_branches(), key=lambda b: (b != "main", b))
+        ]
+        + [repo.lookup_tag(t) for t in sorted(repo.list_tags())]
+    )
     infos: dict[str, frazil.SnapshotInfo] = {}
     children: dict[str, int] = {}
     for tip in tips:
@@ -248,8 +299,11 @@ def _graph(repo: frazil.Repository, branch: str | None, labels: dict[str, list[s
         if info.parent_id:
             children[info.parent_id] = children.get(info.parent_id, 0) + 1
     # newest first, but never a parent before all its children
-    ready = sorted((i for i in infos.values() if not children.get(i.id)),
-                   key=lambda i: (i.written_at, i.id), reverse=True)
+    ready = sorted(
+        (i for i in infos.values() if not children.get(i.id)),
+        key=lambda i: (i.written_at, i.id),
+        reverse=True,
+    )
     lanes: list[str | None] = []
     rows: list[tuple[str, frazil.SnapshotInfo | None]] = []
     while ready and (limit is None or len(rows) < limit):
@@ -260,14 +314,25 @@ def _graph(repo: frazil.Repository, branch: str | None, labels: dict[str, list[s
             cols = [len(lanes) - 1]
         col = cols[0]
         if len(cols) > 1:  # other lanes end here: draw them joining this one first
-            rows.append(("".join(("/ " if c in cols[1:] else "| " if x else "  ")
-                                 for c, x in enumerate(lanes)).rstrip(), None))
+            rows.append(
+                (
+                    "".join(
+                        ("/ " if c in cols[1:] else "| " if x else "  ")
+                        for c, x in enumerate(lanes)
+                    ).rstrip(),
+                    None,
+                )
+            )
             for c in cols[1:]:
                 lanes[c] = None
             while lanes and lanes[-1] is None:
                 lanes.pop()
-        rows.append(("".join("* " if c == col else ("| " if x else "  ")
-                             for c, x in enumerate(lanes)), info))
+        rows.append(
+            (
+                "".join("* " if c == col else ("| " if x else "  ") for c, x in enumerate(lanes)),
+                info,
+            )
+        )
         lanes[col] = info.parent_id
         while lanes and lanes[-1] is None:
             lanes.pop()
@@ -284,15 +349,17 @@ def _refs(ctx: Ctx, kind: str, action: str, name: str | None, ref: str | None) -
     repo = ctx.repo
     names, lookup, create, delete = (
         (repo.list_branches, repo.lookup_branch, repo.create_branch, repo.delete_branch)
-        if kind == "branch" else
-        (repo.list_tags, repo.lookup_tag, repo.create_tag, repo.delete_tag))
+        if kind == "branch"
+        else (repo.list_tags, repo.lookup_tag, repo.create_tag, repo.delete_tag)
+    )
     if action == "list":
         rows = {n: lookup(n) for n in sorted(names())}
         ctx.emit(rows, lambda: _lines(f"{n}\t{s}" for n, s in rows.items()))
         return
     if name is None or (action == "reset" and ref is None):
-        raise click.UsageError(f"{kind} {action} needs NAME" + (" and REF" if action ==
-                                                                "reset" else ""))
+        raise click.UsageError(
+            f"{kind} {action} needs NAME" + (" and REF" if action == "reset" else "")
+        )
     if action == "delete":
         delete(name)
         ctx.emit({"deleted": name}, lambda: click.echo(f"deleted {kind} {name}"))
@@ -300,9 +367,10 @@ def _refs(ctx: Ctx, kind: str, action: str, name: str | None, ref: str | None) -
     sid = resolve(repo, ref or "main")
     (create if action == "create" else repo.reset_branch)(name, sid)
     done = "created" if action == "create" else "reset"
-    ctx.emit({kind: name, "snapshot": sid},
-             lambda: click.echo(f"{done} {kind} {name} {'at' if done == 'created' else 'to'} "
-                                f"{sid}"))
+    ctx.emit(
+        {kind: name, "snapshot": sid},
+        lambda: click.echo(f"{done} {kind} {name} {'at' if done == 'created' else 'to'} {sid}"),
+    )
 
 
 @cli.command()
@@ -332,10 +400,8 @@ def tag(ctx: Ctx, action: str, name: str | None, ref: str | None) -> None:
 def diff(ctx: Ctx, from_ref: str, to_ref: str) -> None:
     """What changed from FROM to TO (branch, tag or snapshot id; FROM an ancestor)."""
     repo = ctx.repo
-    d = repo.diff(from_snapshot_id=resolve(repo, from_ref),
-                  to_snapshot_id=resolve(repo, to_ref))
-    data: dict[str, Any] = {k: sorted(v) for k, v in asdict(d).items()
-                            if k != "updated_chunks"}
+    d = repo.diff(from_snapshot_id=resolve(repo, from_ref), to_snapshot_id=resolve(repo, to_ref))
+    data: dict[str, Any] = {k: sorted(v) for k, v in asdict(d).items() if k != "updated_chunks"}
     data["updated_chunks"] = {p: sorted(map(list, c)) for p, c in d.updated_chunks.items()}
     ctx.emit(data, lambda: click.echo(str(d)))
 
@@ -350,18 +416,25 @@ def show(ctx: Ctx, ref: str) -> None:
     session = repo.readonly_session(snapshot_id=sid)
     nodes = []
     for rec in session.nodes():
-        entry: dict[str, Any] = {"path": rec.path, "type": rec.node_type,
-                                 "node_id": str(rec.node_id)}
+        entry: dict[str, Any] = {
+            "path": rec.path,
+            "type": rec.node_type,
+            "node_id": str(rec.node_id),
+        }
         if rec.node_type == ARRAY:
             meta = session.node_meta(rec)  # checks the document first
             doc = load_json(rec.zarr_json, f"zarr.json of {rec.path!r}")
             chunk_shape = ((doc.get("chunk_grid") or {}).get("configuration") or {}).get(
-                "chunk_shape")
-            entry.update(shape=doc.get("shape"), dtype=doc.get("data_type"),
-                         chunk_shape=chunk_shape,
-                         chunk_grid=list(meta.grid) if meta.grid is not None else None,
-                         chunks=_aio.run(count_chunks(repo.storage, rec)),
-                         segments=len(rec.segments))
+                "chunk_shape"
+            )
+            entry.update(
+                shape=doc.get("shape"),
+                dtype=doc.get("data_type"),
+                chunk_shape=chunk_shape,
+                chunk_grid=list(meta.grid) if meta.grid is not None else None,
+                chunks=_aio.run(count_chunks(repo.storage, rec)),
+                segments=len(rec.segments),
+            )
         nodes.append(entry)
 
     def human() -> None:
@@ -371,9 +444,11 @@ def show(ctx: Ctx, ref: str) -> None:
             name = n["path"] if n["path"] == "/" else n["path"].rsplit("/", 1)[1]
             pad = "  " * depth
             if n["type"] == ARRAY:
-                click.echo(f"{pad}{name}  array {n['dtype']} shape {_dims(n['shape'])} "
-                           f"chunks {_dims(n['chunk_shape'])} grid {_dims(n['chunk_grid'])}  "
-                           f"{n['chunks']} chunks written in {n['segments']} segments")
+                click.echo(
+                    f"{pad}{name}  array {n['dtype']} shape {_dims(n['shape'])} "
+                    f"chunks {_dims(n['chunk_shape'])} grid {_dims(n['chunk_grid'])}  "
+                    f"{n['chunks']} chunks written in {n['segments']} segments"
+                )
             else:
                 click.echo(f"{pad}{name}{'/' if name != '/' else ''}")
 
@@ -403,9 +478,11 @@ def stats(ctx: Ctx) -> None:
     data = {**asdict(s), "total_bytes": s.total_bytes, "objects": objects}
 
     def human() -> None:
-        for kind, n, b in (("native", s.native_chunks, s.native_bytes),
-                           ("inline", s.inlined_chunks, s.inlined_bytes),
-                           ("virtual", s.virtual_chunks, s.virtual_bytes)):
+        for kind, n, b in (
+            ("native", s.native_chunks, s.native_bytes),
+            ("inline", s.inlined_chunks, s.inlined_bytes),
+            ("virtual", s.virtual_chunks, s.virtual_bytes),
+        ):
             click.echo(f"{kind:8} {n:>10} chunks {_human_bytes(b):>12}")
         click.echo("objects in storage:")
         for kind, (n, b) in objects.items():
@@ -443,17 +520,25 @@ def _cell(value: Any) -> str:
 @cli.command()
 @repo_command
 @click.option("--branch", "-b", default="main", show_default=True)
-@click.option("--rows-per-segment", type=int, default=None,
-              help="At most this many chunk references per segment (default: the "
-                   "repository's manifest_split_rows).")
+@click.option(
+    "--rows-per-segment",
+    type=int,
+    default=None,
+    help="At most this many chunk references per segment (default: the "
+    "repository's manifest_split_rows).",
+)
 def compact(ctx: Ctx, branch: str, rows_per_segment: int | None) -> None:
     """Merge each array's manifest segments; commits a snapshot with identical content."""
     with progress_bar(True) as progress:
         s = ctx.repo.compact(branch, rows_per_segment=rows_per_segment, progress=progress)
-    data = {"snapshot_id": s.snapshot_id, "arrays": {p: {"segments_before": b,
-                                                         "segments_after": a}
-                                                     for p, (b, a) in s.arrays.items()},
-            "refs": s.refs, "attempts": s.attempts}
+    data = {
+        "snapshot_id": s.snapshot_id,
+        "arrays": {
+            p: {"segments_before": b, "segments_after": a} for p, (b, a) in s.arrays.items()
+        },
+        "refs": s.refs,
+        "attempts": s.attempts,
+    }
 
     def human() -> None:
         if s.snapshot_id is None:
@@ -468,8 +553,12 @@ def compact(ctx: Ctx, branch: str, rows_per_segment: int | None) -> None:
 
 @cli.command()
 @repo_command
-@click.option("--older-than", "older_than", required=True,
-              help="Only delete objects older than this (30d, 12h, or an ISO time).")
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    help="Only delete objects older than this (30d, 12h, or an ISO time).",
+)
 @click.option("--dry-run", is_flag=True, help="Count, delete nothing.")
 def gc(ctx: Ctx, older_than: str, dry_run: bool) -> None:
     """Delete unreachable objects older than --older-than."""
@@ -480,13 +569,16 @@ def gc(ctx: Ctx, older_than: str, dry_run: bool) -> None:
 
     def human() -> None:
         verb = "would delete" if dry_run else "deleted"
-        click.echo(f"{verb} {s.snapshots_deleted} snapshots, {s.transaction_logs_deleted} "
-                   f"transaction logs, {s.manifests_deleted} manifests, {s.chunks_deleted} "
-                   f"chunks ({_human_bytes(s.bytes_deleted)}); kept {s.reachable} reachable "
-                   f"and {s.kept_young} younger than {cutoff.isoformat()}")
+        click.echo(
+            f"{verb} {s.snapshots_deleted} snapshots, {s.transaction_logs_deleted} "
+            f"transaction logs, {s.manifests_deleted} manifests, {s.chunks_deleted} "
+            f"chunks ({_human_bytes(s.bytes_deleted)}); kept {s.reachable} reachable "
+            f"and {s.kept_young} younger than {cutoff.isoformat()}"
+        )
         if s.temporaries_deleted:
-            click.echo(f"removed {s.temporaries_deleted} temporary files left by "
-                       "interrupted writes")
+            click.echo(
+                f"removed {s.temporaries_deleted} temporary files left by interrupted writes"
+            )
         if s.fork_journals_deleted:
             click.echo(f"{verb} {s.fork_journals_deleted} fork journal objects")
 
@@ -495,33 +587,44 @@ def gc(ctx: Ctx, older_than: str, dry_run: bool) -> None:
 
 @cli.command()
 @repo_command
-@click.option("--older-than", "older_than", required=True,
-              help="Drop history written before this (30d, 12h, or an ISO time).")
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    help="Drop history written before this (30d, 12h, or an ISO time).",
+)
 def expire(ctx: Ctx, older_than: str) -> None:
     """Drop old snapshots from branch histories (then run gc to reclaim space)."""
     cutoff = parse_age(older_than)
     with progress_bar(True) as progress:
         ids = ctx.repo.expire_snapshots(cutoff, progress=progress)
-    ctx.emit({"expired": sorted(ids), "cutoff": cutoff},
-             lambda: click.echo(f"expired {len(ids)} snapshots written before "
-                                f"{cutoff.isoformat()}"))
+    ctx.emit(
+        {"expired": sorted(ids), "cutoff": cutoff},
+        lambda: click.echo(f"expired {len(ids)} snapshots written before {cutoff.isoformat()}"),
+    )
 
 
 @cli.command()
 @repo_command
-@click.option("--quick", is_flag=True,
-              help="Check chunks' presence and size only, not their checksums.")
+@click.option(
+    "--quick", is_flag=True, help="Check chunks' presence and size only, not their checksums."
+)
 def fsck(ctx: Ctx, quick: bool) -> None:
     """Check every reachable object exists and matches its checksum; exit 1 on problems."""
     with progress_bar(True) as progress:
         r = ctx.repo.fsck(verify_chunks=not quick, progress=progress)
-    data = {**{k: v for k, v in asdict(r).items() if k != "problems"}, "ok": r.ok,
-            "problems": [asdict(p) for p in r.problems]}
+    data = {
+        **{k: v for k, v in asdict(r).items() if k != "problems"},
+        "ok": r.ok,
+        "problems": [asdict(p) for p in r.problems],
+    }
 
     def human() -> None:
-        click.echo(f"checked {r.refs} refs, {r.snapshots} snapshots, {r.transaction_logs} "
-                   f"transaction logs, {r.manifests} manifests, {r.chunks} chunks "
-                   f"({_human_bytes(r.bytes_verified)} verified)")
+        click.echo(
+            f"checked {r.refs} refs, {r.snapshots} snapshots, {r.transaction_logs} "
+            f"transaction logs, {r.manifests} manifests, {r.chunks} chunks "
+            f"({_human_bytes(r.bytes_verified)} verified)"
+        )
         for p in r.problems:
             click.echo(str(p))
         click.echo("ok" if r.ok else f"{len(r.problems)} problem(s)")

@@ -23,15 +23,23 @@ def main() -> None:
 
         say("Write an xarray dataset through a session, then commit")
         ds = xr.Dataset(
-            {"temperature": (("time", "lat", "lon"),
-                             15 + 8 * np.random.default_rng(0).standard_normal((4, 3, 5)))},
-            coords={"time": pd.date_range("2026-01-01", periods=4, freq="D"),
-                    "lat": [10.0, 20.0, 30.0], "lon": np.arange(5.0)},
+            {
+                "temperature": (
+                    ("time", "lat", "lon"),
+                    15 + 8 * np.random.default_rng(0).standard_normal((4, 3, 5)),
+                )
+            },
+            coords={
+                "time": pd.date_range("2026-01-01", periods=4, freq="D"),
+                "lat": [10.0, 20.0, 30.0],
+                "lon": np.arange(5.0),
+            },
             attrs={"title": "frazil demo"},
         )
         session = repo.writable_session("main")
-        ds.to_zarr(session.store, consolidated=False,
-                   encoding={"temperature": {"chunks": (1, 3, 5)}})
+        ds.to_zarr(
+            session.store, consolidated=False, encoding={"temperature": {"chunks": (1, 3, 5)}}
+        )
         first = session.commit("Add temperature")
         print(f"committed snapshot {first}")
 
@@ -49,9 +57,14 @@ def main() -> None:
         new = xr.open_zarr(repo.readonly_session("warmer").store, consolidated=False)
         print("main   day-3 mean:", float(old.temperature.isel(time=2).mean()))
         print("warmer day-3 mean:", float(new.temperature.isel(time=2).mean()))
-        print("time travel to the first snapshot equals main:",
-              bool(xr.open_zarr(repo.readonly_session(snapshot_id=first).store,
-                                consolidated=False).identical(old)))
+        print(
+            "time travel to the first snapshot equals main:",
+            bool(
+                xr.open_zarr(
+                    repo.readonly_session(snapshot_id=first).store, consolidated=False
+                ).identical(old)
+            ),
+        )
 
         say("diff main..warmer")
         print(repo.diff(from_branch="main", to_branch="warmer"))

@@ -61,11 +61,16 @@ def describe_tree(session: frazil.Session) -> dict[str, Any]:
         for coord in np.ndindex(*grid):
             types[",".join(map(str, coord))] = session.chunk_type(path, coord).name.lower()
         values = np.asarray(read_array(node, types))
-        out[path] = {"type": "array", "attrs": dict(node.attrs), "shape": list(node.shape),
-                     "chunks": list(node.chunks), "dtype": str(node.dtype),
-                     "fill_value": json_number(node.fill_value.item()),
-                     "values": values.tolist(),
-                     "chunk_types": types}
+        out[path] = {
+            "type": "array",
+            "attrs": dict(node.attrs),
+            "shape": list(node.shape),
+            "chunks": list(node.chunks),
+            "dtype": str(node.dtype),
+            "fill_value": json_number(node.fill_value.item()),
+            "values": values.tolist(),
+            "chunk_types": types,
+        }
     return out
 
 
@@ -81,8 +86,9 @@ def read_array(node: zarr.Array, types: dict[str, str]) -> np.ndarray:
         if kind == "virtual":
             continue
         coord = [int(c) for c in key.split(",")] if key else []
-        sel = tuple(slice(i * c, min((i + 1) * c, s))
-                    for i, c, s in zip(coord, node.chunks, node.shape))
+        sel = tuple(
+            slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(coord, node.chunks, node.shape)
+        )
         values[sel] = node[sel]
     return values
 
@@ -90,19 +96,29 @@ def read_array(node: zarr.Array, types: dict[str, str]) -> np.ndarray:
 def build(out: Path) -> dict[str, Any]:
     (out / "virtual.bin").write_bytes(virtual_file())
     config = frazil.RepositoryConfig(inline_chunk_threshold_bytes=CONFIG_THRESHOLD)
-    config.set_virtual_chunk_container(frazil.VirtualChunkContainer(
-        VIRTUAL_PREFIX, frazil.local_filesystem_store("/frazil-format-v1")))
+    config.set_virtual_chunk_container(
+        frazil.VirtualChunkContainer(
+            VIRTUAL_PREFIX, frazil.local_filesystem_store("/frazil-format-v1")
+        )
+    )
     repo = frazil.Repository.create(frazil.local_filesystem_storage(str(out / "repo")), config)
 
     # 1. main: groups, a zstd-compressed float array (native chunks), an inline int8 array
     s = repo.writable_session("main")
     root = zarr.open_group(s.store, mode="w", attributes={"title": "format fixture", "v": 1})
     climate = root.create_group("climate", attributes={"units": "K"})
-    temp = climate.create_array("temp", shape=(4, 6), chunks=(2, 3), dtype="float32",
-                                fill_value=float("nan"), attributes={"long_name": "t"})
+    temp = climate.create_array(
+        "temp",
+        shape=(4, 6),
+        chunks=(2, 3),
+        dtype="float32",
+        fill_value=float("nan"),
+        attributes={"long_name": "t"},
+    )
     temp[:] = np.arange(24, dtype="float32").reshape(4, 6) / 4
-    flags = root.create_array("flags", shape=(8,), chunks=(4,), dtype="int8", fill_value=-1,
-                              compressors=None)
+    flags = root.create_array(
+        "flags", shape=(8,), chunks=(4,), dtype="int8", fill_value=-1, compressors=None
+    )
     flags[:5] = [1, 2, 3, 4, 5]
     c1 = s.commit("create climate and flags", metadata={"author": "fixture", "step": 1})
 
@@ -110,13 +126,20 @@ def build(out: Path) -> dict[str, Any]:
     s = repo.writable_session("main")
     root = zarr.open_group(s.store, mode="r+")
     obs = root.create_group("obs")
-    obs.create_array("count", shape=(3, 3), chunks=(3, 3), dtype="int32", fill_value=0,
-                     compressors=None)[:] = np.arange(9, dtype="int32").reshape(3, 3) * 100
-    raw = root.create_array("raw", shape=(8,), chunks=(4,), dtype="uint8", fill_value=0,
-                            compressors=None)
+    obs.create_array(
+        "count", shape=(3, 3), chunks=(3, 3), dtype="int32", fill_value=0, compressors=None
+    )[:] = np.arange(9, dtype="int32").reshape(3, 3) * 100
+    raw = root.create_array(
+        "raw", shape=(8,), chunks=(4,), dtype="uint8", fill_value=0, compressors=None
+    )
     raw[4:] = [5, 6, 7, 8]
-    s.store.set_virtual_ref("raw/c/0", VIRTUAL_LOCATION, offset=VIRTUAL_OFFSET,
-                            length=len(VIRTUAL_VALUES), validate_container=True)
+    s.store.set_virtual_ref(
+        "raw/c/0",
+        VIRTUAL_LOCATION,
+        offset=VIRTUAL_OFFSET,
+        length=len(VIRTUAL_VALUES),
+        validate_container=True,
+    )
     c2 = s.commit("add obs and raw (virtual chunk 0)", metadata={"step": 2})
     repo.create_tag("v1", c2)
     repo.create_tag("scratch", c1)
@@ -142,7 +165,8 @@ def build(out: Path) -> dict[str, Any]:
     s = repo.writable_session("dev")
     root = zarr.open_group(s.store, mode="r+")
     root.create_group("deep").create_group("er").create_array(
-        "x", shape=(2,), chunks=(1,), dtype="float64", fill_value=0.0)[:] = [0.25, -0.5]
+        "x", shape=(2,), chunks=(1,), dtype="float64", fill_value=0.0
+    )[:] = [0.25, -0.5]
     c5 = s.commit("dev: nested array", metadata={"step": 5})
     s = repo.writable_session("main")
     zarr.open_array(s.store, path="climate/temp", mode="r+").resize((2, 6))
@@ -157,8 +181,10 @@ def build(out: Path) -> dict[str, Any]:
                 continue
             snap = repo.readonly_session(snapshot_id=info.id)
             snapshots[info.id] = {
-                "parent_id": info.parent_id, "message": info.message,
-                "metadata": info.metadata, "written_at": info.written_at.isoformat(),
+                "parent_id": info.parent_id,
+                "message": info.message,
+                "metadata": info.metadata,
+                "written_at": info.written_at.isoformat(),
                 "tree": describe_tree(snap) if info.parent_id is not None else {},
             }
     ref = _aio.run(repo.readonly_session(snapshot_id=c2).chunk_ref("raw", (0,)))
@@ -173,15 +199,23 @@ def build(out: Path) -> dict[str, Any]:
         "commits": [c1, c2, c3, c4, c5, c6],
         "ancestry": {b: [i.id for i in repo.ancestry(branch=b)] for b in ("main", "dev")},
         "snapshots": snapshots,
-        "virtual": {"snapshot": c2, "path": "raw", "coord": [0], "location": ref.location,
-                    "offset": ref.offset, "length": ref.length, "values": VIRTUAL_VALUES,
-                    "file": "virtual.bin"},
+        "virtual": {
+            "snapshot": c2,
+            "path": "raw",
+            "coord": [0],
+            "location": ref.location,
+            "offset": ref.offset,
+            "length": ref.length,
+            "values": VIRTUAL_VALUES,
+            "file": "virtual.bin",
+        },
         "virtual_prefix": VIRTUAL_PREFIX,
     }
 
 
 def _version() -> str:
     from importlib.metadata import version
+
     return version("frazil")
 
 
@@ -197,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     expected = build(out)
     for lock in (out / "repo").rglob(".*.lock"):  # the local backend's lock files: not data
         lock.unlink()
-    (out / "expected.json").write_text(json.dumps(expected, indent=1, sort_keys=True,
-                                                       allow_nan=False) + "\n")
+    (out / "expected.json").write_text(
+        json.dumps(expected, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    )
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"wrote {out}: {sum(1 for p in out.rglob('*') if p.is_file())} files, {total} bytes")
     return 0

@@ -38,12 +38,14 @@ VIEWS = ("snapshots", "nodes", "manifests", "transactions", "refs")
 
 def object_counts(storage: Storage) -> dict[str, tuple[int, int]]:
     """Per object kind (snapshot, transaction_log, manifest, chunk): count and bytes."""
+
     async def go() -> dict[str, tuple[int, int]]:
         out = {}
         for kind, prefix in PREFIXES.items():
             infos = await storage.list_info(prefix)
             out[kind] = (len(infos), sum(i.size for i in infos))
         return out
+
     return _aio.run(go())
 
 
@@ -53,7 +55,7 @@ async def _read_all(storage: Storage, prefix: str) -> list[tuple[str, pa.Table]]
     async def one(key: str) -> tuple[str, pa.Table]:
         data = await storage.get(key)
         table = await _aio.in_thread(_parquet, data)
-        return key[len(prefix):], table
+        return key[len(prefix) :], table
 
     return await _aio.gather_limited([one(k) for k in keys], limit=32)
 
@@ -63,8 +65,10 @@ def _parquet(data: bytes) -> pa.Table:
 
 
 def _header(table: pa.Table) -> dict[str, Any]:
-    return load_json((table.schema.metadata or {})[b"frazil"],  # type: ignore[no-any-return]
-                     "frazil header")
+    return load_json(
+        (table.schema.metadata or {})[b"frazil"],  # type: ignore[no-any-return]
+        "frazil header",
+    )
 
 
 def _with(table: pa.Table, **constants: str | None) -> pa.Table:
@@ -92,15 +96,19 @@ def build_views(repo: frazil.Repository, names: set[str]) -> dict[str, pa.Table]
             snaps = sorted(await _read_all(storage, PREFIXES["snapshot"]))
         if "snapshots" in names:
             headers = [_header(t) for _, t in snaps]
-            out["snapshots"] = pa.table({
-                "id": pa.array([h["id"] for h in headers], pa.string()),
-                "parent_id": pa.array([h.get("parent_id") for h in headers], pa.string()),
-                "written_at": pa.array([h["written_at"] for h in headers], pa.string()).cast(
-                    pa.timestamp("us", tz="UTC")),
-                "message": pa.array([h.get("message") for h in headers], pa.string()),
-                "metadata": pa.array([json.dumps(h.get("metadata") or {}) for h in headers],
-                                     pa.string()),
-            })
+            out["snapshots"] = pa.table(
+                {
+                    "id": pa.array([h["id"] for h in headers], pa.string()),
+                    "parent_id": pa.array([h.get("parent_id") for h in headers], pa.string()),
+                    "written_at": pa.array([h["written_at"] for h in headers], pa.string()).cast(
+                        pa.timestamp("us", tz="UTC")
+                    ),
+                    "message": pa.array([h.get("message") for h in headers], pa.string()),
+                    "metadata": pa.array(
+                        [json.dumps(h.get("metadata") or {}) for h in headers], pa.string()
+                    ),
+                }
+            )
         node_tables = [_with(t, snapshot_id=sid) for sid, t in snaps]
         if "nodes" in names:
             out["nodes"] = _concat(node_tables, pa.schema([("snapshot_id", pa.string())]))
@@ -112,30 +120,43 @@ def build_views(repo: frazil.Repository, names: set[str]) -> dict[str, pa.Table]
             for mid, t in await _read_all(storage, PREFIXES["manifest"]):
                 # every row names its array (one object may hold several arrays' segments)
                 node_ids = t.column("node_id").cast(pa.string())
-                path_of = pa.array([paths.get(n) for n in pc.unique(node_ids).to_pylist()],
-                                   pa.string())
+                path_of = pa.array(
+                    [paths.get(n) for n in pc.unique(node_ids).to_pylist()], pa.string()
+                )
                 t = t.drop_columns(["node_id"])
                 t = _with(t, manifest_id=mid)
                 t = t.add_column(1, "node_id", node_ids)
-                t = t.add_column(2, "path", path_of.take(pc.index_in(
-                    node_ids, value_set=pc.unique(node_ids))))
+                t = t.add_column(
+                    2, "path", path_of.take(pc.index_in(node_ids, value_set=pc.unique(node_ids)))
+                )
                 tables.append(t)
-            out["manifests"] = _concat(tables, pa.schema([("manifest_id", pa.string()),
-                                                          ("node_id", pa.string()),
-                                                          ("path", pa.string())]))
+            out["manifests"] = _concat(
+                tables,
+                pa.schema(
+                    [("manifest_id", pa.string()), ("node_id", pa.string()), ("path", pa.string())]
+                ),
+            )
         if "transactions" in names:
             logs = await _read_all(storage, PREFIXES["transaction_log"])
-            out["transactions"] = _concat([_with(t, snapshot_id=sid) for sid, t in logs],
-                                          pa.schema([("snapshot_id", pa.string())]))
+            out["transactions"] = _concat(
+                [_with(t, snapshot_id=sid) for sid, t in logs],
+                pa.schema([("snapshot_id", pa.string())]),
+            )
 
     _aio.run(go())
     if "refs" in names:
         rows = [("branch", b, repo.lookup_branch(b)) for b in sorted(repo.list_branches())]
         rows += [("tag", t, repo.lookup_tag(t)) for t in sorted(repo.list_tags())]
-        out["refs"] = pa.table({"kind": [r[0] for r in rows], "name": [r[1] for r in rows],
-                                "snapshot_id": [r[2] for r in rows]},
-                               schema=pa.schema([("kind", pa.string()), ("name", pa.string()),
-                                                 ("snapshot_id", pa.string())]))
+        out["refs"] = pa.table(
+            {
+                "kind": [r[0] for r in rows],
+                "name": [r[1] for r in rows],
+                "snapshot_id": [r[2] for r in rows],
+            },
+            schema=pa.schema(
+                [("kind", pa.string()), ("name", pa.string()), ("snapshot_id", pa.string())]
+            ),
+        )
     return out
 
 

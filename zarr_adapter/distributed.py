@@ -45,8 +45,9 @@ def _load_template(payload: bytes) -> ForkSession:
     return fork
 
 
-def _write_block(payload: bytes, path: str, config: ArrayConfigParams, block: Any,
-                 region: Region) -> ForkSession:
+def _write_block(
+    payload: bytes, path: str, config: ArrayConfigParams, block: Any, region: Region
+) -> ForkSession:
     """Write one block into a fresh fork of the shipped template and return that fork.
 
     Each task gets its own fork (tasks on one worker share the template, so it is never
@@ -80,8 +81,9 @@ def _normalize_region(region: Any, shape: tuple[int, ...], name: str) -> Region:
     if not isinstance(region, tuple) or not all(isinstance(s, slice) for s in region):
         raise InvalidInputError(f"region for {name} must be a tuple of slices, got {region!r}")
     if len(region) > len(shape):
-        raise InvalidInputError(f"region {region!r} has more dimensions than {name} "
-                                f"(shape {shape})")
+        raise InvalidInputError(
+            f"region {region!r} has more dimensions than {name} (shape {shape})"
+        )
     full = region + (slice(None),) * (len(shape) - len(region))
     out = []
     for s, n in zip(full, shape):
@@ -92,8 +94,9 @@ def _normalize_region(region: Any, shape: tuple[int, ...], name: str) -> Region:
     return tuple(out)
 
 
-def _check_alignment(source: dask.array.Array, target: zarr.Array, region: Region,
-                     index: int) -> None:
+def _check_alignment(
+    source: dask.array.Array, target: zarr.Array, region: Region, index: int
+) -> None:
     """Refuse sources whose blocks would share a zarr chunk (or shard): two forks would
     each rewrite it and the merge would fail only after all the work was done."""
     unit = target.shards or target.chunks
@@ -106,22 +109,26 @@ def _check_alignment(source: dask.array.Array, target: zarr.Array, region: Regio
                 f"source {index}: its dask chunks along axis {axis} end at {bad[0]} in "
                 f"{target.path!r}, which is not a multiple of the zarr {kind} size {c}; two "
                 f"blocks would write the same {kind}. Rechunk the source so every block "
-                f"boundary falls on a {kind} boundary")
+                f"boundary falls on a {kind} boundary"
+            )
 
 
 def _session_of(targets: Sequence[zarr.Array]) -> Session:
     session: Session | None = None
     for i, target in enumerate(targets):
         if not isinstance(target, zarr.Array):
-            raise InvalidInputError(f"target {i} must be a zarr.Array, got "
-                                    f"{type(target).__name__}")
+            raise InvalidInputError(f"target {i} must be a zarr.Array, got {type(target).__name__}")
         store = target.store
         if not isinstance(store, FrazilStore):
-            raise InvalidInputError(f"target {i} ({target.path!r}) is not on a frazil "
-                                    f"session's store (its store is {type(store).__name__})")
+            raise InvalidInputError(
+                f"target {i} ({target.path!r}) is not on a frazil "
+                f"session's store (its store is {type(store).__name__})"
+            )
         if store.read_only:
-            raise ReadOnlyError(f"target {i} ({target.path!r}) is on a read-only store; open "
-                                "it on repo.writable_session(branch).store")
+            raise ReadOnlyError(
+                f"target {i} ({target.path!r}) is on a read-only store; open "
+                "it on repo.writable_session(branch).store"
+            )
         if session is None:
             session = store.session
         elif store.session is not session:
@@ -148,7 +155,8 @@ def _check_storage_reachable(session: Session, collection: Any) -> None:
     if remote:
         raise InvalidInputError(
             "in-memory storage cannot be shared with worker processes; use "
-            "local_filesystem_storage (or S3) for a repository written from dask workers")
+            "local_filesystem_storage (or S3) for a repository written from dask workers"
+        )
 
 
 def _check_split_every(split_every: int | None) -> int:
@@ -160,10 +168,13 @@ def _check_split_every(split_every: int | None) -> int:
 
 
 # -- store_dask --------------------------------------------------------------------------------
-def store_dask(sources: dask.array.Array | Sequence[dask.array.Array],
-               targets: zarr.Array | Sequence[zarr.Array],
-               regions: Region | Sequence[Region | None] | None = None, *,
-               split_every: int | None = None) -> None:
+def store_dask(
+    sources: dask.array.Array | Sequence[dask.array.Array],
+    targets: zarr.Array | Sequence[zarr.Array],
+    regions: Region | Sequence[Region | None] | None = None,
+    *,
+    split_every: int | None = None,
+) -> None:
     """Write dask arrays into zarr arrays of a writable frazil session, block by block on
     the workers, and fold the workers' writes back into the session (then commit it).
 
@@ -193,65 +204,84 @@ def store_dask(sources: dask.array.Array | Sequence[dask.array.Array],
     if not targets:
         return
     session = _session_of(targets)
-    if regions is None or (isinstance(regions, tuple)
-                           and all(isinstance(r, slice) for r in regions)):
+    if regions is None or (
+        isinstance(regions, tuple) and all(isinstance(r, slice) for r in regions)
+    ):
         region_list: list[Any] = [regions] * len(targets)  # one region for every target
     else:
         region_list = list(regions)
         if len(region_list) != len(targets):
-            raise InvalidInputError(f"got {len(region_list)} regions for {len(targets)} "
-                                    "targets")
+            raise InvalidInputError(f"got {len(region_list)} regions for {len(targets)} targets")
 
     import dask.array
 
     plans: list[tuple[zarr.Array, Region]] = []
     for i, (source, target, region) in enumerate(zip(sources, targets, region_list)):
         if not isinstance(source, dask.array.Array):
-            raise InvalidInputError(f"source {i} must be a dask array, got "
-                                    f"{type(source).__name__}")
+            raise InvalidInputError(f"source {i} must be a dask array, got {type(source).__name__}")
         reg = _normalize_region(region, target.shape, f"target {i} ({target.path!r})")
         extent = tuple(s.stop - s.start for s in reg)
         if source.shape != extent:
             raise InvalidInputError(
                 f"source {i} has shape {source.shape} but its region of {target.path!r} "
-                f"(shape {target.shape}) has shape {extent}")
+                f"(shape {target.shape}) has shape {extent}"
+            )
         _check_alignment(source, target, reg, i)
         plans.append((target, reg))
 
     token = uuid.uuid4().hex
-    template = dask.delayed(pickle.dumps(session._fork_with_changes()),
-                            name=f"frazil-fork-{token}")
+    template = dask.delayed(pickle.dumps(session._fork_with_changes()), name=f"frazil-fork-{token}")
     optimized = dask.optimize(*sources)
     writes: list[Delayed] = []
     for source, (target, reg) in zip(optimized, plans):
         blocks = source.to_delayed(optimize_graph=False)
         config: ArrayConfigParams = {  # a dict: delayed would unpack a dataclass
             "order": target.config.order,
-            "write_empty_chunks": target.config.write_empty_chunks}
+            "write_empty_chunks": target.config.write_empty_chunks,
+        }
         starts = [np.concatenate([[0], np.cumsum(c)]) for c in source.chunks]
         for idx in np.ndindex(blocks.shape):
-            block_region = tuple(slice(int(s.start + st[j]), int(s.start + st[j + 1]))
-                                 for s, st, j in zip(reg, starts, idx))
-            writes.append(dask.delayed(_write_block, pure=False)(
-                template, target.path, config, blocks[idx], block_region,
-                dask_key_name=f"frazil-write-{token}-{len(writes)}"))
+            block_region = tuple(
+                slice(int(s.start + st[j]), int(s.start + st[j + 1]))
+                for s, st, j in zip(reg, starts, idx)
+            )
+            writes.append(
+                dask.delayed(_write_block, pure=False)(
+                    template,
+                    target.path,
+                    config,
+                    blocks[idx],
+                    block_region,
+                    dask_key_name=f"frazil-write-{token}-{len(writes)}",
+                )
+            )
     level, depth = writes, 0
     while len(level) > 1:
         depth += 1
-        level = [dask.delayed(_merge_forks, pure=False)(
-                     *level[k:k + fan_in], dask_key_name=f"frazil-merge-{token}-{depth}-{n}")
-                 for n, k in enumerate(range(0, len(level), fan_in))]
+        level = [
+            dask.delayed(_merge_forks, pure=False)(
+                *level[k : k + fan_in], dask_key_name=f"frazil-merge-{token}-{depth}-{n}"
+            )
+            for n, k in enumerate(range(0, len(level), fan_in))
+        ]
     _check_storage_reachable(session, level[0])
     (final,) = dask.compute(level[0])
     session.merge(final)
 
 
 # -- to_frazil ---------------------------------------------------------------------------------
-def to_frazil(obj: xarray.Dataset | xarray.DataArray, session: Session, *,
-              group: str | None = None, mode: XarrayWriteMode | None = None,
-              safe_chunks: bool = True, append_dim: Hashable | None = None,
-              region: XarrayRegion = None, encoding: Mapping[Any, Any] | None = None,
-              split_every: int | None = None) -> None:
+def to_frazil(
+    obj: xarray.Dataset | xarray.DataArray,
+    session: Session,
+    *,
+    group: str | None = None,
+    mode: XarrayWriteMode | None = None,
+    safe_chunks: bool = True,
+    append_dim: Hashable | None = None,
+    region: XarrayRegion = None,
+    encoding: Mapping[Any, Any] | None = None,
+    split_every: int | None = None,
+) -> None:
     """Write an xarray Dataset (or DataArray) into a writable frazil session, with the
     dask-backed variables written in parallel on the workers; then commit the session.
 
@@ -280,15 +310,17 @@ def to_frazil(obj: xarray.Dataset | xarray.DataArray, session: Session, *,
             get_writable_zarr_store,
         )
     except ImportError as e:  # pragma: no cover - depends on the installed xarray
-        raise ImportError(f"to_frazil needs a newer xarray (with "
-                          f"xarray.backends.writers.get_writable_zarr_store): {e}") from None
+        raise ImportError(
+            f"to_frazil needs a newer xarray (with "
+            f"xarray.backends.writers.get_writable_zarr_store): {e}"
+        ) from None
 
     if not isinstance(session, Session):
-        raise InvalidInputError(f"to_frazil writes into a frazil Session, got "
-                                f"{type(session).__name__}")
+        raise InvalidInputError(
+            f"to_frazil writes into a frazil Session, got {type(session).__name__}"
+        )
     if session.read_only:
-        raise ReadOnlyError("to_frazil needs a writable session: "
-                            "repo.writable_session(branch)")
+        raise ReadOnlyError("to_frazil needs a writable session: repo.writable_session(branch)")
     fan_in = _check_split_every(split_every)
     if isinstance(obj, xr.DataArray):
         if obj.name is None:
@@ -301,16 +333,24 @@ def to_frazil(obj: xarray.Dataset | xarray.DataArray, session: Session, *,
     elif isinstance(obj, xr.Dataset):
         dataset = obj.copy(deep=False)
     else:
-        raise InvalidInputError(f"to_frazil writes an xarray Dataset or DataArray, got "
-                                f"{type(obj).__name__}")
+        raise InvalidInputError(
+            f"to_frazil writes an xarray Dataset or DataArray, got {type(obj).__name__}"
+        )
 
     _validate_dataset_names(dataset)
     for variable in dataset.variables.values():
         if variable.size == 0:  # as xarray does: zero-length dask arrays are loaded
             variable.load()
     zstore = get_writable_zarr_store(
-        session.store, mode=mode, group=group, consolidated=False, append_dim=append_dim,
-        region=region, safe_chunks=safe_chunks, zarr_format=3)
+        session.store,
+        mode=mode,
+        group=group,
+        consolidated=False,
+        append_dim=append_dim,
+        region=region,
+        safe_chunks=safe_chunks,
+        zarr_format=3,
+    )
     dataset = zstore._validate_and_autodetect_region(dataset)
     encoding = dict(encoding or {})
     zstore._validate_encoding(encoding)
@@ -319,5 +359,9 @@ def to_frazil(obj: xarray.Dataset | xarray.DataArray, session: Session, *,
     writer = ArrayWriter()
     dump_to_store(dataset, zstore, writer, encoding=encoding)
     if writer.sources:
-        store_dask(list(writer.sources), list(writer.targets),
-                   [tuple(r) if r else None for r in writer.regions], split_every=fan_in)
+        store_dask(
+            list(writer.sources),
+            list(writer.targets),
+            [tuple(r) if r else None for r in writer.regions],
+            split_every=fan_in,
+        )

@@ -91,7 +91,8 @@ DETACHED_MESSAGE = (
     "cannot be sent to other processes or workers: its staged changes would be lost. "
     "Write from workers through a fork (fork = session.fork(); ds.to_zarr(fork.store, "
     "...); session.merge(fork)), or let frazil.xarray.to_frazil(ds, session) (and "
-    "frazil.dask.store_dask) do it, then commit the session")
+    "frazil.dask.store_dask) do it, then commit the session"
+)
 
 
 class DetachedStore(Store):
@@ -122,8 +123,9 @@ class DetachedStore(Store):
     def with_read_only(self, read_only: bool = False) -> DetachedStore:
         raise self._refuse()
 
-    async def get(self, key: str, prototype: BufferPrototype,
-                  byte_range: ByteRequest | None = None) -> Buffer | None:
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
         raise self._refuse()
 
     async def get_partial_values(
@@ -190,7 +192,8 @@ class FrazilStore(Store):
         if self.read_only:
             raise ReadOnlyError(
                 "this store is read-only (a read-only or committed session); use "
-                "repo.writable_session(branch) to write")
+                "repo.writable_session(branch) to write"
+            )
 
     def with_read_only(self, read_only: bool = False) -> FrazilStore:
         if not read_only and self._session.read_only:
@@ -245,10 +248,16 @@ class FrazilStore(Store):
 
     @staticmethod
     def _valid_key(key: str) -> None:
-        if not isinstance(key, str) or key.startswith("/") or any(
-                p in ("", ".", "..") for p in key.split("/")) or _BAD_KEY_CHARS.search(key):
-            raise InvalidInputError(f"invalid zarr key {key!r}: no leading '/', empty parts, "
-                                    "'.' or '..', backslashes or control characters")
+        if (
+            not isinstance(key, str)
+            or key.startswith("/")
+            or any(p in ("", ".", "..") for p in key.split("/"))
+            or _BAD_KEY_CHARS.search(key)
+        ):
+            raise InvalidInputError(
+                f"invalid zarr key {key!r}: no leading '/', empty parts, "
+                "'.' or '..', backslashes or control characters"
+            )
 
     def _not_a_key(self, key: str) -> str:
         """Why ``key`` names nothing that can be stored (for error messages)."""
@@ -259,14 +268,19 @@ class FrazilStore(Store):
             if rec is not None and rec.node_type == ARRAY:
                 meta = self._session.node_meta(rec)
                 example = _chunk_key(path, meta, (0,) * meta.ndim)
-                return (f"cannot store {key!r}: it is not a chunk key of the array {path!r} "
-                        f"({meta.ndim} dimensions; its chunk keys look like {example!r})")
-        return (f"cannot store {key!r}: it is neither a zarr.json nor a chunk key of an "
-                "existing array (write the array's zarr.json first)")
+                return (
+                    f"cannot store {key!r}: it is not a chunk key of the array {path!r} "
+                    f"({meta.ndim} dimensions; its chunk keys look like {example!r})"
+                )
+        return (
+            f"cannot store {key!r}: it is neither a zarr.json nor a chunk key of an "
+            "existing array (write the array's zarr.json first)"
+        )
 
     # -- reads -----------------------------------------------------------------------------
-    async def get(self, key: str, prototype: BufferPrototype,
-                  byte_range: ByteRequest | None = None) -> Buffer | None:
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
         self._valid_key(key)
         br = _byte_range(byte_range)
         parsed = self._parse(key)
@@ -315,8 +329,9 @@ class FrazilStore(Store):
         self._check_writable()
         self._valid_key(key)
         if not isinstance(value, Buffer):
-            raise InvalidInputError(f"FrazilStore.set of {key!r} expects a zarr Buffer, got "
-                                    f"{type(value).__name__}")
+            raise InvalidInputError(
+                f"FrazilStore.set of {key!r} expects a zarr Buffer, got {type(value).__name__}"
+            )
         parsed = self._parse(key)
         if parsed is None:
             raise InvalidInputError(self._not_a_key(key))
@@ -329,9 +344,16 @@ class FrazilStore(Store):
             await self._session.set_chunk(path, coord, value.to_bytes())
 
     # -- virtual chunks (Icechunk's names; the session does the work) ----------------------
-    def set_virtual_ref(self, key: str, location: str, *, offset: int, length: int,
-                        checksum: str | datetime.datetime | None = None,
-                        validate_container: bool = False) -> None:
+    def set_virtual_ref(
+        self,
+        key: str,
+        location: str,
+        *,
+        offset: int,
+        length: int,
+        checksum: str | datetime.datetime | None = None,
+        validate_container: bool = False,
+    ) -> None:
         """Point the chunk ``key`` at ``length`` bytes at ``offset`` of ``location``;
         ``checksum`` (an ETag, or a last-modified bound) pins the source."""
         self._check_writable()
@@ -339,24 +361,38 @@ class FrazilStore(Store):
         parsed = self._parse(key)
         if parsed is None or parsed[0] != "chunk" or parsed[2] is None:
             raise InvalidInputError(self._not_a_key(key))
-        self._session.set_virtual_ref(parsed[1], parsed[2], location, offset=offset,
-                                      length=length, checksum=checksum,
-                                      validate_container=validate_container)
+        self._session.set_virtual_ref(
+            parsed[1],
+            parsed[2],
+            location,
+            offset=offset,
+            length=length,
+            checksum=checksum,
+            validate_container=validate_container,
+        )
 
-    def set_virtual_refs(self, array_path: str, chunks: Sequence[VirtualChunkSpec], *,
-                         validate_containers: bool = True) -> list[Coord] | None:
+    def set_virtual_refs(
+        self,
+        array_path: str,
+        chunks: Sequence[VirtualChunkSpec],
+        *,
+        validate_containers: bool = True,
+    ) -> list[Coord] | None:
         """Many virtual refs of one array; returns the indices refused for being under
         no container (with ``validate_containers``), else None."""
         self._check_writable()
-        return self._session.set_virtual_refs(array_path, chunks,
-                                              validate_containers=validate_containers)
+        return self._session.set_virtual_refs(
+            array_path, chunks, validate_containers=validate_containers
+        )
 
-    def set_virtual_refs_arrays(self, array_path: str, locations: Any, offsets: Any,
-                                lengths: Any, **kwargs: Any) -> int:
+    def set_virtual_refs_arrays(
+        self, array_path: str, locations: Any, offsets: Any, lengths: Any, **kwargs: Any
+    ) -> int:
         """The columnar fast path (``Session.set_virtual_refs_arrays``)."""
         self._check_writable()
-        return int(self._session.set_virtual_refs_arrays(array_path, locations, offsets,
-                                                         lengths, **kwargs))
+        return int(
+            self._session.set_virtual_refs_arrays(array_path, locations, offsets, lengths, **kwargs)
+        )
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         if not await self.exists(key):
@@ -385,7 +421,8 @@ class FrazilStore(Store):
             return
         path = "/" + stripped
         if self._session.node(path) is not None or any(
-                n.path.startswith(path + "/") for n in self._session.nodes()):
+            n.path.startswith(path + "/") for n in self._session.nodes()
+        ):
             self._session.delete_tree(path)
             await self._session.flush_journal()
             return
@@ -423,7 +460,7 @@ class FrazilStore(Store):
         base = prefix + "/" if prefix else ""
         seen: set[str] = set()
         for key in await self._keys(base):
-            child = key[len(base):].split("/", 1)[0]
+            child = key[len(base) :].split("/", 1)[0]
             if child not in seen:
                 seen.add(child)
                 yield child

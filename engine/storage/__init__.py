@@ -13,8 +13,23 @@ from .retry import RetryingStorage, RetrySettings
 from .s3 import S3Config, S3Settings, S3Storage, s3_storage
 
 __all__ = [
-    "ByteRange", "FaultInjectingStorage", "FsspecStorage", "HTTPStorage", "InMemoryStorage",
-    "LocalFileSystemStorage", "PutResult", "ReadOnlyStorage", "RetrySettings",
-    "RetryingStorage", "S3Config", "S3Settings", "S3Storage", "Storage", "http_storage",
-    "in_memory_storage", "fsspec_storage", "local_filesystem_storage", "s3_storage",
+    "ByteRange",
+    "FaultInjectingStorage",
+    "FsspecStorage",
+    "HTTPStorage",
+    "InMemoryStorage",
+    "LocalFileSystemStorage",
+    "PutResult",
+    "ReadOnlyStorage",
+    "RetrySettings",
+    "RetryingStorage",
+    "S3Config",
+    "S3Settings",
+    "S3Storage",
+    "Storage",
+    "http_storage",
+    "in_memory_storage",
+    "fsspec_storage",
+    "local_filesystem_storage",
+    "s3_storage",
 ]

@@ -61,8 +61,9 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 class _Entry(Generic[T]):
     __slots__ = ("value", "close", "loop", "pid", "closer", "closed", "__weakref__")
 
-    def __init__(self, value: T, close: Callable[[T], Awaitable[None]],
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, value: T, close: Callable[[T], Awaitable[None]], loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.value: T | None = value
         self.close = close
         self.loop = weakref.ref(loop)
@@ -97,8 +98,9 @@ def _start_finish(entry: _Entry[Any]) -> None:
     task.add_done_callback(_tasks.discard)
 
 
-def _owner_gone(by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Entry[Any]],
-                pid: int) -> None:
+def _owner_gone(
+    by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Entry[Any]], pid: int
+) -> None:
     if pid != os.getpid():
         return
     for loop, entry in list(by_loop.items()):
@@ -121,7 +123,8 @@ class PerLoop(Generic[T]):
     def _new_state(self) -> None:
         self._lock = threading.Lock()
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Entry[T]] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
         self._finalizer = weakref.finalize(self, _owner_gone, self._by_loop, os.getpid())
         self._finalizer.atexit = False
 
@@ -167,8 +170,13 @@ def _close_all_at_exit() -> None:
         entries = list(_open)
     for entry in entries:
         loop = entry.loop()
-        if (entry.closed or loop is None or loop is current or loop.is_closed()
-                or not loop.is_running()):
+        if (
+            entry.closed
+            or loop is None
+            or loop is current
+            or loop.is_closed()
+            or not loop.is_running()
+        ):
             continue
         with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(_finish(entry), loop).result(2.0)

@@ -54,13 +54,18 @@ def _transport_errors_are_transient(what: str) -> Iterator[None]:
 
     try:
         yield
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError,
-            ConnectionError) as e:
+    except (
+        aiohttp.ClientPayloadError,
+        aiohttp.ClientConnectionError,
+        TimeoutError,
+        ConnectionError,
+    ) as e:
         raise TransientStorageError(f"{what}: {type(e).__name__}: {e}") from e
 
 
-def base_url(bucket: str, region: str | None, endpoint_url: str | None,
-             force_path_style: bool) -> str | None:
+def base_url(
+    bucket: str, region: str | None, endpoint_url: str | None, force_path_style: bool
+) -> str | None:
     """The URL that keys are appended to, or None where botocore must work it out (AWS
     with no region given: it discovers the bucket's region)."""
     if endpoint_url is not None:
@@ -97,31 +102,59 @@ class SigV4:
             self._keys[(secret, date)] = key
         return key
 
-    def headers(self, url: str, extra: dict[str, str], access_key: str, secret: str,
-                token: str | None, now: dt.datetime | None = None, *, method: str = "GET",
-                payload_hash: str = UNSIGNED) -> dict[str, str]:
+    def headers(
+        self,
+        url: str,
+        extra: dict[str, str],
+        access_key: str,
+        secret: str,
+        token: str | None,
+        now: dt.datetime | None = None,
+        *,
+        method: str = "GET",
+        payload_hash: str = UNSIGNED,
+    ) -> dict[str, str]:
         """All headers to send for ``method url`` (``url`` already percent-encoded);
         ``payload_hash`` is the hex SHA-256 of the body, or ``UNSIGNED-PAYLOAD``."""
         parts = urlsplit(url)
         stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
         date = stamp[:8]
-        headers = {"host": parts.netloc, "x-amz-content-sha256": payload_hash,
-                   "x-amz-date": stamp, **{k.lower(): v for k, v in extra.items()}}
+        headers = {
+            "host": parts.netloc,
+            "x-amz-content-sha256": payload_hash,
+            "x-amz-date": stamp,
+            **{k.lower(): v for k, v in extra.items()},
+        }
         if token:
             headers["x-amz-security-token"] = token
         names = sorted(headers)
         signed = ";".join(names)
-        canonical = "\n".join([
-            method, parts.path or "/", parts.query,
-            "".join(f"{n}:{' '.join(headers[n].split())}\n" for n in names),
-            signed, payload_hash])
+        canonical = "\n".join(
+            [
+                method,
+                parts.path or "/",
+                parts.query,
+                "".join(f"{n}:{' '.join(headers[n].split())}\n" for n in names),
+                signed,
+                payload_hash,
+            ]
+        )
         scope = f"{date}/{self.region}/s3/aws4_request"
-        to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope,
-                             hashlib.sha256(canonical.encode("utf-8")).hexdigest()])
-        signature = hmac.new(self._signing_key(secret, date), to_sign.encode("utf-8"),
-                             hashlib.sha256).hexdigest()
-        headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
-                                    f"SignedHeaders={signed}, Signature={signature}")
+        to_sign = "\n".join(
+            [
+                "AWS4-HMAC-SHA256",
+                stamp,
+                scope,
+                hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+            ]
+        )
+        signature = hmac.new(
+            self._signing_key(secret, date), to_sign.encode("utf-8"), hashlib.sha256
+        ).hexdigest()
+        headers["authorization"] = (
+            f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
+            f"SignedHeaders={signed}, Signature={signature}"
+        )
         return headers
 
 
@@ -129,8 +162,16 @@ class DirectClient:
     """Signed GETs and PUTs for one event loop: an aiohttp session and the client's
     credentials."""
 
-    def __init__(self, base: str, region: str, s3_client: Any, anonymous: bool,
-                 connect_timeout: float, read_timeout: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        base: str,
+        region: str,
+        s3_client: Any,
+        anonymous: bool,
+        connect_timeout: float,
+        read_timeout: float,
+        max_connections: int,
+    ) -> None:
         import aiohttp
 
         self._base = base
@@ -141,9 +182,9 @@ class DirectClient:
         self._sign_payload = not base.startswith("https://")
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_connections),
-            timeout=aiohttp.ClientTimeout(sock_connect=connect_timeout,
-                                          sock_read=read_timeout),
-            auto_decompress=False)
+            timeout=aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout),
+            auto_decompress=False,
+        )
 
     async def close(self) -> None:
         await self._session.close()
@@ -155,19 +196,28 @@ class DirectClient:
         frozen = creds.get_frozen_credentials()
         return await frozen if inspect.isawaitable(frozen) else frozen
 
-    async def _sign(self, url: str, headers: dict[str, str], method: str = "GET",
-                    payload_hash: str = UNSIGNED) -> dict[str, str] | None:
+    async def _sign(
+        self, url: str, headers: dict[str, str], method: str = "GET", payload_hash: str = UNSIGNED
+    ) -> dict[str, str] | None:
         """The headers to send, signed; None if there are no credentials to sign with."""
         if self._anonymous:
             return headers
         creds = await self._credentials()
         if creds is None:
             return None
-        return self._signer.headers(url, headers, creds.access_key, creds.secret_key,
-                                    creds.token, method=method, payload_hash=payload_hash)
+        return self._signer.headers(
+            url,
+            headers,
+            creds.access_key,
+            creds.secret_key,
+            creds.token,
+            method=method,
+            payload_hash=payload_hash,
+        )
 
-    async def get(self, key: str, range_header: str | None, what: str
-                  ) -> tuple[bytes, dict[str, Any], bool] | None:
+    async def get(
+        self, key: str, range_header: str | None, what: str
+    ) -> tuple[bytes, dict[str, Any], bool] | None:
         """(bytes, the response's ``ETag`` and ``LastModified`` as botocore names them,
         whether the range was applied), or None: ask botocore."""
         if not _SAFE_KEY.fullmatch(key):
@@ -179,15 +229,17 @@ class DirectClient:
         if headers is None:
             return None
         with _transport_errors_are_transient(what):
-            async with self._session.get(yarl.URL(url, encoded=True), headers=headers,
-                                         allow_redirects=False) as resp:
+            async with self._session.get(
+                yarl.URL(url, encoded=True), headers=headers, allow_redirects=False
+            ) as resp:
                 status = resp.status
                 if status in (200, 206):
                     data = await resp.read()
                     length = resp.headers.get("Content-Length")
                     if length is not None and int(length) != len(data):
-                        raise TransientStorageError(f"{what}: short read ({len(data)} of "
-                                                    f"{length} bytes)")
+                        raise TransientStorageError(
+                            f"{what}: short read ({len(data)} of {length} bytes)"
+                        )
                     meta: dict[str, Any] = {"ETag": resp.headers.get("ETag", "")}
                     modified = resp.headers.get("Last-Modified")
                     if modified:
@@ -207,8 +259,7 @@ class DirectClient:
                     raise TransientStorageError(f"{what}: HTTP {status}")
                 return None
 
-    async def put(self, key: str, data: bytes, conditions: dict[str, str], what: str
-                  ) -> str | None:
+    async def put(self, key: str, data: bytes, conditions: dict[str, str], what: str) -> str | None:
         """One PutObject: the new ETag ('' if the server sent none), or None: ask
         botocore. ``conditions`` are ``If-None-Match``/``If-Match`` headers; a failed one
         raises ``PreconditionFailed``, an ``If-Match`` on a missing key may raise
@@ -219,13 +270,15 @@ class DirectClient:
 
         url = self._base + key
         payload = hashlib.sha256(data).hexdigest() if self._sign_payload else UNSIGNED
-        headers = await self._sign(url, {"content-length": str(len(data)), **conditions},
-                                   "PUT", payload)
+        headers = await self._sign(
+            url, {"content-length": str(len(data)), **conditions}, "PUT", payload
+        )
         if headers is None:
             return None
         with _transport_errors_are_transient(what):
-            async with self._session.put(yarl.URL(url, encoded=True), data=data,
-                                         headers=headers, allow_redirects=False) as resp:
+            async with self._session.put(
+                yarl.URL(url, encoded=True), data=data, headers=headers, allow_redirects=False
+            ) as resp:
                 status = resp.status
                 await resp.read()
                 if status == 200:

@@ -78,8 +78,12 @@ ObjectInfos = list[ObjectInfo]  # (inside a Storage class, ``list`` names the me
 def validate_key(key: str) -> str:
     """Refuse keys that are not relative, normalized object paths (the local backend's
     rule, which every backend applies so that a key valid on one is valid on all)."""
-    if (not isinstance(key, str) or not key or key.startswith("/")
-            or any(p in ("", ".", "..") for p in key.split("/"))):
+    if (
+        not isinstance(key, str)
+        or not key
+        or key.startswith("/")
+        or any(p in ("", ".", "..") for p in key.split("/"))
+    ):
         raise InvalidInputError(f"invalid storage key {key!r}")
     return key
 
@@ -105,7 +109,7 @@ def slice_range(data: bytes, byte_range: ByteRange | None) -> bytes:
         return data
     start, end = byte_range
     if start < 0:
-        return data[max(0, len(data) + start):]
+        return data[max(0, len(data) + start) :]
     return data[start:end]
 
 

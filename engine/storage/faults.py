@@ -36,12 +36,18 @@ T = TypeVar("T")
 class FaultInjectingStorage(Storage):
     """See the module docstring."""
 
-    def __init__(self, inner: Storage, *, error_rate: float = 0.0, latency: float = 0.0,
-                 drop_response_rate: float = 0.0, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        inner: Storage,
+        *,
+        error_rate: float = 0.0,
+        latency: float = 0.0,
+        drop_response_rate: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
         if not isinstance(inner, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(inner).__name__}")
-        for name, rate in (("error_rate", error_rate),
-                           ("drop_response_rate", drop_response_rate)):
+        for name, rate in (("error_rate", error_rate), ("drop_response_rate", drop_response_rate)):
             if not 0.0 <= rate <= 1.0:
                 raise InvalidInputError(f"{name} must be between 0 and 1, got {rate!r}")
         if latency < 0:
@@ -64,8 +70,13 @@ class FaultInjectingStorage(Storage):
         return f"{self.inner.describe()} (with injected faults)"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"inner": self.inner, "error_rate": self.error_rate, "latency": self.latency,
-                "drop_response_rate": self.drop_response_rate, "seed": self.seed}
+        return {
+            "inner": self.inner,
+            "error_rate": self.error_rate,
+            "latency": self.latency,
+            "drop_response_rate": self.drop_response_rate,
+            "seed": self.seed,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state.pop("inner"), **state)  # type: ignore[misc]
@@ -99,12 +110,14 @@ class FaultInjectingStorage(Storage):
 
     async def put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
         data = bytes(data)
-        return await self._call(f"update {key!r}",
-                                lambda: self.inner.put_if_version(key, data, version))
+        return await self._call(
+            f"update {key!r}", lambda: self.inner.put_if_version(key, data, version)
+        )
 
     async def delete_if_version(self, key: str, version: str) -> bool:
-        return await self._call(f"delete {key!r} if unchanged",
-                                lambda: self.inner.delete_if_version(key, version))
+        return await self._call(
+            f"delete {key!r} if unchanged", lambda: self.inner.delete_if_version(key, version)
+        )
 
     async def exists(self, key: str) -> bool:
         return await self._call(f"exists {key!r}", lambda: self.inner.exists(key))
@@ -119,8 +132,9 @@ class FaultInjectingStorage(Storage):
         return await self._call(f"size {key!r}", lambda: self.inner.size(key))
 
     async def remove_stale_temporaries(self, older_than: dt.datetime) -> int:
-        return await self._call("remove stale temporaries",
-                                lambda: self.inner.remove_stale_temporaries(older_than))
+        return await self._call(
+            "remove stale temporaries", lambda: self.inner.remove_stale_temporaries(older_than)
+        )
 
     async def delete(self, keys: Sequence[str]) -> None:
         keys = list(keys)

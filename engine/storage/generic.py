@@ -34,9 +34,11 @@ from .base import ByteRange, PutResult, Storage, slice_range, validate_key
 
 
 def _unsafe_hint() -> str:
-    return ("pass unsafe_use_conditional_update=False and unsafe_use_conditional_create="
-            "False to write anyway with a single writer (concurrent commits can then be "
-            "lost), or read_only=True to read")
+    return (
+        "pass unsafe_use_conditional_update=False and unsafe_use_conditional_create="
+        "False to write anyway with a single writer (concurrent commits can then be "
+        "lost), or read_only=True to read"
+    )
 
 
 class FsspecStorage(Storage):
@@ -61,8 +63,12 @@ class FsspecStorage(Storage):
         return {"fs": self.fs, "root": self.root, "read_only": self.read_only, "url": self.url}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["fs"], state["root"], read_only=state["read_only"],  # type: ignore[misc]
-                      url=state["url"])
+        self.__init__(  # type: ignore[misc]
+            state["fs"],
+            state["root"],
+            read_only=state["read_only"],
+            url=state["url"],
+        )
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{validate_key(key)}"
@@ -77,8 +83,7 @@ class FsspecStorage(Storage):
 
     def _check_writable(self, key: str) -> None:
         if self.read_only:
-            raise ReadOnlyError(f"cannot write {key!r}: {self.describe()} was opened "
-                                "read-only")
+            raise ReadOnlyError(f"cannot write {key!r}: {self.describe()} was opened read-only")
 
     def _read(self, path: str) -> bytes:
         if not self.fs.isfile(path):  # a folder (a prefix of keys) is not an object
@@ -124,8 +129,12 @@ class FsspecStorage(Storage):
         def walk() -> list[str]:
             if not self.fs.exists(self.root):
                 return []
-            return [p[len(base):] for p in self.fs.find(self.root)
-                    if p.startswith(base) and p[len(base):].startswith(prefix)]
+            return [
+                p[len(base) :]
+                for p in self.fs.find(self.root)
+                if p.startswith(base) and p[len(base) :].startswith(prefix)
+            ]
+
         found: list[str] = await self._call(f"listing {prefix!r}", walk)
         return sorted(found)
 
@@ -136,6 +145,7 @@ class FsspecStorage(Storage):
             if not self.fs.isfile(path):
                 raise FileNotFoundError(path)
             return int(self.fs.size(path))
+
         return int(await self._call(f"looking up {key!r}", size))
 
     async def delete(self, keys: Sequence[str]) -> None:
@@ -150,6 +160,7 @@ class FsspecStorage(Storage):
                         self.fs.rm_file(p)
                 except FileNotFoundError:
                     pass
+
         await self._call("deleting objects", remove)
 
 
@@ -158,19 +169,22 @@ _S3_OPTIONS = frozenset({"key", "secret", "token", "anon", "endpoint_url", "clie
 _S3_CLIENT_OPTIONS = frozenset({"endpoint_url", "region_name"})
 
 
-def _refuse_unknown(url: str, options: dict[str, Any], known: frozenset[str],
-                    what: str = "storage_options") -> None:
+def _refuse_unknown(
+    url: str, options: dict[str, Any], known: frozenset[str], what: str = "storage_options"
+) -> None:
     unknown = sorted(set(options) - known)
     if unknown:
         raise InvalidInputError(
             f"fsspec_storage({url!r}): {what} {unknown} are not understood by frazil's "
             f"backend for this URL (known: {sorted(known) or 'none'}); nothing is dropped "
             "silently: remove them, or build the storage with local_filesystem_storage() / "
-            "s3_storage() and their own arguments")
+            "s3_storage() and their own arguments"
+        )
 
 
-def _s3_from_options(url: str, path: str, options: dict[str, Any], conditional_update: bool,
-                     conditional_create: bool) -> Storage:
+def _s3_from_options(
+    url: str, path: str, options: dict[str, Any], conditional_update: bool, conditional_create: bool
+) -> Storage:
     from .s3 import s3_storage
 
     _refuse_unknown(url, options, _S3_OPTIONS)
@@ -181,27 +195,40 @@ def _s3_from_options(url: str, path: str, options: dict[str, Any], conditional_u
     bucket, _, prefix = path.partition("/")
     endpoint = options.get("endpoint_url") or client.get("endpoint_url")
     return s3_storage(
-        bucket=bucket, prefix=prefix, endpoint_url=endpoint, region=client.get("region_name"),
+        bucket=bucket,
+        prefix=prefix,
+        endpoint_url=endpoint,
+        region=client.get("region_name"),
         allow_http=bool(endpoint and endpoint.startswith("http://")),
-        access_key_id=options.get("key"), secret_access_key=options.get("secret"),
-        session_token=options.get("token"), anonymous=bool(options.get("anon", False)),
+        access_key_id=options.get("key"),
+        secret_access_key=options.get("secret"),
+        session_token=options.get("token"),
+        anonymous=bool(options.get("anon", False)),
         unsafe_use_conditional_update=conditional_update,
-        unsafe_use_conditional_create=conditional_create)
+        unsafe_use_conditional_create=conditional_create,
+    )
 
 
-def fsspec_storage(url: str, *, storage_options: dict[str, Any] | None = None,
-                   read_only: bool = False, unsafe_use_conditional_update: bool = True,
-                   unsafe_use_conditional_create: bool = True) -> Storage:
+def fsspec_storage(
+    url: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    read_only: bool = False,
+    unsafe_use_conditional_update: bool = True,
+    unsafe_use_conditional_create: bool = True,
+) -> Storage:
     """Storage at an fsspec URL. See the module docstring for what is accepted."""
     import fsspec
     import fsspec.core
 
     if not isinstance(url, str) or "://" not in url:
-        raise InvalidInputError(f"fsspec_storage takes a URL such as 'gcs://bucket/prefix', "
-                                f"got {url!r}")
+        raise InvalidInputError(
+            f"fsspec_storage takes a URL such as 'gcs://bucket/prefix', got {url!r}"
+        )
     if storage_options is not None and not isinstance(storage_options, dict):
-        raise InvalidInputError(f"storage_options must be a dict, got "
-                                f"{type(storage_options).__name__}")
+        raise InvalidInputError(
+            f"storage_options must be a dict, got {type(storage_options).__name__}"
+        )
     options = dict(storage_options or {})
     protocol, path = url.split("://", 1)
     protocol = protocol.lower()
@@ -212,8 +239,9 @@ def fsspec_storage(url: str, *, storage_options: dict[str, Any] | None = None,
         _refuse_unknown(url, options, _LOCAL_OPTIONS)
         own = local_filesystem_storage("/" + path.lstrip("/"))
     elif protocol in ("s3", "s3a"):
-        own = _s3_from_options(url, path, options, unsafe_use_conditional_update,
-                               unsafe_use_conditional_create)
+        own = _s3_from_options(
+            url, path, options, unsafe_use_conditional_update, unsafe_use_conditional_create
+        )
     if own is not None:
         if read_only:
             from .readonly import ReadOnlyStorage
@@ -231,9 +259,13 @@ def fsspec_storage(url: str, *, storage_options: dict[str, Any] | None = None,
         raise InvalidInputError(
             f"{storage.describe()}: this filesystem has no conditional writes, so frazil "
             f"cannot move branches atomically and concurrent commits could be lost; "
-            f"{_unsafe_hint()}")
+            f"{_unsafe_hint()}"
+        )
     warnings.warn(
         f"{storage.describe()}: no conditional writes: refs are written with plain "
         "check-then-put, so concurrent commits (and concurrent branch or tag creation) can "
-        "be lost; use this only with a single writer", UserWarning, stacklevel=2)
+        "be lost; use this only with a single writer",
+        UserWarning,
+        stacklevel=2,
+    )
     return storage

@@ -62,7 +62,8 @@ class HTTPConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.base_url, str) or not self.base_url.lower().startswith(
-                ("http://", "https://")):
+            ("http://", "https://")
+        ):
             raise InvalidInputError(f"base_url must be an http(s) URL, got {self.base_url!r}")
         RetrySettings(self.max_attempts, self.backoff_base, self.backoff_cap)
         if not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
@@ -89,8 +90,7 @@ class HTTPStorage(Storage):
         self.config = config
         self._base = config.base_url.rstrip("/") + "/"
         self._origin = yarl.URL(self._base).origin()
-        self._retry = RetrySettings(config.max_attempts, config.backoff_base,
-                                    config.backoff_cap)
+        self._retry = RetrySettings(config.max_attempts, config.backoff_base, config.backoff_cap)
         self._sessions: PerLoop[Any] = PerLoop(self._make_session, _close_session)
 
     def describe(self) -> str:
@@ -111,7 +111,8 @@ class HTTPStorage(Storage):
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.config.max_concurrency),
             timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-            headers={"Accept-Encoding": "identity", **self.config.headers})
+            headers={"Accept-Encoding": "identity", **self.config.headers},
+        )
 
     def _url(self, key: str) -> str:
         return self._base + quote(validate_key(key), safe="/~-._")
@@ -119,9 +120,15 @@ class HTTPStorage(Storage):
     def _retrying(self, op: Callable[[], Awaitable[T]], what: str) -> Awaitable[T]:
         return retry_call(op, self._retry, what)
 
-    async def _request(self, method: str, key: str, headers: dict[str, str] | None = None,
-                       *, limit: int | None = None, upto: int | None = None
-                       ) -> tuple[int, bytes, Any]:
+    async def _request(
+        self,
+        method: str,
+        key: str,
+        headers: dict[str, str] | None = None,
+        *,
+        limit: int | None = None,
+        upto: int | None = None,
+    ) -> tuple[int, bytes, Any]:
         """(status, body, response headers); errors mapped to frazil's. Redirects are
         followed only within this storage's origin (scheme, host and port); one to
         anywhere else is refused, so bytes from another host are never taken for this
@@ -135,8 +142,9 @@ class HTTPStorage(Storage):
         url = yarl.URL(self._url(key), encoded=True)
         try:
             for _ in range(_MAX_REDIRECTS + 1):
-                async with session.request(method, url, headers=headers or {},
-                                           allow_redirects=False) as r:
+                async with session.request(
+                    method, url, headers=headers or {}, allow_redirects=False
+                ) as r:
                     status = r.status
                     if status in _REDIRECTS:
                         url = self._redirect_target(url, r.headers.get("Location"), what)
@@ -152,16 +160,21 @@ class HTTPStorage(Storage):
         if not target:
             raise StorageError(f"{what}: a redirect without a Location header")
         new = current.join(yarl.URL(target))
-        if (new.scheme, new.host, new.port) != (self._origin.scheme, self._origin.host,
-                                                 self._origin.port):
+        if (new.scheme, new.host, new.port) != (
+            self._origin.scheme,
+            self._origin.host,
+            self._origin.port,
+        ):
             raise StorageError(
                 f"{what}: the server redirects to {new.scheme}://{new.host}:{new.port}, "
                 f"outside {self._origin}; frazil follows redirects only within the origin "
-                "it was given")
+                "it was given"
+            )
         return new
 
-    async def _answer(self, r: Any, method: str, key: str, what: str, limit: int | None,
-                      upto: int | None) -> tuple[int, bytes, Any]:
+    async def _answer(
+        self, r: Any, method: str, key: str, what: str, limit: int | None, upto: int | None
+    ) -> tuple[int, bytes, Any]:
         status = r.status
         if status in (404, 410):
             raise NotFoundError(f"object {key!r} not found in {self.describe()}")
@@ -179,12 +192,16 @@ class HTTPStorage(Storage):
             return status, await _read_at_most(r.content, upto or limit), r.headers
         length = r.content_length
         if length is not None and length > limit:
-            raise StorageError(f"{what}: the server sends {length} bytes for a range of "
-                               f"{limit}; refusing the answer")
+            raise StorageError(
+                f"{what}: the server sends {length} bytes for a range of "
+                f"{limit}; refusing the answer"
+            )
         body = await _read_at_most(r.content, limit + 1)
         if len(body) > limit:
-            raise StorageError(f"{what}: the server sends more than the {limit} bytes "
-                               "asked for; refusing the answer")
+            raise StorageError(
+                f"{what}: the server sends more than the {limit} bytes "
+                "asked for; refusing the answer"
+            )
         return status, body, r.headers
 
     # -- reads -----------------------------------------------------------------------------
@@ -195,8 +212,8 @@ class HTTPStorage(Storage):
             await self.size(key)
             return b""
         status, data, _ = await self._retrying(
-            lambda: self._request("GET", key, {"Range": header} if header else None),
-            f"get {key!r}")
+            lambda: self._request("GET", key, {"Range": header} if header else None), f"get {key!r}"
+        )
         if status == 416:
             return b""
         if header is not None and status != 206:  # the server sent the whole object
@@ -205,8 +222,7 @@ class HTTPStorage(Storage):
 
     async def get_with_version(self, key: str) -> tuple[bytes, str]:
         validate_key(key)
-        _, data, headers = await self._retrying(lambda: self._request("GET", key),
-                                                f"get {key!r}")
+        _, data, headers = await self._retrying(lambda: self._request("GET", key), f"get {key!r}")
         etag = headers.get("ETag")
         return data, str(etag) if etag else "xxh3-" + xxhash.xxh3_128_hexdigest(data)
 
@@ -220,8 +236,7 @@ class HTTPStorage(Storage):
 
     async def size(self, key: str) -> int:
         validate_key(key)
-        _, _, headers = await self._retrying(lambda: self._request("HEAD", key),
-                                             f"head {key!r}")
+        _, _, headers = await self._retrying(lambda: self._request("HEAD", key), f"head {key!r}")
         length = headers.get("Content-Length")
         if length is not None:
             return int(length)
@@ -230,7 +245,8 @@ class HTTPStorage(Storage):
     async def list(self, prefix: str) -> list[str]:
         raise StorageError(
             f"{self.describe()} cannot list objects (plain HTTP has no listing): open "
-            "branches, tags and snapshots by name")
+            "branches, tags and snapshots by name"
+        )
 
     # -- writes: refused -----------------------------------------------------------------
     def _refuse(self, key: str) -> ReadOnlyError:
@@ -265,10 +281,26 @@ async def _read_at_most(stream: Any, n: int) -> bytes:
     return b"".join(parts)
 
 
-def http_storage(base_url: str, *, max_attempts: int = 8, backoff_base: float = 0.05,
-                 backoff_cap: float = 5.0, max_concurrency: int = 32, timeout: float = 60.0,
-                 headers: dict[str, str] | None = None) -> HTTPStorage:
+def http_storage(
+    base_url: str,
+    *,
+    max_attempts: int = 8,
+    backoff_base: float = 0.05,
+    backoff_cap: float = 5.0,
+    max_concurrency: int = 32,
+    timeout: float = 60.0,
+    headers: dict[str, str] | None = None,
+) -> HTTPStorage:
     """Read-only storage for a repository served over HTTP(S) at ``base_url`` (the URL of
     the folder holding ``config.json`` and ``refs/``). See ``frazil.storage.http``."""
-    return HTTPStorage(HTTPConfig(base_url, max_attempts, backoff_base, backoff_cap,
-                                  max_concurrency, timeout, dict(headers or {})))
+    return HTTPStorage(
+        HTTPConfig(
+            base_url,
+            max_attempts,
+            backoff_base,
+            backoff_cap,
+            max_concurrency,
+            timeout,
+            dict(headers or {}),
+        )
+    )

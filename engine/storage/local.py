@@ -217,8 +217,9 @@ class LocalFileSystemStorage(Storage):
     def _locked(self, path: str) -> int:
         d = os.path.dirname(path)
         self._ensure_dir(d)
-        fd = os.open(os.path.join(d, f".{os.path.basename(path)}.lock"),
-                     os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(
+            os.path.join(d, f".{os.path.basename(path)}.lock"), os.O_RDWR | os.O_CREAT, 0o644
+        )
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
 
@@ -280,10 +281,17 @@ class LocalFileSystemStorage(Storage):
         for dirpath, dirnames, filenames in os.walk(base):
             rel = os.path.relpath(dirpath, self.root)
             rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                           and (rel + d + "/").startswith(prefix[: len(rel + d + "/")])]
-            out.extend(k for k in (rel + f for f in filenames if not f.startswith("."))
-                       if k.startswith(prefix))
+            dirnames[:] = [
+                d
+                for d in dirnames
+                if not d.startswith(".")
+                and (rel + d + "/").startswith(prefix[: len(rel + d + "/")])
+            ]
+            out.extend(
+                k
+                for k in (rel + f for f in filenames if not f.startswith("."))
+                if k.startswith(prefix)
+            )
         return sorted(out)
 
     def _list_info(self, prefix: str) -> ObjectInfos:
@@ -295,8 +303,7 @@ class LocalFileSystemStorage(Storage):
                 continue
             except OSError as e:
                 raise StorageError(f"listing {key!r} in {self.describe()}: {e}") from e
-            out.append(ObjectInfo(key, st.st_size, dt.datetime.fromtimestamp(st.st_mtime,
-                                                                             dt.UTC)))
+            out.append(ObjectInfo(key, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)))
         return out
 
     def _delete(self, keys: Sequence[str]) -> None:
@@ -378,8 +385,9 @@ class LocalFileSystemStorage(Storage):
         return await _aio.in_thread(self._delete_if_version, key, version)
 
 
-def local_filesystem_storage(path: str | os.PathLike[str], *,
-                             fsync: bool = True) -> LocalFileSystemStorage:
+def local_filesystem_storage(
+    path: str | os.PathLike[str], *, fsync: bool = True
+) -> LocalFileSystemStorage:
     """Storage in a local directory (created on first write). ``fsync=False`` gives up
     durability against power cuts and kernel crashes for speed (see the module
     docstring); commits stay atomic either way."""

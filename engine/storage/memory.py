@@ -108,8 +108,10 @@ class InMemoryStorage(Storage):
 
     async def list_info(self, prefix: str) -> ObjectInfos:
         with self._lock:
-            return [ObjectInfo(k, len(self._objects[k][0]), self._written.get(k))
-                    for k in sorted(k for k in self._objects if k.startswith(prefix))]
+            return [
+                ObjectInfo(k, len(self._objects[k][0]), self._written.get(k))
+                for k in sorted(k for k in self._objects if k.startswith(prefix))
+            ]
 
     async def size(self, key: str) -> int:
         return len((await self.get_with_version(key))[0])
@@ -129,8 +131,10 @@ def _lookup(token: str) -> InMemoryStorage:
     if storage is None:
         from ..errors import InvalidInputError as _E
 
-        raise _E("in-memory storage cannot be shared with another process; use "
-                 "local_filesystem_storage (or S3) to write from several processes")
+        raise _E(
+            "in-memory storage cannot be shared with another process; use "
+            "local_filesystem_storage (or S3) to write from several processes"
+        )
     return storage
 
 

@@ -64,8 +64,9 @@ class RetrySettings:
         return random.uniform(d / 2, d)
 
 
-async def retry_call(op: Callable[[], Awaitable[T]], settings: RetrySettings,
-                     what: str = "storage operation") -> T:
+async def retry_call(
+    op: Callable[[], Awaitable[T]], settings: RetrySettings, what: str = "storage operation"
+) -> T:
     """``await op()``, retried on ``TransientStorageError``."""
     failures = 0
     while True:
@@ -75,12 +76,14 @@ async def retry_call(op: Callable[[], Awaitable[T]], settings: RetrySettings,
             failures += 1
             if failures >= settings.max_attempts:
                 raise TransientStorageError(
-                    f"{what}: gave up after {failures} attempts: {e}") from e
+                    f"{what}: gave up after {failures} attempts: {e}"
+                ) from e
         await asyncio.sleep(settings.delay(failures))
 
 
-def read_back_with(get_with_version: Callable[[], Awaitable[tuple[bytes, str]]],
-                   settings: RetrySettings, what: str) -> ReadBack:
+def read_back_with(
+    get_with_version: Callable[[], Awaitable[tuple[bytes, str]]], settings: RetrySettings, what: str
+) -> ReadBack:
     """A read-back for ``conditional_put``: the object's bytes and version (retried), or
     None if it is absent."""
 
@@ -93,9 +96,13 @@ def read_back_with(get_with_version: Callable[[], Awaitable[tuple[bytes, str]]],
     return read_back
 
 
-async def conditional_put(attempt: Callable[[], Awaitable[PutResult]], read_back: ReadBack,
-                          data: bytes, settings: RetrySettings,
-                          what: str = "conditional put") -> PutResult:
+async def conditional_put(
+    attempt: Callable[[], Awaitable[PutResult]],
+    read_back: ReadBack,
+    data: bytes,
+    settings: RetrySettings,
+    what: str = "conditional put",
+) -> PutResult:
     """Run a conditional put (``attempt``), retrying transient failures; when an earlier
     attempt's outcome is unknown, tell "ours landed" from "someone else's" by reading the
     object back and comparing bytes (see the module docstring)."""
@@ -123,7 +130,8 @@ async def conditional_put(attempt: Callable[[], Awaitable[PutResult]], read_back
         return PutResult(True, current[1])
     raise TransientStorageError(
         f"{what}: gave up after {failures} attempts; the write did not land as far as a "
-        f"read-back shows: {last}") from last
+        f"read-back shows: {last}"
+    ) from last
 
 
 class RetryingStorage(Storage):
@@ -135,8 +143,14 @@ class RetryingStorage(Storage):
     ``InvalidInputError`` and other ``StorageError`` go straight to the caller.
     """
 
-    def __init__(self, inner: Storage, attempts: int = 8, *, backoff_base: float = 0.05,
-                 backoff_cap: float = 5.0) -> None:
+    def __init__(
+        self,
+        inner: Storage,
+        attempts: int = 8,
+        *,
+        backoff_base: float = 0.05,
+        backoff_cap: float = 5.0,
+    ) -> None:
         if not isinstance(inner, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(inner).__name__}")
         self.inner = inner
@@ -154,8 +168,12 @@ class RetryingStorage(Storage):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         s: RetrySettings = state["settings"]
-        self.__init__(state["inner"], s.max_attempts,  # type: ignore[misc]
-                      backoff_base=s.backoff_base, backoff_cap=s.backoff_cap)
+        self.__init__(  # type: ignore[misc]
+            state["inner"],
+            s.max_attempts,
+            backoff_base=s.backoff_base,
+            backoff_cap=s.backoff_cap,
+        )
 
     def _retry(self, op: Callable[[], Awaitable[T]], what: str) -> Awaitable[T]:
         return retry_call(op, self.settings, what)
@@ -174,23 +192,32 @@ class RetryingStorage(Storage):
         data = bytes(data)
         return await conditional_put(
             lambda: self.inner.put_if_absent(key, data),
-            read_back_with(lambda: self.inner.get_with_version(key), self.settings,
-                           f"read back {key!r}"),
-            data, self.settings, f"create {key!r}")
+            read_back_with(
+                lambda: self.inner.get_with_version(key), self.settings, f"read back {key!r}"
+            ),
+            data,
+            self.settings,
+            f"create {key!r}",
+        )
 
     async def put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
         data = bytes(data)
         return await conditional_put(
             lambda: self.inner.put_if_version(key, data, version),
-            read_back_with(lambda: self.inner.get_with_version(key), self.settings,
-                           f"read back {key!r}"),
-            data, self.settings, f"update {key!r}")
+            read_back_with(
+                lambda: self.inner.get_with_version(key), self.settings, f"read back {key!r}"
+            ),
+            data,
+            self.settings,
+            f"update {key!r}",
+        )
 
     async def delete_if_version(self, key: str, version: str) -> bool:
         # a retry after a lost answer finds the key gone or changed and says False: the
         # caller (tidying a tombstone) cannot tell, and need not
-        return await self._retry(lambda: self.inner.delete_if_version(key, version),
-                                 f"delete {key!r} if unchanged")
+        return await self._retry(
+            lambda: self.inner.delete_if_version(key, version), f"delete {key!r} if unchanged"
+        )
 
     async def exists(self, key: str) -> bool:
         return await self._retry(lambda: self.inner.exists(key), f"exists {key!r}")
@@ -205,8 +232,9 @@ class RetryingStorage(Storage):
         return await self._retry(lambda: self.inner.size(key), f"size {key!r}")
 
     async def remove_stale_temporaries(self, older_than: dt.datetime) -> int:
-        return await self._retry(lambda: self.inner.remove_stale_temporaries(older_than),
-                                 "remove stale temporaries")
+        return await self._retry(
+            lambda: self.inner.remove_stale_temporaries(older_than), "remove stale temporaries"
+        )
 
     async def delete(self, keys: Sequence[str]) -> None:
         keys = list(keys)

@@ -58,14 +58,29 @@ from .retry import RetrySettings, conditional_put, read_back_with, retry_call
 T = TypeVar("T")
 
 #: error codes that mean "try again later"
-TRANSIENT_CODES = frozenset({
-    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException",
-    "RequestThrottled", "RequestThrottledException", "TooManyRequests",
-    "TooManyRequestsException", "ProvisionedThroughputExceededException",
-    "RequestLimitExceeded", "BandwidthLimitExceeded", "EC2ThrottledException",
-    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete",
-    "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
-})
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "EC2ThrottledException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "InternalError",
+        "ServiceUnavailable",
+        "ConditionalRequestConflict",
+        "OperationAborted",
+    }
+)
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 DELETE_BATCH = 1000  # DeleteObjects' limit
@@ -102,7 +117,8 @@ class S3Settings:
         RetrySettings(self.max_attempts, self.backoff_base, self.backoff_cap)  # validates
         if not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
             raise InvalidInputError(
-                f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}")
+                f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}"
+            )
         if not self.connect_timeout > 0 or not self.read_timeout > 0:
             raise InvalidInputError("connect_timeout and read_timeout must be > 0 seconds")
 
@@ -118,11 +134,11 @@ def check_endpoint(endpoint_url: str | None, allow_http: bool, what: str = "") -
         return
     scheme = endpoint_url.split("://", 1)[0].lower()
     if scheme not in ("http", "https") or "://" not in endpoint_url:
-        raise InvalidInputError(f"{what}endpoint_url must be an http(s) URL, got "
-                                f"{endpoint_url!r}")
+        raise InvalidInputError(f"{what}endpoint_url must be an http(s) URL, got {endpoint_url!r}")
     if scheme == "http" and not allow_http:
-        raise InvalidInputError(f"{what}endpoint {endpoint_url!r} is plain http; "
-                                "pass allow_http=True to allow it")
+        raise InvalidInputError(
+            f"{what}endpoint {endpoint_url!r} is plain http; pass allow_http=True to allow it"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +170,8 @@ class S3Config:
         if any(v is not None for v in explicit):
             if self.access_key_id is None or self.secret_access_key is None:
                 raise InvalidInputError(
-                    "access_key_id and secret_access_key must be given together")
+                    "access_key_id and secret_access_key must be given together"
+                )
             if self.anonymous:
                 raise InvalidInputError("anonymous=True cannot be combined with credentials")
             if self.from_env:
@@ -216,10 +233,21 @@ def _is_transient_transport(e: BaseException) -> bool:
             continue
         if isinstance(x, bx.SSLError):
             return False
-        if isinstance(x, (bx.HTTPClientError, bx.ConnectionError, bx.IncompleteReadError,
-                          bx.ResponseStreamingError, bx.ChecksumError,
-                          aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                          asyncio.TimeoutError, TimeoutError, ConnectionError)):
+        if isinstance(
+            x,
+            (
+                bx.HTTPClientError,
+                bx.ConnectionError,
+                bx.IncompleteReadError,
+                bx.ResponseStreamingError,
+                bx.ChecksumError,
+                aiohttp.ClientPayloadError,
+                aiohttp.ClientConnectionError,
+                asyncio.TimeoutError,
+                TimeoutError,
+                ConnectionError,
+            ),
+        ):
             return True
         if type(x).__name__ == "ResponseParserError":
             return True
@@ -236,8 +264,11 @@ def translate(e: BaseException, what: str) -> BaseException:
     detail = f"{code or type(e).__name__}: {e}"
     if code in NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
         return NotFoundError(f"{what}: not found")
-    if code in TRANSIENT_CODES or status in TRANSIENT_STATUS or (
-            not code and _is_transient_transport(e)):
+    if (
+        code in TRANSIENT_CODES
+        or status in TRANSIENT_STATUS
+        or (not code and _is_transient_transport(e))
+    ):
         return TransientStorageError(f"{what}: {detail}")
     if code == "NoSuchBucket":
         return StorageError(f"{what}: the bucket does not exist ({detail})")
@@ -307,17 +338,23 @@ class S3Storage(Storage):
         self._root = config.root
         self._retry = config.settings.retry
         s = config.settings
-        self.supports_conditional_writes = (s.unsafe_use_conditional_update
-                                            and s.unsafe_use_conditional_create)
+        self.supports_conditional_writes = (
+            s.unsafe_use_conditional_update and s.unsafe_use_conditional_create
+        )
         self._clients: PerLoop[_Client] = PerLoop(self._make_client, _close_client)
         if warn and not self.supports_conditional_writes:
-            off = [n for n in ("unsafe_use_conditional_update", "unsafe_use_conditional_create")
-                   if not getattr(s, n)]
+            off = [
+                n
+                for n in ("unsafe_use_conditional_update", "unsafe_use_conditional_create")
+                if not getattr(s, n)
+            ]
             warnings.warn(
                 f"{self.describe()}: {' and '.join(off)} = False: refs are written with "
                 "plain check-then-put, so concurrent commits (and concurrent branch or tag "
                 "creation) can be lost; use this only with a single writer",
-                UserWarning, stacklevel=4)
+                UserWarning,
+                stacklevel=4,
+            )
 
     def describe(self) -> str:
         where = f"s3://{self.config.bucket}/{self._root}"
@@ -358,10 +395,19 @@ class S3Storage(Storage):
         session = aiobotocore.session.AioSession()
         session.register_component("data_loader", _shared_loader())
         fs = s3fs.S3FileSystem(
-            anon=c.anonymous, key=c.access_key_id, secret=c.secret_access_key,
-            token=c.session_token, endpoint_url=c.endpoint_url, use_ssl=use_ssl,
-            client_kwargs=client_kwargs, config_kwargs=config_kwargs,
-            asynchronous=True, skip_instance_cache=True, cache_regions=False, session=session)
+            anon=c.anonymous,
+            key=c.access_key_id,
+            secret=c.secret_access_key,
+            token=c.session_token,
+            endpoint_url=c.endpoint_url,
+            use_ssl=use_ssl,
+            client_kwargs=client_kwargs,
+            config_kwargs=config_kwargs,
+            asynchronous=True,
+            skip_instance_cache=True,
+            cache_regions=False,
+            session=session,
+        )
         fs.retries = 1  # s3fs's own retry loop: one attempt, we retry above it
         return _Client(fs, s.max_concurrency)
 
@@ -391,8 +437,14 @@ class S3Storage(Storage):
             if (s.direct_get or s.direct_put) and base is not None:
                 await client.fs.set_session()
                 client.direct = DirectClient(
-                    base, c.region or "us-east-1", client.fs._s3, c.anonymous,
-                    s.connect_timeout, s.read_timeout, s.max_concurrency)
+                    base,
+                    c.region or "us-east-1",
+                    client.fs._s3,
+                    c.anonymous,
+                    s.connect_timeout,
+                    s.read_timeout,
+                    s.max_concurrency,
+                )
         return client.direct
 
     async def _get_once(self, key: str, range_header: str | None) -> tuple[bytes, str, bool]:
@@ -400,8 +452,9 @@ class S3Storage(Storage):
         data, resp, ranged = await self.get_response(key, range_header)
         return data, str(resp.get("ETag", "")), ranged
 
-    async def get_response(self, key: str, range_header: str | None
-                           ) -> tuple[bytes, dict[str, Any], bool]:
+    async def get_response(
+        self, key: str, range_header: str | None
+    ) -> tuple[bytes, dict[str, Any], bool]:
         """One GetObject, not retried: (bytes, the response's metadata (``ETag``,
         ``LastModified``, ...), whether the server applied the range); b'' on 416."""
         kwargs: dict[str, Any] = {"Key": self._key(key)}
@@ -419,8 +472,7 @@ class S3Storage(Storage):
                 if got is not None:
                     return got
             try:
-                resp = await client.fs._call_s3("get_object", Bucket=self.config.bucket,
-                                                **kwargs)
+                resp = await client.fs._call_s3("get_object", Bucket=self.config.bucket, **kwargs)
                 body = resp["Body"]
                 try:
                     data = await body.read()
@@ -437,8 +489,9 @@ class S3Storage(Storage):
 
     async def _head_once(self, key: str) -> dict[str, Any] | None:
         try:
-            out: dict[str, Any] = await self._call("head_object", f"looking up {key!r}",
-                                                   Key=self._key(key))
+            out: dict[str, Any] = await self._call(
+                "head_object", f"looking up {key!r}", Key=self._key(key)
+            )
             return out
         except NotFoundError:
             return None
@@ -454,13 +507,16 @@ class S3Storage(Storage):
         try:
             etag = await self._put_direct(key, data, conditions)
             if etag is None:
-                resp = await self._call("put_object", f"writing {key!r}", Key=self._key(key),
-                                        Body=data, **conditions)
+                resp = await self._call(
+                    "put_object", f"writing {key!r}", Key=self._key(key), Body=data, **conditions
+                )
                 etag = resp.get("ETag")
         except _Precondition as e:
             if not conditions:
-                raise StorageError(f"writing {key!r} to {self.describe()}: unexpected "
-                                   "precondition failure on an unconditional put") from e
+                raise StorageError(
+                    f"writing {key!r} to {self.describe()}: unexpected "
+                    "precondition failure on an unconditional put"
+                ) from e
             return PutResult(False, await self._version_once(key))
         except NotFoundError:  # If-Match on a missing key, on stores that say 404
             if "IfMatch" not in conditions:
@@ -470,8 +526,7 @@ class S3Storage(Storage):
             etag = await self._version_once(key)
         return PutResult(True, str(etag or ""))
 
-    async def _put_direct(self, key: str, data: bytes, conditions: dict[str, str]
-                          ) -> str | None:
+    async def _put_direct(self, key: str, data: bytes, conditions: dict[str, str]) -> str | None:
         """A PutObject on the fast path: the ETag (or '' if the server sent none), or
         None where botocore must make the request. Raises ``_Precondition`` on 412."""
         if not self.config.settings.direct_put:
@@ -483,8 +538,9 @@ class S3Storage(Storage):
         headers = {_CONDITION_HEADERS[name]: value for name, value in conditions.items()}
         async with client.limit:
             try:
-                etag = await direct.put(self._key(key), data, headers,
-                                        f"writing {key!r} to {self.describe()}")
+                etag = await direct.put(
+                    self._key(key), data, headers, f"writing {key!r} to {self.describe()}"
+                )
             except PreconditionFailed as e:
                 raise _Precondition(str(e)) from e
         return etag
@@ -496,16 +552,14 @@ class S3Storage(Storage):
         if header == "":  # an empty range: only check that the object exists
             await self.size(key)
             return b""
-        data, _, ranged = await self._retrying(lambda: self._get_once(key, header),
-                                               f"get {key!r}")
+        data, _, ranged = await self._retrying(lambda: self._get_once(key, header), f"get {key!r}")
         if header is not None and not ranged:  # the server sent the whole object
             data = slice_range(data, byte_range)
         return data
 
     async def get_with_version(self, key: str) -> tuple[bytes, str]:
         validate_key(key)
-        data, etag, _ = await self._retrying(lambda: self._get_once(key, None),
-                                             f"get {key!r}")
+        data, etag, _ = await self._retrying(lambda: self._get_once(key, None), f"get {key!r}")
         return data, etag
 
     async def put(self, key: str, data: bytes) -> None:
@@ -519,8 +573,12 @@ class S3Storage(Storage):
         if not self.config.settings.unsafe_use_conditional_create:
             return await self._racy_put(key, data, None)
         return await conditional_put(
-            lambda: self._put_once(key, data, IfNoneMatch="*"), self._read_back(key),
-            data, self._retry, f"create {key!r}")
+            lambda: self._put_once(key, data, IfNoneMatch="*"),
+            self._read_back(key),
+            data,
+            self._retry,
+            f"create {key!r}",
+        )
 
     async def put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
         validate_key(key)
@@ -528,12 +586,17 @@ class S3Storage(Storage):
         if not self.config.settings.unsafe_use_conditional_update:
             return await self._racy_put(key, data, version)
         return await conditional_put(
-            lambda: self._put_once(key, data, IfMatch=version), self._read_back(key),
-            data, self._retry, f"update {key!r}")
+            lambda: self._put_once(key, data, IfMatch=version),
+            self._read_back(key),
+            data,
+            self._retry,
+            f"update {key!r}",
+        )
 
     def _read_back(self, key: str) -> Callable[[], Awaitable[tuple[bytes, str] | None]]:
-        return read_back_with(lambda: self._get_with_version_once(key), self._retry,
-                              f"read back {key!r}")
+        return read_back_with(
+            lambda: self._get_with_version_once(key), self._retry, f"read back {key!r}"
+        )
 
     async def _get_with_version_once(self, key: str) -> tuple[bytes, str]:
         data, etag, _ = await self._get_once(key, None)
@@ -553,11 +616,13 @@ class S3Storage(Storage):
 
         async def once() -> bool:
             try:
-                await self._call("delete_object", f"deleting {key!r}", Key=self._key(key),
-                                 IfMatch=version)
+                await self._call(
+                    "delete_object", f"deleting {key!r}", Key=self._key(key), IfMatch=version
+                )
             except (_Precondition, NotFoundError):
                 return False
             return True
+
         return await self._retrying(once, f"delete {key!r} if unchanged")
 
     async def exists(self, key: str) -> bool:
@@ -590,8 +655,11 @@ class S3Storage(Storage):
                 k = str(item["Key"])
                 # some servers normalize the prefix ("a//" lists "a/"): filter here
                 if k.startswith(full) and not k.endswith("/"):
-                    out.append(ObjectInfo(k[len(self._root):], int(item.get("Size", 0)),
-                                          item.get("LastModified")))
+                    out.append(
+                        ObjectInfo(
+                            k[len(self._root) :], int(item.get("Size", 0)), item.get("LastModified")
+                        )
+                    )
             token = resp.get("NextContinuationToken")
             if not resp.get("IsTruncated") or not token:
                 break
@@ -599,30 +667,45 @@ class S3Storage(Storage):
 
     async def delete(self, keys: Sequence[str]) -> None:
         full = sorted({self._key(k) for k in keys})
-        batches = [full[i:i + DELETE_BATCH] for i in range(0, len(full), DELETE_BATCH)]
+        batches = [full[i : i + DELETE_BATCH] for i in range(0, len(full), DELETE_BATCH)]
         await _aio.gather_limited([self._delete_batch(b) for b in batches], limit=8)
 
     async def _delete_batch(self, batch: Keys) -> None:
         await self._retrying(lambda: self._delete_once(batch), f"delete {len(batch)} objects")
 
     async def _delete_once(self, batch: Keys) -> None:
-        resp = await self._call("delete_objects", f"deleting {len(batch)} objects",
-                                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+        resp = await self._call(
+            "delete_objects",
+            f"deleting {len(batch)} objects",
+            Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+        )
         errors = [e for e in resp.get("Errors") or () if e.get("Code") not in NOT_FOUND_CODES]
         if errors:
             first = errors[0]
             code = str(first.get("Code", ""))
             cls = TransientStorageError if code in TRANSIENT_CODES else StorageError
-            raise cls(f"deleting {first.get('Key')!r} from {self.describe()}: {code}: "
-                      f"{first.get('Message', '')} ({len(errors)} failed)")
+            raise cls(
+                f"deleting {first.get('Key')!r} from {self.describe()}: {code}: "
+                f"{first.get('Message', '')} ({len(errors)} failed)"
+            )
 
 
-def s3_storage(*, bucket: str, prefix: str, region: str | None = None,
-               endpoint_url: str | None = None, allow_http: bool = False,
-               access_key_id: str | None = None, secret_access_key: str | None = None,
-               session_token: str | None = None, anonymous: bool = False,
-               from_env: bool = False, force_path_style: bool = False,
-               settings: S3Settings | None = None, **setting_overrides: Any) -> S3Storage:
+def s3_storage(
+    *,
+    bucket: str,
+    prefix: str,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    allow_http: bool = False,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    session_token: str | None = None,
+    anonymous: bool = False,
+    from_env: bool = False,
+    force_path_style: bool = False,
+    settings: S3Settings | None = None,
+    **setting_overrides: Any,
+) -> S3Storage:
     """Storage in an S3 bucket (or an S3-compatible store at ``endpoint_url``).
 
     Credentials: explicit ``access_key_id``/``secret_access_key`` (and
@@ -640,9 +723,19 @@ def s3_storage(*, bucket: str, prefix: str, region: str | None = None,
         raise InvalidInputError(f"unknown S3 settings: {', '.join(sorted(unknown))}")
     if setting_overrides:
         base = dataclasses.replace(base, **setting_overrides)
-    return S3Storage(S3Config(
-        bucket=bucket, prefix=prefix, region=region, endpoint_url=endpoint_url,
-        allow_http=allow_http, access_key_id=access_key_id,
-        secret_access_key=secret_access_key, session_token=session_token,
-        anonymous=anonymous, from_env=from_env, force_path_style=force_path_style,
-        settings=base))
+    return S3Storage(
+        S3Config(
+            bucket=bucket,
+            prefix=prefix,
+            region=region,
+            endpoint_url=endpoint_url,
+            allow_http=allow_http,
+            access_key_id=access_key_id,
+            secret_access_key=secret_access_key,
+            session_token=session_token,
+            anonymous=anonymous,
+            from_env=from_env,
+            force_path_style=force_path_style,
+            settings=base,
+        )
+    )
