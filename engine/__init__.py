@@ -10,23 +10,6 @@ from .conflicts import (
     RebaseFailedError,
     VersionSelection,
 )
-from .containers import (
-    GcsStoreConfig,
-    HttpStoreConfig,
-    LocalFileSystemStoreConfig,
-    S3Credentials,
-    S3StoreConfig,
-    VirtualChunkContainer,
-    containers_credentials,
-    gcs_store,
-    http_store,
-    local_filesystem_store,
-    s3_anonymous_credentials,
-    s3_credentials,
-    s3_from_env_credentials,
-    s3_static_credentials,
-    s3_store,
-)
 from .diff import Diff
 from .errors import (
     AlreadyExistsError,
@@ -54,6 +37,23 @@ from .storage import (
     s3_storage,
 )
 from .virtual import ChunkType, VirtualChunkSpec, local_etag
+from .virtual.containers import (
+    GcsStoreConfig,
+    HttpStoreConfig,
+    LocalFileSystemStoreConfig,
+    S3Credentials,
+    S3StoreConfig,
+    VirtualChunkContainer,
+    containers_credentials,
+    gcs_store,
+    http_store,
+    local_filesystem_store,
+    s3_anonymous_credentials,
+    s3_credentials,
+    s3_from_env_credentials,
+    s3_static_credentials,
+    s3_store,
+)
 
 __all__ = [
     "BasicConflictSolver",

@@ -28,7 +28,7 @@ from frazil.format.manifest import (
     virtual_rows,
 )
 
-from . import _aio
+from . import runtime
 
 Coord = tuple[int, ...]
 Key = int | tuple[int, ...]
@@ -409,7 +409,7 @@ class ChangeSet:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _aio.reset_in_child(self)
+        runtime.reset_in_child(self)
 
     def _after_fork(self) -> None:
         self.lock = threading.Lock()

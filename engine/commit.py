@@ -31,10 +31,10 @@ from frazil.format import (
     encode_transaction_log,
 )
 from frazil.format import txlog as tx
+from frazil.format.keys import manifest_key, snapshot_key, transaction_log_key
 from frazil.format.manifest import encode_manifest_parts, encode_manifest_table
 
 from .changeset import ChangeSet
-from .objects import manifest_key, snapshot_key, txlog_key
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,12 @@ def prepare_commit(
     snapshot = Snapshot(info, tuple(sorted(nodes.values(), key=lambda n: n.path)))
     snap_bytes = encode_snapshot(snapshot)
     return CommitPlan(
-        snapshot, snap_bytes, checksum(snap_bytes), manifests, (txlog_key(sid), log_bytes), txlog
+        snapshot,
+        snap_bytes,
+        checksum(snap_bytes),
+        manifests,
+        (transaction_log_key(sid), log_bytes),
+        txlog,
     )
 
 
@@ -210,4 +215,4 @@ def initial_snapshot(now: dt.datetime | None = None) -> CommitPlan:
     )
     snapshot = Snapshot(info, ())
     data = encode_snapshot(snapshot)
-    return CommitPlan(snapshot, data, checksum(data), [], (txlog_key(sid), log_bytes))
+    return CommitPlan(snapshot, data, checksum(data), [], (transaction_log_key(sid), log_bytes))

@@ -42,12 +42,13 @@ from frazil.format import (
     encode_transaction_log,
 )
 from frazil.format.common import BRANCH_REF
+from frazil.format.keys import manifest_key, transaction_log_key
 from frazil.format.manifest import SCHEMA as MANIFEST_SCHEMA
 
-from . import _aio
+from . import runtime
 from .commit import CommitPlan, build_segments
 from .errors import FormatError, InvalidInputError, NotFoundError
-from .objects import ObjectReader, manifest_key, txlog_key
+from .objects import ObjectReader
 from .refs import read_ref, swap_branch
 from .storage.base import Storage
 from .zarrmeta import parse_zarr_json
@@ -96,7 +97,7 @@ async def load_segment(storage: Storage, seg: SegmentRef) -> ManifestSegment:
         data = await storage.get(key)
     except NotFoundError:
         raise NotFoundError(f"manifest {key} is missing from storage") from None
-    parts = await _aio.in_thread(decode_manifest_parts, data, key, seg.checksum)
+    parts = await runtime.in_thread(decode_manifest_parts, data, key, seg.checksum)
     m = parts.get(seg.row_offset)
     if m is None or len(m) != seg.rows:
         raise FormatError(f"{key}: has no segment of {seg.rows} rows at row {seg.row_offset}")
@@ -136,7 +137,9 @@ def merge_segments(segments: list[ManifestSegment], ndim: int) -> tuple[np.ndarr
 
 async def count_chunks(storage: Storage, node: NodeRecord) -> int:
     """How many chunks of the array ``node`` exist (live refs over all its segments)."""
-    loaded = await _aio.gather_limited([load_segment(storage, s) for s in node.segments], limit=16)
+    loaded = await runtime.gather_limited(
+        [load_segment(storage, s) for s in node.segments], limit=16
+    )
     return len(live_rows(loaded, _ndim(node)))
 
 
@@ -161,7 +164,7 @@ async def compact_node(
             loaded_one()
         return m
 
-    loaded = await _aio.gather_limited([load(s) for s in node.segments], limit=16)
+    loaded = await runtime.gather_limited([load(s) for s in node.segments], limit=16)
     coords, rows = merge_segments(loaded, ndim)
     del loaded
     segs, objects, _ = build_segments(node.node_id, _parts(coords, rows, rows_per_segment))
@@ -207,7 +210,7 @@ def compaction_plan(
     )
     snapshot = Snapshot(info, nodes)
     data = encode_snapshot(snapshot)
-    return CommitPlan(snapshot, data, checksum(data), [], (txlog_key(sid), log_bytes))
+    return CommitPlan(snapshot, data, checksum(data), [], (transaction_log_key(sid), log_bytes))
 
 
 def _ndim(node: NodeRecord) -> int:
@@ -262,7 +265,7 @@ async def compact_branch(
             await compact_node(storage, node, _ndim(node), rows_per_segment, loaded_one)
         )
         objects = replacements[-1].objects
-        await _aio.gather_limited([storage.put(k, b) for k, b in objects])
+        await runtime.gather_limited([storage.put(k, b) for k, b in objects])
         replacements[-1] = dataclasses.replace(replacements[-1], objects=[])
     paths_of = {n.node_id: n.path for n in todo}
     base = tip

@@ -8,8 +8,8 @@ from typing import Any
 
 from frazil.format.config import decode_containers
 
-from .containers import VirtualChunkContainer
 from .errors import FormatError, InvalidInputError
+from .virtual.containers import VirtualChunkContainer
 
 VCC_KEY = "virtual_chunk_containers"
 DEFAULT_INLINE_THRESHOLD = 512

@@ -9,14 +9,13 @@ deleted or whose metadata changed, and per array the chunk coordinates written.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from frazil.format import NodeId
 
+from .diff import Coord, Diff
 from .errors import ConflictError
-
-Coord = tuple[int, ...]
 
 
 class ConflictType(enum.Enum):
@@ -72,18 +71,12 @@ class RebaseFailedError(ConflictError):
         self.conflicts = list(conflicts)
 
 
-@dataclass
-class ChangeSummary:
-    """What one side changed relative to the base. Paths are node paths ('/a/b')."""
+@dataclass(frozen=True)
+class ChangeSummary(Diff):
+    """What one side changed relative to the base: a ``Diff`` (paths are node paths), with
+    the node ids of deleted nodes, to tell a deleted-and-recreated array from the old
+    one."""
 
-    new_groups: set[str] = field(default_factory=set)
-    new_arrays: set[str] = field(default_factory=set)
-    deleted_groups: set[str] = field(default_factory=set)
-    deleted_arrays: set[str] = field(default_factory=set)
-    updated_groups: set[str] = field(default_factory=set)
-    updated_arrays: set[str] = field(default_factory=set)
-    chunks: dict[str, set[Coord]] = field(default_factory=dict)
-    #: node ids of deleted nodes, to tell a deleted-and-recreated array from the old one
     deleted_ids: dict[str, set[NodeId]] = field(default_factory=dict)
 
     @property
@@ -94,8 +87,12 @@ class ChangeSummary:
     def deleted_nodes(self) -> set[str]:
         return self.deleted_groups | self.deleted_arrays
 
+    def replaced(self, path: str) -> bool:
+        """A base node at ``path`` was deleted and a new one created there."""
+        return path in self.deleted_nodes and path in self.new_nodes
+
     def add_chunks(self, path: str, coords: Iterable[Coord]) -> None:
-        self.chunks.setdefault(path, set()).update(coords)
+        self.updated_chunks.setdefault(path, set()).update(coords)
 
 
 def _parent_paths(path: str) -> list[str]:
@@ -107,49 +104,160 @@ def _under_deleted_group(path: str, deleted_groups: set[str]) -> bool:
     return any(p in deleted_groups for p in _parent_paths(path))
 
 
-def detect_conflicts(ours: ChangeSummary, theirs: ChangeSummary) -> list[Conflict]:
-    """Every conflict between our changes and theirs (both relative to one base)."""
-    out: list[Conflict] = []
-    add = out.append
-    for path in sorted(ours.new_nodes):
-        if path in theirs.new_nodes:
-            add(Conflict(ConflictType.NewNodeConflictsWithExistingNode, path))
-        elif _under_deleted_group(path, theirs.deleted_groups):
-            add(Conflict(ConflictType.NewNodeInInvalidGroup, path))
-    # the case Icechunk misses: we deleted a group under which they created a node
+# -- the rules -----------------------------------------------------------------------------
+# Each rule yields (sort key, conflict); ``detect_conflicts`` returns the conflicts of the
+# rules it is given in the order of their keys: (area, path, rank), the areas being new
+# nodes (0, 1), metadata updates (2, 3), chunk writes (4) and deletions (5, 6).
+Keyed = Iterator[tuple[tuple[int, str, int], Conflict]]
+Rule = Callable[[ChangeSummary, ChangeSummary], Keyed]
+
+
+def new_node_collides(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
+    """Both sides created a node at one path."""
+    for path in sorted(ours.new_nodes & theirs.new_nodes):
+        yield (0, path, 0), Conflict(ConflictType.NewNodeConflictsWithExistingNode, path)
+
+
+def new_node_in_deleted_group(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
+    """A node one side created under a group the other side deleted, either way round
+    (the second case is the one Icechunk misses)."""
+    for path in sorted(ours.new_nodes - theirs.new_nodes):
+        if _under_deleted_group(path, theirs.deleted_groups):
+            yield (0, path, 1), Conflict(ConflictType.NewNodeInInvalidGroup, path)
     for path in sorted(theirs.new_nodes - ours.new_nodes):
         if _under_deleted_group(path, ours.deleted_groups):
-            add(Conflict(ConflictType.NewNodeInInvalidGroup, path))
-    for path in sorted(ours.updated_arrays):
+            yield (1, path, 0), Conflict(ConflictType.NewNodeInInvalidGroup, path)
+
+
+def metadata_of_deleted_node(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
+    """We updated the metadata of a node they deleted."""
+    for area, updated, deleted, kind in (
+        (
+            2,
+            ours.updated_arrays,
+            theirs.deleted_arrays,
+            ConflictType.ZarrMetadataUpdateOfDeletedArray,
+        ),
+        (
+            3,
+            ours.updated_groups,
+            theirs.deleted_groups,
+            ConflictType.ZarrMetadataUpdateOfDeletedGroup,
+        ),
+    ):
+        for path in sorted(updated & deleted):
+            yield (area, path, 0), Conflict(kind, path)
+
+
+def metadata_updated_twice(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
+    """Both sides updated one node's metadata."""
+    for area, mine, other, gone in (
+        (2, ours.updated_arrays, theirs.updated_arrays, theirs.deleted_arrays),
+        (3, ours.updated_groups, theirs.updated_groups, theirs.deleted_groups),
+    ):
+        for path in sorted((mine & other) - gone):
+            yield (area, path, 0), Conflict(ConflictType.ZarrMetadataDoubleUpdate, path)
+
+
+def _written(ours: ChangeSummary) -> Iterator[tuple[str, set[Coord]]]:
+    """Our chunk writes to arrays that existed before (a new array's are ours alone)."""
+    for path in sorted(ours.updated_chunks):
+        coords = ours.updated_chunks[path]
+        if coords and path not in ours.new_arrays:
+            yield path, coords
+
+
+def chunks_in_deleted_array(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
+    """We wrote chunks of an array they deleted."""
+    for path, _ in _written(ours):
         if path in theirs.deleted_arrays:
-            add(Conflict(ConflictType.ZarrMetadataUpdateOfDeletedArray, path))
-        elif path in theirs.updated_arrays:
-            add(Conflict(ConflictType.ZarrMetadataDoubleUpdate, path))
-    for path in sorted(ours.updated_groups):
-        if path in theirs.deleted_groups:
-            add(Conflict(ConflictType.ZarrMetadataUpdateOfDeletedGroup, path))
-        elif path in theirs.updated_groups:
-            add(Conflict(ConflictType.ZarrMetadataDoubleUpdate, path))
-    for path in sorted(ours.chunks):
-        coords = ours.chunks[path]
-        if not coords or path in ours.new_arrays:
-            continue
-        if path in theirs.deleted_arrays:
-            add(Conflict(ConflictType.ChunksUpdatedInDeletedArray, path))
-            continue
-        if path in theirs.updated_arrays:
-            add(Conflict(ConflictType.ChunksUpdatedInUpdatedArray, path))
-        both = coords & theirs.chunks.get(path, set())
-        if both:
-            add(Conflict(ConflictType.ChunkDoubleUpdate, path, tuple(sorted(both))))
-    # a path in both deleted_* and new_* was replaced: the old node is deleted all the same;
-    # and a node they replaced (new at a path that was in the base) counts as updated
+            yield (4, path, 0), Conflict(ConflictType.ChunksUpdatedInDeletedArray, path)
+
+
+def chunks_in_updated_array(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
+    """We wrote chunks of an array whose metadata (so perhaps its chunk grid) they
+    changed."""
+    for path, _ in _written(ours):
+        if path not in theirs.deleted_arrays and path in theirs.updated_arrays:
+            yield (4, path, 1), Conflict(ConflictType.ChunksUpdatedInUpdatedArray, path)
+
+
+def chunk_written_twice(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
+    """Both sides wrote one chunk."""
+    for path, coords in _written(ours):
+        both = coords & theirs.updated_chunks.get(path, set())
+        if path not in theirs.deleted_arrays and both:
+            yield (4, path, 2), Conflict(ConflictType.ChunkDoubleUpdate, path, tuple(sorted(both)))
+
+
+def delete_of_changed_node(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
+    """We deleted a node they changed (updated, wrote chunks of, or replaced: a path in
+    both their deleted and new nodes was replaced, and counts as changed)."""
     for path in sorted(ours.deleted_arrays):
-        if path in theirs.updated_arrays or path in theirs.new_nodes or theirs.chunks.get(path):
-            add(Conflict(ConflictType.DeleteOfUpdatedArray, path))
+        if (
+            path in theirs.updated_arrays
+            or path in theirs.new_nodes
+            or theirs.updated_chunks.get(path)
+        ):
+            yield (5, path, 0), Conflict(ConflictType.DeleteOfUpdatedArray, path)
     for path in sorted(ours.deleted_groups):
         if path in theirs.updated_groups or path in theirs.new_nodes:
-            add(Conflict(ConflictType.DeleteOfUpdatedGroup, path))
+            yield (6, path, 0), Conflict(ConflictType.DeleteOfUpdatedGroup, path)
+
+
+def replacement_of_changed_node(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
+    """One side replaced a node (deleted it and created another at its path) that the
+    other changed: two different nodes at one path. Merges only: merged into one node,
+    the replacement would bring back the chunks it dropped."""
+    for one, other in ((ours, theirs), (theirs, ours)):
+        for path in sorted(p for p in one.new_nodes if one.replaced(p)):
+            if (
+                path in other.updated_arrays
+                or path in other.updated_groups
+                or other.updated_chunks.get(path)
+            ) and not other.replaced(path):
+                yield (0, path, 0), Conflict(ConflictType.NewNodeConflictsWithExistingNode, path)
+
+
+REBASE_RULES: tuple[Rule, ...] = (
+    new_node_collides,
+    new_node_in_deleted_group,
+    metadata_of_deleted_node,
+    metadata_updated_twice,
+    chunks_in_deleted_array,
+    chunks_in_updated_array,
+    chunk_written_twice,
+    delete_of_changed_node,
+)
+"""What a rebase checks: our staged changes against the commits that landed meanwhile."""
+
+MERGE_RULES: tuple[Rule, ...] = (
+    new_node_collides,
+    new_node_in_deleted_group,
+    replacement_of_changed_node,
+    metadata_of_deleted_node,
+    metadata_updated_twice,
+    chunks_in_deleted_array,
+    chunk_written_twice,
+    delete_of_changed_node,
+)
+"""What a merge checks, a fork's changes against what is merged so far: the rebase's rules
+but chunks written to an array whose metadata another fork updated (forks of one session
+share its chunk grid), and with replacements of changed nodes."""
+
+
+def detect_conflicts(
+    ours: ChangeSummary, theirs: ChangeSummary, rules: Sequence[Rule] = REBASE_RULES
+) -> list[Conflict]:
+    """Every conflict between our changes and theirs (both relative to one base) that
+    ``rules`` find, in a stable order (by area, path and rule), each reported once."""
+    found = sorted(
+        ((key, c) for rule in rules for key, c in rule(ours, theirs)), key=lambda kc: kc[0]
+    )
+    out: list[Conflict] = []
+    for _, c in found:
+        if c not in out:
+            out.append(c)
     return out
 
 

@@ -36,18 +36,15 @@ from frazil.format.journal import (
     Rows,
     decode_journal,
     encode_journal,
-    journal_key,
-    marker_key,
-    parse_journal_key,
     split_batch,
 )
+from frazil.format.keys import fork_prefix, journal_key, marker_key, parse_journal_key
 
-from . import _aio
+from . import runtime
 from .changeset import ChangeSet, Coord
 from .errors import InvalidInputError, StorageError
 from .storage.base import Storage
 
-FORKS_PREFIX = "forks/"
 _SETTLE_TURNS = 2  # event-loop turns a flush waits for other writes to join its object
 
 
@@ -75,7 +72,7 @@ class ForkJournal:
         self._inflight: list[concurrent.futures.Future[None]] = []  # objects being written
         self._failed: BaseException | None = None
         self._lock = threading.Lock()
-        _aio.reset_in_child(self)
+        runtime.reset_in_child(self)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -157,7 +154,7 @@ class ForkJournal:
                 waits.append(mine)
         if pieces:
             try:
-                await _aio.gather_limited(
+                await runtime.gather_limited(
                     [
                         self.storage.put(
                             journal_key(self.fork_id, self.writer_id, p.seq), encode_journal(p)
@@ -239,7 +236,7 @@ async def read_journals(
     keys: dict[str, list[tuple[int, str]]] = {}
     unjournaled: list[str] = []
     for fork_id in sorted(set(fork_ids)):
-        for key in await storage.list(f"{FORKS_PREFIX}{fork_id}/"):
+        for key in await storage.list(fork_prefix(fork_id)):
             parsed = parse_journal_key(key)
             if parsed is None or parsed[1] in skip:
                 continue
@@ -256,7 +253,7 @@ async def read_journals(
             "frazil.dask.store_dask"
         )
     ordered = [(writer, key) for writer, items in sorted(keys.items()) for _, key in sorted(items)]
-    datas = await _aio.gather_limited([storage.get(key) for _, key in ordered])
+    datas = await runtime.gather_limited([storage.get(key) for _, key in ordered])
     out: dict[str, ChangeSet] = {}
     for (writer, key), data in zip(ordered, datas):
         batch = decode_journal(data, key)
@@ -301,6 +298,6 @@ _MISSING: Any = _Missing()
 async def delete_journals(storage: Storage, fork_ids: Iterable[str]) -> None:
     """Remove the journals of ``fork_ids`` (best effort: gc removes what is left)."""
     for fork_id in sorted(set(fork_ids)):
-        keys = await storage.list(f"{FORKS_PREFIX}{fork_id}/")
+        keys = await storage.list(fork_prefix(fork_id))
         if keys:
             await storage.delete(keys)

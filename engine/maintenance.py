@@ -40,25 +40,27 @@ from frazil.format import (
     checksum,
     encode_snapshot,
     encode_transaction_log,
+    keys,
 )
 from frazil.format import txlog as tx
 from frazil.format.common import BRANCH_REF, MANIFEST, TAG_REF, decode_parquet
+from frazil.format.keys import (
+    FORKS,
+    OBJECT_FOLDERS,
+    chunk_key,
+    manifest_key,
+    snapshot_key,
+    transaction_log_key,
+)
 from frazil.format.manifest import SCHEMA as MANIFEST_SCHEMA
 
-from . import _aio
+from . import runtime
 from .compaction import Progress
 from .errors import FormatError, FrazilError, InvalidInputError, NotFoundError
-from .journal import FORKS_PREFIX
-from .objects import ObjectReader, manifest_key, snapshot_key, txlog_key
+from .objects import ObjectReader
 from .refs import Ref, list_refs, read_ref, swap_branch
 from .storage.base import ObjectInfo, Storage
 
-PREFIXES = {
-    "snapshot": "snapshots/",
-    "transaction_log": "transactions/",
-    "manifest": "manifests/",
-    "chunk": "chunks/",
-}
 _DELETE_BATCH = 1_000
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _LUT = np.full(256, 255, np.uint8)
@@ -148,7 +150,7 @@ async def read_manifest_rows(storage: Storage, seg: SegmentRef) -> pa.Table:
         raise FormatError(
             f"manifest {key} is damaged: {len(data)} bytes, {seg.size} recorded when it was written"
         )
-    return await _aio.in_thread(_manifest_rows, data, key, seg.checksum)
+    return await runtime.in_thread(_manifest_rows, data, key, seg.checksum)
 
 
 def _native(table: pa.Table) -> pa.Table:
@@ -169,7 +171,9 @@ class Reachable:
 async def _load_snapshots(
     reader: ObjectReader, sids: Iterable[SnapshotId], checksums: dict[SnapshotId, int | None]
 ) -> list[Snapshot]:
-    return await _aio.gather_limited([reader.snapshot(s, checksums.get(s)) for s in sids], limit=16)
+    return await runtime.gather_limited(
+        [reader.snapshot(s, checksums.get(s)) for s in sids], limit=16
+    )
 
 
 async def mark(
@@ -202,7 +206,7 @@ async def mark(
 
     segments: dict[ManifestId, SegmentRef] = {}
     optional: set[ManifestId] = set()
-    for snap in await _aio.gather_limited([load(s) for s in history], limit=16):
+    for snap in await runtime.gather_limited([load(s) for s in history], limit=16):
         if snap is None:
             continue
         for node in snap.nodes:
@@ -227,7 +231,7 @@ async def mark(
             progress("mark", done, len(segments))
         return pc.unique(_native(rows).column("chunk_id"))
 
-    parts = await _aio.gather_limited([chunk_ids(s) for s in segments.values()], limit=16)
+    parts = await runtime.gather_limited([chunk_ids(s) for s in segments.values()], limit=16)
     ids = (
         pc.unique(pa.chunked_array(parts, pa.string()).combine_chunks())
         if parts
@@ -299,10 +303,15 @@ async def garbage_collect(
     ``older_than`` (see the module docstring for roots and ages)."""
     cutoff = _to_ms(older_than)
     listed = dict(
-        zip(PREFIXES, await _aio.gather_limited([storage.list_info(p) for p in PREFIXES.values()]))
+        zip(
+            OBJECT_FOLDERS,
+            await runtime.gather_limited([storage.list_info(p) for p in OBJECT_FOLDERS.values()]),
+        )
     )
-    ids = {kind: [i.key[len(PREFIXES[kind]) :] for i in infos] for kind, infos in listed.items()}
-    ages = {kind: _ages_ms(listed[kind], ids[kind]) for kind in PREFIXES}
+    ids = {
+        kind: [i.key[len(OBJECT_FOLDERS[kind]) :] for i in infos] for kind, infos in listed.items()
+    }
+    ages = {kind: _ages_ms(listed[kind], ids[kind]) for kind in OBJECT_FOLDERS}
     young = [
         SnapshotId.parse(i)
         for i, age in zip(ids["snapshot"], ages["snapshot"])
@@ -318,7 +327,7 @@ async def garbage_collect(
     }
     doomed: dict[str, list[int]] = {}
     counts = {"young": 0, "reachable": 0}
-    for kind in PREFIXES:
+    for kind in OBJECT_FOLDERS:
         keys = pa.array(ids[kind], pa.string())
         reachable = pc.is_in(keys, value_set=live[kind]).to_numpy(zero_copy_only=False)
         valid = ages[kind] >= 0  # keys that are not ids are not ours: never touched
@@ -342,7 +351,7 @@ async def garbage_collect(
     temporaries = 0 if dry_run else await storage.remove_stale_temporaries(older_than)
     journals = [
         i.key
-        for i in await storage.list_info(FORKS_PREFIX)
+        for i in await storage.list_info(FORKS)
         if i.last_modified is not None and i.last_modified.timestamp() * 1000 < cutoff
     ]
     if not dry_run:
@@ -442,7 +451,7 @@ async def _rewrite(
         transaction_log_checksum=checksum(log_bytes),
     )
     data = encode_snapshot(Snapshot(new_info, snap.nodes))
-    await storage.put(txlog_key(sid), log_bytes)
+    await storage.put(transaction_log_key(sid), log_bytes)
     await storage.put(snapshot_key(sid), data)
     return sid, checksum(data)
 
@@ -572,7 +581,7 @@ async def fsck(
         try:
             names = sorted(await list_refs(storage, kind))
         except FrazilError as e:
-            problems.append(Problem("ref", f"refs/{what}.*", str(e)))
+            problems.append(Problem("ref", f"{keys.ref_prefix(kind)}*", str(e)))
             continue
         for name in names:
             try:
@@ -580,7 +589,7 @@ async def fsck(
             except NotFoundError:
                 continue
             except FrazilError as e:
-                problems.append(Problem("ref", f"refs/{what}.{name}/ref.json", str(e)))
+                problems.append(Problem("ref", keys.ref_key(kind, name), str(e)))
     report.refs = len(refs)
     history = await walk_history(
         reader,
@@ -608,12 +617,12 @@ async def fsck(
             await reader_nocache.transaction_log(sid, snap.info.transaction_log_checksum)
             report.transaction_logs += 1
         except FrazilError as e:
-            problems.append(Problem(_kind(e), txlog_key(sid), str(e)))
+            problems.append(Problem(_kind(e), transaction_log_key(sid), str(e)))
         for node in snap.nodes:
             for seg in node.segments:
                 segments.setdefault(seg.manifest_id, (seg, f"array {node.path} of snapshot {sid}"))
 
-    await _aio.gather_limited([check_snapshot(s) for s in history], limit=16)
+    await runtime.gather_limited([check_snapshot(s) for s in history], limit=16)
     natives: list[pa.Table] = []
     done = 0
 
@@ -638,10 +647,10 @@ async def fsck(
         if progress is not None and (done % 64 == 0 or done == len(segments)):
             progress("manifests", done, len(segments))
 
-    await _aio.gather_limited([check_manifest(s, o) for s, o in segments.values()], limit=16)
+    await runtime.gather_limited([check_manifest(s, o) for s, o in segments.values()], limit=16)
     chunks = _unique_chunks(natives)
     report.chunks = chunks.num_rows
-    listed = {i.key: i.size for i in await storage.list_info(PREFIXES["chunk"])}
+    listed = {i.key: i.size for i in await storage.list_info(OBJECT_FOLDERS["chunk"])}
     cids = chunks.column("chunk_id").to_pylist()
     sums = chunks.column("checksum").to_pylist()
     lengths = chunks.column("length").to_pylist()
@@ -650,7 +659,7 @@ async def fsck(
 
     async def check_chunk(i: int) -> None:
         nonlocal done
-        key = f"chunks/{cids[i]}"
+        key = chunk_key(cids[i])
         owner = f"referenced by manifests/{owners[i]}"
         size = listed.get(key)
         try:
@@ -680,7 +689,7 @@ async def fsck(
             progress("chunks", done, len(cids))
 
     for start in range(0, len(cids), 4096):  # bounded memory: a batch of reads at a time
-        await _aio.gather_limited(
+        await runtime.gather_limited(
             [check_chunk(i) for i in range(start, min(start + 4096, len(cids)))], limit=32
         )
     problems.sort(key=lambda p: (p.key, p.message))
@@ -732,7 +741,7 @@ async def chunk_storage_stats(
     storage: Storage, reader: ObjectReader, progress: Progress | None = None
 ) -> ChunkStorageStats:
     found = await mark(storage, reader, progress=progress)
-    parts = await _aio.gather_limited(
+    parts = await runtime.gather_limited(
         [read_manifest_rows(storage, s) for s in found.segments.values()], limit=16
     )
     cols = ["kind", "chunk_id", "length", "location", "offset"]

@@ -30,8 +30,9 @@ from frazil.format import (
     decode_transaction_log,
 )
 from frazil.format.common import verify_checksum
+from frazil.format.keys import chunk_key, manifest_key, snapshot_key, transaction_log_key
 
-from . import _aio
+from . import runtime
 from .errors import FormatError, NotFoundError
 from .storage.base import ByteRange, Storage, slice_range
 
@@ -39,22 +40,6 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 _TAIL = 64 * 1024
-
-
-def snapshot_key(sid: SnapshotId) -> str:
-    return f"snapshots/{sid}"
-
-
-def manifest_key(mid: ManifestId) -> str:
-    return f"manifests/{mid}"
-
-
-def txlog_key(sid: SnapshotId) -> str:
-    return f"transactions/{sid}"
-
-
-def chunk_key(cid: ChunkId) -> str:
-    return f"chunks/{cid}"
 
 
 class LRU(Generic[K, V]):
@@ -66,7 +51,7 @@ class LRU(Generic[K, V]):
         self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
         self._total = 0
         self._lock = threading.Lock()
-        _aio.reset_in_child(self)
+        runtime.reset_in_child(self)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -116,7 +101,7 @@ class ObjectReader:
         self.txlogs: LRU[SnapshotId, TransactionLog] = LRU(256, lambda t: 1)
         self._inflight: dict[tuple[int, Any], asyncio.Future[Any]] = {}
         self._lock = threading.Lock()
-        _aio.reset_in_child(self)
+        runtime.reset_in_child(self)
 
     def _after_fork(self) -> None:
         self._inflight = {}
@@ -133,7 +118,7 @@ class ObjectReader:
                 self._inflight[loop_key] = fut
         assert fut is not None
         if not mine:
-            return await asyncio.shield(fut)  # type: ignore[no-any-return]
+            return await asyncio.shield(fut)
         try:
             value = await load()
         except BaseException as e:
@@ -225,7 +210,7 @@ class ObjectReader:
         hit = self.txlogs.get(sid)
         if hit is not None:
             return hit
-        key = txlog_key(sid)
+        key = transaction_log_key(sid)
         try:
             data = await self.storage.get(key)
         except NotFoundError:

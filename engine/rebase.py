@@ -1,23 +1,32 @@
 """Summaries of changes for conflict detection, and merging one change set into another.
 
-``summarize_changes`` and ``summarize_logs`` build the two ``ChangeSummary`` values that
-``detect_conflicts`` compares during a rebase; ``merge_changes`` folds a fork's change set
-into a session's, reporting every chunk or node that both wrote.
+``summarize_changes`` and ``summarize_logs`` build the ``ChangeSummary`` values that
+``detect_conflicts`` compares: during a rebase, our staged changes against the commits that
+landed; during a merge, each fork's changes against what is merged so far (the same rules,
+``MERGE_RULES``). ``merge_changes`` then folds the forks' change sets into the session's.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from frazil.format import ARRAY, ChunkKind, ChunkRef, NodeId, NodeRecord, TransactionLog
 from frazil.format import txlog as tx
 
 from .changeset import ChangeSet
-from .conflicts import ChangeSummary, Conflict, ConflictType, Resolution
+from .conflicts import (
+    MERGE_RULES,
+    ChangeSummary,
+    Conflict,
+    ConflictType,
+    Resolution,
+    detect_conflicts,
+)
 
 
-def summarize_changes(base: dict[str, NodeRecord], changes: ChangeSet) -> ChangeSummary:
+def summarize_changes(base: Mapping[str, NodeRecord], changes: ChangeSet) -> ChangeSummary:
     """What ``changes`` does relative to the node table ``base`` (path -> record)."""
     s = ChangeSummary()
     for path, staged in changes.nodes.items():
@@ -64,7 +73,7 @@ def summarize_logs(logs: Iterable[TransactionLog]) -> ChangeSummary:
     return s
 
 
-def _paths_by_id(base: dict[str, NodeRecord], changes: ChangeSet) -> dict[NodeId, str]:
+def _paths_by_id(base: Mapping[str, NodeRecord], changes: ChangeSet) -> dict[NodeId, str]:
     paths = {rec.node_id: path for path, rec in base.items()}
     for path, rec in changes.nodes.items():
         if rec is not None:
@@ -92,7 +101,8 @@ def apply_resolution(
         return
     ids = {path: node_id for node_id, path in _paths_by_id(base, changes).items()}
     for path, coords in resolution.drop_chunks.items():
-        table = changes.chunks.get(ids.get(path))  # type: ignore[arg-type]
+        node_id = ids.get(path)
+        table = None if node_id is None else changes.chunks.get(node_id)
         if table is not None:
             table.discard(coords)
 
@@ -104,10 +114,12 @@ def merge_changes(
     journaled: Iterable[ChangeSet] = (),
 ) -> tuple[ChangeSet, list[Conflict]]:
     """``target`` with every source folded in (a new change set; the inputs are unchanged),
-    and the conflicts found. Identical node records merge silently; a node both created
-    with the same metadata becomes one node. ``journaled`` change sets (replayed from fork
-    journals, folded after ``sources``) may repeat a chunk already staged with the same
-    bytes, as a retried task does; that is no conflict."""
+    and the conflicts found: each source's changes are checked against what is merged
+    so far by the conflict rules merges use (``MERGE_RULES``, the rebase's rules with the
+    merge's differences), then folded in. Identical node records merge silently; a node
+    both created with the same metadata becomes one node. ``journaled`` change sets
+    (replayed from fork journals, folded after ``sources``) may repeat a chunk already
+    staged with the same bytes, as a retried task does; that is no conflict."""
     merged = ChangeSet(
         nodes=dict(target.nodes),
         chunks={k: copy.copy(t) for k, t in target.chunks.items()},
@@ -115,100 +127,104 @@ def merge_changes(
     )
     conflicts: list[Conflict] = []
     for source, retried in [*((s, False) for s in sources), *((s, True) for s in journaled)]:
+        found = detect_conflicts(
+            summarize_changes(base, source), summarize_changes(base, merged), MERGE_RULES
+        )
+        conflicts.extend(_tolerated(base, merged, source, found, retried))
         conflicts.extend(_fold(base, merged, source, retried))
         merged.writers |= source.writers
     return merged, conflicts
 
 
-def _fold(
-    base: dict[str, NodeRecord], merged: ChangeSet, source: ChangeSet, retried: bool = False
+def _same_node(base: Mapping[str, NodeRecord], path: str, a: object, b: object) -> bool:
+    """Two staged records at ``path`` that are one node: the same record, or two created
+    independently with the same type and metadata (not the base node and a replacement
+    of it, even with equal metadata: its chunks differ)."""
+    if not isinstance(a, NodeRecord) or not isinstance(b, NodeRecord):
+        return False
+    if a.node_type != b.node_type or a.zarr_json != b.zarr_json:
+        return False
+    old = base.get(path)
+    return a.node_id == b.node_id or old is None or old.node_id not in (a.node_id, b.node_id)
+
+
+def _tolerated(
+    base: Mapping[str, NodeRecord],
+    merged: ChangeSet,
+    source: ChangeSet,
+    found: list[Conflict],
+    retried: bool,
 ) -> list[Conflict]:
-    """Fold ``source`` into ``merged`` in place; returns the conflicts found. With
-    ``retried``, chunks both staged with the same bytes are not conflicts."""
-    conflicts: list[Conflict] = []
-    id_map: dict[NodeId, NodeId] = {}
-    paths = _paths_by_id(base, merged)
-    before = dict(merged.nodes)
+    """``found`` without what a merge accepts: node conflicts where both sides hold one
+    node (``_same_node``), and, from journals, chunks both wrote with the same bytes."""
+    out = []
+    for c in found:
+        if c.conflict_type is ConflictType.ChunkDoubleUpdate:
+            if retried:
+                mine, theirs = _table_at(base, merged, c.path), _table_at(base, source, c.path)
+                left = tuple(
+                    x
+                    for x in c.conflicted_chunks or ()
+                    if mine is None
+                    or theirs is None
+                    or not same_content(mine.get(x), theirs.get(x))
+                )
+                if not left:
+                    continue
+                c = Conflict(c.conflict_type, c.path, left)
+        elif _same_node(base, c.path, merged.nodes.get(c.path), source.nodes.get(c.path)):
+            continue
+        out.append(c)
+    return out
+
+
+def _table_at(base: Mapping[str, NodeRecord], changes: ChangeSet, path: str) -> Any:
+    rec = changes.nodes.get(path) if path in changes.nodes else base.get(path)
+    return None if rec is None else changes.chunks.get(rec.node_id)
+
+
+def _fold(
+    base: Mapping[str, NodeRecord], merged: ChangeSet, source: ChangeSet, retried: bool
+) -> list[Conflict]:
+    """Fold ``source`` into ``merged`` in place (its records over ours, a node both
+    created as one node mapped onto ours, chunk tables combined). Returns the chunks both
+    wrote to a node new on both sides (one node, or two mapped onto one): the only
+    conflicts the rules cannot see, since a new array's chunks are its creator's alone
+    to them."""
+    mapped: dict[NodeId, NodeId] = {}
     for path, rec in source.nodes.items():
         mine = merged.nodes.get(path, _MISSING)
-        if mine is _MISSING:
-            old = base.get(path)
-            if rec is None and old is not None and len(merged.chunks.get(old.node_id, ())):
-                kind = (
-                    ConflictType.DeleteOfUpdatedArray
-                    if old.node_type == ARRAY
-                    else ConflictType.DeleteOfUpdatedGroup
-                )
-                conflicts.append(Conflict(kind, path))
-                continue
-            merged.nodes[path] = rec
-            if rec is None and old is not None:
-                merged.chunks.pop(old.node_id, None)
+        if rec is not None and _same_node(base, path, mine, rec):
+            assert isinstance(mine, NodeRecord)
+            if mine.node_id != rec.node_id:
+                mapped[rec.node_id] = mine.node_id
             continue
-        if mine == rec:
-            continue
-        old = base.get(path)
-        if (
-            mine is not None
-            and rec is not None
-            and mine.node_type == rec.node_type
-            and mine.zarr_json == rec.zarr_json
-            # one node, or two created independently; not the base node and a
-            # replacement of it, even with equal metadata (its chunks differ)
-            and (
-                mine.node_id == rec.node_id  # type: ignore[union-attr]
-                or old is None
-                or old.node_id
-                not in (
-                    mine.node_id,  # type: ignore[union-attr]
-                    rec.node_id,
-                )
-            )
-        ):
-            id_map[rec.node_id] = mine.node_id  # type: ignore[union-attr]
-            continue
-        in_base = path in base
-        if mine is None or rec is None:
-            kind = ConflictType.DeleteOfUpdatedArray
-            live = rec if rec is not None else mine
-            if live is not None and live.node_type != ARRAY:  # type: ignore[union-attr]
-                kind = ConflictType.DeleteOfUpdatedGroup
-        elif not in_base or mine.node_id != rec.node_id:  # type: ignore[union-attr]
-            kind = ConflictType.NewNodeConflictsWithExistingNode
+        old = mine if isinstance(mine, NodeRecord) else base.get(path)
+        if rec is None and path not in base:
+            merged.nodes.pop(path, None)
         else:
-            kind = ConflictType.ZarrMetadataDoubleUpdate
-        conflicts.append(Conflict(kind, path))
-    # a node one side created under a group the other side deleted would be orphaned
-    for mine_side, other_side in ((source.nodes, before), (before, source.nodes)):
-        for path, rec in mine_side.items():
-            if (
-                rec is not None
-                and path not in base
-                and any(other_side.get(p, _MISSING) is None for p in _parents(path))
-            ):
-                conflicts.append(Conflict(ConflictType.NewNodeInInvalidGroup, path))
-    paths.update({nid: p for p, r in merged.nodes.items() if r is not None for nid in [r.node_id]})
-    live_ids = {r.node_id for r in merged.nodes.values() if r is not None} | {
-        r.node_id for p, r in base.items() if merged.nodes.get(p, _MISSING) is _MISSING
-    }
+            merged.nodes[path] = rec
+        if old is not None and (rec is None or rec.node_id != old.node_id):
+            merged.chunks.pop(old.node_id, None)
+    conflicts = []
+    paths = {r.node_id: p for p, r in merged.nodes.items() if r is not None}
+    base_ids = {r.node_id for r in base.values()}
     for node_id, table in source.chunks.items():
-        if not len(table):
-            continue
-        tid = id_map.get(node_id, node_id)
-        path = paths.get(tid) or _paths_by_id({}, source).get(node_id, "?")
-        if tid not in live_ids:
-            conflicts.append(Conflict(ConflictType.ChunksUpdatedInDeletedArray, path))
-            continue
-        mine_table = merged.chunks.get(tid)
+        target = mapped.get(node_id, node_id)
+        mine_table = merged.chunks.get(target)
         if mine_table is None:
-            merged.chunks[tid] = copy.copy(table)
+            merged.chunks[target] = copy.copy(table)
             continue
-        both = mine_table.overlap(table)
-        if retried:
-            both = {c for c in both if not same_content(mine_table.get(c), table.get(c))}
-        if both:
-            conflicts.append(Conflict(ConflictType.ChunkDoubleUpdate, path, tuple(sorted(both))))
-            continue
+        if target not in base_ids:  # a node new in both: the rules skip new arrays' chunks
+            both = mine_table.overlap(table)
+            if retried:
+                both = {c for c in both if not same_content(mine_table.get(c), table.get(c))}
+            if both:
+                conflicts.append(
+                    Conflict(
+                        ConflictType.ChunkDoubleUpdate, paths.get(target, "?"), tuple(sorted(both))
+                    )
+                )
         mine_table.update(table)
     return conflicts
 
@@ -221,11 +237,6 @@ def same_content(a: ChunkRef | None, b: ChunkRef | None) -> bool:
     if a.kind == ChunkKind.NATIVE:
         return a.length == b.length and a.checksum is not None and a.checksum == b.checksum
     return a == b
-
-
-def _parents(path: str) -> list[str]:
-    parts = path.strip("/").split("/") if path.strip("/") else []
-    return ["/" + "/".join(parts[:i]) for i in range(len(parts))]
 
 
 class _Missing:

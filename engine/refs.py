@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from frazil.format import keys
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
 from frazil.format.ids import SnapshotId
 from frazil.format.refs import RefRecord, decode_ref, encode_ref
 
-from . import _aio
+from . import runtime
 from .errors import (
     AlreadyExistsError,
     ConflictError,
@@ -41,11 +42,13 @@ def validate_name(name: object, what: str) -> str:
 
 
 def branch_key(name: str) -> str:
-    return f"refs/branch.{validate_name(name, 'branch')}/ref.json"
+    """The key of branch ``name``, once the name is checked."""
+    return keys.branch_key(validate_name(name, "branch"))
 
 
 def tag_key(name: str) -> str:
-    return f"refs/tag.{validate_name(name, 'tag')}/ref.json"
+    """The key of tag ``name``, once the name is checked."""
+    return keys.tag_key(validate_name(name, "tag"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,14 +140,8 @@ async def tombstone_tag(storage: Storage, name: str) -> None:
 
 async def list_refs(storage: Storage, kind: str) -> set[str]:
     """Names of the live branches or tags (tombstones of deleted ones skipped)."""
-    prefix = "refs/branch." if kind == BRANCH_REF else "refs/tag."
-    names = sorted(
-        {
-            key[len(prefix) : -len("/ref.json")]
-            for key in await storage.list(prefix)
-            if key.endswith("/ref.json")
-        }
-    )
+    found = (keys.ref_name(kind, key) for key in await storage.list(keys.ref_prefix(kind)))
+    names = sorted({name for name in found if name is not None})
 
     async def live(name: str) -> bool:
         try:
@@ -154,5 +151,5 @@ async def list_refs(storage: Storage, kind: str) -> set[str]:
         except FormatError:  # there, but damaged: whoever reads it reports that
             return True
 
-    flags = await _aio.gather_limited([live(n) for n in names], limit=32)
+    flags = await runtime.gather_limited([live(n) for n in names], limit=32)
     return {n for n, ok in zip(names, flags) if ok}

@@ -10,11 +10,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from frazil.format import Snapshot, SnapshotId
+from frazil.format import Snapshot, SnapshotId, keys
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
 from frazil.format.config import decode_config, encode_config
 
-from . import _aio, maintenance
+from . import maintenance, runtime
 from .commit import initial_snapshot
 from .compaction import CompactionSummary, Progress, compact_branch
 from .diff import Diff, node_diff
@@ -42,14 +42,14 @@ from .session import Session
 from .storage.base import Storage
 from .virtual import VirtualResolver, check_authorization
 
-CONFIG_KEY = "config.json"
+CONFIG_KEY = keys.CONFIG
 _shared_readers: weakref.WeakValueDictionary[tuple[str, str, str], ObjectReader] = (
     weakref.WeakValueDictionary()
 )
-MAIN = "main"
+MAIN = keys.MAIN
 
 from .config import RepositoryConfig  # noqa: E402
-from .containers import VirtualChunkContainer  # noqa: E402
+from .virtual.containers import VirtualChunkContainer  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,10 @@ class SnapshotInfo:
 
 
 def _parse_sid(value: object) -> SnapshotId:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"invalid snapshot id {value!r}: ids are strings")
     try:
-        return SnapshotId.parse(value)  # type: ignore[arg-type]
+        return SnapshotId.parse(value)
     except FormatError as e:
         raise InvalidInputError(f"invalid snapshot id {value!r}") from e
 
@@ -163,7 +165,7 @@ class Repository:
         (virtual chunk containers included) is saved with it;
         ``authorize_virtual_chunk_access`` (``containers_credentials({...})``) says which
         containers this repository object may read virtual chunks from."""
-        return _aio.run(cls._create(storage, config, authorize_virtual_chunk_access))
+        return runtime.run(cls._create(storage, config, authorize_virtual_chunk_access))
 
     @classmethod
     async def _create(
@@ -222,7 +224,7 @@ class Repository:
         """Open an existing repository; ``config`` overrides the stored settings.
         Virtual chunks are read only from the containers authorized here (none by
         default)."""
-        return _aio.run(cls._open(storage, config, authorize_virtual_chunk_access))
+        return runtime.run(cls._open(storage, config, authorize_virtual_chunk_access))
 
     @classmethod
     async def _open(
@@ -272,12 +274,12 @@ class Repository:
         try:
             return cls.create(storage, config, authorize_virtual_chunk_access=auth)
         except AlreadyExistsError:  # lost the race to another creator: wait for its main
-            _aio.run(_wait_for_main(storage))
+            runtime.run(_wait_for_main(storage))
             return cls.open(storage, config, authorize_virtual_chunk_access=auth)
 
     @staticmethod
     def exists(storage: Storage) -> bool:
-        return _aio.run(_exists(storage))
+        return runtime.run(_exists(storage))
 
     @property
     def storage(self) -> Storage:
@@ -289,7 +291,7 @@ class Repository:
 
     def save_config(self) -> None:
         """Store this repository object's config in the repository."""
-        _aio.run(self._storage.put(CONFIG_KEY, encode_config(self._config.to_dict())))
+        runtime.run(self._storage.put(CONFIG_KEY, encode_config(self._config.to_dict())))
 
     # -- resolving -------------------------------------------------------------------------
     async def _resolve(
@@ -333,14 +335,14 @@ class Repository:
                 self._storage, BRANCH_REF, name, sid, await self._reader.snapshot_checksum(sid)
             )
 
-        _aio.run(go())
+        runtime.run(go())
 
     def list_branches(self) -> set[str]:
-        return _aio.run(list_refs(self._storage, BRANCH_REF))
+        return runtime.run(list_refs(self._storage, BRANCH_REF))
 
     def lookup_branch(self, name: str) -> str:
         validate_name(name, "branch")
-        return str(_aio.run(self._tip(branch=name)))
+        return str(runtime.run(self._tip(branch=name)))
 
     def reset_branch(
         self, name: str, snapshot_id: str, *, from_snapshot_id: str | None = None
@@ -364,7 +366,7 @@ class Repository:
                 if (await swap_branch(self._storage, name, ref, sid, cs)).ok:
                     return
 
-        _aio.run(go())
+        runtime.run(go())
 
     def delete_branch(self, name: str) -> None:
         validate_name(name, "branch")
@@ -372,7 +374,7 @@ class Repository:
             raise InvalidInputError("the main branch cannot be deleted")
 
         self._check_writable_storage(f"delete branch {name!r}")
-        _aio.run(delete_branch(self._storage, name))
+        runtime.run(delete_branch(self._storage, name))
 
     # -- tags ------------------------------------------------------------------------------
     def create_tag(self, name: str, snapshot_id: str) -> None:
@@ -383,30 +385,30 @@ class Repository:
                 self._storage, TAG_REF, name, sid, await self._reader.snapshot_checksum(sid)
             )
 
-        _aio.run(go())
+        runtime.run(go())
 
     def list_tags(self) -> set[str]:
-        return _aio.run(list_refs(self._storage, TAG_REF))
+        return runtime.run(list_refs(self._storage, TAG_REF))
 
     def lookup_tag(self, name: str) -> str:
         validate_name(name, "tag")
-        return str(_aio.run(self._tip(tag=name)))
+        return str(runtime.run(self._tip(tag=name)))
 
     def delete_tag(self, name: str) -> None:
         """Delete a tag; its name can never be used again."""
         validate_name(name, "tag")
-        _aio.run(tombstone_tag(self._storage, name))
+        runtime.run(tombstone_tag(self._storage, name))
 
     # -- history ---------------------------------------------------------------------------
     def ancestry(
         self, *, branch: str | None = None, tag: str | None = None, snapshot_id: str | None = None
     ) -> Iterator[SnapshotInfo]:
         """History newest first, from footers of snapshots (never their node tables)."""
-        sid: SnapshotId | None = _aio.run(self._resolve(branch, tag, snapshot_id))[0]
+        sid: SnapshotId | None = runtime.run(self._resolve(branch, tag, snapshot_id))[0]
         label = _ref_label(branch, tag)
         while sid is not None:
             with _named_by(label):
-                info = _aio.run(self._reader.commit_info(sid))
+                info = runtime.run(self._reader.commit_info(sid))
             label = None
             yield SnapshotInfo(
                 str(info.snapshot_id),
@@ -418,7 +420,7 @@ class Repository:
             sid = info.parent_id
 
     def lookup_snapshot(self, snapshot_id: str) -> SnapshotInfo:
-        info = _aio.run(self._reader.commit_info(_parse_sid(snapshot_id)))
+        info = runtime.run(self._reader.commit_info(_parse_sid(snapshot_id)))
         return SnapshotInfo(
             str(info.snapshot_id),
             str(info.parent_id) if info.parent_id else None,
@@ -438,7 +440,7 @@ class Repository:
         to_snapshot_id: str | None = None,
     ) -> Diff:
         """What changed from one version to a later one (``from`` must be an ancestor)."""
-        return _aio.run(
+        return runtime.run(
             self._diff(from_branch, from_tag, from_snapshot_id, to_branch, to_tag, to_snapshot_id)
         )
 
@@ -489,7 +491,7 @@ class Repository:
             snap, cs = await self._load(branch, tag, snapshot_id)
             return Session(self, snap, branch=branch, read_only=True, base_checksum=cs)
 
-        return _aio.run(go())
+        return runtime.run(go())
 
     def writable_session(self, branch: str) -> Session:
         """A session at the tip of ``branch`` whose commit moves the branch."""
@@ -501,7 +503,7 @@ class Repository:
             snap, cs = await self._load(branch=branch)
             return Session(self, snap, branch=branch, read_only=False, base_checksum=cs)
 
-        return _aio.run(go())
+        return runtime.run(go())
 
     # -- maintenance: compaction, garbage collection, expiry, fsck, statistics ---------------
     def _check_writable_storage(self, what: str) -> None:
@@ -530,7 +532,7 @@ class Repository:
             raise InvalidInputError(f"compact: paths must be a list of array paths, got {paths!r}")
         self._check_writable_storage("compact")
         rows = self._config.split_rows if rows_per_segment is None else rows_per_segment
-        return _aio.run(
+        return runtime.run(
             compact_branch(
                 self._storage, self._reader, branch, rows, paths=paths, progress=progress
             )
@@ -549,7 +551,7 @@ class Repository:
         writers whose sessions are younger than the cutoff. ``dry_run`` only counts."""
         if not dry_run:
             self._check_writable_storage("collect garbage")
-        summary = _aio.run(
+        summary = runtime.run(
             maintenance.garbage_collect(
                 self._storage,
                 self._reader,
@@ -572,7 +574,7 @@ class Repository:
         rewritten with new ids) and return the dropped ids. Tags and their history are
         untouched. ``garbage_collect`` then reclaims what nothing reaches any more."""
         self._check_writable_storage("expire snapshots")
-        return _aio.run(
+        return runtime.run(
             maintenance.expire_snapshots(self._storage, self._reader, older_than, progress)
         )
 
@@ -580,7 +582,7 @@ class Repository:
         """Check that every object reachable from a branch or tag exists and matches the
         checksum recorded for it; the report lists every problem found.
         ``verify_chunks=False`` checks native chunks' presence and size only."""
-        return _aio.run(
+        return runtime.run(
             maintenance.fsck(
                 self._storage, self._reader, verify_chunks=verify_chunks, progress=progress
             )
@@ -590,7 +592,7 @@ class Repository:
 
     def chunk_storage_stats(self, *, progress: Progress | None = None) -> ChunkStorageStats:
         """Native, inline and virtual chunk counts and bytes over everything reachable."""
-        return _aio.run(maintenance.chunk_storage_stats(self._storage, self._reader, progress))
+        return runtime.run(maintenance.chunk_storage_stats(self._storage, self._reader, progress))
 
 
 def _check_config(config: object) -> None:
@@ -601,7 +603,7 @@ def _check_config(config: object) -> None:
 
 
 async def _exists(storage: Storage) -> bool:
-    return await storage.exists(f"refs/branch.{MAIN}/ref.json")
+    return await storage.exists(keys.branch_key(MAIN))
 
 
 CREATE_WAIT = 30.0

@@ -28,9 +28,10 @@ from frazil.format import (
     checksum,
 )
 from frazil.format.common import BRANCH_REF
+from frazil.format.keys import chunk_key
 from frazil.format.manifest import virtual_rows
 
-from . import _aio, virtual
+from . import runtime
 from .changeset import ChangeSet, Coord, row_ref
 from .commit import CommitPlan, prepare_commit
 from .compaction import compact_for_commit
@@ -45,17 +46,15 @@ from .errors import (
     ReadOnlyError,
 )
 from .journal import ForkJournal, delete_journals, new_token, read_journals
-from .objects import chunk_key
 from .rebase import apply_resolution, merge_changes, summarize_changes, summarize_logs
 from .refs import read_ref, swap_branch
 from .storage.base import ByteRange, slice_range
 from .virtual import ChunkType, VirtualChunkSpec
+from .virtual import staging as virtual
 from .zarrmeta import NodeMeta, parse_zarr_json
 
 if TYPE_CHECKING:
     from .repository import Repository
-
-_MISSING = object()
 
 
 def normalize_path(path: str) -> str:
@@ -167,10 +166,8 @@ class Session:
 
     def node(self, path: str) -> NodeRecord | None:
         """The current record at ``path`` (staged or base), or None."""
-        staged = self._changes.nodes.get(path, _MISSING)
-        if staged is _MISSING:
-            return self._base_nodes.get(path)
-        return staged  # type: ignore[return-value]
+        staged = self._changes.nodes
+        return staged[path] if path in staged else self._base_nodes.get(path)
 
     def nodes(self) -> Iterator[NodeRecord]:
         """Every current node, sorted by path."""
@@ -283,7 +280,7 @@ class Session:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            _aio.run(self.flush_journal())
+            runtime.run(self.flush_journal())
         # called from an event loop (a store method): the store flushes when it returns
 
     # -- chunks ----------------------------------------------------------------------------
@@ -360,7 +357,9 @@ class Session:
             staged_coords, staged_kinds = table.kinds()
             parts.append(staged_coords)
             kinds.append(staged_kinds)
-        segments = await _aio.gather_limited([self._repo._reader.manifest(s) for s in rec.segments])
+        segments = await runtime.gather_limited(
+            [self._repo._reader.manifest(s) for s in rec.segments]
+        )
         for m in segments:
             parts.append(m.coords.reshape(len(m.kinds), meta.ndim))  # -1 fails for 0-d
             kinds.append(m.kinds)
@@ -409,7 +408,7 @@ class Session:
         to ``rebase_tries`` attempts, with backoff and jitter). The number of attempts is
         recorded in the commit's metadata as ``"frazil.commit_attempts"``.
         """
-        return _aio.run(
+        return runtime.run(
             self.commit_async(message, metadata, rebase_with=rebase_with, rebase_tries=rebase_tries)
         )
 
@@ -486,7 +485,7 @@ class Session:
                 metadata=meta,
                 split_rows=repo.config.split_rows,
             )
-            await _aio.gather_limited(
+            await runtime.gather_limited(
                 [storage.put(k, b) for k, b in [*merged, *plan.manifests, plan.log]]
             )
             await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
@@ -586,7 +585,7 @@ class Session:
             elif tip != self._base.id:
                 await self._rebase_onto(solver, tip, ref.record.checksum)
 
-        _aio.run(go())
+        runtime.run(go())
 
     async def _rebase_onto(
         self, solver: ConflictSolver, tip: SnapshotId, tip_checksum: int | None
@@ -702,7 +701,7 @@ class Session:
         originals = {f._fork_id for f in forks if f._fork_id is not None and f._journal is None}
         covered = set(self._changes.writers).union(*(f._changes.writers for f in forks))
         journaled = (
-            _aio.run(read_journals(self._repo.storage, originals, covered, self._base_nodes))
+            runtime.run(read_journals(self._repo.storage, originals, covered, self._base_nodes))
             if originals
             else {}
         )
@@ -892,7 +891,7 @@ class Session:
         rec, meta = self._array(path)
         coord = self._as_coord(path, coord)
         self._check_coord(path, meta, coord)
-        ref = _aio.run(self.chunk_ref(path, coord))
+        ref = runtime.run(self.chunk_ref(path, coord))
         if ref is None:
             return ChunkType.UNINITIALIZED
         return {
@@ -903,7 +902,7 @@ class Session:
 
     def all_virtual_chunk_locations(self) -> list[str]:
         """Every location the session's current virtual chunks point at, sorted."""
-        return _aio.run(self._all_virtual_chunk_locations())
+        return runtime.run(self._all_virtual_chunk_locations())
 
     async def _all_virtual_chunk_locations(self) -> list[str]:
         found: set[str] = set()
@@ -920,7 +919,7 @@ class Session:
                 kinds.append(staged_kinds)
                 src.append(np.full(len(staged), -1, np.int64))
                 rows.append(np.zeros(len(staged), np.int64))
-            segments = await _aio.gather_limited(
+            segments = await runtime.gather_limited(
                 [self._repo._reader.manifest(s) for s in rec.segments]
             )
             for si, m in enumerate(segments):
@@ -994,7 +993,7 @@ class ForkSession(Session):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         repo = state["repo"]
-        base = _aio.run(repo._reader.snapshot(state["base_id"], state["base_checksum"]))
+        base = runtime.run(repo._reader.snapshot(state["base_id"], state["base_checksum"]))
         Session.__init__(
             self,
             repo,

@@ -71,7 +71,7 @@ class ObjectId:
         return f"{type(self).__name__}({str(self)!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.raw == self.raw  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.raw == self.raw
 
     def __lt__(self, other: ObjectId) -> bool:
         return self.raw < other.raw

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -29,9 +28,9 @@ import pyarrow as pa
 
 from .common import FORK_JOURNAL, FormatError, check_header, load_json
 from .ids import ChunkId, NodeId
+from .keys import is_token
 from .manifest import _ROW_SCHEMA, TOMBSTONE, ChunkKind, ChunkRef
 
-_TOKEN = re.compile(r"^[0-9a-f]{16,64}$")
 MAX_ROWS = 100_000
 """References per journal object at most (a larger batch is split over several), so that
 each stays well under the JSON size readers accept."""
@@ -62,38 +61,6 @@ class JournalBatch:
     nodes: tuple[JournalNode, ...] = ()
     chunks: tuple[tuple[NodeId, np.ndarray, Rows], ...] = ()
     cleared: bool = False
-
-
-MARKER = "wrote"
-"""The last part of the key a copy of a fork that keeps no journal (``fork(journal=False)``)
-writes, empty, on its first write: merging the fork can then tell that a copy wrote and
-was not handed back, instead of losing its writes silently."""
-
-
-def journal_key(fork_id: str, writer_id: str, seq: int) -> str:
-    return f"forks/{fork_id}/{writer_id}/{seq:010d}"
-
-
-def marker_key(fork_id: str, writer_id: str) -> str:
-    return f"forks/{fork_id}/{writer_id}/{MARKER}"
-
-
-def parse_journal_key(key: str) -> tuple[str, str, int | None] | None:
-    """(fork id, writer id, seq or None for a marker) of a journal key, or None if it is
-    not one."""
-    parts = key.split("/")
-    if (
-        len(parts) != 4
-        or parts[0] != "forks"
-        or not _TOKEN.match(parts[1])
-        or not _TOKEN.match(parts[2])
-    ):
-        return None
-    if parts[3] == MARKER:
-        return parts[1], parts[2], None
-    if not parts[3].isdigit():
-        return None
-    return parts[1], parts[2], int(parts[3])
 
 
 def _ref_columns(refs: list[ChunkRef]) -> dict[str, list[Any]]:
@@ -208,9 +175,9 @@ def decode_journal(data: bytes, what: str = "fork journal") -> JournalBatch:
         fork_id, writer_id, seq = doc["fork_id"], doc["writer_id"], doc["seq"]
         if not (
             isinstance(fork_id, str)
-            and _TOKEN.match(fork_id)
+            and is_token(fork_id)
             and isinstance(writer_id, str)
-            and _TOKEN.match(writer_id)
+            and is_token(writer_id)
             and isinstance(seq, int)
             and seq >= 0
         ):

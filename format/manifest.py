@@ -157,7 +157,7 @@ class ManifestSegment:
             col = self._col(name)
             valid = None if col.null_count == 0 else col.is_valid().to_numpy(zero_copy_only=False)
             hit = self._cols[key] = (col.fill_null(0).to_numpy(), valid)
-        return hit  # type: ignore[no-any-return]
+        return hit
 
     def _int(self, name: str, i: int) -> int | None:
         values, valid = self._num(name)

@@ -26,7 +26,7 @@ from frazil import (
     NotFoundError,
     Repository,
     RepositoryConfig,
-    _aio,
+    runtime,
 )
 from frazil.format import common, decode_snapshot, decode_transaction_log, encode_snapshot
 from frazil.format import manifest as manifest_fmt
@@ -53,7 +53,7 @@ class Ctx:
 
 
 def _listing(storage: frazil.Storage) -> list[tuple[str, int]]:
-    return [(i.key, i.size) for i in _aio.run(storage.list_info(""))]
+    return [(i.key, i.size) for i in runtime.run(storage.list_info(""))]
 
 
 @pytest.fixture(scope="module")
@@ -708,7 +708,7 @@ def copy(ctx: Ctx, tmp_path: Path) -> Iterator[frazil.Storage]:
         for key in await ctx.storage.list(""):
             await storage.put(key, await ctx.storage.get(key))
 
-    _aio.run(fill())
+    runtime.run(fill())
     yield storage
 
 
@@ -717,12 +717,12 @@ def _rewrite_tip(storage: frazil.Storage, edit: Callable[[Any], Any]) -> tuple[s
     bytes (same id, new checksum): only what ``edit`` changed differs. Returns
     (snapshot key, snapshot id)."""
     ref_key = "refs/branch.main/ref.json"
-    ref = decode_ref(_aio.run(storage.get(ref_key)), common.BRANCH_REF, ref_key)
+    ref = decode_ref(runtime.run(storage.get(ref_key)), common.BRANCH_REF, ref_key)
     key = f"snapshots/{ref.snapshot_id}"
-    snap = decode_snapshot(_aio.run(storage.get(key)), key)
+    snap = decode_snapshot(runtime.run(storage.get(key)), key)
     data = edit(snap)
-    _aio.run(storage.put(key, data))
-    _aio.run(
+    runtime.run(storage.put(key, data))
+    runtime.run(
         storage.put(ref_key, encode_ref(common.BRANCH_REF, ref.snapshot_id, common.checksum(data)))
     )
     return key, str(ref.snapshot_id)
@@ -738,13 +738,13 @@ def _newer_manifest(storage: frazil.Storage) -> str:
     def edit(snap: Any) -> bytes:
         mid = next(n for n in snap.nodes if n.path == "/arr").segments[0].manifest_id
         mkey = f"manifests/{mid}"
-        parts = manifest_fmt.decode_manifest_parts(_aio.run(storage.get(mkey)), mkey)
+        parts = manifest_fmt.decode_manifest_parts(runtime.run(storage.get(mkey)), mkey)
         data = _newer(
             lambda: manifest_fmt.encode_manifest_parts(
                 mid, [(m.node_id, m.coords, m.table) for _, m in sorted(parts.items())]
             )
         )
-        _aio.run(storage.put(mkey, data))
+        runtime.run(storage.put(mkey, data))
         box.append(mkey)
         nodes = tuple(
             dataclasses.replace(
@@ -769,9 +769,9 @@ def _newer_txlog(storage: frazil.Storage) -> str:
 
     def edit(snap: Any) -> bytes:
         tkey = f"transactions/{snap.id}"
-        log = decode_transaction_log(_aio.run(storage.get(tkey)), tkey)
+        log = decode_transaction_log(runtime.run(storage.get(tkey)), tkey)
         data = _newer(lambda: txlog_fmt.encode_transaction_log(log))
-        _aio.run(storage.put(tkey, data))
+        runtime.run(storage.put(tkey, data))
         box.append(tkey)
         info = dataclasses.replace(snap.info, transaction_log_checksum=common.checksum(data))
         return encode_snapshot(dataclasses.replace(snap, info=info))
@@ -782,7 +782,7 @@ def _newer_txlog(storage: frazil.Storage) -> str:
 
 def _newer_json(key: str) -> Callable[[frazil.Storage], str]:
     def go(storage: frazil.Storage) -> str:
-        _aio.run(storage.put(key, _json_v2(_aio.run(storage.get(key)))))
+        runtime.run(storage.put(key, _json_v2(runtime.run(storage.get(key)))))
         return key
 
     return go
@@ -815,7 +815,7 @@ def test_object_of_a_newer_format_version(copy: frazil.Storage, what: str) -> No
     TRIED.append(f"newer version: {what}")
     key = NEWER[what](copy)
     # only the version differs: the same bytes at version 1 decode like the original
-    data = _aio.run(copy.get(key))
+    data = runtime.run(copy.get(key))
     if key.endswith(".json"):
         obj = json.loads(data)
         assert obj["format_version"] == 2

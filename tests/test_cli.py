@@ -17,7 +17,7 @@ import s3server
 import zarr
 
 import frazil
-from frazil import _aio
+from frazil import runtime
 
 FRAZIL = str(Path(sys.executable).parent / "frazil")
 
@@ -240,13 +240,13 @@ def test_s3_repository(s3_server: Any) -> None:
         {"n": 12}
     ]
     before = content(repo)
-    originals = set(frazil._aio.run(repo.storage.list("manifests/")))
+    originals = set(frazil.runtime.run(repo.storage.list("manifests/")))
     out = run_json("compact", url, *opts, env=env)
     assert out["arrays"]["/flags"] == {"segments_before": 4, "segments_after": 1}
     assert len(run_json("expire", url, *opts, "--older-than", "0s", env=env)["expired"]) == 5
     gc = run_json("gc", url, *opts, "--older-than", "0s", env=env)
     assert (gc["snapshots_deleted"], gc["manifests_deleted"]) == (6, len(originals))
-    assert not set(frazil._aio.run(repo.storage.list("manifests/"))) & originals
+    assert not set(frazil.runtime.run(repo.storage.list("manifests/"))) & originals
     assert run_json("fsck", url, *opts, env=env)["ok"]
     assert content(frazil.Repository.open(s3server.storage(prefix))) == before
     # credentials are required: without them the command fails in one line
@@ -278,7 +278,7 @@ def test_show_counts_match_the_library(local_repo: tuple[str, frazil.Repository]
         n["path"]: n["chunks"] for n in run_json("show", path)["nodes"] if n["type"] == "array"
     }
     live = {
-        p: len(_aio.run(repo.readonly_session("main").chunk_coords(p)))
+        p: len(runtime.run(repo.readonly_session("main").chunk_coords(p)))
         for p in ("/grp/t", "/flags")
     }
     assert shown == live == {"/grp/t": 6, "/flags": 4}

@@ -44,7 +44,7 @@ def summary(**kw: Any) -> ChangeSummary:
     chunks = kw.pop("chunks", {})
     s = ChangeSummary(**{k: set(v) for k, v in kw.items()})
     for path, coords in chunks.items():
-        s.chunks[path] = {tuple(c) for c in coords}
+        s.updated_chunks[path] = {tuple(c) for c in coords}
     return s
 
 
@@ -600,7 +600,7 @@ def test_summarize_changes_every_kind(base: dict[str, NodeRecord]) -> None:
     assert s.new_groups == {"/n"} and s.new_arrays == {"/n/x"}
     assert s.deleted_groups == {"/g"} and s.deleted_arrays == {"/b", "/g/c"}
     assert s.updated_groups == {"/h"} and s.updated_arrays == {"/a"}
-    assert s.chunks == {"/a": {(0,), (7,)}, "/m": {(2,)}, "/n/x": {(1,)}}
+    assert s.updated_chunks == {"/a": {(0,), (7,)}, "/m": {(2,)}, "/n/x": {(1,)}}
     assert s.deleted_ids == {
         "/b": {base["/b"].node_id},
         "/g/c": {base["/g/c"].node_id},
@@ -623,7 +623,7 @@ def test_summarize_changes_replaced_node(base: dict[str, NodeRecord]) -> None:
     assert s.deleted_arrays == {"/a"} and s.new_arrays == {"/a", "/g"}
     assert s.deleted_groups == {"/g"} and s.new_groups == set()
     assert s.updated_arrays == set() and s.updated_groups == set()
-    assert s.chunks == {"/a": {(4, 4)}}
+    assert s.updated_chunks == {"/a": {(4, 4)}}
     assert s.deleted_ids == {"/a": {base["/a"].node_id}, "/g": {base["/g"].node_id}}
 
 
@@ -677,10 +677,12 @@ def test_summarize_logs_union() -> None:
     assert s.new_groups == {"/n"} and s.new_arrays == {"/n/s"}
     assert s.deleted_arrays == {"/b"} and s.deleted_groups == {"/d"}
     assert s.updated_arrays == {"/a"} and s.updated_groups == {"/g"}
-    assert s.chunks == {"/a": {(0, 0), (1, 2), (3, 3)}, "/n/s": {()}}
+    assert s.updated_chunks == {"/a": {(0, 0), (1, 2), (3, 3)}, "/n/s": {()}}
     assert s.deleted_ids == {"/b": {b}, "/d": {d}}
     assert all(
-        type(c) is tuple and all(type(x) is int for x in c) for cs in s.chunks.values() for c in cs
+        type(c) is tuple and all(type(x) is int for x in c)
+        for cs in s.updated_chunks.values()
+        for c in cs
     )
 
 
@@ -710,7 +712,7 @@ def test_summarize_logs_after_encode_roundtrip() -> None:
     )
     decoded = decode_transaction_log(encode_transaction_log(original))
     assert summarize_logs([decoded]) == summarize_logs([original])
-    assert summarize_logs([decoded]).chunks == {"/a": {(0, 1, 2), (3, 4, 5)}, "/z": {()}}
+    assert summarize_logs([decoded]).updated_chunks == {"/a": {(0, 1, 2), (3, 4, 5)}, "/z": {()}}
 
 
 def test_summarize_logs_empty() -> None:

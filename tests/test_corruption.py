@@ -27,8 +27,8 @@ from frazil import (
     Repository,
     RepositoryConfig,
     VirtualChunkContainer,
-    _aio,
     containers_credentials,
+    runtime,
 )
 from frazil.format import common
 
@@ -110,7 +110,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
         assert rec is not None and len(rec.segments) >= 1
         return f"manifests/{rec.segments[0].manifest_id}"
 
-    objects = {k: _aio.run(storage.get(k)) for k in _aio.run(storage.list(""))}
+    objects = {k: runtime.run(storage.get(k)) for k in runtime.run(storage.list(""))}
     chunks = sorted(k for k in objects if k.startswith("chunks/"))
     assert len(chunks) == 4
     keys = {
@@ -226,9 +226,9 @@ def _copy(t: Template, backend: str, where: Path) -> frazil.Storage:
     )
 
     async def fill() -> None:
-        await _aio.gather_limited([storage.put(k, v) for k, v in t.objects.items()])
+        await runtime.gather_limited([storage.put(k, v) for k, v in t.objects.items()])
 
-    _aio.run(fill())
+    runtime.run(fill())
     return storage
 
 
@@ -310,7 +310,7 @@ def test_damaged_object_is_caught(
     damaged = WAYS[way](original, template.objects[template.keys[other]] if other else None)
     assert damaged != original
     storage = _copy(template, backend, tmp_path / "repo")
-    _aio.run(storage.put(key, damaged))
+    runtime.run(storage.put(key, damaged))
     got = _run_probe(storage, template)
     names = _names(template, role)
     caught = []
@@ -344,7 +344,7 @@ def test_same_type_ref_swap_is_caught(
     RAN.append("branch_ref-swapped with a branch's ref")
     storage = _copy(template, "local", tmp_path / "repo")
     key = template.keys["branch_ref"]
-    _aio.run(storage.put(key, template.objects[template.keys["other_branch_ref"]]))
+    runtime.run(storage.put(key, template.objects[template.keys["other_branch_ref"]]))
     got = _run_probe(storage, template)
     for op in ("lookup_branch", "read main", "ancestry main"):
         assert isinstance(got[op], FormatError), (op, got[op])
@@ -372,7 +372,7 @@ def test_config_with_damaged_settings(
     RAN.append(f"config settings {settings!r}")
     storage = _copy(template, "local", tmp_path / "repo")
     doc = json.loads(template.objects["config.json"])
-    _aio.run(storage.put("config.json", common.encode_json({**doc, **settings})))
+    runtime.run(storage.put("config.json", common.encode_json({**doc, **settings})))
     with pytest.raises(FormatError, match="config.json"):
         Repository.open(storage, authorize_virtual_chunk_access=template.auth())
     CAUGHT[("config", "damaged settings")] += 1

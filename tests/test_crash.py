@@ -31,7 +31,7 @@ import zarr
 from conftest import LONG
 
 import frazil
-from frazil import _aio
+from frazil import runtime
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 FOLDERS = ("snapshots/", "transactions/", "manifests/", "chunks/")
@@ -194,14 +194,14 @@ def seeded(name: str) -> Iterator[random.Random]:
 # -- an independent view of the repository: Parquet and JSON read directly -------------------
 def listing(storage: frazil.Storage) -> dict[str, set[str]]:
     """The ids of every object in the four object folders."""
-    return {f: {k[len(f) :] for k in _aio.run(storage.list(f))} for f in FOLDERS}
+    return {f: {k[len(f) :] for k in runtime.run(storage.list(f))} for f in FOLDERS}
 
 
 def get_all(storage: frazil.Storage, keys: list[str]) -> list[bytes]:
     async def go() -> list[bytes]:
         return list(await asyncio.gather(*(storage.get(k) for k in keys)))
 
-    return _aio.run(go())
+    return runtime.run(go())
 
 
 def reachable(storage: frazil.Storage) -> dict[str, set[str]]:
@@ -209,7 +209,7 @@ def reachable(storage: frazil.Storage) -> dict[str, set[str]]:
     through frazil's own mark phase): every listed snapshot is read, then the refs'
     histories are walked, then the manifests they list are read."""
     out: dict[str, set[str]] = {f: set() for f in FOLDERS}
-    ref_keys = [k for k in _aio.run(storage.list("refs/")) if k.endswith("/ref.json")]
+    ref_keys = [k for k in runtime.run(storage.list("refs/")) if k.endswith("/ref.json")]
     refs = [json.loads(data) for data in get_all(storage, ref_keys)]
     sids = sorted(listing(storage)["snapshots/"])
     parents, manifests = {}, {}
@@ -328,14 +328,14 @@ def collect(target: Target) -> tuple[int, int]:
     objects and of temp files deleted."""
     storage = target.storage()
     before, strays = orphans(storage), stray_files(target)
-    journals = _aio.run(storage.list("forks/"))
+    journals = runtime.run(storage.list("forks/"))
     gc = frazil.Repository.open(storage).garbage_collect(dt.datetime.now(dt.UTC))
     assert gc.objects_deleted == sum(len(v) for v in before.values()), (gc, before)
     assert gc.temporaries_deleted == len(strays), (gc, strays)
     assert gc.fork_journals_deleted == len(journals), (gc, journals)
     assert gc.kept_young == 0
     assert_all_reachable(target)
-    assert _aio.run(storage.list("forks/")) == []
+    assert runtime.run(storage.list("forks/")) == []
     return gc.objects_deleted, gc.temporaries_deleted
 
 
@@ -653,7 +653,7 @@ def test_kill_during_fork_merge_writes(tmp_path: Path, where: str) -> None:
                 history = check_branch(repo, "main", acked)
                 landed += history.index(acked[-1]) if acked[-1] in history else 0
                 check_fsck(repo)
-                journals_seen += len(_aio.run(target.storage().list("forks/")))
+                journals_seen += len(runtime.run(target.storage().list("forks/")))
         finally:
             spares.close()
     removed, temps = collect(target)

@@ -359,7 +359,7 @@ def test_to_zarr_on_a_fork_store_reaches_the_commit(client: Any, repo: frazil.Re
     back = _open(repo)
     xr.testing.assert_identical(back.load(), ds.load())
     # the journals were read and removed with the commit
-    keys = frazil._aio.run(repo.storage.list("forks/"))
+    keys = frazil.runtime.run(repo.storage.list("forks/"))
     assert keys == []
 
 

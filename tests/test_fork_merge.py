@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from zarr.core.sync import sync
 
 import frazil
-from frazil import _aio
+from frazil import runtime
 
 DUMPERS: dict[str, Callable[[Any], Any]] = {
     "pickle": lambda obj: pickle.loads(pickle.dumps(obj)),
@@ -612,7 +612,7 @@ def _fill_rows(fork: frazil.ForkSession, row: int, value: float) -> tuple[Any, i
     assert isinstance(fork, frazil.ForkSession)
     zarr.open_array(fork.store, path="a")[2 * row : 2 * row + 2, :] = int(value)
     zarr.open_array(fork.store, path="big")[100 * row : 100 * row + 100] = value
-    return fork, os.getpid(), _aio._thread is not None and _aio._thread.is_alive()
+    return fork, os.getpid(), runtime._thread is not None and runtime._thread.is_alive()
 
 
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
@@ -623,7 +623,7 @@ def test_fork_sessions_in_worker_processes(tmp_path: Path, method: str) -> None:
     repo = frazil.Repository.create(frazil.local_filesystem_storage(tmp_path / "repo"))
     setup_repo(repo)
     read(repo, "big")  # the parent has used frazil: its loop thread and pool exist
-    assert _aio._thread is not None and _aio._thread.is_alive() and _aio._pool is not None
+    assert runtime._thread is not None and runtime._thread.is_alive() and runtime._pool is not None
 
     s = repo.writable_session("main")
     with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context(method)) as ex:

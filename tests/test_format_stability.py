@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 import frazil
-from frazil import _aio
+from frazil import runtime
 from frazil.errors import AlreadyExistsError, NotFoundError, VirtualChunkError
 
 FIXTURE = Path(__file__).parent / "data" / "format-v1"
@@ -165,7 +165,7 @@ def test_virtual_reference(repo: frazil.Repository, expected: dict[str, Any]) ->
     session = repo.readonly_session(snapshot_id=v["snapshot"])
     assert session.chunk_type(v["path"], v["coord"]) == frazil.ChunkType.VIRTUAL
     assert session.all_virtual_chunk_locations() == [v["location"]]
-    ref = _aio.run(session.chunk_ref(v["path"], tuple(v["coord"])))
+    ref = runtime.run(session.chunk_ref(v["path"], tuple(v["coord"])))
     assert ref is not None
     assert (ref.location, ref.offset, ref.length) == (v["location"], v["offset"], v["length"])
     # the engine reads local virtual chunks only at absolute paths; resolve it by hand

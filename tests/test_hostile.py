@@ -38,7 +38,7 @@ from frazil import (
 )
 from frazil.format import ChunkKind, ChunkRef, NodeRecord
 from frazil.format.common import MAX_JSON_DEPTH, load_json
-from frazil.locations import LocationError, parse_location
+from frazil.virtual.locations import LocationError, parse_location
 
 SECRET = b"the secret outside the container"
 
@@ -93,7 +93,7 @@ def hostile_local_repo(
 
 def read_chunk(repo: frazil.Repository, coord: tuple[int, ...]) -> bytes | None:
     session = repo.readonly_session("main")
-    return frazil._aio.run(session.get_chunk("/x", coord))
+    return frazil.runtime.run(session.get_chunk("/x", coord))
 
 
 # -- 1. locations are parsed once; encoded dot segments and symbolic links do not escape -----
@@ -416,8 +416,8 @@ def test_redirect_to_another_host_is_refused(tmp_path: Path) -> None:
         with pytest.raises(
             frazil.StorageError, match="redirects to http://127.0.0.1:[0-9]+.*outside"
         ):
-            frazil._aio.run(ro.get_chunk("/x", (0,)))
-        assert frazil._aio.run(ro.get_chunk("/x", (1,))) == good_bytes
+            frazil.runtime.run(ro.get_chunk("/x", (0,)))
+        assert frazil.runtime.run(ro.get_chunk("/x", (1,))) == good_bytes
     finally:
         for server in (origin, other):
             server.shutdown()

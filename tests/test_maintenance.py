@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import frazil
-from frazil import _aio
+from frazil import runtime
 from frazil.format import SnapshotId
 from frazil.maintenance import id_times_ms
 from frazil.storage.base import ObjectInfo, Storage
@@ -72,15 +72,15 @@ def segments(repo: frazil.Repository, path: str, branch: str = "main") -> int:
 def test_list_info_every_backend(storage_factory: Callable[[], Storage]) -> None:
     storage = storage_factory()
     before = now() - dt.timedelta(seconds=5)
-    _aio.run(storage.put("chunks/x1", b"abc"))
-    _aio.run(storage.put("chunks/x2", b"defgh"))
-    _aio.run(storage.put("other", b"z"))
-    infos = _aio.run(storage.list_info("chunks/"))
+    runtime.run(storage.put("chunks/x1", b"abc"))
+    runtime.run(storage.put("chunks/x2", b"defgh"))
+    runtime.run(storage.put("other", b"z"))
+    infos = runtime.run(storage.list_info("chunks/"))
     assert [(i.key, i.size) for i in infos] == [("chunks/x1", 3), ("chunks/x2", 5)]
     for i in infos:
         assert i.last_modified is not None and i.last_modified.tzinfo is not None
         assert before <= i.last_modified <= now() + dt.timedelta(seconds=5)
-    assert _aio.run(storage.list("chunks/")) == ["chunks/x1", "chunks/x2"]
+    assert runtime.run(storage.list("chunks/")) == ["chunks/x1", "chunks/x2"]
 
 
 def test_list_info_fallback_of_a_backend_without_it() -> None:
@@ -88,8 +88,8 @@ def test_list_info_fallback_of_a_backend_without_it() -> None:
         list_info = Storage.list_info  # the interface's fallback
 
     s = Plain()
-    _aio.run(s.put("k/a", b"1234"))
-    assert _aio.run(s.list_info("k/")) == [ObjectInfo("k/a", 4, None)]
+    runtime.run(s.put("k/a", b"1234"))
+    assert runtime.run(s.list_info("k/")) == [ObjectInfo("k/a", 4, None)]
 
 
 def test_id_times_in_bulk() -> None:
@@ -131,13 +131,13 @@ def test_compaction_keeps_content(
 
         write(repo, "main", f"c{n}", apply)
     before = content(repo, branch="main")
-    live_before = _aio.run(repo.readonly_session("main").chunk_coords("/a"))
+    live_before = runtime.run(repo.readonly_session("main").chunk_coords("/a"))
     summary = repo.compact("main", rows_per_segment=rows)
     fresh = frazil.Repository.open(repo.storage)
     assert {k: v.tolist() for k, v in content(fresh, branch="main").items()} == {
         k: v.tolist() for k, v in before.items()
     }
-    assert sorted(_aio.run(fresh.readonly_session("main").chunk_coords("/a"))) == sorted(
+    assert sorted(runtime.run(fresh.readonly_session("main").chunk_coords("/a"))) == sorted(
         live_before
     )
     node = fresh.readonly_session("main").node("/a")
@@ -291,7 +291,7 @@ def build_history(repo: frazil.Repository) -> dict[str, Any]:
 
 
 def all_keys(storage: Storage) -> set[str]:
-    return set(_aio.run(storage.list("")))
+    return set(runtime.run(storage.list("")))
 
 
 def test_gc_removes_unreachable_and_keeps_every_ref_readable(

@@ -161,7 +161,7 @@ def test_forks_that_never_come_back_reach_the_commit(tmp_path: Path, method: str
     session.merge(fork)
     session.commit("finished writes")
     check_result(repo)
-    assert frazil._aio.run(repo.storage.list("forks/")) == []  # journals removed
+    assert frazil.runtime.run(repo.storage.list("forks/")) == []  # journals removed
 
 
 def test_returned_forks_merge_only_what_they_carry(tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ def test_fork_without_journal_refuses_to_lose_writes(tmp_path: Path) -> None:
             for f in [executor.submit(write_timestamp, itime=i, session=fork) for i in range(6)]
         ]
     session.merge(*returned)
-    assert not frazil._aio.run(repo.storage.list(f"forks/{fork._fork_id}/"))[0].endswith(
+    assert not frazil.runtime.run(repo.storage.list(f"forks/{fork._fork_id}/"))[0].endswith(
         "0000000000"
     )  # markers only, no journal objects
     session.commit("finished writes")

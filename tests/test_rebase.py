@@ -21,7 +21,7 @@ from frazil import (
     ConflictType,
     RebaseFailedError,
     VersionSelection,
-    _aio,
+    runtime,
 )
 
 CT = ConflictType
@@ -117,7 +117,7 @@ def test_rebase_in_the_same_process_reads_no_transaction_log(
     theirs, ours = two_sessions(repo)
     write(theirs, {0: 10})
     tip = theirs.commit("theirs")
-    _aio.run(repo.storage.delete([f"transactions/{tip}"]))  # only the cached copy is left
+    runtime.run(repo.storage.delete([f"transactions/{tip}"]))  # only the cached copy is left
     write(ours, {1: 21})
     ours.commit("ours", rebase_with=ConflictDetector())
     assert read(repo) == expect({0: 10, 1: 21})

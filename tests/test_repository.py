@@ -273,7 +273,7 @@ def test_inline_and_native_chunks(storage_factory: Callable[[], frazil.Storage])
     small[:] = 1.5
     big[:] = np.arange(100)
     s.commit("c")
-    chunk_objects = frazil._aio.run(repo.storage.list("chunks/"))
+    chunk_objects = frazil.runtime.run(repo.storage.list("chunks/"))
     assert len(chunk_objects) == 2  # the two big chunks; the small one is inline
     r = repo.readonly_session("main")
     assert (read(r, "small") == 1.5).all() and (read(r, "big") == np.arange(100)).all()
@@ -284,13 +284,13 @@ def test_commit_writes_only_the_change(repo: Repository) -> None:
     arr = zarr.create_array(s.store, name="a", shape=(100,), chunks=(1,), dtype="i4")
     arr[:] = np.arange(100)
     s.commit("all")
-    before = set(frazil._aio.run(repo.storage.list("manifests/")))
+    before = set(frazil.runtime.run(repo.storage.list("manifests/")))
     s = repo.writable_session("main")
     zarr.open_array(s.store, path="a")[5] = -1
     s.commit("one chunk")
-    new = set(frazil._aio.run(repo.storage.list("manifests/"))) - before
+    new = set(frazil.runtime.run(repo.storage.list("manifests/"))) - before
     assert len(new) == 1
-    data = frazil._aio.run(repo.storage.get(new.pop()))
+    data = frazil.runtime.run(repo.storage.get(new.pop()))
     assert frazil.format.decode_manifest(data).coords.tolist() == [[5]]
     values = read(repo.readonly_session("main"))
     assert values[5] == -1 and values[6] == 6
@@ -309,13 +309,13 @@ def test_small_changes_to_many_arrays_share_one_manifest(
         root.create_array(path, shape=(PACK_ROWS + 10,), chunks=(1,), dtype="i4", fill_value=-1)
     s.commit("arrays")
     for rnd in range(3):
-        before = set(frazil._aio.run(repo.storage.list("manifests/")))
+        before = set(frazil.runtime.run(repo.storage.list("manifests/")))
         s = repo.writable_session("main")
         g = zarr.open_group(s.store, mode="r+")
         for path, n in sizes.items():
             g[path][rnd : rnd + n] = np.arange(n) + 1000 * rnd
         s.commit(f"round {rnd}")
-        new = set(frazil._aio.run(repo.storage.list("manifests/"))) - before
+        new = set(frazil.runtime.run(repo.storage.list("manifests/"))) - before
         assert len(new) == 2  # one shared by the 40 small deltas, one for "big"
         snap = repo.readonly_session("main")
         segs = {n.path: n.segments[0] for n in snap.nodes() if n.node_type == "array"}
@@ -337,7 +337,7 @@ def test_manifest_split(storage_factory: Callable[[], frazil.Storage]) -> None:
     arr = zarr.create_array(s.store, name="a", shape=(95,), chunks=(1,), dtype="i4")
     arr[:] = np.arange(95)
     s.commit("x")
-    assert len(frazil._aio.run(repo.storage.list("manifests/"))) == 10
+    assert len(frazil.runtime.run(repo.storage.list("manifests/"))) == 10
     assert (
         read(Repository.open(storage_factory()).readonly_session("main")) == np.arange(95)
     ).all()

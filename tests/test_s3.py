@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConn
 from test_zarr_store import _FrazilStoreTests
 
 import frazil
-from frazil import _aio
+from frazil import runtime
 from frazil.errors import (
     InvalidInputError,
     NotFoundError,
@@ -765,7 +765,7 @@ def test_commits_write_through_the_direct_path() -> None:
 
         client.fs._call_s3 = count
 
-    _aio.run(hook())
+    runtime.run(hook())
     arr = zarr.create_array(session.store, name="a", shape=(64,), chunks=(8,), dtype="i4")
     arr[:] = np.arange(64, dtype="i4")
     sid = session.commit("direct")

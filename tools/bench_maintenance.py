@@ -41,7 +41,7 @@ import numpy as np
 import zarr
 
 import frazil
-from frazil import _aio
+from frazil import runtime
 from frazil.format import ChunkId, ChunkKind, ChunkRef
 
 FRAZIL = str(Path(sys.executable).parent / "frazil")
@@ -88,18 +88,18 @@ def stage_native(session: frazil.Session, keys: range) -> None:
 _COLD_READ = """
 import sys, time
 import numpy as np, zarr, frazil
-from frazil import _aio
+from frazil import runtime
 # warm up the interpreter (imports, the engine's loop and threads, pyarrow's readers) on
 # another, in-memory repository, so the clock sees only this repository's cold open
 mem = frazil.Repository.create(frazil.in_memory_storage())
 s = mem.writable_session("main")
 zarr.create_array(s.store, name="w", shape=(4,), chunks=(1,), dtype="u1")[:] = 1
 s.commit("warm-up")
-assert _aio.run(frazil.Repository.open(mem.storage).readonly_session("main")
+assert runtime.run(frazil.Repository.open(mem.storage).readonly_session("main")
                 .get_chunk("/w", (1,))) is not None
 t0 = time.perf_counter()
 repo = frazil.Repository.open(frazil.local_filesystem_storage(sys.argv[1]))
-data = _aio.run(repo.readonly_session("main").get_chunk("/x", (int(sys.argv[2]),)))
+data = runtime.run(repo.readonly_session("main").get_chunk("/x", (int(sys.argv[2]),)))
 elapsed = time.perf_counter() - t0
 assert data is not None
 print(elapsed)
@@ -131,7 +131,7 @@ def bench_read(root: str, n: int, commits: int, repeat: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     for c in touched.tolist():
         s = repo.writable_session("main")
-        _aio.run(s.set_chunk("/x", (c,), b"\x02"))
+        runtime.run(s.set_chunk("/x", (c,), b"\x02"))
         s.commit(f"chunk {c}")
     delta_commits = time.perf_counter() - t0
     untouched = int(next(i for i in range(n // 2, n) if i not in set(touched.tolist())))
@@ -143,13 +143,13 @@ def bench_read(root: str, n: int, commits: int, repeat: int) -> dict[str, Any]:
             for name, c in probes.items()
         }
 
-    segs_before = len(repo.readonly_session("main").node("/x").segments)  # type: ignore[union-attr]
+    segs_before = len(repo.readonly_session("main").node("/x").segments)
     before = measure()
     t0 = time.perf_counter()
     summary = repo.compact("main")
     compact_s = time.perf_counter() - t0
     after = measure()
-    segs_after = len(repo.readonly_session("main").node("/x").segments)  # type: ignore[union-attr]
+    segs_after = len(repo.readonly_session("main").node("/x").segments)
     return {
         "chunks": n,
         "single_chunk_commits": commits,
@@ -221,12 +221,12 @@ def bench_gc(root: str, objects: int) -> dict[str, Any]:
         branch = "main" if i % 2 == 0 else "scratch"
         s = repo.writable_session(branch)
         keys = range(i * per_commit, (i + 1) * per_commit)  # 600 bytes: native chunks
-        _aio.run(_aio.gather_limited([s.set_chunk("/x", (k,), b"\x07" * 600) for k in keys]))
+        runtime.run(runtime.gather_limited([s.set_chunk("/x", (k,), b"\x07" * 600) for k in keys]))
         s.commit(f"commit {i}")
     repo.delete_branch("scratch")
     build = time.perf_counter() - t0
     total = sum(
-        len(_aio.run(repo.storage.list(p)))
+        len(runtime.run(repo.storage.list(p)))
         for p in ("chunks/", "manifests/", "snapshots/", "transactions/")
     )
     run = time_v([FRAZIL, "gc", path, "--older-than", "0s", "--json"])

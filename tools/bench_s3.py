@@ -37,7 +37,7 @@ import numpy as np
 import zarr
 
 import frazil
-from frazil import _aio
+from frazil import runtime
 
 CHUNK = 8192  # float32 values per chunk: 32 KiB
 
@@ -162,7 +162,7 @@ def bench_reads(env: Env, repeat: int, nchunks: int, latency_ms: float = 0.0) ->
                 for i in range(nchunks):
                     assert await r.get_chunk("a", (i,)) is not None
 
-            _aio.run(go())
+            runtime.run(go())
 
         def zarr_one_at_a_time() -> None:
             r = frazil.Repository.open(storage).readonly_session("main")

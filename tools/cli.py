@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 import frazil
-from frazil import _aio
+from frazil import runtime
 from frazil.compaction import count_chunks
 from frazil.errors import FrazilError, NotFoundError
 from frazil.format import ARRAY
@@ -432,7 +432,7 @@ def show(ctx: Ctx, ref: str) -> None:
                 dtype=doc.get("data_type"),
                 chunk_shape=chunk_shape,
                 chunk_grid=list(meta.grid) if meta.grid is not None else None,
-                chunks=_aio.run(count_chunks(repo.storage, rec)),
+                chunks=runtime.run(count_chunks(repo.storage, rec)),
                 segments=len(rec.segments),
             )
         nodes.append(entry)

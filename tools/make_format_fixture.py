@@ -31,7 +31,7 @@ import zarr
 from zarr.core.sync import sync
 
 import frazil
-from frazil import _aio
+from frazil import runtime
 
 VIRTUAL_PREFIX = "file:///frazil-format-v1/"
 VIRTUAL_LOCATION = VIRTUAL_PREFIX + "virtual.bin"
@@ -187,7 +187,7 @@ def build(out: Path) -> dict[str, Any]:
                 "written_at": info.written_at.isoformat(),
                 "tree": describe_tree(snap) if info.parent_id is not None else {},
             }
-    ref = _aio.run(repo.readonly_session(snapshot_id=c2).chunk_ref("raw", (0,)))
+    ref = runtime.run(repo.readonly_session(snapshot_id=c2).chunk_ref("raw", (0,)))
     assert ref is not None
     return {
         "format_version": 1,

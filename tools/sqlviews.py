@@ -28,9 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import frazil
-from frazil import _aio
+from frazil import runtime
 from frazil.format.common import load_json
-from frazil.maintenance import PREFIXES
+from frazil.format.keys import OBJECT_FOLDERS as PREFIXES
 from frazil.storage import Storage
 
 VIEWS = ("snapshots", "nodes", "manifests", "transactions", "refs")
@@ -46,7 +46,7 @@ def object_counts(storage: Storage) -> dict[str, tuple[int, int]]:
             out[kind] = (len(infos), sum(i.size for i in infos))
         return out
 
-    return _aio.run(go())
+    return runtime.run(go())
 
 
 async def _read_all(storage: Storage, prefix: str) -> list[tuple[str, pa.Table]]:
@@ -54,10 +54,10 @@ async def _read_all(storage: Storage, prefix: str) -> list[tuple[str, pa.Table]]
 
     async def one(key: str) -> tuple[str, pa.Table]:
         data = await storage.get(key)
-        table = await _aio.in_thread(_parquet, data)
+        table = await runtime.in_thread(_parquet, data)
         return key[len(prefix) :], table
 
-    return await _aio.gather_limited([one(k) for k in keys], limit=32)
+    return await runtime.gather_limited([one(k) for k in keys], limit=32)
 
 
 def _parquet(data: bytes) -> pa.Table:
@@ -66,7 +66,7 @@ def _parquet(data: bytes) -> pa.Table:
 
 def _header(table: pa.Table) -> dict[str, Any]:
     return load_json(
-        (table.schema.metadata or {})[b"frazil"],  # type: ignore[no-any-return]
+        (table.schema.metadata or {})[b"frazil"],
         "frazil header",
     )
 
@@ -143,7 +143,7 @@ def build_views(repo: frazil.Repository, names: set[str]) -> dict[str, pa.Table]
                 pa.schema([("snapshot_id", pa.string())]),
             )
 
-    _aio.run(go())
+    runtime.run(go())
     if "refs" in names:
         rows = [("branch", b, repo.lookup_branch(b)) for b in sorted(repo.list_branches())]
         rows += [("tag", t, repo.lookup_tag(t)) for t in sorted(repo.list_tags())]

@@ -102,7 +102,7 @@ class DetachedStore(Store):
     supports_writes = True
     supports_deletes = True
     supports_listing = True
-    supports_partial_writes = False  # type: ignore[assignment]
+    supports_partial_writes = False
 
     def __init__(self, message: str = DETACHED_MESSAGE) -> None:
         super().__init__(read_only=False)
@@ -142,15 +142,15 @@ class DetachedStore(Store):
     async def delete(self, key: str) -> None:
         raise self._refuse()
 
-    async def list(self) -> AsyncIterator[str]:  # type: ignore[override]
+    async def list(self) -> AsyncIterator[str]:
         raise self._refuse()
         yield ""  # pragma: no cover
 
-    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         raise self._refuse()
         yield ""  # pragma: no cover
 
-    async def list_dir(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         raise self._refuse()
         yield ""  # pragma: no cover
 
@@ -169,7 +169,7 @@ class FrazilStore(Store):
     supports_writes = True
     supports_deletes = True
     supports_listing = True
-    supports_partial_writes = False  # type: ignore[assignment]
+    supports_partial_writes = False
 
     def __init__(self, session: Session, *, read_only: bool | None = None) -> None:
         super().__init__(read_only=session.read_only if read_only is None else read_only)
@@ -447,15 +447,15 @@ class FrazilStore(Store):
                         out.append(ck)
         return out
 
-    async def list(self) -> AsyncIterator[str]:  # type: ignore[override]
+    async def list(self) -> AsyncIterator[str]:
         for key in await self._keys(""):
             yield key
 
-    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         for key in await self._keys(prefix):
             yield key
 
-    async def list_dir(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         prefix = prefix.rstrip("/")
         base = prefix + "/" if prefix else ""
         seen: set[str] = set()

@@ -4,7 +4,7 @@ owner goes away, reset after fork.
 Async network clients (an s3fs filesystem, an aiohttp session) belong to the event loop
 they were first used on: their connections, locks and futures cannot be used from
 another loop. A storage object, though, is used from several loops: the engine's own
-loop (``frazil._aio``), zarr's loop, and any ``asyncio.run`` of the caller. ``PerLoop``
+loop (``frazil.runtime``), zarr's loop, and any ``asyncio.run`` of the caller. ``PerLoop``
 keeps one client per running loop, keyed (weakly) by the loop.
 
 Closing, always on the client's own loop (closing needs it):
@@ -37,7 +37,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from .. import _aio
+from .. import runtime
 
 T = TypeVar("T")
 
@@ -118,7 +118,7 @@ class PerLoop(Generic[T]):
         self._make = make
         self._close = close
         self._new_state()
-        _aio.reset_in_child(self)
+        runtime.reset_in_child(self)
 
     def _new_state(self) -> None:
         self._lock = threading.Lock()

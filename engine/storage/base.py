@@ -72,6 +72,16 @@ class ObjectInfo:
     last_modified: dt.datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class RangeInfo:
+    """Bytes of a range read, with what the answer said of the object (for pinned virtual
+    chunks): its ETag and last-modified time, where the backend reports them."""
+
+    data: bytes
+    etag: str | None
+    last_modified: dt.datetime | None
+
+
 ObjectInfos = list[ObjectInfo]  # (inside a Storage class, ``list`` names the method)
 
 
@@ -160,6 +170,12 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def delete(self, keys: Sequence[str]) -> None:
         """Delete the objects; missing keys are ignored."""
+
+    async def get_range_info(self, key: str, start: int, end: int) -> RangeInfo:
+        """Bytes ``start`` to ``end`` (exclusive) of ``key`` (fewer at its end), with the
+        ETag and last-modified time of the answer that carried them; retried like
+        ``get``. Backends that can say more than ``get`` does override it."""
+        return RangeInfo(await self.get(key, (start, end)), None, None)
 
     async def delete_if_version(self, key: str, version: str) -> bool:
         """Delete ``key`` only if its current version is ``version``; True if it was

@@ -22,6 +22,7 @@ connections are retried with backoff (``max_attempts``, ``backoff_base``,
 
 from __future__ import annotations
 
+import email.utils
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -38,7 +39,15 @@ from ..errors import (
     TransientStorageError,
 )
 from ._perloop import PerLoop
-from .base import ByteRange, PutResult, Storage, range_header, slice_range, validate_key
+from .base import (
+    ByteRange,
+    PutResult,
+    RangeInfo,
+    Storage,
+    range_header,
+    slice_range,
+    validate_key,
+)
 from .retry import RetrySettings, retry_call
 
 T = TypeVar("T")
@@ -205,6 +214,26 @@ class HTTPStorage(Storage):
         return status, body, r.headers
 
     # -- reads -----------------------------------------------------------------------------
+    async def get_range_info(self, key: str, start: int, end: int) -> RangeInfo:
+        """A range with the answer's ETag and Last-Modified; a partial answer longer than
+        the range is refused, and of a whole-object answer only the bytes up to the
+        range's end are read."""
+        validate_key(key)
+        status, data, headers = await self._retrying(
+            lambda: self._request(
+                "GET", key, {"Range": f"bytes={start}-{end - 1}"}, limit=end - start, upto=end
+            ),
+            f"get bytes {start}-{end - 1} of {key!r}",
+        )
+        if status == 416:
+            data = b""
+        elif status != 206:  # the server ignored the range
+            data = data[start:end]
+        lm = headers.get("Last-Modified")
+        return RangeInfo(
+            data, headers.get("ETag"), email.utils.parsedate_to_datetime(lm) if lm else None
+        )
+
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         validate_key(key)
         header = range_header(byte_range)

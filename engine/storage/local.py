@@ -35,14 +35,11 @@ from typing import Any
 
 import xxhash
 
-from .. import _aio
+from frazil.format.keys import CONFIG, OBJECT_FOLDERS, SCRATCH
+
+from .. import runtime
 from ..errors import InvalidInputError, NotFoundError, StorageError
 from .base import ByteRange, ObjectInfo, ObjectInfos, PutResult, Storage
-
-# folders whose entries a ref or config can make reachable; synced before every ref write
-OBJECT_FOLDERS = ("chunks", "manifests", "transactions", "snapshots")
-# scratch objects nothing reachable depends on (fork journals): written without syncs
-SCRATCH_PREFIXES = ("forks/",)
 
 
 def _sync_fd(fd: int) -> None:
@@ -87,7 +84,7 @@ class LocalFileSystemStorage(Storage):
         self._dirs: set[str] = set()
         self._unsynced_dirs: set[str] = set()  # folders whose entries are not yet durable
         self._sync_lock = threading.Lock()
-        _aio.reset_in_child(self)
+        runtime.reset_in_child(self)
 
     def _after_fork(self) -> None:
         self._sync_lock = threading.Lock()
@@ -119,7 +116,9 @@ class LocalFileSystemStorage(Storage):
         process, durable with its folder entry."""
         with self._sync_lock:
             pending, self._unsynced_dirs = self._unsynced_dirs, set()
-        folders = {os.path.join(self.root, f) for f in OBJECT_FOLDERS} | pending
+        # folders whose entries a ref or config can make reachable, whoever wrote them
+        folders = {os.path.join(self.root, f.rstrip("/")) for f in OBJECT_FOLDERS.values()}
+        folders |= pending
         for d in sorted(folders, key=len, reverse=True):  # children before parents
             try:
                 self._sync_dir(d)
@@ -186,9 +185,9 @@ class LocalFileSystemStorage(Storage):
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            tmp = self._write_temp(path, data, sync=not key.startswith(SCRATCH_PREFIXES))
+            tmp = self._write_temp(path, data, sync=not key.startswith(SCRATCH))
             os.replace(tmp, path)
-            if self.fsync and key == "config.json":  # written in place of a ref
+            if self.fsync and key == CONFIG:  # written in place of a ref
                 self._sync_dir(os.path.dirname(path))
         except OSError as e:
             raise StorageError(f"writing {key!r} to {self.describe()}: {e}") from e
@@ -349,40 +348,40 @@ class LocalFileSystemStorage(Storage):
 
     # -- async interface -------------------------------------------------------------
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
-        return await _aio.in_thread_batched(self._get, key, byte_range)
+        return await runtime.in_thread_batched(self._get, key, byte_range)
 
     async def get_with_version(self, key: str) -> tuple[bytes, str]:
-        return await _aio.in_thread(self._get_with_version, key)
+        return await runtime.in_thread(self._get_with_version, key)
 
     async def put(self, key: str, data: bytes) -> None:
-        await _aio.in_thread_batched(self._put, key, data)
+        await runtime.in_thread_batched(self._put, key, data)
 
     async def put_if_absent(self, key: str, data: bytes) -> PutResult:
-        return await _aio.in_thread(self._put_if_absent, key, data)
+        return await runtime.in_thread(self._put_if_absent, key, data)
 
     async def put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
-        return await _aio.in_thread(self._put_if_version, key, data, version)
+        return await runtime.in_thread(self._put_if_version, key, data, version)
 
     async def exists(self, key: str) -> bool:
         return os.path.isfile(self._path(key))
 
     async def list(self, prefix: str) -> list[str]:
-        return await _aio.in_thread(self._list, prefix)
+        return await runtime.in_thread(self._list, prefix)
 
     async def size(self, key: str) -> int:
         return self._size(key)
 
     async def list_info(self, prefix: str) -> ObjectInfos:
-        return await _aio.in_thread(self._list_info, prefix)
+        return await runtime.in_thread(self._list_info, prefix)
 
     async def delete(self, keys: Sequence[str]) -> None:
-        await _aio.in_thread(self._delete, list(keys))
+        await runtime.in_thread(self._delete, list(keys))
 
     async def remove_stale_temporaries(self, older_than: dt.datetime) -> int:
-        return await _aio.in_thread(self._remove_stale_temporaries, older_than)
+        return await runtime.in_thread(self._remove_stale_temporaries, older_than)
 
     async def delete_if_version(self, key: str, version: str) -> bool:
-        return await _aio.in_thread(self._delete_if_version, key, version)
+        return await runtime.in_thread(self._delete_if_version, key, version)
 
 
 def local_filesystem_storage(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import os
 import threading
 import warnings
@@ -39,7 +40,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .. import _aio
+from .. import runtime
 from ..errors import InvalidInputError, NotFoundError, StorageError, TransientStorageError
 from ._perloop import PerLoop
 from ._s3get import DirectClient, PreconditionFailed, RangeNotSatisfiable, base_url
@@ -48,6 +49,7 @@ from .base import (
     ObjectInfo,
     ObjectInfos,
     PutResult,
+    RangeInfo,
     Storage,
     range_header,
     slice_range,
@@ -557,6 +559,17 @@ class S3Storage(Storage):
             data = slice_range(data, byte_range)
         return data
 
+    async def get_range_info(self, key: str, start: int, end: int) -> RangeInfo:
+        validate_key(key)
+        what = f"reading bytes {start}-{end - 1} of {key!r} in {self.describe()}"
+        data, resp, ranged = await self._retrying(
+            lambda: self.get_response(key, f"bytes={start}-{end - 1}"), what
+        )
+        if not ranged:
+            data = data[start:end]
+        lm = resp.get("LastModified")
+        return RangeInfo(data, resp.get("ETag"), lm if isinstance(lm, dt.datetime) else None)
+
     async def get_with_version(self, key: str) -> tuple[bytes, str]:
         validate_key(key)
         data, etag, _ = await self._retrying(lambda: self._get_once(key, None), f"get {key!r}")
@@ -668,7 +681,7 @@ class S3Storage(Storage):
     async def delete(self, keys: Sequence[str]) -> None:
         full = sorted({self._key(k) for k in keys})
         batches = [full[i : i + DELETE_BATCH] for i in range(0, len(full), DELETE_BATCH)]
-        await _aio.gather_limited([self._delete_batch(b) for b in batches], limit=8)
+        await runtime.gather_limited([self._delete_batch(b) for b in batches], limit=8)
 
     async def _delete_batch(self, batch: Keys) -> None:
         await self._retrying(lambda: self._delete_once(batch), f"delete {len(batch)} objects")

@@ -21,9 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
+from ..storage.s3 import check_endpoint
 from .locations import Location, LocationError, parse_location
-from .storage.s3 import check_endpoint
 
 __all__ = [
     "AnyCredential",
@@ -172,7 +172,7 @@ def location_problem(location: object) -> str | None:
     """Why ``location`` is not an acceptable virtual chunk URL, or None if it is (the
     rules of ``frazil.locations``: one canonical form, no dot segments however spelled)."""
     try:
-        parse_location(location)  # type: ignore[arg-type]
+        parse_location(location)
     except LocationError as e:
         return str(e)
     return None

@@ -1,0 +1,198 @@
+"""Where virtual chunk bytes come from: one source per container store type (S3 through
+frazil's S3 backend, HTTP(S) through its read-only HTTP backend, local files checked
+against the container's folder, GCS through gcsfs), each fetching one byte range with what
+the response says about the file (ETag, last-modified) for the resolver's pins."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from .. import runtime
+from ..errors import NotFoundError, StorageError, VirtualChunkError
+from .containers import AnyCredential, VirtualChunkContainer
+from .locations import Location
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """Bytes fetched from a source, with the ETag and last-modified time of the response
+    that carried them."""
+
+    data: bytes
+    etag: str | None
+    last_modified: dt.datetime | None
+
+
+class _S3Source:
+    """S3 objects through frazil's S3 backend, one per bucket."""
+
+    def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
+        self.container = container
+        self.cred = cred
+        self._buckets: dict[str, Any] = {}
+
+    def _storage(self, bucket: str) -> Any:
+        from ..storage.s3 import S3Config, S3Storage
+
+        st = self._buckets.get(bucket)
+        if st is None:
+            store: Any = self.container.store
+            cred = self.cred
+            anonymous = store.anonymous or (cred is not None and cred.kind == "anonymous")
+            static = cred is not None and cred.kind == "static" and not anonymous
+            st = self._buckets[bucket] = S3Storage(
+                S3Config(
+                    bucket=bucket,
+                    prefix="",
+                    region=store.region,
+                    endpoint_url=store.endpoint_url,
+                    allow_http=store.allow_http,
+                    access_key_id=cred.access_key_id if static else None,  # type: ignore[union-attr]
+                    secret_access_key=cred.secret_access_key if static else None,  # type: ignore[union-attr]
+                    session_token=cred.session_token if static else None,  # type: ignore[union-attr]
+                    anonymous=anonymous,
+                    from_env=not anonymous and not static,
+                    force_path_style=store.force_path_style,
+                )
+            )
+        return st
+
+    async def fetch(self, loc: Location, start: int, end: int) -> Fetched:
+        try:
+            got = await self._storage(loc.host).get_range_info(loc.key, start, end)
+        except NotFoundError:
+            raise NotFoundError(f"virtual chunk source {loc} does not exist") from None
+        return Fetched(got.data, got.etag, got.last_modified)
+
+
+class _HttpSource:
+    """Files over HTTP(S) through frazil's read-only HTTP backend, one per origin; a
+    redirect to another scheme, host or port is refused (``HTTPStorage``)."""
+
+    def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
+        self._origins: dict[str, Any] = {}
+
+    async def fetch(self, loc: Location, start: int, end: int) -> Fetched:
+        from ..storage.http import HTTPConfig, HTTPStorage
+
+        st = self._origins.get(loc.origin)
+        if st is None:
+            st = self._origins[loc.origin] = HTTPStorage(HTTPConfig(loc.origin))
+        try:
+            got = await st.get_range_info(loc.key, start, end)
+        except NotFoundError:
+            raise NotFoundError(f"virtual chunk source {loc} does not exist") from None
+        return Fetched(got.data, got.etag, got.last_modified)
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def _opened_path(fd: int, path: str) -> str:
+    """Where the open file ``fd`` really is (symlinks resolved by the kernel's own record
+    of what it opened, so a link swapped after a check cannot redirect the read)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc (macOS and others): F_GETPATH, else the resolved name
+        get_path = getattr(fcntl, "F_GETPATH", None)
+        if get_path is not None:
+            raw = fcntl.fcntl(fd, get_path, b"\0" * 1024)
+            return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        return os.path.realpath(path)
+
+
+def _read_local(path: str, root: str, start: int, end: int) -> Fetched:
+    """Bytes ``start``..``end`` of the file at ``path``, refused unless the file the
+    kernel opened lies inside ``root`` (resolved) and is a regular file. Never reads or
+    allocates past the end of the file."""
+    where = f"file://{path}"
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFoundError(f"virtual chunk source {where} does not exist") from None
+    except OSError as e:
+        raise StorageError(f"reading virtual chunk source {where}: {e}") from e
+    try:
+        real = _opened_path(fd, path)
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real, real_root]) != real_root:
+            raise VirtualChunkError(
+                f"virtual chunk source {where} resolves to {real}, outside its container "
+                f"{real_root} (through a symbolic link); refusing to read it",
+                location=where,
+            )
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise VirtualChunkError(
+                f"virtual chunk source {where} is not a regular file; refusing to read it",
+                location=where,
+            )
+        stop = max(start, min(end, st.st_size))  # never past the end of the file
+        data = os.pread(fd, stop - start, start) if stop > start else b""
+        while len(data) < stop - start:  # short reads of large ranges
+            more = os.pread(fd, stop - start - len(data), start + len(data))
+            if not more:
+                break
+            data += more
+    except OSError as e:
+        raise StorageError(f"reading virtual chunk source {where}: {e}") from e
+    finally:
+        os.close(fd)
+    # the same form as object_store's local ETag: inode, mtime (µs) and size in hex
+    etag = f"{st.st_ino:x}-{st.st_mtime_ns // 1000:x}-{st.st_size:x}"
+    return Fetched(data, etag, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC))
+
+
+def local_etag(path: str | os.PathLike[str]) -> str:
+    """The ETag frazil reports for a local file (to pin references to local files)."""
+    st = os.stat(path)
+    return f"{st.st_ino:x}-{st.st_mtime_ns // 1000:x}-{st.st_size:x}"
+
+
+class _LocalSource:
+    """Files under the container's folder (its prefix's path); a file reached through a
+    symbolic link that leads outside that folder is refused."""
+
+    def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
+        self.root = container.location.path or "/"
+
+    async def fetch(self, loc: Location, start: int, end: int) -> Fetched:
+        return await runtime.in_thread(_read_local, loc.path, self.root, start, end)
+
+
+class _GcsSource:
+    def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
+        self._fs: Any = None
+
+    async def fetch(self, loc: Location, start: int, end: int) -> Fetched:
+        try:
+            import gcsfs
+        except ImportError:
+            raise VirtualChunkError(
+                f"reading {loc} needs gcsfs: pip install gcsfs", location=str(loc)
+            ) from None
+        fs = gcsfs.GCSFileSystem()
+        path = f"{loc.host}/{loc.key}"
+        before = await runtime.in_thread(fs.info, path)
+        data = await runtime.in_thread(fs.cat_file, path, start, end)
+        after = await runtime.in_thread(fs.info, path)
+        if before.get("generation") != after.get("generation"):
+            raise VirtualChunkError(
+                f"virtual chunk source {loc} changed while it was read", location=str(loc)
+            )
+        updated = after.get("updated")
+        lm = dt.datetime.fromisoformat(updated.replace("Z", "+00:00")) if updated else None
+        return Fetched(bytes(data), after.get("etag"), lm)
+
+
+SOURCES: dict[str, type[Any]] = {
+    "s3": _S3Source,
+    "http": _HttpSource,
+    "local": _LocalSource,
+    "gcs": _GcsSource,
+}
