@@ -1,17 +1,20 @@
-"""Preparing a commit: a pure function from (base snapshot, staged changes) to new objects.
+"""Commits: ``prepare_commit``, a pure function from (base snapshot, staged changes) to the
+objects to write, and ``commit``, the loop that writes them and moves the branch.
 
 ``prepare_commit`` does no I/O. It returns the manifest segments, transaction log and
-snapshot to write, in the order they must be written, so a retry loop can call it again
-on a new base.
+snapshot to write, in the order they must be written, so the loop can call it again on a
+new base. ``commit`` moves the branch through ``refs.move_branch`` (as every write that
+moves a branch does), rebasing the staged changes onto the branch's new tip whenever it
+moved, and settles an unknown outcome by looking for its own snapshot in history.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -31,10 +34,14 @@ from frazil.format import (
     encode_transaction_log,
 )
 from frazil.format import txlog as tx
+from frazil.format.common import BRANCH_REF
 from frazil.format.keys import manifest_key, snapshot_key, transaction_log_key
 from frazil.format.manifest import encode_manifest_parts, encode_manifest_table
 
 from .changeset import ChangeSet
+from .errors import ConflictError
+from .refs import Move, Ref, move_branch, read_ref
+from .storage.base import Storage
 
 
 @dataclass(frozen=True)
@@ -216,3 +223,110 @@ def initial_snapshot(now: dt.datetime | None = None) -> CommitPlan:
     snapshot = Snapshot(info, ())
     data = encode_snapshot(snapshot)
     return CommitPlan(snapshot, data, checksum(data), [], (transaction_log_key(sid), log_bytes))
+
+
+# -- the commit loop --------------------------------------------------------------------------
+CATCH_UP_ROUNDS = 8
+"""At most this many rebases in one attempt, while the branch keeps moving."""
+
+
+class Committer(Protocol):
+    """What the commit loop needs from a session."""
+
+    def base_id(self) -> SnapshotId:
+        """The snapshot the staged changes are relative to now."""
+        ...
+
+    async def prepare(self, attempts: int) -> CommitPlan:
+        """The plan for the staged changes on the current base, its objects written
+        (``attempts``: this commit's attempt number, for its metadata)."""
+        ...
+
+    async def rebase_onto(self, ref: Ref) -> None:
+        """Move the staged changes onto the tip ``ref`` names (conflicts raise)."""
+        ...
+
+    async def find_landed(self, tip: SnapshotId) -> CommitPlan | None:
+        """A plan of ours with an unknown outcome that is in history from ``tip``."""
+        ...
+
+    def remember(self, plan: CommitPlan) -> None:
+        """``plan``'s swap is about to be tried: its outcome may become unknown."""
+        ...
+
+    def forget(self, plan: CommitPlan) -> None:
+        """``plan``'s swap definitely lost."""
+        ...
+
+
+async def commit(
+    storage: Storage,
+    branch: str,
+    committer: Committer,
+    *,
+    rebase: bool,
+    tries: int,
+    history: Callable[[SnapshotId], Awaitable[SnapshotId | None]],
+) -> CommitPlan:
+    """Write the committer's changes and move ``branch`` to them; returns the plan that
+    landed. When the branch moved since the changes' base: without ``rebase``,
+    ``ConflictError``; with it, rebase onto the new tip (and again while it keeps moving,
+    up to ``CATCH_UP_ROUNDS`` times, so that the objects are written on the freshest
+    tip), giving up after ``tries`` attempts."""
+    rebases = 0
+    plans: dict[SnapshotId, CommitPlan] = {}
+    found: list[CommitPlan] = []
+
+    async def attempt(ref: Ref, n: int) -> Move | None:
+        nonlocal rebases
+        tip = ref.record.snapshot_id
+        assert tip is not None
+        landed = await committer.find_landed(tip)
+        if landed is not None:  # an earlier attempt (or commit() call) did land
+            found.append(landed)
+            return None
+        base_ref = ref  # the ref naming the plan's base: the one to swap from
+        for rounds in range(CATCH_UP_ROUNDS):
+            base = committer.base_id()
+            if tip == base:
+                base_ref = ref
+                break
+            if not rebase:
+                raise ConflictError(
+                    f"branch {branch!r} moved: this session started at snapshot {base}, but "
+                    f"the branch is now at {tip}; rebase (commit(..., rebase_with="
+                    "ConflictDetector())) or start a new session",
+                    expected_parent=str(base),
+                    actual_parent=str(tip),
+                )
+            if rounds == 0:
+                if rebases + 1 >= tries:
+                    raise ConflictError(
+                        f"gave up committing to {branch!r} after {rebases + 1} attempts: "
+                        "the branch kept moving",
+                        expected_parent=str(base),
+                        actual_parent=str(tip),
+                    )
+                rebases += 1
+            await committer.rebase_onto(ref)
+            base_ref = ref
+            ref = await read_ref(storage, BRANCH_REF, branch)
+            tip = ref.record.snapshot_id
+            assert tip is not None
+        # (still moving after every round: the plan goes on the last tip rebased onto,
+        # and its swap fails if the branch moved on, for the next attempt to rebase)
+        plan = await committer.prepare(rebases + 1)
+        plans[plan.snapshot.id] = plan
+        committer.remember(plan)
+        return Move(
+            plan.snapshot.id,
+            plan.snapshot_checksum,
+            expected=base_ref,
+            forget=lambda: committer.forget(plan),
+        )
+
+    moved = await move_branch(storage, branch, attempt, history=history, tries=1 << 62)
+    if moved.move is None:
+        return found[0]
+    assert moved.move.snapshot_id is not None
+    return plans[moved.move.snapshot_id]

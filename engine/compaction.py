@@ -49,7 +49,7 @@ from . import runtime
 from .commit import CommitPlan, build_segments
 from .errors import FormatError, InvalidInputError, NotFoundError
 from .objects import ObjectReader
-from .refs import read_ref, swap_branch
+from .refs import Move, Ref, move_branch, read_ref
 from .storage.base import Storage
 from .zarrmeta import parse_zarr_json
 
@@ -268,30 +268,35 @@ async def compact_branch(
         await runtime.gather_limited([storage.put(k, b) for k, b in objects])
         replacements[-1] = dataclasses.replace(replacements[-1], objects=[])
     paths_of = {n.node_id: n.path for n in todo}
-    base = tip
-    for attempt in range(1, max_attempts + 1):
+    result: list[CompactionSummary] = []
+
+    async def attempt(current: Ref, n: int) -> Move | None:
+        # the same replacements on the branch as it is now (after a lost race, the
+        # objects of the earlier attempt are garbage for ``garbage_collect``)
+        assert current.record.snapshot_id is not None
+        base = (
+            tip
+            if current.record.snapshot_id == tip.id
+            else await reader.snapshot(current.record.snapshot_id, current.record.checksum)
+        )
         nodes, applied = apply_replacements(base.nodes, replacements)
         if not applied:
-            return CompactionSummary(None, {}, 0, attempt)
+            result.append(CompactionSummary(None, {}, 0, n))
+            return None
         arrays = {paths_of[r.node_id]: (len(r.old), len(r.new)) for r in applied}
         plan = compaction_plan(
             base, nodes, {"frazil.compaction": True, "frazil.compacted_arrays": sorted(arrays)}
         )
         await storage.put(*plan.log)
         await storage.put(*plan.objects()[-1])
-        if (await swap_branch(storage, branch, ref, plan.snapshot.id, plan.snapshot_checksum)).ok:
-            reader.snapshots.put(plan.snapshot.id, plan.snapshot)
-            return CompactionSummary(
-                str(plan.snapshot.id), arrays, sum(r.refs for r in applied), attempt
-            )
-        # the branch moved: apply the same replacements to the new tip (the objects of
-        # this attempt are garbage for ``garbage_collect``)
-        ref = await read_ref(storage, BRANCH_REF, branch)
-        assert ref.record.snapshot_id is not None
-        base = await reader.snapshot(ref.record.snapshot_id, ref.record.checksum)
-    raise InvalidInputError(
-        f"gave up compacting {branch!r} after {max_attempts} attempts: the branch kept moving"
-    )
+        reader.snapshots.put(plan.snapshot.id, plan.snapshot)
+        result.append(
+            CompactionSummary(str(plan.snapshot.id), arrays, sum(r.refs for r in applied), n)
+        )
+        return Move(plan.snapshot.id, plan.snapshot_checksum)
+
+    await move_branch(storage, branch, attempt, history=reader.parent, tries=max_attempts)
+    return result[-1]  # what the last attempt did: the one that landed, or found nothing
 
 
 async def compact_for_commit(

@@ -58,7 +58,7 @@ from . import runtime
 from .compaction import Progress
 from .errors import FormatError, FrazilError, InvalidInputError, NotFoundError
 from .objects import ObjectReader
-from .refs import Ref, list_refs, read_ref, swap_branch
+from .refs import Move, Ref, list_refs, move_branch, read_ref
 from .storage.base import ObjectInfo, Storage
 
 _DELETE_BATCH = 1_000
@@ -484,11 +484,10 @@ async def expire_snapshots(
     for n, name in enumerate(branches):
         if progress is not None:
             progress("expire", n, len(branches))
-        while True:
-            try:
-                ref = await read_ref(storage, BRANCH_REF, name)
-            except NotFoundError:  # deleted meanwhile
-                break
+        dropped: list[CommitInfo] = []
+
+        async def attempt(ref: Ref, n: int) -> Move | None:
+            nonlocal dropped
             tips = first_tips | await _branch_tips(storage, branches)
             assert ref.record.snapshot_id is not None
             chain = list((await walk_history(reader, [ref.record.snapshot_id])).values())
@@ -502,7 +501,7 @@ async def expire_snapshots(
             ]
             dropped = [i for i in chain if not any(i is k for k in keep)]
             if not dropped:
-                break
+                return None
             # rebuild from the root up: a kept snapshot keeps its id while nothing below
             # it changed; above the first gap every kept snapshot is rewritten
             kept_ids = {k.snapshot_id for k in keep}
@@ -524,12 +523,18 @@ async def expire_snapshots(
                 between = []
             assert new_parent is not None
             if new_parent == ref.record.snapshot_id:
-                break
+                dropped = []
+                return None
             if new_checksum is None:
                 new_checksum = await reader.snapshot_checksum(new_parent)
-            if (await swap_branch(storage, name, ref, new_parent, new_checksum)).ok:
-                expired |= {str(i.snapshot_id) for i in dropped}
-                break
+            return Move(new_parent, new_checksum)
+
+        try:
+            moved = await move_branch(storage, name, attempt, history=reader.parent)
+        except NotFoundError:  # deleted meanwhile
+            continue
+        if moved.move is not None:
+            expired |= {str(i.snapshot_id) for i in dropped}
     if progress is not None:
         progress("expire", len(branches), len(branches))
     return expired

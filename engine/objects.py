@@ -181,6 +181,10 @@ class ObjectReader:
             raise FormatError(f"{key}: holds snapshot {info.snapshot_id}, not {sid}")
         return info
 
+    async def parent(self, sid: SnapshotId) -> SnapshotId | None:
+        """The parent of snapshot ``sid`` (from its footer)."""
+        return (await self.commit_info(sid)).parent_id
+
     async def manifest(self, seg: SegmentRef) -> ManifestSegment:
         mid = seg.manifest_id
         hit = self.manifests.get((mid, seg.row_offset))

@@ -28,12 +28,14 @@ from .errors import (
 from .maintenance import ChunkStorageStats, FsckReport, GCSummary
 from .objects import ObjectReader
 from .refs import (
+    Move,
+    Ref,
     branch_key,
     create_ref,
     delete_branch,
     list_refs,
+    move_branch,
     read_ref,
-    swap_branch,
     tag_key,
     tombstone_tag,
     validate_name,
@@ -355,16 +357,17 @@ class Repository:
             sid = _parse_sid(snapshot_id)
             cs = await self._reader.snapshot_checksum(sid)
             expect = _parse_sid(from_snapshot_id) if from_snapshot_id is not None else None
-            while True:
-                ref = await read_ref(self._storage, BRANCH_REF, name)
+
+            async def attempt(ref: Ref, n: int) -> Move:
                 if expect is not None and ref.record.snapshot_id != expect:
                     raise ConflictError(
                         f"branch {name!r} is at {ref.record.snapshot_id}, not {expect}",
                         expected_parent=str(expect),
                         actual_parent=str(ref.record.snapshot_id),
                     )
-                if (await swap_branch(self._storage, name, ref, sid, cs)).ok:
-                    return
+                return Move(sid, cs)
+
+            await move_branch(self._storage, name, attempt, history=self._reader.parent)
 
         runtime.run(go())
 
@@ -374,7 +377,7 @@ class Repository:
             raise InvalidInputError("the main branch cannot be deleted")
 
         self._check_writable_storage(f"delete branch {name!r}")
-        runtime.run(delete_branch(self._storage, name))
+        runtime.run(delete_branch(self._storage, name, self._reader.parent))
 
     # -- tags ------------------------------------------------------------------------------
     def create_tag(self, name: str, snapshot_id: str) -> None:

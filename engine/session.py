@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
-import random
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,7 @@ from frazil.format.manifest import virtual_rows
 
 from . import runtime
 from .changeset import ChangeSet, Coord, row_ref
-from .commit import CommitPlan, prepare_commit
+from .commit import CommitPlan, commit, prepare_commit
 from .compaction import compact_for_commit
 from .conflicts import ConflictSolver, detect_conflicts
 from .diff import Diff, node_diff
@@ -47,7 +46,7 @@ from .errors import (
 )
 from .journal import ForkJournal, delete_journals, new_token, read_journals
 from .rebase import apply_resolution, merge_changes, summarize_changes, summarize_logs
-from .refs import read_ref, swap_branch
+from .refs import Ref, read_ref
 from .storage.base import ByteRange, slice_range
 from .virtual import ChunkType, VirtualChunkSpec
 from .virtual import staging as virtual
@@ -66,10 +65,6 @@ def normalize_path(path: str) -> str:
         if p in ("", ".", "..") or any(ord(ch) < 32 for ch in p):
             raise InvalidInputError(f"invalid node path {path!r}")
     return "/" + "/".join(parts)
-
-
-_CATCH_UP_ROUNDS = 8
-"""At most this many rebases between two commit attempts (while the branch keeps moving)."""
 
 
 class Session:
@@ -453,88 +448,15 @@ class Session:
             raise InvalidInputError("rebase_tries must be a positive int")
         if self._changes.is_empty():
             raise InvalidInputError("nothing to commit: the session has no changes")
-        repo, storage = self._repo, self._repo.storage
-        if self._maybe_landed:  # an earlier commit() ended with its outcome unknown
-            tip = (await read_ref(storage, BRANCH_REF, self._branch)).record.snapshot_id
-            assert tip is not None
-            landed = await self._find_landed(tip)
-            if landed is not None:
-                return self._committed(landed)
-        attempt = 0
-        while True:
-            attempt += 1
-            meta = dict(metadata)
-            if rebase_with is not None:
-                meta["frazil.commit_attempts"] = attempt
-            base, merged = self._base, list[tuple[str, bytes]]()
-            if repo.config.compact_when_segments_exceed is not None:  # automatic compaction
-                touched = {nid for nid, t in self._changes.chunks.items() if len(t)}
-                base, merged, paths = await compact_for_commit(
-                    storage,
-                    self._base,
-                    touched,
-                    repo.config.compact_when_segments_exceed,
-                    repo.config.split_rows,
-                )
-                if paths:
-                    meta["frazil.compacted_arrays"] = paths
-            plan = prepare_commit(
-                base,
-                self._changes,
-                message=message,
-                metadata=meta,
-                split_rows=repo.config.split_rows,
-            )
-            await runtime.gather_limited(
-                [storage.put(k, b) for k, b in [*merged, *plan.manifests, plan.log]]
-            )
-            await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
-            while True:
-                ref = await read_ref(storage, BRANCH_REF, self._branch)
-                tip = ref.record.snapshot_id
-                if tip != self._base.id:
-                    break
-                self._maybe_landed[plan.snapshot.id] = plan  # until the outcome is known
-                result = await swap_branch(
-                    storage, self._branch, ref, plan.snapshot.id, plan.snapshot_checksum
-                )
-                if result.ok:
-                    return self._committed(plan)
-                if not result.uncertain:
-                    del self._maybe_landed[plan.snapshot.id]
-            assert tip is not None
-            landed = await self._find_landed(tip)
-            if landed is not None:
-                return self._committed(landed)
-            if rebase_with is None:
-                raise ConflictError(
-                    f"branch {self._branch!r} moved: this session started at snapshot "
-                    f"{self._base.id}, but the branch is now at {tip}; rebase "
-                    "(commit(..., rebase_with=ConflictDetector())) or start a new session",
-                    expected_parent=str(self._base.id),
-                    actual_parent=str(tip),
-                )
-            if attempt >= rebase_tries:
-                raise ConflictError(
-                    f"gave up committing to {self._branch!r} after {attempt} attempts: "
-                    "the branch kept moving",
-                    expected_parent=str(self._base.id),
-                    actual_parent=str(tip),
-                )
-            # Pause, then rebase onto the tip as it is after the pause, and again while
-            # the branch moved during the rebase, so that the next attempt writes its
-            # snapshot on the freshest tip: its window between reading the tip and the
-            # swap is then only the time to write, as short as a fresh session's. The
-            # pause is short (a writer that backs off long never wins against writers
-            # committing in a tight loop) and random (writers do not retry in lockstep).
-            await asyncio.sleep(random.uniform(0, min(0.02, 0.002 * 2 ** min(attempt, 5))))
-            for _ in range(_CATCH_UP_ROUNDS):
-                ref = await read_ref(storage, BRANCH_REF, self._branch)
-                tip = ref.record.snapshot_id
-                assert tip is not None
-                if tip == self._base.id:
-                    break
-                await self._rebase_onto(rebase_with, tip, ref.record.checksum)
+        plan = await commit(
+            self._repo.storage,
+            self._branch,
+            _SessionCommitter(self, message, metadata, rebase_with),
+            rebase=rebase_with is not None,
+            tries=rebase_tries,
+            history=self._repo._reader.parent,
+        )
+        return self._committed(plan)
 
     def _committed(self, plan: CommitPlan) -> str:
         """Finish a commit whose snapshot is on the branch: the session becomes read-only
@@ -942,6 +864,62 @@ class Session:
                 col = segments[si].table.column("location").take(pa.array(picked))
                 found.update(v for v in pa.compute.unique(col).to_pylist() if v is not None)
         return sorted(found)
+
+
+class _SessionCommitter:
+    """The session's side of the commit loop (``frazil.commit.Committer``)."""
+
+    def __init__(
+        self,
+        session: Session,
+        message: str,
+        metadata: dict[str, Any],
+        solver: ConflictSolver | None,
+    ) -> None:
+        self.session, self.message, self.metadata, self.solver = session, message, metadata, solver
+
+    def base_id(self) -> SnapshotId:
+        return self.session._base.id
+
+    async def prepare(self, attempts: int) -> CommitPlan:
+        s, repo = self.session, self.session._repo
+        storage, config = repo.storage, repo.config
+        meta = dict(self.metadata)
+        if self.solver is not None:
+            meta["frazil.commit_attempts"] = attempts
+        base, merged = s._base, list[tuple[str, bytes]]()
+        if config.compact_when_segments_exceed is not None:  # automatic compaction
+            touched = {nid for nid, t in s._changes.chunks.items() if len(t)}
+            base, merged, paths = await compact_for_commit(
+                storage,
+                s._base,
+                touched,
+                config.compact_when_segments_exceed,
+                config.split_rows,
+            )
+            if paths:
+                meta["frazil.compacted_arrays"] = paths
+        plan = prepare_commit(
+            base, s._changes, message=self.message, metadata=meta, split_rows=config.split_rows
+        )
+        await runtime.gather_limited(
+            [storage.put(k, b) for k, b in [*merged, *plan.manifests, plan.log]]
+        )
+        await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
+        return plan
+
+    async def rebase_onto(self, ref: Ref) -> None:
+        assert self.solver is not None and ref.record.snapshot_id is not None
+        await self.session._rebase_onto(self.solver, ref.record.snapshot_id, ref.record.checksum)
+
+    async def find_landed(self, tip: SnapshotId) -> CommitPlan | None:
+        return await self.session._find_landed(tip)
+
+    def remember(self, plan: CommitPlan) -> None:
+        self.session._maybe_landed[plan.snapshot.id] = plan
+
+    def forget(self, plan: CommitPlan) -> None:
+        self.session._maybe_landed.pop(plan.snapshot.id, None)
 
 
 class ForkSession(Session):
