@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from frazil.format import ChunkKind, ChunkRef, NodeId, NodeRecord
+from frazil.format import ChunkKind, ChunkRef, Coord, NodeId, NodeRecord
 from frazil.format.manifest import (
     TOMBSTONE,
     inline_rows,
@@ -30,7 +30,6 @@ from frazil.format.manifest import (
 
 from . import runtime
 
-Coord = tuple[int, ...]
 Key = int | tuple[int, ...]
 KeySet = set[Key]
 CoordSet = set[Coord]

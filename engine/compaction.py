@@ -37,17 +37,16 @@ from frazil.format import (
     SnapshotId,
     TransactionLog,
     checksum,
-    decode_manifest_parts,
     encode_snapshot,
     encode_transaction_log,
 )
 from frazil.format.common import BRANCH_REF
-from frazil.format.keys import manifest_key, transaction_log_key
+from frazil.format.keys import transaction_log_key
 from frazil.format.manifest import SCHEMA as MANIFEST_SCHEMA
 
 from . import runtime
 from .commit import CommitPlan, build_segments
-from .errors import FormatError, InvalidInputError, NotFoundError
+from .errors import InvalidInputError
 from .objects import ObjectReader
 from .refs import Move, Ref, move_branch, read_ref
 from .storage.base import Storage
@@ -90,20 +89,6 @@ class Replacement:
     refs: int
 
 
-async def load_segment(storage: Storage, seg: SegmentRef) -> ManifestSegment:
-    """Read and verify one segment without going through (or filling) the shared cache."""
-    key = manifest_key(seg.manifest_id)
-    try:
-        data = await storage.get(key)
-    except NotFoundError:
-        raise NotFoundError(f"manifest {key} is missing from storage") from None
-    parts = await runtime.in_thread(decode_manifest_parts, data, key, seg.checksum)
-    m = parts.get(seg.row_offset)
-    if m is None or len(m) != seg.rows:
-        raise FormatError(f"{key}: has no segment of {seg.rows} rows at row {seg.row_offset}")
-    return m
-
-
 def live_rows(segments: list[ManifestSegment], ndim: int) -> np.ndarray:
     """Row numbers (into the segments' rows concatenated, newest segment first) of the
     live refs, in coordinate order: per coordinate the newest row, tombstones dropped."""
@@ -135,10 +120,10 @@ def merge_segments(segments: list[ManifestSegment], ndim: int) -> tuple[np.ndarr
     return coords, rows.take(pa.array(keep))  # take gathers across chunks: no combined copy
 
 
-async def count_chunks(storage: Storage, node: NodeRecord) -> int:
+async def count_chunks(reader: ObjectReader, node: NodeRecord) -> int:
     """How many chunks of the array ``node`` exist (live refs over all its segments)."""
     loaded = await runtime.gather_limited(
-        [load_segment(storage, s) for s in node.segments], limit=16
+        [reader.manifest(s, cache=False) for s in node.segments], limit=16
     )
     return len(live_rows(loaded, _ndim(node)))
 
@@ -149,7 +134,7 @@ def _parts(coords: np.ndarray, rows: pa.Table, size: int) -> Iterator[tuple[np.n
 
 
 async def compact_node(
-    storage: Storage,
+    reader: ObjectReader,
     node: NodeRecord,
     ndim: int,
     rows_per_segment: int,
@@ -159,7 +144,7 @@ async def compact_node(
     rows (the objects are returned, not yet written)."""
 
     async def load(seg: SegmentRef) -> ManifestSegment:
-        m = await load_segment(storage, seg)
+        m = await reader.manifest(seg, cache=False)
         if loaded_one is not None:
             loaded_one()
         return m
@@ -262,7 +247,7 @@ async def compact_branch(
     replacements: list[Replacement] = []
     for node in todo:
         replacements.append(
-            await compact_node(storage, node, _ndim(node), rows_per_segment, loaded_one)
+            await compact_node(reader, node, _ndim(node), rows_per_segment, loaded_one)
         )
         objects = replacements[-1].objects
         await runtime.gather_limited([storage.put(k, b) for k, b in objects])
@@ -300,7 +285,7 @@ async def compact_branch(
 
 
 async def compact_for_commit(
-    storage: Storage, base: Snapshot, touched: set[NodeId], limit: int, rows_per_segment: int
+    reader: ObjectReader, base: Snapshot, touched: set[NodeId], limit: int, rows_per_segment: int
 ) -> tuple[Snapshot, list[tuple[str, bytes]], list[str]]:
     """For automatic compaction at commit: ``base`` with the segments of every array in
     ``touched`` that has ``limit`` or more segments merged (a commit adds at least one
@@ -317,7 +302,7 @@ async def compact_for_commit(
     ]
     if not todo:
         return base, [], []
-    replacements = [await compact_node(storage, n, _ndim(n), rows_per_segment) for n in todo]
+    replacements = [await compact_node(reader, n, _ndim(n), rows_per_segment) for n in todo]
     nodes, _ = apply_replacements(base.nodes, replacements)
     objects = [o for r in replacements for o in r.objects]
     return dataclasses.replace(base, nodes=nodes), objects, sorted(n.path for n in todo)

@@ -12,9 +12,9 @@ import enum
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from frazil.format import NodeId
+from frazil.format import Coord, NodeId
 
-from .diff import Coord, Diff
+from .diff import Diff
 from .errors import ConflictError
 
 
@@ -78,6 +78,9 @@ class ChangeSummary(Diff):
     one."""
 
     deleted_ids: dict[str, set[NodeId]] = field(default_factory=dict)
+    #: arrays with chunk writes whose coordinates were not collected (merges compare
+    #: the chunk tables themselves, in bulk)
+    written: set[str] = field(default_factory=set)
 
     @property
     def new_nodes(self) -> set[str]:
@@ -93,6 +96,10 @@ class ChangeSummary(Diff):
 
     def add_chunks(self, path: str, coords: Iterable[Coord]) -> None:
         self.updated_chunks.setdefault(path, set()).update(coords)
+
+    def wrote(self, path: str) -> bool:
+        """Chunks of the array at ``path`` were written (or deleted)."""
+        return bool(self.updated_chunks.get(path)) or path in self.written
 
 
 def _parent_paths(path: str) -> list[str]:
@@ -160,11 +167,11 @@ def metadata_updated_twice(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
 
 
 def _written(ours: ChangeSummary) -> Iterator[tuple[str, set[Coord]]]:
-    """Our chunk writes to arrays that existed before (a new array's are ours alone)."""
-    for path in sorted(ours.updated_chunks):
-        coords = ours.updated_chunks[path]
-        if coords and path not in ours.new_arrays:
-            yield path, coords
+    """Our chunk writes to arrays that existed before (a new array's are ours alone),
+    with their coordinates where they were collected."""
+    for path in sorted(set(ours.updated_chunks) | ours.written):
+        if ours.wrote(path) and path not in ours.new_arrays:
+            yield path, ours.updated_chunks.get(path, set())
 
 
 def chunks_in_deleted_array(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
@@ -194,11 +201,7 @@ def delete_of_changed_node(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
     """We deleted a node they changed (updated, wrote chunks of, or replaced: a path in
     both their deleted and new nodes was replaced, and counts as changed)."""
     for path in sorted(ours.deleted_arrays):
-        if (
-            path in theirs.updated_arrays
-            or path in theirs.new_nodes
-            or theirs.updated_chunks.get(path)
-        ):
+        if path in theirs.updated_arrays or path in theirs.new_nodes or theirs.wrote(path):
             yield (5, path, 0), Conflict(ConflictType.DeleteOfUpdatedArray, path)
     for path in sorted(ours.deleted_groups):
         if path in theirs.updated_groups or path in theirs.new_nodes:
@@ -212,9 +215,7 @@ def replacement_of_changed_node(ours: ChangeSummary, theirs: ChangeSummary) -> K
     for one, other in ((ours, theirs), (theirs, ours)):
         for path in sorted(p for p in one.new_nodes if one.replaced(p)):
             if (
-                path in other.updated_arrays
-                or path in other.updated_groups
-                or other.updated_chunks.get(path)
+                path in other.updated_arrays or path in other.updated_groups or other.wrote(path)
             ) and not other.replaced(path):
                 yield (0, path, 0), Conflict(ConflictType.NewNodeConflictsWithExistingNode, path)
 
@@ -238,12 +239,12 @@ MERGE_RULES: tuple[Rule, ...] = (
     metadata_of_deleted_node,
     metadata_updated_twice,
     chunks_in_deleted_array,
-    chunk_written_twice,
     delete_of_changed_node,
 )
 """What a merge checks, a fork's changes against what is merged so far: the rebase's rules
 but chunks written to an array whose metadata another fork updated (forks of one session
-share its chunk grid), and with replacements of changed nodes."""
+share its chunk grid), and with replacements of changed nodes. Chunks both wrote are found
+by comparing the chunk tables in bulk as they are folded (``rebase.merge_changes``)."""
 
 
 def detect_conflicts(

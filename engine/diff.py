@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from frazil.format import ARRAY, NodeId, NodeRecord
-
-Coord = tuple[int, ...]
+from frazil.format import ARRAY, Coord, NodeId, NodeRecord
 
 
 @dataclass(frozen=True)

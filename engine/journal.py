@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from frazil.format import NodeId, NodeRecord
+from frazil.format import Coord, NodeId, NodeRecord
 from frazil.format.journal import (
     JournalBatch,
     JournalNode,
@@ -41,7 +41,7 @@ from frazil.format.journal import (
 from frazil.format.keys import fork_prefix, journal_key, marker_key, parse_journal_key
 
 from . import runtime
-from .changeset import ChangeSet, Coord
+from .changeset import ChangeSet
 from .errors import InvalidInputError, StorageError
 from .storage.base import Storage
 

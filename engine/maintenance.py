@@ -132,25 +132,17 @@ def _kind(e: BaseException) -> str:
     return "missing" if isinstance(e, NotFoundError) else "damaged"
 
 
-def _manifest_rows(data: bytes, key: str, expected: int) -> pa.Table:
-    table, _ = decode_parquet(
-        data, MANIFEST, key, expected, MANIFEST_SCHEMA, read_dictionary=("node_id",)
-    )
-    return table
+async def manifest_rows(reader: ObjectReader, seg: SegmentRef) -> pa.Table:
+    """Every row of a segment's manifest object (all its parts), verified, uncached."""
+    key, data = await reader.manifest_bytes(seg)
 
-
-async def read_manifest_rows(storage: Storage, seg: SegmentRef) -> pa.Table:
-    """A segment's rows (verified against the recorded size and checksum), uncached."""
-    key = manifest_key(seg.manifest_id)
-    try:
-        data = await storage.get(key)
-    except NotFoundError:
-        raise NotFoundError(f"manifest {key} is missing from storage") from None
-    if len(data) != seg.size:
-        raise FormatError(
-            f"manifest {key} is damaged: {len(data)} bytes, {seg.size} recorded when it was written"
+    def decode() -> pa.Table:
+        table, _ = decode_parquet(
+            data, MANIFEST, key, seg.checksum, MANIFEST_SCHEMA, read_dictionary=("node_id",)
         )
-    return await runtime.in_thread(_manifest_rows, data, key, seg.checksum)
+        return table
+
+    return await runtime.in_thread(decode)
 
 
 def _native(table: pa.Table) -> pa.Table:
@@ -221,7 +213,7 @@ async def mark(
     async def chunk_ids(seg: SegmentRef) -> pa.Array:
         nonlocal done
         try:
-            rows = await read_manifest_rows(storage, seg)
+            rows = await manifest_rows(reader, seg)
         except NotFoundError:
             if seg.manifest_id not in optional:
                 raise
@@ -634,7 +626,7 @@ async def fsck(
     async def check_manifest(seg: SegmentRef, owner: str) -> None:
         nonlocal done
         try:
-            rows = await read_manifest_rows(storage, seg)
+            rows = await manifest_rows(reader, seg)
             report.manifests += 1
             report.bytes_verified += seg.size
             native = _native(rows)
@@ -747,7 +739,7 @@ async def chunk_storage_stats(
 ) -> ChunkStorageStats:
     found = await mark(storage, reader, progress=progress)
     parts = await runtime.gather_limited(
-        [read_manifest_rows(storage, s) for s in found.segments.values()], limit=16
+        [manifest_rows(reader, s) for s in found.segments.values()], limit=16
     )
     cols = ["kind", "chunk_id", "length", "location", "offset"]
     if not parts:

@@ -132,36 +132,52 @@ class ObjectReader:
             with self._lock:
                 self._inflight.pop(loop_key, None)
 
+    # -- the one verified read ---------------------------------------------------------
+    async def fetch(
+        self, key: str, what: str, *, size: int | None = None, byte_range: ByteRange | None = None
+    ) -> bytes:
+        """The bytes of ``key`` (``what`` names it in errors: "snapshot X does not
+        exist"), checked against the ``size`` its referrer recorded; decoders check the
+        checksum. Every read of an object goes through here."""
+        try:
+            data = await self.storage.get(key, byte_range)
+        except NotFoundError:
+            raise NotFoundError(f"{what} does not exist in storage") from None
+        if size is not None and len(data) != size:
+            raise FormatError(
+                f"{what} is damaged: {len(data)} bytes, {size} recorded when it was written"
+            )
+        return data
+
+    async def _snapshot_bytes(self, sid: SnapshotId) -> tuple[str, bytes]:
+        key = snapshot_key(sid)
+        return key, await self.fetch(key, f"snapshot {sid}")
+
+    def _decoded_snapshot(
+        self, sid: SnapshotId, key: str, data: bytes, checksum: int | None
+    ) -> Snapshot:
+        snap = decode_snapshot(data, key, checksum)
+        if snap.id != sid:
+            raise FormatError(f"{key}: holds snapshot {snap.id}, not {sid}")
+        self.snapshots.put(sid, snap)
+        return snap
+
+    # -- objects -------------------------------------------------------------------------
     async def snapshot(self, sid: SnapshotId, checksum: int | None = None) -> Snapshot:
         hit = self.snapshots.get(sid)
         if hit is not None:
             return hit
 
         async def load() -> Snapshot:
-            key = snapshot_key(sid)
-            try:
-                data = await self.storage.get(key)
-            except NotFoundError:
-                raise NotFoundError(f"snapshot {sid} does not exist") from None
-            snap = decode_snapshot(data, key, checksum)
-            if snap.id != sid:
-                raise FormatError(f"{key}: holds snapshot {snap.id}, not {sid}")
-            self.snapshots.put(sid, snap)
-            return snap
+            key, data = await self._snapshot_bytes(sid)
+            return self._decoded_snapshot(sid, key, data, checksum)
 
         return await self._once(("s", sid), load)
 
     async def snapshot_checksum(self, sid: SnapshotId) -> int:
         """Read a snapshot whole, check it decodes, and return its checksum (for new refs)."""
-        key = snapshot_key(sid)
-        try:
-            data = await self.storage.get(key)
-        except NotFoundError:
-            raise NotFoundError(f"snapshot {sid} does not exist") from None
-        snap = decode_snapshot(data, key)
-        if snap.id != sid:
-            raise FormatError(f"{key}: holds snapshot {snap.id}, not {sid}")
-        self.snapshots.put(sid, snap)
+        key, data = await self._snapshot_bytes(sid)
+        self._decoded_snapshot(sid, key, data, None)
         return checksum(data)
 
     async def commit_info(self, sid: SnapshotId) -> CommitInfo:
@@ -170,10 +186,7 @@ class ObjectReader:
         if hit is not None:
             return hit.info
         key = snapshot_key(sid)
-        try:
-            tail = await self.storage.get(key, (-_TAIL, None))
-        except NotFoundError:
-            raise NotFoundError(f"snapshot {sid} does not exist") from None
+        tail = await self.fetch(key, f"snapshot {sid}", byte_range=(-_TAIL, None))
         info = decode_commit_info(tail, key)
         if info is None:
             info = (await self.snapshot(sid)).info
@@ -185,24 +198,29 @@ class ObjectReader:
         """The parent of snapshot ``sid`` (from its footer)."""
         return (await self.commit_info(sid)).parent_id
 
-    async def manifest(self, seg: SegmentRef) -> ManifestSegment:
+    async def manifest_bytes(self, seg: SegmentRef) -> tuple[str, bytes]:
+        """A segment's manifest object, checked against its recorded size (decoders check
+        its checksum): for readers that decode it themselves, uncached."""
+        key = manifest_key(seg.manifest_id)
+        return key, await self.fetch(key, f"manifest {key}", size=seg.size)
+
+    async def manifest(self, seg: SegmentRef, *, cache: bool = True) -> ManifestSegment:
+        """A segment, verified; from the shared cache, which it fills with every segment
+        of its object (``cache=False``: neither, for one-off bulk reads)."""
         mid = seg.manifest_id
-        hit = self.manifests.get((mid, seg.row_offset))
+        hit = self.manifests.get((mid, seg.row_offset)) if cache else None
         if hit is not None:
             return hit
 
         async def load() -> dict[int, ManifestSegment]:
-            key = manifest_key(mid)
-            try:
-                data = await self.storage.get(key)
-            except NotFoundError:
-                raise NotFoundError(f"manifest {key} is missing from storage") from None
-            parts = decode_manifest_parts(data, key, seg.checksum)
-            for offset, part in parts.items():  # every array in the object, for one read
-                self.manifests.put((mid, offset), part)
+            key, data = await self.manifest_bytes(seg)
+            parts = await runtime.in_thread(decode_manifest_parts, data, key, seg.checksum)
+            if cache:
+                for offset, part in parts.items():  # every array in the object, one read
+                    self.manifests.put((mid, offset), part)
             return parts
 
-        parts = await self._once(("m", mid), load)
+        parts = await (self._once(("m", mid), load) if cache else load())
         m = parts.get(seg.row_offset)
         if m is None or len(m) != seg.rows:
             raise FormatError(
@@ -215,10 +233,7 @@ class ObjectReader:
         if hit is not None:
             return hit
         key = transaction_log_key(sid)
-        try:
-            data = await self.storage.get(key)
-        except NotFoundError:
-            raise NotFoundError(f"transaction log {key} is missing") from None
+        data = await self.fetch(key, f"transaction log {key}")
         log = decode_transaction_log(data, key, checksum)
         if log.snapshot_id != sid:
             raise FormatError(f"{key}: is the transaction log of {log.snapshot_id}, not {sid}")
@@ -238,10 +253,7 @@ class ObjectReader:
         cached = self.chunks.get(cid) if byte_range is not None else None
         if cached is None:
             key = chunk_key(cid)
-            try:
-                data = await self.storage.get(key)
-            except NotFoundError:
-                raise NotFoundError(f"chunk object {key} is missing from storage") from None
+            data = await self.fetch(key, f"chunk object {key}")
             verify_checksum(data, checksum, f"chunk {key}")
             if byte_range is None:
                 return data

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from frazil.format import ARRAY, ChunkKind, ChunkRef, NodeId, NodeRecord, TransactionLog
 from frazil.format import txlog as tx
@@ -26,8 +25,11 @@ from .conflicts import (
 )
 
 
-def summarize_changes(base: Mapping[str, NodeRecord], changes: ChangeSet) -> ChangeSummary:
-    """What ``changes`` does relative to the node table ``base`` (path -> record)."""
+def summarize_changes(
+    base: Mapping[str, NodeRecord], changes: ChangeSet, *, coords: bool = True
+) -> ChangeSummary:
+    """What ``changes`` does relative to the node table ``base`` (path -> record);
+    ``coords=False`` records which arrays have chunk writes, not their coordinates."""
     s = ChangeSummary()
     for path, staged in changes.nodes.items():
         old = base.get(path)
@@ -46,14 +48,17 @@ def summarize_changes(base: Mapping[str, NodeRecord], changes: ChangeSet) -> Cha
     for node_id, table in changes.chunks.items():
         where = paths.get(node_id)
         if where is not None and len(table):
-            s.add_chunks(where, (c for c, _ in table.items()))
+            if coords:
+                s.add_chunks(where, (c for c, _ in table.items()))
+            else:
+                s.written.add(where)
     return s
 
 
 def summarize_logs(logs: Iterable[TransactionLog]) -> ChangeSummary:
     """The union of several commits' changes (oldest first)."""
     s = ChangeSummary()
-    targets = {
+    targets: dict[str, set[str]] = {
         tx.NEW_GROUP: s.new_groups,
         tx.NEW_ARRAY: s.new_arrays,
         tx.DELETED_GROUP: s.deleted_groups,
@@ -128,9 +133,11 @@ def merge_changes(
     conflicts: list[Conflict] = []
     for source, retried in [*((s, False) for s in sources), *((s, True) for s in journaled)]:
         found = detect_conflicts(
-            summarize_changes(base, source), summarize_changes(base, merged), MERGE_RULES
+            summarize_changes(base, source, coords=False),
+            summarize_changes(base, merged, coords=False),
+            MERGE_RULES,
         )
-        conflicts.extend(_tolerated(base, merged, source, found, retried))
+        conflicts.extend(_tolerated(base, merged, source, found))
         conflicts.extend(_fold(base, merged, source, retried))
         merged.writers |= source.writers
     return merged, conflicts
@@ -149,48 +156,24 @@ def _same_node(base: Mapping[str, NodeRecord], path: str, a: object, b: object) 
 
 
 def _tolerated(
-    base: Mapping[str, NodeRecord],
-    merged: ChangeSet,
-    source: ChangeSet,
-    found: list[Conflict],
-    retried: bool,
+    base: Mapping[str, NodeRecord], merged: ChangeSet, source: ChangeSet, found: list[Conflict]
 ) -> list[Conflict]:
-    """``found`` without what a merge accepts: node conflicts where both sides hold one
-    node (``_same_node``), and, from journals, chunks both wrote with the same bytes."""
-    out = []
-    for c in found:
-        if c.conflict_type is ConflictType.ChunkDoubleUpdate:
-            if retried:
-                mine, theirs = _table_at(base, merged, c.path), _table_at(base, source, c.path)
-                left = tuple(
-                    x
-                    for x in c.conflicted_chunks or ()
-                    if mine is None
-                    or theirs is None
-                    or not same_content(mine.get(x), theirs.get(x))
-                )
-                if not left:
-                    continue
-                c = Conflict(c.conflict_type, c.path, left)
-        elif _same_node(base, c.path, merged.nodes.get(c.path), source.nodes.get(c.path)):
-            continue
-        out.append(c)
-    return out
-
-
-def _table_at(base: Mapping[str, NodeRecord], changes: ChangeSet, path: str) -> Any:
-    rec = changes.nodes.get(path) if path in changes.nodes else base.get(path)
-    return None if rec is None else changes.chunks.get(rec.node_id)
+    """``found`` without the node conflicts a merge accepts: both sides hold one node
+    (``_same_node``)."""
+    return [
+        c
+        for c in found
+        if not _same_node(base, c.path, merged.nodes.get(c.path), source.nodes.get(c.path))
+    ]
 
 
 def _fold(
     base: Mapping[str, NodeRecord], merged: ChangeSet, source: ChangeSet, retried: bool
 ) -> list[Conflict]:
     """Fold ``source`` into ``merged`` in place (its records over ours, a node both
-    created as one node mapped onto ours, chunk tables combined). Returns the chunks both
-    wrote to a node new on both sides (one node, or two mapped onto one): the only
-    conflicts the rules cannot see, since a new array's chunks are its creator's alone
-    to them."""
+    created as one node mapped onto ours, chunk tables combined), and return the chunks
+    both wrote, found in bulk table by table (with ``retried``, chunks written with the
+    same bytes do not count)."""
     mapped: dict[NodeId, NodeId] = {}
     for path, rec in source.nodes.items():
         mine = merged.nodes.get(path, _MISSING)
@@ -207,24 +190,19 @@ def _fold(
         if old is not None and (rec is None or rec.node_id != old.node_id):
             merged.chunks.pop(old.node_id, None)
     conflicts = []
-    paths = {r.node_id: p for p, r in merged.nodes.items() if r is not None}
-    base_ids = {r.node_id for r in base.values()}
+    paths = _paths_by_id(base, merged)
     for node_id, table in source.chunks.items():
         target = mapped.get(node_id, node_id)
         mine_table = merged.chunks.get(target)
         if mine_table is None:
             merged.chunks[target] = copy.copy(table)
             continue
-        if target not in base_ids:  # a node new in both: the rules skip new arrays' chunks
-            both = mine_table.overlap(table)
-            if retried:
-                both = {c for c in both if not same_content(mine_table.get(c), table.get(c))}
-            if both:
-                conflicts.append(
-                    Conflict(
-                        ConflictType.ChunkDoubleUpdate, paths.get(target, "?"), tuple(sorted(both))
-                    )
-                )
+        both = mine_table.overlap(table)
+        if retried:
+            both = {c for c in both if not same_content(mine_table.get(c), table.get(c))}
+        if both:
+            path = paths.get(target, "?")
+            conflicts.append(Conflict(ConflictType.ChunkDoubleUpdate, path, tuple(sorted(both))))
         mine_table.update(table)
     return conflicts
 

@@ -288,6 +288,17 @@ class Repository:
         return self._storage
 
     @property
+    def reader(self) -> ObjectReader:
+        """The verified, cached reader of this repository's objects, shared by its
+        sessions (and by the repositories unpickled in one process from one location)."""
+        return self._reader
+
+    @property
+    def virtual_resolver(self) -> VirtualResolver:
+        """What reads this repository's virtual chunks, with the opener's authorization."""
+        return self._virtual
+
+    @property
     def config(self) -> RepositoryConfig:
         return self._config
 

@@ -7,7 +7,7 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +19,7 @@ from frazil.format import (
     ChunkKind,
     ChunkRef,
     CommitInfo,
+    Coord,
     NodeId,
     NodeRecord,
     Snapshot,
@@ -31,7 +32,7 @@ from frazil.format.keys import chunk_key
 from frazil.format.manifest import virtual_rows
 
 from . import runtime
-from .changeset import ChangeSet, Coord, row_ref
+from .changeset import ChangeSet, row_ref
 from .commit import CommitPlan, commit, prepare_commit
 from .compaction import compact_for_commit
 from .conflicts import ConflictSolver, detect_conflicts
@@ -53,7 +54,27 @@ from .virtual import staging as virtual
 from .zarrmeta import NodeMeta, parse_zarr_json
 
 if TYPE_CHECKING:
-    from .repository import Repository
+    from .config import RepositoryConfig
+    from .objects import ObjectReader
+    from .storage.base import Storage
+    from .virtual import VirtualResolver
+
+
+class SessionHost(Protocol):
+    """What a session needs of its repository (a ``Repository`` is one): where objects
+    are, its settings, its shared object reader and its virtual chunk resolver."""
+
+    @property
+    def storage(self) -> Storage: ...
+
+    @property
+    def config(self) -> RepositoryConfig: ...
+
+    @property
+    def reader(self) -> ObjectReader: ...
+
+    @property
+    def virtual_resolver(self) -> VirtualResolver: ...
 
 
 def normalize_path(path: str) -> str:
@@ -77,7 +98,7 @@ class Session:
 
     def __init__(
         self,
-        repo: Repository,
+        repo: SessionHost,
         base: Snapshot,
         *,
         branch: str | None,
@@ -119,7 +140,7 @@ class Session:
         return not self._changes.is_empty()
 
     @property
-    def repository(self) -> Repository:
+    def repository(self) -> SessionHost:
         return self._repo
 
     @property
@@ -282,7 +303,7 @@ class Session:
     async def _base_ref(self, rec: NodeRecord, coord: Coord) -> ChunkRef | None:
         for seg in rec.segments:
             if seg.covers(coord):
-                m = await self._repo._reader.manifest(seg)
+                m = await self._repo.reader.manifest(seg)
                 i = m.find(coord)
                 if i is not None:
                     return m.ref(i)
@@ -309,8 +330,8 @@ class Session:
             return slice_range(ref.data or b"", byte_range)
         if ref.kind == ChunkKind.NATIVE:
             assert ref.chunk_id is not None
-            return await self._repo._reader.chunk(ref.chunk_id, ref.checksum, byte_range)
-        return await self._repo._virtual.read(ref, byte_range)
+            return await self._repo.reader.chunk(ref.chunk_id, ref.checksum, byte_range)
+        return await self._repo.virtual_resolver.read(ref, byte_range)
 
     async def set_chunk(self, path: str, coord: Coord, data: bytes) -> None:
         """Stage a chunk: inline if small, else written now to ``chunks/<id>``."""
@@ -353,7 +374,7 @@ class Session:
             parts.append(staged_coords)
             kinds.append(staged_kinds)
         segments = await runtime.gather_limited(
-            [self._repo._reader.manifest(s) for s in rec.segments]
+            [self._repo.reader.manifest(s) for s in rec.segments]
         )
         for m in segments:
             parts.append(m.coords.reshape(len(m.kinds), meta.ndim))  # -1 fails for 0-d
@@ -454,14 +475,14 @@ class Session:
             _SessionCommitter(self, message, metadata, rebase_with),
             rebase=rebase_with is not None,
             tries=rebase_tries,
-            history=self._repo._reader.parent,
+            history=self._repo.reader.parent,
         )
         return self._committed(plan)
 
     def _committed(self, plan: CommitPlan) -> str:
         """Finish a commit whose snapshot is on the branch: the session becomes read-only
         at it, and the caches hold what other sessions of this process will read."""
-        reader = self._repo._reader
+        reader = self._repo.reader
         reader.snapshots.put(plan.snapshot.id, plan.snapshot)
         if plan.transaction_log is not None:  # rebases of other sessions read it
             reader.txlogs.put(plan.snapshot.id, plan.transaction_log)
@@ -480,7 +501,7 @@ class Session:
         version that is gone), so they are forgotten."""
         if not self._maybe_landed:
             return None
-        reader = self._repo._reader
+        reader = self._repo.reader
         sid: SnapshotId | None = tip
         while sid is not None and sid != self._base.id:
             plan = self._maybe_landed.get(sid)
@@ -512,7 +533,7 @@ class Session:
     async def _rebase_onto(
         self, solver: ConflictSolver, tip: SnapshotId, tip_checksum: int | None
     ) -> None:
-        reader = self._repo._reader
+        reader = self._repo.reader
         # The tip is read whole (it becomes the new base), which also gives its commit
         # info; each commit's transaction log is fetched as soon as the walk down the
         # chain reaches it, so a rebase over one commit costs two round trips.
@@ -842,7 +863,7 @@ class Session:
                 src.append(np.full(len(staged), -1, np.int64))
                 rows.append(np.zeros(len(staged), np.int64))
             segments = await runtime.gather_limited(
-                [self._repo._reader.manifest(s) for s in rec.segments]
+                [self._repo.reader.manifest(s) for s in rec.segments]
             )
             for si, m in enumerate(segments):
                 coords.append(m.coords.reshape(len(m.kinds), ndim))
@@ -891,7 +912,7 @@ class _SessionCommitter:
         if config.compact_when_segments_exceed is not None:  # automatic compaction
             touched = {nid for nid, t in s._changes.chunks.items() if len(t)}
             base, merged, paths = await compact_for_commit(
-                storage,
+                repo.reader,
                 s._base,
                 touched,
                 config.compact_when_segments_exceed,
@@ -971,7 +992,7 @@ class ForkSession(Session):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         repo = state["repo"]
-        base = runtime.run(repo._reader.snapshot(state["base_id"], state["base_checksum"]))
+        base = runtime.run(repo.reader.snapshot(state["base_id"], state["base_checksum"]))
         Session.__init__(
             self,
             repo,

@@ -1,11 +1,12 @@
 """frazil's on-disk format: pure encode/decode of every object, ids and checksums (no I/O)."""
 
-from .common import FORMAT_VERSION, checksum
+from .common import FORMAT_VERSION, ObjectType, checksum
 from .errors import FormatError, FrazilError
 from .ids import ChunkId, ManifestId, NodeId, ObjectId, SnapshotId
 from .manifest import (
     ChunkKind,
     ChunkRef,
+    Coord,
     ManifestSegment,
     decode_manifest,
     decode_manifest_parts,
@@ -16,22 +17,31 @@ from .snapshot import (
     GROUP,
     CommitInfo,
     NodeRecord,
+    NodeType,
     SegmentRef,
     Snapshot,
     decode_commit_info,
     decode_snapshot,
     encode_snapshot,
 )
-from .txlog import NodeChange, TransactionLog, decode_transaction_log, encode_transaction_log
+from .txlog import (
+    ChangeKind,
+    NodeChange,
+    TransactionLog,
+    decode_transaction_log,
+    encode_transaction_log,
+)
 
 __all__ = [
     "ARRAY",
+    "ChangeKind",
     "FORMAT_VERSION",
     "GROUP",
     "ChunkId",
     "ChunkKind",
     "ChunkRef",
     "CommitInfo",
+    "Coord",
     "FormatError",
     "FrazilError",
     "ManifestId",
@@ -39,6 +49,8 @@ __all__ = [
     "NodeChange",
     "NodeId",
     "NodeRecord",
+    "NodeType",
+    "ObjectType",
     "ObjectId",
     "SegmentRef",
     "Snapshot",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -24,13 +25,26 @@ FORMAT_VERSION = 1
 
 HEADER_KEY = b"frazil"
 
-SNAPSHOT = "snapshot"
-MANIFEST = "manifest"
-TRANSACTION_LOG = "transaction_log"
-BRANCH_REF = "branch_ref"
-TAG_REF = "tag_ref"
-CONFIG = "config"
-FORK_JOURNAL = "fork_journal"
+
+class ObjectType(StrEnum):
+    """The ``object_type`` every object's header names (the values are what is stored)."""
+
+    SNAPSHOT = "snapshot"
+    MANIFEST = "manifest"
+    TRANSACTION_LOG = "transaction_log"
+    BRANCH_REF = "branch_ref"
+    TAG_REF = "tag_ref"
+    CONFIG = "config"
+    FORK_JOURNAL = "fork_journal"
+
+
+SNAPSHOT = ObjectType.SNAPSHOT
+MANIFEST = ObjectType.MANIFEST
+TRANSACTION_LOG = ObjectType.TRANSACTION_LOG
+BRANCH_REF = ObjectType.BRANCH_REF
+TAG_REF = ObjectType.TAG_REF
+CONFIG = ObjectType.CONFIG
+FORK_JOURNAL = ObjectType.FORK_JOURNAL
 
 _ROW_GROUP_ROWS = 1 << 20
 

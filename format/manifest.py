@@ -22,6 +22,9 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 from .common import MANIFEST, FormatError, decode_parquet, encode_parquet
 from .ids import ChunkId, ManifestId, NodeId
 
+Coord = tuple[int, ...]
+"""A chunk's position in its array's chunk grid (``()`` for a 0-d array)."""
+
 SCHEMA = pa.schema(
     [
         ("node_id", pa.string()),

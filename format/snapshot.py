@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import pyarrow as pa
@@ -25,8 +26,16 @@ from .common import (
 )
 from .ids import ManifestId, NodeId, SnapshotId
 
-GROUP = "group"
-ARRAY = "array"
+
+class NodeType(StrEnum):
+    """What a node is (the ``node_type`` column's values)."""
+
+    GROUP = "group"
+    ARRAY = "array"
+
+
+GROUP = NodeType.GROUP
+ARRAY = NodeType.ARRAY
 
 _SEGMENT_TYPE = pa.struct(
     [

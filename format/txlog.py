@@ -7,6 +7,7 @@ set of chunk coordinates an array's chunks were written or deleted at.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import pyarrow as pa
@@ -14,13 +15,26 @@ import pyarrow as pa
 from .common import TRANSACTION_LOG, FormatError, decode_parquet, encode_parquet
 from .ids import NodeId, SnapshotId
 
-NEW_GROUP = "new_group"
-NEW_ARRAY = "new_array"
-DELETED_GROUP = "deleted_group"
-DELETED_ARRAY = "deleted_array"
-UPDATED_GROUP = "updated_group"
-UPDATED_ARRAY = "updated_array"
-CHUNKS = "chunks"
+
+class ChangeKind(StrEnum):
+    """What one row of a transaction log says changed (the ``change`` column's values)."""
+
+    NEW_GROUP = "new_group"
+    NEW_ARRAY = "new_array"
+    DELETED_GROUP = "deleted_group"
+    DELETED_ARRAY = "deleted_array"
+    UPDATED_GROUP = "updated_group"
+    UPDATED_ARRAY = "updated_array"
+    CHUNKS = "chunks"
+
+
+NEW_GROUP = ChangeKind.NEW_GROUP
+NEW_ARRAY = ChangeKind.NEW_ARRAY
+DELETED_GROUP = ChangeKind.DELETED_GROUP
+DELETED_ARRAY = ChangeKind.DELETED_ARRAY
+UPDATED_GROUP = ChangeKind.UPDATED_GROUP
+UPDATED_ARRAY = ChangeKind.UPDATED_ARRAY
+CHUNKS = ChangeKind.CHUNKS
 CHANGE_KINDS = (
     NEW_GROUP,
     NEW_ARRAY,

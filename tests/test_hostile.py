@@ -318,7 +318,7 @@ def test_reader_settings_replace_the_stored_endpoint(
         },
     )
     assert reader.config.virtual_chunk_containers["s3://data"].store.endpoint_url is None
-    container, _ = reader._virtual.authorized_container("s3://data/x.nc")
+    container, _ = reader.virtual_resolver.authorized_container("s3://data/x.nc")
     assert container.store.region == "eu-west-1"
     assert seen == []
 
@@ -339,13 +339,13 @@ def test_confirmation_travels_with_a_pickled_repository(tmp_path: Path) -> None:
         pickle.dumps(frazil.Repository.open(storage, authorize_virtual_chunk_access=auth))
     )
     with pytest.raises(VirtualChunkError, match="would send your credentials"):
-        unconfirmed._virtual.authorized_container("s3://data/x")
+        unconfirmed.virtual_resolver.authorized_container("s3://data/x")
     confirmed = pickle.loads(
         pickle.dumps(
             frazil.Repository.open(storage, config=config, authorize_virtual_chunk_access=auth)
         )
     )
-    confirmed._virtual.authorized_container("s3://data/x")
+    confirmed.virtual_resolver.authorized_container("s3://data/x")
 
 
 # -- 3. HTTP redirects stay on the container's origin -------------------------------------------

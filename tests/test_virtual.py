@@ -390,7 +390,7 @@ def test_raw_binary_columnar_and_coalescing(tmp_path: Path) -> None:
     for name in ("np", "arrow"):
         assert np.array_equal(zarr.open_array(ro.store, path=name, mode="r")[:], expected)
 
-    resolver = repo._virtual
+    resolver = repo.virtual_resolver
     before = resolver.requests
     keys = [(f"np/c/2/{j}", None) for j in range(6)] + [("np/c/3/0", RangeByteRequest(8, 16))]
 
@@ -497,7 +497,7 @@ def test_http_source_coalesced_and_pinned(
         zarr.open_array(clone.readonly_session("main").store, path="time", mode="r")[:],
         info["time"],
     )
-    assert "secret" not in repr(clone._virtual)
+    assert "secret" not in repr(clone.virtual_resolver)
 
     # the file is rewritten: its ETag changes, reads are refused
     data = (folder / "air.nc").read_bytes()

@@ -432,7 +432,7 @@ def show(ctx: Ctx, ref: str) -> None:
                 dtype=doc.get("data_type"),
                 chunk_shape=chunk_shape,
                 chunk_grid=list(meta.grid) if meta.grid is not None else None,
-                chunks=runtime.run(count_chunks(repo.storage, rec)),
+                chunks=runtime.run(count_chunks(repo.reader, rec)),
                 segments=len(rec.segments),
             )
         nodes.append(entry)

@@ -23,7 +23,7 @@ from zarr.abc.store import (
 from zarr.core.buffer import Buffer, BufferPrototype
 
 from frazil.errors import InvalidInputError, ReadOnlyError
-from frazil.format import ARRAY
+from frazil.format import ARRAY, Coord
 from frazil.storage.base import slice_range
 from frazil.virtual import VirtualChunkSpec
 from frazil.zarrmeta import NodeMeta
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 META = "zarr.json"
 _BAD_KEY_CHARS = re.compile(r"[\\\x00-\x1f\x7f]")
-Coord = tuple[int, ...]
 
 
 def _byte_range(br: ByteRequest | None) -> tuple[int, int | None] | None:
