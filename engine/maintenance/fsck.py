@@ -1,0 +1,180 @@
+"""fsck: read every reachable object, check it against the checksum its referrer recorded,
+and report every problem found."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from frazil.format import (
+    ManifestId,
+    SegmentRef,
+    SnapshotId,
+    checksum,
+    keys,
+)
+from frazil.format.common import BRANCH_REF, TAG_REF
+from frazil.format.keys import (
+    OBJECT_FOLDERS,
+    chunk_key,
+    manifest_key,
+    snapshot_key,
+    transaction_log_key,
+)
+
+from .. import runtime
+from ..compaction import Progress
+from ..errors import FrazilError, NotFoundError
+from ..objects import ObjectReader
+from ..refs import Ref, list_refs, read_ref
+from ..storage.base import Storage
+from .reach import Problem, error_kind, manifest_rows, native_rows, unique_chunks, walk_history
+
+
+@dataclass
+class FsckReport:
+    """What ``Repository.fsck`` checked and every problem it found."""
+
+    refs: int = 0
+    snapshots: int = 0
+    transaction_logs: int = 0
+    manifests: int = 0
+    chunks: int = 0
+    bytes_verified: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+async def fsck(
+    storage: Storage,
+    reader: ObjectReader,
+    *,
+    verify_chunks: bool = True,
+    progress: Progress | None = None,
+) -> FsckReport:
+    """Check every reachable object exists and matches its recorded checksum."""
+    report = FsckReport()
+    problems = report.problems
+    refs: list[tuple[str, Ref]] = []
+    for kind, what in ((BRANCH_REF, "branch"), (TAG_REF, "tag")):
+        try:
+            names = sorted(await list_refs(storage, kind))
+        except FrazilError as e:
+            problems.append(Problem("ref", f"{keys.ref_prefix(kind)}*", str(e)))
+            continue
+        for name in names:
+            try:
+                refs.append((f"{what} {name}", await read_ref(storage, kind, name)))
+            except NotFoundError:
+                continue
+            except FrazilError as e:
+                problems.append(Problem("ref", keys.ref_key(kind, name), str(e)))
+    report.refs = len(refs)
+    history = await walk_history(
+        reader,
+        [r.record.snapshot_id for _, r in refs if r.record.snapshot_id is not None],
+        problems,
+    )
+    checksums: dict[SnapshotId, int | None] = {}
+    named: dict[SnapshotId, str] = {}
+    for label, r in refs:
+        if r.record.snapshot_id is not None:
+            checksums.setdefault(r.record.snapshot_id, r.record.checksum)
+            named.setdefault(r.record.snapshot_id, label)
+    segments: dict[ManifestId, tuple[SegmentRef, str]] = {}
+    reader_nocache = ObjectReader(storage)  # a fresh read of every object, not the cache
+
+    async def check_snapshot(sid: SnapshotId) -> None:
+        where = f" (named by {named[sid]})" if sid in named else ""
+        try:
+            snap = await reader_nocache.snapshot(sid, checksums.get(sid))
+        except FrazilError as e:
+            problems.append(Problem(error_kind(e), snapshot_key(sid), str(e) + where))
+            return
+        report.snapshots += 1
+        try:
+            await reader_nocache.transaction_log(sid, snap.info.transaction_log_checksum)
+            report.transaction_logs += 1
+        except FrazilError as e:
+            problems.append(Problem(error_kind(e), transaction_log_key(sid), str(e)))
+        for node in snap.nodes:
+            for seg in node.segments:
+                segments.setdefault(seg.manifest_id, (seg, f"array {node.path} of snapshot {sid}"))
+
+    await runtime.gather_limited([check_snapshot(s) for s in history], limit=16)
+    natives: list[pa.Table] = []
+    done = 0
+
+    async def check_manifest(seg: SegmentRef, owner: str) -> None:
+        nonlocal done
+        try:
+            rows = await manifest_rows(reader, seg)
+            report.manifests += 1
+            report.bytes_verified += seg.size
+            native = native_rows(rows)
+            natives.append(
+                native.append_column(
+                    "manifest",
+                    pa.array(np.full(native.num_rows, str(seg.manifest_id)), pa.string()),
+                )
+            )
+        except FrazilError as e:
+            problems.append(
+                Problem(error_kind(e), manifest_key(seg.manifest_id), f"{e} (used by {owner})")
+            )
+        done += 1
+        if progress is not None and (done % 64 == 0 or done == len(segments)):
+            progress("manifests", done, len(segments))
+
+    await runtime.gather_limited([check_manifest(s, o) for s, o in segments.values()], limit=16)
+    chunks = unique_chunks(natives)
+    report.chunks = chunks.num_rows
+    listed = {i.key: i.size for i in await storage.list_info(OBJECT_FOLDERS["chunk"])}
+    cids = chunks.column("chunk_id").to_pylist()
+    sums = chunks.column("checksum").to_pylist()
+    lengths = chunks.column("length").to_pylist()
+    owners = chunks.column("manifest").to_pylist()
+    done = 0
+
+    async def check_chunk(i: int) -> None:
+        nonlocal done
+        key = chunk_key(cids[i])
+        owner = f"referenced by manifests/{owners[i]}"
+        size = listed.get(key)
+        try:
+            if size is None and not await storage.exists(key):
+                problems.append(Problem("missing", key, f"chunk object is missing ({owner})"))
+            elif verify_chunks:
+                data = await storage.get(key)
+                if checksum(data) != sums[i] or len(data) != lengths[i]:
+                    problems.append(
+                        Problem(
+                            "damaged",
+                            key,
+                            f"{len(data)} bytes do not match "
+                            f"the length {lengths[i]} and checksum "
+                            f"{sums[i]:016x} recorded ({owner})",
+                        )
+                    )
+                report.bytes_verified += len(data)
+            elif size is not None and size != lengths[i]:
+                problems.append(
+                    Problem("damaged", key, f"{size} bytes, {lengths[i]} recorded ({owner})")
+                )
+        except FrazilError as e:
+            problems.append(Problem(error_kind(e), key, f"{e} ({owner})"))
+        done += 1
+        if progress is not None and (done % 256 == 0 or done == len(cids)):
+            progress("chunks", done, len(cids))
+
+    for start in range(0, len(cids), 4096):  # bounded memory: a batch of reads at a time
+        await runtime.gather_limited(
+            [check_chunk(i) for i in range(start, min(start + 4096, len(cids)))], limit=32
+        )
+    problems.sort(key=lambda p: (p.key, p.message))
+    return report
