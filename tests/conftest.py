@@ -4,6 +4,7 @@ server started for the session; see s3server.py)."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 import s3server
 
 import frazil
+
+# the benchmark scripts (bench/) are importable by the tests that run their short forms
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -22,16 +26,52 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xfail(reason=limits[item.name], strict=True))
     # Long soak and stress runs (@pytest.mark.slow) run only with FRAZIL_LONG=1; each
     # has a short version that always runs, so `make test` still covers the same code.
-    if LONG:
-        return
-    slow = [item for item in items if item.get_closest_marker("slow")]
-    if slow:
-        config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+    # FRAZIL_FAST=1 (`make test-fast`) leaves out what needs the S3 server too.
+    dropped = [
+        item
+        for item in items
+        if (not LONG and item.get_closest_marker("slow")) or (FAST and _needs_s3(item))
+    ]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        keep = set(map(id, items)) - set(map(id, dropped))
+        items[:] = [item for item in items if id(item) in keep]
+
+
+# modules the fast suite leaves out: soaks, kills and state machines that make up most of
+# the full suite's time, and the dask cluster (their short forms run in `make test`)
+_HEAVY = (
+    "test_crash.py",
+    "test_load.py",
+    "test_repo_stateful.py",
+    "test_zarr_stateful.py",
+    "test_hierarchy_history.py",
+    "test_dask.py",
+    "test_faults.py",
+    "test_xarray.py",
+)
+
+
+def _needs_s3(item: pytest.Item) -> bool:
+    """Left out of the fast suite: runs against the S3 server (by its module, name,
+    parameters or fixtures), or is in one of the heavy modules."""
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return (
+        "s3" in item.nodeid.lower()
+        or bool(fixtures & {"s3_server", "testbucket"})
+        or item.nodeid.split("::")[0].endswith(_HEAVY)
+    )
 
 
 LONG = os.environ.get("FRAZIL_LONG") == "1"
 """True when FRAZIL_LONG=1: the long versions of soak and stress tests run."""
+
+FAST = os.environ.get("FRAZIL_FAST") == "1"
+"""True when FRAZIL_FAST=1: tests that need the S3 server are left out (and starting it
+fails, so that one that slips through is seen)."""
+
+if FAST:
+    s3server.refuse_to_start("FRAZIL_FAST=1: this test needs the S3 server; mark its id")
 
 
 @pytest.fixture(scope="session", autouse=True)

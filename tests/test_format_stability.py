@@ -1,5 +1,5 @@
 """Format stability: the committed format-v1 repository (tests/data/format-v1, written once by
-tools/make_format_fixture.py) reads exactly as recorded in its expected.json."""
+tests/data/make_format_fixture.py) reads exactly as recorded in its expected.json."""
 
 from __future__ import annotations
 

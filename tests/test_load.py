@@ -1,4 +1,4 @@
-"""Load: 4 writer and 4 reader threads on one local repository (tools/bench_load.py); no torn
+"""Load: 4 writer and 4 reader threads on one local repository (bench/bench_load.py); no torn
 reads, every returned commit in history exactly once, final content as committed."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from bench_load import LoadResult, run_load  # bench/ (on the path: tests/conftest.py)
 
 import frazil
-from frazil.tools.bench_load import LoadResult, run_load
 
 
 def check(result: LoadResult) -> None:

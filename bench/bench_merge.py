@@ -5,7 +5,7 @@ no compression, so every chunk is stored inline) through ``fork.store.set``; the
 through a pickle round trip, as if they came back from workers, then the merge and the
 commit are timed. Prints one JSON object; times are the median of ``--repeat`` runs.
 
-    python tools/bench_merge.py [--forks 8] [--chunks 10000] [--repeat 3] [--memory]
+    python bench/bench_merge.py [--forks 8] [--chunks 10000] [--repeat 3] [--memory]
 """
 
 from __future__ import annotations

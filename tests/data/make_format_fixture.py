@@ -2,7 +2,7 @@
 
 Run once per format version, from the repository root, and commit the output:
 
-    python tools/make_format_fixture.py --out tests/data/format-v1
+    python tests/data/make_format_fixture.py --out tests/data/format-v1
 
 It writes ``OUT/repo`` (a local-storage repository: branches ``main`` and ``dev``, tag
 ``v1``, a deleted tag ``scratch``, groups, arrays with native and inline chunks, a virtual

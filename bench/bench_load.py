@@ -1,7 +1,7 @@
 """Mixed read/write load on one local repository: writer threads committing with rebase,
 reader threads timing read-only reads; prints commits, reads and read latency as JSON.
 
-    python tools/bench_load.py --seconds 60 [--writers 4 --readers 4 --root DIR]
+    python bench/bench_load.py --seconds 60 [--writers 4 --readers 4 --root DIR]
 
 Writer ``i`` owns array ``w<i>`` (4 chunks); its ``k``-th commit sets every element to
 ``k``, and even writers also set chunk ``i`` of the ``shared`` array to ``k`` in the same

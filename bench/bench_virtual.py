@@ -9,7 +9,7 @@ stage, to commit, and both; the manifest bytes on disk per ref; and the process'
 RSS (for a figure free of earlier runs, run it in a fresh process under
 ``/usr/bin/time -v``).
 
-    python tools/bench_virtual.py [--refs 1000000] [--files 300] [--root DIR]
+    python bench/bench_virtual.py [--refs 1000000] [--files 300] [--root DIR]
 """
 
 from __future__ import annotations

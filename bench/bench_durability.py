@@ -5,7 +5,7 @@ chunk to an array of 10,000 (and, with ``--w3-sizes``, more) chunks. The two set
 interleaved, round after round, in one process, and the medians are reported with their
 ratio and the machine's load (``os.getloadavg``)::
 
-    python tools/bench_durability.py --root /tmp/bench-durability --repeat 5
+    python bench/bench_durability.py --root /tmp/bench-durability --repeat 5
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ change set in bulk (the same objects a zarr write would produce, without a milli
 ``store.set`` calls); ``compact`` names chunk objects that are not written (compaction
 never reads chunks).
 
-    python tools/bench_maintenance.py [--only read,compact,gc] [--root DIR] [--repeat 5]
+    python bench/bench_maintenance.py [--only read,compact,gc] [--root DIR] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -42,9 +42,15 @@ import zarr
 
 import frazil
 from frazil import runtime
-from frazil.format import ChunkId, ChunkKind, ChunkRef
+from frazil.format import ChunkId, ChunkKind, ChunkRef, NodeRecord
 
 FRAZIL = str(Path(sys.executable).parent / "frazil")
+
+
+def _node(repo: frazil.Repository, path: str) -> NodeRecord:
+    node = repo.readonly_session("main").node(path)
+    assert node is not None, f"no node at {path}"
+    return node
 
 
 def new_array(path: str, n: int, *, split_rows: int | None = None) -> frazil.Repository:
@@ -143,13 +149,13 @@ def bench_read(root: str, n: int, commits: int, repeat: int) -> dict[str, Any]:
             for name, c in probes.items()
         }
 
-    segs_before = len(repo.readonly_session("main").node("/x").segments)
+    segs_before = len(_node(repo, "/x").segments)
     before = measure()
     t0 = time.perf_counter()
     summary = repo.compact("main")
     compact_s = time.perf_counter() - t0
     after = measure()
-    segs_after = len(repo.readonly_session("main").node("/x").segments)
+    segs_after = len(_node(repo, "/x").segments)
     return {
         "chunks": n,
         "single_chunk_commits": commits,
