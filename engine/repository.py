@@ -163,10 +163,34 @@ class Repository:
         *,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
     ) -> Repository:
-        """Create a new repository; ``AlreadyExistsError`` if one is there. Its config
-        (virtual chunk containers included) is saved with it;
-        ``authorize_virtual_chunk_access`` (``containers_credentials({...})``) says which
-        containers this repository object may read virtual chunks from."""
+        """Create a new repository in ``storage``.
+
+        Of any number of concurrent creators exactly one wins: ``config.json`` is claimed
+        with create-if-absent first.
+
+        Parameters
+        ----------
+        storage
+            Where the repository lives (``local_filesystem_storage``, ``s3_storage``, ...);
+            empty, or holding nothing but a repository being created.
+        config
+            Settings saved with the repository (virtual chunk containers included).
+        authorize_virtual_chunk_access
+            ``containers_credentials({prefix: credentials})``: the virtual chunk
+            containers this repository object may read, with the credentials to use.
+
+        Returns
+        -------
+        Repository
+
+        Raises
+        ------
+        AlreadyExistsError
+            A repository is there (or being created there), or the location holds other
+            data.
+        ReadOnlyError
+            ``storage`` is read-only.
+        """
         return runtime.run(cls._create(storage, config, authorize_virtual_chunk_access))
 
     @classmethod
@@ -223,9 +247,31 @@ class Repository:
         *,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
     ) -> Repository:
-        """Open an existing repository; ``config`` overrides the stored settings.
-        Virtual chunks are read only from the containers authorized here (none by
-        default)."""
+        """Open an existing repository.
+
+        Parameters
+        ----------
+        storage
+            Where the repository lives.
+        config
+            Settings for this repository object, over the stored ones (not saved). A
+            virtual chunk container passed here also confirms its store settings, so
+            that credentials may be sent to its endpoint.
+        authorize_virtual_chunk_access
+            The containers this object may read virtual chunks from (none by default),
+            with their credentials.
+
+        Returns
+        -------
+        Repository
+
+        Raises
+        ------
+        NotFoundError
+            There is no repository in ``storage``.
+        FormatError
+            Its ``config.json`` is damaged.
+        """
         return runtime.run(cls._open(storage, config, authorize_virtual_chunk_access))
 
     @classmethod
@@ -267,8 +313,15 @@ class Repository:
         *,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
     ) -> Repository:
-        """Open the repository, or create it if there is none; concurrent callers all
-        end up with the one repository that one of them created."""
+        """Open the repository in ``storage``, or create it if there is none.
+
+        Concurrent callers all end up with the one repository that one of them created
+        (waiting briefly for a creation in progress). The parameters are ``create``'s.
+
+        Returns
+        -------
+        Repository
+        """
         auth = authorize_virtual_chunk_access
         _check_config(config)
         if cls.exists(storage):
@@ -281,6 +334,7 @@ class Repository:
 
     @staticmethod
     def exists(storage: Storage) -> bool:
+        """Whether ``storage`` holds a repository (its ``main`` branch exists)."""
         return runtime.run(_exists(storage))
 
     @property
@@ -303,7 +357,13 @@ class Repository:
         return self._config
 
     def save_config(self) -> None:
-        """Store this repository object's config in the repository."""
+        """Store this repository object's config in the repository (``config.json``).
+
+        Raises
+        ------
+        ReadOnlyError
+            The storage is read-only.
+        """
         runtime.run(self._storage.put(CONFIG_KEY, encode_config(self._config.to_dict())))
 
     # -- resolving -------------------------------------------------------------------------
@@ -341,6 +401,20 @@ class Repository:
 
     # -- branches --------------------------------------------------------------------------
     def create_branch(self, name: str, snapshot_id: str) -> None:
+        """Create branch ``name`` at ``snapshot_id``.
+
+        A deleted branch's name may be used again.
+
+        Raises
+        ------
+        AlreadyExistsError
+            The branch exists.
+        NotFoundError
+            The snapshot does not exist.
+        InvalidInputError
+            The name or id is malformed.
+        """
+
         async def go() -> None:
             validate_name(name, "branch")
             sid = _parse_sid(snapshot_id)
@@ -351,17 +425,39 @@ class Repository:
         runtime.run(go())
 
     def list_branches(self) -> set[str]:
+        """The names of the branches."""
         return runtime.run(list_refs(self._storage, BRANCH_REF))
 
     def lookup_branch(self, name: str) -> str:
+        """The snapshot id branch ``name`` points at.
+
+        Raises
+        ------
+        NotFoundError
+            The branch does not exist (or was deleted).
+        """
         validate_name(name, "branch")
         return str(runtime.run(self._tip(branch=name)))
 
     def reset_branch(
         self, name: str, snapshot_id: str, *, from_snapshot_id: str | None = None
     ) -> None:
-        """Point ``name`` at ``snapshot_id``; with ``from_snapshot_id``, only if the branch
-        is still there (else ``ConflictError``)."""
+        """Point branch ``name`` at ``snapshot_id``.
+
+        Parameters
+        ----------
+        name, snapshot_id
+            The branch and where it should point.
+        from_snapshot_id
+            Only if the branch is still at this snapshot (compare-and-swap).
+
+        Raises
+        ------
+        ConflictError
+            With ``from_snapshot_id``: the branch is elsewhere.
+        NotFoundError
+            The branch or the snapshot does not exist.
+        """
 
         async def go() -> None:
             validate_name(name, "branch")
@@ -383,6 +479,16 @@ class Repository:
         runtime.run(go())
 
     def delete_branch(self, name: str) -> None:
+        """Delete branch ``name``; a commit racing with the deletion either lands first
+        (and is deleted with the branch) or fails, so the branch never comes back.
+
+        Raises
+        ------
+        NotFoundError
+            The branch does not exist.
+        InvalidInputError
+            ``name`` is ``main``, which cannot be deleted.
+        """
         validate_name(name, "branch")
         if name == MAIN:
             raise InvalidInputError("the main branch cannot be deleted")
@@ -392,6 +498,16 @@ class Repository:
 
     # -- tags ------------------------------------------------------------------------------
     def create_tag(self, name: str, snapshot_id: str) -> None:
+        """Create tag ``name`` at ``snapshot_id``; tags never move.
+
+        Raises
+        ------
+        AlreadyExistsError
+            The tag exists, or existed: a deleted tag's name is never reused.
+        NotFoundError
+            The snapshot does not exist.
+        """
+
         async def go() -> None:
             validate_name(name, "tag")
             sid = _parse_sid(snapshot_id)
@@ -402,14 +518,28 @@ class Repository:
         runtime.run(go())
 
     def list_tags(self) -> set[str]:
+        """The names of the live tags (deleted ones are left out)."""
         return runtime.run(list_refs(self._storage, TAG_REF))
 
     def lookup_tag(self, name: str) -> str:
+        """The snapshot id tag ``name`` points at.
+
+        Raises
+        ------
+        NotFoundError
+            The tag does not exist or was deleted.
+        """
         validate_name(name, "tag")
         return str(runtime.run(self._tip(tag=name)))
 
     def delete_tag(self, name: str) -> None:
-        """Delete a tag; its name can never be used again."""
+        """Delete tag ``name``; its name can never be used again.
+
+        Raises
+        ------
+        NotFoundError
+            The tag does not exist.
+        """
         validate_name(name, "tag")
         runtime.run(tombstone_tag(self._storage, name))
 
@@ -417,7 +547,15 @@ class Repository:
     def ancestry(
         self, *, branch: str | None = None, tag: str | None = None, snapshot_id: str | None = None
     ) -> Iterator[SnapshotInfo]:
-        """History newest first, from footers of snapshots (never their node tables)."""
+        """History, newest first, from a branch, a tag or a snapshot (give one).
+
+        Read from the snapshots' footers, never their node tables.
+
+        Yields
+        ------
+        SnapshotInfo
+            id, parent id, time, message and metadata of each snapshot.
+        """
         sid: SnapshotId | None = runtime.run(self._resolve(branch, tag, snapshot_id))[0]
         label = _ref_label(branch, tag)
         while sid is not None:
@@ -434,6 +572,12 @@ class Repository:
             sid = info.parent_id
 
     def lookup_snapshot(self, snapshot_id: str) -> SnapshotInfo:
+        """What history says of snapshot ``snapshot_id``.
+
+        Returns
+        -------
+        SnapshotInfo
+        """
         info = runtime.run(self._reader.commit_info(_parse_sid(snapshot_id)))
         return SnapshotInfo(
             str(info.snapshot_id),
@@ -453,7 +597,14 @@ class Repository:
         to_tag: str | None = None,
         to_snapshot_id: str | None = None,
     ) -> Diff:
-        """What changed from one version to a later one (``from`` must be an ancestor)."""
+        """What changed from one version to a later one (give one ``from_*`` and one
+        ``to_*``: a branch, a tag or a snapshot id; ``from`` must be an ancestor).
+
+        Returns
+        -------
+        Diff
+            Nodes created, deleted and updated, and the chunks written, by path.
+        """
         return runtime.run(
             self._diff(from_branch, from_tag, from_snapshot_id, to_branch, to_tag, to_snapshot_id)
         )
@@ -499,7 +650,12 @@ class Repository:
     def readonly_session(
         self, branch: str | None = None, *, tag: str | None = None, snapshot_id: str | None = None
     ) -> Session:
-        """A read-only session at a branch tip, a tag or a snapshot."""
+        """A read-only session at a branch's tip, a tag or a snapshot (give one).
+
+        Returns
+        -------
+        Session
+        """
 
         async def go() -> Session:
             snap, cs = await self._load(branch, tag, snapshot_id)
@@ -508,7 +664,19 @@ class Repository:
         return runtime.run(go())
 
     def writable_session(self, branch: str) -> Session:
-        """A session at the tip of ``branch`` whose commit moves the branch."""
+        """A session at the tip of ``branch`` whose commit moves the branch.
+
+        Returns
+        -------
+        Session
+
+        Raises
+        ------
+        NotFoundError
+            The branch does not exist.
+        ReadOnlyError
+            The storage is read-only.
+        """
         validate_name(branch, "branch")
         if not self._storage.writable:
             raise ReadOnlyError(f"{self._storage.describe()} is read-only")

@@ -416,13 +416,39 @@ class Session:
         rebase_with: ConflictSolver | None = None,
         rebase_tries: int = 1_000,
     ) -> str:
-        """Publish the staged changes as a new snapshot on the branch; returns its id.
+        """Publish the staged changes as a new snapshot on the branch.
 
-        If the branch moved since this session started: without ``rebase_with``,
-        ``ConflictError``; with a solver, the commits that landed meanwhile are checked
-        for conflicts, the solver decides, and the commit is retried on the new tip (up
-        to ``rebase_tries`` attempts, with backoff and jitter). The number of attempts is
-        recorded in the commit's metadata as ``"frazil.commit_attempts"``.
+        The session is read-only at the new snapshot afterwards.
+
+        Parameters
+        ----------
+        message
+            The commit message.
+        metadata
+            JSON-serializable values recorded with the commit.
+        rebase_with
+            A solver (``ConflictDetector()``, ``BasicConflictSolver()``): if the branch
+            moved since the session started, the commits that landed meanwhile are checked
+            against the staged changes, the solver decides, and the commit is retried on
+            the new tip. Without one, a moved branch is a ``ConflictError``.
+        rebase_tries
+            Attempts at most (with a short random pause between them); the number used
+            is recorded in the metadata as ``"frazil.commit_attempts"``.
+
+        Returns
+        -------
+        str
+            The new snapshot's id.
+
+        Raises
+        ------
+        ConflictError
+            The branch moved (without ``rebase_with``), kept moving, or a conflict the
+            solver would not resolve (``RebaseFailedError``).
+        ReadOnlyError
+            The session is read-only, or not on a branch.
+        InvalidInputError
+            Nothing to commit, or a malformed argument.
         """
         return runtime.run(
             self.commit_async(message, metadata, rebase_with=rebase_with, rebase_tries=rebase_tries)
@@ -512,8 +538,9 @@ class Session:
         return None
 
     def rebase(self, solver: ConflictSolver) -> None:
-        """Move this session's base to the branch tip, checking the commits in between
-        for conflicts with the staged changes; the solver resolves or fails."""
+        """Move the base to the branch's tip, checking the commits in between against
+        the staged changes; ``solver`` resolves or fails (``RebaseFailedError``).
+        """
         self._check_writable()
         if self._branch is None:
             raise ReadOnlyError("this session is not on a branch")
@@ -577,14 +604,31 @@ class Session:
 
     # -- fork and merge --------------------------------------------------------------------
     def fork(self, *, journal: bool = True) -> ForkSession:
-        """A picklable session for workers, at this session's base. Workers write through
-        ``fork.store``; ``merge`` brings their changes back, from the forks the workers
-        return and, for copies that never come back (``ds.to_zarr(fork.store)`` under a
-        distributed scheduler), from the journals the copies wrote (``frazil.journal``).
+        """A picklable session for workers, at this session's base.
 
-        ``journal=False``: the copies keep no journal (their writes are a little faster),
-        so every copy that writes must be handed back and merged; merging the fork object
-        itself then refuses, naming the fix, if a copy wrote and was not."""
+        Workers write through ``fork.store``; ``merge`` brings their changes back, from
+        the forks the workers return and, for copies that never come back
+        (``ds.to_zarr(fork.store)`` under a distributed scheduler), from the journals the
+        copies wrote (``frazil.journal``).
+
+        Parameters
+        ----------
+        journal
+            ``False``: the copies keep no journal (their writes are a little faster), so
+            every copy that writes must be handed back and merged; merging the fork object
+            itself then refuses, naming the fix, if a copy wrote and was not.
+
+        Returns
+        -------
+        ForkSession
+
+        Raises
+        ------
+        InvalidInputError
+            The session has uncommitted changes.
+        ReadOnlyError
+            The session is read-only.
+        """
         if self._read_only:
             raise ReadOnlyError("a read-only session cannot be forked; fork a writable one")
         if self.has_uncommitted_changes:
@@ -604,10 +648,11 @@ class Session:
         fork._journaled = journal
         return fork
 
-    def _fork_with_changes(self) -> ForkSession:
-        """A fork that starts with a copy of this session's staged node changes (for the
-        dask and xarray helpers, which create arrays here and fill them on workers). Its
-        copies keep no journal: the helpers return every fork they make."""
+    def fork_with_staged_nodes(self) -> ForkSession:
+        """A fork that starts with a copy of this session's staged node changes: arrays
+        created here and not yet committed can be filled on workers (``frazil.dask`` and
+        ``frazil.xarray`` work this way). Its copies keep no journal, so every copy that
+        writes must be handed back and merged."""
         self._check_writable()
         fork = ForkSession(
             self._repo,
@@ -620,13 +665,21 @@ class Session:
         return fork
 
     def merge(self, *forks: ForkSession) -> None:
-        """Fold the forks' changes into this session. A fork handed back by a worker
-        brings what it staged; the fork object ``fork()`` returned brings, besides its
-        own, what every copy of it wrote on workers that did not come back (read from
-        their journals). Raises ``ConflictError`` (naming the array and chunk
-        coordinates) if two of them, or a fork and this session, wrote the same chunk or
-        changed the same node differently (copies that wrote identical bytes, as a
-        retried task does, do not conflict); then nothing is merged."""
+        """Fold the forks' changes into this session.
+
+        A fork handed back by a worker brings what it staged; the fork object ``fork()``
+        returned brings, besides its own, what every copy of it wrote on workers that did
+        not come back (read from their journals).
+
+        Raises
+        ------
+        ConflictError
+            Two of them, or a fork and this session, wrote the same chunk or changed the
+            same node differently (copies that wrote identical bytes, as a retried task
+            does, do not conflict); ``conflicts`` lists them, and nothing is merged.
+        InvalidInputError
+            A fork of another base, or not a ``ForkSession``.
+        """
         self._check_writable()
         for fork in forks:
             if not isinstance(fork, ForkSession):

@@ -1,4 +1,5 @@
-"""dask and xarray writes: each block written on a worker through a fork, forks merged back."""
+"""``frazil.dask``: dask arrays written into a frazil session from many workers, each block
+through its own fork of the session, the forks merged back in a tree (``store_dask``)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import functools
 import os
 import pickle
 import uuid
-from collections.abc import Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -16,19 +17,15 @@ from zarr.core.array_spec import ArrayConfigParams
 from frazil.errors import InvalidInputError, ReadOnlyError
 from frazil.session import ForkSession, Session
 from frazil.storage.memory import InMemoryStorage
-
-from .store import FrazilStore
+from frazil.zarr_adapter.store import FrazilStore
 
 if TYPE_CHECKING:
     import dask.array
-    import xarray
     from dask.delayed import Delayed
 
 Region = tuple[slice, ...]
-XarrayRegion = Mapping[str, slice | Literal["auto"]] | Literal["auto"] | None
-XarrayWriteMode = Literal["w", "w-", "a", "a-", "r+", "r"]
 
-__all__ = ["store_dask", "to_frazil"]
+__all__ = ["store_dask"]
 
 
 # -- worker-side tasks -----------------------------------------------------------------------
@@ -54,7 +51,7 @@ def _write_block(
     written to directly); the fork starts with the session's staged nodes, so arrays
     created but not committed in the session are visible here.
     """
-    fork = _load_template(payload)._fork_with_changes()
+    fork = _load_template(payload).fork_with_staged_nodes()
     array = zarr.open_array(fork.store, path=path, mode="r+", zarr_format=3)
     array.with_config(config)[region] = block
     return fork
@@ -63,7 +60,7 @@ def _write_block(
 def _merge_forks(*forks: ForkSession) -> ForkSession:
     """A new fork holding the changes of all ``forks`` (the inputs are left unchanged, so a
     retried task cannot merge the same chunks twice); ``ConflictError`` on overlap."""
-    merged = forks[0]._fork_with_changes()
+    merged = forks[0].fork_with_staged_nodes()
     merged.merge(*forks)
     return merged
 
@@ -159,7 +156,7 @@ def _check_storage_reachable(session: Session, collection: Any) -> None:
         )
 
 
-def _check_split_every(split_every: int | None) -> int:
+def check_split_every(split_every: int | None) -> int:
     if split_every is None:
         return 8
     if not isinstance(split_every, int) or isinstance(split_every, bool) or split_every < 2:
@@ -200,7 +197,7 @@ def store_dask(
     sources, targets = _as_list(sources), _as_list(targets)
     if len(sources) != len(targets):
         raise InvalidInputError(f"got {len(sources)} sources but {len(targets)} targets")
-    fan_in = _check_split_every(split_every)
+    fan_in = check_split_every(split_every)
     if not targets:
         return
     session = _session_of(targets)
@@ -230,7 +227,9 @@ def store_dask(
         plans.append((target, reg))
 
     token = uuid.uuid4().hex
-    template = dask.delayed(pickle.dumps(session._fork_with_changes()), name=f"frazil-fork-{token}")
+    template = dask.delayed(
+        pickle.dumps(session.fork_with_staged_nodes()), name=f"frazil-fork-{token}"
+    )
     optimized = dask.optimize(*sources)
     writes: list[Delayed] = []
     for source, (target, reg) in zip(optimized, plans):
@@ -267,101 +266,3 @@ def store_dask(
     _check_storage_reachable(session, level[0])
     (final,) = dask.compute(level[0])
     session.merge(final)
-
-
-# -- to_frazil ---------------------------------------------------------------------------------
-def to_frazil(
-    obj: xarray.Dataset | xarray.DataArray,
-    session: Session,
-    *,
-    group: str | None = None,
-    mode: XarrayWriteMode | None = None,
-    safe_chunks: bool = True,
-    append_dim: Hashable | None = None,
-    region: XarrayRegion = None,
-    encoding: Mapping[Any, Any] | None = None,
-    split_every: int | None = None,
-) -> None:
-    """Write an xarray Dataset (or DataArray) into a writable frazil session, with the
-    dask-backed variables written in parallel on the workers; then commit the session.
-
-    The arguments mean what they mean for ``Dataset.to_zarr`` (always Zarr v3, never
-    consolidated): metadata and in-memory variables are written directly through
-    ``session.store``, then the data of dask-backed variables goes through ``store_dask``
-    (each block in a fork of the session, merged back in a tree of ``split_every``). With
-    ``append_dim`` the arrays are resized and the new data lands in the tail; with
-    ``region`` it lands in that region (``"auto"`` works as in xarray). Example::
-
-        session = repo.writable_session("main")
-        to_frazil(ds.chunk({"time": 10}), session)
-        session.commit("first ten years")
-        session = repo.writable_session("main")
-        to_frazil(more.chunk({"time": 10}), session, append_dim="time")
-        session.commit("one more year")
-    """
-    import xarray as xr
-    from xarray.backends.api import DATAARRAY_NAME, DATAARRAY_VARIABLE
-    from xarray.backends.common import ArrayWriter
-
-    try:
-        from xarray.backends.writers import (
-            _validate_dataset_names,
-            dump_to_store,
-            get_writable_zarr_store,
-        )
-    except ImportError as e:  # pragma: no cover - depends on the installed xarray
-        raise ImportError(
-            f"to_frazil needs a newer xarray (with "
-            f"xarray.backends.writers.get_writable_zarr_store): {e}"
-        ) from None
-
-    if not isinstance(session, Session):
-        raise InvalidInputError(
-            f"to_frazil writes into a frazil Session, got {type(session).__name__}"
-        )
-    if session.read_only:
-        raise ReadOnlyError("to_frazil needs a writable session: repo.writable_session(branch)")
-    fan_in = _check_split_every(split_every)
-    if isinstance(obj, xr.DataArray):
-        if obj.name is None:
-            dataset = obj.to_dataset(name=DATAARRAY_VARIABLE)
-        elif obj.name in obj.coords or obj.name in obj.dims:
-            dataset = obj.to_dataset(name=DATAARRAY_VARIABLE)
-            dataset.attrs[DATAARRAY_NAME] = obj.name
-        else:
-            dataset = obj.to_dataset()
-    elif isinstance(obj, xr.Dataset):
-        dataset = obj.copy(deep=False)
-    else:
-        raise InvalidInputError(
-            f"to_frazil writes an xarray Dataset or DataArray, got {type(obj).__name__}"
-        )
-
-    _validate_dataset_names(dataset)
-    for variable in dataset.variables.values():
-        if variable.size == 0:  # as xarray does: zero-length dask arrays are loaded
-            variable.load()
-    zstore = get_writable_zarr_store(
-        session.store,
-        mode=mode,
-        group=group,
-        consolidated=False,
-        append_dim=append_dim,
-        region=region,
-        safe_chunks=safe_chunks,
-        zarr_format=3,
-    )
-    dataset = zstore._validate_and_autodetect_region(dataset)
-    encoding = dict(encoding or {})
-    zstore._validate_encoding(encoding)
-    # ArrayWriter writes in-memory variables at once and collects the dask ones, encoded
-    # and with their target zarr array and region, instead of storing them
-    writer = ArrayWriter()
-    dump_to_store(dataset, zstore, writer, encoding=encoding)
-    if writer.sources:
-        store_dask(
-            list(writer.sources),
-            list(writer.targets),
-            [tuple(r) if r else None for r in writer.regions],
-            split_every=fan_in,
-        )
