@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
+SOURCES := engine format zarr_adapter tools tests dev bench
+TYPES := build/typecheck
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,20 +23,28 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/python tools/demo.py
 
-test: $(STAMP)
-	$(BIN)/ruff format --check engine format zarr_adapter tools tests dev
-	$(BIN)/ruff check engine format zarr_adapter tools tests dev
-	$(BIN)/mypy engine format zarr_adapter tools
+# everything: lint, types, and the whole suite (S3 tests on a SeaweedFS server it starts)
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-lint: $(STAMP)
-	$(BIN)/ruff format --check engine format zarr_adapter tools tests dev
-	$(BIN)/ruff check engine format zarr_adapter tools tests dev
-	$(BIN)/mypy engine format zarr_adapter tools
+# a couple of minutes: no S3 server, no soaks, kills, state machines or dask cluster
+test-fast: lint
+	FRAZIL_FAST=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+lint: $(STAMP) typecheck
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/ruff check $(SOURCES)
+
+# mypy over the sources laid out as installed, so imports between the layers are checked
+typecheck: $(STAMP)
+	$(BIN)/python dev/typecheck_tree.py $(TYPES)
+	cd $(TYPES) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml frazil
+	MYPYPATH=$(TYPES) $(BIN)/mypy --config-file pyproject.toml bench dev
+
+# side by side with Icechunk 1.1.21 (installed here if the registry has it) and zarr's stores
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q icechunk==1.1.21
-	$(BIN)/python ../shared/bench/bench.py --backend frazil-local,icechunk-local,local --workload W1,W2 --repeat 3
+	-$(BIN)/python -m pip install -q icechunk==1.1.21
+	$(BIN)/python bench/sidebyside.py --repeat 3
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,8 +4,9 @@ functions, uses of other objects' private members, and the import graph.
     python dev/codestats.py [--top 15]
 
 Counted in the installed layers (``engine``, ``format``, ``zarr_adapter``, ``tools``).
-A private use is ``x._name`` where ``x`` is not ``self`` or ``cls`` (nor ``super()``),
-or ``from m import _name`` from another module; dunder names do not count.
+A private use is ``x._name`` where ``x`` is not ``self`` or ``cls`` (nor ``super()``)
+and the module does not define ``_name`` itself, or ``from m import _name``; dunder names
+do not count.
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ def modules() -> dict[str, Path]:
 
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
+
+
+def defined_private(tree: ast.AST) -> set[str]:
+    """Private names the module itself defines: functions, classes, ``self._x`` attributes
+    and module-level assignments."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            out.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            out.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            out.add(node.id)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            out.add(node.target.id)
+    return {n for n in out if _is_private(n)}
 
 
 def private_uses(tree: ast.AST) -> list[str]:
@@ -85,7 +102,10 @@ def main() -> None:
     p.add_argument("--top", type=int, default=12)
     args = p.parse_args()
     mods = modules()
-    sizes, funcs, private, graph = {}, [], Counter(), defaultdict(set)
+    sizes: dict[str, int] = {}
+    funcs: list[tuple[int, str]] = []
+    private: Counter[str] = Counter()
+    graph: dict[str, set[str]] = defaultdict(set)
     examples: dict[str, list[str]] = defaultdict(list)
     for name, path in mods.items():
         text = path.read_text()
@@ -93,8 +113,12 @@ def main() -> None:
         sizes[name] = len(text.splitlines())
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                funcs.append((node.end_lineno - node.lineno + 1, f"{name}.{node.name}"))
+                end = node.end_lineno or node.lineno
+                funcs.append((end - node.lineno + 1, f"{name}.{node.name}"))
+        own = defined_private(tree)
         for use in private_uses(tree):
+            if use.rsplit(".", 1)[-1].removeprefix("import ") in own:
+                continue  # the module's own private member (used across its classes)
             private[name] += 1
             examples[name].append(use)
         graph[name] = imports(name, path, tree, set(mods))

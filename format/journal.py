@@ -29,7 +29,7 @@ import pyarrow as pa
 from .common import FORK_JOURNAL, FormatError, check_header, load_json
 from .ids import ChunkId, NodeId
 from .keys import is_token
-from .manifest import _ROW_SCHEMA, TOMBSTONE, ChunkKind, ChunkRef
+from .manifest import ROW_SCHEMA, TOMBSTONE, ChunkKind, ChunkRef
 
 MAX_ROWS = 100_000
 """References per journal object at most (a larger batch is split over several), so that
@@ -79,7 +79,7 @@ def _ref_columns(refs: list[ChunkRef]) -> dict[str, list[Any]]:
 
 def _encode_rows(node_id: NodeId, coords: np.ndarray, rows: Rows) -> dict[str, Any]:
     if isinstance(rows, pa.Table):
-        cols = {name: rows.column(name).to_pylist() for name in _ROW_SCHEMA.names}
+        cols = {name: rows.column(name).to_pylist() for name in ROW_SCHEMA.names}
     else:
         cols = _ref_columns(rows)
     cols["inline"] = [
@@ -127,7 +127,7 @@ def _decode_rows(part: dict[str, Any]) -> tuple[NodeId, np.ndarray, list[ChunkRe
     n = len(kinds)
     if ndim < 0 or flat.ndim != 1 or len(flat) != n * ndim:
         raise FormatError("coordinates do not match the declared shape")
-    cols = {name: part[name] for name in _ROW_SCHEMA.names}
+    cols = {name: part[name] for name in ROW_SCHEMA.names}
     if not all(isinstance(v, list) and len(v) == n for v in cols.values()):
         raise FormatError("columns of different lengths")
     refs = []

@@ -275,12 +275,12 @@ def decode_manifest(
 
 
 # -- bulk row builders (used by commits: columns built by Arrow, not row by row) -----------
-_ROW_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in ("node_id", "coord")])
+ROW_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in ("node_id", "coord")])
 
 
 def _rows(n: int, **columns: pa.Array) -> pa.Table:
     return pa.table(
-        {f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in _ROW_SCHEMA}, schema=_ROW_SCHEMA
+        {f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in ROW_SCHEMA}, schema=ROW_SCHEMA
     )
 
 
@@ -369,7 +369,7 @@ def encode_manifest_columns(
         pa.array(np.concatenate(flats), pa.int64()),
     )
     columns: dict[str, Any] = {"node_id": pa.concat_arrays(nodes), "coord": coord}
-    for f in _ROW_SCHEMA:
+    for f in ROW_SCHEMA:
         columns[f.name] = pa.concat_arrays(
             [c for _, _, rows in parts for c in rows.column(f.name).chunks]
             or [pa.array([], f.type)]

@@ -339,9 +339,20 @@ _server: SeaweedServer | None = None
 _owner_pid: int | None = None
 
 
+_refusal: str | None = None
+
+
+def refuse_to_start(why: str) -> None:
+    """Make ``server()`` raise (the fast suite runs without the S3 server)."""
+    global _refusal
+    _refusal = why
+
+
 def server() -> SeaweedServer:
     """The session's server, started on first use (in this process)."""
     global _server, _owner_pid
+    if _refusal is not None:
+        raise RuntimeError(_refusal)
     with _lock:
         if _server is None or _owner_pid != os.getpid():
             _server = start()

@@ -645,8 +645,8 @@ def test_fork_sessions_in_worker_processes(tmp_path: Path, method: str) -> None:
 
 
 def test_merge_timing_8_forks_of_10k_chunks(capsys: pytest.CaptureFixture[str]) -> None:
-    """Prints the figure of tools/bench_merge.py (one run); asserts correctness only."""
-    from frazil.tools import bench_merge
+    """Prints the figure of bench/bench_merge.py (one run); asserts correctness only."""
+    import bench_merge  # bench/ (on the path: tests/conftest.py)
 
     result = bench_merge.main(["--forks", "8", "--chunks", "10000", "--repeat", "1"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
