@@ -22,6 +22,7 @@ import pyarrow as pa
 from frazil.format import (
     ARRAY,
     CommitInfo,
+    HistoryIndex,
     ManifestId,
     NodeChange,
     NodeId,
@@ -140,7 +141,10 @@ def prepare_commit(
     split_rows: int,
     snapshot_id: SnapshotId | None = None,
     now: dt.datetime | None = None,
+    history: HistoryIndex | None = None,
 ) -> CommitPlan:
+    """The objects of a commit of ``changes`` on ``base`` (``history``: the new snapshot's
+    history index, from ``frazil.history.index_for_child``)."""
     sid = snapshot_id or SnapshotId.new()
     nodes = {n.path: n for n in base.nodes}
     log: list[NodeChange] = []
@@ -201,7 +205,7 @@ def prepare_commit(
         metadata=metadata,
         transaction_log_checksum=checksum(log_bytes),
     )
-    snapshot = Snapshot(info, tuple(sorted(nodes.values(), key=lambda n: n.path)))
+    snapshot = Snapshot(info, tuple(sorted(nodes.values(), key=lambda n: n.path)), history)
     snap_bytes = encode_snapshot(snapshot)
     return CommitPlan(
         snapshot,

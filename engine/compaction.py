@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
-import pyarrow as pa
 
 from frazil.format import (
     ARRAY,
-    ChunkKind,
     CommitInfo,
+    HistoryIndex,
     ManifestId,
     ManifestSegment,
     NodeId,
@@ -42,11 +39,12 @@ from frazil.format import (
 )
 from frazil.format.common import BRANCH_REF
 from frazil.format.keys import transaction_log_key
-from frazil.format.manifest import SCHEMA as MANIFEST_SCHEMA
 
 from . import runtime
 from .commit import CommitPlan, build_segments
 from .errors import InvalidInputError
+from .history import index_for_child
+from .merging import live_rows, merge_segments, split_parts
 from .objects import ObjectReader
 from .refs import Move, Ref, move_branch, read_ref
 from .storage.base import Storage
@@ -56,7 +54,6 @@ Progress = Callable[[str, int, int | None], None]
 """``progress(stage, done, total)``: called as long work advances (``total`` may be None)."""
 
 COMPACTION_MESSAGE = "frazil: compact manifests"
-_ROW_COLUMNS = [f.name for f in MANIFEST_SCHEMA if f.name != "coord"]
 
 
 @dataclass(frozen=True)
@@ -89,48 +86,12 @@ class Replacement:
     refs: int
 
 
-def live_rows(segments: list[ManifestSegment], ndim: int) -> np.ndarray:
-    """Row numbers (into the segments' rows concatenated, newest segment first) of the
-    live refs, in coordinate order: per coordinate the newest row, tombstones dropped."""
-    sizes = [len(m) for m in segments]
-    if not segments or not sum(sizes):
-        return np.zeros(0, np.int64)
-    coords = np.concatenate([m.coords for m in segments])
-    age = np.repeat(np.arange(len(segments), dtype=np.int32), sizes)
-    kinds = np.concatenate([m.kinds for m in segments])
-    order = np.lexsort((age, *[coords[:, d] for d in range(ndim - 1, -1, -1)]))
-    ordered = coords[order]
-    first = np.ones(len(order), bool)
-    if len(order) > 1:
-        first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1) if ndim else False
-    keep = order[first]
-    return keep[kinds[keep] != int(ChunkKind.DELETED)]
-
-
-def merge_segments(segments: list[ManifestSegment], ndim: int) -> tuple[np.ndarray, pa.Table]:
-    """The live refs of ``segments`` (newest first): (sorted coords, rows without
-    ``coord``); for each coordinate the newest segment's row, tombstones dropped."""
-    keep = live_rows(segments, ndim)
-    if not len(keep):
-        return np.zeros((0, ndim), np.int64), pa.table(
-            {n: pa.array([], MANIFEST_SCHEMA.field(n).type) for n in _ROW_COLUMNS}
-        )
-    coords = np.concatenate([m.coords for m in segments])[keep]
-    rows = pa.concat_tables([m.table.select(_ROW_COLUMNS) for m in segments])
-    return coords, rows.take(pa.array(keep))  # take gathers across chunks: no combined copy
-
-
 async def count_chunks(reader: ObjectReader, node: NodeRecord) -> int:
     """How many chunks of the array ``node`` exist (live refs over all its segments)."""
     loaded = await runtime.gather_limited(
         [reader.manifest(s, cache=False) for s in node.segments], limit=16
     )
     return len(live_rows(loaded, _ndim(node)))
-
-
-def _parts(coords: np.ndarray, rows: pa.Table, size: int) -> Iterator[tuple[np.ndarray, pa.Table]]:
-    for start in range(0, len(coords), size):
-        yield coords[start : start + size], rows.slice(start, size)
 
 
 async def compact_node(
@@ -152,7 +113,7 @@ async def compact_node(
     loaded = await runtime.gather_limited([load(s) for s in node.segments], limit=16)
     coords, rows = merge_segments(loaded, ndim)
     del loaded
-    segs, objects, _ = build_segments(node.node_id, _parts(coords, rows, rows_per_segment))
+    segs, objects, _ = build_segments(node.node_id, split_parts(coords, rows, rows_per_segment))
     return Replacement(
         node.node_id, tuple(s.manifest_id for s in node.segments), tuple(segs), objects, len(coords)
     )
@@ -185,6 +146,7 @@ def compaction_plan(
     nodes: tuple[NodeRecord, ...],
     metadata: dict[str, object],
     message: str = COMPACTION_MESSAGE,
+    history: HistoryIndex | None = None,
 ) -> CommitPlan:
     """A snapshot on top of ``base`` with the node table ``nodes`` (same content, other
     segments) and an empty transaction log."""
@@ -193,7 +155,7 @@ def compaction_plan(
     info = CommitInfo(
         sid, base.id, dt.datetime.now(dt.UTC), message, dict(metadata), checksum(log_bytes)
     )
-    snapshot = Snapshot(info, nodes)
+    snapshot = Snapshot(info, nodes, history)
     data = encode_snapshot(snapshot)
     return CommitPlan(snapshot, data, checksum(data), [], (transaction_log_key(sid), log_bytes))
 
@@ -270,7 +232,10 @@ async def compact_branch(
             return None
         arrays = {paths_of[r.node_id]: (len(r.old), len(r.new)) for r in applied}
         plan = compaction_plan(
-            base, nodes, {"frazil.compaction": True, "frazil.compacted_arrays": sorted(arrays)}
+            base,
+            nodes,
+            {"frazil.compaction": True, "frazil.compacted_arrays": sorted(arrays)},
+            history=await index_for_child(reader, storage, base),
         )
         await storage.put(*plan.log)
         await storage.put(*plan.objects()[-1])

@@ -14,7 +14,13 @@ from .virtual.containers import VirtualChunkContainer
 VCC_KEY = "virtual_chunk_containers"
 DEFAULT_INLINE_THRESHOLD = 512
 DEFAULT_MANIFEST_SPLIT_ROWS = 65_536
-_SETTINGS = ("inline_chunk_threshold_bytes", "manifest_split_rows", "compact_when_segments_exceed")
+DEFAULT_MERGE_FANOUT = 8
+_SETTINGS = (
+    "inline_chunk_threshold_bytes",
+    "manifest_split_rows",
+    "compact_when_segments_exceed",
+    "manifest_merge_fanout",
+)
 
 
 @dataclass
@@ -29,6 +35,9 @@ class RepositoryConfig:
     * ``compact_when_segments_exceed``: when a commit would leave an array with more than
       this many manifest segments, the commit first merges the array's older segments
       (as ``Repository.compact`` does); None (the default) never compacts on commit.
+    * ``manifest_merge_fanout``: every commit merges, in the arrays it writes, runs of this
+      many small manifest segments of one size tier (``frazil.merging``), so an array's
+      segment list stays bounded as history grows (default 8; 0 never merges).
     * ``virtual_chunk_containers``: url prefix -> ``VirtualChunkContainer``, the external
       locations virtual chunks may point at (none by default). Merging configs adds the
       other's containers (same prefix: the other's wins).
@@ -37,6 +46,7 @@ class RepositoryConfig:
     inline_chunk_threshold_bytes: int | None = None
     manifest_split_rows: int | None = None
     compact_when_segments_exceed: int | None = None
+    manifest_merge_fanout: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     virtual_chunk_containers: dict[str, VirtualChunkContainer] | None = None
 
@@ -58,6 +68,10 @@ class RepositoryConfig:
         if self.compact_when_segments_exceed == 0:
             raise InvalidInputError(
                 "RepositoryConfig.compact_when_segments_exceed must be positive (or None)"
+            )
+        if self.manifest_merge_fanout == 1:
+            raise InvalidInputError(
+                "RepositoryConfig.manifest_merge_fanout must be at least 2 (or 0: never merge)"
             )
         vcc = self.virtual_chunk_containers
         if vcc is not None:
@@ -90,6 +104,11 @@ class RepositoryConfig:
     def inline_threshold(self) -> int:
         v = self.inline_chunk_threshold_bytes
         return DEFAULT_INLINE_THRESHOLD if v is None else v
+
+    @property
+    def merge_fanout(self) -> int:
+        v = self.manifest_merge_fanout
+        return DEFAULT_MERGE_FANOUT if v is None else v
 
     @property
     def split_rows(self) -> int:

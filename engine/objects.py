@@ -17,6 +17,9 @@ from typing import Any, Generic, TypeVar
 from frazil.format import (
     ChunkId,
     CommitInfo,
+    HistoryId,
+    HistoryIndex,
+    HistorySegmentRef,
     ManifestId,
     ManifestSegment,
     SegmentRef,
@@ -24,13 +27,20 @@ from frazil.format import (
     SnapshotId,
     TransactionLog,
     checksum,
-    decode_commit_info,
+    decode_commit_header,
+    decode_history,
     decode_manifest_parts,
     decode_snapshot,
     decode_transaction_log,
 )
 from frazil.format.common import verify_checksum
-from frazil.format.keys import chunk_key, manifest_key, snapshot_key, transaction_log_key
+from frazil.format.keys import (
+    chunk_key,
+    history_key,
+    manifest_key,
+    snapshot_key,
+    transaction_log_key,
+)
 
 from . import runtime
 from .errors import FormatError, NotFoundError
@@ -99,6 +109,10 @@ class ObjectReader:
         self.chunks: LRU[ChunkId, bytes] = LRU(chunk_cache_bytes, len)
         # transaction logs: what a rebase reads of every commit it moves over
         self.txlogs: LRU[SnapshotId, TransactionLog] = LRU(256, lambda t: 1)
+        self.headers: LRU[SnapshotId, tuple[CommitInfo, HistoryIndex | None]] = LRU(
+            4096, lambda h: 1
+        )
+        self.histories: LRU[HistoryId, list[CommitInfo]] = LRU(1 << 20, len)  # commits
         self._inflight: dict[tuple[int, Any], asyncio.Future[Any]] = {}
         self._lock = threading.Lock()
         runtime.reset_in_child(self)
@@ -182,17 +196,37 @@ class ObjectReader:
 
     async def commit_info(self, sid: SnapshotId) -> CommitInfo:
         """Commit info from the snapshot's footer: a small read, never the node table."""
+        return (await self.commit_header(sid))[0]
+
+    async def commit_header(self, sid: SnapshotId) -> tuple[CommitInfo, HistoryIndex | None]:
+        """Commit info and history index from the snapshot's footer (cached)."""
         hit = self.snapshots.get(sid)
         if hit is not None:
-            return hit.info
+            return hit.info, hit.history
+        cached = self.headers.get(sid)
+        if cached is not None:
+            return cached
         key = snapshot_key(sid)
         tail = await self.fetch(key, f"snapshot {sid}", byte_range=(-_TAIL, None))
-        info = decode_commit_info(tail, key)
-        if info is None:
-            info = (await self.snapshot(sid)).info
-        if info.snapshot_id != sid:
-            raise FormatError(f"{key}: holds snapshot {info.snapshot_id}, not {sid}")
-        return info
+        found = decode_commit_header(tail, key)
+        if found is None:
+            snap = await self.snapshot(sid)
+            found = snap.info, snap.history
+        if found[0].snapshot_id != sid:
+            raise FormatError(f"{key}: holds snapshot {found[0].snapshot_id}, not {sid}")
+        self.headers.put(sid, found)
+        return found
+
+    async def history(self, seg: HistorySegmentRef) -> list[CommitInfo]:
+        """The commit infos of a history segment, verified (cached)."""
+        hit = self.histories.get(seg.history_id)
+        if hit is not None:
+            return hit
+        key = history_key(seg.history_id)
+        data = await self.fetch(key, f"history {key}", size=seg.size)
+        infos = await runtime.in_thread(decode_history, data, key, seg.checksum, seg.rows)
+        self.histories.put(seg.history_id, infos)
+        return infos
 
     async def parent(self, sid: SnapshotId) -> SnapshotId | None:
         """The parent of snapshot ``sid`` (from its footer)."""

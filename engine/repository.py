@@ -14,7 +14,7 @@ from frazil.format import Snapshot, SnapshotId, keys
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
 from frazil.format.config import decode_config, encode_config
 
-from . import maintenance, runtime
+from . import history, maintenance, runtime
 from .commit import initial_snapshot
 from .compaction import CompactionSummary, Progress, compact_branch
 from .diff import Diff, node_diff
@@ -549,7 +549,8 @@ class Repository:
     ) -> Iterator[SnapshotInfo]:
         """History, newest first, from a branch, a tag or a snapshot (give one).
 
-        Read from the snapshots' footers, never their node tables.
+        Read from the snapshots' footers and history index (``frazil.history``), never
+        their node tables: a few reads, however long the history.
 
         Yields
         ------
@@ -558,18 +559,24 @@ class Repository:
         """
         sid: SnapshotId | None = runtime.run(self._resolve(branch, tag, snapshot_id))[0]
         label = _ref_label(branch, tag)
-        while sid is not None:
-            with _named_by(label):
-                info = runtime.run(self._reader.commit_info(sid))
-            label = None
-            yield SnapshotInfo(
-                str(info.snapshot_id),
-                str(info.parent_id) if info.parent_id else None,
-                info.written_at,
-                info.message,
-                dict(info.metadata),
-            )
-            sid = info.parent_id
+        batches = history.ancestry(self._reader, sid)
+        try:
+            while True:
+                with _named_by(label):
+                    batch = runtime.run(history.next_batch(batches))
+                if batch is None:
+                    return
+                label = None
+                for info in batch:
+                    yield SnapshotInfo(
+                        str(info.snapshot_id),
+                        str(info.parent_id) if info.parent_id else None,
+                        info.written_at,
+                        info.message,
+                        dict(info.metadata),
+                    )
+        finally:
+            runtime.run(batches.aclose())
 
     def lookup_snapshot(self, snapshot_id: str) -> SnapshotInfo:
         """What history says of snapshot ``snapshot_id``.

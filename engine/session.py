@@ -45,7 +45,9 @@ from .errors import (
     NotFoundError,
     ReadOnlyError,
 )
+from .history import index_for_child
 from .journal import ForkJournal, delete_journals, new_token, read_journals
+from .merging import merge_for_commit
 from .rebase import apply_resolution, merge_changes, summarize_changes, summarize_logs
 from .refs import Ref, read_ref
 from .storage.base import ByteRange, slice_range
@@ -961,9 +963,9 @@ class _SessionCommitter:
         meta = dict(self.metadata)
         if self.solver is not None:
             meta["frazil.commit_attempts"] = attempts
+        touched = {nid for nid, t in s._changes.chunks.items() if len(t)}
         base, merged = s._base, list[tuple[str, bytes]]()
         if config.compact_when_segments_exceed is not None:  # automatic compaction
-            touched = {nid for nid, t in s._changes.chunks.items() if len(t)}
             base, merged, paths = await compact_for_commit(
                 repo.reader,
                 s._base,
@@ -973,8 +975,18 @@ class _SessionCommitter:
             )
             if paths:
                 meta["frazil.compacted_arrays"] = paths
+        if touched and config.merge_fanout:  # the size-tiered merge (frazil.merging)
+            base = await merge_for_commit(
+                repo.reader, storage, base, touched, config.merge_fanout, config.split_rows
+            )
+        history = await index_for_child(repo.reader, storage, s._base)
         plan = prepare_commit(
-            base, s._changes, message=self.message, metadata=meta, split_rows=config.split_rows
+            base,
+            s._changes,
+            message=self.message,
+            metadata=meta,
+            split_rows=config.split_rows,
+            history=history,
         )
         await runtime.gather_limited(
             [storage.put(k, b) for k, b in [*merged, *plan.manifests, plan.log]]

@@ -2,7 +2,8 @@
 
 from .common import FORMAT_VERSION, ObjectType, checksum
 from .errors import FormatError, FrazilError
-from .ids import ChunkId, ManifestId, NodeId, ObjectId, SnapshotId
+from .history import decode_history, encode_history
+from .ids import ChunkId, HistoryId, ManifestId, NodeId, ObjectId, SnapshotId
 from .manifest import (
     ChunkKind,
     ChunkRef,
@@ -16,10 +17,13 @@ from .snapshot import (
     ARRAY,
     GROUP,
     CommitInfo,
+    HistoryIndex,
+    HistorySegmentRef,
     NodeRecord,
     NodeType,
     SegmentRef,
     Snapshot,
+    decode_commit_header,
     decode_commit_info,
     decode_snapshot,
     encode_snapshot,
@@ -44,6 +48,9 @@ __all__ = [
     "Coord",
     "FormatError",
     "FrazilError",
+    "HistoryId",
+    "HistoryIndex",
+    "HistorySegmentRef",
     "ManifestId",
     "ManifestSegment",
     "NodeChange",
@@ -57,11 +64,14 @@ __all__ = [
     "SnapshotId",
     "TransactionLog",
     "checksum",
+    "decode_commit_header",
     "decode_commit_info",
+    "decode_history",
     "decode_manifest",
     "decode_manifest_parts",
     "decode_snapshot",
     "decode_transaction_log",
+    "encode_history",
     "encode_manifest",
     "encode_snapshot",
     "encode_transaction_log",

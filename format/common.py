@@ -36,6 +36,7 @@ class ObjectType(StrEnum):
     TAG_REF = "tag_ref"
     CONFIG = "config"
     FORK_JOURNAL = "fork_journal"
+    HISTORY = "history"
 
 
 SNAPSHOT = ObjectType.SNAPSHOT
@@ -45,6 +46,7 @@ BRANCH_REF = ObjectType.BRANCH_REF
 TAG_REF = ObjectType.TAG_REF
 CONFIG = ObjectType.CONFIG
 FORK_JOURNAL = ObjectType.FORK_JOURNAL
+HISTORY = ObjectType.HISTORY
 
 _ROW_GROUP_ROWS = 1 << 20
 

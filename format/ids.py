@@ -129,6 +129,12 @@ class ManifestId(ObjectId):
     __slots__ = ()
 
 
+class HistoryId(ObjectId):
+    """Id of a history segment (``history/<id>``)."""
+
+    __slots__ = ()
+
+
 class ChunkId(ObjectId):
     """Id of a native chunk (``chunks/<id>``)."""
 

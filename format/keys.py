@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 
 from .common import BRANCH_REF, TAG_REF
-from .ids import ChunkId, ManifestId, SnapshotId
+from .ids import ChunkId, HistoryId, ManifestId, SnapshotId
 
 CONFIG = "config.json"
 SNAPSHOTS = "snapshots/"
 MANIFESTS = "manifests/"
 TRANSACTIONS = "transactions/"
+HISTORY = "history/"
 CHUNKS = "chunks/"
 REFS = "refs/"
 BRANCHES = "refs/branch."
@@ -25,6 +26,7 @@ OBJECT_FOLDERS = {
     "transaction_log": TRANSACTIONS,
     "manifest": MANIFESTS,
     "chunk": CHUNKS,
+    "history": HISTORY,
 }
 """The folders of immutable objects, by object kind: what refs make reachable."""
 
@@ -39,6 +41,10 @@ writes, empty, on its first write."""
 
 def snapshot_key(sid: SnapshotId) -> str:
     return f"{SNAPSHOTS}{sid}"
+
+
+def history_key(hid: HistoryId) -> str:
+    return f"{HISTORY}{hid}"
 
 
 def manifest_key(mid: ManifestId) -> str:

@@ -24,7 +24,7 @@ from .common import (
     encode_parquet,
     json_checksum,
 )
-from .ids import ManifestId, NodeId, SnapshotId
+from .ids import HistoryId, ManifestId, NodeId, SnapshotId
 
 
 class NodeType(StrEnum):
@@ -99,17 +99,80 @@ class CommitInfo:
     transaction_log_checksum: int | None = None
 
 
+MAX_PENDING = 256
+MAX_SEGMENTS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySegmentRef:
+    """Where a history segment is, how to verify it, and how many commits it holds."""
+
+    history_id: HistoryId
+    checksum: int
+    size: int
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryIndex:
+    """A snapshot's ancestors: ``pending`` ids (parent first), then ``segments``."""
+
+    pending: tuple[SnapshotId, ...]
+    segments: tuple[HistorySegmentRef, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pending": [str(s) for s in self.pending],
+            "segments": [
+                {
+                    "id": str(s.history_id),
+                    "checksum": f"{s.checksum:016x}",
+                    "size": s.size,
+                    "rows": s.rows,
+                }
+                for s in self.segments
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, value: object, what: str) -> HistoryIndex:
+        try:
+            if not isinstance(value, dict):
+                raise TypeError("not an object")
+            pending, segments = value["pending"], value["segments"]
+            if not isinstance(pending, list) or not isinstance(segments, list):
+                raise TypeError("pending and segments must be lists")
+            if len(pending) > MAX_PENDING or len(segments) > MAX_SEGMENTS:
+                raise ValueError("too many entries")
+            refs = []
+            for s in segments:
+                rows, size = s["rows"], s["size"]
+                if not all(isinstance(v, int) and not isinstance(v, bool) for v in (rows, size)):
+                    raise TypeError("rows and size must be ints")
+                if rows < 1 or size < 0:
+                    raise ValueError("rows must be positive and size not negative")
+                refs.append(
+                    HistorySegmentRef(HistoryId.parse(s["id"]), int(s["checksum"], 16), size, rows)
+                )
+            return cls(tuple(SnapshotId.parse(p) for p in pending), tuple(refs))
+        except (KeyError, TypeError, ValueError, FormatError) as e:
+            raise FormatError(f"{what}: damaged history index ({e!r})") from e
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     info: CommitInfo
     nodes: tuple[NodeRecord, ...]
+    history: HistoryIndex | None = None  # absent in snapshots written before the index
 
     @property
     def id(self) -> SnapshotId:
         return self.info.snapshot_id
 
 
-def _info_header(info: CommitInfo, nodes_checksum: str | None = None) -> dict[str, Any]:
+def _info_header(
+    info: CommitInfo, nodes_checksum: str | None = None, history: HistoryIndex | None = None
+) -> dict[str, Any]:
     header: dict[str, Any] = {
         "object_type": SNAPSHOT,
         "id": str(info.snapshot_id),
@@ -125,6 +188,8 @@ def _info_header(info: CommitInfo, nodes_checksum: str | None = None) -> dict[st
     }
     if nodes_checksum is not None:
         header["nodes_checksum"] = nodes_checksum
+    if history is not None:
+        header["history"] = history.to_json()
     header["info_checksum"] = json_checksum(header)
     return header
 
@@ -184,7 +249,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
         schema=SCHEMA,
     )
     nodes_checksum = json_checksum(_node_columns(table))
-    return encode_parquet(table, _info_header(snapshot.info, nodes_checksum))
+    return encode_parquet(table, _info_header(snapshot.info, nodes_checksum, snapshot.history))
 
 
 def decode_snapshot(
@@ -234,12 +299,28 @@ def decode_snapshot(
     for n in nodes:
         if n.node_type not in (GROUP, ARRAY):
             raise FormatError(f"{what}: node {n.path!r} has unknown type {n.node_type!r}")
-    return Snapshot(info=info, nodes=nodes)
+    return Snapshot(info=info, nodes=nodes, history=_history_from_header(header, what))
+
+
+def _history_from_header(header: dict[str, Any], what: str) -> HistoryIndex | None:
+    value = header.get("history")
+    return None if value is None else HistoryIndex.from_json(value, what)
 
 
 def decode_commit_info(tail: bytes, what: str = "snapshot") -> CommitInfo | None:
     """Commit info from the last bytes of a snapshot; None if ``tail`` is too short."""
+    found = decode_commit_header(tail, what)
+    return None if found is None else found[0]
+
+
+def decode_commit_header(
+    tail: bytes, what: str = "snapshot"
+) -> tuple[CommitInfo, HistoryIndex | None] | None:
+    """Commit info and history index from the last bytes of a snapshot; None if ``tail``
+    is too short."""
     header = decode_parquet_header(tail, SNAPSHOT, what)
     if header is None:
         return None
-    return _info_from_header(check_header(header, SNAPSHOT, what), what)
+    header = check_header(header, SNAPSHOT, what)
+    info = _info_from_header(header, what)
+    return info, _history_from_header(header, what)

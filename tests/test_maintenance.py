@@ -30,7 +30,9 @@ def now() -> dt.datetime:
 
 
 def small_config(**kw: Any) -> frazil.RepositoryConfig:
-    # chunks of 2x2 int32 are 16 bytes: inline below 8, so set 8 to get native ones too
+    # chunks of 2x2 int32 are 16 bytes: inline below 8, so set 8 to get native ones too;
+    # no merging at commit unless asked: these tests count the segments commits leave
+    kw.setdefault("manifest_merge_fanout", 0)
     return frazil.RepositoryConfig(inline_chunk_threshold_bytes=kw.pop("inline", 8), **kw)
 
 

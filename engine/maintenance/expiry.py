@@ -31,6 +31,7 @@ from frazil.format.keys import (
 
 from ..compaction import Progress
 from ..errors import NotFoundError
+from ..history import index_for_child
 from ..objects import ObjectReader
 from ..refs import Move, Ref, list_refs, move_branch, read_ref
 from ..storage.base import Storage
@@ -107,9 +108,12 @@ async def _rewrite(
         metadata=meta,
         transaction_log_checksum=checksum(log_bytes),
     )
-    data = encode_snapshot(Snapshot(new_info, snap.nodes))
+    parent = await reader.snapshot(new_parent)
+    copy = Snapshot(new_info, snap.nodes, await index_for_child(reader, storage, parent))
+    data = encode_snapshot(copy)
     await storage.put(transaction_log_key(sid), log_bytes)
     await storage.put(snapshot_key(sid), data)
+    reader.snapshots.put(sid, copy)  # the next copy's parent, for its history index
     return sid, checksum(data)
 
 

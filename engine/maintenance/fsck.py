@@ -9,6 +9,9 @@ import numpy as np
 import pyarrow as pa
 
 from frazil.format import (
+    CommitInfo,
+    HistoryId,
+    HistorySegmentRef,
     ManifestId,
     SegmentRef,
     SnapshotId,
@@ -19,6 +22,7 @@ from frazil.format.common import BRANCH_REF, TAG_REF
 from frazil.format.keys import (
     OBJECT_FOLDERS,
     chunk_key,
+    history_key,
     manifest_key,
     snapshot_key,
     transaction_log_key,
@@ -26,7 +30,8 @@ from frazil.format.keys import (
 
 from .. import runtime
 from ..compaction import Progress
-from ..errors import FrazilError, NotFoundError
+from ..errors import FormatError, FrazilError, NotFoundError
+from ..history import ancestry
 from ..objects import ObjectReader
 from ..refs import Ref, list_refs, read_ref
 from ..storage.base import Storage
@@ -41,6 +46,7 @@ class FsckReport:
     snapshots: int = 0
     transaction_logs: int = 0
     manifests: int = 0
+    history_segments: int = 0
     chunks: int = 0
     bytes_verified: int = 0
     problems: list[Problem] = field(default_factory=list)
@@ -48,6 +54,45 @@ class FsckReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+async def _check_histories(
+    reader: ObjectReader,
+    histories: dict[HistoryId, tuple[HistorySegmentRef, SnapshotId]],
+    walked: dict[SnapshotId, CommitInfo],
+    refs: list[tuple[str, Ref]],
+    report: FsckReport,
+) -> None:
+    """Every history segment reads and is one chain; from every ref, history read through
+    the index is the parent chain read snapshot by snapshot."""
+
+    async def check(seg: HistorySegmentRef, owner: SnapshotId) -> None:
+        try:
+            await reader.history(seg)
+            report.history_segments += 1
+        except FrazilError as e:
+            report.problems.append(
+                Problem(
+                    error_kind(e),
+                    history_key(seg.history_id),
+                    f"{e} (in the history index of snapshot {owner})",
+                )
+            )
+
+    await runtime.gather_limited([check(s, o) for s, o in histories.values()], limit=16)
+    if report.problems:  # a chain already known broken: its index cannot be compared
+        return
+    for label, r in refs:
+        sid = r.record.snapshot_id
+        if sid is None:
+            continue
+        try:
+            async for batch in ancestry(reader, sid):
+                for info in batch:
+                    if info.snapshot_id not in walked or walked[info.snapshot_id] != info:
+                        raise FormatError(f"history index disagrees at snapshot {info.snapshot_id}")
+        except FrazilError as e:
+            report.problems.append(Problem("damaged", snapshot_key(sid), f"{e} ({label})"))
 
 
 async def fsck(
@@ -105,8 +150,12 @@ async def fsck(
         for node in snap.nodes:
             for seg in node.segments:
                 segments.setdefault(seg.manifest_id, (seg, f"array {node.path} of snapshot {sid}"))
+        for h in snap.history.segments if snap.history is not None else ():
+            histories.setdefault(h.history_id, (h, sid))
 
+    histories: dict[HistoryId, tuple[HistorySegmentRef, SnapshotId]] = {}
     await runtime.gather_limited([check_snapshot(s) for s in history], limit=16)
+    await _check_histories(reader_nocache, histories, history, refs, report)
     natives: list[pa.Table] = []
     done = 0
 

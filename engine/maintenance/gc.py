@@ -54,6 +54,8 @@ class GCSummary:
     temporaries_deleted: int = 0
     """files that writers killed mid-put left outside any object (local storage's hidden
     temp files), older than the cutoff; not counted in ``objects_deleted``"""
+    history_segments_deleted: int = 0
+    """history segments (``history/``) no kept snapshot's index names"""
     fork_journals_deleted: int = 0
     """journal objects of fork copies (``forks/``) older than the cutoff: what a merge
     had to read is merged by then, or abandoned; not counted in ``objects_deleted``"""
@@ -65,6 +67,7 @@ class GCSummary:
             + self.manifests_deleted
             + self.snapshots_deleted
             + self.transaction_logs_deleted
+            + self.history_segments_deleted
         )
 
 
@@ -86,8 +89,8 @@ async def garbage_collect(
     dry_run: bool = False,
     progress: Progress | None = None,
 ) -> GCSummary:
-    """Delete every unreachable snapshot, transaction log, manifest and chunk older than
-    ``older_than`` (see the module docstring for roots and ages)."""
+    """Delete every unreachable snapshot, transaction log, history segment, manifest and
+    chunk older than ``older_than`` (see the module docstring for roots and ages)."""
     cutoff = cutoff_ms(older_than)
     listed = dict(
         zip(
@@ -111,6 +114,7 @@ async def garbage_collect(
         "transaction_log": snaps,
         "manifest": pa.array([str(m) for m in found.segments], pa.string()),
         "chunk": found.chunk_ids,
+        "history": pa.array([str(h) for h in found.histories], pa.string()),
     }
     doomed: dict[str, list[int]] = {}
     counts = {"young": 0, "reachable": 0}
@@ -127,7 +131,7 @@ async def garbage_collect(
         total = sum(len(v) for v in doomed.values())
         done = 0
         # referrers first: a crash part-way leaves no reachable object pointing at a gap
-        for kind in ("snapshot", "transaction_log", "manifest", "chunk"):
+        for kind in ("snapshot", "transaction_log", "history", "manifest", "chunk"):
             keys = [listed[kind][i].key for i in doomed[kind]]
             for start in range(0, len(keys), DELETE_BATCH):
                 batch = keys[start : start + DELETE_BATCH]
@@ -150,6 +154,7 @@ async def garbage_collect(
         manifests_deleted=len(doomed["manifest"]),
         snapshots_deleted=len(doomed["snapshot"]),
         transaction_logs_deleted=len(doomed["transaction_log"]),
+        history_segments_deleted=len(doomed["history"]),
         bytes_deleted=deleted_bytes,
         kept_young=counts["young"],
         reachable=counts["reachable"],

@@ -1,12 +1,13 @@
 """Reachability: what a repository's refs reach (every snapshot named by a branch or a live
-tag, or an ancestor of one, and every transaction log, manifest segment and native chunk
-such a snapshot refers to), and when an object was made (the time in its id)."""
+tag, or an ancestor of one, and every transaction log, manifest segment, history segment
+and native chunk such a snapshot refers to), and when an object was made (the time in its
+id)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +16,8 @@ import pyarrow.compute as pc
 from frazil.format import (
     ChunkKind,
     CommitInfo,
+    HistoryId,
+    HistorySegmentRef,
     ManifestId,
     SegmentRef,
     Snapshot,
@@ -29,6 +32,7 @@ from frazil.format.manifest import SCHEMA as MANIFEST_SCHEMA
 from .. import runtime
 from ..compaction import Progress
 from ..errors import FrazilError, InvalidInputError, NotFoundError
+from ..history import ancestry
 from ..objects import ObjectReader
 from ..refs import Ref, list_refs, read_ref
 from ..storage.base import Storage
@@ -87,28 +91,38 @@ async def ref_targets(storage: Storage) -> list[tuple[str, Ref]]:
 async def walk_history(
     reader: ObjectReader, tips: Iterable[SnapshotId], problems: list[Problem] | None = None
 ) -> dict[SnapshotId, CommitInfo]:
-    """Every snapshot reachable from ``tips`` through parent links, with its commit info.
-    With ``problems``, unreadable snapshots are recorded there instead of raising."""
+    """Every snapshot reachable from ``tips`` through parent links, with its commit info
+    (read through the history index). With ``problems``, unreadable snapshots are recorded
+    there instead of raising."""
     seen: dict[SnapshotId, CommitInfo] = {}
     for tip in tips:
-        sid: SnapshotId | None = tip
+        if tip in seen:
+            continue
         child: SnapshotId | None = None
-        while sid is not None and sid not in seen:
-            try:
-                info = await reader.commit_info(sid)
-            except FrazilError as e:
-                if problems is None:
-                    raise
-                problems.append(
-                    Problem(
-                        error_kind(e),
-                        snapshot_key(sid),
-                        str(e) + (f" (parent of snapshot {child})" if child is not None else ""),
-                    )
-                )
+        batches = ancestry(reader, tip)
+        try:
+            async for batch in batches:
+                for info in batch:
+                    if info.snapshot_id in seen:
+                        break
+                    seen[info.snapshot_id] = info
+                    child = info.snapshot_id
+                else:
+                    continue
                 break
-            seen[sid] = info
-            child, sid = sid, info.parent_id
+        except FrazilError as e:
+            if problems is None:
+                raise
+            missing = child is not None and seen[child].parent_id or tip
+            problems.append(
+                Problem(
+                    error_kind(e),
+                    snapshot_key(missing),
+                    str(e) + (f" (parent of snapshot {child})" if child is not None else ""),
+                )
+            )
+        finally:
+            await batches.aclose()
     return seen
 
 
@@ -137,11 +151,13 @@ def native_rows(table: pa.Table) -> pa.Table:
 
 @dataclass
 class Reachable:
-    """What ``mark`` found: snapshot ids, segments by manifest id, native chunk ids."""
+    """What ``mark`` found: snapshot ids, segments by manifest id, native chunk ids, and
+    the history segments the snapshots' indexes name."""
 
     snapshots: dict[SnapshotId, CommitInfo]
     segments: dict[ManifestId, SegmentRef]
     chunk_ids: pa.Array
+    histories: dict[HistoryId, HistorySegmentRef] = field(default_factory=dict)
 
 
 async def _load_snapshots(
@@ -181,10 +197,13 @@ async def mark(
             return None
 
     segments: dict[ManifestId, SegmentRef] = {}
+    histories: dict[HistoryId, HistorySegmentRef] = {}
     optional: set[ManifestId] = set()
     for snap in await runtime.gather_limited([load(s) for s in history], limit=16):
         if snap is None:
             continue
+        for h in snap.history.segments if snap.history is not None else ():
+            histories.setdefault(h.history_id, h)
         for node in snap.nodes:
             for seg in node.segments:
                 if seg.manifest_id not in segments and snap.id not in strict:
@@ -213,7 +232,7 @@ async def mark(
         if parts
         else pa.array([], pa.string())
     )
-    return Reachable(history, segments, ids)
+    return Reachable(history, segments, ids, histories)
 
 
 def cutoff_ms(when: dt.datetime) -> int:

@@ -1,0 +1,140 @@
+"""The history index (frazil.history, SPEC §4.5): ancestry in a bounded number of reads,
+the same answer as walking parent links, old snapshots still followed, damage caught, and
+garbage collection that keeps what the index needs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import frazil
+from frazil import runtime
+from frazil.format import SnapshotId
+from frazil.storage.faults import FaultInjectingStorage
+
+DATA = Path(__file__).parent / "data" / "format-v1"
+
+
+def commit_many(repo: frazil.Repository, n: int, branch: str = "main") -> list[str]:
+    ids = []
+    for i in range(n):
+        s = repo.writable_session(branch)
+        a = zarr.open_array(s.store, path="a")
+        a[i % 10] = i
+        ids.append(s.commit(f"commit {i}", metadata={"i": i}))
+    return ids
+
+
+def new_repo(storage: frazil.Storage) -> frazil.Repository:
+    repo = frazil.Repository.create(storage)
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(10,), chunks=(1,), dtype="i8")
+    s.commit("array")
+    return repo
+
+
+def walk_parents(repo: frazil.Repository, sid: str) -> list[str]:
+    """History the slow way: one footer read per commit, following parent links."""
+    out: list[str | None] = [sid]
+    while out[-1] is not None:
+        info = runtime.run(repo.reader.commit_info(SnapshotId.parse(out[-1])))
+        out.append(str(info.parent_id) if info.parent_id else None)
+    return [s for s in out if s is not None]
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 63, 64, 65, 600])
+def test_ancestry_through_the_index_is_the_parent_chain(n: int) -> None:
+    repo = new_repo(frazil.in_memory_storage())
+    ids = commit_many(repo, n)
+    fresh = frazil.Repository.open(repo.storage)
+    history = list(fresh.ancestry(branch="main"))
+    assert [h.id for h in history] == walk_parents(fresh, ids[-1])
+    assert [h.message for h in history[:n]] == [f"commit {i}" for i in reversed(range(n))]
+    assert history[0].metadata == {"i": n - 1}
+    assert history[-1].message == "Repository initialized" and history[-1].parent_id is None
+    for newer, older in zip(history, history[1:]):
+        assert newer.parent_id == older.id
+
+
+def test_ancestry_takes_a_bounded_number_of_reads() -> None:
+    counting = FaultInjectingStorage(frazil.in_memory_storage())
+    repo = new_repo(counting)
+    commit_many(repo, 1_000)
+    fresh = frazil.Repository.open(counting)
+    before = counting.calls
+    assert len(list(fresh.ancestry(branch="main"))) == 1_002
+    reads = counting.calls - before
+    # one ref, one footer, at most 7 pending footers and the segments (<= 7 per tier)
+    assert reads <= 40, reads
+
+
+def test_ancestry_from_any_snapshot_and_a_tag() -> None:
+    repo = new_repo(frazil.in_memory_storage())
+    ids = commit_many(repo, 100)
+    repo.create_tag("t", ids[49])
+    assert [h.id for h in repo.ancestry(tag="t")] == walk_parents(repo, ids[49])
+    assert [h.id for h in repo.ancestry(snapshot_id=ids[10])] == walk_parents(repo, ids[10])
+    assert next(iter(repo.ancestry(branch="main"))).id == ids[-1]
+
+
+def test_commits_on_an_old_repository_read_past_the_index(tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    shutil.copytree(DATA / "repo", root)
+    repo = frazil.Repository.open(frazil.local_filesystem_storage(root))
+    old = [h.id for h in repo.ancestry(branch="main")]
+    for i in range(20):  # snapshots written before the index, then 20 with it
+        s = repo.writable_session("main")
+        zarr.open_group(s.store).attrs["n"] = i
+        s.commit(f"new {i}")
+    history = [h.id for h in repo.ancestry(branch="main")]
+    assert history[20:] == old
+    assert history == walk_parents(repo, history[0])
+    assert repo.fsck().ok
+
+
+def test_a_damaged_history_segment_is_caught(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    repo = new_repo(frazil.local_filesystem_storage(root))
+    commit_many(repo, 30)
+    victim = sorted((root / "history").iterdir())[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    fresh = frazil.Repository.open(frazil.local_filesystem_storage(root))
+    with pytest.raises(frazil.FormatError, match="history"):
+        list(fresh.ancestry(branch="main"))
+    report = fresh.fsck()
+    assert any(p.key == f"history/{victim.name}" for p in report.problems), report.problems
+
+
+def test_gc_keeps_what_the_index_names_and_sweeps_the_rest(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    repo = new_repo(frazil.local_filesystem_storage(root))
+    ids = commit_many(repo, 200)
+    repo.create_branch("side", ids[100])
+    commit_many(repo, 30, "side")
+    orphan = sorted((root / "history").iterdir())[-1].read_bytes()
+    (root / "history" / "06H0000000000000ZZZG").write_bytes(orphan)  # nothing names it
+    summary = repo.garbage_collect(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+    assert summary.history_segments_deleted == 1
+    assert summary.manifests_deleted == 0  # merges write only what a snapshot names
+    fresh = frazil.Repository.open(frazil.local_filesystem_storage(root))
+    for branch in ("main", "side"):
+        history = [h.id for h in fresh.ancestry(branch=branch)]
+        assert history == walk_parents(fresh, history[0])
+    assert fresh.fsck().ok
+
+
+def test_content_after_a_long_history_reads_at_every_snapshot() -> None:
+    repo = new_repo(frazil.in_memory_storage())
+    ids = commit_many(repo, 120)
+    model = np.zeros(10, np.int64)
+    for i, sid in enumerate(ids):
+        model[i % 10] = i
+        got = zarr.open_array(repo.readonly_session(snapshot_id=sid).store, path="a", mode="r")
+        np.testing.assert_array_equal(got[:], model)
