@@ -34,7 +34,7 @@ import frazil
 from frazil import runtime
 
 WORKER = Path(__file__).with_name("crash_worker.py")
-FOLDERS = ("snapshots/", "transactions/", "manifests/", "chunks/")
+FOLDERS = ("snapshots/", "transactions/", "history/", "manifests/", "chunks/")
 LINE_TIMEOUT = 120.0  # seconds to wait for a line the child is bound to print
 
 KILLS_LOCAL = 200 if LONG else 15
@@ -212,10 +212,12 @@ def reachable(storage: frazil.Storage) -> dict[str, set[str]]:
     ref_keys = [k for k in runtime.run(storage.list("refs/")) if k.endswith("/ref.json")]
     refs = [json.loads(data) for data in get_all(storage, ref_keys)]
     sids = sorted(listing(storage)["snapshots/"])
-    parents, manifests = {}, {}
+    parents, manifests, histories = {}, {}, {}
     for sid, data in zip(sids, get_all(storage, [f"snapshots/{s}" for s in sids])):
         table = pq.read_table(pa.BufferReader(data))
-        parents[sid] = json.loads(table.schema.metadata[b"frazil"])["parent_id"]
+        header = json.loads(table.schema.metadata[b"frazil"])
+        parents[sid] = header["parent_id"]
+        histories[sid] = {h["id"] for h in (header.get("history") or {}).get("segments", ())}
         manifests[sid] = {
             s["manifest_id"] for segs in table.column("segments").to_pylist() for s in segs or ()
         }
@@ -228,6 +230,7 @@ def reachable(storage: frazil.Storage) -> dict[str, set[str]]:
         out["snapshots/"].add(sid)
         out["transactions/"].add(sid)
         out["manifests/"] |= manifests[sid]
+        out["history/"] |= histories[sid]
         todo.append(parents[sid])
     mids = sorted(out["manifests/"])
     for data in get_all(storage, [f"manifests/{m}" for m in mids]):
@@ -470,8 +473,8 @@ def assert_same(a: dict[str, dict[str, np.ndarray]], b: dict[str, dict[str, np.n
 
 def build_history(target: Target, commits: int) -> frazil.Repository:
     """A repository whose main has ``commits`` planned commits (so many segments), a side
-    branch and a tag."""
-    repo = new_repository(target)
+    branch and a tag. No merging at commit: the segments are there for compaction."""
+    repo = new_repository(target, manifest_merge_fanout=0)
     for i in range(commits):
         cw.commit_one(repo, "main" if i % 4 else "side")
         if i == commits // 2:
