@@ -29,7 +29,7 @@ from frazil.format import (
 from frazil.format.keys import history_key
 
 from . import runtime
-from .merging import tier
+from .merging import tier, tier_runs
 from .objects import ObjectReader
 from .storage.base import Storage
 
@@ -40,14 +40,9 @@ _PLACEHOLDER = HistoryId(bytes(12))
 
 def _next_run(segments: tuple[HistorySegmentRef, ...], fanout: int) -> slice | None:
     tiers = [tier(s.rows, fanout) for s in segments]
-    start = 0
-    while start < len(segments):
-        stop = start + 1
-        while stop < len(segments) and tiers[stop] == tiers[start]:
-            stop += 1
-        if stop - start >= fanout and sum(s.rows for s in segments[start:stop]) <= MAX_MERGED_ROWS:
-            return slice(start, stop)
-        start = stop
+    for run in tier_runs(tiers):
+        if run.stop - run.start >= fanout and sum(s.rows for s in segments[run]) <= MAX_MERGED_ROWS:
+            return run
     return None
 
 

@@ -122,23 +122,29 @@ def _cells(segments: tuple[SegmentRef, ...]) -> int:
     return math.prod(h - low + 1 for low, h in zip(lo, hi))
 
 
+def tier_runs(tiers: list[int]) -> Iterator[slice]:
+    """The maximal runs of adjacent equal tiers, newest first."""
+    start = 0
+    while start < len(tiers):
+        stop = start + 1
+        while stop < len(tiers) and tiers[stop] == tiers[start]:
+            stop += 1
+        yield slice(start, stop)
+        start = stop
+
+
 def next_run(segments: tuple[SegmentRef, ...], fanout: int, split_rows: int) -> slice | None:
     """The newest run of ``segments`` (newest first) the policy merges, or None."""
     if fanout < 2 or len(segments) < 2:
         return None
     top = top_tier(split_rows, fanout)
     tiers = [min(tier(s.rows, fanout), top) for s in segments]
-    start = 0
-    while start < len(segments):
-        stop = start + 1
-        while stop < len(segments) and tiers[stop] == tiers[start]:
-            stop += 1
-        run = segments[start:stop]
-        if tiers[start] < top and len(run) >= fanout:
-            return slice(start, stop)
-        if tiers[start] == top and len(run) >= 2 and sum(s.rows for s in run) > _cells(run):
-            return slice(start, stop)
-        start = stop
+    for run in tier_runs(tiers):
+        part = segments[run]
+        if tiers[run.start] < top and len(part) >= fanout:
+            return run
+        if tiers[run.start] == top and len(part) >= 2 and sum(s.rows for s in part) > _cells(part):
+            return run
     return None
 
 

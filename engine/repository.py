@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from frazil.format import Snapshot, SnapshotId, keys
+from frazil.format import CommitInfo, Snapshot, SnapshotId, keys
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
 from frazil.format.config import decode_config, encode_config
 
@@ -63,6 +63,17 @@ class SnapshotInfo:
     written_at: dt.datetime
     message: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, info: CommitInfo) -> SnapshotInfo:
+        """The public view of a snapshot's commit info."""
+        return cls(
+            str(info.snapshot_id),
+            str(info.parent_id) if info.parent_id else None,
+            info.written_at,
+            info.message,
+            dict(info.metadata),
+        )
 
 
 def _parse_sid(value: object) -> SnapshotId:
@@ -567,14 +578,7 @@ class Repository:
                 if batch is None:
                     return
                 label = None
-                for info in batch:
-                    yield SnapshotInfo(
-                        str(info.snapshot_id),
-                        str(info.parent_id) if info.parent_id else None,
-                        info.written_at,
-                        info.message,
-                        dict(info.metadata),
-                    )
+                yield from map(SnapshotInfo.of, batch)
         finally:
             runtime.run(batches.aclose())
 
@@ -585,14 +589,7 @@ class Repository:
         -------
         SnapshotInfo
         """
-        info = runtime.run(self._reader.commit_info(_parse_sid(snapshot_id)))
-        return SnapshotInfo(
-            str(info.snapshot_id),
-            str(info.parent_id) if info.parent_id else None,
-            info.written_at,
-            info.message,
-            dict(info.metadata),
-        )
+        return SnapshotInfo.of(runtime.run(self._reader.commit_info(_parse_sid(snapshot_id))))
 
     def diff(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import takewhile
 
 import numpy as np
 import pyarrow as pa
@@ -102,14 +103,11 @@ async def walk_history(
         batches = ancestry(reader, tip)
         try:
             async for batch in batches:
-                for info in batch:
-                    if info.snapshot_id in seen:
-                        break
-                    seen[info.snapshot_id] = info
-                    child = info.snapshot_id
-                else:
-                    continue
-                break
+                fresh = list(takewhile(lambda i: i.snapshot_id not in seen, batch))
+                seen.update((i.snapshot_id, i) for i in fresh)
+                child = fresh[-1].snapshot_id if fresh else child
+                if len(fresh) < len(batch):  # reached history already walked
+                    break
         except FrazilError as e:
             if problems is None:
                 raise
