@@ -13,6 +13,7 @@ commit on. Every row read is checked to be the parent of the row before.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncGenerator
 
 from frazil.format import (
@@ -29,6 +30,7 @@ from frazil.format import (
 from frazil.format.keys import history_key
 
 from . import runtime
+from .errors import NotFoundError
 from .merging import tier, tier_runs
 from .objects import ObjectReader
 from .storage.base import Storage
@@ -75,16 +77,32 @@ async def index_for_child(
 ) -> HistoryIndex:
     """The history index of a new snapshot whose parent is ``parent``; any history segment
     it needs is written before it returns (before the snapshot that refers to it). A
-    cascade of merges is planned first and written as one object."""
+    cascade of merges is planned first and written as one object. Cut history (§4.6) is
+    not carried over: the index stops at the first cut snapshot and ancestry goes on from
+    its cut parent."""
+    try:
+        return await _index_for_child(reader, storage, parent, fanout, await reader.cuts())
+    except NotFoundError:  # an ancestor expired and collected since the cuts were read
+        return await _index_for_child(reader, storage, parent, fanout, await reader.load_cuts())
+
+
+async def _index_for_child(
+    reader: ObjectReader,
+    storage: Storage,
+    parent: Snapshot,
+    fanout: int,
+    cuts: dict[SnapshotId, SnapshotId],
+) -> HistoryIndex:
     old = parent.history
     pending = (parent.id, *(old.pending if old is not None else ()))
     older_segments = old.segments if old is not None else ()
+    stop = next((i for i, p in enumerate(pending) if p in cuts), None)
+    if stop is not None:
+        pending, older_segments = pending[: stop + 1], ()
     if len(pending) < fanout:
         return HistoryIndex(pending, older_segments)
-    infos = [
-        parent.info,
-        *await runtime.gather_limited([reader.commit_info(p) for p in pending[1:]], limit=16),
-    ]
+    headers = await runtime.gather_limited([reader.commit_header(p) for p in pending[1:]], limit=16)
+    infos = [parent.info, *(h[0] for h in headers)]
     rows = [len(infos), *(s.rows for s in older_segments)]
     segments: list[HistorySegmentRef] = []
     for start, stop in _plan(rows, fanout):
@@ -107,32 +125,57 @@ async def next_batch(
 
 
 async def ancestry(
-    reader: ObjectReader, sid: SnapshotId | None
+    reader: ObjectReader,
+    sid: SnapshotId | None,
+    cuts: dict[SnapshotId, SnapshotId] | None = None,
 ) -> AsyncGenerator[list[CommitInfo], None]:
     """History from ``sid``, newest first, in batches: the snapshot, then what its index
-    holds (read concurrently), then on from the oldest commit reached."""
+    holds (read concurrently), then on from the oldest commit reached. A snapshot that
+    history cuts give another parent (``cuts``, read afresh when not given) has it in the
+    infos yielded, and nothing beyond the cut is read."""
+    if cuts is None:
+        cuts = await reader.load_cuts()
+    seen: set[SnapshotId] = set()
     while sid is not None:
         info, index = await reader.commit_header(sid)
-        yield [info]
-        expected = info.parent_id
-        if index is None or expected is None:
-            sid = expected
-            continue
-        headers = await runtime.gather_limited(
-            [reader.commit_info(p) for p in index.pending], limit=16
-        )
-        parts = await runtime.gather_limited([reader.history(s) for s in index.segments], limit=16)
+        first = _cut(info, cuts, seen)
+        yield [first]
+        expected = first.parent_id
         batch: list[CommitInfo] = []
-        for found in [*headers, *(i for part in parts for i in part)]:
-            if found.snapshot_id != expected:
-                raise FormatError(
-                    f"history index of snapshot {info.snapshot_id}: found {found.snapshot_id} "
-                    f"where its ancestor {expected} should be"
-                )
-            batch.append(found)
-            expected = found.parent_id
-            if expected is None:
-                break
+        if index is not None and expected is not None and expected == info.parent_id:
+            pending = index.pending
+            stop = next((i for i, p in enumerate(pending) if p in cuts), None)
+            headers = await runtime.gather_limited(
+                [reader.commit_header(p) for p in pending[: None if stop is None else stop + 1]],
+                limit=16,
+            )
+            parts = (
+                await runtime.gather_limited([reader.history(s) for s in index.segments], limit=16)
+                if stop is None
+                else []
+            )
+            for found in [*(h[0] for h in headers), *(i for part in parts for i in part)]:
+                if found.snapshot_id != expected:
+                    raise FormatError(
+                        f"history index of snapshot {info.snapshot_id}: found "
+                        f"{found.snapshot_id} where its ancestor {expected} should be"
+                    )
+                row = _cut(found, cuts, seen)
+                batch.append(row)
+                expected = row.parent_id
+                if expected is None or expected != found.parent_id:
+                    break
         if batch:
             yield batch
         sid = expected
+
+
+def _cut(info: CommitInfo, cuts: dict[SnapshotId, SnapshotId], seen: set[SnapshotId]) -> CommitInfo:
+    """``info`` with the parent history cuts give it; a snapshot met twice is a loop."""
+    if info.snapshot_id in seen:
+        raise FormatError(
+            f"history of snapshot {info.snapshot_id} loops back to it (damaged history cuts?)"
+        )
+    seen.add(info.snapshot_id)
+    cut = cuts.get(info.snapshot_id)
+    return info if cut is None else dataclasses.replace(info, parent_id=cut)

@@ -9,6 +9,7 @@ concurrent loads of one object on one event loop share a single read.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -34,7 +35,9 @@ from frazil.format import (
     decode_transaction_log,
 )
 from frazil.format.common import verify_checksum
+from frazil.format.cuts import decode_cuts
 from frazil.format.keys import (
+    CUTS,
     chunk_key,
     history_key,
     manifest_key,
@@ -113,6 +116,7 @@ class ObjectReader:
             4096, lambda h: 1
         )
         self.histories: LRU[HistoryId, list[CommitInfo]] = LRU(1 << 20, len)  # commits
+        self.cut_map: dict[SnapshotId, SnapshotId] | None = None  # loaded on first use
         self._inflight: dict[tuple[int, Any], asyncio.Future[Any]] = {}
         self._lock = threading.Lock()
         runtime.reset_in_child(self)
@@ -194,9 +198,43 @@ class ObjectReader:
         self._decoded_snapshot(sid, key, data, None)
         return checksum(data)
 
+    async def load_cuts(self) -> dict[SnapshotId, SnapshotId]:
+        """The history cuts expiry recorded (SPEC §4.6), read afresh."""
+        try:
+            data = await self.storage.get(CUTS)
+        except NotFoundError:
+            cuts: dict[SnapshotId, SnapshotId] = {}
+        else:
+            cuts = await runtime.in_thread(decode_cuts, data, CUTS)
+        self.cut_map = cuts
+        return cuts
+
+    async def cuts(self) -> dict[SnapshotId, SnapshotId]:
+        """The history cuts as last read (read once, on first use)."""
+        return self.cut_map if self.cut_map is not None else await self.load_cuts()
+
     async def commit_info(self, sid: SnapshotId) -> CommitInfo:
-        """Commit info from the snapshot's footer: a small read, never the node table."""
-        return (await self.commit_header(sid))[0]
+        """Commit info from the snapshot's footer (a small read, never the node table),
+        with the parent that history cuts give it."""
+        info = (await self.commit_header(sid))[0]
+        cut = (await self.cuts()).get(sid)
+        return info if cut is None else dataclasses.replace(info, parent_id=cut)
+
+    async def parent_info(self, info: CommitInfo) -> CommitInfo | None:
+        """The commit info of ``info``'s parent. A parent that is gone because another
+        process expired history since the cuts were read is found again from fresh cuts."""
+        if info.parent_id is None:
+            return None
+        try:
+            return await self.commit_info(info.parent_id)
+        except NotFoundError:
+            before = self.cut_map
+            if (await self.load_cuts()) == before:
+                raise
+            again = (await self.commit_info(info.snapshot_id)).parent_id
+            if again is None or again == info.parent_id:
+                raise
+            return await self.commit_info(again)
 
     async def commit_header(self, sid: SnapshotId) -> tuple[CommitInfo, HistoryIndex | None]:
         """Commit info and history index from the snapshot's footer (cached)."""
@@ -229,8 +267,9 @@ class ObjectReader:
         return infos
 
     async def parent(self, sid: SnapshotId) -> SnapshotId | None:
-        """The parent of snapshot ``sid`` (from its footer)."""
-        return (await self.commit_info(sid)).parent_id
+        """The parent of snapshot ``sid`` (from its footer and the history cuts)."""
+        found = await self.parent_info(await self.commit_info(sid))
+        return None if found is None else found.snapshot_id
 
     async def manifest_bytes(self, seg: SegmentRef) -> tuple[str, bytes]:
         """A segment's manifest object, checked against its recorded size (decoders check
@@ -278,6 +317,7 @@ class ObjectReader:
         """Drop every cached object (after garbage collection deleted some)."""
         for cache in (self.snapshots, self.manifests, self.chunks, self.txlogs):
             cache.clear()
+        self.cut_map = None
 
     async def chunk(
         self, cid: ChunkId, checksum: int | None, byte_range: ByteRange | None = None

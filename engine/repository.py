@@ -17,7 +17,7 @@ from frazil.format.config import decode_config, encode_config
 from . import history, maintenance, runtime
 from .commit import initial_snapshot
 from .compaction import CompactionSummary, Progress, compact_branch
-from .diff import Diff, node_diff
+from .diff import Diff, diff_snapshots
 from .errors import (
     AlreadyExistsError,
     ConflictError,
@@ -601,8 +601,9 @@ class Repository:
         to_tag: str | None = None,
         to_snapshot_id: str | None = None,
     ) -> Diff:
-        """What changed from one version to a later one (give one ``from_*`` and one
-        ``to_*``: a branch, a tag or a snapshot id; ``from`` must be an ancestor).
+        """What changed from one version to another (give one ``from_*`` and one
+        ``to_*``: a branch, a tag or a snapshot id). Any two versions compare: through
+        their common ancestor's history, or by content where expiry cut that history.
 
         Returns
         -------
@@ -624,31 +625,11 @@ class Repository:
     ) -> Diff:
         src, src_cs = await self._resolve(fb, ft, fs)
         dst, dst_cs = await self._resolve(tb, tt, ts)
-        chain: list[SnapshotId] = []
-        sid: SnapshotId | None = dst
-        while sid is not None and sid != src:
-            chain.append(sid)
-            with _named_by(_ref_label(tb, tt) if sid == dst else None):
-                sid = (await self._reader.commit_info(sid)).parent_id
-        if sid is None:
-            raise InvalidInputError(
-                f"snapshot {src} is not an ancestor of {dst}; diff goes "
-                "from an older version to a newer one"
-            )
-        chunks: dict[Any, set[tuple[int, ...]]] = {}
-        for s in chain:
-            info = await self._reader.commit_info(s)
-            log = await self._reader.transaction_log(s, info.transaction_log_checksum)
-            for change in log.changes:
-                if change.chunks is not None:
-                    chunks.setdefault(change.node_id, set()).update(
-                        map(tuple, change.chunks.tolist())
-                    )
         with _named_by(_ref_label(fb, ft)):
             old = await self._reader.snapshot(src, src_cs)
         with _named_by(_ref_label(tb, tt)):
             new = await self._reader.snapshot(dst, dst_cs)
-        return node_diff({n.path: n for n in old.nodes}, {n.path: n for n in new.nodes}, chunks)
+        return await diff_snapshots(self._reader, old, new)
 
     # -- sessions --------------------------------------------------------------------------
     def readonly_session(

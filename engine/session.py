@@ -535,7 +535,7 @@ class Session:
             plan = self._maybe_landed.get(sid)
             if plan is not None:
                 return plan
-            sid = (await reader.commit_info(sid)).parent_id
+            sid = await reader.parent(sid)
         self._maybe_landed.clear()
         return None
 
@@ -576,8 +576,16 @@ class Session:
                         reader.transaction_log(info.snapshot_id, info.transaction_log_checksum)
                     )
                 )
-                parent = info.parent_id
-                info = None if parent is None else await reader.commit_info(parent)
+                child, info = info, await reader.parent_info(info)
+                if child.snapshot_id in (reader.cut_map or {}):
+                    raise ConflictError(
+                        f"cannot rebase onto {tip}: history below snapshot "
+                        f"{child.snapshot_id} was expired, so the commits between this "
+                        f"session's base {self._base.id} and the tip cannot be checked for "
+                        "conflicts; start a new session from the tip",
+                        expected_parent=str(self._base.id),
+                        actual_parent=str(tip),
+                    )
             if info is None:
                 raise ConflictError(
                     f"cannot rebase onto {tip}: this session's base {self._base.id} is not "

@@ -1,6 +1,7 @@
 """frazil's on-disk format: pure encode/decode of every object, ids and checksums (no I/O)."""
 
 from .common import FORMAT_VERSION, ObjectType, checksum
+from .cuts import decode_cuts, encode_cuts
 from .errors import FormatError, FrazilError
 from .history import decode_history, encode_history
 from .ids import ChunkId, HistoryId, ManifestId, NodeId, ObjectId, SnapshotId
@@ -37,6 +38,8 @@ from .txlog import (
 )
 
 __all__ = [
+    "decode_cuts",
+    "encode_cuts",
     "ARRAY",
     "ChangeKind",
     "FORMAT_VERSION",

@@ -37,6 +37,7 @@ class ObjectType(StrEnum):
     CONFIG = "config"
     FORK_JOURNAL = "fork_journal"
     HISTORY = "history"
+    HISTORY_CUTS = "history_cuts"
 
 
 SNAPSHOT = ObjectType.SNAPSHOT
@@ -47,6 +48,7 @@ TAG_REF = ObjectType.TAG_REF
 CONFIG = ObjectType.CONFIG
 FORK_JOURNAL = ObjectType.FORK_JOURNAL
 HISTORY = ObjectType.HISTORY
+HISTORY_CUTS = ObjectType.HISTORY_CUTS
 
 _ROW_GROUP_ROWS = 1 << 20
 

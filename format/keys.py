@@ -18,6 +18,8 @@ REFS = "refs/"
 BRANCHES = "refs/branch."
 TAGS = "refs/tag."
 REF_FILE = "/ref.json"
+CUTS = "refs/cuts.json"
+"""Where expiry cut history: the one document of history cuts (SPEC §4.6)."""
 FORKS = "forks/"
 MAIN = "main"
 

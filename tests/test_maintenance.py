@@ -357,28 +357,42 @@ def test_expire_then_gc(storage_factory: Callable[[], Storage]) -> None:
     cutoff = now()
     for i in range(4, 6):
         write(repo, "main", f"new{i}", lambda g, i=i: g["b"].__setitem__(i, i + 1))
+    ids = {i.message: i.id for i in repo.ancestry(branch="main")}
     tip_before = content(repo, branch="main")
     tag_before = content(repo, tag="old-tag")
+    files_before = frazil.runtime.run(repo.storage.list("snapshots/"))
     expired = repo.expire_snapshots(cutoff)
     history = list(repo.ancestry(branch="main"))
-    assert [i.message for i in history] == ["new5", "new4", "Repository initialized"]
-    assert len(expired) == 5  # "arrays" and old0..old3
-    assert history[1].metadata["frazil.rewritten_from"] not in expired
-    root = history[-1].id
+    kept = ["new5", "new4", "Repository initialized"]
+    assert [i.message for i in history] == kept
+    assert [i.id for i in history] == [ids[m] for m in kept]  # ids stay: nothing rewritten
+    assert history[1].parent_id == history[2].id
+    assert (
+        frazil.runtime.run(repo.storage.list("snapshots/")) == files_before
+    )  # and nothing written
+    assert expired == {ids[m] for m in ("arrays", "old0", "old2", "old3")}  # old1: the tag's
+    assert [i.message for i in repo.ancestry(tag="old-tag")] == ["old1", "Repository initialized"]
+    assert repo.lookup_snapshot(ids["new4"]).parent_id == ids["Repository initialized"]
     assert {k: v.tolist() for k, v in content(repo, branch="main").items()} == {
         k: v.tolist() for k, v in tip_before.items()
     }
-    d = repo.diff(from_snapshot_id=root, to_branch="main")
+    root = history[-1].id
+    d = repo.diff(from_snapshot_id=root, to_branch="main")  # by content: the logs are cut
     assert d.new_arrays == {"/a", "/b"} and d.updated_chunks == {"/b": {(i,) for i in range(6)}}
     summary = repo.garbage_collect(now() + dt.timedelta(seconds=1))
-    assert summary.snapshots_deleted >= 2  # the rewritten originals not behind the tag
+    assert summary.snapshots_deleted == 4 and summary.transaction_logs_deleted == 4
     fresh = frazil.Repository.open(repo.storage)
+    assert [i.id for i in fresh.ancestry(branch="main")] == [ids[m] for m in kept]
     assert content(fresh, tag="old-tag")["b"].tolist() == tag_before["b"].tolist()
     assert fresh.fsck().ok
     assert fresh.expire_snapshots(cutoff) == set()  # nothing older left on the branch
+    s = fresh.writable_session("main")  # commits go on over the cut history
+    zarr.open_group(s.store)["b"][7] = 70
+    s.commit("after")
+    assert [i.message for i in fresh.ancestry(branch="main")] == ["after", *kept]
 
 
-def test_expire_keeps_branch_tips_and_shares_rewrites() -> None:
+def test_expire_keeps_every_ref_tip() -> None:
     repo = new_repo(frazil.in_memory_storage())
     write(repo, "main", "old", lambda g: g["b"].__setitem__(0, 1))
     repo.create_branch("frozen", repo.lookup_branch("main"))
@@ -388,13 +402,33 @@ def test_expire_keeps_branch_tips_and_shares_rewrites() -> None:
     write(repo, "side", "s", lambda g: g["b"].__setitem__(2, 1))
     expired = repo.expire_snapshots(cutoff)
     assert len(expired) == 1  # "arrays"; "old" stays: it is frozen's tip
-    main = list(repo.ancestry(branch="main"))
-    side = list(repo.ancestry(branch="side"))
-    assert [i.message for i in main] == ["m", "old", "Repository initialized"]
-    assert [i.message for i in side] == ["s", "old", "Repository initialized"]
-    # "old" was rewritten once (its parent left history) and all three branches share it
-    assert main[1].id == side[1].id == repo.lookup_branch("frozen")
+    assert [i.message for i in repo.ancestry(branch="main")] == ["m", "Repository initialized"]
+    assert [i.message for i in repo.ancestry(branch="side")] == ["s", "Repository initialized"]
+    frozen = list(repo.ancestry(branch="frozen"))
+    assert [i.message for i in frozen] == ["old", "Repository initialized"]
     assert content(repo, branch="side")["b"].tolist() == [1, 0, 1] + [0] * 7
+    d = repo.diff(from_branch="frozen", to_branch="side")  # not an ancestor: by content
+    assert d.updated_chunks == {"/b": {(2,)}}
+
+
+def test_diff_between_any_two_snapshots() -> None:
+    repo = new_repo(frazil.in_memory_storage())
+    base = repo.lookup_branch("main")
+    repo.create_branch("dev", base)
+    write(repo, "main", "m", lambda g: g["b"].__setitem__(1, 5))
+    write(repo, "dev", "d", lambda g: g["b"].__setitem__(2, 5))
+    d = repo.diff(from_branch="main", to_branch="dev")  # through their common ancestor
+    assert d.updated_chunks == {"/b": {(1,), (2,)}} and not d.new_arrays
+    back = repo.diff(from_branch="dev", to_branch="main")
+    assert back.updated_chunks == d.updated_chunks
+    assert repo.diff(from_branch="main", to_branch="main").is_empty()
+    s = repo.writable_session("dev")
+    zarr.open_group(s.store).create_array("c", shape=(2,), chunks=(1,), dtype="i4")
+    s.commit("c")
+    d = repo.diff(from_branch="main", to_branch="dev")
+    assert d.new_arrays == {"/c"} and repo.diff(
+        from_branch="dev", to_branch="main"
+    ).deleted_arrays == {"/c"}
 
 
 # -- fsck ------------------------------------------------------------------------------------

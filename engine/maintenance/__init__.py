@@ -2,7 +2,7 @@
 ``gc`` (garbage collection), ``expiry`` (dropping old history), ``fsck`` (verifying
 everything reachable) and ``stats`` (chunk statistics)."""
 
-from .expiry import expire_snapshots, squash_log
+from .expiry import expire_snapshots, plan_cuts
 from .fsck import FsckReport, Problem, fsck
 from .gc import GCSummary, garbage_collect
 from .reach import Reachable, id_times_ms, mark, ref_targets, walk_history
@@ -20,7 +20,7 @@ __all__ = [
     "garbage_collect",
     "id_times_ms",
     "mark",
+    "plan_cuts",
     "ref_targets",
-    "squash_log",
     "walk_history",
 ]

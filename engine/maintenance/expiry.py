@@ -1,130 +1,48 @@
-"""Expiry: drop old snapshots from branch histories (format/SPEC.md §10.2): the kept
-snapshots above a gap are rewritten with new ids, and the branch moves by
-compare-and-swap."""
+"""Expiry: drop old snapshots from every branch's and tag's history by recording history
+cuts (format/SPEC.md §4.6, §10.2): one compare-and-swap of the cuts document, whatever the
+length of the history; no snapshot is rewritten and no ref moves."""
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import datetime as dt
-from collections.abc import Iterable
-from typing import Any
 
-import numpy as np
+from frazil.format import CommitInfo, SnapshotId, decode_cuts, encode_cuts
+from frazil.format.keys import CUTS
 
-from frazil.format import (
-    ARRAY,
-    CommitInfo,
-    NodeChange,
-    Snapshot,
-    SnapshotId,
-    TransactionLog,
-    checksum,
-    encode_snapshot,
-    encode_transaction_log,
-)
-from frazil.format import txlog as tx
-from frazil.format.common import BRANCH_REF
-from frazil.format.keys import (
-    snapshot_key,
-    transaction_log_key,
-)
-
+from .. import runtime
 from ..compaction import Progress
 from ..errors import NotFoundError
-from ..history import index_for_child
+from ..history import ancestry
 from ..objects import ObjectReader
-from ..refs import Move, Ref, list_refs, move_branch, read_ref
+from ..refs import short_pause
 from ..storage.base import Storage
-from .reach import cutoff_ms, walk_history
+from .reach import cutoff_ms, ref_targets
 
 
-def squash_log(
-    sid: SnapshotId, parent: Snapshot, current: Snapshot, logs: Iterable[TransactionLog]
-) -> TransactionLog:
-    """The transaction log of ``current`` re-parented onto ``parent``: node changes from
-    comparing the two node tables, and per array alive in ``current`` the union of the
-    chunk coordinates that ``logs`` (the commits between them) wrote."""
-    old = {n.path: n for n in parent.nodes}
-    new = {n.path: n for n in current.nodes}
-    changes: list[NodeChange] = []
-    for path in sorted(old.keys() | new.keys()):
-        a, b = old.get(path), new.get(path)
-        if a is not None and (b is None or a.node_id != b.node_id):
-            changes.append(
-                NodeChange(
-                    tx.DELETED_ARRAY if a.node_type == ARRAY else tx.DELETED_GROUP, path, a.node_id
-                )
-            )
-        if b is not None and (a is None or a.node_id != b.node_id):
-            changes.append(
-                NodeChange(tx.NEW_ARRAY if b.node_type == ARRAY else tx.NEW_GROUP, path, b.node_id)
-            )
-        elif a is not None and b is not None and a.zarr_json != b.zarr_json:
-            changes.append(
-                NodeChange(
-                    tx.UPDATED_ARRAY if b.node_type == ARRAY else tx.UPDATED_GROUP, path, b.node_id
-                )
-            )
-    alive = {n.node_id: n.path for n in current.nodes if n.node_type == ARRAY}
-    written: dict[Any, list[np.ndarray]] = {}
-    for log in logs:
-        for c in log.changes:
-            if c.change == tx.CHUNKS and c.node_id in alive and c.chunks is not None:
-                written.setdefault(c.node_id, []).append(c.chunks)
-    for node_id, parts in sorted(written.items(), key=lambda kv: alive[kv[0]]):
-        coords = np.unique(np.concatenate(parts), axis=0)
-        if len(coords):
-            changes.append(NodeChange(tx.CHUNKS, alive[node_id], node_id, coords))
-    return TransactionLog(sid, parent.id, tuple(changes))
-
-
-async def _rewrite(
-    storage: Storage,
-    reader: ObjectReader,
-    info: CommitInfo,
-    new_parent: SnapshotId,
-    squashed: list[CommitInfo],
-) -> tuple[SnapshotId, int]:
-    """Write a copy of snapshot ``info`` whose parent is ``new_parent``; ``squashed`` are
-    the snapshots between them that leave history (their changes fold into the copy's
-    transaction log; oldest first). Returns the copy's id and checksum."""
-    snap = await reader.snapshot(info.snapshot_id)
-    sid = SnapshotId.new()
-    if squashed:
-        logs = [
-            await reader.transaction_log(i.snapshot_id, i.transaction_log_checksum)
-            for i in [*squashed, info]
-        ]
-        log = squash_log(sid, await reader.snapshot(new_parent), snap, logs)
-    else:
-        own = await reader.transaction_log(info.snapshot_id, info.transaction_log_checksum)
-        log = TransactionLog(sid, new_parent, own.changes)
-    log_bytes = encode_transaction_log(log)
-    meta = {**info.metadata, "frazil.rewritten_from": str(info.snapshot_id)}
-    new_info = dataclasses.replace(
-        info,
-        snapshot_id=sid,
-        parent_id=new_parent,
-        metadata=meta,
-        transaction_log_checksum=checksum(log_bytes),
-    )
-    parent = await reader.snapshot(new_parent)
-    copy = Snapshot(new_info, snap.nodes, await index_for_child(reader, storage, parent))
-    data = encode_snapshot(copy)
-    await storage.put(transaction_log_key(sid), log_bytes)
-    await storage.put(snapshot_key(sid), data)
-    reader.snapshots.put(sid, copy)  # the next copy's parent, for its history index
-    return sid, checksum(data)
-
-
-async def _branch_tips(storage: Storage, names: list[str]) -> set[SnapshotId | None]:
-    tips: set[SnapshotId | None] = set()
-    for name in names:
-        try:
-            tips.add((await read_ref(storage, BRANCH_REF, name)).record.snapshot_id)
-        except NotFoundError:
-            pass
-    return tips
+def plan_cuts(
+    chains: list[list[CommitInfo]], older_than: dt.datetime
+) -> tuple[dict[SnapshotId, SnapshotId], set[SnapshotId]]:
+    """From every ref's history (newest first, as cuts already give it): the new cuts
+    (kept snapshot -> its next kept ancestor, where that is not its parent now) and the
+    snapshots no history keeps. A history keeps its tip, its first snapshot (no parent)
+    and every snapshot written at or after ``older_than``. Below its tip, what a history
+    keeps depends on each snapshot alone, so every history that holds a snapshot gives it
+    the same cut."""
+    new: dict[SnapshotId, SnapshotId] = {}
+    dropped: set[SnapshotId] = set()
+    kept: set[SnapshotId] = set()
+    for chain in chains:
+        below: SnapshotId | None = None  # the next kept snapshot below, oldest first
+        for info in reversed(chain):
+            if info is chain[0] or info.parent_id is None or info.written_at >= older_than:
+                if below is not None and info.parent_id != below:
+                    new[info.snapshot_id] = below
+                below = info.snapshot_id
+                kept.add(info.snapshot_id)
+            else:
+                dropped.add(info.snapshot_id)
+    return new, dropped - kept
 
 
 async def expire_snapshots(
@@ -133,69 +51,43 @@ async def expire_snapshots(
     older_than: dt.datetime,
     progress: Progress | None = None,
 ) -> set[str]:
-    """Drop snapshots written before ``older_than`` from every branch's history; returns
-    their ids. See format/SPEC.md ("Expiring history") for the exact rules."""
+    """Drop snapshots written before ``older_than`` from every branch's and tag's history;
+    returns their ids. See format/SPEC.md ("Expiring history") for the exact rules."""
     cutoff_ms(older_than)
-    branches = sorted(await list_refs(storage, BRANCH_REF))
-    expired: set[str] = set()
-    memo: dict[tuple[SnapshotId, SnapshotId], tuple[SnapshotId, int]] = {}
-    # tips as they were before any branch was rewritten: a snapshot that is some branch's
-    # tip stays in every history that holds it (all of them then share its one copy)
-    first_tips = await _branch_tips(storage, branches)
-    for n, name in enumerate(branches):
-        if progress is not None:
-            progress("expire", n, len(branches))
-        dropped: list[CommitInfo] = []
-
-        async def attempt(ref: Ref, n: int) -> Move | None:
-            nonlocal dropped
-            tips = first_tips | await _branch_tips(storage, branches)
-            assert ref.record.snapshot_id is not None
-            chain = list((await walk_history(reader, [ref.record.snapshot_id])).values())
-            keep = [
-                i
-                for i in chain
-                if i is chain[0]
-                or i.parent_id is None
-                or i.snapshot_id in tips
-                or i.written_at >= older_than
-            ]
-            dropped = [i for i in chain if not any(i is k for k in keep)]
-            if not dropped:
-                return None
-            # rebuild from the root up: a kept snapshot keeps its id while nothing below
-            # it changed; above the first gap every kept snapshot is rewritten
-            kept_ids = {k.snapshot_id for k in keep}
-            new_parent: SnapshotId | None = None
-            between: list[CommitInfo] = []
-            new_checksum: int | None = None
-            for info in reversed(chain):
-                if info.snapshot_id not in kept_ids:
-                    between.append(info)
-                    continue
-                if info.parent_id == new_parent and not between:
-                    new_parent, new_checksum = info.snapshot_id, None
-                    continue
-                assert new_parent is not None
-                key = (info.snapshot_id, new_parent)
-                if key not in memo:
-                    memo[key] = await _rewrite(storage, reader, info, new_parent, between)
-                new_parent, new_checksum = memo[key]
-                between = []
-            assert new_parent is not None
-            if new_parent == ref.record.snapshot_id:
-                dropped = []
-                return None
-            if new_checksum is None:
-                new_checksum = await reader.snapshot_checksum(new_parent)
-            return Move(new_parent, new_checksum)
-
+    attempt = 0
+    maybe: set[SnapshotId] = set()  # dropped by an attempt whose outcome was lost
+    while True:
+        attempt += 1
         try:
-            moved = await move_branch(storage, name, attempt, history=reader.parent)
-        except NotFoundError:  # deleted meanwhile
-            continue
-        if moved.move is not None:
-            expired |= {str(i.snapshot_id) for i in dropped}
-    if progress is not None:
-        progress("expire", len(branches), len(branches))
-    return expired
+            data, version = await storage.get_with_version(CUTS)
+        except NotFoundError:
+            data, version = b"", None
+        cuts = await runtime.in_thread(decode_cuts, data, CUTS) if data else {}
+        refs = await ref_targets(storage)
+        tips = {r.record.snapshot_id for _, r in refs if r.record.snapshot_id is not None}
+        chains: list[list[CommitInfo]] = []
+        for n, tip in enumerate(sorted(tips, key=str)):
+            if progress is not None:
+                progress("expire", n, len(tips))
+            chain: list[CommitInfo] = []
+            async for batch in ancestry(reader, tip, cuts):
+                chain.extend(batch)
+            chains.append(chain)
+        new, dropped = plan_cuts(chains, older_than)
+        if progress is not None:
+            progress("expire", len(tips), len(tips))
+        if not new:
+            return {str(s) for s in maybe}
+        alive = {i.snapshot_id for chain in chains for i in chain} - dropped
+        merged = {k: v for k, v in {**cuts, **new}.items() if k in alive}
+        body = encode_cuts(merged)
+        if version is None:
+            result = await storage.put_if_absent(CUTS, body)
+        else:
+            result = await storage.put_if_version(CUTS, body, version)
+        if result.ok:
+            reader.cut_map = merged
+            return {str(s) for s in dropped | maybe}
+        if result.uncertain:  # ours may have landed (and been built on): the retry tells
+            maybe |= dropped
+        await asyncio.sleep(short_pause(attempt))  # another expiry got there first
