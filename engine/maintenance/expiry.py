@@ -16,7 +16,7 @@ from ..errors import NotFoundError
 from ..history import ancestry
 from ..objects import ObjectReader
 from ..refs import short_pause
-from ..storage.base import Storage
+from ..storage.base import PutResult, Storage
 from .reach import cutoff_ms, ref_targets
 
 
@@ -43,6 +43,33 @@ def plan_cuts(
             else:
                 dropped.add(info.snapshot_id)
     return new, dropped - kept
+
+
+async def put_cuts(
+    storage: Storage, cuts: dict[SnapshotId, SnapshotId], version: str | None
+) -> PutResult:
+    """Replace the cuts document read at ``version`` (None: there was none)."""
+    body = encode_cuts(cuts)
+    if version is None:
+        return await storage.put_if_absent(CUTS, body)
+    return await storage.put_if_version(CUTS, body, version)
+
+
+async def prune_cuts(storage: Storage, deleted: set[SnapshotId]) -> None:
+    """Drop the cuts of snapshots garbage collection deleted (by compare-and-swap, so a
+    concurrent expiry's new cuts stay)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            data, version = await storage.get_with_version(CUTS)
+        except NotFoundError:
+            return
+        cuts = await runtime.in_thread(decode_cuts, data, CUTS)
+        left = {k: v for k, v in cuts.items() if k not in deleted}
+        if len(left) == len(cuts) or (await put_cuts(storage, left, version)).ok:
+            return
+        await asyncio.sleep(short_pause(attempt))
 
 
 async def expire_snapshots(
@@ -78,13 +105,8 @@ async def expire_snapshots(
             progress("expire", len(tips), len(tips))
         if not new:
             return {str(s) for s in maybe}
-        alive = {i.snapshot_id for chain in chains for i in chain} - dropped
-        merged = {k: v for k, v in {**cuts, **new}.items() if k in alive}
-        body = encode_cuts(merged)
-        if version is None:
-            result = await storage.put_if_absent(CUTS, body)
-        else:
-            result = await storage.put_if_version(CUTS, body, version)
+        merged = {**cuts, **new}  # gc drops the cuts of the snapshots it deletes
+        result = await put_cuts(storage, merged, version)
         if result.ok:
             reader.cut_map = merged
             return {str(s) for s in dropped | maybe}

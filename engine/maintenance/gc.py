@@ -34,6 +34,7 @@ from ..compaction import Progress
 from ..errors import FormatError
 from ..objects import ObjectReader
 from ..storage.base import ObjectInfo, Storage
+from .expiry import prune_cuts
 from .reach import DELETE_BATCH, cutoff_ms, id_times_ms, mark
 
 
@@ -139,6 +140,10 @@ async def garbage_collect(
                 done += len(batch)
                 if progress is not None:
                     progress("sweep", done, total)
+    if not dry_run and doomed["snapshot"]:
+        gone = {SnapshotId.parse(ids["snapshot"][i]) for i in doomed["snapshot"]}
+        await prune_cuts(storage, gone)
+        reader.cut_map = None
     temporaries = 0 if dry_run else await storage.remove_stale_temporaries(older_than)
     journals = [
         i.key
