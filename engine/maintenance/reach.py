@@ -20,6 +20,7 @@ from frazil.format import (
     HistoryId,
     HistorySegmentRef,
     ManifestId,
+    ManifestSegment,
     SegmentRef,
     Snapshot,
     SnapshotId,
@@ -34,6 +35,7 @@ from .. import runtime
 from ..compaction import Progress
 from ..errors import FrazilError, InvalidInputError, NotFoundError
 from ..history import ancestry
+from ..merging import live_rows
 from ..objects import ObjectReader
 from ..refs import Ref, list_refs, read_ref
 from ..storage.base import Storage
@@ -197,12 +199,15 @@ async def mark(
     segments: dict[ManifestId, SegmentRef] = {}
     histories: dict[HistoryId, HistorySegmentRef] = {}
     optional: set[ManifestId] = set()
+    lists: set[tuple[SegmentRef, ...]] = set()  # each array's segment list, once
     for snap in await runtime.gather_limited([load(s) for s in history], limit=16):
         if snap is None:
             continue
         for h in snap.history.segments if snap.history is not None else ():
             histories.setdefault(h.history_id, h)
         for node in snap.nodes:
+            if node.segments:
+                lists.add(node.segments)
             for seg in node.segments:
                 if seg.manifest_id not in segments and snap.id not in strict:
                     optional.add(seg.manifest_id)
@@ -211,20 +216,31 @@ async def mark(
                 segments.setdefault(seg.manifest_id, seg)
     done = 0
 
-    async def chunk_ids(seg: SegmentRef) -> pa.Array:
-        nonlocal done
+    async def segment(seg: SegmentRef) -> ManifestSegment | None:
         try:
-            rows = await manifest_rows(reader, seg)
+            return await reader.manifest(seg)
         except NotFoundError:
             if seg.manifest_id not in optional:
                 raise
-            rows = MANIFEST_SCHEMA.empty_table()
-        done += 1
-        if progress is not None and (done % 64 == 0 or done == len(segments)):
-            progress("mark", done, len(segments))
-        return pc.unique(native_rows(rows).column("chunk_id"))
+            return None  # an in-flight commit's: what older segments name stays
 
-    parts = await runtime.gather_limited([chunk_ids(s) for s in segments.values()], limit=16)
+    async def winners(refs: tuple[SegmentRef, ...]) -> pa.Array:
+        """The native chunks the list's live references name: a reference that a newer
+        segment of the list shadows keeps nothing alive."""
+        nonlocal done
+        loaded = [m for m in await runtime.gather_limited([segment(s) for s in refs]) if m]
+        done += 1
+        if progress is not None and (done % 64 == 0 or done == len(lists)):
+            progress("mark", done, len(lists))
+        if not loaded:
+            return pa.array([], pa.string())
+        keep = live_rows(loaded, loaded[0].coords.shape[1])
+        rows = pa.concat_tables([m.table.select(["kind", "chunk_id"]) for m in loaded])
+        rows = rows.take(pa.array(keep))
+        native = rows.filter(pc.equal(rows.column("kind"), int(ChunkKind.NATIVE)))
+        return pc.unique(native.column("chunk_id").combine_chunks())
+
+    parts = await runtime.gather_limited([winners(refs) for refs in lists], limit=8)
     ids = (
         pc.unique(pa.chunked_array(parts, pa.string()).combine_chunks())
         if parts
