@@ -138,3 +138,42 @@ def test_content_after_a_long_history_reads_at_every_snapshot() -> None:
         model[i % 10] = i
         got = zarr.open_array(repo.readonly_session(snapshot_id=sid).store, path="a", mode="r")
         np.testing.assert_array_equal(got[:], model)
+
+
+def _put_cuts(repo: frazil.Repository, data: bytes) -> None:
+    runtime.run(repo.storage.put("refs/cuts.json", data))
+
+
+def test_hostile_cuts_are_refused() -> None:
+    from frazil.format import encode_cuts
+
+    repo = new_repo(frazil.in_memory_storage())
+    ids = commit_many(repo, 3)  # oldest first
+    newest, middle = SnapshotId.parse(ids[-1]), SnapshotId.parse(ids[-2])
+    _put_cuts(repo, encode_cuts({middle: newest}))  # middle's parent: its own child
+    with pytest.raises(frazil.FormatError, match="loops back"):
+        list(frazil.Repository.open(repo.storage).ancestry(branch="main"))
+    _put_cuts(repo, b'{"format_version": 1, "object_type": "history_cuts", "cuts": {"x": 1}}')
+    with pytest.raises(frazil.FormatError, match="refs/cuts.json"):
+        list(frazil.Repository.open(repo.storage).ancestry(branch="main"))
+    _put_cuts(repo, b"[" * 100_000)
+    with pytest.raises(frazil.FormatError, match="refs/cuts.json"):
+        list(frazil.Repository.open(repo.storage).ancestry(branch="main"))
+
+
+def test_expiry_over_a_long_history_is_one_write() -> None:
+    repo = new_repo(frazil.in_memory_storage())
+    commit_many(repo, 150)
+    cutoff = dt.datetime.now(dt.UTC)
+    tip = commit_many(repo, 1)[-1]
+    before = set(runtime.run(repo.storage.list("")))
+    expired = repo.expire_snapshots(cutoff)
+    assert len(expired) >= 150
+    assert set(runtime.run(repo.storage.list(""))) - before == {"refs/cuts.json"}  # only it
+    history = list(repo.ancestry(branch="main"))
+    assert [i.id for i in history][0] == tip and len(history) == 2
+    assert repo.garbage_collect(dt.datetime.now(dt.UTC)).snapshots_deleted == len(expired)
+    assert repo.fsck().ok
+    assert [i.id for i in frazil.Repository.open(repo.storage).ancestry(branch="main")] == [
+        i.id for i in history
+    ]

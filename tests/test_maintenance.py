@@ -342,6 +342,45 @@ def test_gc_never_deletes_young_objects_of_a_running_session(tmp_path: Path) -> 
     assert repo.fsck().ok
 
 
+def test_gc_reclaims_chunks_that_newer_segments_shadow() -> None:
+    repo = new_repo(frazil.in_memory_storage())
+    write(repo, "main", "first", lambda g: g["a"].__setitem__((0, 0), 1))  # chunk (0, 0)
+    cutoff = now()
+    write(repo, "main", "again", lambda g: g["a"].__setitem__((0, 0), 2))  # shadows it
+    chunks = set(frazil.runtime.run(repo.storage.list("chunks/")))
+    assert len(chunks) == 2
+    snap = repo.readonly_session(branch="main")
+    assert len(runtime_segments(repo, snap.snapshot_id)) == 2  # both segments still listed
+    repo.expire_snapshots(cutoff)
+    summary = repo.garbage_collect(now() + dt.timedelta(seconds=1))
+    assert summary.chunks_deleted == 1  # the old chunk: only the shadowed reference named it
+    left = set(frazil.runtime.run(repo.storage.list("chunks/")))
+    assert len(left) == 1 and left < chunks
+    assert content(repo, branch="main")["a"][0, 0] == 2
+    assert repo.fsck().ok
+
+
+def runtime_segments(repo: frazil.Repository, sid: str) -> tuple[Any, ...]:
+    snap = frazil.runtime.run(repo.reader.snapshot(SnapshotId.parse(sid)))
+    return next(n for n in snap.nodes if n.path == "/a").segments
+
+
+def test_rebase_refuses_to_cross_expired_history() -> None:
+    repo = new_repo(frazil.in_memory_storage())
+    stale = repo.writable_session("main")  # based on "arrays"
+    zarr.open_group(stale.store)["b"][9] = 9
+    write(repo, "main", "old", lambda g: g["b"].__setitem__(0, 1))
+    cutoff = now()
+    write(repo, "main", "new", lambda g: g["b"].__setitem__(1, 1))
+    repo.expire_snapshots(cutoff)  # "new" now follows the first snapshot: "old" is cut out
+    with pytest.raises(frazil.ConflictError, match="was expired"):
+        stale.rebase(frazil.ConflictDetector())
+    s = repo.writable_session("main")  # a new session commits as usual
+    zarr.open_group(s.store)["b"][9] = 9
+    s.commit("fresh")
+    assert content(repo, branch="main")["b"].tolist() == [1, 1] + [0] * 7 + [9]
+
+
 def test_gc_refuses_naive_datetimes() -> None:
     repo = new_repo(frazil.in_memory_storage())
     with pytest.raises(frazil.InvalidInputError, match="timezone-aware"):

@@ -390,7 +390,9 @@ def _settings(examples: int, steps: int) -> settings:
         stateful_step_count=steps,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        phases=None if os.environ.get("FRAZIL_SHRINK", "1") == "1" else [Phase.explicit, Phase.reuse, Phase.generate],
+        phases=None
+        if os.environ.get("FRAZIL_SHRINK", "1") == "1"
+        else [Phase.explicit, Phase.reuse, Phase.generate],
     )
 
 

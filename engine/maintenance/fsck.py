@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from frazil.format import (
     CommitInfo,
@@ -35,7 +36,15 @@ from ..history import ancestry
 from ..objects import ObjectReader
 from ..refs import Ref, list_refs, read_ref
 from ..storage.base import Storage
-from .reach import Problem, error_kind, manifest_rows, native_rows, unique_chunks, walk_history
+from .reach import (
+    Problem,
+    error_kind,
+    live_chunk_ids,
+    manifest_rows,
+    native_rows,
+    unique_chunks,
+    walk_history,
+)
 
 
 @dataclass
@@ -132,6 +141,7 @@ async def fsck(
             checksums.setdefault(r.record.snapshot_id, r.record.checksum)
             named.setdefault(r.record.snapshot_id, label)
     segments: dict[ManifestId, tuple[SegmentRef, str]] = {}
+    lists: set[tuple[SegmentRef, ...]] = set()
     reader_nocache = ObjectReader(storage)  # a fresh read of every object, not the cache
 
     async def check_snapshot(sid: SnapshotId) -> None:
@@ -148,6 +158,8 @@ async def fsck(
         except FrazilError as e:
             problems.append(Problem(error_kind(e), transaction_log_key(sid), str(e)))
         for node in snap.nodes:
+            if node.segments:
+                lists.add(node.segments)
             for seg in node.segments:
                 segments.setdefault(seg.manifest_id, (seg, f"array {node.path} of snapshot {sid}"))
         for h in snap.history.segments if snap.history is not None else ():
@@ -182,6 +194,10 @@ async def fsck(
 
     await runtime.gather_limited([check_manifest(s, o) for s, o in segments.values()], limit=16)
     chunks = unique_chunks(natives)
+    # only live references keep chunks (gc deletes those of shadowed ones); a segment that
+    # cannot be read is reported above, and the check goes on without it
+    live = await live_chunk_ids(reader, lists, lambda seg, e: True)
+    chunks = chunks.filter(pc.is_in(chunks.column("chunk_id"), value_set=live))
     report.chunks = chunks.num_rows
     listed = {i.key: i.size for i in await storage.list_info(OBJECT_FOLDERS["chunk"])}
     cids = chunks.column("chunk_id").to_pylist()

@@ -6,7 +6,7 @@ id)."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import takewhile
 
@@ -214,19 +214,35 @@ async def mark(
                 elif snap.id in strict:
                     optional.discard(seg.manifest_id)
                 segments.setdefault(seg.manifest_id, seg)
+
+    def skip(seg: SegmentRef, e: FrazilError) -> bool:
+        # an in-flight commit's segment may be gone: what older segments name stays
+        return isinstance(e, NotFoundError) and seg.manifest_id in optional
+
+    ids = await live_chunk_ids(reader, lists, skip, progress)
+    return Reachable(history, segments, ids, histories)
+
+
+async def live_chunk_ids(
+    reader: ObjectReader,
+    lists: set[tuple[SegmentRef, ...]],
+    skip: Callable[[SegmentRef, FrazilError], bool],
+    progress: Progress | None = None,
+) -> pa.Array:
+    """The native chunk ids the live references of segment ``lists`` name (unique): a
+    reference a newer segment of its list shadows keeps nothing alive. A segment that
+    cannot be read raises, unless ``skip`` says to go on without it."""
     done = 0
 
     async def segment(seg: SegmentRef) -> ManifestSegment | None:
         try:
             return await reader.manifest(seg)
-        except NotFoundError:
-            if seg.manifest_id not in optional:
-                raise
-            return None  # an in-flight commit's: what older segments name stays
+        except FrazilError as e:
+            if skip(seg, e):
+                return None
+            raise
 
     async def winners(refs: tuple[SegmentRef, ...]) -> pa.Array:
-        """The native chunks the list's live references name: a reference that a newer
-        segment of the list shadows keeps nothing alive."""
         nonlocal done
         loaded = [m for m in await runtime.gather_limited([segment(s) for s in refs]) if m]
         done += 1
@@ -241,12 +257,9 @@ async def mark(
         return pc.unique(native.column("chunk_id").combine_chunks())
 
     parts = await runtime.gather_limited([winners(refs) for refs in lists], limit=8)
-    ids = (
-        pc.unique(pa.chunked_array(parts, pa.string()).combine_chunks())
-        if parts
-        else pa.array([], pa.string())
-    )
-    return Reachable(history, segments, ids, histories)
+    if not parts:
+        return pa.array([], pa.string())
+    return pc.unique(pa.chunked_array(parts, pa.string()).combine_chunks())
 
 
 def cutoff_ms(when: dt.datetime) -> int:
