@@ -9,6 +9,10 @@ its pending ancestors' footers and its segments, all at once: a few reads whatev
 length. Snapshots written before the index, and the end of a segment list, are followed
 by footer reads, so every repository reads, and an old one speeds up from its first new
 commit on. Every row read is checked to be the parent of the row before.
+
+Where expiry cut history (``refs/cuts.json``, SPEC §4.6), a cut snapshot's parent is the
+one the cuts give: ancestry stops reading an index at the first cut snapshot and goes on
+at its cut parent, and a new index carries nothing beyond a cut.
 """
 
 from __future__ import annotations

@@ -96,6 +96,9 @@ def build_views(repo: frazil.Repository, names: set[str]) -> dict[str, pa.Table]
             snaps = sorted(await _read_all(storage, PREFIXES["snapshot"]))
         if "snapshots" in names:
             headers = [_header(t) for _, t in snaps]
+            cuts = {str(k): str(v) for k, v in (await repo.reader.load_cuts()).items()}
+            for h in headers:  # the parent history gives it, where expiry cut it
+                h["parent_id"] = cuts.get(h["id"], h.get("parent_id"))
             out["snapshots"] = pa.table(
                 {
                     "id": pa.array([h["id"] for h in headers], pa.string()),
