@@ -181,13 +181,19 @@ class ObjectReader:
         return snap
 
     # -- objects -------------------------------------------------------------------------
-    async def snapshot(self, sid: SnapshotId, checksum: int | None = None) -> Snapshot:
+    async def snapshot(
+        self, sid: SnapshotId, checksum: int | None = None, *, decode_in_thread: bool = False
+    ) -> Snapshot:
+        """A snapshot, verified (cached). ``decode_in_thread``: decode in the I/O pool, for
+        callers that load many at once (decoding then uses every core)."""
         hit = self.snapshots.get(sid)
         if hit is not None:
             return hit
 
         async def load() -> Snapshot:
             key, data = await self._snapshot_bytes(sid)
+            if decode_in_thread:
+                return await runtime.in_thread(self._decoded_snapshot, sid, key, data, checksum)
             return self._decoded_snapshot(sid, key, data, checksum)
 
         return await self._once(("s", sid), load)

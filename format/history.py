@@ -13,7 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .common import HISTORY, FormatError, decode_parquet, encode_parquet, load_json
 from .ids import HistoryId, SnapshotId
@@ -60,24 +62,33 @@ def decode_history(
     table, header = decode_parquet(data, HISTORY, what, expected_checksum, SCHEMA)
     if header.get("rows") != rows or table.num_rows != rows:
         raise FormatError(f"{what}: holds {table.num_rows} commits, its referrer says {rows}")
+    sids, pids = table.column("snapshot_id"), table.column("parent_id")
+    if rows > 1:  # one chain: each row's parent is the next row (checked in bulk)
+        linked = pc.equal(pids.slice(0, rows - 1), sids.slice(1)).combine_chunks()
+        if linked.null_count or not pc.all(linked).as_py():
+            bad = np.flatnonzero(~linked.fill_null(False).to_numpy(zero_copy_only=False))[0]
+            raise FormatError(f"{what}: history is not one chain at {sids[int(bad)]}")
     try:
-        cols = {name: table.column(name).to_pylist() for name in SCHEMA.names}
+        ids = SnapshotId.parse_many(sids.to_pylist())
+        last = pids[rows - 1].as_py() if rows else None
+        parents = [*ids[1:], SnapshotId.parse(last) if last else None][:rows]
+        cols = [
+            table.column(n).to_pylist()
+            for n in ("written_at", "message", "metadata", "transaction_log_checksum")
+        ]
         infos = [
             CommitInfo(
-                snapshot_id=SnapshotId.parse(sid),
-                parent_id=SnapshotId.parse(pid) if pid else None,
+                snapshot_id=sid,
+                parent_id=pid,
                 written_at=dt.datetime.fromisoformat(at),
                 message=msg,
-                metadata=load_json(meta.encode("utf-8"), what),
+                metadata={} if meta == "{}" else load_json(meta.encode("utf-8"), what),
                 transaction_log_checksum=int(tlc, 16) if tlc else None,
             )
-            for sid, pid, at, msg, meta, tlc in zip(*cols.values())
+            for sid, pid, at, msg, meta, tlc in zip(ids, parents, *cols)
         ]
     except (TypeError, ValueError, AttributeError, FormatError) as e:
         raise FormatError(f"{what}: damaged history ({e!r})") from e
-    for newer, older in zip(infos, infos[1:]):
-        if newer.parent_id != older.snapshot_id:
-            raise FormatError(f"{what}: history is not one chain at {newer.snapshot_id}")
     if any(not isinstance(i.metadata, dict) or not isinstance(i.message, str) for i in infos):
         raise FormatError(f"{what}: damaged history (message or metadata of the wrong type)")
     return infos

@@ -35,7 +35,6 @@ from .. import runtime
 from ..compaction import Progress
 from ..errors import FrazilError, InvalidInputError, NotFoundError
 from ..history import ancestry
-from ..merging import live_rows
 from ..objects import ObjectReader
 from ..refs import Ref, list_refs, read_ref
 from ..storage.base import Storage
@@ -190,7 +189,7 @@ async def mark(
 
     async def load(sid: SnapshotId) -> Snapshot | None:
         try:
-            return await reader.snapshot(sid, checksums.get(sid))
+            return await reader.snapshot(sid, checksums.get(sid), decode_in_thread=True)
         except NotFoundError:
             if sid in strict:
                 raise
@@ -223,6 +222,9 @@ async def mark(
     return Reachable(history, segments, ids, histories)
 
 
+_BATCH_ROWS = 1 << 21  # list rows resolved at once: bounds the memory of marking
+
+
 async def live_chunk_ids(
     reader: ObjectReader,
     lists: set[tuple[SegmentRef, ...]],
@@ -231,8 +233,11 @@ async def live_chunk_ids(
 ) -> pa.Array:
     """The native chunk ids the live references of segment ``lists`` name (unique): a
     reference a newer segment of its list shadows keeps nothing alive. A segment that
-    cannot be read raises, unless ``skip`` says to go on without it."""
-    done = 0
+    cannot be read raises, unless ``skip`` says to go on without it.
+
+    Lists are resolved in batches of about ``_BATCH_ROWS`` rows, each with one sort:
+    every row of every list in the batch, ordered by (list, coordinate, age), the first
+    of each (list, coordinate) being the live one."""
 
     async def segment(seg: SegmentRef) -> ManifestSegment | None:
         try:
@@ -242,24 +247,82 @@ async def live_chunk_ids(
                 return None
             raise
 
-    async def winners(refs: tuple[SegmentRef, ...]) -> pa.Array:
-        nonlocal done
-        loaded = [m for m in await runtime.gather_limited([segment(s) for s in refs]) if m]
-        done += 1
-        if progress is not None and (done % 64 == 0 or done == len(lists)):
+    parts: list[pa.Array] = []
+    done = 0
+    batch: list[tuple[SegmentRef, ...]] = []
+    rows = 0
+    for i, refs in enumerate(sorted(lists, key=lambda r: [str(s.manifest_id) for s in r])):
+        batch.append(refs)
+        rows += sum(s.rows for s in refs)
+        if rows < _BATCH_ROWS and i + 1 < len(lists):
+            continue
+        distinct = {(s.manifest_id, s.row_offset): s for refs in batch for s in refs}
+        loaded = dict(
+            zip(
+                distinct,
+                await runtime.gather_limited([segment(s) for s in distinct.values()], limit=16),
+            )
+        )
+        parts.extend(await runtime.in_thread(_batch_winners, batch, loaded))
+        done += len(batch)
+        if progress is not None:
             progress("mark", done, len(lists))
-        if not loaded:
-            return pa.array([], pa.string())
-        keep = live_rows(loaded, loaded[0].coords.shape[1])
-        rows = pa.concat_tables([m.table.select(["kind", "chunk_id"]) for m in loaded])
-        rows = rows.take(pa.array(keep))
-        native = rows.filter(pc.equal(rows.column("kind"), int(ChunkKind.NATIVE)))
-        return pc.unique(native.column("chunk_id").combine_chunks())
-
-    parts = await runtime.gather_limited([winners(refs) for refs in lists], limit=8)
+        batch, rows = [], 0
     if not parts:
         return pa.array([], pa.string())
     return pc.unique(pa.chunked_array(parts, pa.string()).combine_chunks())
+
+
+def _batch_winners(
+    batch: list[tuple[SegmentRef, ...]],
+    loaded: dict[tuple[ManifestId, int], ManifestSegment | None],
+) -> list[pa.Array]:
+    """The native chunk ids of the live rows of each list in ``batch``, grouped by the
+    number of dimensions (one sort per group)."""
+    keys = [k for k, m in loaded.items() if m is not None]
+    where = {k: n for n, k in enumerate(keys)}
+    segs = [loaded[k] for k in keys]
+    starts = np.cumsum([0, *(len(m) for m in segs)])  # type: ignore[arg-type]
+    out: list[pa.Array] = []
+    by_ndim: dict[int, list[tuple[int, list[int]]]] = {}
+    for li, refs in enumerate(batch):
+        present = [
+            where[(s.manifest_id, s.row_offset)]
+            for s in refs
+            if (s.manifest_id, s.row_offset) in where
+        ]
+        if present:
+            ndim = segs[present[0]].coords.shape[1]  # type: ignore[union-attr]
+            by_ndim.setdefault(ndim, []).append((li, present))
+    if not segs:
+        return out
+    kinds = np.concatenate([m.kinds for m in segs])  # type: ignore[union-attr]
+    chunk_ids = pa.concat_arrays(
+        [m.table.column("chunk_id").combine_chunks() for m in segs]  # type: ignore[union-attr]
+    )
+    for ndim, members in by_ndim.items():
+        coords_of = {n: segs[n].coords for _, present in members for n in present}  # type: ignore[union-attr]
+        gidx, lid, age, coords = [], [], [], []
+        for li, present in members:
+            for a, n in enumerate(present):
+                size = int(starts[n + 1] - starts[n])
+                gidx.append(np.arange(starts[n], starts[n + 1]))
+                lid.append(np.full(size, li, np.int64))
+                age.append(np.full(size, a, np.int32))
+                coords.append(coords_of[n])
+        g = np.concatenate(gidx)
+        c = np.concatenate(coords).reshape(len(g), ndim)
+        lids = np.concatenate(lid)
+        order = np.lexsort((np.concatenate(age), *[c[:, d] for d in range(ndim - 1, -1, -1)], lids))
+        first = np.ones(len(order), bool)
+        if len(order) > 1:
+            same_list = lids[order][1:] == lids[order][:-1]
+            same_coord = (c[order][1:] == c[order][:-1]).all(axis=1) if ndim else True
+            first[1:] = ~(same_list & same_coord)
+        live = np.unique(g[order[first]])
+        live = live[kinds[live] == int(ChunkKind.NATIVE)]
+        out.append(pc.unique(chunk_ids.take(pa.array(live))))
+    return out
 
 
 def cutoff_ms(when: dt.datetime) -> int:
