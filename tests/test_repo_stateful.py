@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 import zarr
-from hypothesis import HealthCheck, Phase, note, settings
+from hypothesis import HealthCheck, note, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     invariant,
@@ -390,9 +389,6 @@ def _settings(examples: int, steps: int) -> settings:
         stateful_step_count=steps,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        phases=None
-        if os.environ.get("FRAZIL_SHRINK", "1") == "1"
-        else [Phase.explicit, Phase.reuse, Phase.generate],
     )
 
 
