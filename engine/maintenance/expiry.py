@@ -45,6 +45,15 @@ def plan_cuts(
     return new, dropped - kept
 
 
+async def read_cuts(storage: Storage) -> tuple[dict[SnapshotId, SnapshotId], str | None]:
+    """The cuts document and its version, for a compare-and-swap (None: there is none)."""
+    try:
+        data, version = await storage.get_with_version(CUTS)
+    except NotFoundError:
+        return {}, None
+    return await runtime.in_thread(decode_cuts, data, CUTS), version
+
+
 async def put_cuts(
     storage: Storage, cuts: dict[SnapshotId, SnapshotId], version: str | None
 ) -> PutResult:
@@ -61,11 +70,9 @@ async def prune_cuts(storage: Storage, deleted: set[SnapshotId]) -> None:
     attempt = 0
     while True:
         attempt += 1
-        try:
-            data, version = await storage.get_with_version(CUTS)
-        except NotFoundError:
+        cuts, version = await read_cuts(storage)
+        if version is None:
             return
-        cuts = await runtime.in_thread(decode_cuts, data, CUTS)
         left = {k: v for k, v in cuts.items() if k not in deleted}
         if len(left) == len(cuts) or (await put_cuts(storage, left, version)).ok:
             return
@@ -85,11 +92,7 @@ async def expire_snapshots(
     maybe: set[SnapshotId] = set()  # dropped by an attempt whose outcome was lost
     while True:
         attempt += 1
-        try:
-            data, version = await storage.get_with_version(CUTS)
-        except NotFoundError:
-            data, version = b"", None
-        cuts = await runtime.in_thread(decode_cuts, data, CUTS) if data else {}
+        cuts, version = await read_cuts(storage)
         refs = await ref_targets(storage)
         tips = {r.record.snapshot_id for _, r in refs if r.record.snapshot_id is not None}
         chains: list[list[CommitInfo]] = []

@@ -301,7 +301,6 @@ def _batch_winners(
         [m.table.column("chunk_id").combine_chunks() for m in segs]  # type: ignore[union-attr]
     )
     for ndim, members in by_ndim.items():
-        coords_of = {n: segs[n].coords for _, present in members for n in present}  # type: ignore[union-attr]
         gidx, lid, age, coords = [], [], [], []
         for li, present in members:
             for a, n in enumerate(present):
@@ -309,7 +308,7 @@ def _batch_winners(
                 gidx.append(np.arange(starts[n], starts[n + 1]))
                 lid.append(np.full(size, li, np.int64))
                 age.append(np.full(size, a, np.int32))
-                coords.append(coords_of[n])
+                coords.append(segs[n].coords)  # type: ignore[union-attr]
         g = np.concatenate(gidx)
         c = np.concatenate(coords).reshape(len(g), ndim)
         lids = np.concatenate(lid)
