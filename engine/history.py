@@ -17,6 +17,8 @@ at its cut parent, and a new index carries nothing beyond a cut.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from collections.abc import AsyncGenerator
 
@@ -34,7 +36,7 @@ from frazil.format import (
 from frazil.format.keys import history_key
 
 from . import runtime
-from .errors import NotFoundError
+from .errors import FrazilError, NotFoundError
 from .merging import tier, tier_runs
 from .objects import ObjectReader
 from .storage.base import Storage
@@ -134,12 +136,18 @@ async def ancestry(
     cuts: dict[SnapshotId, SnapshotId] | None = None,
 ) -> AsyncGenerator[list[CommitInfo], None]:
     """History from ``sid``, newest first, in batches: the snapshot, then what its index
-    holds (read concurrently), then on from the oldest commit reached. A snapshot that
-    history cuts give another parent (``cuts``, read afresh when not given) has it in the
-    infos yielded, and nothing beyond the cut is read."""
+    holds, then on from the oldest commit reached. A snapshot that history cuts give
+    another parent (``cuts``, read afresh when not given) has it in the infos yielded, and
+    nothing beyond the cut is read.
+
+    Reads go out together wherever nothing orders them: the cuts with the first footer,
+    and an index's pending footers with all of its segments (the header lists them all),
+    so a history the index holds takes two rounds of requests after the ref, however
+    long it is."""
     if cuts is None:
-        cuts = await reader.load_cuts()
-    seen: set[SnapshotId] = set()
+        loaded, _ = await asyncio.gather(reader.load_cuts(), _prefetch(reader, sid))
+        cuts = loaded
+    seen: set[bytes] = set()
     while sid is not None:
         info, index = await reader.commit_header(sid)
         first = _cut(info, cuts, seen)
@@ -149,14 +157,13 @@ async def ancestry(
         if index is not None and expected is not None and expected == info.parent_id:
             pending = index.pending
             stop = next((i for i, p in enumerate(pending) if p in cuts), None)
-            headers = await runtime.gather_limited(
-                [reader.commit_header(p) for p in pending[: None if stop is None else stop + 1]],
-                limit=16,
-            )
-            parts = (
-                await runtime.gather_limited([reader.history(s) for s in index.segments], limit=16)
-                if stop is None
-                else []
+            wanted = pending if stop is None else pending[: stop + 1]
+            headers, parts = await asyncio.gather(
+                runtime.gather_limited([reader.commit_header(p) for p in wanted], limit=_READS),
+                runtime.gather_limited(
+                    [reader.history(s) for s in index.segments] if stop is None else [],
+                    limit=_READS,
+                ),
             )
             for found in [*(h[0] for h in headers), *(i for part in parts for i in part)]:
                 if found.snapshot_id != expected:
@@ -174,12 +181,27 @@ async def ancestry(
         sid = expected
 
 
-def _cut(info: CommitInfo, cuts: dict[SnapshotId, SnapshotId], seen: set[SnapshotId]) -> CommitInfo:
-    """``info`` with the parent history cuts give it; a snapshot met twice is a loop."""
-    if info.snapshot_id in seen:
+_READS = 64
+"""Reads of one index in flight at once: a writer's index names at most 7 pending ids and
+about 7 segments per size tier, so all of them."""
+
+
+async def _prefetch(reader: ObjectReader, sid: SnapshotId | None) -> None:
+    """Read (and cache) ``sid``'s footer alongside other reads; its errors are reported by
+    the read that needs it."""
+    if sid is not None:
+        with contextlib.suppress(FrazilError):
+            await reader.commit_header(sid)
+
+
+def _cut(info: CommitInfo, cuts: dict[SnapshotId, SnapshotId], seen: set[bytes]) -> CommitInfo:
+    """``info`` with the parent history cuts give it; a snapshot met twice is a loop.
+    (``seen`` holds raw ids: they hash faster.)"""
+    raw = info.snapshot_id.raw
+    if raw in seen:
         raise FormatError(
             f"history of snapshot {info.snapshot_id} loops back to it (damaged history cuts?)"
         )
-    seen.add(info.snapshot_id)
-    cut = cuts.get(info.snapshot_id)
+    seen.add(raw)
+    cut = cuts.get(info.snapshot_id) if cuts else None
     return info if cut is None else dataclasses.replace(info, parent_id=cut)

@@ -8,6 +8,7 @@ record an xxh3-64 checksum of the whole object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from enum import StrEnum
@@ -125,11 +126,10 @@ def decode_parquet(
     if expected_checksum is not None:
         verify_checksum(data, expected_checksum, what)
     try:
-        table = pq.read_table(
-            pa.BufferReader(data),
-            page_checksum_verification=True,
-            read_dictionary=list(read_dictionary) or None,
-        )
+        try:
+            table = _read_parquet(data, read_dictionary)
+        except KeyError:  # a column to read dictionary-encoded is missing: checked below
+            table = _read_parquet(data, ())
     except (pa.ArrowException, OSError, ValueError) as e:
         raise FormatError(f"{what}: not a readable Parquet object ({e})") from e
     header = _header_from_metadata(table.schema.metadata, what)
@@ -137,6 +137,16 @@ def decode_parquet(
     if schema is not None:
         _check_schema(table.schema, schema, what)
     return table, header
+
+
+def _read_parquet(data: bytes, read_dictionary: tuple[str, ...]) -> pa.Table:
+    """ParquetFile, not read_table: the same read of one file, without importing
+    pyarrow.dataset (a quarter to half a second on a process's first read)."""
+    return pq.ParquetFile(
+        pa.BufferReader(data),
+        page_checksum_verification=True,
+        read_dictionary=list(read_dictionary) or None,
+    ).read()
 
 
 def _check_schema(found: pa.Schema, expected: pa.Schema, what: str) -> None:
@@ -214,21 +224,40 @@ def json_depth(data: bytes) -> int:
 def load_json(data: bytes | bytearray | memoryview | str, what: str) -> Any:
     """Parse untrusted JSON: ``FormatError`` naming ``what`` for invalid text, for more
     than ``MAX_JSON_BYTES`` or for nesting deeper than ``MAX_JSON_DEPTH`` (checked before
-    parsing, so a hostile document never reaches the recursive parser)."""
-    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    if len(raw) > MAX_JSON_BYTES:
+    parsing, so a hostile document never reaches the recursive parser). Text is parsed
+    as it is (no round trip through bytes)."""
+    if isinstance(data, str):
+        doc: str | bytes = data
+        raw = None if 4 * len(data) <= MAX_JSON_BYTES else data.encode("utf-8", "surrogatepass")
+        openers = data.count("[") + data.count("{")
+    else:
+        doc = raw = bytes(data)
+        openers = raw.count(b"[") + raw.count(b"{")
+    if raw is not None and len(raw) > MAX_JSON_BYTES:
         raise FormatError(
             f"{what}: {len(raw)} bytes of JSON, more than the {MAX_JSON_BYTES} accepted"
         )
-    depth = json_depth(raw)
-    if depth > MAX_JSON_DEPTH:
-        raise FormatError(
-            f"{what}: JSON nested {depth} levels deep, more than the {MAX_JSON_DEPTH} accepted"
-        )
+    # nesting is at most the number of openers: find the depth only of a text that could
+    # be too deep
+    if openers > MAX_JSON_DEPTH:
+        text = doc.encode("utf-8", "surrogatepass") if isinstance(doc, str) else doc
+        depth = json_depth(text)
+        if depth > MAX_JSON_DEPTH:
+            raise FormatError(
+                f"{what}: JSON nested {depth} levels deep, more than the {MAX_JSON_DEPTH} accepted"
+            )
     try:
-        return json.loads(raw)
+        if isinstance(doc, str):  # compact text parses without json.loads' scans
+            with contextlib.suppress(ValueError):
+                value, end = _DECODER.raw_decode(doc)
+                if end == len(doc):
+                    return value
+        return json.loads(doc)  # whitespace around the value, or the error to report
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise FormatError(f"{what}: not valid JSON ({e})") from None
+
+
+_DECODER = json.JSONDecoder()
 
 
 def encode_json(obj: dict[str, Any]) -> bytes:

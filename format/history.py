@@ -82,7 +82,7 @@ def decode_history(
                 parent_id=pid,
                 written_at=dt.datetime.fromisoformat(at),
                 message=msg,
-                metadata={} if meta == "{}" else load_json(meta.encode("utf-8"), what),
+                metadata={} if meta == "{}" else load_json(meta, what),
                 transaction_log_checksum=int(tlc, 16) if tlc else None,
             )
             for sid, pid, at, msg, meta, tlc in zip(ids, parents, *cols)

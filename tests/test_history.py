@@ -4,9 +4,12 @@ garbage collection that keeps what the index needs."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from frazil.format import SnapshotId
 from frazil.storage.faults import FaultInjectingStorage
 
 DATA = Path(__file__).parent / "data" / "format-v1"
+T = TypeVar("T")
 
 
 def commit_many(repo: frazil.Repository, n: int, branch: str = "main") -> list[str]:
@@ -61,16 +65,40 @@ def test_ancestry_through_the_index_is_the_parent_chain(n: int) -> None:
         assert newer.parent_id == older.id
 
 
-def test_ancestry_takes_a_bounded_number_of_reads() -> None:
-    counting = FaultInjectingStorage(frazil.in_memory_storage())
+class RoundCounting(FaultInjectingStorage):
+    """Counts calls, and rounds: a call's round is one more than the latest round of the
+    calls that had finished when it started, so calls made together share a round and
+    ``rounds`` is the length of the longest chain of calls that waited for each other
+    (what a network's latency multiplies)."""
+
+    def __init__(self, inner: frazil.Storage) -> None:
+        super().__init__(inner)
+        self.rounds = 0
+
+    async def _call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        self.calls += 1
+        start = self.rounds
+        await asyncio.sleep(0)  # let the calls made together all start first
+        try:
+            return await op()
+        finally:
+            self.rounds = max(self.rounds, start + 1)
+
+
+def test_ancestry_takes_a_bounded_number_of_reads_in_three_rounds() -> None:
+    counting = RoundCounting(frazil.in_memory_storage())
     repo = new_repo(counting)
-    commit_many(repo, 1_000)
+    ids = commit_many(repo, 1_003)
+    index = runtime.run(repo.reader.commit_header(SnapshotId.parse(ids[-1])))[1]
+    assert index is not None and index.pending and len(index.segments) > 8
     fresh = frazil.Repository.open(counting)
-    before = counting.calls
-    assert len(list(fresh.ancestry(branch="main"))) == 1_002
-    reads = counting.calls - before
-    # one ref, one footer, at most 7 pending footers and the segments (<= 7 per tier)
-    assert reads <= 40, reads
+    calls, rounds = counting.calls, counting.rounds
+    assert len(list(fresh.ancestry(branch="main"))) == 1_005
+    # one ref, one footer and the cuts, at most 7 pending footers and the segments
+    # (<= 7 per tier); in three rounds: the ref, then the cuts with the tip's footer, then
+    # the pending footers with every segment the footer lists
+    assert counting.calls - calls <= 40, counting.calls - calls
+    assert counting.rounds - rounds == 3
 
 
 def test_ancestry_from_any_snapshot_and_a_tag() -> None:

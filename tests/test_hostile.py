@@ -438,6 +438,25 @@ def test_load_json_refuses_deep_nesting_before_parsing() -> None:
     assert load_json(deep(MAX_JSON_DEPTH), "doc") is not None
     # brackets inside strings do not count
     assert load_json(json.dumps({"a": "[" * 10_000}).encode(), "doc") == {"a": "[" * 10_000}
+    # text (as Parquet string columns give it) is held to the same rules as bytes
+    for n in (MAX_JSON_DEPTH + 1, 10_000):
+        with pytest.raises(FormatError, match="nested.*levels deep"):
+            load_json(deep(n).decode(), "doc")
+    assert load_json(deep(MAX_JSON_DEPTH).decode(), "doc") is not None
+    assert load_json(json.dumps({"a": "[" * 10_000}), "doc") == {"a": "[" * 10_000}
+
+
+@pytest.mark.parametrize("doc", ['{"a": 1}', ' {"a": 1}\n', '{"a":1}', "1", '"x"'])
+def test_load_json_reads_text_and_bytes_alike(doc: str) -> None:
+    assert load_json(doc, "doc") == load_json(doc.encode(), "doc") == json.loads(doc)
+
+
+@pytest.mark.parametrize("doc", ['{"a": 1} {"b": 2}', '{"a": 1', "", " ", '{"a": 1}]', "NaNx"])
+def test_load_json_refuses_invalid_text(doc: str) -> None:
+    with pytest.raises(FormatError, match="doc: not valid JSON"):
+        load_json(doc, "doc")
+    with pytest.raises(FormatError, match="doc: not valid JSON"):
+        load_json(doc.encode(), "doc")
 
 
 def test_deep_zarr_json_in_a_snapshot(tmp_path: Path) -> None:
