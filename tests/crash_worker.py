@@ -9,13 +9,15 @@ The worker imports everything, then waits for a line ``go [ARG]`` on stdin (so t
 parent can start the next worker while it checks the repository), opens the repository
 and prints ``ready``. Then, by ``MODE``:
 
-- ``commit SEED``: forever, one commit per iteration on a branch chosen at random
+- ``commit SEED [HISTORY_FANOUT]``: forever, one commit per iteration on a branch chosen at random
   (``main`` or ``side``), writing one chunk of each of the arrays ``small`` (inline
   chunks), ``big`` (native chunks) and, every fourth commit of a branch, eight chunks of
   ``wide``; each commit's metadata says what it wrote (``crash.n``: the branch's commit
   count, ``crash.writes``: ``[array, chunk index, value]``, the whole chunk filled with
   ``value``). ``<branch> <snapshot id>`` is printed and flushed only after ``commit()``
-  returned.
+  returned. With ``HISTORY_FANOUT``, history indexes are written with that fanout instead
+  of the engine's 8 (``use_history_fanout``), so that history segments are written and
+  merged every few commits.
 - ``forkmerge SEED``: forever, main's next planned commit written by two worker
   processes through copies of a fork that they do not return (so only the copies'
   journals carry the writes), then ``session.merge(fork)`` and the commit; ``main <id>``
@@ -135,6 +137,18 @@ def fork_merge_forever(repo: frazil.Repository, seed: int) -> None:
             print(f"main {sid}", flush=True)
 
 
+def use_history_fanout(fanout: int) -> None:
+    """Make this process's commits and compactions write history indexes with ``fanout``
+    (a writer's choice, SPEC §4.5: readers follow any index)."""
+    import functools
+
+    from frazil import compaction, history, session
+
+    small = functools.partial(history.index_for_child, fanout=fanout)
+    session.index_for_child = small  # type: ignore[assignment]
+    compaction.index_for_child = small  # type: ignore[assignment]
+
+
 def commit_forever(repo: frazil.Repository, seed: int) -> None:
     rng = random.Random(seed)
     while True:
@@ -160,6 +174,8 @@ def warm_up(mode: str) -> None:
 
 def main(argv: list[str]) -> None:
     mode, spec = argv[1], json.loads(argv[2])
+    if mode == "commit" and len(argv) > 4:
+        use_history_fanout(int(argv[4]))
     warm_up(mode)
     go = sys.stdin.readline().split()
     if go[:1] != ["go"]:  # the parent went away before saying go

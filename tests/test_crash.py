@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import random
@@ -31,7 +32,9 @@ import zarr
 from conftest import LONG
 
 import frazil
-from frazil import runtime
+from frazil import compaction, history, runtime
+from frazil import session as session_module
+from frazil.format import SnapshotId
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 FOLDERS = ("snapshots/", "transactions/", "history/", "manifests/", "chunks/")
@@ -43,6 +46,7 @@ KILLS_COMPACT = 50 if LONG else 4
 KILLS_GC = 50 if LONG else 4
 KILLS_MAINTENANCE_S3 = 20 if LONG else 2  # compaction and gc kills on the S3 server
 KILLS_FORK = 30 if LONG else 3  # fork/merge writes through worker processes
+KILLS_MERGING = 100 if LONG else 8  # commits merging manifest and history segments
 GC_EVERY = 5  # a garbage collection (and full listing check) after every this many kills
 
 
@@ -311,6 +315,21 @@ def check_branch(repo: frazil.Repository, branch: str, acked: list[str]) -> list
     return ids
 
 
+def check_snapshots(repo: frazil.Repository, branch: str, done: set[str]) -> None:
+    """Every snapshot in the branch's history but those in ``done`` (which it joins) reads
+    what the history says its commit left: the arrays as of that commit."""
+    expected = fill_values()
+    for info in reversed(list(repo.ancestry(branch=branch))):
+        for array, index, value in info.metadata.get("crash.writes", ()):
+            expected[array][cw.chunk_slice(array, index)] = value
+        if info.parent_id is None or info.id in done:  # the first snapshot has no arrays
+            continue
+        got = read_arrays(repo, snapshot_id=info.id)
+        for name, values in expected.items():
+            np.testing.assert_array_equal(got[name], values, err_msg=f"{info.id}: {name}")
+        done.add(info.id)
+
+
 def check_fsck(repo: frazil.Repository) -> None:
     report = repo.fsck()
     assert report.ok, "\n".join(map(str, report.problems))
@@ -356,11 +375,14 @@ class CommitStats:
 
 def phase_of(new: dict[str, set[str]], unacked: int) -> str:
     """Where a kill landed, judged by what it left: an unreferenced snapshot (between the
-    snapshot write and the ref swap), manifests or a transaction log (before the
-    snapshot), only chunks (while chunks were uploaded), a commit that landed without
-    being acknowledged (after the swap), or nothing (between commits)."""
+    snapshot write and the ref swap), history segments (before the commit's manifests and
+    transaction log), manifests or a transaction log (before the snapshot), only chunks
+    (while chunks were uploaded), a commit that landed without being acknowledged (after
+    the swap), or nothing (between commits)."""
     if new["snapshots/"]:
         return "snapshot-written"
+    if new["history/"] and not new["transactions/"]:  # written after merged manifests
+        return "history-written"
     if new["manifests/"] or new["transactions/"]:
         return "manifests-written"
     if new["chunks/"]:
@@ -370,16 +392,39 @@ def phase_of(new: dict[str, set[str]], unacked: int) -> str:
     return "between-commits"
 
 
-def run_commit_kills(tmp_path: Path, target: Target, kills: int, label: str) -> CommitStats:
+def run_commit_kills(
+    tmp_path: Path,
+    target: Target,
+    kills: int,
+    label: str,
+    *,
+    config: dict[str, Any] | None = None,
+    history_fanout: int | None = None,
+    prebuild: int = 0,
+) -> CommitStats:
+    """Kill committing children; after each kill, every branch holds its acknowledged
+    commits and reads what they wrote, and fsck is clean. With ``config`` (the
+    repository's settings) or ``history_fanout`` (the children's), every snapshot of the
+    history is read back too (those new since the last check; all of them after each gc
+    and at the end, through a fresh repository). ``prebuild``: commits made on each branch
+    (by this process) before the first child starts."""
     # automatic compaction now and then: one more phase for a kill to land in
-    new_repository(target, compact_when_segments_exceed=24)
+    repo = new_repository(target, **(config or {"compact_when_segments_exceed": 24}))
+    for _ in range(prebuild):
+        for b in cw.BRANCHES:
+            cw.commit_one(repo, b)
+    every_snapshot = config is not None or history_fanout is not None
+    verified: set[str] = set()
+    extra = [] if history_fanout is None else [str(history_fanout)]
     stats = CommitStats()
     acked: dict[str, list[str]] = {b: [] for b in cw.BRANCHES}
     tips = {b: target.repo().lookup_branch(b) for b in cw.BRANCHES}
     seen_orphans: dict[str, set[str]] = {f: set() for f in FOLDERS}
     max_delay = 0.0
     with seeded(label) as rng:
-        spares = Spares(lambda: Child(tmp_path, "commit", target, str(rng.randrange(2**32))))
+        spares = Spares(
+            lambda: Child(tmp_path, "commit", target, str(rng.randrange(2**32)), *extra)
+        )
         try:
             for k in range(kills):
                 child = spares.take()
@@ -415,6 +460,9 @@ def run_commit_kills(tmp_path: Path, target: Target, kills: int, label: str) -> 
                 assert unacked <= 1, f"{unacked} commits landed unacknowledged in one run"
                 stats.unacked_landed += unacked
                 check_fsck(repo)
+                if every_snapshot:
+                    for b in cw.BRANCHES:
+                        check_snapshots(repo, b, verified)
                 now_orphans = orphans(target.storage())
                 stats.phases[
                     phase_of({f: now_orphans[f] - seen_orphans[f] for f in FOLDERS}, unacked)
@@ -428,12 +476,15 @@ def run_commit_kills(tmp_path: Path, target: Target, kills: int, label: str) -> 
                     for b in cw.BRANCHES:
                         check_branch(repo, b, acked[b])
                     check_fsck(target.repo())
+                    verified.clear()  # gc must have left every snapshot readable
         finally:
             spares.close()
     repo = target.repo()
     for b in cw.BRANCHES:
         history = set(check_branch(repo, b, acked[b]))
         stats.found += sum(1 for s in acked[b] if s in history)
+        if every_snapshot:
+            check_snapshots(repo, b, set())
     stats.acked = sum(len(v) for v in acked.values())
     assert stats.found == stats.acked > 0
     print(
@@ -454,6 +505,41 @@ def test_kill_during_commits_local(tmp_path: Path) -> None:
 def test_kill_during_commits_s3(tmp_path: Path, s3_server: s3server.SeaweedServer) -> None:
     stats = run_commit_kills(tmp_path, s3_target(s3_server), KILLS_S3, "commit/s3")
     assert stats.kills == KILLS_S3
+
+
+MERGING = {"manifest_merge_fanout": 2, "manifest_split_rows": 2, "compact_when_segments_exceed": 6}
+
+
+def merging_stats(target: Target) -> tuple[int, int]:
+    """(manifest segments, history segments) in storage: merges wrote some of them."""
+    found = listing(target.storage())
+    return len(found["manifests/"]), len(found["history/"])
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_kill_during_merging_commits(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits that merge manifest segments at commit (fanout 2, at most 2 references a
+    segment, compaction past 6 segments) and write and merge history segments (history
+    fanout 2, here and in the children) nearly every time, on branches with a few such
+    commits already, killed at random moments: the oracle reads every committed snapshot
+    back, and fsck stays clean."""
+    small = functools.partial(history.index_for_child, fanout=2)
+    monkeypatch.setattr(session_module, "index_for_child", small)
+    monkeypatch.setattr(compaction, "index_for_child", small)
+    target = local_target(tmp_path) if where == "local" else s3_target(s3server.server())
+    kills = KILLS_MERGING if where == "local" else max(2, KILLS_MERGING // 3)
+    stats = run_commit_kills(
+        tmp_path, target, kills, f"merging/{where}", config=MERGING, history_fanout=2, prebuild=5
+    )
+    assert stats.kills == kills
+    repo = target.repo()
+    ids = [h.id for h in repo.ancestry(branch="main")]
+    index = runtime.run(repo.reader.commit_header(SnapshotId.parse(ids[0])))[1]
+    assert index is not None and index.segments, "the children wrote no history segments"
+    manifests, histories = merging_stats(target)
+    print(f"merging/{where}: {manifests} manifest and {histories} history segments left")
 
 
 # -- kills during compaction and garbage collection ------------------------------------------------

@@ -205,3 +205,138 @@ def test_expiry_over_a_long_history_is_one_write() -> None:
     assert [i.id for i in frazil.Repository.open(repo.storage).ancestry(branch="main")] == [
         i.id for i in history
     ]
+
+
+# -- a long history, every snapshot read back -------------------------------------------------
+LONG_CONFIG = frazil.RepositoryConfig(
+    inline_chunk_threshold_bytes=64, manifest_merge_fanout=2, manifest_split_rows=4
+)
+SMALL, BIG = 4, 32  # int64 values per chunk: "s" inline (32 bytes), "g" native (256 bytes)
+
+
+class LongHistory:
+    """main's commits and what each snapshot holds; parents as history (and its cuts) say."""
+
+    def __init__(self, repo: frazil.Repository) -> None:
+        self.repo = repo
+        self.content: dict[str, dict[str, np.ndarray]] = {}
+        self.parent: dict[str, str | None] = {}
+        self.written: dict[str, dt.datetime] = {}
+        self.tags: dict[str, str] = {}
+        root = repo.lookup_branch("main")
+        self._add(root, None, {})
+
+    def _add(self, sid: str, parent: str | None, content: dict[str, np.ndarray]) -> None:
+        self.content[sid], self.parent[sid] = content, parent
+        self.written[sid] = self.repo.lookup_snapshot(sid).written_at
+
+    @property
+    def tip(self) -> str:
+        return self.repo.lookup_branch("main")
+
+    def chain(self, sid: str | None) -> list[str]:
+        out = []
+        while sid is not None:
+            out.append(sid)
+            sid = self.parent[sid]
+        return out
+
+    def commit(self, rng: np.random.Generator, i: int) -> None:
+        tip = self.tip
+        content = {k: v.copy() for k, v in self.content[tip].items()}
+        s = self.repo.writable_session("main")
+        if not content:  # the first commit makes the arrays
+            for name, chunks in (("s", SMALL), ("g", BIG)):
+                zarr.create_array(
+                    s.store, name=name, shape=(16 * chunks,), chunks=(chunks,), dtype="i8"
+                )
+                content[name] = np.zeros(16 * chunks, "i8")
+        for _ in range(int(rng.integers(1, 4))):
+            name = "s" if rng.random() < 0.5 else "g"
+            size = SMALL if name == "s" else BIG
+            c = int(rng.integers(16))
+            # now and then the fill value: zarr deletes the chunk (a tombstone through merges)
+            value = 0 if rng.random() < 0.1 else i
+            zarr.open_array(s.store, path=name)[c * size : (c + 1) * size] = value
+            content[name][c * size : (c + 1) * size] = value
+        self._add(s.commit(f"commit {i}", metadata={"i": i}), tip, content)
+
+    def compact(self) -> None:
+        tip = self.tip
+        sid = self.repo.compact("main").snapshot_id
+        assert sid is not None
+        self._add(sid, tip, {k: v.copy() for k, v in self.content[tip].items()})
+
+    def expire_and_collect(self, cutoff: dt.datetime) -> None:
+        """Expiry at ``cutoff``, then gc: the model's expectations (as SPEC §10.2 says:
+        every ref keeps its tip, the first snapshot and what is not older) checked."""
+        keeps = {
+            tip: [
+                s
+                for s in self.chain(tip)
+                if s == tip or self.parent[s] is None or self.written[s] >= cutoff
+            ]
+            for tip in {self.tip, *self.tags.values()}
+        }
+        kept = {s for keep in keeps.values() for s in keep}
+        before = {s for tip in keeps for s in self.chain(tip)}
+        assert self.repo.expire_snapshots(cutoff) == before - kept
+        for keep in keeps.values():
+            for s, below in zip(keep, [*keep[1:], None]):
+                self.parent[s] = below
+        gone = set(self.content) - kept
+        summary = self.repo.garbage_collect(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1))
+        assert summary.snapshots_deleted == len(gone)
+        for sid in gone:
+            with pytest.raises(frazil.NotFoundError):
+                self.repo.readonly_session(snapshot_id=sid)
+            del self.content[sid], self.parent[sid], self.written[sid]
+
+    def check(self, only: set[str] | None = None) -> None:
+        """Every snapshot (or those in ``only``) reads back what was committed at that
+        point; main's and every tag's history is the model's."""
+        for ref, tip in [({"branch": "main"}, self.tip)] + [
+            ({"tag": t}, sid) for t, sid in self.tags.items()
+        ]:
+            assert [h.id for h in self.repo.ancestry(**ref)] == self.chain(tip)  # type: ignore[arg-type]
+        for sid, content in self.content.items():
+            if only is not None and sid not in only:
+                continue
+            store = self.repo.readonly_session(snapshot_id=sid).store
+            for name in ("s", "g"):
+                if name in content:
+                    got = zarr.open_array(store, path=name, mode="r")[...]
+                    np.testing.assert_array_equal(got, content[name], err_msg=f"{sid} {name}")
+
+
+@pytest.mark.parametrize(
+    "commits", [300, pytest.param(3_000, marks=pytest.mark.slow, id="3000-slow")]
+)
+def test_every_snapshot_of_a_long_history_reads_back(commits: int) -> None:
+    """Thousands of small commits merging manifest segments at commit (fanout 2) and
+    history segments (fanout 8), compactions, tags, and expiry + gc of the older part now
+    and then: every snapshot left reads exactly what was committed at that point, through
+    a fresh repository too, and fsck is clean."""
+    repo = frazil.Repository.create(frazil.in_memory_storage(), LONG_CONFIG)
+    model = LongHistory(repo)
+    rng = np.random.default_rng(commits)
+    every = min(commits // 2, 600)  # commits between expiries
+    checked: set[str] = set()
+    for i in range(1, commits + 1):
+        model.commit(rng, i)
+        if i % 97 == 0:
+            model.compact()
+        if i % (every // 2) == every // 4:
+            name = f"t{i}"
+            repo.create_tag(name, model.tip)
+            model.tags[name] = model.tip
+        if i % every == 0:
+            model.check(set(model.content) - checked)  # the snapshots made since the last
+            # keep the newest third of these commits and what the tags hold
+            model.expire_and_collect(model.written[model.chain(model.tip)[every // 3]])
+            if i == commits:  # the last time through a fresh repository (nothing cached)
+                model.repo = frazil.Repository.open(repo.storage)
+            model.check()  # every snapshot left, after gc
+            checked = set(model.content)
+    assert len(model.chain(model.tip)) > every // 3 and len(model.tags) >= 2
+    assert repo.fsck().ok

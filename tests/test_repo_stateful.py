@@ -1,5 +1,8 @@
 """Hypothesis state machine of repository operations (commits, branches, tags, resets,
-expiry, garbage collection, time travel, errors) against a plain Python model."""
+compaction, expiry, garbage collection, time travel, errors) against a plain Python model;
+run as is, and with merging at commit so frequent (fanout 2, segments of at most 2
+references) that most commits merge manifest segments. After every step every branch and
+tag reads what the model says."""
 
 from __future__ import annotations
 
@@ -34,6 +37,10 @@ from frazil.errors import (
 
 # "a" has 2-byte chunks (inline), "b" 32-byte chunks (native, above the threshold)
 CONFIG = frazil.RepositoryConfig(inline_chunk_threshold_bytes=24)
+# merging at commit as often as it gets: segments of at most 2 references, runs of 2 merged
+MERGING = frazil.RepositoryConfig(
+    inline_chunk_threshold_bytes=24, manifest_merge_fanout=2, manifest_split_rows=2
+)
 ARRAYS: dict[str, tuple[tuple[int, ...], tuple[int, ...], str]] = {
     "a": ((6,), (2,), "int8"),
     "b": ((4, 4), (2, 2), "float64"),
@@ -77,10 +84,10 @@ def same_content(a: Content, b: Content) -> bool:
 
 
 class RepoMachine(RuleBasedStateMachine):
-    def __init__(self, storage: frazil.Storage) -> None:
+    def __init__(self, storage: frazil.Storage, config: frazil.RepositoryConfig = CONFIG) -> None:
         super().__init__()
         self.storage = storage
-        self.repo = frazil.Repository.create(storage, CONFIG)
+        self.repo = frazil.Repository.create(storage, config)
         root = self.repo.lookup_branch("main")
         info = self.repo.lookup_snapshot(root)
         self.snaps: dict[str, Snap] = {root: Snap(None, {}, info.message, info.written_at)}
@@ -284,6 +291,22 @@ class RepoMachine(RuleBasedStateMachine):
                 repo.lookup_snapshot(sid)
 
     # -- maintenance ---------------------------------------------------------------------
+    @rule(data=st.data(), rows=st.sampled_from([None, 1, 3]))
+    def compact(self, data: st.DataObject, rows: int | None) -> None:
+        """A compaction commits the branch's content unchanged, in fewer segments."""
+        branch = data.draw(st.sampled_from(sorted(self.branches)), label="branch")
+        tip = self.branches[branch]
+        summary = self.repo.compact(branch, rows_per_segment=rows)
+        note(f"compact {branch} (rows {rows}): {summary}")
+        if summary.snapshot_id is None:  # every array already compacted
+            assert self.repo.lookup_branch(branch) == tip
+            return
+        info = self.repo.lookup_snapshot(summary.snapshot_id)
+        assert info.parent_id == tip and summary.snapshot_id not in self.snaps
+        content = {k: v.copy() for k, v in self.snaps[tip].content.items()}
+        self.snaps[summary.snapshot_id] = Snap(tip, content, info.message, info.written_at)
+        self.branches[branch] = summary.snapshot_id
+
     @rule(data=st.data())
     def expire_snapshots(self, data: st.DataObject) -> None:
         if data.draw(st.booleans(), label="cutoff at a snapshot"):
@@ -351,6 +374,13 @@ class RepoMachine(RuleBasedStateMachine):
         assert self.repo.list_branches() == set(self.branches)
         assert self.repo.list_tags() == set(self.tags)
 
+    @invariant()
+    def refs_read_as_modelled(self) -> None:
+        """Every branch and tag reads what the model says, after every step (each
+        snapshot once)."""
+        for sid in {*self.branches.values(), *self.tags.values()}:
+            self.check_snapshot(sid)
+
     def teardown(self) -> None:
         for sid in self.snaps:
             self.check_snapshot(sid)
@@ -405,8 +435,51 @@ def test_repository_local(tmp_path: Path) -> None:
     run_state_machine_as_test(make, settings=_settings(6, 20))
 
 
+def test_repository_merging_memory() -> None:
+    run_state_machine_as_test(
+        lambda: RepoMachine(frazil.in_memory_storage(), MERGING), settings=_settings(25, 30)
+    )
+
+
+def test_repository_merging_local(tmp_path: Path) -> None:
+    def make() -> RepoMachine:
+        storage = frazil.local_filesystem_storage(tempfile.mkdtemp(dir=tmp_path))
+        return RepoMachine(storage, MERGING)
+
+    run_state_machine_as_test(make, settings=_settings(4, 20))
+
+
+def test_the_merging_config_merges_at_commit() -> None:
+    """What the merging runs rely on: with MERGING, commits of these arrays merge their
+    segments (the count stays far below one segment per commit) and read back."""
+    repo = frazil.Repository.create(frazil.in_memory_storage(), MERGING)
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="a").create_array(
+        "b", shape=(4, 4), chunks=(2, 2), dtype="float64", fill_value=0, compressors=None
+    )
+    session.commit("b")
+    model = np.zeros((4, 4))
+    for i in range(16):
+        session = repo.writable_session("main")
+        where = ((i % 2) * 2, (i // 2 % 2) * 2)
+        zarr.open_array(session.store, path="b")[where] = i
+        model[where] = i
+        session.commit(f"write {i}")
+    node = next(n for n in repo.readonly_session("main").nodes() if n.path == "/b")
+    assert 0 < len(node.segments) <= 4, node.segments
+    got = zarr.open_array(repo.readonly_session("main").store, path="b", mode="r")[...]
+    np.testing.assert_array_equal(got, model)
+
+
 @pytest.mark.slow
 def test_repository_memory_long() -> None:
     run_state_machine_as_test(
         lambda: RepoMachine(frazil.in_memory_storage()), settings=_settings(300, 60)
+    )
+
+
+@pytest.mark.slow
+def test_repository_merging_memory_long() -> None:
+    run_state_machine_as_test(
+        lambda: RepoMachine(frazil.in_memory_storage(), MERGING), settings=_settings(300, 60)
     )
