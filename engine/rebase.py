@@ -44,7 +44,7 @@ def summarize_changes(
             (s.new_arrays if staged.node_type == ARRAY else s.new_groups).add(path)
         elif staged.zarr_json != old.zarr_json:
             (s.updated_arrays if staged.node_type == ARRAY else s.updated_groups).add(path)
-    paths = _paths_by_id(base, changes)
+    paths = paths_by_id(base, changes)
     for node_id, table in changes.chunks.items():
         where = paths.get(node_id)
         if where is not None and len(table):
@@ -78,7 +78,7 @@ def summarize_logs(logs: Iterable[TransactionLog]) -> ChangeSummary:
     return s
 
 
-def _paths_by_id(base: Mapping[str, NodeRecord], changes: ChangeSet) -> dict[NodeId, str]:
+def paths_by_id(base: Mapping[str, NodeRecord], changes: ChangeSet) -> dict[NodeId, str]:
     paths = {rec.node_id: path for path, rec in base.items()}
     for path, rec in changes.nodes.items():
         if rec is not None:
@@ -104,7 +104,7 @@ def apply_resolution(
             del changes.nodes[path]
     if not resolution.drop_chunks:
         return
-    ids = {path: node_id for node_id, path in _paths_by_id(base, changes).items()}
+    ids = {path: node_id for node_id, path in paths_by_id(base, changes).items()}
     for path, coords in resolution.drop_chunks.items():
         node_id = ids.get(path)
         table = None if node_id is None else changes.chunks.get(node_id)
@@ -190,7 +190,7 @@ def _fold(
         if old is not None and (rec is None or rec.node_id != old.node_id):
             merged.chunks.pop(old.node_id, None)
     conflicts = []
-    paths = _paths_by_id(base, merged)
+    paths = paths_by_id(base, merged)
     for node_id, table in source.chunks.items():
         target = mapped.get(node_id, node_id)
         mine_table = merged.chunks.get(target)

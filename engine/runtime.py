@@ -8,6 +8,7 @@ fresh loop and pool on first use.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import os
 import threading
@@ -89,6 +90,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             "use the async method instead"
         )
     return asyncio.run_coroutine_threadsafe(coro, target).result()
+
+
+def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """Start ``coro`` on the engine's loop from another thread; its future."""
+    return asyncio.run_coroutine_threadsafe(coro, loop())
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
