@@ -270,9 +270,9 @@ class ChunkTable:
         """``blocks`` (from ``spill_parts``) are now the segments ``segments``: forget them.
         (Writes since then only cleared rows in them, and in-memory refs shadow spilled
         ones, so nothing staged meanwhile is lost.)"""
+        self.spilled.extend(segments)  # first, so a read meanwhile finds the refs
         gone = {id(b) for b in blocks}
         self.blocks = [b for b in self.blocks if id(b) not in gone]
-        self.spilled.extend(segments)
 
     def __copy__(self) -> ChunkTable:
         other = ChunkTable(self.ndim)

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -125,6 +126,7 @@ class Session:
         self._maybe_landed: dict[SnapshotId, CommitPlan] = {}
         self._journal: ForkJournal | None = None  # only fork copies on workers journal
         self._merged_forks: set[str] = set()  # fork ids whose journals a commit removes
+        self._spill_lock = threading.Lock()
 
     def _set_base(self, base: Snapshot) -> None:
         self._base = base
@@ -678,7 +680,8 @@ class Session:
         """Write ``table``'s in-memory virtual blocks out as manifest segments, keeping
         only their refs (``frazil.changeset``): encoded here, part by part, while the
         engine's loop uploads the parts before (at most ``_SPILL_IN_FLIGHT`` at a time)."""
-        blocks, parts = table.spill_parts(self._repo.config.split_rows)
+        with self._changes.lock:  # one consistent view of the blocks; parts built later
+            blocks, parts = table.spill_parts(self._repo.config.split_rows)
         segments: list[SegmentRef] = []
         flight: list[Any] = []
         try:
@@ -962,7 +965,9 @@ class Session:
             with self._changes.lock:
                 table.add_block(keys, rows)
             if table.block_rows() >= changeset.SPILL_ROWS and not isinstance(self, ForkSession):
-                self._spill(rec.node_id, table)
+                with self._spill_lock:  # concurrent callers: one spill at a time
+                    if table.block_rows() >= changeset.SPILL_ROWS:
+                        self._spill(rec.node_id, table)
         if self._journal is not None and len(coords):
             self._journal.block(
                 rec.node_id,
