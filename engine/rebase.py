@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 
+import numpy as np
+
 from frazil.format import ARRAY, ChunkKind, ChunkRef, NodeId, NodeRecord, TransactionLog
 from frazil.format import txlog as tx
 
@@ -55,8 +57,10 @@ def summarize_changes(
     return s
 
 
-def summarize_logs(logs: Iterable[TransactionLog]) -> ChangeSummary:
-    """The union of several commits' changes (oldest first)."""
+def summarize_logs(logs: Iterable[TransactionLog], *, coords: bool = True) -> ChangeSummary:
+    """The union of several commits' changes (oldest first); ``coords=False`` records
+    which arrays had chunk writes, not their coordinates (``RowSet`` finds the chunks
+    both sides wrote in bulk)."""
     s = ChangeSummary()
     targets: dict[str, set[str]] = {
         tx.NEW_GROUP: s.new_groups,
@@ -69,6 +73,9 @@ def summarize_logs(logs: Iterable[TransactionLog]) -> ChangeSummary:
     for log in logs:
         for change in log.changes:
             if change.change == tx.CHUNKS:
+                if not coords:
+                    s.written.add(change.path)
+                    continue
                 assert change.chunks is not None
                 s.add_chunks(change.path, map(tuple, change.chunks.tolist()))
             else:
@@ -76,6 +83,71 @@ def summarize_logs(logs: Iterable[TransactionLog]) -> ChangeSummary:
                 if change.change in (tx.DELETED_GROUP, tx.DELETED_ARRAY):
                     s.deleted_ids.setdefault(change.path, set()).add(change.node_id)
     return s
+
+
+def row_keys(rows: np.ndarray) -> np.ndarray | None:
+    """Chunk coordinates (n x ndim) packed into one int64 each (``ndim`` fields of
+    ``63 // ndim`` bits, so equal keys are equal rows); None if some row does not fit."""
+    n, ndim = rows.shape
+    if ndim == 0:
+        return np.zeros(n, np.int64)
+    bits = 63 // ndim
+    if n and (rows.min() < 0 or rows.max() >= 1 << bits):
+        return None
+    keys = np.zeros(n, np.int64)
+    for d in range(ndim):
+        keys = (keys << bits) | rows[:, d].astype(np.int64)
+    return keys
+
+
+class RowSet:
+    """A set of chunk coordinates of one array, built from parts (n x ndim each) and held
+    as sorted packed keys (8 bytes a chunk; rows kept whole only if some do not pack), to
+    find which of many other coordinates are in it without a Python object per chunk."""
+
+    def __init__(self, parts: Iterable[np.ndarray], ndim: int) -> None:
+        self.ndim = ndim
+        kept: list[np.ndarray] = []
+        keys: list[np.ndarray] | None = []
+        for part in parts:
+            part = np.asarray(part, np.int64).reshape(len(part), ndim)
+            k = row_keys(part) if keys is not None else None
+            if keys is not None and k is not None:
+                keys.append(k)
+            elif keys is not None:  # some rows do not pack: keep rows from here on
+                kept = [_unpack(x, ndim) for x in keys] + [part]
+                keys = None
+            else:
+                kept.append(part)
+        self.keys = np.unique(np.concatenate(keys)) if keys else None
+        self.rows = np.concatenate(kept) if keys is None and kept else None
+
+    def common(self, rows: np.ndarray) -> np.ndarray:
+        """The rows of ``rows`` (n x ndim) that are in the set."""
+        rows = np.asarray(rows, np.int64).reshape(len(rows), self.ndim)
+        if self.keys is not None and len(self.keys):
+            fits = (
+                np.ones(len(rows), bool)
+                if self.ndim == 0
+                else ((rows >= 0) & (rows < 1 << (63 // self.ndim))).all(axis=1)
+            )
+            cand = rows[fits]
+            k = row_keys(cand)
+            assert k is not None
+            i = np.minimum(np.searchsorted(self.keys, k), len(self.keys) - 1)
+            return cand[self.keys[i] == k]
+        if self.rows is not None and len(self.rows) and len(rows):
+            both = np.concatenate([self.rows, rows])
+            _, inverse = np.unique(both, axis=0, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            return rows[np.isin(inverse[len(self.rows) :], inverse[: len(self.rows)])]
+        return rows[:0]
+
+
+def _unpack(keys: np.ndarray, ndim: int) -> np.ndarray:
+    bits = 63 // ndim
+    cols = [(keys >> (bits * (ndim - 1 - d))) & ((1 << bits) - 1) for d in range(ndim)]
+    return np.stack(cols, axis=1)
 
 
 def paths_by_id(base: Mapping[str, NodeRecord], changes: ChangeSet) -> dict[NodeId, str]:

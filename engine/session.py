@@ -21,6 +21,7 @@ from frazil.format import (
     ChunkRef,
     CommitInfo,
     Coord,
+    NodeChange,
     NodeId,
     NodeRecord,
     SegmentRef,
@@ -29,6 +30,7 @@ from frazil.format import (
     TransactionLog,
     checksum,
 )
+from frazil.format import txlog as tx
 from frazil.format.common import BRANCH_REF
 from frazil.format.keys import chunk_key
 from frazil.format.manifest import virtual_rows
@@ -51,6 +53,7 @@ from .history import index_for_child
 from .journal import ForkJournal, delete_journals, new_token, read_journals
 from .merging import merge_for_commit
 from .rebase import (
+    RowSet,
     apply_resolution,
     merge_changes,
     paths_by_id,
@@ -622,19 +625,18 @@ class Session:
                     actual_parent=str(tip),
                 )
             landed = list(reversed(await asyncio.gather(*logs)))
-            theirs = summarize_logs([await reader.expanded_log(x) for x in landed])
+            theirs = summarize_logs(landed, coords=False)
         finally:  # on an error: no read left running, no failure left unretrieved
             for task in logs:
                 if not task.done():
                     task.cancel()
                 elif not task.cancelled():
                     task.exception()
-        ours = summarize_changes(self._base_nodes, self._changes)
+        ours = summarize_changes(self._base_nodes, self._changes, coords=False)
         paths = paths_by_id(self._base_nodes, self._changes)
-        for node_id, table in self._changes.chunks.items():
-            if table.spilled and node_id in paths:
-                coords = await self._spilled_coords(table)
-                ours.add_chunks(paths[node_id], map(tuple, coords.tolist()))
+        for path, both in (await self._written_by_both(landed, paths)).items():
+            ours.add_chunks(path, both)
+            theirs.add_chunks(path, both)
         resolution = solver.solve(detect_conflicts(ours, theirs), str(tip))
         await self._drop_spilled(resolution.drop_chunks, paths)
         with self._changes.lock:
@@ -646,6 +648,41 @@ class Session:
                     self._changes.nodes[path] = dataclasses.replace(fresh, zarr_json=rec.zarr_json)
         self._set_base(new_base)
         self._base_checksum = tip_checksum
+
+    async def _written_by_both(
+        self, landed: list[TransactionLog], paths: dict[NodeId, str]
+    ) -> dict[str, set[Coord]]:
+        """Per array path, the chunks both our staged changes and the commits ``landed``
+        wrote (what the conflict rules compare), found in bulk: ours as one ``RowSet``
+        (staged, then spilled segment by segment), theirs streamed change by change and
+        segment by segment, so only the chunks both wrote become Python values."""
+        theirs: dict[str, list[NodeChange]] = {}
+        for log in landed:
+            for c in log.changes:
+                if c.change == tx.CHUNKS:
+                    theirs.setdefault(c.path, []).append(c)
+        reader, out = self._repo.reader, {}
+        for node_id, table in list(self._changes.chunks.items()):
+            path = paths.get(node_id)
+            if path is None or path not in theirs or not len(table):
+                continue
+
+            async def spilled(t: ChunkTable = table) -> list[np.ndarray]:
+                return [(await reader.manifest(s, cache=False)).coords for s in t.spilled]
+
+            mine = RowSet([table.kinds()[0], *await spilled()], table.ndim)
+            found: list[np.ndarray] = []
+            for change in theirs[path]:
+                if change.chunks is not None and change.chunks.shape[1:] == (table.ndim,):
+                    found.append(mine.common(change.chunks))
+                for seg in change.segments:
+                    m = await reader.manifest(seg, cache=False)
+                    if m.coords.shape[1:] == (table.ndim,):
+                        found.append(mine.common(m.coords))
+            both = set(map(tuple, np.concatenate(found).tolist())) if found else set()
+            if both:
+                out[path] = both
+        return out
 
     async def _drop_spilled(self, drop: dict[str, set[Coord]], paths: dict[NodeId, str]) -> None:
         """Remove the coordinates ``drop`` (per array path) from the spilled segments that

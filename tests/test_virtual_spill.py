@@ -26,6 +26,7 @@ from frazil import (
     runtime,
 )
 from frazil.format import txlog as tx
+from frazil.rebase import RowSet
 
 PREFIX = "s3://bucket"
 ROWS, COLS = 12, 10  # the chunk grid
@@ -254,3 +255,32 @@ def test_an_array_created_in_the_same_session(repo: frazil.Repository) -> None:
     ref = runtime.run(r.chunk_ref("b", (3, 4)))
     assert ref is not None and ref.offset == 34
     assert len(runtime.run(r.chunk_coords("b"))) == 99
+
+
+def test_both_sides_spilled_conflict_and_ours_can_win(repo: frazil.Repository) -> None:
+    ours, theirs = repo.writable_session("main"), repo.writable_session("main")
+    stage(theirs, 0, 60, "f2")
+    stage(ours, 50, 120, "f1")
+    assert table(ours).spilled and table(theirs).spilled
+    theirs.commit("theirs")
+    with pytest.raises(RebaseFailedError) as info:
+        ours.commit("ours", rebase_with=ConflictDetector())
+    (c,) = info.value.conflicts
+    assert c.conflicted_chunks == tuple(map(tuple, grid(50, 60).tolist()))
+    ours.commit("ours", rebase_with=BasicConflictSolver())  # UseOurs
+    assert refs(repo.readonly_session("main")) == expected((0, 60, "f2", 0), (50, 120, "f1", 0))
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_rowset_finds_common_rows(big: bool) -> None:
+    """``RowSet`` packs coordinates into int64 keys, and keeps whole rows when some do
+    not fit (a coordinate of 2^40 in 2-D does not)."""
+    far = 1 << 40 if big else 7
+    mine = RowSet([np.array([[0, 1], [2, 3]]), np.array([[far, 0], [5, 5]])], 2)
+    assert (mine.keys is None) == big
+    other = np.array([[5, 5], [0, 2], [far, 0], [1 << 50, 1], [-1, 0], [0, 1]])
+    assert mine.common(other).tolist() == [[5, 5], [far, 0], [0, 1]]
+    assert mine.common(np.zeros((0, 2), np.int64)).shape == (0, 2)
+    scalar = RowSet([np.zeros((1, 0), np.int64)], 0)
+    assert scalar.common(np.zeros((2, 0), np.int64)).shape == (2, 0)
+    assert RowSet([], 0).common(np.zeros((1, 0), np.int64)).shape == (0, 0)
