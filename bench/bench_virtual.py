@@ -6,13 +6,15 @@ virtual ref per chunk, staged as a tool converting a big archive would: one
 ``session.set_virtual_refs_arrays`` call per ``--batch`` refs (whole grid rows, with
 ``indices=``), pointing into ``--files`` source files (an Arrow dictionary array of
 locations, with offsets and lengths); then the session commits, and a few refs are read
-back from a new session to check them. Nothing is read from the sources. Prints one JSON
+back from a new session to check them (``--concurrent``: another session commits one of
+those chunks first, so the commit rebases over it and keeps ours). Nothing is read from
+the sources. Prints one JSON
 object: the time to stage, to commit, and both; the process's peak RSS (getrusage) after
 staging and after the commit; the manifest bytes on disk per ref. Run each size in a
 fresh process (the peak is the process's).
 
     python bench/bench_virtual.py [--refs 10000000] [--batch 1000000] [--files 300]
-        [--root DIR]
+        [--concurrent] [--root DIR]
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ def _rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run(root: str, refs: int, files: int, batch: int, rows: int) -> dict[str, Any]:
+def run(
+    root: str, refs: int, files: int, batch: int, rows: int, concurrent: bool = False
+) -> dict[str, Any]:
     cfg = frazil.RepositoryConfig.default()
     cfg.set_virtual_chunk_container(
         frazil.VirtualChunkContainer(PREFIX, frazil.s3_store(region="us-east-1"))
@@ -81,7 +85,14 @@ def run(root: str, refs: int, files: int, batch: int, rows: int) -> dict[str, An
         del flat, indices, locations, offsets, lengths
     t1 = time.perf_counter()
     rss_staged = _rss_mib()
-    session.commit(f"{staged} virtual refs")
+    solver = None
+    if concurrent:  # another writer lands one chunk first: the commit rebases over it
+        other = repo.writable_session("main")
+        other.set_virtual_ref("temperature", (0, 0), f"{PREFIX}/other.nc", offset=0, length=400)
+        other.commit("a concurrent commit")
+        solver = frazil.BasicConflictSolver()  # ours wins the one chunk both wrote
+        t1 = time.perf_counter()
+    session.commit(f"{staged} virtual refs", rebase_with=solver)
     t2 = time.perf_counter()
     rss_committed = _rss_mib()
     mdir = os.path.join(root, "manifests")
@@ -103,6 +114,7 @@ def run(root: str, refs: int, files: int, batch: int, rows: int) -> dict[str, An
         "total_s": round(t2 - t0, 3),
         "manifest_bytes": manifest_bytes,
         "manifest_bytes_per_ref": round(manifest_bytes / staged, 2),
+        "rebased": concurrent,
         "rss_before_mib": rss_before,
         "peak_rss_staged_mib": rss_staged,
         "peak_rss_mib": rss_committed,
@@ -116,13 +128,18 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1000, help="rows of the chunk grid")
     ap.add_argument("--files", type=int, default=300)
     ap.add_argument("--root", default=None, help="an empty folder for the repository")
+    ap.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="land a one-chunk commit first, so the commit rebases (and conflicts on it)",
+    )
     args = ap.parse_args()
+    opts = (args.refs, args.files, args.batch, args.rows, args.concurrent)
     if args.root:
-        print(json.dumps(run(args.root, args.refs, args.files, args.batch, args.rows)))
+        print(json.dumps(run(args.root, *opts)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        out = run(os.path.join(tmp, "repo"), args.refs, args.files, args.batch, args.rows)
-        print(json.dumps(out))
+        print(json.dumps(run(os.path.join(tmp, "repo"), *opts)))
 
 
 if __name__ == "__main__":

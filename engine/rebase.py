@@ -119,7 +119,7 @@ class RowSet:
                 keys = None
             else:
                 kept.append(part)
-        self.keys = np.unique(np.concatenate(keys)) if keys else None
+        self.keys = np.sort(np.concatenate(keys)) if keys else None  # (np.unique hashes: slow)
         self.rows = np.concatenate(kept) if keys is None and kept else None
 
     def common(self, rows: np.ndarray) -> np.ndarray:
