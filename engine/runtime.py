@@ -93,8 +93,20 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-    """Start ``coro`` on the engine's loop from another thread; its future."""
-    return asyncio.run_coroutine_threadsafe(coro, loop())
+    """Start ``coro`` on the engine's loop from another thread; its future (waiting for
+    it from the loop itself would never end, so that is refused as ``run`` does)."""
+    target = loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is target:
+        coro.close()
+        raise RuntimeError(
+            "frazil: a blocking call was made from the engine's own event loop; "
+            "use the async method instead"
+        )
+    return asyncio.run_coroutine_threadsafe(coro, target)
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
