@@ -12,8 +12,9 @@ keeps only their ``SegmentRef`` values (``spilled``, oldest first), so staging a
 of refs holds at most about ``SPILL_ROWS`` of them in memory. Spilled segments act as the
 newest segments of the array: the commit puts them in front of the array's list (newest
 spill first) and its in-memory part in front of them. Every write clears the coordinate
-in memory only, so a staged in-memory ref always shadows the spilled ones, and a later
-spill shadows an earlier one.
+in memory only, so a staged in-memory ref always shadows the spilled ones; a spill
+rewrites the earlier spilled segments that hold refs it replaces (``Session._spill``), so
+spilled segments never overlap.
 """
 
 from __future__ import annotations
@@ -248,10 +249,11 @@ class ChunkTable:
 
     def spill_parts(
         self, split_rows: int
-    ) -> tuple[list[VirtualBlock], Iterator[tuple[np.ndarray, pa.Table]]]:
-        """The in-memory blocks now, and their live refs sorted by coordinate in parts of
-        at most ``split_rows`` (coords, manifest rows), built part by part. The caller
-        writes the parts, then calls ``spilled_to`` with the blocks and the segments."""
+    ) -> tuple[list[VirtualBlock], np.ndarray, Iterator[tuple[np.ndarray, pa.Table]]]:
+        """The in-memory blocks now, the packed keys of their live refs (sorted), and
+        those refs in coordinate order in parts of at most ``split_rows`` (coords,
+        manifest rows), built part by part. The caller writes the parts, then calls
+        ``spilled_to``."""
         blocks = list(self.blocks)
         keys, gidx = self._live_virtual()
         order = np.argsort(keys, kind="stable")  # packed keys sort as coordinates do
@@ -264,13 +266,16 @@ class ChunkTable:
                 sel = slice(start, start + split_rows)
                 yield self._coords(keys[sel]), _block_rows(blocks, starts, gidx[sel])
 
-        return blocks, parts()
+        return blocks, keys, parts()
 
-    def spilled_to(self, blocks: list[VirtualBlock], segments: list[SegmentRef]) -> None:
-        """``blocks`` (from ``spill_parts``) are now the segments ``segments``: forget them.
-        (Writes since then only cleared rows in them, and in-memory refs shadow spilled
-        ones, so nothing staged meanwhile is lost.)"""
-        self.spilled.extend(segments)  # first, so a read meanwhile finds the refs
+    def spilled_to(
+        self, blocks: list[VirtualBlock], older: list[SegmentRef], segments: list[SegmentRef]
+    ) -> None:
+        """``blocks`` (from ``spill_parts``) are now the segments ``segments``, and the
+        earlier spilled segments are ``older`` (rewritten without the refs the new ones
+        replace): forget the blocks. (Writes since then only cleared rows in them, and
+        in-memory refs shadow spilled ones, so nothing staged meanwhile is lost.)"""
+        self.spilled = [*older, *segments]  # first, so a read meanwhile finds the refs
         gone = {id(b) for b in blocks}
         self.blocks = [b for b in self.blocks if id(b) not in gone]
 

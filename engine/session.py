@@ -21,6 +21,7 @@ from frazil.format import (
     ChunkRef,
     CommitInfo,
     Coord,
+    ManifestSegment,
     NodeChange,
     NodeId,
     NodeRecord,
@@ -700,17 +701,11 @@ class Session:
                 if not hit.any():
                     spilled.append(seg)
                     continue
-                keep = np.flatnonzero(~hit)
-                if not len(keep):
-                    continue
-                rows = m.table.select(
-                    [c for c in m.table.column_names if c not in ("node_id", "coord")]
-                )
-                ref, (key, data) = segment_object(
-                    node_id, m.coords[keep], rows.take(pa.array(keep))
-                )
-                await self._repo.storage.put(key, data)
-                spilled.append(ref)
+                kept = _segment_without(node_id, m, hit)
+                if kept is not None:
+                    ref, (key, data) = kept
+                    await self._repo.storage.put(key, data)
+                    spilled.append(ref)
             table.spilled = spilled
 
     def _spill(self, node_id: NodeId, table: ChunkTable) -> None:
@@ -718,7 +713,8 @@ class Session:
         only their refs (``frazil.changeset``): encoded here, part by part, while the
         engine's loop uploads the parts before (at most ``_SPILL_IN_FLIGHT`` at a time)."""
         with self._changes.lock:  # one consistent view of the blocks; parts built later
-            blocks, parts = table.spill_parts(self._repo.config.split_rows)
+            blocks, keys, parts = table.spill_parts(self._repo.config.split_rows)
+        older = self._trim_spilled(node_id, table, keys)
         segments: list[SegmentRef] = []
         flight: list[Any] = []
         try:
@@ -732,7 +728,38 @@ class Session:
             for f in flight:
                 f.result()
         with self._changes.lock:
-            table.spilled_to(blocks, segments)
+            table.spilled_to(blocks, older, segments)
+
+    def _trim_spilled(
+        self, node_id: NodeId, table: ChunkTable, keys: np.ndarray
+    ) -> list[SegmentRef]:
+        """``table``'s spilled segments without the refs at the packed ``keys`` (sorted;
+        a new spill replaces them), so spilled segments never overlap and the merge
+        policy never finds shadowed refs to merge away. Only a segment whose key range
+        (from its extents) holds one of ``keys`` is read; one that does is written again
+        without them (the old one becomes garbage)."""
+        out = []
+        for seg in table.spilled:
+            bounds = table.pack(np.array([seg.extent_min, seg.extent_max], np.int64))
+            if bounds is not None and len(keys):
+                i = int(np.searchsorted(keys, bounds[0]))
+                if i >= len(keys) or keys[i] > bounds[1]:
+                    out.append(seg)
+                    continue
+            m = runtime.run(self._repo.reader.manifest(seg, cache=False))
+            packed = table.pack(m.coords)
+            assert packed is not None  # spilled coordinates came from packed keys
+            at = np.minimum(np.searchsorted(keys, packed), max(len(keys) - 1, 0))
+            hit = keys[at] == packed if len(keys) else np.zeros(len(packed), bool)
+            if not hit.any():
+                out.append(seg)
+                continue
+            kept = _segment_without(node_id, m, hit)
+            if kept is not None:
+                ref, (key, data) = kept
+                runtime.run(self._repo.storage.put(key, data))
+                out.append(ref)
+        return out
 
     # -- fork and merge --------------------------------------------------------------------
     def fork(self, *, journal: bool = True) -> ForkSession:
@@ -1220,6 +1247,17 @@ class ForkSession(Session):
 
 
 _SPILL_IN_FLIGHT = 8  # spilled segments uploading at once
+
+
+def _segment_without(
+    node_id: NodeId, m: ManifestSegment, hit: np.ndarray
+) -> tuple[SegmentRef, tuple[str, bytes]] | None:
+    """The segment ``m`` without its rows where ``hit``, encoded anew (None: no row left)."""
+    keep = np.flatnonzero(~hit)
+    if not len(keep):
+        return None
+    rows = m.table.select([c for c in m.table.column_names if c not in ("node_id", "coord")])
+    return segment_object(node_id, m.coords[keep], rows.take(pa.array(keep)))
 
 
 def _rows_in(coords: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -224,20 +224,25 @@ def test_forks_do_not_spill(repo: frazil.Repository) -> None:
     assert refs(repo.readonly_session("main")) == expected((0, 100, "f1", 0))
 
 
-def test_the_next_commit_merges_overlapping_spills(repo: frazil.Repository) -> None:
+def test_a_spill_removes_what_it_replaces_from_earlier_spills(repo: frazil.Repository) -> None:
+    """Spilled segments never overlap: a spill rewrites the earlier segments holding refs
+    it replaces (and only those), so no shadowed ref is committed for a later merge."""
     s = repo.writable_session("main")
-    stage(s, 0, 120, "f1")
-    stage(s, 0, 120, "f2", 100)
-    s.commit("twice")
-    s = repo.writable_session("main")
-    stage(s, 0, 1, "f3")
-    s.commit("one more")
+    stage(s, 0, 60, "f1")  # 4 segments: 0-15, 16-31, 32-47, 48-59
+    first = list(table(s).spilled)
+    assert [seg.rows for seg in first] == [16, 16, 16, 12]
+    stage(s, 44, 100, "f2")  # replaces 44-59: the last two are rewritten
+    spilled = table(s).spilled
+    assert spilled[:2] == first[:2] and first[2] not in spilled and first[3] not in spilled
+    assert [seg.rows for seg in spilled[:3]] == [16, 16, 12]  # 32-43; 48-59 all replaced
+    assert sum(seg.rows for seg in spilled) == 100
+    stage(s, 0, 120, "f3", 100)  # replaces everything: nothing older is left
+    assert sum(seg.rows for seg in table(s).spilled) == 120
+    s.commit("overlapping")
     r = repo.readonly_session("main")
-    want = expected((0, 120, "f2", 100), (0, 1, "f3", 0))
-    assert refs(r) == want
+    assert refs(r) == expected((0, 120, "f3", 100))
     node = r.node("/a")
-    # the shadowed refs of the first spill are gone: 120 merged rows and the new one
-    assert node is not None and sum(seg.rows for seg in node.segments) == 121
+    assert node is not None and sum(seg.rows for seg in node.segments) == 120
 
 
 def test_an_array_created_in_the_same_session(repo: frazil.Repository) -> None:
