@@ -14,7 +14,7 @@ staging and after the commit; the manifest bytes on disk per ref. Run each size 
 fresh process (the peak is the process's).
 
     python bench/bench_virtual.py [--refs 10000000] [--batch 1000000] [--files 300]
-        [--concurrent] [--root DIR]
+        [--spill-rows N] [--concurrent] [--root DIR]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pyarrow as pa
 import zarr
 
 import frazil
-from frazil import runtime
+from frazil import changeset, runtime
 
 PREFIX = "s3://bench-sources"
 
@@ -115,6 +115,7 @@ def run(
         "manifest_bytes": manifest_bytes,
         "manifest_bytes_per_ref": round(manifest_bytes / staged, 2),
         "rebased": concurrent,
+        "spill_rows": changeset.SPILL_ROWS,
         "rss_before_mib": rss_before,
         "peak_rss_staged_mib": rss_staged,
         "peak_rss_mib": rss_committed,
@@ -129,11 +130,19 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=300)
     ap.add_argument("--root", default=None, help="an empty folder for the repository")
     ap.add_argument(
+        "--spill-rows",
+        type=int,
+        default=None,
+        help="frazil.changeset.SPILL_ROWS for this run (a huge value: never spill)",
+    )
+    ap.add_argument(
         "--concurrent",
         action="store_true",
         help="land a one-chunk commit first, so the commit rebases (and conflicts on it)",
     )
     args = ap.parse_args()
+    if args.spill_rows is not None:
+        changeset.SPILL_ROWS = args.spill_rows
     opts = (args.refs, args.files, args.batch, args.rows, args.concurrent)
     if args.root:
         print(json.dumps(run(args.root, *opts)))
