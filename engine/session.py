@@ -978,6 +978,12 @@ class Session:
         ``last_modified`` optionally pin each ref. Returns the number of refs staged.
         With ``validate_containers``, any location under no declared container is
         refused (``InvalidInputError``) and nothing is staged.
+
+        Once an array has ``frazil.changeset.SPILL_ROWS`` staged refs in memory, they are
+        written out now as manifest segments (so staging any number of refs takes
+        bounded memory; pass them in batches of a few million). If that write fails,
+        the refs stay staged in memory and the storage error is raised; the next call
+        or the commit writes them.
         """
         self._check_writable()
         rec, meta = self._array(path)

@@ -289,3 +289,29 @@ def test_rowset_finds_common_rows(big: bool) -> None:
     scalar = RowSet([np.zeros((1, 0), np.int64)], 0)
     assert scalar.common(np.zeros((2, 0), np.int64)).shape == (2, 0)
     assert RowSet([], 0).common(np.zeros((1, 0), np.int64)).shape == (0, 0)
+
+
+def test_a_failed_spill_loses_nothing() -> None:
+    """The store refuses the spill's writes: the call raises, the refs stay staged in
+    memory, and the next spill (or the commit) writes them."""
+    flaky = frazil.FaultInjectingStorage(frazil.in_memory_storage(), seed=1)
+    cfg = frazil.RepositoryConfig.default()
+    cfg.manifest_split_rows = 16
+    cfg.set_virtual_chunk_container(
+        frazil.VirtualChunkContainer(PREFIX, frazil.s3_store(region="us-east-1"))
+    )
+    repo = frazil.Repository.create(flaky, cfg)
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(ROWS * 10, COLS * 10), chunks=(10, 10), dtype="<f4")
+    s.commit("the array")
+    s = repo.writable_session("main")
+    flaky.error_rate = 1.0
+    with pytest.raises(frazil.StorageError):
+        stage(s, 0, 60, "f1")
+    assert not table(s).spilled and table(s).block_rows() == 60
+    assert refs(s) == expected((0, 60, "f1", 0))
+    flaky.error_rate = 0.0
+    stage(s, 60, 61, "f2")
+    assert table(s).spilled and table(s).block_rows() == 0
+    s.commit("x")
+    assert refs(repo.readonly_session("main")) == expected((0, 60, "f1", 0), (60, 61, "f2", 0))
