@@ -101,26 +101,52 @@ def row_keys(rows: np.ndarray) -> np.ndarray | None:
 
 
 class RowSet:
-    """A set of chunk coordinates of one array, built from parts (n x ndim each) and held
-    as sorted packed keys (8 bytes a chunk; rows kept whole only if some do not pack), to
-    find which of many other coordinates are in it without a Python object per chunk."""
+    """A set of chunk coordinates of one array, added part by part (n x ndim each) and
+    held as sorted packed keys (8 bytes a chunk; rows kept whole only if some do not
+    pack), to find which of many other coordinates are in it without a Python object per
+    chunk."""
 
     def __init__(self, parts: Iterable[np.ndarray], ndim: int) -> None:
         self.ndim = ndim
-        kept: list[np.ndarray] = []
-        keys: list[np.ndarray] | None = []
+        self._keys: list[np.ndarray] | None = []
+        self._kept: list[np.ndarray] = []
+        self._done: tuple[np.ndarray | None, np.ndarray | None] | None = None
         for part in parts:
-            part = np.asarray(part, np.int64).reshape(len(part), ndim)
-            k = row_keys(part) if keys is not None else None
-            if keys is not None and k is not None:
-                keys.append(k)
-            elif keys is not None:  # some rows do not pack: keep rows from here on
-                kept = [_unpack(x, ndim) for x in keys] + [part]
-                keys = None
+            self.add(part)
+
+    def add(self, part: np.ndarray) -> None:
+        """Add the coordinates ``part`` (n x ndim)."""
+        part = np.asarray(part, np.int64).reshape(len(part), self.ndim)
+        self._done = None
+        k = row_keys(part) if self._keys is not None else None
+        if self._keys is not None and k is not None:
+            self._keys.append(k)
+        elif self._keys is not None:  # some rows do not pack: keep rows from here on
+            self._kept = [_unpack(x, self.ndim) for x in self._keys] + [part]
+            self._keys = None
+        else:
+            self._kept.append(part)
+
+    @property
+    def keys(self) -> np.ndarray | None:
+        """The sorted packed keys (None if rows are kept whole)."""
+        return self._finish()[0]
+
+    @property
+    def rows(self) -> np.ndarray | None:
+        return self._finish()[1]
+
+    def _finish(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if self._done is None:
+            if self._keys is not None:  # sorted, not np.unique: its hash path is slow
+                keys = np.sort(np.concatenate(self._keys)) if self._keys else None
+                self._keys = [] if keys is None else [keys]
+                self._done = (keys, None)
             else:
-                kept.append(part)
-        self.keys = np.sort(np.concatenate(keys)) if keys else None  # (np.unique hashes: slow)
-        self.rows = np.concatenate(kept) if keys is None and kept else None
+                rows = np.concatenate(self._kept) if self._kept else None
+                self._kept = [] if rows is None else [rows]
+                self._done = (None, rows)
+        return self._done
 
     def common(self, rows: np.ndarray) -> np.ndarray:
         """The rows of ``rows`` (n x ndim) that are in the set."""

@@ -667,11 +667,9 @@ class Session:
             path = paths.get(node_id)
             if path is None or path not in theirs or not len(table):
                 continue
-
-            async def spilled(t: ChunkTable = table) -> list[np.ndarray]:
-                return [(await reader.manifest(s, cache=False)).coords for s in t.spilled]
-
-            mine = RowSet([table.kinds()[0], *await spilled()], table.ndim)
+            mine = RowSet([table.kinds()[0]], table.ndim)
+            for seg in table.spilled:  # one segment in memory at a time
+                mine.add((await reader.manifest(seg, cache=False)).coords)
             found: list[np.ndarray] = []
             for change in theirs[path]:
                 if change.chunks is not None and change.chunks.shape[1:] == (table.ndim,):
