@@ -14,7 +14,7 @@ staging and after the commit; the manifest bytes on disk per ref. Run each size 
 fresh process (the peak is the process's).
 
     python bench/bench_virtual.py [--refs 10000000] [--batch 1000000] [--files 300]
-        [--spill-rows N] [--concurrent] [--root DIR]
+        [--spill-rows N] [--concurrent] [--icechunk] [--root DIR]
 """
 
 from __future__ import annotations
@@ -122,6 +122,62 @@ def run(
     }
 
 
+def run_icechunk(root: str, refs: int, files: int, batch: int, rows: int) -> dict[str, Any]:
+    """The same refs staged through Icechunk's ``store.set_virtual_refs`` (one
+    ``VirtualChunkSpec`` per chunk, in the same batches) and committed."""
+    import icechunk as ic  # a benchmark dependency only
+
+    cfg = ic.RepositoryConfig.default()
+    cfg.set_virtual_chunk_container(
+        ic.VirtualChunkContainer(PREFIX + "/", ic.s3_store(region="us-east-1"))
+    )
+    repo = ic.Repository.create(ic.local_filesystem_storage(root), cfg)
+    session = repo.writable_session("main")
+    cols = -(-refs // rows)
+    total = rows * cols
+    zarr.create_array(
+        session.store,
+        name="temperature",
+        shape=(rows * 10, cols * 10),
+        chunks=(10, 10),
+        dtype="<f4",
+        fill_value=0.0,
+        compressors=None,
+    )
+    session.commit("create the array")
+    names = [f"{PREFIX}/run/file_{i:05d}.nc" for i in range(files)]
+    per_file = -(-total // files)
+    rows_per_call = max(1, batch // cols)
+    session = repo.writable_session("main")
+    t0 = time.perf_counter()
+    staged = 0
+    for r0 in range(0, rows, rows_per_call):
+        flat = range(r0 * cols, min(rows, r0 + rows_per_call) * cols)
+        specs = [
+            ic.VirtualChunkSpec(
+                [n // cols, n % cols], names[n // per_file], 4096 + (n % per_file) * 400, 400
+            )
+            for n in flat
+        ]
+        session.store.set_virtual_refs("temperature", specs)
+        staged += len(specs)
+        del specs
+    t1 = time.perf_counter()
+    rss_staged = _rss_mib()
+    session.commit(f"{staged} virtual refs")
+    t2 = time.perf_counter()
+    return {
+        "engine": f"icechunk {ic.__version__}",
+        "refs": staged,
+        "batch": rows_per_call * cols,
+        "stage_s": round(t1 - t0, 3),
+        "commit_s": round(t2 - t1, 3),
+        "total_s": round(t2 - t0, 3),
+        "peak_rss_staged_mib": rss_staged,
+        "peak_rss_mib": _rss_mib(),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--refs", type=int, default=10_000_000)
@@ -129,6 +185,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1000, help="rows of the chunk grid")
     ap.add_argument("--files", type=int, default=300)
     ap.add_argument("--root", default=None, help="an empty folder for the repository")
+    ap.add_argument(
+        "--icechunk",
+        action="store_true",
+        help="stage the same refs through Icechunk instead (pip install icechunk)",
+    )
     ap.add_argument(
         "--spill-rows",
         type=int,
@@ -143,6 +204,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.spill_rows is not None:
         changeset.SPILL_ROWS = args.spill_rows
+    if args.icechunk:
+        with tempfile.TemporaryDirectory() as tmp:
+            where = args.root or os.path.join(tmp, "repo")
+            print(json.dumps(run_icechunk(where, args.refs, args.files, args.batch, args.rows)))
+        return
     opts = (args.refs, args.files, args.batch, args.rows, args.concurrent)
     if args.root:
         print(json.dumps(run(args.root, *opts)))
