@@ -5,6 +5,16 @@ native/virtual refs, tombstones) keyed by the chunk coordinates packed into one 
 staged inline chunk costs about 130 bytes and the commit turns a table into Arrow columns
 in bulk. Virtual refs set in bulk stay columnar (``VirtualBlock``: sorted packed keys and
 an Arrow table), about 30 bytes a ref, with no Python object per chunk.
+
+Past ``SPILL_ROWS`` live refs in an array's blocks, the session *spills* them: it writes
+them out as ordinary manifest segments (sorted, cut at ``manifest_split_rows``) and the table
+keeps only their ``SegmentRef`` values (``spilled``, oldest first), so staging any number
+of refs holds at most about ``SPILL_ROWS`` of them in memory. Spilled segments act as the
+newest segments of the array: the commit puts them in front of the array's list (newest
+spill first) and its in-memory part in front of them. Every write clears the coordinate
+in memory only, so a staged in-memory ref always shadows the spilled ones; a spill
+rewrites the earlier spilled segments that hold refs it replaces (``Session._spill``), so
+spilled segments never overlap.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from frazil.format import ChunkKind, ChunkRef, Coord, NodeId, NodeRecord
+from frazil.format import ChunkKind, ChunkRef, Coord, NodeId, NodeRecord, SegmentRef
 from frazil.format.manifest import (
     TOMBSTONE,
     inline_rows,
@@ -29,6 +39,10 @@ from frazil.format.manifest import (
 )
 
 from . import runtime
+
+SPILL_ROWS = 1 << 21
+"""Live virtual refs an array's in-memory blocks may hold before the session spills them
+to manifest segments (set lower to exercise the spill path in tests)."""
 
 Key = int | tuple[int, ...]
 KeySet = set[Key]
@@ -98,7 +112,7 @@ class ChunkTable:
     every write clears the coordinate in the dicts and in the virtual blocks first.
     """
 
-    __slots__ = ("ndim", "_bits", "_limit", "inline", "refs", "deleted", "blocks")
+    __slots__ = ("ndim", "_bits", "_limit", "inline", "refs", "deleted", "blocks", "spilled")
 
     def __init__(self, ndim: int) -> None:
         self.ndim = ndim
@@ -108,6 +122,8 @@ class ChunkTable:
         self.refs: dict[Key, ChunkRef] = {}
         self.deleted: set[Key] = set()
         self.blocks: list[VirtualBlock] = []
+        #: segments spilled during staging, oldest first (see the module docstring)
+        self.spilled: list[SegmentRef] = []
 
     def key(self, coord: Coord) -> Key:
         if self.ndim == 1:
@@ -183,18 +199,7 @@ class ChunkTable:
         return np.concatenate(keys), np.concatenate(rows)
 
     def _virtual_manifest_rows(self, gidx: np.ndarray) -> pa.Table:
-        starts = np.cumsum([0] + [len(b.keys) for b in self.blocks])
-        which = np.searchsorted(starts, gidx, side="right") - 1
-        tables, positions = [], []
-        for bi in np.unique(which).tolist():
-            pos = np.flatnonzero(which == bi)
-            tables.append(self.blocks[bi].manifest_rows(gidx[pos] - starts[bi]))
-            positions.append(pos)
-        if len(tables) == 1:
-            return tables[0]
-        return pa.concat_tables(tables).take(
-            pa.array(np.argsort(np.concatenate(positions), kind="stable"))
-        )
+        return _block_rows(self.blocks, np.cumsum([0] + [len(b.keys) for b in self.blocks]), gidx)
 
     def set_inline(self, coord: Coord, data: bytes) -> None:
         k = self.key(coord)
@@ -229,12 +234,50 @@ class ChunkTable:
         return None
 
     def __len__(self) -> int:
+        """Staged refs (spilled ones counted per segment row, shadowed or not)."""
         return (
             len(self.inline)
             + len(self.refs)
             + len(self.deleted)
-            + sum(int(np.count_nonzero(b.live)) for b in self.blocks)
+            + self.block_rows()
+            + sum(s.rows for s in self.spilled)
         )
+
+    def block_rows(self) -> int:
+        """Live refs in the in-memory virtual blocks."""
+        return sum(int(np.count_nonzero(b.live)) for b in self.blocks)
+
+    def spill_parts(
+        self, split_rows: int
+    ) -> tuple[list[VirtualBlock], np.ndarray, Iterator[tuple[np.ndarray, pa.Table]]]:
+        """The in-memory blocks now, the packed keys of their live refs (sorted), and
+        those refs in coordinate order in parts of at most ``split_rows`` (coords,
+        manifest rows), built part by part. The caller writes the parts, then calls
+        ``spilled_to``."""
+        blocks = list(self.blocks)
+        keys, gidx = self._live_virtual()
+        order = np.argsort(keys, kind="stable")  # packed keys sort as coordinates do
+        keys, gidx = keys[order], gidx[order]
+        del order
+        starts = np.cumsum([0] + [len(b.keys) for b in blocks])
+
+        def parts() -> Iterator[tuple[np.ndarray, pa.Table]]:
+            for start in range(0, len(keys), split_rows):
+                sel = slice(start, start + split_rows)
+                yield self._coords(keys[sel]), _block_rows(blocks, starts, gidx[sel])
+
+        return blocks, keys, parts()
+
+    def spilled_to(
+        self, blocks: list[VirtualBlock], older: list[SegmentRef], segments: list[SegmentRef]
+    ) -> None:
+        """``blocks`` (from ``spill_parts``) are now the segments ``segments``, and the
+        earlier spilled segments are ``older`` (rewritten without the refs the new ones
+        replace): forget the blocks. (Writes since then only cleared rows in them, and
+        in-memory refs shadow spilled ones, so nothing staged meanwhile is lost.)"""
+        self.spilled = [*older, *segments]  # first, so a read meanwhile finds the refs
+        gone = {id(b) for b in blocks}
+        self.blocks = [b for b in self.blocks if id(b) not in gone]
 
     def __copy__(self) -> ChunkTable:
         other = ChunkTable(self.ndim)
@@ -242,16 +285,18 @@ class ChunkTable:
         other.refs = dict(self.refs)
         other.deleted = set(self.deleted)
         other.blocks = [b.copy() for b in self.blocks]
+        other.spilled = list(self.spilled)
         return other
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.ndim, self.inline, self.refs, self.deleted, self.blocks)
+        return (self.ndim, self.inline, self.refs, self.deleted, self.blocks, self.spilled)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         ndim, inline, refs, deleted = state[:4]
         self.__init__(ndim)  # type: ignore[misc]
         self.inline, self.refs, self.deleted = inline, refs, deleted
         self.blocks = list(state[4]) if len(state) > 4 else []
+        self.spilled = list(state[5]) if len(state) > 5 else []
 
     def _int_keys(self) -> np.ndarray:
         """Every staged packed key (tuple keys aside)."""
@@ -390,6 +435,22 @@ class ChunkTable:
         if not coords:
             return np.zeros((0, self.ndim), np.int64), np.zeros(0, np.int8)
         return np.concatenate(coords), np.concatenate(kinds)
+
+
+def _block_rows(blocks: list[VirtualBlock], starts: np.ndarray, gidx: np.ndarray) -> pa.Table:
+    """Manifest rows of the rows ``gidx`` (numbered across ``blocks``, which start at
+    ``starts``), in the order given."""
+    which = np.searchsorted(starts, gidx, side="right") - 1
+    tables, positions = [], []
+    for bi in np.unique(which).tolist():
+        pos = np.flatnonzero(which == bi)
+        tables.append(blocks[bi].manifest_rows(gidx[pos] - starts[bi]))
+        positions.append(pos)
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables).take(
+        pa.array(np.argsort(np.concatenate(positions), kind="stable"))
+    )
 
 
 @dataclass(eq=False)

@@ -60,6 +60,24 @@ class CommitPlan:
         return [*self.manifests, self.log, (snapshot_key(self.snapshot.id), self.snapshot_bytes)]
 
 
+def segment_object(
+    node_id: NodeId, coords: np.ndarray, rows: pa.Table
+) -> tuple[SegmentRef, tuple[str, bytes]]:
+    """One (sorted coords, rows) part encoded as a manifest segment object: its ref and
+    (key, bytes)."""
+    mid = ManifestId.new()
+    data = encode_manifest_table(mid, node_id, coords, rows)
+    ref = SegmentRef(
+        mid,
+        checksum(data),
+        len(data),
+        len(coords),
+        tuple(coords.min(axis=0).tolist()),
+        tuple(coords.max(axis=0).tolist()),
+    )
+    return ref, (manifest_key(mid), data)
+
+
 def build_segments(
     node_id: NodeId, parts: Iterable[tuple[np.ndarray, pa.Table]]
 ) -> tuple[list[SegmentRef], list[tuple[str, bytes]], np.ndarray | None]:
@@ -69,19 +87,9 @@ def build_segments(
     objects: list[tuple[str, bytes]] = []
     all_coords: list[np.ndarray] = []
     for part, rows in parts:
-        mid = ManifestId.new()
-        data = encode_manifest_table(mid, node_id, part, rows)
-        segs.append(
-            SegmentRef(
-                mid,
-                checksum(data),
-                len(data),
-                len(part),
-                tuple(part.min(axis=0).tolist()),
-                tuple(part.max(axis=0).tolist()),
-            )
-        )
-        objects.append((manifest_key(mid), data))
+        ref, obj = segment_object(node_id, part, rows)
+        segs.append(ref)
+        objects.append(obj)
         all_coords.append(part)
     return segs, objects, (np.concatenate(all_coords) if all_coords else None)
 
@@ -175,17 +183,21 @@ def prepare_commit(
         node = by_id.get(node_id)
         if node is None or node.node_type != ARRAY or not len(table):
             continue
-        # a new array has no older refs for tombstones to hide
-        parts = list(table.segments(split_rows, drop_tombstones=node_id not in base_ids))
-        if len(parts) == 1 and len(parts[0][0]) <= PACK_ROWS:
+        spilled = tuple(reversed(table.spilled))  # written while staging, newest first
+        if spilled:
+            node = nodes[node.path] = dataclasses.replace(node, segments=(*spilled, *node.segments))
+        # a new array has no older refs for tombstones to hide (nor do spilled ones)
+        drop = node_id not in base_ids and not spilled
+        parts = list(table.segments(split_rows, drop_tombstones=drop))
+        if not spilled and len(parts) == 1 and len(parts[0][0]) <= PACK_ROWS:
             small.append((node_id, *parts[0]))
             continue
         segs, objects, coords = build_segments(node_id, parts)
-        if coords is None:
+        if coords is None and not spilled:
             continue
         manifests.extend(objects)
         nodes[node.path] = dataclasses.replace(node, segments=(*segs, *node.segments))
-        log.append(NodeChange(tx.CHUNKS, node.path, node_id, coords))
+        log.append(NodeChange(tx.CHUNKS, node.path, node_id, coords, spilled))
     packed, objects = pack_segments(small)
     manifests.extend(objects)
     for node_id, coords, _ in small:

@@ -167,7 +167,7 @@ async def _logged_chunks(reader: ObjectReader, infos: list[CommitInfo]) -> dict[
         limit=16,
     )
     chunks: dict[NodeId, set[Coord]] = {}
-    for log in logs:
+    for log in [await reader.expanded_log(x) for x in logs]:
         for change in log.changes:
             if change.chunks is not None:
                 chunks.setdefault(change.node_id, set()).update(map(tuple, change.chunks.tolist()))

@@ -15,6 +15,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+import numpy as np
+
 from frazil.format import (
     ChunkId,
     CommitInfo,
@@ -23,6 +25,7 @@ from frazil.format import (
     HistorySegmentRef,
     ManifestId,
     ManifestSegment,
+    NodeChange,
     SegmentRef,
     Snapshot,
     SnapshotId,
@@ -318,6 +321,24 @@ class ObjectReader:
             raise FormatError(f"{key}: is the transaction log of {log.snapshot_id}, not {sid}")
         self.txlogs.put(sid, log)
         return log
+
+    async def expanded_log(self, log: TransactionLog) -> TransactionLog:
+        """``log`` with every ``chunks`` change's coordinates listed: those of the manifest
+        segments a large commit's log names instead (format version 2) are read and
+        appended (uncached; such a log is big by construction)."""
+        if not any(c.segments for c in log.changes):
+            return log
+        changes = []
+        for c in log.changes:
+            if c.segments:
+                loaded = await runtime.gather_limited(
+                    [self.manifest(s, cache=False) for s in c.segments], limit=16
+                )
+                listed = [] if c.chunks is None else [c.chunks]
+                coords = np.concatenate([*listed, *(m.coords for m in loaded)])
+                c = NodeChange(c.change, c.path, c.node_id, coords)
+            changes.append(c)
+        return dataclasses.replace(log, changes=tuple(changes))
 
     def forget(self) -> None:
         """Drop every cached object (after garbage collection deleted some)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 
+import numpy as np
+
 from frazil.format import ARRAY, ChunkKind, ChunkRef, NodeId, NodeRecord, TransactionLog
 from frazil.format import txlog as tx
 
@@ -44,7 +46,7 @@ def summarize_changes(
             (s.new_arrays if staged.node_type == ARRAY else s.new_groups).add(path)
         elif staged.zarr_json != old.zarr_json:
             (s.updated_arrays if staged.node_type == ARRAY else s.updated_groups).add(path)
-    paths = _paths_by_id(base, changes)
+    paths = paths_by_id(base, changes)
     for node_id, table in changes.chunks.items():
         where = paths.get(node_id)
         if where is not None and len(table):
@@ -55,8 +57,10 @@ def summarize_changes(
     return s
 
 
-def summarize_logs(logs: Iterable[TransactionLog]) -> ChangeSummary:
-    """The union of several commits' changes (oldest first)."""
+def summarize_logs(logs: Iterable[TransactionLog], *, coords: bool = True) -> ChangeSummary:
+    """The union of several commits' changes (oldest first); ``coords=False`` records
+    which arrays had chunk writes, not their coordinates (``RowSet`` finds the chunks
+    both sides wrote in bulk)."""
     s = ChangeSummary()
     targets: dict[str, set[str]] = {
         tx.NEW_GROUP: s.new_groups,
@@ -69,6 +73,9 @@ def summarize_logs(logs: Iterable[TransactionLog]) -> ChangeSummary:
     for log in logs:
         for change in log.changes:
             if change.change == tx.CHUNKS:
+                if not coords:
+                    s.written.add(change.path)
+                    continue
                 assert change.chunks is not None
                 s.add_chunks(change.path, map(tuple, change.chunks.tolist()))
             else:
@@ -78,7 +85,98 @@ def summarize_logs(logs: Iterable[TransactionLog]) -> ChangeSummary:
     return s
 
 
-def _paths_by_id(base: Mapping[str, NodeRecord], changes: ChangeSet) -> dict[NodeId, str]:
+def row_keys(rows: np.ndarray) -> np.ndarray | None:
+    """Chunk coordinates (n x ndim) packed into one int64 each (``ndim`` fields of
+    ``63 // ndim`` bits, so equal keys are equal rows); None if some row does not fit."""
+    n, ndim = rows.shape
+    if ndim == 0:
+        return np.zeros(n, np.int64)
+    bits = 63 // ndim
+    if n and (rows.min() < 0 or rows.max() >= 1 << bits):
+        return None
+    keys = np.zeros(n, np.int64)
+    for d in range(ndim):
+        keys = (keys << bits) | rows[:, d].astype(np.int64)
+    return keys
+
+
+class RowSet:
+    """A set of chunk coordinates of one array, added part by part (n x ndim each) and
+    held as sorted packed keys (8 bytes a chunk; rows kept whole only if some do not
+    pack), to find which of many other coordinates are in it without a Python object per
+    chunk."""
+
+    def __init__(self, parts: Iterable[np.ndarray], ndim: int) -> None:
+        self.ndim = ndim
+        self._keys: list[np.ndarray] | None = []
+        self._kept: list[np.ndarray] = []
+        self._done: tuple[np.ndarray | None, np.ndarray | None] | None = None
+        for part in parts:
+            self.add(part)
+
+    def add(self, part: np.ndarray) -> None:
+        """Add the coordinates ``part`` (n x ndim)."""
+        part = np.asarray(part, np.int64).reshape(len(part), self.ndim)
+        self._done = None
+        k = row_keys(part) if self._keys is not None else None
+        if self._keys is not None and k is not None:
+            self._keys.append(k)
+        elif self._keys is not None:  # some rows do not pack: keep rows from here on
+            self._kept = [_unpack(x, self.ndim) for x in self._keys] + [part]
+            self._keys = None
+        else:
+            self._kept.append(part)
+
+    @property
+    def keys(self) -> np.ndarray | None:
+        """The sorted packed keys (None if rows are kept whole)."""
+        return self._finish()[0]
+
+    @property
+    def rows(self) -> np.ndarray | None:
+        return self._finish()[1]
+
+    def _finish(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if self._done is None:
+            if self._keys is not None:  # sorted, not np.unique: its hash path is slow
+                keys = np.sort(np.concatenate(self._keys)) if self._keys else None
+                self._keys = [] if keys is None else [keys]
+                self._done = (keys, None)
+            else:
+                rows = np.concatenate(self._kept) if self._kept else None
+                self._kept = [] if rows is None else [rows]
+                self._done = (None, rows)
+        return self._done
+
+    def common(self, rows: np.ndarray) -> np.ndarray:
+        """The rows of ``rows`` (n x ndim) that are in the set."""
+        rows = np.asarray(rows, np.int64).reshape(len(rows), self.ndim)
+        if self.keys is not None and len(self.keys):
+            fits = (
+                np.ones(len(rows), bool)
+                if self.ndim == 0
+                else ((rows >= 0) & (rows < 1 << (63 // self.ndim))).all(axis=1)
+            )
+            cand = rows[fits]
+            k = row_keys(cand)
+            assert k is not None
+            i = np.minimum(np.searchsorted(self.keys, k), len(self.keys) - 1)
+            return cand[self.keys[i] == k]
+        if self.rows is not None and len(self.rows) and len(rows):
+            both = np.concatenate([self.rows, rows])
+            _, inverse = np.unique(both, axis=0, return_inverse=True)
+            inverse = inverse.reshape(-1)
+            return rows[np.isin(inverse[len(self.rows) :], inverse[: len(self.rows)])]
+        return rows[:0]
+
+
+def _unpack(keys: np.ndarray, ndim: int) -> np.ndarray:
+    bits = 63 // ndim
+    cols = [(keys >> (bits * (ndim - 1 - d))) & ((1 << bits) - 1) for d in range(ndim)]
+    return np.stack(cols, axis=1)
+
+
+def paths_by_id(base: Mapping[str, NodeRecord], changes: ChangeSet) -> dict[NodeId, str]:
     paths = {rec.node_id: path for path, rec in base.items()}
     for path, rec in changes.nodes.items():
         if rec is not None:
@@ -104,7 +202,7 @@ def apply_resolution(
             del changes.nodes[path]
     if not resolution.drop_chunks:
         return
-    ids = {path: node_id for node_id, path in _paths_by_id(base, changes).items()}
+    ids = {path: node_id for node_id, path in paths_by_id(base, changes).items()}
     for path, coords in resolution.drop_chunks.items():
         node_id = ids.get(path)
         table = None if node_id is None else changes.chunks.get(node_id)
@@ -190,7 +288,7 @@ def _fold(
         if old is not None and (rec is None or rec.node_id != old.node_id):
             merged.chunks.pop(old.node_id, None)
     conflicts = []
-    paths = _paths_by_id(base, merged)
+    paths = paths_by_id(base, merged)
     for node_id, table in source.chunks.items():
         target = mapped.get(node_id, node_id)
         mine_table = merged.chunks.get(target)

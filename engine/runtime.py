@@ -8,6 +8,7 @@ fresh loop and pool on first use.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import os
 import threading
@@ -89,6 +90,23 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             "use the async method instead"
         )
     return asyncio.run_coroutine_threadsafe(coro, target).result()
+
+
+def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """Start ``coro`` on the engine's loop from another thread; its future (waiting for
+    it from the loop itself would never end, so that is refused as ``run`` does)."""
+    target = loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is target:
+        coro.close()
+        raise RuntimeError(
+            "frazil: a blocking call was made from the engine's own event loop; "
+            "use the async method instead"
+        )
+    return asyncio.run_coroutine_threadsafe(coro, target)
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:

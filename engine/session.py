@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -20,20 +21,24 @@ from frazil.format import (
     ChunkRef,
     CommitInfo,
     Coord,
+    ManifestSegment,
+    NodeChange,
     NodeId,
     NodeRecord,
+    SegmentRef,
     Snapshot,
     SnapshotId,
     TransactionLog,
     checksum,
 )
+from frazil.format import txlog as tx
 from frazil.format.common import BRANCH_REF
 from frazil.format.keys import chunk_key
 from frazil.format.manifest import virtual_rows
 
-from . import runtime
-from .changeset import ChangeSet, row_ref
-from .commit import CommitPlan, commit, prepare_commit
+from . import changeset, runtime
+from .changeset import ChangeSet, ChunkTable, row_ref
+from .commit import CommitPlan, commit, prepare_commit, segment_object
 from .compaction import compact_for_commit
 from .conflicts import ConflictSolver, detect_conflicts
 from .diff import Diff, node_diff
@@ -48,7 +53,14 @@ from .errors import (
 from .history import index_for_child
 from .journal import ForkJournal, delete_journals, new_token, read_journals
 from .merging import merge_for_commit
-from .rebase import apply_resolution, merge_changes, summarize_changes, summarize_logs
+from .rebase import (
+    RowSet,
+    apply_resolution,
+    merge_changes,
+    paths_by_id,
+    summarize_changes,
+    summarize_logs,
+)
 from .refs import Ref, read_ref
 from .storage.base import ByteRange, slice_range
 from .virtual import ChunkType, VirtualChunkSpec
@@ -118,6 +130,7 @@ class Session:
         self._maybe_landed: dict[SnapshotId, CommitPlan] = {}
         self._journal: ForkJournal | None = None  # only fork copies on workers journal
         self._merged_forks: set[str] = set()  # fork ids whose journals a commit removes
+        self._spill_lock = threading.Lock()
 
     def _set_base(self, base: Snapshot) -> None:
         self._base = base
@@ -302,8 +315,23 @@ class Session:
         # called from an event loop (a store method): the store flushes when it returns
 
     # -- chunks ----------------------------------------------------------------------------
+    def _segments_of(self, rec: NodeRecord) -> tuple[SegmentRef, ...]:
+        """``rec``'s segments as this session sees them: the segments its staging spilled
+        (newest first), then the base's."""
+        table = self._changes.chunks.get(rec.node_id)
+        if table is None or not table.spilled:
+            return rec.segments
+        return (*reversed(table.spilled), *rec.segments)
+
+    async def _spilled_coords(self, table: ChunkTable) -> np.ndarray:
+        """Every coordinate in ``table``'s spilled segments (repeats possible)."""
+        loaded = await runtime.gather_limited(
+            [self._repo.reader.manifest(s, cache=False) for s in table.spilled], limit=16
+        )
+        return np.concatenate([m.coords for m in loaded] or [np.zeros((0, table.ndim), np.int64)])
+
     async def _base_ref(self, rec: NodeRecord, coord: Coord) -> ChunkRef | None:
-        for seg in rec.segments:
+        for seg in self._segments_of(rec):
             if seg.covers(coord):
                 m = await self._repo.reader.manifest(seg)
                 i = m.find(coord)
@@ -376,7 +404,7 @@ class Session:
             parts.append(staged_coords)
             kinds.append(staged_kinds)
         segments = await runtime.gather_limited(
-            [self._repo.reader.manifest(s) for s in rec.segments]
+            [self._repo.reader.manifest(s) for s in self._segments_of(rec)]
         )
         for m in segments:
             parts.append(m.coords.reshape(len(m.kinds), meta.ndim))  # -1 fails for 0-d
@@ -400,6 +428,10 @@ class Session:
         chunks = {
             nid: {c for c, _ in t.items()} for nid, t in self._changes.chunks.items() if len(t)
         }
+        for nid, t in self._changes.chunks.items():
+            if t.spilled:
+                coords = runtime.run(self._spilled_coords(t))
+                chunks[nid].update(map(tuple, coords.tolist()))
         return node_diff(self._base_nodes, current, chunks)
 
     def discard_changes(self) -> None:
@@ -593,15 +625,21 @@ class Session:
                     expected_parent=str(self._base.id),
                     actual_parent=str(tip),
                 )
-            theirs = summarize_logs(list(reversed(await asyncio.gather(*logs))))
+            landed = list(reversed(await asyncio.gather(*logs)))
+            theirs = summarize_logs(landed, coords=False)
         finally:  # on an error: no read left running, no failure left unretrieved
             for task in logs:
                 if not task.done():
                     task.cancel()
                 elif not task.cancelled():
                     task.exception()
-        ours = summarize_changes(self._base_nodes, self._changes)
+        ours = summarize_changes(self._base_nodes, self._changes, coords=False)
+        paths = paths_by_id(self._base_nodes, self._changes)
+        for path, both in (await self._written_by_both(landed, paths)).items():
+            ours.add_chunks(path, both)
+            theirs.add_chunks(path, both)
         resolution = solver.solve(detect_conflicts(ours, theirs), str(tip))
+        await self._drop_spilled(resolution.drop_chunks, paths)
         with self._changes.lock:
             apply_resolution(self._base_nodes, self._changes, resolution)
             tip_nodes = {n.path: n for n in new_base.nodes}
@@ -611,6 +649,115 @@ class Session:
                     self._changes.nodes[path] = dataclasses.replace(fresh, zarr_json=rec.zarr_json)
         self._set_base(new_base)
         self._base_checksum = tip_checksum
+
+    async def _written_by_both(
+        self, landed: list[TransactionLog], paths: dict[NodeId, str]
+    ) -> dict[str, set[Coord]]:
+        """Per array path, the chunks both our staged changes and the commits ``landed``
+        wrote (what the conflict rules compare), found in bulk: ours as one ``RowSet``
+        (staged, then spilled segment by segment), theirs streamed change by change and
+        segment by segment, so only the chunks both wrote become Python values."""
+        theirs: dict[str, list[NodeChange]] = {}
+        for log in landed:
+            for c in log.changes:
+                if c.change == tx.CHUNKS:
+                    theirs.setdefault(c.path, []).append(c)
+        reader, out = self._repo.reader, {}
+        for node_id, table in list(self._changes.chunks.items()):
+            path = paths.get(node_id)
+            if path is None or path not in theirs or not len(table):
+                continue
+            mine = RowSet([table.kinds()[0]], table.ndim)
+            for seg in table.spilled:  # one segment in memory at a time
+                mine.add((await reader.manifest(seg, cache=False)).coords)
+            found: list[np.ndarray] = []
+            for change in theirs[path]:
+                if change.chunks is not None and change.chunks.shape[1:] == (table.ndim,):
+                    found.append(mine.common(change.chunks))
+                for seg in change.segments:
+                    m = await reader.manifest(seg, cache=False)
+                    if m.coords.shape[1:] == (table.ndim,):
+                        found.append(mine.common(m.coords))
+            both = set(map(tuple, np.concatenate(found).tolist())) if found else set()
+            if both:
+                out[path] = both
+        return out
+
+    async def _drop_spilled(self, drop: dict[str, set[Coord]], paths: dict[NodeId, str]) -> None:
+        """Remove the coordinates ``drop`` (per array path) from the spilled segments that
+        hold them: each such segment is written again without them (segments are
+        immutable; the old one becomes garbage)."""
+        for node_id, table in self._changes.chunks.items():
+            doomed = drop.get(paths.get(node_id, ""))
+            if not table.spilled or not doomed:
+                continue
+            gone = np.array(sorted(doomed), np.int64).reshape(len(doomed), table.ndim)
+            spilled = []
+            for seg in table.spilled:
+                m = await self._repo.reader.manifest(seg, cache=False)
+                hit = _rows_in(m.coords, gone)
+                if not hit.any():
+                    spilled.append(seg)
+                    continue
+                kept = _segment_without(node_id, m, hit)
+                if kept is not None:
+                    ref, (key, data) = kept
+                    await self._repo.storage.put(key, data)
+                    spilled.append(ref)
+            table.spilled = spilled
+
+    def _spill(self, node_id: NodeId, table: ChunkTable) -> None:
+        """Write ``table``'s in-memory virtual blocks out as manifest segments, keeping
+        only their refs (``frazil.changeset``): encoded here, part by part, while the
+        engine's loop uploads the parts before (at most ``_SPILL_IN_FLIGHT`` at a time)."""
+        with self._changes.lock:  # one consistent view of the blocks; parts built later
+            blocks, keys, parts = table.spill_parts(self._repo.config.split_rows)
+        older = self._trim_spilled(node_id, table, keys)
+        segments: list[SegmentRef] = []
+        flight: list[Any] = []
+        try:
+            for coords, rows in parts:
+                ref, (key, data) = segment_object(node_id, coords, rows)
+                segments.append(ref)
+                flight.append(runtime.submit(self._repo.storage.put(key, data)))
+                if len(flight) >= _SPILL_IN_FLIGHT:
+                    flight.pop(0).result()
+        finally:
+            for f in flight:
+                f.result()
+        with self._changes.lock:
+            table.spilled_to(blocks, older, segments)
+
+    def _trim_spilled(
+        self, node_id: NodeId, table: ChunkTable, keys: np.ndarray
+    ) -> list[SegmentRef]:
+        """``table``'s spilled segments without the refs at the packed ``keys`` (sorted;
+        a new spill replaces them), so spilled segments never overlap and the merge
+        policy never finds shadowed refs to merge away. Only a segment whose key range
+        (from its extents) holds one of ``keys`` is read; one that does is written again
+        without them (the old one becomes garbage)."""
+        out = []
+        for seg in table.spilled:
+            bounds = table.pack(np.array([seg.extent_min, seg.extent_max], np.int64))
+            if bounds is not None and len(keys):
+                i = int(np.searchsorted(keys, bounds[0]))
+                if i >= len(keys) or keys[i] > bounds[1]:
+                    out.append(seg)
+                    continue
+            m = runtime.run(self._repo.reader.manifest(seg, cache=False))
+            packed = table.pack(m.coords)
+            assert packed is not None  # spilled coordinates came from packed keys
+            at = np.minimum(np.searchsorted(keys, packed), max(len(keys) - 1, 0))
+            hit = keys[at] == packed if len(keys) else np.zeros(len(packed), bool)
+            if not hit.any():
+                out.append(seg)
+                continue
+            kept = _segment_without(node_id, m, hit)
+            if kept is not None:
+                ref, (key, data) = kept
+                runtime.run(self._repo.storage.put(key, data))
+                out.append(ref)
+        return out
 
     # -- fork and merge --------------------------------------------------------------------
     def fork(self, *, journal: bool = True) -> ForkSession:
@@ -691,6 +838,12 @@ class Session:
             A fork of another base, or not a ``ForkSession``.
         """
         self._check_writable()
+        if any(t.spilled for t in self._changes.chunks.values()):
+            raise InvalidInputError(
+                "cannot merge forks into a session that staged more than "
+                f"{changeset.SPILL_ROWS} virtual refs of one array (they were written out "
+                "while staging): commit them first, then fork, write and merge"
+            )
         for fork in forks:
             if not isinstance(fork, ForkSession):
                 raise InvalidInputError(
@@ -823,6 +976,12 @@ class Session:
         ``last_modified`` optionally pin each ref. Returns the number of refs staged.
         With ``validate_containers``, any location under no declared container is
         refused (``InvalidInputError``) and nothing is staged.
+
+        Once an array has ``frazil.changeset.SPILL_ROWS`` staged refs in memory, they are
+        written out now as manifest segments (so staging any number of refs takes
+        bounded memory; pass them in batches of a few million). If that write fails,
+        the refs stay staged in memory and the storage error is raised; the next call
+        or the commit writes them.
         """
         self._check_writable()
         rec, meta = self._array(path)
@@ -873,6 +1032,10 @@ class Session:
         else:
             with self._changes.lock:
                 table.add_block(keys, rows)
+            if table.block_rows() >= changeset.SPILL_ROWS and not isinstance(self, ForkSession):
+                with self._spill_lock:  # concurrent callers: one spill at a time
+                    if table.block_rows() >= changeset.SPILL_ROWS:
+                        self._spill(rec.node_id, table)
         if self._journal is not None and len(coords):
             self._journal.block(
                 rec.node_id,
@@ -926,7 +1089,7 @@ class Session:
                 src.append(np.full(len(staged), -1, np.int64))
                 rows.append(np.zeros(len(staged), np.int64))
             segments = await runtime.gather_limited(
-                [self._repo.reader.manifest(s) for s in rec.segments]
+                [self._repo.reader.manifest(s) for s in self._segments_of(rec)]
             )
             for si, m in enumerate(segments):
                 coords.append(m.coords.reshape(len(m.kinds), ndim))
@@ -1085,6 +1248,30 @@ class ForkSession(Session):
 
     def __repr__(self) -> str:
         return f"<frazil.ForkSession branch={self._branch!r} snapshot={self.snapshot_id}>"
+
+
+_SPILL_IN_FLIGHT = 8  # spilled segments uploading at once
+
+
+def _segment_without(
+    node_id: NodeId, m: ManifestSegment, hit: np.ndarray
+) -> tuple[SegmentRef, tuple[str, bytes]] | None:
+    """The segment ``m`` without its rows where ``hit``, encoded anew (None: no row left)."""
+    keep = np.flatnonzero(~hit)
+    if not len(keep):
+        return None
+    rows = m.table.select([c for c in m.table.column_names if c not in ("node_id", "coord")])
+    return segment_object(node_id, m.coords[keep], rows.take(pa.array(keep)))
+
+
+def _rows_in(coords: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Which rows of ``coords`` (n x ndim) are rows of ``wanted`` (k x ndim)."""
+    if not len(coords) or not len(wanted):
+        return np.zeros(len(coords), bool)
+    both = np.concatenate([wanted, coords])
+    _, inverse = np.unique(both, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return np.isin(inverse[len(wanted) :], inverse[: len(wanted)])
 
 
 def _as_list(value: Any) -> list[Any] | None:

@@ -21,8 +21,14 @@ import xxhash
 
 from .errors import FormatError
 
-FORMAT_VERSION = 1
-"""The version this code writes. Readers accept versions <= this and refuse newer ones."""
+FORMAT_VERSION = 2
+"""The newest version this code reads. Readers accept versions <= this and refuse newer
+ones."""
+
+WRITE_VERSION = 1
+"""The version objects are written at, unless they use what only a newer version has (a
+transaction log listing chunk segments is version 2, SPEC §8): older readers keep reading
+everything else."""
 
 HEADER_KEY = b"frazil"
 
@@ -93,9 +99,10 @@ def check_header(header: Any, object_type: str, what: str) -> dict[str, Any]:
     return header
 
 
-def encode_parquet(table: pa.Table, header: dict[str, Any]) -> bytes:
-    """Frame ``table`` as a Parquet file with ``header`` in its key-value metadata."""
-    full = {"format_version": FORMAT_VERSION, **header}
+def encode_parquet(table: pa.Table, header: dict[str, Any], version: int | None = None) -> bytes:
+    """Frame ``table`` as a Parquet file with ``header`` in its key-value metadata, marked
+    with format ``version`` (default ``WRITE_VERSION``)."""
+    full = {"format_version": WRITE_VERSION if version is None else version, **header}
     table = table.replace_schema_metadata({HEADER_KEY: json.dumps(full, sort_keys=True)})
     sink = pa.BufferOutputStream()
     pq.write_table(

@@ -685,18 +685,21 @@ def test_creating_over_what_is_not_a_repository(tmp_path: Path, case: str) -> No
 
 # -- objects of a newer format version ---------------------------------------------------------
 def _newer(fn: Callable[[], bytes]) -> bytes:
-    """Encode with the format's own code as a version-2 writer would."""
-    saved = common.FORMAT_VERSION
-    common.FORMAT_VERSION = 2
+    """Encode with the format's own code as a writer of the next version would."""
+    saved = common.WRITE_VERSION
+    common.WRITE_VERSION = NEWER_VERSION
     try:
         return fn()
     finally:
-        common.FORMAT_VERSION = saved
+        common.WRITE_VERSION = saved
+
+
+NEWER_VERSION = common.FORMAT_VERSION + 1
 
 
 def _json_v2(data: bytes) -> bytes:
     obj = json.loads(data)
-    obj["format_version"] = 2
+    obj["format_version"] = NEWER_VERSION
     return common.encode_json(obj)
 
 
@@ -818,7 +821,7 @@ def test_object_of_a_newer_format_version(copy: frazil.Storage, what: str) -> No
     data = runtime.run(copy.get(key))
     if key.endswith(".json"):
         obj = json.loads(data)
-        assert obj["format_version"] == 2
+        assert obj["format_version"] == NEWER_VERSION
         obj["format_version"] = 1
         (
             decode_config
@@ -831,7 +834,7 @@ def test_object_of_a_newer_format_version(copy: frazil.Storage, what: str) -> No
         FormatError,
         key,
         "newer frazil",
-        "format version 2",
+        f"format version {NEWER_VERSION}",
         "upgrade",
     )
     assert isinstance(err, FormatError)

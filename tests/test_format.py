@@ -50,6 +50,7 @@ from frazil.format import (
 )
 from frazil.format import manifest as manifest_mod
 from frazil.format import snapshot as snapshot_mod
+from frazil.format.common import WRITE_VERSION
 from frazil.format.config import decode_config, encode_config
 from frazil.format.refs import RefRecord, decode_ref, encode_ref
 
@@ -437,7 +438,7 @@ def test_manifest_header_and_ids():
     assert (m.manifest_id, m.node_id) == (mid, nid)
     h = header_of(data)
     assert h == {
-        "format_version": FORMAT_VERSION,
+        "format_version": WRITE_VERSION,
         "object_type": "manifest",
         "id": str(mid),
         "parts": [{"node_id": str(nid), "ndim": 2, "rows": 1}],
@@ -487,6 +488,58 @@ def test_transaction_log_round_trip_edge_cases():
     )
     back = decode_transaction_log(encode_transaction_log(no_rows))
     assert back.changes[0].chunks is not None and back.changes[0].chunks.size == 0
+
+
+def test_transaction_log_with_chunk_segments_is_version_2():
+    """A large commit's log names the manifest segments holding the coordinates it wrote
+    (SPEC §4.3); only such a log is written at version 2, so older readers refuse it
+    rather than miss those coordinates, and keep reading every other log."""
+    nid = NodeId.new()
+    segs = (
+        SegmentRef(ManifestId.new(), 2**64 - 1, 4096, 65536, (), (), 0),
+        SegmentRef(ManifestId.new(), 7, 100, 3, (), (), 12),
+    )
+    log = TransactionLog(
+        SnapshotId.new(),
+        SnapshotId.new(),
+        (
+            NodeChange(txlog.NEW_ARRAY, "/b", nid),
+            NodeChange(txlog.CHUNKS, "/a", NodeId.new(), np.array([[0, 1]]), segs),
+            NodeChange(txlog.CHUNKS, "/b", nid, None, segs[:1]),
+        ),
+    )
+    data = encode_transaction_log(log)
+    assert header_of(data)["format_version"] == 2
+    back = decode_transaction_log(data, WHAT, checksum(data))
+    assert logs_equal(back, log)
+    assert [c.segments for c in back.changes] == [(), segs, segs[:1]]
+    assert table_of(data).column_names[-1] == "chunk_segments"
+    assert header_of(encode_transaction_log(make_log()))["format_version"] == 1
+    with pytest.raises(ValueError, match="lists no segments"):
+        encode_transaction_log(
+            TransactionLog(
+                log.snapshot_id, None, (NodeChange(txlog.NEW_ARRAY, "/b", nid, None, segs),)
+            )
+        )
+    # the column means something only at version 2: a version-1 log's is ignored
+    t = table_of(data)
+    header = header_of(data)
+    v1 = common.encode_parquet(t, {k: v for k, v in header.items() if k != "format_version"})
+    assert all(not c.segments for c in decode_transaction_log(v1, WHAT).changes)
+    bad = t.set_column(
+        t.num_columns - 1,
+        "chunk_segments",
+        pa.array(
+            [
+                None,
+                [{"manifest_id": "nope", "checksum": 1, "size": 1, "rows": 1, "row_offset": 0}],
+                None,
+            ],
+            t.schema.field("chunk_segments").type,
+        ),
+    )
+    with pytest.raises(FormatError, match="damaged transaction log"):
+        decode_transaction_log(common.encode_parquet(bad, header, 2), WHAT)
 
 
 def test_transaction_log_unknown_change_kind():

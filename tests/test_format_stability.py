@@ -18,6 +18,7 @@ import zarr
 import frazil
 from frazil import runtime
 from frazil.errors import AlreadyExistsError, NotFoundError, VirtualChunkError
+from frazil.format import FORMAT_VERSION
 
 FIXTURE = Path(__file__).parent / "data" / "format-v1"
 
@@ -197,7 +198,7 @@ def test_this_version_writes_on_top(repo: frazil.Repository, expected: dict[str,
 
 def _bump_json(path: Path) -> None:
     obj = json.loads(path.read_text())
-    obj["format_version"] = 2
+    obj["format_version"] = FORMAT_VERSION + 1
     path.write_text(json.dumps(obj))
 
 
@@ -205,7 +206,7 @@ def _bump_parquet(path: Path) -> None:
     table = pq.read_table(path)
     meta = dict(table.schema.metadata or {})
     header = json.loads(meta[b"frazil"])
-    header["format_version"] = 2
+    header["format_version"] = FORMAT_VERSION + 1
     meta[b"frazil"] = json.dumps(header, sort_keys=True).encode()
     pq.write_table(table.replace_schema_metadata(meta), path)
 

@@ -13,7 +13,7 @@ needed. Only the views a query names are built:
   (``coord``, ``kind``, ``inline``, ``chunk_id``, ``offset``, ``length``, ``checksum``,
   ``location``, ``etag``, ``last_modified``);
 * ``transactions``: one row per change: ``snapshot_id`` and the log's columns (``change``,
-  ``path``, ``node_id``, ``chunks``);
+  ``path``, ``node_id``, ``chunks``, and ``chunk_segments`` where a version-2 log has it);
 * ``refs``: ``kind`` (branch or tag), ``name``, ``snapshot_id``.
 """
 
