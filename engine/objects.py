@@ -225,10 +225,12 @@ class ObjectReader:
 
         found = [f for f in await runtime.gather_limited([read(s) for s in sids], 32) if f]
 
+        memo: dict[tuple[Any, ...], SegmentRef] = {}  # most snapshots share most segments
+
         def decode(batch: list[tuple[SnapshotId, str, bytes]]) -> list[SnapshotSegments]:
             out = []
             for sid, key, data in batch:
-                snap = decode_snapshot_segments(data, key, checksums.get(sid))
+                snap = decode_snapshot_segments(data, key, checksums.get(sid), memo)
                 if snap.info.snapshot_id != sid:
                     raise FormatError(f"{key}: holds snapshot {snap.info.snapshot_id}, not {sid}")
                 out.append(snap)

@@ -328,18 +328,44 @@ class SnapshotSegments:
 
 
 def decode_snapshot_segments(
-    data: bytes, what: str = "snapshot", expected_checksum: int | None = None
+    data: bytes,
+    what: str = "snapshot",
+    expected_checksum: int | None = None,
+    memo: dict[tuple[Any, ...], SegmentRef] | None = None,
 ) -> SnapshotSegments:
     """A snapshot's segment lists and history segments, verified as ``decode_snapshot``
-    verifies it, without the rest: no node records, zarr.json or pending history ids."""
+    verifies it, without the rest: no node records, zarr.json or pending history ids.
+
+    ``memo`` (shared by the calls of one reader of many snapshots, which list mostly the
+    same segments) gives back the ``SegmentRef`` made before for the same stored values."""
     info, header, cols = _verified_node_table(data, what, expected_checksum)
+    memo = {} if memo is None else memo
     try:
-        lists = tuple(refs for refs in (_segment_refs(segs) for segs in cols["segments"]) if refs)
+        lists = []
+        for segs in cols["segments"]:
+            if not segs:
+                continue
+            refs = []
+            for s in segs:
+                key = (
+                    s["manifest_id"],
+                    s["checksum"],
+                    s["size"],
+                    s["rows"],
+                    tuple(s["extent_min"]),
+                    tuple(s["extent_max"]),
+                    s["row_offset"],
+                )
+                ref = memo.get(key)
+                if ref is None:
+                    ref = memo.setdefault(key, _segment_refs([s])[0])
+                refs.append(ref)
+            lists.append(tuple(refs))
     except (TypeError, AttributeError, KeyError, ValueError, FormatError) as e:
         raise FormatError(f"{what}: damaged node table ({e!r})") from e
     value = header.get("history")
     index = None if value is None else HistoryIndex.from_json(value, what, pending=False)
-    return SnapshotSegments(info, () if index is None else index.segments, lists)
+    return SnapshotSegments(info, () if index is None else index.segments, tuple(lists))
 
 
 def _history_from_header(header: dict[str, Any], what: str) -> HistoryIndex | None:
