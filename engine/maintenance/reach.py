@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import takewhile
@@ -218,6 +219,8 @@ async def mark(
 
 
 _SNAPSHOT_WINDOW = 256  # snapshots read at once: bounds the memory of marking
+_DECODE_BATCH = 16  # objects decoded per trip to the pool
+_DECODERS = os.cpu_count() or 2  # decoding trips at once: one per core
 _BATCH_ROWS = 1 << 21  # segment rows read at once: bounds the memory of marking
 SegmentKey = tuple[ManifestId, int]  # (manifest object, first row)
 _EMPTY = np.zeros(0, np.int64)
@@ -317,35 +320,62 @@ async def read_chunk_id_rows(
     for seg in segments.values():
         by_object.setdefault(seg.manifest_id, []).append(seg)
 
-    async def one(segs: list[SegmentRef]) -> dict[SegmentKey, ChunkIdRows | None]:
-        first = segs[0]
+    async def fetch(segs: list[SegmentRef]) -> tuple[list[SegmentRef], str, bytes] | None:
         try:
-            key, data = await reader.manifest_bytes(first)
-            parts = await runtime.in_thread_batched(
-                decode_manifest_chunk_ids, data, key, first.checksum
-            )
-            for other in {(s.size, s.checksum) for s in segs[1:]} - {(first.size, first.checksum)}:
-                if len(data) != other[0]:
-                    raise FormatError(f"{key} is damaged: {len(data)} bytes, {other[0]} recorded")
-                verify_checksum(data, other[1], key)
-            out: dict[SegmentKey, ChunkIdRows | None] = {}
-            for seg in segs:
-                part = parts.get(seg.row_offset)
-                if part is None or len(part) != seg.rows:
-                    raise FormatError(
-                        f"{key}: has no segment of {seg.rows} rows at row {seg.row_offset}"
-                    )
-                out[(seg.manifest_id, seg.row_offset)] = part
-            return out
+            return (segs, *await reader.manifest_bytes(segs[0]))
         except FrazilError as e:
-            if not skip(first, e):
+            if not skip(segs[0], e):
                 raise
-            return {(s.manifest_id, s.row_offset): None for s in segs}
+            return None
 
-    found: dict[SegmentKey, ChunkIdRows | None] = {}
-    for part in await runtime.gather_limited([one(v) for v in by_object.values()], limit=16):
-        found.update(part)
+    found: dict[SegmentKey, ChunkIdRows | None] = {
+        (s.manifest_id, s.row_offset): None for s in segments.values()
+    }
+    fetched = [
+        f for f in await runtime.gather_limited([fetch(v) for v in by_object.values()], 32) if f
+    ]
+    step = _DECODE_BATCH
+    batches = [fetched[i : i + step] for i in range(0, len(fetched), step)]
+    for part in await runtime.gather_limited(  # decoded a batch per trip to the pool
+        [runtime.in_thread(_decode_batch, b) for b in batches], limit=_DECODERS
+    ):
+        for segs, rows in part:
+            if isinstance(rows, FrazilError):
+                if not skip(segs[0], rows):
+                    raise rows
+            else:
+                found.update(rows)
     return found
+
+
+def _decode_batch(
+    batch: list[tuple[list[SegmentRef], str, bytes]],
+) -> list[tuple[list[SegmentRef], dict[SegmentKey, ChunkIdRows] | FrazilError]]:
+    out: list[tuple[list[SegmentRef], dict[SegmentKey, ChunkIdRows] | FrazilError]] = []
+    for segs, key, data in batch:
+        try:
+            out.append((segs, _object_rows(segs, key, data)))
+        except FrazilError as e:
+            out.append((segs, e))
+    return out
+
+
+def _object_rows(segs: list[SegmentRef], key: str, data: bytes) -> dict[SegmentKey, ChunkIdRows]:
+    """The rows of the segments ``segs`` of one manifest object, verified against what
+    each of them recorded."""
+    first = segs[0]
+    parts = decode_manifest_chunk_ids(data, key, first.checksum)
+    for size, value in {(s.size, s.checksum) for s in segs[1:]} - {(first.size, first.checksum)}:
+        if len(data) != size:
+            raise FormatError(f"{key} is damaged: {len(data)} bytes, {size} recorded")
+        verify_checksum(data, value, key)
+    out: dict[SegmentKey, ChunkIdRows] = {}
+    for seg in segs:
+        part = parts.get(seg.row_offset)
+        if part is None or len(part) != seg.rows:
+            raise FormatError(f"{key}: has no segment of {seg.rows} rows at row {seg.row_offset}")
+        out[(seg.manifest_id, seg.row_offset)] = part
+    return out
 
 
 def _tree_live_ids(
