@@ -30,7 +30,7 @@ from frazil.format import (
     decode_manifest_chunk_ids,
 )
 from frazil.format.manifest import TOMBSTONE, encode_manifest_parts, ref_rows
-from frazil.maintenance import id_times_ms
+from frazil.maintenance import id_times_ms, reach
 from frazil.maintenance.reach import live_chunk_ids
 from frazil.storage.base import ObjectInfo, Storage
 
@@ -603,15 +603,23 @@ def _brute_force_live(reader: _Manifests, lists: set[tuple[SegmentRef, ...]]) ->
     return live
 
 
-def test_live_chunk_ids_of_a_segment_tree_are_those_of_every_list() -> None:
+@pytest.mark.parametrize("batch_rows", [1 << 21, 4])
+def test_live_chunk_ids_of_a_segment_tree_are_those_of_every_list(
+    batch_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Random histories: lists grow by a new segment in front, fork, merge a few newest
-    into one, share objects; the tree gives what resolving every list alone gives."""
+    into one, share objects; the tree gives what resolving every list alone gives (in one
+    batch, and in batches of a few rows' subtrees)."""
+    monkeypatch.setattr(reach, "_BATCH_ROWS", batch_rows)
     rng = np.random.default_rng(7)
     for _ in range(20):
         reader = _Manifests()
         pool = _random_segments(rng, reader, 30)
         lists: list[tuple[SegmentRef, ...]] = [(pool[0],)]
         for seg in pool[1:]:
+            if rng.random() < 0.15:  # another array (or a history of its own)
+                lists.append((seg,))
+                continue
             base = lists[int(rng.integers(len(lists)))]
             if rng.random() < 0.2 and len(base) > 2:  # a merge replaces the newest few
                 base = base[int(rng.integers(1, len(base))) :]

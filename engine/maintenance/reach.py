@@ -267,12 +267,16 @@ class SegmentTree:
         out: list[list[int]] = []
         batch: list[int] = []
         seen: set[SegmentKey] = set()
+        rows = 0
         for nodes in members.values():
             batch.extend(nodes)
-            seen.update(self.segs[n] for n in nodes)
-            if sum(self.refs[k].rows for k in seen) >= max_rows:
+            for key in (self.segs[n] for n in nodes):
+                if key not in seen:
+                    seen.add(key)
+                    rows += self.refs[key].rows
+            if rows >= max_rows:
                 out.append(sorted(batch))
-                batch, seen = [], set()
+                batch, seen, rows = [], set(), 0
         if batch:
             out.append(sorted(batch))
         return out
