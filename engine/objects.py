@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container, Mapping
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -29,12 +30,14 @@ from frazil.format import (
     SegmentRef,
     Snapshot,
     SnapshotId,
+    SnapshotSegments,
     TransactionLog,
     checksum,
     decode_commit_header,
     decode_history,
     decode_manifest_parts,
     decode_snapshot,
+    decode_snapshot_segments,
     decode_transaction_log,
 )
 from frazil.format.common import verify_checksum
@@ -56,6 +59,8 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 _TAIL = 64 * 1024
+_DECODE_BATCH = 16  # objects decoded per trip to the pool, in bulk reads
+_DECODERS = os.cpu_count() or 2  # bulk decodes at once: one per core
 
 
 class LRU(Generic[K, V]):
@@ -200,6 +205,46 @@ class ObjectReader:
             return self._decoded_snapshot(sid, key, data, checksum)
 
         return await self._once(("s", sid), load)
+
+    async def snapshot_segments(
+        self,
+        sids: list[SnapshotId],
+        checksums: Mapping[SnapshotId, int | None],
+        missing_ok: Container[SnapshotId] = (),
+    ) -> list[SnapshotSegments]:
+        """The segment lists of many snapshots (``decode_snapshot_segments``), each verified
+        (against ``checksums.get(sid)`` where given), uncached: read concurrently, then
+        decoded in the pool a batch per trip, so a thread hop is paid per batch, not per
+        snapshot. Those in ``missing_ok`` that do not exist are left out; any other that
+        does not exist raises."""
+
+        async def read(sid: SnapshotId) -> tuple[SnapshotId, str, bytes] | None:
+            try:
+                return (sid, *await self._snapshot_bytes(sid))
+            except NotFoundError:
+                if sid in missing_ok:
+                    return None
+                raise
+
+        found = [f for f in await runtime.gather_limited([read(s) for s in sids], 32) if f]
+
+        memo: dict[tuple[Any, ...], SegmentRef] = {}  # most snapshots share most segments
+
+        def decode(batch: list[tuple[SnapshotId, str, bytes]]) -> list[SnapshotSegments]:
+            out = []
+            for sid, key, data in batch:
+                snap = decode_snapshot_segments(data, key, checksums.get(sid), memo)
+                if snap.info.snapshot_id != sid:
+                    raise FormatError(f"{key}: holds snapshot {snap.info.snapshot_id}, not {sid}")
+                out.append(snap)
+            return out
+
+        step = _DECODE_BATCH
+        parts = await runtime.gather_limited(
+            [runtime.in_thread(decode, found[i : i + step]) for i in range(0, len(found), step)],
+            limit=_DECODERS,
+        )
+        return [snap for part in parts for snap in part]
 
     async def snapshot_checksum(self, sid: SnapshotId) -> int:
         """Read a snapshot whole, check it decodes, and return its checksum (for new refs)."""

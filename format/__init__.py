@@ -6,11 +6,13 @@ from .errors import FormatError, FrazilError
 from .history import decode_history, encode_history
 from .ids import ChunkId, HistoryId, ManifestId, NodeId, ObjectId, SnapshotId
 from .manifest import (
+    ChunkIdRows,
     ChunkKind,
     ChunkRef,
     Coord,
     ManifestSegment,
     decode_manifest,
+    decode_manifest_chunk_ids,
     decode_manifest_parts,
     encode_manifest,
 )
@@ -24,9 +26,11 @@ from .snapshot import (
     NodeType,
     SegmentRef,
     Snapshot,
+    SnapshotSegments,
     decode_commit_header,
     decode_commit_info,
     decode_snapshot,
+    decode_snapshot_segments,
     encode_snapshot,
 )
 from .txlog import (
@@ -45,6 +49,7 @@ __all__ = [
     "FORMAT_VERSION",
     "GROUP",
     "ChunkId",
+    "ChunkIdRows",
     "ChunkKind",
     "ChunkRef",
     "CommitInfo",
@@ -64,6 +69,7 @@ __all__ = [
     "ObjectId",
     "SegmentRef",
     "Snapshot",
+    "SnapshotSegments",
     "SnapshotId",
     "TransactionLog",
     "checksum",
@@ -71,8 +77,10 @@ __all__ = [
     "decode_commit_info",
     "decode_history",
     "decode_manifest",
+    "decode_manifest_chunk_ids",
     "decode_manifest_parts",
     "decode_snapshot",
+    "decode_snapshot_segments",
     "decode_transaction_log",
     "encode_history",
     "encode_manifest",

@@ -131,15 +131,20 @@ def _encode(raw: bytes) -> str:
     return "".join(_ALPHABET[(value >> (5 * (chars - 1 - i))) & 31] for i in range(chars))
 
 
+# Crockford digits to the digits of int(text, 32); every other ASCII character to one that
+# int() refuses (so no sign, space or underscore gets through)
+_TO_BASE32 = {c: "!" for c in range(128)} | {
+    ord(ch): "0123456789ABCDEFGHIJKLMNOPQRSTUV"[v] for ch, v in _VALUE.items()
+}
+
+
 def _decode(text: object, size: int) -> bytes | None:
     """Inverse of ``_encode``; None for text that is not valid."""
-    if not isinstance(text, str) or len(text) != _text_len(size):
+    if not isinstance(text, str) or len(text) != _text_len(size) or not text.isascii():
         return None
-    value = 0
     try:
-        for ch in text:
-            value = (value << 5) | _VALUE[ch]
-    except KeyError:
+        value = int(text.translate(_TO_BASE32), 32)
+    except ValueError:
         return None
     pad = len(text) * 5 - size * 8
     if value & ((1 << pad) - 1):

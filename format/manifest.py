@@ -264,6 +264,53 @@ def decode_manifest_parts(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkIdRows:
+    """What garbage collection reads of a segment: its coordinates (n x ndim, sorted),
+    each row's kind, and each row's chunk id (null unless the row is native)."""
+
+    coords: np.ndarray
+    kinds: np.ndarray
+    chunk_ids: pa.Array
+
+    def __len__(self) -> int:
+        return int(self.coords.shape[0])
+
+
+_CHUNK_ID_COLUMNS = ("coord", "kind", "chunk_id")
+
+
+def decode_manifest_chunk_ids(
+    data: bytes, what: str, expected_checksum: int
+) -> dict[int, ChunkIdRows]:
+    """Every segment of a manifest object, by the row where it starts, with only the columns
+    that say which chunk a row names: for readers of many segments that need nothing
+    else (garbage collection). The checksum is required: it covers the columns that are
+    not read (and the whole footer), so a damaged object is an error here too."""
+    table, header = decode_parquet(
+        data, MANIFEST, what, expected_checksum, SCHEMA, columns=_CHUNK_ID_COLUMNS
+    )
+    try:
+        ManifestId.parse(header["id"])
+        parts = header["parts"]
+        if not isinstance(parts, list) or not parts:
+            raise FormatError("no parts")
+        kind_col = table.column("kind")
+        if kind_col.null_count:
+            raise FormatError("a row has no kind")
+        kinds = kind_col.to_numpy()
+        ids = table.column("chunk_id").combine_chunks()
+        out = {
+            row: ChunkIdRows(coords, kinds[row : row + len(coords)], ids.slice(row, len(coords)))
+            for _, row, coords in split_parts(table, parts)
+        }
+    except (KeyError, TypeError, ValueError, pa.ArrowException, FormatError) as e:
+        raise FormatError(f"{what}: damaged manifest ({e!r})") from e
+    if len(kinds) and (kinds.min() < 0 or kinds.max() > 3):
+        raise FormatError(f"{what}: unknown chunk kind")
+    return out
+
+
 def decode_manifest(
     data: bytes, what: str = "manifest", expected_checksum: int | None = None
 ) -> ManifestSegment:

@@ -135,14 +135,16 @@ class HistoryIndex:
         }
 
     @classmethod
-    def from_json(cls, value: object, what: str) -> HistoryIndex:
+    def from_json(cls, value: object, what: str, *, pending: bool = True) -> HistoryIndex:
+        """The index a snapshot's header holds; ``pending=False`` leaves the pending ids out
+        (unparsed: for readers that need only the segments)."""
         try:
             if not isinstance(value, dict):
                 raise TypeError("not an object")
-            pending, segments = value["pending"], value["segments"]
-            if not isinstance(pending, list) or not isinstance(segments, list):
+            ids, segments = value["pending"], value["segments"]
+            if not isinstance(ids, list) or not isinstance(segments, list):
                 raise TypeError("pending and segments must be lists")
-            if len(pending) > MAX_PENDING or len(segments) > MAX_SEGMENTS:
+            if len(ids) > MAX_PENDING or len(segments) > MAX_SEGMENTS:
                 raise ValueError("too many entries")
             refs = []
             for s in segments:
@@ -154,7 +156,7 @@ class HistoryIndex:
                 refs.append(
                     HistorySegmentRef(HistoryId.parse(s["id"]), int(s["checksum"], 16), size, rows)
                 )
-            return cls(tuple(SnapshotId.parse(p) for p in pending), tuple(refs))
+            return cls(tuple(SnapshotId.parse_many(ids)) if pending else (), tuple(refs))
         except (KeyError, TypeError, ValueError, FormatError) as e:
             raise FormatError(f"{what}: damaged history index ({e!r})") from e
 
@@ -252,9 +254,11 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
     return encode_parquet(table, _info_header(snapshot.info, nodes_checksum, snapshot.history))
 
 
-def decode_snapshot(
-    data: bytes, what: str = "snapshot", expected_checksum: int | None = None
-) -> Snapshot:
+def _verified_node_table(
+    data: bytes, what: str, expected_checksum: int | None
+) -> tuple[CommitInfo, dict[str, Any], dict[str, list[Any]]]:
+    """Commit info, header and node columns (Python values) of a snapshot, verified: the
+    whole-object checksum if one is given, the commit info's and the node table's own."""
     table, header = decode_parquet(data, SNAPSHOT, what, expected_checksum, SCHEMA)
     info = _info_from_header(header, what)
     if table.schema.names[: len(SCHEMA.names)] != SCHEMA.names:
@@ -266,6 +270,28 @@ def decode_snapshot(
     claimed = header.get("nodes_checksum")
     if claimed is not None and claimed != json_checksum(cols):
         raise FormatError(f"{what}: damaged node table (checksum mismatch)")
+    return info, header, cols
+
+
+def _segment_refs(segs: Any) -> tuple[SegmentRef, ...]:
+    return tuple(
+        SegmentRef(
+            manifest_id=ManifestId.parse(s["manifest_id"]),
+            checksum=s["checksum"],
+            size=s["size"],
+            rows=s["rows"],
+            extent_min=tuple(s["extent_min"]),
+            extent_max=tuple(s["extent_max"]),
+            row_offset=s["row_offset"],
+        )
+        for s in (segs or ())
+    )
+
+
+def decode_snapshot(
+    data: bytes, what: str = "snapshot", expected_checksum: int | None = None
+) -> Snapshot:
+    info, header, cols = _verified_node_table(data, what, expected_checksum)
     try:
         nodes = tuple(
             NodeRecord(
@@ -273,18 +299,7 @@ def decode_snapshot(
                 node_id=NodeId.parse(nid),
                 node_type=ntype,
                 zarr_json=zj.encode("utf-8"),
-                segments=tuple(
-                    SegmentRef(
-                        manifest_id=ManifestId.parse(s["manifest_id"]),
-                        checksum=s["checksum"],
-                        size=s["size"],
-                        rows=s["rows"],
-                        extent_min=tuple(s["extent_min"]),
-                        extent_max=tuple(s["extent_max"]),
-                        row_offset=s["row_offset"],
-                    )
-                    for s in (segs or ())
-                ),
+                segments=_segment_refs(segs),
             )
             for path, nid, ntype, zj, segs in zip(
                 cols["path"],
@@ -300,6 +315,57 @@ def decode_snapshot(
         if n.node_type not in (GROUP, ARRAY):
             raise FormatError(f"{what}: node {n.path!r} has unknown type {n.node_type!r}")
     return Snapshot(info=info, nodes=nodes, history=_history_from_header(header, what))
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSegments:
+    """What garbage collection reads of a snapshot: its commit info, the history segments
+    its index names, and each array's segment list (newest first)."""
+
+    info: CommitInfo
+    history_segments: tuple[HistorySegmentRef, ...]
+    lists: tuple[tuple[SegmentRef, ...], ...]
+
+
+def decode_snapshot_segments(
+    data: bytes,
+    what: str = "snapshot",
+    expected_checksum: int | None = None,
+    memo: dict[tuple[Any, ...], SegmentRef] | None = None,
+) -> SnapshotSegments:
+    """A snapshot's segment lists and history segments, verified as ``decode_snapshot``
+    verifies it, without the rest: no node records, zarr.json or pending history ids.
+
+    ``memo`` (shared by the calls of one reader of many snapshots, which list mostly the
+    same segments) gives back the ``SegmentRef`` made before for the same stored values."""
+    info, header, cols = _verified_node_table(data, what, expected_checksum)
+    memo = {} if memo is None else memo
+    try:
+        lists = []
+        for segs in cols["segments"]:
+            if not segs:
+                continue
+            refs = []
+            for s in segs:
+                key = (
+                    s["manifest_id"],
+                    s["checksum"],
+                    s["size"],
+                    s["rows"],
+                    tuple(s["extent_min"]),
+                    tuple(s["extent_max"]),
+                    s["row_offset"],
+                )
+                ref = memo.get(key)
+                if ref is None:
+                    ref = memo.setdefault(key, _segment_refs([s])[0])
+                refs.append(ref)
+            lists.append(tuple(refs))
+    except (TypeError, AttributeError, KeyError, ValueError, FormatError) as e:
+        raise FormatError(f"{what}: damaged node table ({e!r})") from e
+    value = header.get("history")
+    index = None if value is None else HistoryIndex.from_json(value, what, pending=False)
+    return SnapshotSegments(info, () if index is None else index.segments, tuple(lists))
 
 
 def _history_from_header(header: dict[str, Any], what: str) -> HistoryIndex | None:

@@ -40,8 +40,10 @@ from frazil.format import (
     common,
     decode_commit_info,
     decode_manifest,
+    decode_manifest_chunk_ids,
     decode_manifest_parts,
     decode_snapshot,
+    decode_snapshot_segments,
     decode_transaction_log,
     encode_manifest,
     encode_snapshot,
@@ -1211,3 +1213,39 @@ def test_packed_manifest_holds_several_arrays_segments(tmp_path):
             decode_manifest_parts(
                 common.encode_parquet(table_of(data), {**h, "parts": bad}), "manifests/p"
             )
+
+
+# -- the lean decodes garbage collection uses ------------------------------------------------
+def test_snapshot_segments_match_the_full_decode_and_check_themselves():
+    snap = make_snapshot()
+    data = encode_snapshot(snap)
+    lean = decode_snapshot_segments(data, WHAT, checksum(data))
+    full = decode_snapshot(data, WHAT)
+    assert lean.info == full.info
+    assert lean.lists == tuple(n.segments for n in full.nodes if n.segments)
+    assert lean.history_segments == (full.history.segments if full.history else ())
+    with pytest.raises(FormatError, match=re.escape(WHAT)):
+        decode_snapshot_segments(data, WHAT, checksum(data) ^ 1)
+    # without a checksum, every flipped bit is an error or gives the same lists
+    for i in range(0, len(data), 7):
+        try:
+            got = decode_snapshot_segments(flip(data, i, 1 << (i % 8)), WHAT)
+        except FormatError as e:
+            assert WHAT in str(e)
+        else:
+            assert got.info == lean.info and got.lists == lean.lists, i
+
+
+def test_manifest_chunk_ids_match_the_full_decode_and_need_the_checksum():
+    coords = [(0, 0), (0, 1), (2, 3), (4, 4), (5, 1), (9, 9)]
+    data, c, refs = make_manifest(coords, 2)
+    rows = decode_manifest_chunk_ids(data, WHAT, checksum(data))
+    assert list(rows) == [0]
+    assert np.array_equal(rows[0].coords, c)
+    assert rows[0].kinds.tolist() == [int(r.kind) for r in refs]
+    assert rows[0].chunk_ids.to_pylist() == [
+        None if r.chunk_id is None else str(r.chunk_id) for r in refs
+    ]
+    for i in range(0, len(data), 5):  # any flipped bit: the checksum says so, naming it
+        with pytest.raises(FormatError, match=re.escape(WHAT)):
+            decode_manifest_chunk_ids(flip(data, i, 1 << (i % 8)), WHAT, checksum(data))

@@ -18,8 +18,20 @@ from hypothesis import strategies as st
 
 import frazil
 from frazil import runtime
-from frazil.format import SnapshotId
-from frazil.maintenance import id_times_ms
+from frazil.format import (
+    ChunkId,
+    ChunkKind,
+    ChunkRef,
+    ManifestId,
+    NodeId,
+    SegmentRef,
+    SnapshotId,
+    checksum,
+    decode_manifest_chunk_ids,
+)
+from frazil.format.manifest import TOMBSTONE, encode_manifest_parts, ref_rows
+from frazil.maintenance import id_times_ms, reach
+from frazil.maintenance.reach import live_chunk_ids
 from frazil.storage.base import ObjectInfo, Storage
 
 UTC = dt.UTC
@@ -525,3 +537,138 @@ def test_chunk_storage_stats() -> None:
     assert (s.native_chunks, s.native_bytes) == (4, 64)
     assert (s.inlined_chunks, s.inlined_bytes) == (3, 3)
     assert (s.virtual_chunks, s.total_bytes) == (0, 67)
+
+
+# -- marking: the segment tree and its verified reads ----------------------------------------
+class _Manifests:
+    """A stand-in reader holding manifest objects in memory."""
+
+    def __init__(self) -> None:
+        self.objects: dict[ManifestId, bytes] = {}
+
+    async def manifest_bytes(self, seg: SegmentRef) -> tuple[str, bytes]:
+        return f"manifests/{seg.manifest_id}", self.objects[seg.manifest_id]
+
+
+def _random_segments(rng: np.random.Generator, reader: _Manifests, n: int) -> list[SegmentRef]:
+    """``n`` segments of a 6 x 6 grid (native, inline or deleted rows), some two to an
+    object (as a commit writing two arrays packs them)."""
+    out: list[SegmentRef] = []
+    while len(out) < n:
+        parts, coords_of = [], []
+        for _ in range(int(rng.integers(1, 3))):
+            cells = sorted(rng.choice(36, size=int(rng.integers(1, 8)), replace=False).tolist())
+            coords = np.array([divmod(c, 6) for c in cells], np.int64).reshape(-1, 2)
+            kinds = rng.integers(0, 3, len(cells))
+            refs = [
+                ChunkRef(ChunkKind.NATIVE, chunk_id=ChunkId.new(), length=1, checksum=0)
+                if k == 2
+                else ChunkRef(ChunkKind.INLINE, data=b"x", length=1)
+                if k == 1
+                else TOMBSTONE
+                for k in kinds
+            ]
+            parts.append((NodeId.new(), coords, ref_rows(refs)))
+            coords_of.append(coords)
+        mid = ManifestId.new()
+        data = encode_manifest_parts(mid, parts)
+        reader.objects[mid] = data
+        offset = 0
+        for coords in coords_of:
+            lo = coords.min(axis=0) if len(coords) else np.zeros(2, np.int64)
+            hi = coords.max(axis=0) if len(coords) else np.zeros(2, np.int64)
+            out.append(
+                SegmentRef(
+                    mid, checksum(data), len(data), len(coords), tuple(lo), tuple(hi), offset
+                )
+            )
+            offset += len(coords)
+    return out
+
+
+def _brute_force_live(reader: _Manifests, lists: set[tuple[SegmentRef, ...]]) -> set[str]:
+    """Per list, the newest row of each coordinate; the native chunk ids among them."""
+    live: set[str] = set()
+    for refs in lists:
+        seen: set[tuple[int, ...]] = set()
+        for seg in refs:
+            rows = decode_manifest_chunk_ids(reader.objects[seg.manifest_id], "m", seg.checksum)[
+                seg.row_offset
+            ]
+            ids = rows.chunk_ids.to_pylist()
+            for coord, kind, cid in zip(map(tuple, rows.coords.tolist()), rows.kinds, ids):
+                if coord not in seen and kind == ChunkKind.NATIVE:
+                    live.add(cid)
+                seen.add(coord)
+    return live
+
+
+@pytest.mark.parametrize("batch_rows", [1 << 21, 4])
+def test_live_chunk_ids_of_a_segment_tree_are_those_of_every_list(
+    batch_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random histories: lists grow by a new segment in front, fork, merge a few newest
+    into one, share objects; the tree gives what resolving every list alone gives (in one
+    batch, and in batches of a few rows' subtrees)."""
+    monkeypatch.setattr(reach, "_BATCH_ROWS", batch_rows)
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        reader = _Manifests()
+        pool = _random_segments(rng, reader, 30)
+        lists: list[tuple[SegmentRef, ...]] = [(pool[0],)]
+        for seg in pool[1:]:
+            if rng.random() < 0.15:  # another array (or a history of its own)
+                lists.append((seg,))
+                continue
+            base = lists[int(rng.integers(len(lists)))]
+            if rng.random() < 0.2 and len(base) > 2:  # a merge replaces the newest few
+                base = base[int(rng.integers(1, len(base))) :]
+            lists.append((seg, *base))
+        kept = {lists[i] for i in rng.choice(len(lists), size=12, replace=False)}
+        got = runtime.run(live_chunk_ids(reader, kept, lambda s, e: False))  # type: ignore[arg-type]
+        assert set(got.to_pylist()) == _brute_force_live(reader, kept)
+
+
+def test_gc_refuses_a_damaged_manifest_naming_it(tmp_path: Path) -> None:
+    repo = new_repo(frazil.local_filesystem_storage(tmp_path / "r"))
+    write(repo, "main", "one", lambda g: g["a"].__setitem__((0, 0), 1))
+    write(repo, "main", "two", lambda g: g["a"].__setitem__((4, 4), 2))
+    seg = runtime_segments(repo, repo.lookup_branch("main"))[-1]  # the oldest
+    path = tmp_path / "r" / "manifests" / str(seg.manifest_id)
+    path.write_bytes(flip_byte(path.read_bytes(), len(path.read_bytes()) // 2))
+    before = all_keys(repo.storage)
+    with pytest.raises(frazil.FormatError, match=f"manifests/{seg.manifest_id}"):
+        repo.garbage_collect(now() + dt.timedelta(seconds=1))
+    assert all_keys(repo.storage) == before
+
+
+def test_gc_refuses_a_damaged_snapshot_naming_it(tmp_path: Path) -> None:
+    """An ancestor (no ref records its checksum) damaged in its node table: every flipped
+    bit that matters is an error naming it; nothing is deleted."""
+    repo = new_repo(frazil.local_filesystem_storage(tmp_path / "r"))
+    write(repo, "main", "one", lambda g: g["a"].__setitem__((0, 0), 1))
+    mid = [i.id for i in repo.ancestry(branch="main")][1]
+    write(repo, "main", "two", lambda g: g["a"].__setitem__((0, 0), 2))
+    cutoff = now() + dt.timedelta(seconds=1)
+    clean = repo.garbage_collect(cutoff, dry_run=True)
+    path = tmp_path / "r" / "snapshots" / mid
+    data = path.read_bytes()
+    footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
+    before = all_keys(repo.storage)
+    errors = 0
+    for i in range(4, footer, 61):  # the data pages, which a history walk never reads
+        path.write_bytes(flip_byte(data, i))
+        fresh = frazil.Repository.open(repo.storage)
+        try:
+            got = fresh.garbage_collect(cutoff, dry_run=True)
+        except frazil.FormatError as e:
+            assert f"snapshots/{mid}" in str(e)
+            errors += 1
+        else:
+            assert got == clean, i
+    path.write_bytes(data)
+    assert errors > 0 and all_keys(repo.storage) == before
+
+
+def flip_byte(data: bytes, i: int) -> bytes:
+    return data[:i] + bytes([data[i] ^ 0x10]) + data[i + 1 :]

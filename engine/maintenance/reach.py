@@ -6,6 +6,8 @@ id)."""
 from __future__ import annotations
 
 import datetime as dt
+import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import takewhile
@@ -20,20 +22,20 @@ from frazil.format import (
     HistoryId,
     HistorySegmentRef,
     ManifestId,
-    ManifestSegment,
     SegmentRef,
     Snapshot,
     SnapshotId,
 )
-from frazil.format.common import BRANCH_REF, MANIFEST, TAG_REF, decode_parquet
+from frazil.format.common import BRANCH_REF, MANIFEST, TAG_REF, decode_parquet, verify_checksum
 from frazil.format.keys import (
     snapshot_key,
 )
 from frazil.format.manifest import SCHEMA as MANIFEST_SCHEMA
+from frazil.format.manifest import ChunkIdRows, decode_manifest_chunk_ids
 
 from .. import runtime
 from ..compaction import Progress
-from ..errors import FrazilError, InvalidInputError, NotFoundError
+from ..errors import FormatError, FrazilError, InvalidInputError, NotFoundError
 from ..history import ancestry
 from ..objects import ObjectReader
 from ..refs import Ref, list_refs, read_ref
@@ -187,32 +189,26 @@ async def mark(
         await walk_history(reader, [r for r in extra_roots if r not in history], problems=[])
     )
 
-    async def load(sid: SnapshotId) -> Snapshot | None:
-        try:
-            return await reader.snapshot(sid, checksums.get(sid), decode_in_thread=True)
-        except NotFoundError:
-            if sid in strict:
-                raise
-            return None
-
     segments: dict[ManifestId, SegmentRef] = {}
     histories: dict[HistoryId, HistorySegmentRef] = {}
     optional: set[ManifestId] = set()
     lists: set[tuple[SegmentRef, ...]] = set()  # each array's segment list, once
-    for snap in await runtime.gather_limited([load(s) for s in history], limit=16):
-        if snap is None:
-            continue
-        for h in snap.history.segments if snap.history is not None else ():
-            histories.setdefault(h.history_id, h)
-        for node in snap.nodes:
-            if node.segments:
-                lists.add(node.segments)
-            for seg in node.segments:
-                if seg.manifest_id not in segments and snap.id not in strict:
-                    optional.add(seg.manifest_id)
-                elif snap.id in strict:
-                    optional.discard(seg.manifest_id)
-                segments.setdefault(seg.manifest_id, seg)
+    order = list(history)
+    missing_ok = history.keys() - strict
+    for start in range(0, len(order), _SNAPSHOT_WINDOW):
+        window = order[start : start + _SNAPSHOT_WINDOW]
+        for snap in await reader.snapshot_segments(window, checksums, missing_ok):
+            sid = snap.info.snapshot_id
+            for h in snap.history_segments:
+                histories.setdefault(h.history_id, h)
+            for segs in snap.lists:
+                lists.add(segs)
+                for seg in segs:
+                    if seg.manifest_id not in segments and sid not in strict:
+                        optional.add(seg.manifest_id)
+                    elif sid in strict:
+                        optional.discard(seg.manifest_id)
+                    segments.setdefault(seg.manifest_id, seg)
 
     def skip(seg: SegmentRef, e: FrazilError) -> bool:
         # an in-flight commit's segment may be gone: what older segments name stays
@@ -222,7 +218,68 @@ async def mark(
     return Reachable(history, segments, ids, histories)
 
 
-_BATCH_ROWS = 1 << 21  # list rows resolved at once: bounds the memory of marking
+_SNAPSHOT_WINDOW = 256  # snapshots read at once: bounds the memory of marking
+_DECODE_BATCH = 16  # objects decoded per trip to the pool
+_DECODERS = os.cpu_count() or 2  # decoding trips at once: one per core
+_BATCH_ROWS = 1 << 21  # segment rows read at once: bounds the memory of marking
+SegmentKey = tuple[ManifestId, int]  # (manifest object, first row)
+_EMPTY = np.zeros(0, np.int64)
+
+
+class SegmentTree:
+    """Segment lists as a tree read oldest segment first. A commit's list is its parent's
+    with a new segment in front (merges replace a few of the newest), so lists share
+    their older ends: the tree holds each shared part once.
+
+    Node ``i`` stands for one list suffix: ``segs[i]`` its newest segment, ``parent[i]``
+    the node of the rest (-1: none), ``ends[i]`` whether some list is exactly that suffix.
+    Parents come before their children."""
+
+    def __init__(self, lists: Iterable[tuple[SegmentRef, ...]]) -> None:
+        self.segs: list[SegmentKey] = []
+        self.parent: list[int] = []
+        self.ends: list[bool] = []
+        self.refs: dict[SegmentKey, SegmentRef] = {}
+        index: dict[tuple[int, SegmentKey], int] = {}
+        for refs in lists:
+            at = -1
+            for seg in reversed(refs):
+                key = (seg.manifest_id, seg.row_offset)
+                self.refs.setdefault(key, seg)
+                node = index.get((at, key))
+                if node is None:
+                    node = index[(at, key)] = len(self.segs)
+                    self.segs.append(key)
+                    self.parent.append(at)
+                    self.ends.append(False)
+                at = node
+            if at >= 0:
+                self.ends[at] = True
+
+    def batches(self, max_rows: int) -> list[list[int]]:
+        """The nodes in groups of whole subtrees of about ``max_rows`` segment rows each
+        (every node after its parent)."""
+        top: list[int] = []
+        members: dict[int, list[int]] = {}
+        for node, parent in enumerate(self.parent):
+            top.append(node if parent < 0 else top[parent])
+            members.setdefault(top[node], []).append(node)
+        out: list[list[int]] = []
+        batch: list[int] = []
+        seen: set[SegmentKey] = set()
+        rows = 0
+        for nodes in members.values():
+            batch.extend(nodes)
+            for key in (self.segs[n] for n in nodes):
+                if key not in seen:
+                    seen.add(key)
+                    rows += self.refs[key].rows
+            if rows >= max_rows:
+                out.append(sorted(batch))
+                batch, seen, rows = [], set(), 0
+        if batch:
+            out.append(sorted(batch))
+        return out
 
 
 async def live_chunk_ids(
@@ -235,92 +292,165 @@ async def live_chunk_ids(
     reference a newer segment of its list shadows keeps nothing alive. A segment that
     cannot be read raises, unless ``skip`` says to go on without it.
 
-    Lists are resolved in batches of about ``_BATCH_ROWS`` rows, each with one sort:
-    every row of every list in the batch, ordered by (list, coordinate, age), the first
-    of each (list, coordinate) being the live one."""
-
-    async def segment(seg: SegmentRef) -> ManifestSegment | None:
-        try:
-            return await reader.manifest(seg)
-        except FrazilError as e:
-            if skip(seg, e):
-                return None
-            raise
-
+    The lists are read as a ``SegmentTree``: each distinct segment is read once (only its
+    coordinates, kinds and chunk ids), and each shared list suffix is resolved once, so
+    the cost follows the distinct segments and suffixes, not lists x segments (see
+    ``_tree_live_ids``)."""
+    tree = SegmentTree(sorted(lists, key=lambda r: [str(s.manifest_id) for s in r]))
     parts: list[pa.Array] = []
-    done = 0
-    batch: list[tuple[SegmentRef, ...]] = []
-    rows = 0
-    for i, refs in enumerate(sorted(lists, key=lambda r: [str(s.manifest_id) for s in r])):
-        batch.append(refs)
-        rows += sum(s.rows for s in refs)
-        if rows < _BATCH_ROWS and i + 1 < len(lists):
-            continue
-        distinct = {(s.manifest_id, s.row_offset): s for refs in batch for s in refs}
-        loaded = dict(
-            zip(
-                distinct,
-                await runtime.gather_limited([segment(s) for s in distinct.values()], limit=16),
-            )
-        )
-        parts.extend(await runtime.in_thread(_batch_winners, batch, loaded))
-        done += len(batch)
+    batches = tree.batches(_BATCH_ROWS)
+    for done, nodes in enumerate(batches, 1):
+        wanted = {tree.segs[n]: tree.refs[tree.segs[n]] for n in nodes}
+
+        rows = await read_chunk_id_rows(reader, wanted, skip)
+        found = await runtime.in_thread(_tree_live_ids, tree, nodes, rows)
+        if found is not None:
+            parts.append(found)
         if progress is not None:
-            progress("mark", done, len(lists))
-        batch, rows = [], 0
+            progress("mark", done, len(batches))
     if not parts:
         return pa.array([], pa.string())
     return pc.unique(pa.chunked_array(parts, pa.string()).combine_chunks())
 
 
-def _batch_winners(
-    batch: list[tuple[SegmentRef, ...]],
-    loaded: dict[tuple[ManifestId, int], ManifestSegment | None],
-) -> list[pa.Array]:
-    """The native chunk ids of the live rows of each list in ``batch``, grouped by the
-    number of dimensions (one sort per group)."""
-    keys = [k for k, m in loaded.items() if m is not None]
-    where = {k: n for n, k in enumerate(keys)}
-    segs = [loaded[k] for k in keys]
-    starts = np.cumsum([0, *(len(m) for m in segs)])  # type: ignore[arg-type]
-    out: list[pa.Array] = []
-    by_ndim: dict[int, list[tuple[int, list[int]]]] = {}
-    for li, refs in enumerate(batch):
-        present = [
-            where[(s.manifest_id, s.row_offset)]
-            for s in refs
-            if (s.manifest_id, s.row_offset) in where
-        ]
-        if present:
-            ndim = segs[present[0]].coords.shape[1]  # type: ignore[union-attr]
-            by_ndim.setdefault(ndim, []).append((li, present))
-    if not segs:
-        return out
-    kinds = np.concatenate([m.kinds for m in segs])  # type: ignore[union-attr]
-    chunk_ids = pa.concat_arrays(
-        [m.table.column("chunk_id").combine_chunks() for m in segs]  # type: ignore[union-attr]
-    )
-    for ndim, members in by_ndim.items():
-        gidx, lid, age, coords = [], [], [], []
-        for li, present in members:
-            for a, n in enumerate(present):
-                size = int(starts[n + 1] - starts[n])
-                gidx.append(np.arange(starts[n], starts[n + 1]))
-                lid.append(np.full(size, li, np.int64))
-                age.append(np.full(size, a, np.int32))
-                coords.append(segs[n].coords)  # type: ignore[union-attr]
-        g = np.concatenate(gidx)
-        c = np.concatenate(coords).reshape(len(g), ndim)
-        lids = np.concatenate(lid)
-        order = np.lexsort((np.concatenate(age), *[c[:, d] for d in range(ndim - 1, -1, -1)], lids))
-        first = np.ones(len(order), bool)
-        if len(order) > 1:
-            same_list = lids[order][1:] == lids[order][:-1]
-            same_coord = (c[order][1:] == c[order][:-1]).all(axis=1) if ndim else True
-            first[1:] = ~(same_list & same_coord)
-        live = np.unique(g[order[first]])
-        live = live[kinds[live] == int(ChunkKind.NATIVE)]
-        out.append(pc.unique(chunk_ids.take(pa.array(live))))
+async def read_chunk_id_rows(
+    reader: ObjectReader,
+    segments: dict[SegmentKey, SegmentRef],
+    skip: Callable[[SegmentRef, FrazilError], bool],
+) -> dict[SegmentKey, ChunkIdRows | None]:
+    """The coordinates, kinds and chunk ids of ``segments``, each manifest object read and
+    verified once (None for a segment ``skip`` lets go)."""
+    by_object: dict[ManifestId, list[SegmentRef]] = {}
+    for seg in segments.values():
+        by_object.setdefault(seg.manifest_id, []).append(seg)
+
+    async def fetch(segs: list[SegmentRef]) -> tuple[list[SegmentRef], str, bytes] | None:
+        try:
+            return (segs, *await reader.manifest_bytes(segs[0]))
+        except FrazilError as e:
+            if not skip(segs[0], e):
+                raise
+            return None
+
+    found: dict[SegmentKey, ChunkIdRows | None] = {
+        (s.manifest_id, s.row_offset): None for s in segments.values()
+    }
+    fetched = [
+        f for f in await runtime.gather_limited([fetch(v) for v in by_object.values()], 32) if f
+    ]
+    step = _DECODE_BATCH
+    batches = [fetched[i : i + step] for i in range(0, len(fetched), step)]
+    for part in await runtime.gather_limited(  # decoded a batch per trip to the pool
+        [runtime.in_thread(_decode_batch, b) for b in batches], limit=_DECODERS
+    ):
+        for segs, rows in part:
+            if isinstance(rows, FrazilError):
+                if not skip(segs[0], rows):
+                    raise rows
+            else:
+                found.update(rows)
+    return found
+
+
+def _decode_batch(
+    batch: list[tuple[list[SegmentRef], str, bytes]],
+) -> list[tuple[list[SegmentRef], dict[SegmentKey, ChunkIdRows] | FrazilError]]:
+    out: list[tuple[list[SegmentRef], dict[SegmentKey, ChunkIdRows] | FrazilError]] = []
+    for segs, key, data in batch:
+        try:
+            out.append((segs, _object_rows(segs, key, data)))
+        except FrazilError as e:
+            out.append((segs, e))
+    return out
+
+
+def _object_rows(segs: list[SegmentRef], key: str, data: bytes) -> dict[SegmentKey, ChunkIdRows]:
+    """The rows of the segments ``segs`` of one manifest object, verified against what
+    each of them recorded."""
+    first = segs[0]
+    parts = decode_manifest_chunk_ids(data, key, first.checksum)
+    for size, value in {(s.size, s.checksum) for s in segs[1:]} - {(first.size, first.checksum)}:
+        if len(data) != size:
+            raise FormatError(f"{key} is damaged: {len(data)} bytes, {size} recorded")
+        verify_checksum(data, value, key)
+    out: dict[SegmentKey, ChunkIdRows] = {}
+    for seg in segs:
+        part = parts.get(seg.row_offset)
+        if part is None or len(part) != seg.rows:
+            raise FormatError(f"{key}: has no segment of {seg.rows} rows at row {seg.row_offset}")
+        out[(seg.manifest_id, seg.row_offset)] = part
+    return out
+
+
+def _tree_live_ids(
+    tree: SegmentTree, nodes: list[int], rows: dict[SegmentKey, ChunkIdRows | None]
+) -> pa.Array | None:
+    """The native chunk ids of the live rows of ``nodes`` (whole subtrees of ``tree``).
+
+    Children first, each node gets its *cover*: the coordinates that every list through it
+    holds in segments newer than its own (nothing where a list ends at the node; else the
+    intersection, over its children, of the child's coordinates and the child's cover).
+    A row of the node's segment is live in some list exactly when its coordinate is not
+    in the cover. Coordinates are compared as int64 keys (``_coord_keys``); covers are
+    sorted key arrays."""
+    keys = _coord_keys({k: r for k, r in rows.items() if r is not None})
+    live: dict[SegmentKey, np.ndarray] = {}
+    covers: dict[int, np.ndarray] = {}
+    for node in reversed(nodes):
+        seg = tree.segs[node]
+        mine = keys.get(seg, _EMPTY)
+        cover = _EMPTY if tree.ends[node] else covers.pop(node, _EMPTY)
+        if len(mine):
+            alive = ~_members(cover, mine)
+            live[seg] = alive | live[seg] if seg in live else alive
+        parent = tree.parent[node]
+        if parent >= 0 and not tree.ends[parent]:
+            up = np.union1d(mine, cover) if len(cover) else mine
+            before = covers.get(parent)
+            covers[parent] = up if before is None else np.intersect1d(before, up, True)
+    ids = []
+    for seg, alive in live.items():
+        found = rows[seg]
+        assert found is not None
+        take = alive & (found.kinds == int(ChunkKind.NATIVE))
+        if take.any():
+            ids.append(found.chunk_ids.filter(pa.array(take)))
+    return pc.unique(pa.concat_arrays(ids)) if ids else None
+
+
+def _members(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Which ``values`` are in ``sorted_keys`` (sorted, unique)."""
+    if not len(sorted_keys):
+        return np.zeros(len(values), bool)
+    at = np.searchsorted(sorted_keys, values).clip(max=len(sorted_keys) - 1)
+    return sorted_keys[at] == values
+
+
+def _coord_keys(rows: dict[SegmentKey, ChunkIdRows]) -> dict[SegmentKey, np.ndarray]:
+    """Each segment's coordinates as int64 keys, equal exactly where the coordinates are
+    (and of the same dimensionality), in the segment's row order: positions in the
+    bounding box of all of them (row-major) where that is small enough, else ranks."""
+    by_ndim: dict[int, list[SegmentKey]] = {}
+    for k, r in rows.items():
+        by_ndim.setdefault(r.coords.shape[1], []).append(k)
+    out: dict[SegmentKey, np.ndarray] = {}
+    base = 0
+    for ndim, segs in by_ndim.items():
+        coords = np.concatenate([rows[k].coords for k in segs]).reshape(-1, ndim)
+        lo = coords.min(axis=0) if len(coords) else np.zeros(ndim, np.int64)
+        spans = (coords.max(axis=0) - lo + 1) if len(coords) else np.ones(ndim, np.int64)
+        if math.prod(int(s) for s in spans) < (1 << 62):
+            flat = np.zeros(len(coords), np.int64)
+            for d in range(ndim):
+                flat = flat * spans[d] + (coords[:, d] - lo[d])
+        else:  # an astronomically sparse box: ranks
+            flat = np.unique(coords, axis=0, return_inverse=True)[1].reshape(-1)
+        if len(by_ndim) > 1:  # ranks, after those of the other dimensionalities
+            flat = np.unique(flat, return_inverse=True)[1].reshape(-1).astype(np.int64) + base
+            base = int(flat.max(initial=base - 1)) + 1
+        for k, part in zip(segs, np.split(flat, np.cumsum([len(rows[k]) for k in segs])[:-1])):
+            ordered = len(part) < 2 or bool((part[1:] > part[:-1]).all())
+            out[k] = part if ordered else np.unique(part)
     return out
 
 
