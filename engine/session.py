@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import threading
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -519,7 +521,7 @@ class Session:
             raise InvalidInputError(
                 f"commit message must be a string, got {type(message).__name__}"
             )
-        metadata = _check_metadata(metadata)
+        metadata = {**self._default_metadata, **_check_metadata(metadata)}
         if rebase_with is not None and not isinstance(rebase_with, ConflictSolver):
             raise InvalidInputError(
                 "rebase_with must be a ConflictSolver such as "
@@ -1112,6 +1114,103 @@ class Session:
                 found.update(v for v in pa.compute.unique(col).to_pylist() if v is not None)
         return sorted(found)
 
+    # -- Icechunk's names: configuration, coordinates, the deprecated allow_pickling ------
+    _default_metadata: dict[str, Any] = {}  # Repository.set_default_commit_metadata's, copied
+    _pickling_id: str | None = None  # the fork id the copies allow_pickling sends journal to
+    _pickling_allowed = False  # inside ``with session.allow_pickling():``
+
+    @property
+    def config(self) -> RepositoryConfig:
+        """The configuration of the repository this session belongs to."""
+        return self._repo.config
+
+    async def chunk_coordinates(
+        self, array_path: str, batch_size: int = 1000
+    ) -> AsyncIterator[tuple[int, ...]]:
+        """The coordinates of every initialized chunk of the array at ``array_path`` (its
+        staged ones included), as tuples, in no particular order (Icechunk's form;
+        ``chunk_coords`` gives them as a list). ``batch_size`` is accepted for
+        compatibility: the coordinates are read together.
+
+        Raises
+        ------
+        NotFoundError
+            There is no node at ``array_path``.
+        InvalidInputError
+            The node is a group.
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+        for coord in await self.chunk_coords(array_path):
+            yield coord
+
+    @contextlib.contextmanager
+    def allow_pickling(self) -> Iterator[None]:
+        """Deprecated (Icechunk 1.0 removed it): use ``fork()``.
+
+        Inside the block, pickling this writable session (or its store) gives a copy
+        that writes like a fork's copy: it starts with this session's staged nodes (not
+        its staged chunks), and journals what it writes on storage as it writes
+        (``frazil.journal``). ``frazil.distributed.merge_sessions(session, *copies)`` then
+        merges what the copies handed back carry, and what the copies that never came
+        back journaled, into this session, and returns it; commit it. Copies of one
+        session share one journal, however many ``allow_pickling`` blocks there are,
+        until ``merge_sessions`` merges them.
+
+        Warns
+        -----
+        DeprecationWarning
+            Always: ``fork = session.fork()``, send ``fork``, and
+            ``session.merge(*returned_forks)`` do the same without the deprecated calls.
+        """
+        warnings.warn(
+            "Session.allow_pickling() is deprecated (Icechunk 1.0 removed it): use "
+            "fork = session.fork(), send the fork to the workers, and "
+            "session.merge(*forks) with the forks they return",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        self._check_writable()
+        if isinstance(self, ForkSession):
+            raise InvalidInputError(
+                "a ForkSession pickles as it is: allow_pickling is for sessions"
+            )
+        if self._pickling_id is None:
+            self._pickling_id = new_token()
+        self._pickling_allowed = True
+        try:
+            yield
+        finally:
+            self._pickling_allowed = False
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        if not self._pickling_allowed:
+            return super().__reduce_ex__(protocol)
+        copy = self.fork_with_staged_nodes()  # pickled as a fork whose copies journal
+        copy._fork_id = self._pickling_id
+        return (_unpickle_fork, (copy.__getstate__(),))
+
+    def _merge_pickled(self, copies: Sequence[Any]) -> Session:
+        """``merge_sessions(self, *copies)``: merge the copies ``allow_pickling`` made that
+        came back, and the journals of those that did not (see ``allow_pickling``)."""
+        if self._pickling_id is None:
+            raise InvalidInputError(
+                "merge_sessions(session, ...) merges the copies of a session pickled inside "
+                "`with session.allow_pickling():`, and this one never was; merge forks "
+                "instead: fork = session.fork(), then session.merge(*forks)"
+            )
+        everyone = ForkSession(
+            self._repo,
+            self._base,
+            branch=self._branch,
+            read_only=False,
+            base_checksum=self._base_checksum,
+        )
+        everyone._fork_id = self._pickling_id  # stands for the copies not handed back
+        self.merge(*[c for c in copies if c is not self], everyone)
+        self._pickling_id = None  # their journals go with the next commit
+        return self
+
 
 class _SessionCommitter:
     """The session's side of the commit loop (``frazil.commit.Committer``)."""
@@ -1251,6 +1350,13 @@ class ForkSession(Session):
 
 
 _SPILL_IN_FLIGHT = 8  # spilled segments uploading at once
+
+
+def _unpickle_fork(state: dict[str, Any]) -> ForkSession:
+    """A fork copy from a session pickled inside ``allow_pickling`` (see there)."""
+    fork = ForkSession.__new__(ForkSession)
+    fork.__setstate__(state)
+    return fork
 
 
 def _segment_without(
