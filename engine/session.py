@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import datetime as dt
 import json
@@ -60,6 +61,7 @@ from .rebase import (
     apply_resolution,
     merge_changes,
     paths_by_id,
+    same_content,
     summarize_changes,
     summarize_logs,
 )
@@ -1149,13 +1151,15 @@ class Session:
         """Deprecated (Icechunk 1.0 removed it): use ``fork()``.
 
         Inside the block, pickling this writable session (or its store) gives a copy
-        that writes like a fork's copy: it starts with this session's staged nodes (not
-        its staged chunks), and journals what it writes on storage as it writes
+        that writes like a fork's copy: it starts with this session's staged changes (as
+        Icechunk's did), and journals what it writes on storage as it writes
         (``frazil.journal``). ``frazil.distributed.merge_sessions(session, *copies)`` then
-        merges what the copies handed back carry, and what the copies that never came
-        back journaled, into this session, and returns it; commit it. Copies of one
-        session share one journal, however many ``allow_pickling`` blocks there are,
-        until ``merge_sessions`` merges them.
+        merges what the copies handed back wrote (not what they brought from here), and
+        what the copies that never came back journaled, into this session, and returns
+        it; commit it. Copies of one session share one journal, however many
+        ``allow_pickling`` blocks there are, until ``merge_sessions`` merges them.
+        Unlike Icechunk's, two copies writing one chunk differently is a
+        ``ConflictError`` at the merge, not a silent last-writer-wins.
 
         Warns
         -----
@@ -1186,9 +1190,11 @@ class Session:
     def __reduce_ex__(self, protocol: Any) -> Any:
         if not self._pickling_allowed:
             return super().__reduce_ex__(protocol)
-        copy = self.fork_with_staged_nodes()  # pickled as a fork whose copies journal
-        copy._fork_id = self._pickling_id
-        return (_unpickle_fork, (copy.__getstate__(),))
+        fork = self.fork_with_staged_nodes()  # pickled as a fork whose copies journal
+        with self._changes.lock:  # and that start with every staged change, as Icechunk's
+            fork._changes.chunks = {k: copy.copy(t) for k, t in self._changes.chunks.items()}
+        fork._fork_id = self._pickling_id
+        return (_unpickle_fork, (fork.__getstate__(),))
 
     def _merge_pickled(self, copies: Sequence[Any]) -> Session:
         """``merge_sessions(self, *copies)``: merge the copies ``allow_pickling`` made that
@@ -1207,7 +1213,11 @@ class Session:
             base_checksum=self._base_checksum,
         )
         everyone._fork_id = self._pickling_id  # stands for the copies not handed back
-        self.merge(*[c for c in copies if c is not self], everyone)
+        returned = [c for c in copies if c is not self]
+        for c in returned:  # what a copy brought from here is no change of its own
+            if isinstance(c, ForkSession) and c._fork_id == self._pickling_id:
+                _drop_inherited(self._changes, c._changes)
+        self.merge(*returned, everyone)
         self._pickling_id = None  # their journals go with the next commit
         return self
 
@@ -1350,6 +1360,16 @@ class ForkSession(Session):
 
 
 _SPILL_IN_FLIGHT = 8  # spilled segments uploading at once
+
+
+def _drop_inherited(ours: ChangeSet, theirs: ChangeSet) -> None:
+    """Remove from ``theirs`` (a copy's changes) the chunks staged with the same content
+    in ``ours`` (the session it was pickled from): the copy started with them."""
+    for node_id, table in theirs.chunks.items():
+        mine = ours.chunks.get(node_id)
+        if mine is not None and len(mine) and len(table):
+            both = mine.overlap(table)
+            table.discard([c for c in both if same_content(mine.get(c), table.get(c))])
 
 
 def _unpickle_fork(state: dict[str, Any]) -> ForkSession:

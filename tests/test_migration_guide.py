@@ -277,3 +277,20 @@ def test_virtual_chunk_credentials_names_its_replacement(tmp_path: Path, how: st
     with pytest.raises(frazil.InvalidInputError, match="authorize_virtual_chunk_access="):
         getattr(Repository, how)(storage, virtual_chunk_credentials=credentials)
     assert Repository.exists(storage) == (how == "open")  # nothing was created
+
+
+def test_allow_pickling_into_arrays_not_yet_committed(tmp_path: Path) -> None:
+    """The copies start with the session's staged nodes: arrays created in the session
+    and not committed are written on workers, by copies returned and copies dropped."""
+    repo = frazil.Repository.create(frazil.local_filesystem_storage(tmp_path / "repo"))
+    session = repo.writable_session("main")
+    ds.chunk({"time": 1}).to_zarr(session.store, compute=False, consolidated=False)
+    with pytest.warns(DeprecationWarning), two_workers() as pool:
+        with session.allow_pickling():
+            kept = [pool.submit(write_timestamp, itime=i, session=session) for i in (0, 1)]
+            dropped = [pool.submit(write_and_forget, itime=i, session=session) for i in (2, 3)]
+            returned = [f.result() for f in kept]
+            [f.result() for f in dropped]
+    frazil.distributed.merge_sessions(session, *returned)
+    session.commit("everything at once")
+    xr.testing.assert_identical(written(repo), ds)
