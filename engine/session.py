@@ -1146,6 +1146,24 @@ class Session:
         for coord in await self.chunk_coords(array_path):
             yield coord
 
+    async def all_virtual_chunk_locations_async(self) -> list[str]:
+        """``all_virtual_chunk_locations``, run in a thread (``asyncio.to_thread``)."""
+        return await asyncio.to_thread(self.all_virtual_chunk_locations)
+
+    async def chunk_type_async(
+        self, array_path: str, chunk_coordinates: Sequence[int]
+    ) -> ChunkType:
+        """``chunk_type``, run in a thread (``asyncio.to_thread``)."""
+        return await asyncio.to_thread(self.chunk_type, array_path, chunk_coordinates)
+
+    async def merge_async(self, *others: ForkSession) -> None:
+        """``merge``, run in a thread (``asyncio.to_thread``)."""
+        await asyncio.to_thread(self.merge, *others)
+
+    async def rebase_async(self, solver: ConflictSolver) -> None:
+        """``rebase``, run in a thread (``asyncio.to_thread``)."""
+        await asyncio.to_thread(self.rebase, solver)
+
     @contextlib.contextmanager
     def allow_pickling(self) -> Iterator[None]:
         """Deprecated (Icechunk 1.0 removed it): use ``fork()``.

@@ -404,3 +404,29 @@ def test_chunk_coordinates(repo: frazil.Repository) -> None:
         asyncio.run(collect("/nonesuch"))
     with pytest.raises(frazil.InvalidInputError, match="batch_size"):
         asyncio.run(collect("/a", batch_size=0))
+
+
+def test_session_async_forms(repo: frazil.Repository) -> None:
+    session = repo.writable_session("main")
+    write(session)
+    session.commit("x")
+    session = repo.writable_session("main")
+    fork = session.fork()
+    zarr.open_array(fork.store, path="x")[0:2] = 9
+
+    async def go() -> None:
+        assert await session.chunk_type_async("/x", [0]) == frazil.ChunkType.INLINE
+        assert await session.all_virtual_chunk_locations_async() == []
+        await session.merge_async(fork)
+        assert session.has_uncommitted_changes
+        other = repo.writable_session("main")
+        write(other, "y")
+        other.commit("meanwhile")
+        await session.rebase_async(frazil.ConflictDetector())
+        assert session.snapshot_id == repo.lookup_branch("main")
+
+    asyncio.run(go())
+    session.commit("after rebase")
+    assert zarr.open_array(repo.readonly_session("main").store, path="x")[0] == 9
+    params = inspect.signature(frazil.Session.chunk_type_async).parameters
+    assert list(params) == ["self", "array_path", "chunk_coordinates"]
