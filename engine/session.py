@@ -1164,6 +1164,52 @@ class Session:
         """``rebase``, run in a thread (``asyncio.to_thread``)."""
         await asyncio.to_thread(self.rebase, solver)
 
+    def flush(self, message: str, metadata: dict[str, Any] | None = None) -> str:
+        """Write the staged changes as a new snapshot without moving any branch.
+
+        The snapshot's parent is this session's base; the session becomes read-only at
+        it, on no branch. Nothing refers to the snapshot but its id, so
+        ``garbage_collect`` deletes it once it is older than the cutoff unless a branch
+        or tag is made to point at it (``create_branch``, ``reset_branch``).
+
+        Returns
+        -------
+        str
+            The new snapshot's id.
+
+        Raises
+        ------
+        InvalidInputError
+            Nothing to flush, a malformed argument, or a ``ForkSession``.
+        ReadOnlyError
+            The session is read-only.
+        """
+        return runtime.run(self.flush_async(message, metadata))
+
+    async def flush_async(self, message: str, metadata: dict[str, Any] | None = None) -> str:
+        """``flush``, to await (as ``commit_async`` is ``commit``'s)."""
+        self._check_writable()
+        if isinstance(self, ForkSession):
+            raise InvalidInputError(
+                "a ForkSession cannot flush: return it to the process that forked it and "
+                "call session.merge(fork) there"
+            )
+        if not isinstance(message, str):
+            raise InvalidInputError(
+                f"commit message must be a string, got {type(message).__name__}"
+            )
+        meta = {**self._default_metadata, **_check_metadata(metadata)}
+        if self._changes.is_empty():
+            raise InvalidInputError("nothing to flush: the session has no changes")
+        plan = await _SessionCommitter(self, message, meta, None).prepare(1)
+        sid = self._committed(plan)
+        self._branch = None
+        if self._merged_forks:  # as after a commit: the merged forks' journals are garbage
+            forks, self._merged_forks = self._merged_forks, set()
+            with contextlib.suppress(FrazilError):
+                await delete_journals(self._repo.storage, forks)
+        return sid
+
     @contextlib.contextmanager
     def allow_pickling(self) -> Iterator[None]:
         """Deprecated (Icechunk 1.0 removed it): use ``fork()``.

@@ -350,6 +350,8 @@ ICECHUNK_SIGNATURES = {
     "Repository.exists_async": "(storage)",
     "Session.chunk_coordinates": "(self, array_path, batch_size=1000)",
     "Session.allow_pickling": "(self)",
+    "Session.flush": "(self, message, metadata=None)",
+    "Session.flush_async": "(self, message, metadata=None)",
     "set_logs_filter": "(log_filter_directive)",
     "initialize_logs": "()",
     "print_debug_info": "()",
@@ -430,3 +432,33 @@ def test_session_async_forms(repo: frazil.Repository) -> None:
     assert zarr.open_array(repo.readonly_session("main").store, path="x")[0] == 9
     params = inspect.signature(frazil.Session.chunk_type_async).parameters
     assert list(params) == ["self", "array_path", "chunk_coordinates"]
+
+
+def test_flush_writes_a_snapshot_on_no_branch(repo: frazil.Repository) -> None:
+    tip = repo.lookup_branch("main")
+    repo.set_default_commit_metadata({"by": "flush"})
+    session = repo.writable_session("main")
+    write(session, value=4)
+    sid = session.flush("detached", {"k": 1})
+    assert repo.lookup_branch("main") == tip  # no branch moved
+    assert session.read_only and session.branch is None and session.snapshot_id == sid
+    info = repo.lookup_snapshot(sid)
+    assert (info.parent_id, info.message, info.metadata) == (
+        tip,
+        "detached",
+        {"by": "flush", "k": 1},
+    )
+    readback = repo.readonly_session(snapshot_id=sid)
+    assert zarr.open_array(readback.store, path="x", mode="r")[:].tolist() == [4] * 8
+    repo.create_branch("kept", sid)  # a ref makes it history like any other
+    assert [i.id for i in repo.ancestry(branch="kept")][:2] == [sid, tip]
+    with pytest.raises(frazil.ReadOnlyError):
+        session.flush("again")
+    empty = repo.writable_session("main")
+    with pytest.raises(frazil.InvalidInputError, match="nothing to flush"):
+        empty.flush("nothing")
+    with pytest.raises(frazil.InvalidInputError, match="ForkSession"):
+        empty.fork().flush("no")
+    other = repo.writable_session("main")
+    write(other, "y")
+    assert asyncio.run(other.flush_async("async")) == other.snapshot_id
