@@ -1,5 +1,10 @@
 """frazil: Git-like version control for Zarr v3 on object storage, with no server."""
 
+from importlib import metadata as _metadata
+from typing import Any as _Any
+
+from frazil.format.common import WRITE_VERSION as _WRITE_VERSION
+
 from .config import RepositoryConfig
 from .conflicts import (
     BasicConflictSolver,
@@ -23,6 +28,9 @@ from .errors import (
     TransientStorageError,
     VirtualChunkError,
 )
+from .errors import FrazilError as IcechunkError
+from .logs import initialize_logs, print_debug_info, set_logs_filter
+from .maintenance import ChunkStorageStats, GCSummary
 from .repository import Repository, SnapshotInfo
 from .session import ForkSession, Session
 from .storage import (
@@ -55,7 +63,40 @@ from .virtual.containers import (
     s3_store,
 )
 
+try:
+    __version__: str = _metadata.version("frazil")
+except _metadata.PackageNotFoundError:  # pragma: no cover - imported from a source tree
+    __version__ = "0+unknown"
+
+
+def spec_version() -> int:
+    """The on-disk format version this version of frazil writes (``format/SPEC.md``).
+
+    Icechunk's function of that name gives Icechunk's spec version; frazil's repositories
+    have their own format, so this is frazil's (Icechunk repositories are not read)."""
+    return _WRITE_VERSION
+
+
+def __getattr__(name: str) -> _Any:
+    # IcechunkStore is the zarr adapter's store: imported on first use, so that the
+    # engine does not import the adapter (the one seam is Session.store)
+    if name == "IcechunkStore":
+        from frazil.zarr_adapter.store import FrazilStore
+
+        return FrazilStore
+    raise AttributeError(f"module 'frazil' has no attribute {name!r}")
+
+
 __all__ = [
+    "ChunkStorageStats",
+    "GCSummary",
+    "IcechunkError",
+    "IcechunkStore",
+    "__version__",
+    "initialize_logs",
+    "print_debug_info",
+    "set_logs_filter",
+    "spec_version",
     "BasicConflictSolver",
     "Conflict",
     "ConflictDetector",

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
+import json
+import warnings
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from frazil.format import CommitInfo, Snapshot, SnapshotId, keys
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
@@ -17,6 +20,7 @@ from frazil.format.config import decode_config, encode_config
 from . import history, maintenance, runtime
 from .commit import initial_snapshot
 from .compaction import CompactionSummary, Progress, compact_branch
+from .conflicts import ConflictSolver
 from .diff import Diff, diff_snapshots
 from .errors import (
     AlreadyExistsError,
@@ -26,6 +30,7 @@ from .errors import (
     ReadOnlyError,
 )
 from .maintenance import ChunkStorageStats, FsckReport, GCSummary
+from .maintenance.reach import cutoff_ms
 from .objects import ObjectReader
 from .refs import (
     Move,
@@ -40,7 +45,7 @@ from .refs import (
     tombstone_tag,
     validate_name,
 )
-from .session import Session
+from .session import Session, _check_metadata
 from .storage.base import Storage
 from .virtual import VirtualResolver, check_authorization
 
@@ -108,6 +113,32 @@ def _named_by(label: str | None) -> Iterator[None]:
         raise FormatError(f"{label}: {e}") from e
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _in_thread(method: Callable[_P, _R]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+    """The async form of a sync method, Icechunk's ``*_async``: the method run in a worker
+    thread (``asyncio.to_thread``), so the caller's event loop is never blocked. It has
+    the method's signature (``inspect.signature`` shows it) and raises what it raises."""
+
+    @functools.wraps(method)
+    async def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await asyncio.to_thread(method, *args, **kwargs)
+
+    run.__doc__ = f"``{method.__name__}``, run in a thread (``asyncio.to_thread``)."
+    return run
+
+
+def _refuse_removed(virtual_chunk_credentials: object) -> None:
+    if virtual_chunk_credentials is not None:
+        raise InvalidInputError(
+            "virtual_chunk_credentials= was removed in Icechunk 1.0: pass the containers' "
+            "credentials as authorize_virtual_chunk_access= "
+            "(containers_credentials({url_prefix: credentials}))"
+        )
+
+
 class Repository:
     """A frazil repository on some ``Storage``. Use ``create``, ``open`` or ``open_or_create``."""
 
@@ -124,6 +155,7 @@ class Repository:
         self._storage = storage
         self._config = config
         self._reader = ObjectReader(storage)
+        self._default_metadata: dict[str, Any] = {}
         # containers as the stored config declares them, which the opener did not pass:
         # credentials are never sent to an endpoint only they name
         self._virtual = VirtualResolver(
@@ -171,8 +203,9 @@ class Repository:
         cls,
         storage: Storage,
         config: RepositoryConfig | None = None,
-        *,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+        *,
+        virtual_chunk_credentials: Any = None,
     ) -> Repository:
         """Create a new repository in ``storage``.
 
@@ -189,6 +222,9 @@ class Repository:
         authorize_virtual_chunk_access
             ``containers_credentials({prefix: credentials})``: the virtual chunk
             containers this repository object may read, with the credentials to use.
+        virtual_chunk_credentials
+            Removed in Icechunk 1.0 (replaced by ``authorize_virtual_chunk_access``):
+            passing it raises ``InvalidInputError`` saying so.
 
         Returns
         -------
@@ -202,6 +238,7 @@ class Repository:
         ReadOnlyError
             ``storage`` is read-only.
         """
+        _refuse_removed(virtual_chunk_credentials)
         return runtime.run(cls._create(storage, config, authorize_virtual_chunk_access))
 
     @classmethod
@@ -255,8 +292,9 @@ class Repository:
         cls,
         storage: Storage,
         config: RepositoryConfig | None = None,
-        *,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+        *,
+        virtual_chunk_credentials: Any = None,
     ) -> Repository:
         """Open an existing repository.
 
@@ -283,6 +321,7 @@ class Repository:
         FormatError
             Its ``config.json`` is damaged.
         """
+        _refuse_removed(virtual_chunk_credentials)
         return runtime.run(cls._open(storage, config, authorize_virtual_chunk_access))
 
     @classmethod
@@ -321,8 +360,9 @@ class Repository:
         cls,
         storage: Storage,
         config: RepositoryConfig | None = None,
-        *,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+        *,
+        virtual_chunk_credentials: Any = None,
     ) -> Repository:
         """Open the repository in ``storage``, or create it if there is none.
 
@@ -333,6 +373,7 @@ class Repository:
         -------
         Repository
         """
+        _refuse_removed(virtual_chunk_credentials)
         auth = authorize_virtual_chunk_access
         _check_config(config)
         if cls.exists(storage):
@@ -633,14 +674,37 @@ class Repository:
 
     # -- sessions --------------------------------------------------------------------------
     def readonly_session(
-        self, branch: str | None = None, *, tag: str | None = None, snapshot_id: str | None = None
+        self,
+        branch: str | None = None,
+        *,
+        tag: str | None = None,
+        snapshot_id: str | None = None,
+        as_of: dt.datetime | None = None,
     ) -> Session:
         """A read-only session at a branch's tip, a tag or a snapshot (give one).
+
+        Parameters
+        ----------
+        branch, tag, snapshot_id
+            Where to read (exactly one).
+        as_of
+            With ``branch`` only: a timezone-aware time; the session reads the newest
+            snapshot of the branch's history written at or before it.
 
         Returns
         -------
         Session
+
+        Raises
+        ------
+        NotFoundError
+            The ref or snapshot does not exist; with ``as_of``, the branch's history
+            (what expiry kept of it) holds no snapshot that old.
+        InvalidInputError
+            Not exactly one of them, ``as_of`` without ``branch`` or naive.
         """
+        if as_of is not None:
+            return self._readonly_as_of(branch, tag, snapshot_id, as_of)
 
         async def go() -> Session:
             snap, cs = await self._load(branch, tag, snapshot_id)
@@ -668,7 +732,9 @@ class Repository:
 
         async def go() -> Session:
             snap, cs = await self._load(branch=branch)
-            return Session(self, snap, branch=branch, read_only=False, base_checksum=cs)
+            session = Session(self, snap, branch=branch, read_only=False, base_checksum=cs)
+            session._default_metadata = dict(self._default_metadata)
+            return session
 
         return runtime.run(go())
 
@@ -734,13 +800,34 @@ class Repository:
         return summary
 
     def expire_snapshots(
-        self, older_than: dt.datetime, *, progress: Progress | None = None
+        self,
+        older_than: dt.datetime,
+        *,
+        delete_expired_branches: bool = False,
+        delete_expired_tags: bool = False,
+        progress: Progress | None = None,
     ) -> set[str]:
         """Drop the snapshots written before ``older_than`` from every branch's history
         (branch tips and the first snapshot stay; snapshots above a dropped one are
         rewritten with new ids) and return the dropped ids. Tags and their history are
-        untouched. ``garbage_collect`` then reclaims what nothing reaches any more."""
+        untouched. ``garbage_collect`` then reclaims what nothing reaches any more.
+
+        ``delete_expired_branches`` / ``delete_expired_tags``: first delete every branch
+        (never ``main``) / tag whose tip was written before ``older_than`` (a branch only
+        if it still points there, by compare-and-swap); their snapshots are left for
+        ``garbage_collect``, not listed in the result."""
         self._check_writable_storage("expire snapshots")
+        cutoff_ms(older_than)
+        for flag, name in (
+            (delete_expired_branches, "delete_expired_branches"),
+            (delete_expired_tags, "delete_expired_tags"),
+        ):
+            if not isinstance(flag, bool):
+                raise InvalidInputError(f"{name} must be True or False, got {flag!r}")
+        if delete_expired_branches or delete_expired_tags:
+            runtime.run(
+                self._delete_expired_refs(older_than, delete_expired_branches, delete_expired_tags)
+            )
         return runtime.run(
             maintenance.expire_snapshots(self._storage, self._reader, older_than, progress)
         )
@@ -760,6 +847,224 @@ class Repository:
     def chunk_storage_stats(self, *, progress: Progress | None = None) -> ChunkStorageStats:
         """Native, inline and virtual chunk counts and bytes over everything reachable."""
         return runtime.run(maintenance.chunk_storage_stats(self._storage, self._reader, progress))
+
+    # -- Icechunk's conveniences: transactions, default metadata, time travel, inspection --
+    @contextlib.contextmanager
+    def transaction(
+        self,
+        branch: str,
+        *,
+        message: str,
+        metadata: dict[str, Any] | None = None,
+        rebase_with: ConflictSolver | None = None,
+        rebase_tries: int = 1_000,
+    ) -> Iterator[Any]:
+        """A writable session's store on ``branch`` for a ``with`` block: committed
+        (``message``, ``metadata``, ``rebase_with``, ``rebase_tries`` as in
+        ``Session.commit``) when the block ends normally, discarded if it raises::
+
+            with repo.transaction("main", message="add x") as store:
+                zarr.create_array(store, name="x", shape=(4,), dtype="i4")
+
+        Yields
+        ------
+        FrazilStore
+            The zarr store (``IcechunkStore``) of the session.
+        """
+        session = self.writable_session(branch)
+        yield session.store
+        session.commit(message, metadata, rebase_with=rebase_with, rebase_tries=rebase_tries)
+
+    def set_default_commit_metadata(self, metadata: dict[str, Any]) -> None:
+        """Metadata recorded with every commit of the sessions this repository object
+        starts from now on; what a commit passes wins where keys collide.
+
+        Raises
+        ------
+        InvalidInputError
+            Not a dict of JSON-serializable values with string keys.
+        """
+        self._default_metadata = _check_metadata(metadata)
+
+    def default_commit_metadata(self) -> dict[str, Any]:
+        """The metadata ``set_default_commit_metadata`` set (a copy; empty by default)."""
+        return dict(self._default_metadata)
+
+    def _readonly_as_of(
+        self, branch: str | None, tag: str | None, snapshot_id: str | None, as_of: dt.datetime
+    ) -> Session:
+        if branch is None or tag is not None or snapshot_id is not None:
+            raise InvalidInputError("as_of= goes with branch= only (not tag= or snapshot_id=)")
+        if not isinstance(as_of, dt.datetime) or as_of.tzinfo is None:
+            raise InvalidInputError(
+                f"as_of must be a timezone-aware datetime (e.g. datetime.now(UTC)), got {as_of!r}"
+            )
+        for info in self.ancestry(branch=branch):
+            if info.written_at <= as_of:
+                return self.readonly_session(snapshot_id=info.id)
+        raise NotFoundError(
+            f"branch {branch!r} has no snapshot written at or before {as_of.isoformat()} "
+            "(in what expiry kept of its history)"
+        )
+
+    async def _delete_expired_refs(
+        self, older_than: dt.datetime, branches: bool, tags: bool
+    ) -> None:
+        """Delete the branches (never main) and tags whose tips were written before
+        ``older_than``; a branch only if it still points at the tip that was checked."""
+
+        class Moved(Exception):
+            pass
+
+        async def expired(kind: str, name: str) -> SnapshotId | None:
+            try:
+                sid = (await read_ref(self._storage, kind, name)).record.snapshot_id
+            except NotFoundError:  # deleted meanwhile
+                return None
+            assert sid is not None
+            info = await self._reader.commit_info(sid)
+            return sid if info.written_at < older_than else None
+
+        if branches:
+            for name in sorted(await list_refs(self._storage, BRANCH_REF)):
+                tip = None if name == MAIN else await expired(BRANCH_REF, name)
+                if tip is None:
+                    continue
+
+                async def attempt(ref: Ref, n: int, tip: SnapshotId = tip) -> Move:
+                    if ref.record.snapshot_id != tip:
+                        raise Moved  # a commit landed since: the branch is not expired
+                    return Move(None, delete=True)
+
+                with contextlib.suppress(Moved, NotFoundError):
+                    await move_branch(self._storage, name, attempt, history=self._reader.parent)
+        if tags:
+            for name in sorted(await list_refs(self._storage, TAG_REF)):
+                if await expired(TAG_REF, name) is not None:
+                    with contextlib.suppress(NotFoundError):
+                        await tombstone_tag(self._storage, name)
+
+    def total_chunks_storage(
+        self,
+        *,
+        max_snapshots_in_memory: int = 50,
+        max_compressed_manifest_mem_bytes: int = 512 * 1024 * 1024,
+        max_concurrent_manifest_fetches: int = 500,
+    ) -> int:
+        """Deprecated, as in Icechunk: ``chunk_storage_stats().native_bytes``, the bytes of
+        the native chunk objects anything reachable references. The three limits are
+        Icechunk's memory and concurrency settings, accepted and not needed."""
+        warnings.warn(
+            "total_chunks_storage() is deprecated, as in Icechunk: use "
+            "chunk_storage_stats().native_bytes (chunk_storage_stats() also counts inline "
+            "and virtual chunks)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.chunk_storage_stats().native_bytes
+
+    def inspect_snapshot(self, snapshot_id: str, *, pretty: bool = True) -> str:
+        """A JSON description of snapshot ``snapshot_id``, with Icechunk's fields: ``id``,
+        ``parent_id``, ``flushed_at``, ``commit_message``, ``metadata``, ``manifests``
+        (``id``, ``size_bytes``, ``num_chunk_refs``) and ``nodes`` (``id``, ``path``,
+        ``node_type``, and for arrays ``manifest_refs``: ``id`` and ``extents``, per
+        dimension the chunk range ``[first, last + 1]``). ``pretty``: indented.
+
+        Raises
+        ------
+        NotFoundError
+            There is no such snapshot.
+        """
+        snap, _ = runtime.run(self._load(snapshot_id=snapshot_id))
+        info = snap.info
+        manifests: dict[str, dict[str, Any]] = {}
+        nodes = []
+        for rec in snap.nodes:
+            node: dict[str, Any] = {
+                "id": str(rec.node_id),
+                "path": rec.path,
+                "node_type": rec.node_type,
+            }
+            if rec.node_type == "array":
+                refs = []
+                for seg in rec.segments:
+                    mid = str(seg.manifest_id)
+                    entry = manifests.setdefault(
+                        mid, {"id": mid, "size_bytes": seg.size, "num_chunk_refs": 0}
+                    )
+                    entry["num_chunk_refs"] += seg.rows
+                    extents = [[lo, hi + 1] for lo, hi in zip(seg.extent_min, seg.extent_max)]
+                    refs.append({"id": mid, "extents": extents})
+                node["manifest_refs"] = refs
+            nodes.append(node)
+        doc = {
+            "id": str(info.snapshot_id),
+            "parent_id": str(info.parent_id) if info.parent_id else None,
+            "flushed_at": info.written_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+            "commit_message": info.message,
+            "metadata": info.metadata,
+            "manifests": list(manifests.values()),
+            "nodes": nodes,
+        }
+        return json.dumps(doc, indent=2 if pretty else None)
+
+    # -- Icechunk's async forms: the sync method run in a worker thread --------------------
+    @classmethod
+    async def create_async(
+        cls,
+        storage: Storage,
+        config: RepositoryConfig | None = None,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+    ) -> Repository:
+        """``create``, run in a thread (``asyncio.to_thread``)."""
+        return await asyncio.to_thread(cls.create, storage, config, authorize_virtual_chunk_access)
+
+    @classmethod
+    async def open_async(
+        cls,
+        storage: Storage,
+        config: RepositoryConfig | None = None,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+    ) -> Repository:
+        """``open``, run in a thread (``asyncio.to_thread``)."""
+        return await asyncio.to_thread(cls.open, storage, config, authorize_virtual_chunk_access)
+
+    @classmethod
+    async def open_or_create_async(
+        cls,
+        storage: Storage,
+        config: RepositoryConfig | None = None,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+    ) -> Repository:
+        """``open_or_create``, run in a thread (``asyncio.to_thread``)."""
+        return await asyncio.to_thread(
+            cls.open_or_create, storage, config, authorize_virtual_chunk_access
+        )
+
+    @staticmethod
+    async def exists_async(storage: Storage) -> bool:
+        """``exists``, run in a thread (``asyncio.to_thread``)."""
+        return await asyncio.to_thread(Repository.exists, storage)
+
+    chunk_storage_stats_async = _in_thread(chunk_storage_stats)
+    create_branch_async = _in_thread(create_branch)
+    create_tag_async = _in_thread(create_tag)
+    delete_branch_async = _in_thread(delete_branch)
+    delete_tag_async = _in_thread(delete_tag)
+    diff_async = _in_thread(diff)
+    expire_snapshots_async = _in_thread(expire_snapshots)
+    garbage_collect_async = _in_thread(garbage_collect)
+    inspect_snapshot_async = _in_thread(inspect_snapshot)
+    list_branches_async = _in_thread(list_branches)
+    list_tags_async = _in_thread(list_tags)
+    lookup_branch_async = _in_thread(lookup_branch)
+    lookup_snapshot_async = _in_thread(lookup_snapshot)
+    lookup_tag_async = _in_thread(lookup_tag)
+    readonly_session_async = _in_thread(readonly_session)
+    reset_branch_async = _in_thread(reset_branch)
+    save_config_async = _in_thread(save_config)
+    total_chunks_storage_async = _in_thread(total_chunks_storage)
+    writable_session_async = _in_thread(writable_session)
 
 
 def _check_config(config: object) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import dataclasses
 import datetime as dt
 import json
 import threading
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -58,6 +61,7 @@ from .rebase import (
     apply_resolution,
     merge_changes,
     paths_by_id,
+    same_content,
     summarize_changes,
     summarize_logs,
 )
@@ -519,7 +523,7 @@ class Session:
             raise InvalidInputError(
                 f"commit message must be a string, got {type(message).__name__}"
             )
-        metadata = _check_metadata(metadata)
+        metadata = {**self._default_metadata, **_check_metadata(metadata)}
         if rebase_with is not None and not isinstance(rebase_with, ConflictSolver):
             raise InvalidInputError(
                 "rebase_with must be a ConflictSolver such as "
@@ -1112,6 +1116,175 @@ class Session:
                 found.update(v for v in pa.compute.unique(col).to_pylist() if v is not None)
         return sorted(found)
 
+    # -- Icechunk's names: configuration, coordinates, the deprecated allow_pickling ------
+    _default_metadata: dict[str, Any] = {}  # Repository.set_default_commit_metadata's, copied
+    _pickling_id: str | None = None  # the fork id the copies allow_pickling sends journal to
+    _pickling_allowed = False  # inside ``with session.allow_pickling():``
+
+    @property
+    def config(self) -> RepositoryConfig:
+        """The configuration of the repository this session belongs to."""
+        return self._repo.config
+
+    async def chunk_coordinates(
+        self, array_path: str, batch_size: int = 1000
+    ) -> AsyncIterator[tuple[int, ...]]:
+        """The coordinates of every initialized chunk of the array at ``array_path`` (its
+        staged ones included), as tuples, in no particular order (Icechunk's form;
+        ``chunk_coords`` gives them as a list). ``batch_size`` is accepted for
+        compatibility: the coordinates are read together.
+
+        Raises
+        ------
+        NotFoundError
+            There is no node at ``array_path``.
+        InvalidInputError
+            The node is a group.
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+        for coord in await self.chunk_coords(array_path):
+            yield coord
+
+    async def all_virtual_chunk_locations_async(self) -> list[str]:
+        """``all_virtual_chunk_locations``, run in a thread (``asyncio.to_thread``)."""
+        return await asyncio.to_thread(self.all_virtual_chunk_locations)
+
+    async def chunk_type_async(
+        self, array_path: str, chunk_coordinates: Sequence[int]
+    ) -> ChunkType:
+        """``chunk_type``, run in a thread (``asyncio.to_thread``)."""
+        return await asyncio.to_thread(self.chunk_type, array_path, chunk_coordinates)
+
+    async def merge_async(self, *others: ForkSession) -> None:
+        """``merge``, run in a thread (``asyncio.to_thread``)."""
+        await asyncio.to_thread(self.merge, *others)
+
+    async def rebase_async(self, solver: ConflictSolver) -> None:
+        """``rebase``, run in a thread (``asyncio.to_thread``)."""
+        await asyncio.to_thread(self.rebase, solver)
+
+    def flush(self, message: str, metadata: dict[str, Any] | None = None) -> str:
+        """Write the staged changes as a new snapshot without moving any branch.
+
+        The snapshot's parent is this session's base; the session becomes read-only at
+        it, on no branch. Nothing refers to the snapshot but its id, so
+        ``garbage_collect`` deletes it once it is older than the cutoff unless a branch
+        or tag is made to point at it (``create_branch``, ``reset_branch``).
+
+        Returns
+        -------
+        str
+            The new snapshot's id.
+
+        Raises
+        ------
+        InvalidInputError
+            Nothing to flush, a malformed argument, or a ``ForkSession``.
+        ReadOnlyError
+            The session is read-only.
+        """
+        return runtime.run(self.flush_async(message, metadata))
+
+    async def flush_async(self, message: str, metadata: dict[str, Any] | None = None) -> str:
+        """``flush``, to await (as ``commit_async`` is ``commit``'s)."""
+        self._check_writable()
+        if isinstance(self, ForkSession):
+            raise InvalidInputError(
+                "a ForkSession cannot flush: return it to the process that forked it and "
+                "call session.merge(fork) there"
+            )
+        if not isinstance(message, str):
+            raise InvalidInputError(
+                f"commit message must be a string, got {type(message).__name__}"
+            )
+        meta = {**self._default_metadata, **_check_metadata(metadata)}
+        if self._changes.is_empty():
+            raise InvalidInputError("nothing to flush: the session has no changes")
+        plan = await _SessionCommitter(self, message, meta, None).prepare(1)
+        sid = self._committed(plan)
+        self._branch = None
+        if self._merged_forks:  # as after a commit: the merged forks' journals are garbage
+            forks, self._merged_forks = self._merged_forks, set()
+            with contextlib.suppress(FrazilError):
+                await delete_journals(self._repo.storage, forks)
+        return sid
+
+    @contextlib.contextmanager
+    def allow_pickling(self) -> Iterator[None]:
+        """Deprecated (Icechunk 1.0 removed it): use ``fork()``.
+
+        Inside the block, pickling this writable session (or its store) gives a copy
+        that writes like a fork's copy: it starts with this session's staged changes (as
+        Icechunk's did), and journals what it writes on storage as it writes
+        (``frazil.journal``). ``frazil.distributed.merge_sessions(session, *copies)`` then
+        merges what the copies handed back wrote (not what they brought from here), and
+        what the copies that never came back journaled, into this session, and returns
+        it; commit it. Copies of one session share one journal, however many
+        ``allow_pickling`` blocks there are, until ``merge_sessions`` merges them.
+        Unlike Icechunk's, two copies writing one chunk differently is a
+        ``ConflictError`` at the merge, not a silent last-writer-wins.
+
+        Warns
+        -----
+        DeprecationWarning
+            Always: ``fork = session.fork()``, send ``fork``, and
+            ``session.merge(*returned_forks)`` do the same without the deprecated calls.
+        """
+        warnings.warn(
+            "Session.allow_pickling() is deprecated (Icechunk 1.0 removed it): use "
+            "fork = session.fork(), send the fork to the workers, and "
+            "session.merge(*forks) with the forks they return",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        self._check_writable()
+        if isinstance(self, ForkSession):
+            raise InvalidInputError(
+                "a ForkSession pickles as it is: allow_pickling is for sessions"
+            )
+        if self._pickling_id is None:
+            self._pickling_id = new_token()
+        self._pickling_allowed = True
+        try:
+            yield
+        finally:
+            self._pickling_allowed = False
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        if not self._pickling_allowed:
+            return super().__reduce_ex__(protocol)
+        fork = self.fork_with_staged_nodes()  # pickled as a fork whose copies journal
+        with self._changes.lock:  # and that start with every staged change, as Icechunk's
+            fork._changes.chunks = {k: copy.copy(t) for k, t in self._changes.chunks.items()}
+        fork._fork_id = self._pickling_id
+        return (_unpickle_fork, (fork.__getstate__(),))
+
+    def _merge_pickled(self, copies: Sequence[Any]) -> Session:
+        """``merge_sessions(self, *copies)``: merge the copies ``allow_pickling`` made that
+        came back, and the journals of those that did not (see ``allow_pickling``)."""
+        if self._pickling_id is None:
+            raise InvalidInputError(
+                "merge_sessions(session, ...) merges the copies of a session pickled inside "
+                "`with session.allow_pickling():`, and this one never was; merge forks "
+                "instead: fork = session.fork(), then session.merge(*forks)"
+            )
+        everyone = ForkSession(
+            self._repo,
+            self._base,
+            branch=self._branch,
+            read_only=False,
+            base_checksum=self._base_checksum,
+        )
+        everyone._fork_id = self._pickling_id  # stands for the copies not handed back
+        returned = [c for c in copies if c is not self]
+        for c in returned:  # what a copy brought from here is no change of its own
+            if isinstance(c, ForkSession) and c._fork_id == self._pickling_id:
+                _drop_inherited(self._changes, c._changes)
+        self.merge(*returned, everyone)
+        self._pickling_id = None  # their journals go with the next commit
+        return self
+
 
 class _SessionCommitter:
     """The session's side of the commit loop (``frazil.commit.Committer``)."""
@@ -1251,6 +1424,23 @@ class ForkSession(Session):
 
 
 _SPILL_IN_FLIGHT = 8  # spilled segments uploading at once
+
+
+def _drop_inherited(ours: ChangeSet, theirs: ChangeSet) -> None:
+    """Remove from ``theirs`` (a copy's changes) the chunks staged with the same content
+    in ``ours`` (the session it was pickled from): the copy started with them."""
+    for node_id, table in theirs.chunks.items():
+        mine = ours.chunks.get(node_id)
+        if mine is not None and len(mine) and len(table):
+            both = mine.overlap(table)
+            table.discard([c for c in both if same_content(mine.get(c), table.get(c))])
+
+
+def _unpickle_fork(state: dict[str, Any]) -> ForkSession:
+    """A fork copy from a session pickled inside ``allow_pickling`` (see there)."""
+    fork = ForkSession.__new__(ForkSession)
+    fork.__setstate__(state)
+    return fork
 
 
 def _segment_without(

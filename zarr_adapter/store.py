@@ -76,9 +76,10 @@ def _parse_chunk(rest: str, meta: NodeMeta) -> Coord | None:
 
 
 def _is_fork(session: Session) -> bool:
+    """Whether ``session`` pickles as a fork: it is one, or allows pickling (deprecated)."""
     from frazil.session import ForkSession
 
-    return isinstance(session, ForkSession)
+    return isinstance(session, ForkSession) or session._pickling_allowed
 
 
 def _restore(session: Session, read_only: bool) -> FrazilStore:

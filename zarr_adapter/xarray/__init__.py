@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 XarrayRegion = Mapping[str, slice | Literal["auto"]] | Literal["auto"] | None
 XarrayWriteMode = Literal["w", "w-", "a", "a-", "r+", "r"]
 
-__all__ = ["to_frazil"]
+__all__ = ["to_frazil", "to_icechunk"]
 
 
 def to_frazil(
@@ -114,3 +114,7 @@ def to_frazil(
             [tuple(r) if r else None for r in writer.regions],
             split_every=fan_in,
         )
+
+
+to_icechunk = to_frazil
+"""Icechunk's name of ``to_frazil`` (``frazil.xarray.to_icechunk``)."""
