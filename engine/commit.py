@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ from frazil.format import (
 )
 from frazil.format import txlog as tx
 from frazil.format.common import BRANCH_REF
+from frazil.format.filters import build_filter
 from frazil.format.keys import manifest_key, snapshot_key, transaction_log_key
 from frazil.format.manifest import encode_manifest_parts, encode_manifest_table
 
@@ -60,6 +62,26 @@ class CommitPlan:
         return [*self.manifests, self.log, (snapshot_key(self.snapshot.id), self.snapshot_bytes)]
 
 
+def segment_ref(
+    manifest_id: ManifestId, digest: int, size: int, coords: np.ndarray, row_offset: int = 0
+) -> SegmentRef:
+    """The snapshot's entry for a segment of ``coords`` (sorted, n >= 1) in a manifest
+    object of checksum ``digest`` and ``size`` bytes: extents, and a membership filter
+    where one helps (the segment is small, and does not fill its bounding box)."""
+    lo, hi = coords.min(axis=0).tolist(), coords.max(axis=0).tolist()
+    cells = math.prod(h - low + 1 for low, h in zip(lo, hi))
+    return SegmentRef(
+        manifest_id,
+        digest,
+        size,
+        len(coords),
+        tuple(lo),
+        tuple(hi),
+        row_offset,
+        build_filter(coords) if len(coords) < cells else None,
+    )
+
+
 def build_segments(
     node_id: NodeId, parts: Iterable[tuple[np.ndarray, pa.Table]]
 ) -> tuple[list[SegmentRef], list[tuple[str, bytes]], np.ndarray | None]:
@@ -71,16 +93,7 @@ def build_segments(
     for part, rows in parts:
         mid = ManifestId.new()
         data = encode_manifest_table(mid, node_id, part, rows)
-        segs.append(
-            SegmentRef(
-                mid,
-                checksum(data),
-                len(data),
-                len(part),
-                tuple(part.min(axis=0).tolist()),
-                tuple(part.max(axis=0).tolist()),
-            )
-        )
+        segs.append(segment_ref(mid, checksum(data), len(data), part))
         objects.append((manifest_key(mid), data))
         all_coords.append(part)
     return segs, objects, (np.concatenate(all_coords) if all_coords else None)
@@ -109,15 +122,7 @@ def pack_segments(
         data = encode_manifest_parts(mid, batch)
         digest, offset = checksum(data), 0
         for node_id, coords, _ in batch:
-            refs[node_id] = SegmentRef(
-                mid,
-                digest,
-                len(data),
-                len(coords),
-                tuple(coords.min(axis=0).tolist()),
-                tuple(coords.max(axis=0).tolist()),
-                offset,
-            )
+            refs[node_id] = segment_ref(mid, digest, len(data), coords, offset)
             offset += len(coords)
         objects.append((manifest_key(mid), data))
 

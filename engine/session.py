@@ -28,6 +28,7 @@ from frazil.format import (
     checksum,
 )
 from frazil.format.common import BRANCH_REF
+from frazil.format.filters import coord_hash
 from frazil.format.keys import chunk_key
 from frazil.format.manifest import virtual_rows
 
@@ -303,8 +304,11 @@ class Session:
 
     # -- chunks ----------------------------------------------------------------------------
     async def _base_ref(self, rec: NodeRecord, coord: Coord) -> ChunkRef | None:
+        """The newest reference to ``coord`` in the base's segments: those whose extents
+        and filter admit it are read, newest first, until one has it."""
+        h = coord_hash(coord)
         for seg in rec.segments:
-            if seg.covers(coord):
+            if seg.may_hold(coord, h):
                 m = await self._repo.reader.manifest(seg)
                 i = m.find(coord)
                 if i is not None:
