@@ -275,3 +275,27 @@ def test_filters_spare_cold_reads_the_segments_that_lack_the_chunk() -> None:
     assert runtime.run(session.get_chunk("a", (500,))) == np.int64(500).tobytes()
     assert counting.manifest_reads <= 3  # the base, and at worst a false admission or two
     assert runtime.run(session.get_chunk("a", (3,))) == np.int64(-5).tobytes()
+
+
+def test_fsck_reports_a_filter_that_rejects_coordinates_of_its_segment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    repo = frazil.Repository.create(frazil.in_memory_storage())
+    s = repo.writable_session("main")
+    a = zarr.create_array(
+        s.store, name="a", shape=(1000,), chunks=(1,), dtype="i8", fill_value=-1, compressors=None
+    )
+    a[:] = np.arange(1000)
+    s.commit("all")
+    assert repo.fsck().ok
+    real = frazil.commit.build_filter
+    # a writer bug: the filter of other coordinates (readers would miss these chunks)
+    monkeypatch.setattr(frazil.commit, "build_filter", lambda coords: real(coords + 1))
+    s = repo.writable_session("main")
+    a = _open_array(s)
+    a[10] = 7
+    a[500] = 7
+    s.commit("bad filter")
+    report = repo.fsck()
+    assert not report.ok
+    assert any("filter" in p.message and p.kind == "damaged" for p in report.problems)
