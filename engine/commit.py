@@ -39,7 +39,7 @@ from frazil.format import txlog as tx
 from frazil.format.common import BRANCH_REF
 from frazil.format.filters import build_filter
 from frazil.format.keys import manifest_key, snapshot_key, transaction_log_key
-from frazil.format.manifest import encode_manifest_parts, encode_manifest_table
+from frazil.format.manifest import coord_bounds, encode_manifest_parts, encode_manifest_table
 
 from .changeset import ChangeSet
 from .errors import ConflictError
@@ -68,7 +68,7 @@ def segment_ref(
     """The snapshot's entry for a segment of ``coords`` (sorted, n >= 1) in a manifest
     object of checksum ``digest`` and ``size`` bytes: extents, and a membership filter
     where one helps (the segment is small, and does not fill its bounding box)."""
-    lo, hi = coords.min(axis=0).tolist(), coords.max(axis=0).tolist()
+    lo, hi = (b.tolist() for b in coord_bounds(coords))
     cells = math.prod(h - low + 1 for low, h in zip(lo, hi))
     return SegmentRef(
         manifest_id,
