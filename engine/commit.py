@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,8 +37,9 @@ from frazil.format import (
 )
 from frazil.format import txlog as tx
 from frazil.format.common import BRANCH_REF
+from frazil.format.filters import build_filter
 from frazil.format.keys import manifest_key, snapshot_key, transaction_log_key
-from frazil.format.manifest import encode_manifest_parts, encode_manifest_table
+from frazil.format.manifest import coord_bounds, encode_manifest_parts, encode_manifest_table
 
 from .changeset import ChangeSet
 from .errors import ConflictError
@@ -60,6 +62,26 @@ class CommitPlan:
         return [*self.manifests, self.log, (snapshot_key(self.snapshot.id), self.snapshot_bytes)]
 
 
+def segment_ref(
+    manifest_id: ManifestId, digest: int, size: int, coords: np.ndarray, row_offset: int = 0
+) -> SegmentRef:
+    """The snapshot's entry for a segment of ``coords`` (sorted, n >= 1) in a manifest
+    object of checksum ``digest`` and ``size`` bytes: extents, and a membership filter
+    where one helps (the segment is small, and does not fill its bounding box)."""
+    lo, hi = (b.tolist() for b in coord_bounds(coords))
+    cells = math.prod(h - low + 1 for low, h in zip(lo, hi))
+    return SegmentRef(
+        manifest_id,
+        digest,
+        size,
+        len(coords),
+        tuple(lo),
+        tuple(hi),
+        row_offset,
+        build_filter(coords) if len(coords) < cells else None,
+    )
+
+
 def segment_object(
     node_id: NodeId, coords: np.ndarray, rows: pa.Table
 ) -> tuple[SegmentRef, tuple[str, bytes]]:
@@ -67,15 +89,7 @@ def segment_object(
     (key, bytes)."""
     mid = ManifestId.new()
     data = encode_manifest_table(mid, node_id, coords, rows)
-    ref = SegmentRef(
-        mid,
-        checksum(data),
-        len(data),
-        len(coords),
-        tuple(coords.min(axis=0).tolist()),
-        tuple(coords.max(axis=0).tolist()),
-    )
-    return ref, (manifest_key(mid), data)
+    return segment_ref(mid, checksum(data), len(data), coords), (manifest_key(mid), data)
 
 
 def build_segments(
@@ -117,15 +131,7 @@ def pack_segments(
         data = encode_manifest_parts(mid, batch)
         digest, offset = checksum(data), 0
         for node_id, coords, _ in batch:
-            refs[node_id] = SegmentRef(
-                mid,
-                digest,
-                len(data),
-                len(coords),
-                tuple(coords.min(axis=0).tolist()),
-                tuple(coords.max(axis=0).tolist()),
-                offset,
-            )
+            refs[node_id] = segment_ref(mid, digest, len(data), coords, offset)
             offset += len(coords)
         objects.append((manifest_key(mid), data))
 

@@ -8,7 +8,11 @@ merges, in the arrays it writes, the runs of segments the policy picks:
 
 * A segment's *tier* is ``floor(log_F(rows))`` for the fanout ``F``
   (``RepositoryConfig.manifest_merge_fanout``, default 8), capped at the *top* tier, the
-  tier of ``manifest_split_rows / F`` rows.
+  tier of ``manifest_split_rows / F`` rows, or of ``cells / F`` rows (but at least tier
+  1) if that is lower, for an array of ``cells`` chunks in its grid: no merged segment
+  holds more rows than the array has chunks, so above that tier merging no longer makes
+  segments larger, only more of them (an array of 1,000 chunks rewritten at random would
+  keep up to ``F - 1`` segments of 512 to 1,000 rows, each read by most reads).
 * ``F`` or more adjacent segments of one tier below the top are merged into one run of
   segments (newest reference per coordinate; tombstones kept unless the run reaches the
   oldest segment, cut into pieces of at most ``manifest_split_rows`` rows). The result is of
@@ -110,9 +114,21 @@ def tier(rows: int, fanout: int) -> int:
     return t
 
 
-def top_tier(split_rows: int, fanout: int) -> int:
-    """The tier of large segments: those of at least ``split_rows / fanout`` rows."""
-    return tier(max(1, split_rows // fanout), fanout)
+def top_tier(split_rows: int, fanout: int, cells: int | None = None) -> int:
+    """The tier of large segments: those of at least ``split_rows / fanout`` rows, or
+    ``cells / fanout`` rows for an array of ``cells`` chunks (None: unknown), whichever
+    is fewer; but for the array's size, never below tier 1 (else every commit rewriting a
+    chunk of a small array would merge, writing an object of its own)."""
+    top = tier(max(1, split_rows // fanout), fanout)
+    if cells is None:
+        return top
+    return min(top, max(1, tier(max(1, cells // fanout), fanout)))
+
+
+def grid_cells(node: NodeRecord) -> int | None:
+    """The number of chunks in ``node``'s chunk grid (None: not a regular grid)."""
+    grid = parse_zarr_json(node.zarr_json, node.path).grid
+    return None if grid is None else math.prod(grid)
 
 
 def _cells(segments: tuple[SegmentRef, ...]) -> int:
@@ -133,11 +149,14 @@ def tier_runs(tiers: list[int]) -> Iterator[slice]:
         start = stop
 
 
-def next_run(segments: tuple[SegmentRef, ...], fanout: int, split_rows: int) -> slice | None:
-    """The newest run of ``segments`` (newest first) the policy merges, or None."""
+def next_run(
+    segments: tuple[SegmentRef, ...], fanout: int, split_rows: int, cells: int | None = None
+) -> slice | None:
+    """The newest run of ``segments`` (newest first, of an array of ``cells`` chunks) the
+    policy merges, or None."""
     if fanout < 2 or len(segments) < 2:
         return None
-    top = top_tier(split_rows, fanout)
+    top = top_tier(split_rows, fanout, cells)
     tiers = [min(tier(s.rows, fanout), top) for s in segments]
     for run in tier_runs(tiers):
         part = segments[run]
@@ -154,6 +173,7 @@ async def merge_node(
     """``node`` with every run the policy picks merged. A merge may take the output of the
     one before it (kept in memory); only the segments of the final list are written."""
     ndim = parse_zarr_json(node.zarr_json, node.path).ndim
+    cells = grid_cells(node)
     segments = node.segments
     made: dict[ManifestId, tuple[ManifestSegment, tuple[str, bytes]]] = {}
 
@@ -161,7 +181,7 @@ async def merge_node(
         return made[seg.manifest_id][0] if seg.manifest_id in made else await reader.manifest(seg)
 
     for _ in range(_MAX_MERGES):
-        run = next_run(segments, fanout, split_rows)
+        run = next_run(segments, fanout, split_rows, cells)
         if run is None:
             break
         loaded = await runtime.gather_limited([load(s) for s in segments[run]])
@@ -197,7 +217,7 @@ async def merge_for_commit(
         for n in base.nodes
         if n.node_id in touched
         and n.node_type == ARRAY
-        and next_run(n.segments, fanout, split_rows) is not None
+        and next_run(n.segments, fanout, split_rows, grid_cells(n)) is not None
     }
     if not todo:
         return base

@@ -36,6 +36,7 @@ from frazil.format import (
 )
 from frazil.format import txlog as tx
 from frazil.format.common import BRANCH_REF
+from frazil.format.filters import coord_hash
 from frazil.format.keys import chunk_key
 from frazil.format.manifest import virtual_rows
 
@@ -335,8 +336,12 @@ class Session:
         return np.concatenate([m.coords for m in loaded] or [np.zeros((0, table.ndim), np.int64)])
 
     async def _base_ref(self, rec: NodeRecord, coord: Coord) -> ChunkRef | None:
+        """The newest reference to ``coord`` in the segments this session sees (spilled,
+        then the base's): those whose extents and filter admit it are read, newest first,
+        until one has it."""
+        h = coord_hash(coord)
         for seg in self._segments_of(rec):
-            if seg.covers(coord):
+            if seg.may_hold(coord, h):
                 m = await self._repo.reader.manifest(seg)
                 i = m.find(coord)
                 if i is not None:

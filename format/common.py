@@ -81,6 +81,36 @@ def verify_checksum(data: bytes | memoryview, expected: int | None, what: str) -
         )
 
 
+_NUMPY_TYPES = {
+    pa.int8(): np.int8,
+    pa.int16(): np.int16,
+    pa.int32(): np.int32,
+    pa.int64(): np.int64,
+    pa.uint8(): np.uint8,
+    pa.uint16(): np.uint16,
+    pa.uint32(): np.uint32,
+    pa.uint64(): np.uint64,
+    pa.float32(): np.float32,
+    pa.float64(): np.float64,
+}
+
+
+def numpy_of(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A numeric Arrow array without nulls as a read-only numpy array, zero-copy where it
+    can be. Arrow's own ``to_numpy`` imports pandas on first use where pandas is installed
+    (0.3 s and 30 MiB for a process that only wants to read a chunk); this does not. Null
+    slots would read as whatever their slots hold: callers check ``null_count`` first."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    dtype = _NUMPY_TYPES.get(arr.type)
+    if dtype is None:
+        return np.asarray(arr.to_numpy(zero_copy_only=False))
+    data = arr.buffers()[1]
+    if data is None or len(arr) == 0:
+        return np.zeros(len(arr), dtype)
+    return np.frombuffer(data, dtype, len(arr), arr.offset * np.dtype(dtype).itemsize)
+
+
 def check_header(header: Any, object_type: str, what: str) -> dict[str, Any]:
     """Validate a decoded header dict: the right object type and a known format version."""
     if not isinstance(header, dict):

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from .common import MANIFEST, FormatError, decode_parquet, encode_parquet
+from .common import MANIFEST, FormatError, decode_parquet, encode_parquet, numpy_of
 from .ids import ChunkId, ManifestId, NodeId
 
 Coord = tuple[int, ...]
@@ -84,6 +84,18 @@ def encode_manifest(
     return encode_manifest_table(manifest_id, node_id, coords, ref_rows(refs))
 
 
+def coord_bounds(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest and largest coordinate per dimension of ``coords`` (n x ndim; zeros if
+    n is 0). Column by column: numpy's ``min(axis=0)`` on n x 2 is 40 times slower."""
+    n, ndim = coords.shape
+    lo, hi = np.zeros(ndim, np.int64), np.zeros(ndim, np.int64)
+    if n:
+        for d in range(ndim):
+            column = coords[:, d]
+            lo[d], hi[d] = column.min(), column.max()
+    return lo, hi
+
+
 class ManifestSegment:
     """A decoded segment: coordinates as a numpy matrix, refs materialized on demand."""
 
@@ -107,12 +119,11 @@ class ManifestSegment:
         self.node_id = node_id
         self.coords = coords
         self._table = table
-        self.kinds = table.column("kind").to_numpy()
+        self.kinds = numpy_of(table.column("kind"))
         self._cols: dict[str, Any] = {}
         self.nbytes = int(table.nbytes) + coords.nbytes
         n, ndim = coords.shape
-        self._lo = coords.min(axis=0) if n else np.zeros(ndim, np.int64)
-        hi = coords.max(axis=0) if n else np.zeros(ndim, np.int64)
+        self._lo, hi = coord_bounds(coords)
         self._spans = (hi - self._lo + 1).astype(np.int64)
         total = 1
         for s in self._spans.tolist():
@@ -148,18 +159,23 @@ class ManifestSegment:
     def _col(self, name: str) -> Any:
         col = self._cols.get(name)
         if col is None:
-            col = self._cols[name] = self._table.column(name).combine_chunks()
+            chunked = self._table.column(name)  # one chunk (a slice): used as is, no copy
+            col = chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
+            self._cols[name] = col
         return col
 
     def _num(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """A numeric column as numpy (nulls as 0) and its validity mask (None: no nulls);
+        """A numeric column as numpy (null slots unspecified) and its validity mask (None:
+        no nulls);
         converted once per segment, in bulk."""
         key = "#" + name
         hit = self._cols.get(key)
         if hit is None:
             col = self._col(name)
-            valid = None if col.null_count == 0 else col.is_valid().to_numpy(zero_copy_only=False)
-            hit = self._cols[key] = (col.fill_null(0).to_numpy(), valid)
+            valid = None  # null slots hold anything: ``valid`` says which to ignore
+            if col.null_count:
+                valid = numpy_of(col.is_valid().cast(pa.uint8())).astype(bool)
+            hit = self._cols[key] = (numpy_of(col), valid)
         return hit
 
     def _int(self, name: str, i: int) -> int | None:
@@ -210,7 +226,7 @@ def _all_equal(col: pa.ChunkedArray, value: str) -> bool:
         hits = [i for i, v in enumerate(chunk.dictionary.to_pylist()) if v == value]
         if len(hits) != 1:
             return False
-        indices = chunk.indices.to_numpy(zero_copy_only=False)
+        indices = numpy_of(chunk.indices)
         if not bool((indices == hits[0]).all()):
             return False
     return True
@@ -220,8 +236,8 @@ def split_parts(table: pa.Table, parts: Any) -> list[tuple[NodeId, int, np.ndarr
     """The header's ``parts`` list checked against ``table``: per part its node id, first
     row and coordinates (n x ndim); ``FormatError`` if they do not tile the table."""
     coord = table.column("coord").combine_chunks()
-    flat = coord.flatten().to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    list_offsets = coord.offsets.to_numpy()
+    flat = numpy_of(coord.flatten()).astype(np.int64, copy=False)
+    list_offsets = numpy_of(coord.offsets)
     out, row = [], 0
     for part in parts:
         nid, ndim, n = NodeId.parse(part["node_id"]), int(part["ndim"]), int(part["rows"])
@@ -250,7 +266,9 @@ def decode_manifest_parts(
         if not isinstance(parts, list) or not parts:
             raise FormatError("no parts")
         node_col = table.column("node_id")
-        kinds = table.column("kind").to_numpy()
+        if table.column("kind").null_count:
+            raise FormatError("null chunk kinds")
+        kinds = numpy_of(table.column("kind"))
         out: dict[int, ManifestSegment] = {}
         for nid, row, coords in split_parts(table, parts):
             n = len(coords)

@@ -2,7 +2,8 @@
 
 A snapshot is a Parquet file with one row per node (group or array), sorted by path.
 Each array row lists its manifest segments newest first, with the coordinate extents
-each segment covers. The commit info (id, parent, time, message, metadata) lives in the
+each segment covers and, in a column after them, each small segment's membership filter.
+The commit info (id, parent, time, message, metadata) lives in the
 file's header so that history can be read from the footer alone.
 """
 
@@ -24,6 +25,7 @@ from .common import (
     encode_parquet,
     json_checksum,
 )
+from .filters import check_filter, coord_hash, may_contain
 from .ids import HistoryId, ManifestId, NodeId, SnapshotId
 
 
@@ -57,6 +59,10 @@ SCHEMA = pa.schema(
         ("segments", pa.list_(_SEGMENT_TYPE)),
     ]
 )
+FILTERS_COLUMN = "segment_filters"
+FILTERS_TYPE = pa.list_(pa.binary())
+"""Per node, the filter of each of its segments (null where a segment has none), or null
+when none has one; added after the columns of ``SCHEMA``, so older readers ignore it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +76,19 @@ class SegmentRef:
     extent_min: tuple[int, ...]
     extent_max: tuple[int, ...]
     row_offset: int = 0  # where the segment starts in its manifest object
+    filter: bytes | None = None  # which coordinates it may hold (``filters``); None: any
 
     def covers(self, coord: tuple[int, ...]) -> bool:
         return all(lo <= c <= hi for lo, c, hi in zip(self.extent_min, coord, self.extent_max))
+
+    def may_hold(self, coord: tuple[int, ...], h: int | None = None) -> bool:
+        """Whether the segment may hold ``coord``: inside its extents and admitted by its
+        filter (``h``: ``filters.coord_hash(coord)``, if the caller has it)."""
+        if not self.covers(coord):
+            return False
+        if self.filter is None:
+            return True
+        return may_contain(self.filter, coord_hash(coord) if h is None else h)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +189,10 @@ class Snapshot:
 
 
 def _info_header(
-    info: CommitInfo, nodes_checksum: str | None = None, history: HistoryIndex | None = None
+    info: CommitInfo,
+    nodes_checksum: str | None = None,
+    history: HistoryIndex | None = None,
+    filters_checksum: str | None = None,
 ) -> dict[str, Any]:
     header: dict[str, Any] = {
         "object_type": SNAPSHOT,
@@ -192,6 +211,8 @@ def _info_header(
         header["nodes_checksum"] = nodes_checksum
     if history is not None:
         header["history"] = history.to_json()
+    if filters_checksum is not None:
+        header["filters_checksum"] = filters_checksum
     header["info_checksum"] = json_checksum(header)
     return header
 
@@ -251,14 +272,58 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
         schema=SCHEMA,
     )
     nodes_checksum = json_checksum(_node_columns(table))
-    return encode_parquet(table, _info_header(snapshot.info, nodes_checksum, snapshot.history))
+    filters = [
+        [s.filter for s in n.segments] if any(s.filter for s in n.segments) else None for n in nodes
+    ]
+    table = table.append_column(
+        pa.field(FILTERS_COLUMN, FILTERS_TYPE), pa.array(filters, FILTERS_TYPE)
+    )
+    header = _info_header(
+        snapshot.info, nodes_checksum, snapshot.history, _filters_checksum(filters)
+    )
+    return encode_parquet(table, header)
+
+
+def _filters_checksum(filters: list[list[bytes | None] | None]) -> str:
+    """The self-check of the filter column (SPEC §3): a damaged filter could hide a chunk."""
+    hexed = [
+        None if row is None else [None if f is None else f.hex() for f in row] for row in filters
+    ]
+    return json_checksum(hexed)
+
+
+def _decode_filters(
+    table: pa.Table, header: dict[str, Any], counts: list[int], what: str
+) -> list[list[bytes | None] | None]:
+    """The filter column checked against its checksum and the segment lists (all None
+    when the snapshot has no such column: written before filters, or by another writer)."""
+    if FILTERS_COLUMN not in table.schema.names:
+        return [None] * len(counts)
+    try:
+        col = table.column(FILTERS_COLUMN)
+        if not col.type.equals(FILTERS_TYPE):
+            raise FormatError(f"column {FILTERS_COLUMN!r} has type {col.type}")
+        filters = col.to_pylist()
+        if header.get("filters_checksum") != _filters_checksum(filters):
+            raise FormatError("checksum mismatch")
+        for row, n in zip(filters, counts):
+            if row is not None:
+                if len(row) != n:
+                    raise FormatError("not one filter per segment")
+                for f in row:
+                    if f is not None:
+                        check_filter(f, what)
+    except (pa.ArrowException, ValueError, TypeError, FormatError) as e:
+        raise FormatError(f"{what}: damaged segment filters ({e})") from e
+    return filters
 
 
 def _verified_node_table(
     data: bytes, what: str, expected_checksum: int | None
-) -> tuple[CommitInfo, dict[str, Any], dict[str, list[Any]]]:
-    """Commit info, header and node columns (Python values) of a snapshot, verified: the
-    whole-object checksum if one is given, the commit info's and the node table's own."""
+) -> tuple[CommitInfo, dict[str, Any], dict[str, list[Any]], list[list[bytes | None] | None]]:
+    """Commit info, header, node columns (Python values) and segment filters of a snapshot,
+    verified: the whole-object checksum if one is given, the commit info's, the node
+    table's and the filters' own."""
     table, header = decode_parquet(data, SNAPSHOT, what, expected_checksum, SCHEMA)
     info = _info_from_header(header, what)
     if table.schema.names[: len(SCHEMA.names)] != SCHEMA.names:
@@ -270,10 +335,11 @@ def _verified_node_table(
     claimed = header.get("nodes_checksum")
     if claimed is not None and claimed != json_checksum(cols):
         raise FormatError(f"{what}: damaged node table (checksum mismatch)")
-    return info, header, cols
+    filters = _decode_filters(table, header, [len(segs or ()) for segs in cols["segments"]], what)
+    return info, header, cols, filters
 
 
-def _segment_refs(segs: Any) -> tuple[SegmentRef, ...]:
+def _segment_refs(segs: Any, filters: Any = None) -> tuple[SegmentRef, ...]:
     return tuple(
         SegmentRef(
             manifest_id=ManifestId.parse(s["manifest_id"]),
@@ -283,15 +349,16 @@ def _segment_refs(segs: Any) -> tuple[SegmentRef, ...]:
             extent_min=tuple(s["extent_min"]),
             extent_max=tuple(s["extent_max"]),
             row_offset=s["row_offset"],
+            filter=None if filters is None else filters[i],
         )
-        for s in (segs or ())
+        for i, s in enumerate(segs or ())
     )
 
 
 def decode_snapshot(
     data: bytes, what: str = "snapshot", expected_checksum: int | None = None
 ) -> Snapshot:
-    info, header, cols = _verified_node_table(data, what, expected_checksum)
+    info, header, cols, filters = _verified_node_table(data, what, expected_checksum)
     try:
         nodes = tuple(
             NodeRecord(
@@ -299,14 +366,15 @@ def decode_snapshot(
                 node_id=NodeId.parse(nid),
                 node_type=ntype,
                 zarr_json=zj.encode("utf-8"),
-                segments=_segment_refs(segs),
+                segments=_segment_refs(segs, fs),
             )
-            for path, nid, ntype, zj, segs in zip(
+            for path, nid, ntype, zj, segs, fs in zip(
                 cols["path"],
                 cols["node_id"],
                 cols["node_type"],
                 cols["zarr_json"],
                 cols["segments"],
+                filters,
             )
         )
     except (TypeError, AttributeError, KeyError, ValueError, FormatError) as e:
@@ -338,15 +406,16 @@ def decode_snapshot_segments(
 
     ``memo`` (shared by the calls of one reader of many snapshots, which list mostly the
     same segments) gives back the ``SegmentRef`` made before for the same stored values."""
-    info, header, cols = _verified_node_table(data, what, expected_checksum)
+    info, header, cols, filters = _verified_node_table(data, what, expected_checksum)
     memo = {} if memo is None else memo
     try:
         lists = []
-        for segs in cols["segments"]:
+        for segs, fs in zip(cols["segments"], filters):
             if not segs:
                 continue
             refs = []
-            for s in segs:
+            for i, s in enumerate(segs):
+                f = None if fs is None else fs[i]
                 key = (
                     s["manifest_id"],
                     s["checksum"],
@@ -355,10 +424,11 @@ def decode_snapshot_segments(
                     tuple(s["extent_min"]),
                     tuple(s["extent_max"]),
                     s["row_offset"],
+                    f,
                 )
                 ref = memo.get(key)
                 if ref is None:
-                    ref = memo.setdefault(key, _segment_refs([s])[0])
+                    ref = memo.setdefault(key, _segment_refs([s], [f])[0])
                 refs.append(ref)
             lists.append(tuple(refs))
     except (TypeError, AttributeError, KeyError, ValueError, FormatError) as e:

@@ -84,3 +84,46 @@ def test_long_history_keeps_lists_bounded_and_every_snapshot_reads(fanout: int) 
     for sid, expected in history:
         got = zarr.open_array(repo.readonly_session(snapshot_id=sid).store, path="a", mode="r")
         np.testing.assert_array_equal(got[:], expected)
+
+
+def test_the_top_tier_stops_at_the_size_of_the_array() -> None:
+    # 1,000 chunks: merged segments never hold more, so segments of 64+ rows are top-tier
+    assert top_tier(65_536, 8, 1000) == tier(125, 8) == 2
+    assert top_tier(65_536, 8, 10**7) == top_tier(65_536, 8) == 4
+    # a segment of 70 rows spread over the array, and the whole array behind it: merged
+    # (before, tier 2 was below the top and up to 7 such segments waited for an eighth)
+    spread = (seg(70, 3, 990), seg(1000, 0, 999))
+    assert next_run(spread, 8, 65_536) is None
+    assert next_run(spread, 8, 65_536, 1000) == slice(0, 2)
+    # disjoint large segments of a sparse array are left alone
+    assert next_run((seg(100, 500, 699), seg(100, 0, 199)), 8, 65_536, 1000) is None
+
+
+def test_random_rewrites_of_a_small_array_keep_few_segments() -> None:
+    """1,000 chunks, one rewritten per commit: at most 7 segments of tiers 0 and 1 and the
+    merged rest, so a read looks in few segments (and filters skip most small ones)."""
+    repo = frazil.Repository.create(frazil.in_memory_storage())
+    s = repo.writable_session("main")
+    n = 1000
+    _array(s, n)[:] = np.repeat(np.arange(n), CHUNK)
+    model = np.repeat(np.arange(n), CHUNK)
+    s.commit("init")
+    rng = np.random.default_rng(1)
+    counts = []
+    for i in range(600):
+        s = repo.writable_session("main")
+        c = int(rng.integers(n))
+        zarr.open_array(s.store, path="a")[c * CHUNK : (c + 1) * CHUNK] = 10_000 + i
+        model[c * CHUNK : (c + 1) * CHUNK] = 10_000 + i
+        sid = s.commit(f"c{i}")
+        counts.append(_segments(repo, sid))
+    assert max(counts) <= 7 * 2 + 2, counts
+    got = zarr.open_array(repo.readonly_session(branch="main").store, path="a", mode="r")
+    np.testing.assert_array_equal(got[:], model)
+
+
+def test_the_top_tier_of_a_tiny_array_is_tier_1() -> None:
+    # 14 chunks: tier 0 would make every rewrite merge (and write an object of its own)
+    assert top_tier(65_536, 8, 14) == 1
+    assert next_run((seg(3, 1, 3), seg(3, 0, 2)), 8, 65_536, 14) is None
+    assert top_tier(64, 8) == top_tier(64, 8, 14) == 1

@@ -19,7 +19,8 @@ from frazil.format import (
     checksum,
     keys,
 )
-from frazil.format.common import BRANCH_REF, TAG_REF
+from frazil.format.common import BRANCH_REF, TAG_REF, numpy_of
+from frazil.format.filters import may_contain_many
 from frazil.format.keys import (
     OBJECT_FOLDERS,
     chunk_key,
@@ -104,6 +105,31 @@ async def _check_histories(
             report.problems.append(Problem("damaged", snapshot_key(sid), f"{e} ({label})"))
 
 
+def _check_filters(
+    mid: ManifestId,
+    rows: pa.Table,
+    filtered: dict[tuple[int, bytes], SegmentRef],
+    problems: list[Problem],
+) -> None:
+    """Every segment filter snapshots record for this manifest admits every coordinate of
+    its segment (one that does not would hide a chunk from readers)."""
+    for (offset, data), seg in filtered.items():
+        coord = rows.column("coord").slice(offset, seg.rows).combine_chunks()
+        flat = numpy_of(coord.flatten()) if len(coord) else np.zeros(0, np.int64)
+        ndim = len(seg.extent_min)
+        if len(coord) != seg.rows or len(flat) != seg.rows * ndim:
+            continue  # the segment does not fit the object: the read check reports it
+        if not may_contain_many(data, flat.reshape(seg.rows, ndim)).all():
+            problems.append(
+                Problem(
+                    "damaged",
+                    manifest_key(mid),
+                    f"a snapshot's filter of the segment at row {offset} rejects coordinates "
+                    "the segment holds: reads would miss them",
+                )
+            )
+
+
 async def fsck(
     storage: Storage,
     reader: ObjectReader,
@@ -142,6 +168,7 @@ async def fsck(
             named.setdefault(r.record.snapshot_id, label)
     segments: dict[ManifestId, tuple[SegmentRef, str]] = {}
     lists: set[tuple[SegmentRef, ...]] = set()
+    filtered: dict[ManifestId, dict[tuple[int, bytes], SegmentRef]] = {}
     reader_nocache = ObjectReader(storage)  # a fresh read of every object, not the cache
 
     async def check_snapshot(sid: SnapshotId) -> None:
@@ -162,6 +189,8 @@ async def fsck(
                 lists.add(node.segments)
             for seg in node.segments:
                 segments.setdefault(seg.manifest_id, (seg, f"array {node.path} of snapshot {sid}"))
+                if seg.filter is not None:
+                    filtered.setdefault(seg.manifest_id, {})[seg.row_offset, seg.filter] = seg
         for h in snap.history.segments if snap.history is not None else ():
             histories.setdefault(h.history_id, (h, sid))
 
@@ -177,6 +206,7 @@ async def fsck(
             rows = await manifest_rows(reader, seg)
             report.manifests += 1
             report.bytes_verified += seg.size
+            _check_filters(seg.manifest_id, rows, filtered.get(seg.manifest_id, {}), problems)
             native = native_rows(rows)
             natives.append(
                 native.append_column(
