@@ -78,23 +78,12 @@ def pool() -> ThreadPoolExecutor:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion on the engine's loop and return its result."""
-    target = loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is target:
-        coro.close()
-        raise RuntimeError(
-            "frazil: a blocking call was made from the engine's own event loop; "
-            "use the async method instead"
-        )
-    return asyncio.run_coroutine_threadsafe(coro, target).result()
+    return submit(coro).result()
 
 
 def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-    """Start ``coro`` on the engine's loop from another thread; its future (waiting for
-    it from the loop itself would never end, so that is refused as ``run`` does)."""
+    """Start ``coro`` on the engine's loop from another thread; its future. Called from the
+    loop itself, where waiting for it would never end, it is refused."""
     target = loop()
     try:
         running = asyncio.get_running_loop()
