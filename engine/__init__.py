@@ -33,6 +33,21 @@ from .logs import initialize_logs, print_debug_info, set_logs_filter
 from .maintenance import ChunkStorageStats, GCSummary
 from .repository import Repository, SnapshotInfo
 from .session import ForkSession, Session
+from .settings import (
+    CachingConfig,
+    CompressionAlgorithm,
+    CompressionConfig,
+    ManifestConfig,
+    ManifestPreloadCondition,
+    ManifestPreloadConfig,
+    ManifestSplitCondition,
+    ManifestSplitDimCondition,
+    ManifestSplittingConfig,
+    SplitSizesDict,
+    StorageConcurrencySettings,
+    StorageRetriesSettings,
+    StorageSettings,
+)
 from .storage import (
     FaultInjectingStorage,
     RetryingStorage,
@@ -88,6 +103,19 @@ def __getattr__(name: str) -> _Any:
 
 
 __all__ = [
+    "CachingConfig",
+    "CompressionAlgorithm",
+    "CompressionConfig",
+    "ManifestConfig",
+    "ManifestPreloadCondition",
+    "ManifestPreloadConfig",
+    "ManifestSplitCondition",
+    "ManifestSplitDimCondition",
+    "ManifestSplittingConfig",
+    "SplitSizesDict",
+    "StorageConcurrencySettings",
+    "StorageRetriesSettings",
+    "StorageSettings",
     "ChunkStorageStats",
     "GCSummary",
     "IcechunkError",

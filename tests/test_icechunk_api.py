@@ -323,7 +323,7 @@ def test_async_forms(repo: frazil.Repository) -> None:
 
 def test_async_forms_have_the_sync_signatures() -> None:
     names = [n for n in dir(frazil.Repository) if n.endswith("_async")]
-    assert len(names) == 23
+    assert len(names) == 26
     for name in set(names) - {"create_async", "open_async", "open_or_create_async"}:
         sync = getattr(frazil.Repository, name.removesuffix("_async"))
         assert inspect.iscoroutinefunction(getattr(frazil.Repository, name)), name
