@@ -53,7 +53,11 @@ class _Settings:
         for name in self._fields:
             value = getattr(self, name)
             if value is not None:
-                out[name] = value.to_dict() if hasattr(value, "to_dict") else value
+                if hasattr(value, "to_json"):
+                    value = value.to_json()
+                elif isinstance(value, _Settings):
+                    value = value.to_dict()
+                out[name] = value
         return out
 
     @classmethod
@@ -84,7 +88,7 @@ class CompressionAlgorithm(enum.Enum):
     def default() -> CompressionAlgorithm:
         return CompressionAlgorithm.Zstd
 
-    def to_dict(self) -> str:
+    def to_json(self) -> str:
         return self.name
 
     @staticmethod
@@ -219,18 +223,18 @@ class _Condition:
         self.kind, self.args = kind, args
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.to_dict() == other.to_dict()
+        return type(other) is type(self) and self.to_json() == other.to_json()
 
     def __hash__(self) -> int:
-        return hash(repr(self.to_dict()))
+        return hash(repr(self.to_json()))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}{self.to_dict()!r}"
+        return f"{type(self).__name__}{self.to_json()!r}"
 
-    def to_dict(self) -> list[Any]:
+    def to_json(self) -> list[Any]:
         out: list[Any] = [self.kind]
         for a in self.args:
-            out.append([c.to_dict() for c in a] if isinstance(a, tuple) else a)
+            out.append([c.to_json() for c in a] if isinstance(a, tuple) else a)
         return out
 
     @classmethod
@@ -347,7 +351,7 @@ class _DimCondition:
     def __repr__(self) -> str:
         return f"ManifestSplitDimCondition.{type(self).__name__}({self.arg!r})"
 
-    def to_dict(self) -> list[Any]:
+    def to_json(self) -> list[Any]:
         return [self.kind] if self.arg is None else [self.kind, self.arg]
 
 
@@ -444,8 +448,12 @@ class ManifestSplittingConfig:
             tuple((c, tuple(dims.items())) for c, dims in split_sizes.items())
         )
 
-    def to_dict(self) -> list[Any]:
-        return [[c.to_dict(), [[d.to_dict(), n] for d, n in dims]] for c, dims in self.split_sizes]
+    def to_dict(self) -> SplitSizesDict:
+        """Icechunk's form: {condition: {dim condition: size}}."""
+        return {c: dict(dims) for c, dims in self.split_sizes}
+
+    def to_json(self) -> list[Any]:
+        return [[c.to_json(), [[d.to_json(), n] for d, n in dims]] for c, dims in self.split_sizes]
 
     @staticmethod
     def from_json(value: Any) -> ManifestSplittingConfig:
@@ -475,7 +483,7 @@ class ManifestSplittingConfig:
         return None
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ManifestSplittingConfig) and self.to_dict() == other.to_dict()
+        return isinstance(other, ManifestSplittingConfig) and self.to_json() == other.to_json()
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -523,3 +531,16 @@ class ManifestConfig(_Settings):
     ) -> None:
         self.preload = preload
         self.splitting = splitting
+
+
+def from_dict(split_sizes: SplitSizesDict) -> ManifestSplittingConfig:
+    """Icechunk's module-level ``from_dict``: ``ManifestSplittingConfig.from_dict``."""
+    return ManifestSplittingConfig.from_dict(split_sizes)
+
+
+def to_dict(config: ManifestSplittingConfig) -> SplitSizesDict:
+    """Icechunk's module-level ``to_dict``: a splitting config as
+    {condition: {dim condition: size}}."""
+    if not isinstance(config, ManifestSplittingConfig):
+        raise InvalidInputError("to_dict takes a ManifestSplittingConfig")
+    return config.to_dict()

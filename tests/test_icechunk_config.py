@@ -4,7 +4,9 @@ they map onto, and their round trip through ``save_config`` / ``open``."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import inspect
+import pickle
 from typing import Any
 
 import pytest
@@ -350,3 +352,132 @@ def test_rewrite_manifests() -> None:
     assert repo.rewrite_manifests("again", branch="main") == sid
     assert asyncio.run(repo.rewrite_manifests_async("async", branch="main")) == sid
     assert shape(frazil.Repository.rewrite_manifests) == "(self, message, *, branch, metadata=None)"
+
+
+# -- S3 names ---------------------------------------------------------------------------------
+def fresh_credentials() -> frazil.S3StaticCredentials:
+    return frazil.S3StaticCredentials(
+        "key", "secret", expires_after=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    )
+
+
+S3_SIGNATURES = {
+    "S3StaticCredentials": (
+        "(access_key_id, secret_access_key, session_token=None, expires_after=None)"
+    ),
+    "S3Options": (
+        "(self, region=None, endpoint_url=None, allow_http=False, anonymous=False, "
+        "force_path_style=False, network_stream_timeout_seconds=None, requester_pays=False)"
+    ),
+    "s3_store": (
+        "(region=None, endpoint_url=None, allow_http=False, anonymous=False, "
+        "s3_compatible=False, force_path_style=False, network_stream_timeout_seconds=60, "
+        "requester_pays=False)"
+    ),
+    "s3_refreshable_credentials": "(get_credentials, scatter_initial_credentials=False)",
+    "s3_credentials": (
+        "(*, access_key_id=None, secret_access_key=None, session_token=None, "
+        "expires_after=None, anonymous=None, from_env=None, get_credentials=None, "
+        "scatter_initial_credentials=False)"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(S3_SIGNATURES))
+def test_s3_signatures_match_icechunk(name: str) -> None:
+    obj = getattr(frazil, name)
+    assert shape(obj.__init__ if name == "S3Options" else obj) == S3_SIGNATURES[name]
+
+
+def test_s3_credentials_family() -> None:
+    static = frazil.S3StaticCredentials("k", "s", "t")
+    made = frazil.S3Credentials.Static(static)
+    assert made == frazil.s3_static_credentials(
+        access_key_id="k", secret_access_key="s", session_token="t"
+    )
+    assert frazil.S3Credentials.Anonymous() == frazil.s3_anonymous_credentials()
+    assert frazil.S3Credentials.FromEnv() == frazil.s3_from_env_credentials()
+    refreshable = frazil.S3Credentials.Refreshable(pickle.dumps(fresh_credentials), static)
+    assert refreshable.kind == "refreshable" and refreshable.current == static
+    assert refreshable.get_credentials is fresh_credentials
+    assert "secret" not in repr(frazil.S3StaticCredentials("k", "secret"))
+    with pytest.raises(frazil.InvalidInputError):
+        frazil.S3Credentials.Static("k")  # type: ignore[arg-type]
+    with pytest.raises(frazil.InvalidInputError):
+        frazil.S3StaticCredentials("k", None)  # type: ignore[arg-type]
+    with pytest.raises(frazil.InvalidInputError, match="timezone"):
+        frazil.S3StaticCredentials("k", "s", expires_after=dt.datetime(2030, 1, 1))
+
+
+def test_s3_refreshable_credentials_pickle_and_scatter() -> None:
+    lazy = frazil.s3_refreshable_credentials(fresh_credentials)
+    assert lazy.kind == "refreshable" and lazy.current is None
+    again = pickle.loads(pickle.dumps(lazy))
+    assert again.get_credentials is fresh_credentials
+    scattered = frazil.s3_refreshable_credentials(fresh_credentials, True)
+    assert scattered.current is not None and scattered.current.access_key_id == "key"
+    via = frazil.s3_credentials(get_credentials=fresh_credentials)
+    assert via.kind == "refreshable"
+    with pytest.raises(frazil.InvalidInputError):
+        frazil.s3_credentials(get_credentials=fresh_credentials, anonymous=True)
+    with pytest.raises(frazil.InvalidInputError, match="S3StaticCredentials"):
+        frazil.s3_refreshable_credentials(dict, scatter_initial_credentials=True)
+    # a virtual chunk container can be authorized with them
+    config = RepositoryConfig.default()
+    config.set_virtual_chunk_container(
+        frazil.VirtualChunkContainer("s3://b/", frazil.s3_store(region="us-east-1"))
+    )
+    repo = frazil.Repository.create(
+        frazil.in_memory_storage(), config, frazil.containers_credentials({"s3://b/": lazy})
+    )
+    assert repo.authorized_virtual_container_prefixes() == {"s3://b/"}
+
+
+def test_refreshable_virtual_credentials_reach_the_s3_backend() -> None:
+    from frazil.virtual.sources import _S3Source
+
+    container = frazil.VirtualChunkContainer("s3://b/", frazil.s3_store(region="us-east-1"))
+    cred = frazil.s3_refreshable_credentials(fresh_credentials)
+    storage: Any = _S3Source(container, cred)._storage("b")
+    assert storage.config.get_credentials is fresh_credentials
+    assert not storage.config.from_env and storage.config.access_key_id is None
+
+
+def test_s3_options_and_object_store_config() -> None:
+    options = frazil.S3Options(region="eu-west-1")
+    options.endpoint_url = "https://s3.example.com"
+    options.force_path_style = True
+    assert options.region == "eu-west-1" and options.force_path_style
+    store = frazil.ObjectStoreConfig.S3(options)
+    assert store == frazil.s3_store(
+        "eu-west-1", "https://s3.example.com", force_path_style=True, s3_compatible=True
+    )
+    assert frazil.ObjectStoreConfig.S3Compatible(options) == store
+    assert frazil.ObjectStoreConfig.LocalFileSystem("/d") == frazil.local_filesystem_store("/d")
+    assert frazil.ObjectStoreConfig.Http() == frazil.http_store()
+    assert frazil.ObjectStoreConfig.Gcs({"a": "b"}) == frazil.gcs_store({"a": "b"})
+    with pytest.raises(frazil.InvalidInputError):
+        options.allow_http = "yes"  # type: ignore[assignment]
+    with pytest.raises(frazil.InvalidInputError):
+        options.nonesuch = 1  # type: ignore[attr-defined]
+    with pytest.raises(frazil.InvalidInputError, match="requester_pays"):
+        frazil.ObjectStoreConfig.S3(frazil.S3Options(requester_pays=True))
+    with pytest.raises(frazil.InvalidInputError, match="requester_pays"):
+        frazil.s3_store(requester_pays=True)
+    with pytest.raises(frazil.InvalidInputError, match="S3Options"):
+        frazil.ObjectStoreConfig.S3({"region": "x"})  # type: ignore[arg-type]
+
+
+def test_module_from_dict_and_to_dict() -> None:
+    sizes = {
+        ManifestSplitCondition.path_matches("^/a$"): {ManifestSplitDimCondition.Axis(0): 4},
+        ManifestSplitCondition.AnyArray(): {ManifestSplitDimCondition.Any(): 9},
+    }
+    config = frazil.from_dict(sizes)
+    assert isinstance(config, ManifestSplittingConfig)
+    assert frazil.to_dict(config) == sizes == config.to_dict()
+    assert frazil.to_dict(ManifestSplittingConfig.from_dict(sizes)) == sizes
+    with pytest.raises(frazil.InvalidInputError):
+        frazil.to_dict(sizes)  # type: ignore[arg-type]
+    with pytest.raises(frazil.InvalidInputError):
+        frazil.from_dict({ManifestSplitCondition.AnyArray(): 3})  # type: ignore[dict-item]
