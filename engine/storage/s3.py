@@ -311,8 +311,6 @@ def _is_transient_transport(e: BaseException) -> bool:
 
 def translate(e: BaseException, what: str) -> BaseException:
     """The frazil error for an exception from s3fs/botocore/aiohttp."""
-    if isinstance(e, InvalidInputError):  # raised by our own code (get_credentials)
-        return e
     code, status = _code_and_status(e)
     if code == "PreconditionFailed" or status == 412:
         return _Precondition(what)
@@ -480,6 +478,8 @@ class S3Storage(Storage):
         async with client.limit:
             try:
                 return await client.fs._call_s3(method, Bucket=self.config.bucket, **kwargs)
+            except InvalidInputError:  # from our own code: get_credentials gave no credentials
+                raise
             except Exception as e:
                 err = translate(e, f"{what} in {self.describe()}")
                 if isinstance(err, _RangeNotSatisfiable):
@@ -539,6 +539,8 @@ class S3Storage(Storage):
                     data = await body.read()
                 finally:
                     body.close()
+            except InvalidInputError:  # from our own code: get_credentials gave no credentials
+                raise
             except Exception as e:
                 err = translate(e, what)
                 if isinstance(err, _RangeNotSatisfiable):
