@@ -33,6 +33,23 @@ from .logs import initialize_logs, print_debug_info, set_logs_filter
 from .maintenance import ChunkStorageStats, GCSummary
 from .repository import Repository, SnapshotInfo
 from .session import ForkSession, Session
+from .settings import (
+    CachingConfig,
+    CompressionAlgorithm,
+    CompressionConfig,
+    ManifestConfig,
+    ManifestPreloadCondition,
+    ManifestPreloadConfig,
+    ManifestSplitCondition,
+    ManifestSplitDimCondition,
+    ManifestSplittingConfig,
+    SplitSizesDict,
+    StorageConcurrencySettings,
+    StorageRetriesSettings,
+    StorageSettings,
+    from_dict,
+    to_dict,
+)
 from .storage import (
     FaultInjectingStorage,
     RetryingStorage,
@@ -49,7 +66,10 @@ from .virtual.containers import (
     GcsStoreConfig,
     HttpStoreConfig,
     LocalFileSystemStoreConfig,
+    ObjectStoreConfig,
     S3Credentials,
+    S3Options,
+    S3StaticCredentials,
     S3StoreConfig,
     VirtualChunkContainer,
     containers_credentials,
@@ -59,6 +79,7 @@ from .virtual.containers import (
     s3_anonymous_credentials,
     s3_credentials,
     s3_from_env_credentials,
+    s3_refreshable_credentials,
     s3_static_credentials,
     s3_store,
 )
@@ -88,6 +109,21 @@ def __getattr__(name: str) -> _Any:
 
 
 __all__ = [
+    "CachingConfig",
+    "CompressionAlgorithm",
+    "CompressionConfig",
+    "ManifestConfig",
+    "ManifestPreloadCondition",
+    "ManifestPreloadConfig",
+    "ManifestSplitCondition",
+    "ManifestSplitDimCondition",
+    "ManifestSplittingConfig",
+    "SplitSizesDict",
+    "StorageConcurrencySettings",
+    "StorageRetriesSettings",
+    "StorageSettings",
+    "from_dict",
+    "to_dict",
     "ChunkStorageStats",
     "GCSummary",
     "IcechunkError",
@@ -133,6 +169,9 @@ __all__ = [
     "HttpStoreConfig",
     "LocalFileSystemStoreConfig",
     "S3Credentials",
+    "S3StaticCredentials",
+    "S3Options",
+    "ObjectStoreConfig",
     "S3StoreConfig",
     "VirtualChunkContainer",
     "VirtualChunkError",
@@ -145,6 +184,7 @@ __all__ = [
     "s3_anonymous_credentials",
     "s3_credentials",
     "s3_from_env_credentials",
+    "s3_refreshable_credentials",
     "s3_static_credentials",
     "s3_store",
 ]

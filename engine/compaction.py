@@ -181,9 +181,12 @@ async def compact_branch(
     paths: list[str] | None = None,
     progress: Progress | None = None,
     max_attempts: int = 1_000,
+    message: str = COMPACTION_MESSAGE,
+    metadata: dict[str, object] | None = None,
 ) -> CompactionSummary:
     """Compact every array of ``branch`` whose segments are not already compacted (or
-    only the arrays at ``paths``) and commit the result on the branch (see the module docstring)."""
+    only the arrays at ``paths``) and commit the result on the branch (see the module
+    docstring), with ``message`` and ``metadata`` (frazil's two keys added)."""
     if not isinstance(rows_per_segment, int) or rows_per_segment < 1:
         raise InvalidInputError("rows_per_segment must be a positive int")
     ref = await read_ref(storage, BRANCH_REF, branch)
@@ -234,7 +237,12 @@ async def compact_branch(
         plan = compaction_plan(
             base,
             nodes,
-            {"frazil.compaction": True, "frazil.compacted_arrays": sorted(arrays)},
+            {
+                **(metadata or {}),
+                "frazil.compaction": True,
+                "frazil.compacted_arrays": sorted(arrays),
+            },
+            message,
             history=await index_for_child(reader, storage, base),
         )
         await storage.put(*plan.log)

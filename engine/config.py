@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from frazil.format.config import decode_containers
 
 from .errors import FormatError, InvalidInputError
+from .settings import CachingConfig, CompressionConfig, ManifestConfig, StorageSettings
 from .virtual.containers import VirtualChunkContainer
 
 VCC_KEY = "virtual_chunk_containers"
@@ -20,13 +21,24 @@ _SETTINGS = (
     "manifest_split_rows",
     "compact_when_segments_exceed",
     "manifest_merge_fanout",
+    "get_partial_values_concurrency",
+    "max_concurrent_requests",
 )
+# Icechunk's settings objects: accepted, saved and compared; only ``manifest.splitting``
+# acts (see ``ManifestSplittingConfig``)
+_OBJECTS: dict[str, Any] = {
+    "compression": CompressionConfig,
+    "caching": CachingConfig,
+    "storage": StorageSettings,
+    "manifest": ManifestConfig,
+}
 
 
 @dataclass
 class RepositoryConfig:
     """Settings of a repository. ``None`` means "not set here": the stored value or the
-    default applies. Icechunk's name; fields frazil does not use are not accepted.
+    default applies. Icechunk's name and positional parameters; frazil's own settings are
+    keyword-only.
 
     * ``inline_chunk_threshold_bytes``: chunks of at most this many bytes are stored
       inside the manifest instead of as separate objects (default 512).
@@ -41,20 +53,56 @@ class RepositoryConfig:
     * ``virtual_chunk_containers``: url prefix -> ``VirtualChunkContainer``, the external
       locations virtual chunks may point at (none by default). Merging configs adds the
       other's containers (same prefix: the other's wins).
+    * ``manifest``: Icechunk's ``ManifestConfig``. A splitting entry for every array
+      (``ManifestSplitCondition.AnyArray()``) sets ``manifest_split_rows`` to the product
+      of its sizes when ``manifest_split_rows`` is not given; the rest is saved, not used.
+    * ``get_partial_values_concurrency``, ``max_concurrent_requests``, ``compression``,
+      ``caching``, ``storage``: Icechunk's settings, accepted, validated, saved in
+      ``config.json`` and merged, but not used by frazil (COMPATIBILITY.md).
     """
 
     inline_chunk_threshold_bytes: int | None = None
+    get_partial_values_concurrency: int | None = None
+    compression: CompressionConfig | None = None
+    max_concurrent_requests: int | None = None
+    caching: CachingConfig | None = None
+    storage: StorageSettings | None = None
+    virtual_chunk_containers: dict[str, VirtualChunkContainer] | None = None
+    manifest: ManifestConfig | None = None
+    _: KW_ONLY
     manifest_split_rows: int | None = None
     compact_when_segments_exceed: int | None = None
     manifest_merge_fanout: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
-    virtual_chunk_containers: dict[str, VirtualChunkContainer] | None = None
 
     @classmethod
     def default(cls) -> RepositoryConfig:
-        return cls(DEFAULT_INLINE_THRESHOLD, DEFAULT_MANIFEST_SPLIT_ROWS)
+        return cls(DEFAULT_INLINE_THRESHOLD, manifest_split_rows=DEFAULT_MANIFEST_SPLIT_ROWS)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _OBJECTS and value is not None and not isinstance(value, _OBJECTS[name]):
+            raise InvalidInputError(
+                f"RepositoryConfig.{name} must be a {_OBJECTS[name].__name__} (or None), "
+                f"got {value!r}"
+            )
+        if (
+            name in _SETTINGS
+            and value is not None
+            and (not isinstance(value, int) or isinstance(value, bool) or value < 0)
+        ):
+            raise InvalidInputError(
+                f"RepositoryConfig.{name} must be a non-negative int, got {value!r}"
+            )
+        object.__setattr__(self, name, value)
+        if name == "manifest" and "manifest_split_rows" in self.__dict__:
+            # assigned after construction: the splitting config sets the row bound
+            rows = _split_rows(value)
+            if rows is not None:
+                object.__setattr__(self, "manifest_split_rows", rows)
 
     def __post_init__(self) -> None:
+        if self.manifest_split_rows is None:
+            object.__setattr__(self, "manifest_split_rows", _split_rows(self.manifest))
         for name in _SETTINGS:
             value = getattr(self, name)
             if value is not None and (
@@ -83,6 +131,8 @@ class RepositoryConfig:
                     "url prefixes to their VirtualChunkContainer"
                 )
             self.virtual_chunk_containers = dict(vcc)
+        if not isinstance(self.extra, dict):
+            raise InvalidInputError("RepositoryConfig.extra must be a dict")
 
     def merge(self, other: RepositoryConfig | None) -> RepositoryConfig:
         """A new config: ``other``'s set fields over this one's."""
@@ -119,14 +169,26 @@ class RepositoryConfig:
         for name in _SETTINGS:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        for name in _OBJECTS:
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name).to_dict()
         if self.virtual_chunk_containers is not None:
             out[VCC_KEY] = [c.to_dict() for _, c in sorted(self.virtual_chunk_containers.items())]
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RepositoryConfig:
+        """The config ``to_dict`` gave: ``InvalidInputError`` on wrong values of known
+        settings, ``FormatError`` on damaged containers; unknown keys are kept (``extra``)."""
+        if not isinstance(d, dict):
+            raise InvalidInputError(f"RepositoryConfig.from_dict takes a dict, got {d!r}")
         known = {k: d[k] for k in _SETTINGS if k in d}
-        extra = {k: v for k, v in d.items() if k not in known and k != VCC_KEY}
+        for name, kind in _OBJECTS.items():
+            if d.get(name) is not None:
+                known[name] = kind.from_dict(d[name])
+        extra = {
+            k: v for k, v in d.items() if k not in known and k != VCC_KEY and k not in _OBJECTS
+        }
         containers = None
         if VCC_KEY in d:
             try:
@@ -153,3 +215,9 @@ class RepositoryConfig:
 
     def get_virtual_chunk_container(self, url_prefix: str) -> VirtualChunkContainer | None:
         return (self.virtual_chunk_containers or {}).get(url_prefix)
+
+
+def _split_rows(manifest: ManifestConfig | None) -> int | None:
+    if manifest is None or manifest.splitting is None:
+        return None
+    return manifest.splitting.split_rows

@@ -9,9 +9,9 @@ import functools
 import json
 import warnings
 import weakref
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from frazil.format import CommitInfo, Snapshot, SnapshotId, keys
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
@@ -408,6 +408,43 @@ class Repository:
     def config(self) -> RepositoryConfig:
         return self._config
 
+    @staticmethod
+    def fetch_config(storage: Storage) -> RepositoryConfig | None:
+        """The config saved in the repository in ``storage`` (``config.json``), or None
+        if it has none.
+
+        Raises
+        ------
+        FormatError
+            The saved config is damaged.
+        """
+        return runtime.run(_fetch_config(storage))
+
+    def reopen(
+        self,
+        config: RepositoryConfig | None = None,
+        authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+    ) -> Repository:
+        """A new Repository object on the same storage, with ``config`` over this one's
+        config (or this one's, if None) and the given virtual chunk authorization (or this
+        one's, if None). The repository is not read again and nothing is saved."""
+        _check_config(config)
+        auth = authorize_virtual_chunk_access
+        return Repository(
+            self._storage,
+            self._config.merge(config),
+            self._virtual.auth if auth is None else auth,
+            untrusted_containers={
+                p: c
+                for p, c in self._virtual.untrusted.items()
+                if config is None or (config.virtual_chunk_containers or {}).get(p) != c
+            },
+        )
+
+    def authorized_virtual_container_prefixes(self) -> set[str]:
+        """The url prefixes of the virtual chunk containers this object may read."""
+        return set(self._virtual.auth)
+
     def save_config(self) -> None:
         """Store this repository object's config in the repository (``config.json``).
 
@@ -623,6 +660,26 @@ class Repository:
         finally:
             runtime.run(batches.aclose())
 
+    def async_ancestry(
+        self, *, branch: str | None = None, tag: str | None = None, snapshot_id: str | None = None
+    ) -> AsyncIterator[SnapshotInfo]:
+        """``ancestry`` as an async iterator: each batch of history is read in a worker
+        thread, so the caller's event loop is not blocked."""
+        sync = cast(
+            Generator[SnapshotInfo, None, None],
+            self.ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id),
+        )
+        done = object()
+
+        async def items() -> AsyncIterator[SnapshotInfo]:
+            try:
+                while (item := await asyncio.to_thread(next, sync, done)) is not done:
+                    yield item  # type: ignore[misc]
+            finally:
+                sync.close()
+
+        return items()
+
     def lookup_snapshot(self, snapshot_id: str) -> SnapshotInfo:
         """What history says of snapshot ``snapshot_id``.
 
@@ -770,6 +827,31 @@ class Repository:
                 self._storage, self._reader, branch, rows, paths=paths, progress=progress
             )
         )
+
+    def rewrite_manifests(
+        self, message: str, *, branch: str, metadata: dict[str, Any] | None = None
+    ) -> str:
+        """Icechunk's name for ``compact``: merge the manifest segments of the arrays of
+        ``branch`` (into segments of ``manifest_split_rows`` references) and commit with
+        ``message`` and ``metadata``. Returns the new snapshot's id, or the branch's tip
+        when every array is compacted already (then nothing is committed)."""
+        validate_name(branch, "branch")
+        if not isinstance(message, str):
+            raise InvalidInputError("rewrite_manifests: message must be a str")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise InvalidInputError("rewrite_manifests: metadata must be a dict (or None)")
+        self._check_writable_storage("rewrite manifests")
+        summary = runtime.run(
+            compact_branch(
+                self._storage,
+                self._reader,
+                branch,
+                self._config.split_rows,
+                message=message,
+                metadata={**self._default_metadata, **(metadata or {})},
+            )
+        )
+        return summary.snapshot_id or self.lookup_branch(branch)
 
     def garbage_collect(
         self,
@@ -1046,6 +1128,13 @@ class Repository:
         """``exists``, run in a thread (``asyncio.to_thread``)."""
         return await asyncio.to_thread(Repository.exists, storage)
 
+    @staticmethod
+    async def fetch_config_async(storage: Storage) -> RepositoryConfig | None:
+        """``fetch_config``, run in a thread (``asyncio.to_thread``)."""
+        return await asyncio.to_thread(Repository.fetch_config, storage)
+
+    reopen_async = _in_thread(reopen)
+    rewrite_manifests_async = _in_thread(rewrite_manifests)
     chunk_storage_stats_async = _in_thread(chunk_storage_stats)
     create_branch_async = _in_thread(create_branch)
     create_tag_async = _in_thread(create_tag)
@@ -1072,6 +1161,17 @@ def _check_config(config: object) -> None:
         raise InvalidInputError(
             f"config must be a RepositoryConfig (or None), got {type(config).__name__}"
         )
+
+
+async def _fetch_config(storage: Storage) -> RepositoryConfig | None:
+    try:
+        data = await storage.get(CONFIG_KEY)
+    except NotFoundError:
+        return None
+    try:
+        return RepositoryConfig.from_dict(decode_config(data, CONFIG_KEY))
+    except InvalidInputError as e:  # valid JSON, settings of the wrong type or range
+        raise FormatError(f"{CONFIG_KEY}: damaged settings ({e})") from e
 
 
 async def _exists(storage: Storage) -> bool:

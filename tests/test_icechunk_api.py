@@ -323,7 +323,7 @@ def test_async_forms(repo: frazil.Repository) -> None:
 
 def test_async_forms_have_the_sync_signatures() -> None:
     names = [n for n in dir(frazil.Repository) if n.endswith("_async")]
-    assert len(names) == 23
+    assert len(names) == 26
     for name in set(names) - {"create_async", "open_async", "open_or_create_async"}:
         sync = getattr(frazil.Repository, name.removesuffix("_async"))
         assert inspect.iscoroutinefunction(getattr(frazil.Repository, name)), name
@@ -348,6 +348,16 @@ ICECHUNK_SIGNATURES = {
     "Repository.open_async": OPENER,
     "Repository.open_or_create_async": OPENER,
     "Repository.exists_async": "(storage)",
+    "Repository.fetch_config": "(storage)",
+    "Repository.fetch_config_async": "(storage)",
+    "Repository.reopen": "(self, config=None, authorize_virtual_chunk_access=None)",
+    "Repository.reopen_async": "(self, config=None, authorize_virtual_chunk_access=None)",
+    "Repository.authorized_virtual_container_prefixes": "(self)",
+    "Repository.async_ancestry": "(self, *, branch=None, tag=None, snapshot_id=None)",
+    "Repository.rewrite_manifests": "(self, message, *, branch, metadata=None)",
+    "Repository.rewrite_manifests_async": "(self, message, *, branch, metadata=None)",
+    "RepositoryConfig.default": "()",
+    "RepositoryConfig.merge": "(self, other)",
     "Session.chunk_coordinates": "(self, array_path, batch_size=1000)",
     "Session.allow_pickling": "(self)",
     "Session.flush": "(self, message, metadata=None)",

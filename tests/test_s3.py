@@ -10,6 +10,8 @@ The storage conformance suite (tests/test_storage.py) and the repository tests
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
 import multiprocessing as mp
 import pickle
 import warnings
@@ -812,3 +814,69 @@ def test_direct_get_falls_back_to_botocore_for_its_errors() -> None:
     )
     with pytest.raises(StorageError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccess"):
         run(storage.get("k"))
+
+
+# -- refreshable credentials (Icechunk's s3_refreshable_credentials / get_credentials=) ----------
+CREDENTIAL_CALLS: list[dt.timedelta] = []
+
+
+def _credentials_valid_for(valid: dt.timedelta) -> frazil.S3StaticCredentials:
+    CREDENTIAL_CALLS.append(valid)
+    return frazil.S3StaticCredentials(
+        access_key_id=s3server.ACCESS_KEY,
+        secret_access_key=s3server.SECRET_KEY,
+        expires_after=dt.datetime.now(dt.UTC) + valid,
+    )
+
+
+def _refreshable_storage(valid: dt.timedelta, **kwargs: Any) -> frazil.Storage:
+    srv = s3server.server()
+    return frazil.s3_storage(
+        bucket=s3server.BUCKET,
+        prefix=s3server.new_prefix(),
+        endpoint_url=srv.endpoint_url,
+        allow_http=True,
+        region="us-east-1",
+        get_credentials=functools.partial(_credentials_valid_for, valid),
+        **kwargs,
+    )
+
+
+def test_refreshable_credentials_are_fetched_again_before_expiry() -> None:
+    CREDENTIAL_CALLS.clear()
+    storage = _refreshable_storage(dt.timedelta(seconds=30))  # inside botocore's window
+    repo = frazil.Repository.create(storage)
+    first = len(CREDENTIAL_CALLS)
+    assert first >= 1
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(4,), dtype="i4", fill_value=0)[:] = 3
+    session.commit("signed with refreshed credentials")
+    assert len(CREDENTIAL_CALLS) > first  # about to expire: fetched again
+    readback = frazil.Repository.open(pickle.loads(pickle.dumps(storage)))
+    arr = zarr.open_array(readback.readonly_session("main").store, path="a", mode="r")
+    assert arr[:].tolist() == [3] * 4
+
+
+def test_credentials_far_from_expiry_are_fetched_once() -> None:
+    CREDENTIAL_CALLS.clear()
+    storage = _refreshable_storage(dt.timedelta(hours=2), scatter_initial_credentials=True)
+    assert len(CREDENTIAL_CALLS) == 1  # scattered: fetched at once
+    repo = frazil.Repository.create(storage)
+    for i in range(3):
+        session = repo.writable_session("main")
+        zarr.open_group(session.store, mode="a").attrs["i"] = i
+        session.commit(f"c{i}")
+    assert len(CREDENTIAL_CALLS) == 1
+
+
+def test_refreshable_credentials_of_the_wrong_type_are_refused() -> None:
+    srv = s3server.server()
+    storage = frazil.s3_storage(
+        bucket=s3server.BUCKET,
+        prefix=s3server.new_prefix(),
+        endpoint_url=srv.endpoint_url,
+        allow_http=True,
+        get_credentials=dict,  # returns {}, not credentials
+    )
+    with pytest.raises(frazil.InvalidInputError, match="S3StaticCredentials"):
+        frazil.Repository.create(storage)

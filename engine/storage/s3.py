@@ -159,6 +159,10 @@ class S3Config:
     from_env: bool = False
     force_path_style: bool = False
     settings: S3Settings = field(default_factory=S3Settings)
+    #: refreshable credentials: called (in a worker thread) for ``S3StaticCredentials``
+    #: when the current ones are about to expire; ``current_credentials`` are used first
+    get_credentials: Callable[[], Any] | None = field(default=None, repr=False)
+    current_credentials: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bucket, str) or not self.bucket or "/" in self.bucket:
@@ -180,6 +184,15 @@ class S3Config:
                 raise InvalidInputError("from_env=True cannot be combined with credentials")
         if self.anonymous and self.from_env:
             raise InvalidInputError("anonymous=True cannot be combined with from_env=True")
+        if self.get_credentials is not None and (
+            not callable(self.get_credentials)
+            or any(v is not None for v in explicit)
+            or self.anonymous
+            or self.from_env
+        ):
+            raise InvalidInputError(
+                "get_credentials must be a callable, and excludes keys, anonymous and from_env"
+            )
         if not isinstance(self.settings, S3Settings):
             raise InvalidInputError("settings must be an S3Settings")
 
@@ -188,6 +201,46 @@ class S3Config:
         """The key prefix under the bucket, with a trailing '/' (or '' for the bucket root)."""
         p = self.prefix.strip("/")
         return p + "/" if p else ""
+
+
+NO_EXPIRY = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+
+
+def _credential_metadata(creds: Any) -> dict[str, Any]:
+    """botocore's refresh metadata for ``S3StaticCredentials`` (or static ``S3Credentials``)."""
+    key = getattr(creds, "access_key_id", None)
+    secret = getattr(creds, "secret_access_key", None)
+    if not isinstance(key, str) or not isinstance(secret, str):
+        raise InvalidInputError(
+            f"get_credentials must return S3StaticCredentials, got {type(creds).__name__}"
+        )
+    expiry = getattr(creds, "expires_after", None) or NO_EXPIRY
+    return {
+        "access_key": key,
+        "secret_key": secret,
+        "token": getattr(creds, "session_token", None),
+        "expiry_time": expiry.isoformat(),
+    }
+
+
+def _refreshable_credentials(c: S3Config) -> Any:
+    from aiobotocore.credentials import (
+        AioDeferredRefreshableCredentials,
+        AioRefreshableCredentials,
+    )
+
+    fn = c.get_credentials
+    assert fn is not None
+
+    async def refresh() -> dict[str, Any]:
+        return _credential_metadata(await asyncio.to_thread(fn))
+
+    current = c.current_credentials
+    if current is not None:
+        return AioRefreshableCredentials.create_from_metadata(
+            _credential_metadata(current), refresh, "frazil-refreshable"
+        )
+    return AioDeferredRefreshableCredentials(refresh, "frazil-refreshable")
 
 
 _CONDITION_HEADERS = {"IfNoneMatch": "If-None-Match", "IfMatch": "If-Match"}
@@ -396,6 +449,10 @@ class S3Storage(Storage):
         use_ssl = not (c.endpoint_url or "").lower().startswith("http://")
         session = aiobotocore.session.AioSession()
         session.register_component("data_loader", _shared_loader())
+        if c.get_credentials is not None:
+            # botocore refreshes these before each request that finds them within
+            # minutes of expiry (the signer and the direct path both read them)
+            session._credentials = _refreshable_credentials(c)
         fs = s3fs.S3FileSystem(
             anon=c.anonymous,
             key=c.access_key_id,
@@ -421,6 +478,8 @@ class S3Storage(Storage):
         async with client.limit:
             try:
                 return await client.fs._call_s3(method, Bucket=self.config.bucket, **kwargs)
+            except InvalidInputError:  # from our own code: get_credentials gave no credentials
+                raise
             except Exception as e:
                 err = translate(e, f"{what} in {self.describe()}")
                 if isinstance(err, _RangeNotSatisfiable):
@@ -480,6 +539,8 @@ class S3Storage(Storage):
                     data = await body.read()
                 finally:
                     body.close()
+            except InvalidInputError:  # from our own code: get_credentials gave no credentials
+                raise
             except Exception as e:
                 err = translate(e, what)
                 if isinstance(err, _RangeNotSatisfiable):
@@ -717,6 +778,9 @@ def s3_storage(
     from_env: bool = False,
     force_path_style: bool = False,
     settings: S3Settings | None = None,
+    expires_after: dt.datetime | None = None,
+    get_credentials: Callable[[], Any] | None = None,
+    scatter_initial_credentials: bool = False,
     **setting_overrides: Any,
 ) -> S3Storage:
     """Storage in an S3 bucket (or an S3-compatible store at ``endpoint_url``).
@@ -727,7 +791,17 @@ def s3_storage(
     explicitly). ``allow_http`` permits a plain-http ``endpoint_url``. Tuning goes in
     ``settings`` (an ``S3Settings``) or as keyword arguments naming its fields, e.g.
     ``s3_storage(..., max_attempts=10, max_concurrency=32)``.
+
+    ``get_credentials`` (Icechunk's): a picklable function returning
+    ``S3StaticCredentials``; it is called again whenever the current credentials are
+    within minutes of their ``expires_after`` (``scatter_initial_credentials=True`` calls it
+    at once, and the result travels with pickled copies). ``expires_after`` of explicit
+    keys is accepted and not used (they are not refreshed).
     """
+    current = None
+    if get_credentials is not None and scatter_initial_credentials:
+        current = get_credentials()
+        _credential_metadata(current)  # checks its type
     base = settings if settings is not None else S3Settings()
     if not isinstance(base, S3Settings):
         raise InvalidInputError("settings must be an S3Settings")
@@ -750,5 +824,7 @@ def s3_storage(
             from_env=from_env,
             force_path_style=force_path_style,
             settings=base,
+            get_credentials=get_credentials,
+            current_credentials=current,
         )
     )

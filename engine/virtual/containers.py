@@ -17,9 +17,10 @@ can read virtual chunks too.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import pickle
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import InvalidInputError
 from ..storage.s3 import check_endpoint
@@ -32,6 +33,10 @@ __all__ = [
     "HttpStoreConfig",
     "LocalFileSystemStoreConfig",
     "S3Credentials",
+    "S3StaticCredentials",
+    "S3Options",
+    "ObjectStoreConfig",
+    "s3_refreshable_credentials",
     "S3StoreConfig",
     "VirtualChunkContainer",
     "containers_credentials",
@@ -146,10 +151,103 @@ def s3_store(
     endpoint_url: str | None = None,
     allow_http: bool = False,
     anonymous: bool = False,
+    s3_compatible: bool = False,
     force_path_style: bool = False,
+    network_stream_timeout_seconds: int = 60,
+    requester_pays: bool = False,
 ) -> S3StoreConfig:
-    """An S3 store for a virtual chunk container (Icechunk's name)."""
+    """An S3 store for a virtual chunk container (Icechunk's name and parameters).
+
+    ``s3_compatible`` changes nothing (frazil treats AWS and other S3 stores alike);
+    ``network_stream_timeout_seconds`` is accepted and not used; ``requester_pays=True``
+    is refused (not supported)."""
+    for name, v in (("s3_compatible", s3_compatible), ("requester_pays", requester_pays)):
+        if not isinstance(v, bool):
+            raise InvalidInputError(f"s3_store: {name} must be True or False")
+    if requester_pays:
+        raise InvalidInputError("s3_store: requester_pays=True is not supported by frazil")
+    if not isinstance(network_stream_timeout_seconds, int) or network_stream_timeout_seconds < 0:
+        raise InvalidInputError("s3_store: network_stream_timeout_seconds must be an int >= 0")
     return S3StoreConfig(region, endpoint_url, allow_http, anonymous, force_path_style)
+
+
+class S3Options:
+    """Icechunk's options of an S3 store, with its properties and setters; turned into a
+    store by ``ObjectStoreConfig.S3(options)``. ``network_stream_timeout_seconds`` is
+    kept and not used; ``requester_pays=True`` is refused when the store is made."""
+
+    _FIELDS: ClassVar[dict[str, Any]] = {
+        "region": str,
+        "endpoint_url": str,
+        "allow_http": bool,
+        "anonymous": bool,
+        "force_path_style": bool,
+        "network_stream_timeout_seconds": int,
+        "requester_pays": bool,
+    }
+
+    def __init__(
+        self,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        allow_http: bool = False,
+        anonymous: bool = False,
+        force_path_style: bool = False,
+        network_stream_timeout_seconds: int | None = None,
+        requester_pays: bool = False,
+    ) -> None:
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self.allow_http = allow_http
+        self.anonymous = anonymous
+        self.force_path_style = force_path_style
+        self.network_stream_timeout_seconds = network_stream_timeout_seconds
+        self.requester_pays = requester_pays
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        kind = self._FIELDS.get(name)
+        if kind is None:
+            raise InvalidInputError(f"S3Options has no option {name!r}")
+        optional = name in ("region", "endpoint_url", "network_stream_timeout_seconds")
+        if not (value is None and optional) and (
+            not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        ):
+            raise InvalidInputError(f"S3Options.{name} must be {kind.__name__}, got {value!r}")
+        object.__setattr__(self, name, value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, S3Options) and vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return "S3Options(" + ", ".join(f"{k}={v!r}" for k, v in vars(self).items()) + ")"
+
+
+def _from_options(options: S3Options) -> S3StoreConfig:
+    if not isinstance(options, S3Options):
+        raise InvalidInputError("ObjectStoreConfig.S3 takes S3Options")
+    o = options
+    return s3_store(
+        o.region,
+        o.endpoint_url,
+        o.allow_http,
+        o.anonymous,
+        force_path_style=o.force_path_style,
+        requester_pays=o.requester_pays,
+    )
+
+
+class ObjectStoreConfig:
+    """Icechunk's store constructors for virtual chunk containers: each makes frazil's
+    store config (``S3StoreConfig``, ``GcsStoreConfig``, ...). ``InMemory``, ``Azure`` and
+    ``Tigris`` are not provided."""
+
+    S3 = staticmethod(_from_options)
+    S3Compatible = staticmethod(_from_options)
+    Gcs = staticmethod(lambda opts=None: gcs_store(opts))
+    Http = staticmethod(lambda opts=None: http_store(opts))
+    LocalFileSystem = staticmethod(lambda path: local_filesystem_store(path))
 
 
 def gcs_store(opts: dict[str, str] | None = None) -> GcsStoreConfig:
@@ -244,19 +342,50 @@ class VirtualChunkContainer:
 
 # -- credentials -------------------------------------------------------------------------
 @dataclass(frozen=True)
+class S3StaticCredentials:
+    """S3 keys, valid until ``expires_after`` (None: no expiry), as Icechunk's class of
+    that name; what a ``get_credentials`` function of refreshable credentials returns."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    expires_after: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.access_key_id, str) or not isinstance(self.secret_access_key, str):
+            raise InvalidInputError(
+                "S3StaticCredentials need access_key_id and secret_access_key (strings)"
+            )
+        if self.session_token is not None and not isinstance(self.session_token, str):
+            raise InvalidInputError("S3StaticCredentials.session_token must be a str or None")
+        if self.expires_after is not None and (
+            not isinstance(self.expires_after, dt.datetime) or self.expires_after.tzinfo is None
+        ):
+            raise InvalidInputError(
+                "S3StaticCredentials.expires_after must be a timezone-aware datetime or None"
+            )
+
+
+@dataclass(frozen=True)
 class S3Credentials:
-    """How to sign requests to an S3 container: ``kind`` is ``"static"`` (the keys
-    given), ``"anonymous"`` (unsigned) or ``"from_env"`` (the process environment:
-    variables, profile, instance role). Secrets are kept out of ``repr``."""
+    """How to sign requests to S3: ``kind`` is ``"static"`` (the keys given),
+    ``"anonymous"`` (unsigned), ``"from_env"`` (the process environment: variables,
+    profile, instance role) or ``"refreshable"`` (``get_credentials()`` called for
+    ``S3StaticCredentials`` whenever the current ones are about to expire; ``current``, if
+    given, used first). Secrets are kept out of ``repr``. Icechunk's
+    ``S3Credentials.Static(...)``, ``.Anonymous()``, ``.FromEnv()`` and
+    ``.Refreshable(pickled_function, current)`` build them too."""
 
     kind: str
     access_key_id: str | None = None
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
     expires_after: dt.datetime | None = None
+    get_credentials: Callable[[], S3StaticCredentials] | None = field(default=None, repr=False)
+    current: S3StaticCredentials | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("static", "anonymous", "from_env"):
+        if self.kind not in ("static", "anonymous", "from_env", "refreshable"):
             raise InvalidInputError(f"unknown S3 credential kind {self.kind!r}")
         if self.kind == "static" and (
             not isinstance(self.access_key_id, str) or not isinstance(self.secret_access_key, str)
@@ -264,6 +393,47 @@ class S3Credentials:
             raise InvalidInputError(
                 "static S3 credentials need access_key_id and secret_access_key (strings)"
             )
+        if (self.kind == "refreshable") != callable(self.get_credentials):
+            raise InvalidInputError(
+                "refreshable S3 credentials (and only they) need a get_credentials callable"
+            )
+        if self.current is not None and not isinstance(self.current, S3StaticCredentials):
+            raise InvalidInputError("S3Credentials.current must be S3StaticCredentials or None")
+
+    # Icechunk's constructors, as nested names (bound below)
+    FromEnv: ClassVar[Callable[[], S3Credentials]]
+    Anonymous: ClassVar[Callable[[], S3Credentials]]
+    Static: ClassVar[Callable[[S3StaticCredentials], S3Credentials]]
+    Refreshable: ClassVar[Callable[..., S3Credentials]]
+
+
+def _static(credentials: S3StaticCredentials) -> S3Credentials:
+    """Icechunk's ``S3Credentials.Static(S3StaticCredentials(...))``."""
+    if not isinstance(credentials, S3StaticCredentials):
+        raise InvalidInputError("S3Credentials.Static takes S3StaticCredentials")
+    c = credentials
+    return S3Credentials(
+        "static", c.access_key_id, c.secret_access_key, c.session_token, c.expires_after
+    )
+
+
+def _refreshable(
+    pickled_function: bytes, current: S3StaticCredentials | None = None
+) -> S3Credentials:
+    """Icechunk's ``S3Credentials.Refreshable(pickle.dumps(get_credentials), current)``."""
+    if not isinstance(pickled_function, bytes):
+        raise InvalidInputError("S3Credentials.Refreshable takes a pickled function (bytes)")
+    try:
+        fn = pickle.loads(pickled_function)
+    except Exception as e:
+        raise InvalidInputError(f"S3Credentials.Refreshable: cannot unpickle ({e})") from e
+    return S3Credentials("refreshable", get_credentials=fn, current=current)
+
+
+S3Credentials.FromEnv = staticmethod(lambda: S3Credentials("from_env"))
+S3Credentials.Anonymous = staticmethod(lambda: S3Credentials("anonymous"))
+S3Credentials.Static = staticmethod(_static)
+S3Credentials.Refreshable = staticmethod(_refreshable)
 
 
 AnyCredential = S3Credentials
@@ -289,6 +459,33 @@ def s3_from_env_credentials() -> S3Credentials:
     return S3Credentials("from_env")
 
 
+def s3_refreshable_credentials(
+    get_credentials: Callable[[], S3StaticCredentials],
+    scatter_initial_credentials: bool = False,
+) -> S3Credentials:
+    """Credentials that ``get_credentials()`` (picklable: it travels with pickled
+    repositories and sessions) gives, called again whenever the current ones are within
+    a few minutes of their ``expires_after``. ``scatter_initial_credentials=True`` calls it
+    now, so that pickled copies start with these credentials."""
+    if not callable(get_credentials):
+        raise InvalidInputError("s3_refreshable_credentials takes a callable")
+    current = _checked(get_credentials()) if scatter_initial_credentials else None
+    return S3Credentials("refreshable", get_credentials=get_credentials, current=current)
+
+
+def _checked(creds: object) -> S3StaticCredentials:
+    if isinstance(creds, S3Credentials) and creds.kind == "static":
+        assert creds.access_key_id is not None and creds.secret_access_key is not None
+        return S3StaticCredentials(
+            creds.access_key_id, creds.secret_access_key, creds.session_token, creds.expires_after
+        )
+    if not isinstance(creds, S3StaticCredentials):
+        raise InvalidInputError(
+            f"get_credentials must return S3StaticCredentials, got {type(creds).__name__}"
+        )
+    return creds
+
+
 def s3_credentials(
     *,
     access_key_id: str | None = None,
@@ -297,9 +494,18 @@ def s3_credentials(
     expires_after: dt.datetime | None = None,
     anonymous: bool | None = None,
     from_env: bool | None = None,
+    get_credentials: Callable[[], S3StaticCredentials] | None = None,
+    scatter_initial_credentials: bool = False,
 ) -> S3Credentials:
-    """S3 credentials (Icechunk's name): keys if given, else anonymous if asked, else
-    the environment's."""
+    """S3 credentials (Icechunk's name): keys if given, else refreshable ones if
+    ``get_credentials`` is given, else anonymous if asked, else the environment's."""
+    if get_credentials is not None:
+        if access_key_id is not None or secret_access_key is not None or anonymous or from_env:
+            raise InvalidInputError(
+                "s3_credentials: get_credentials cannot be combined with keys, anonymous "
+                "or from_env"
+            )
+        return s3_refreshable_credentials(get_credentials, scatter_initial_credentials)
     if access_key_id is not None or secret_access_key is not None:
         if anonymous or from_env:
             raise InvalidInputError(

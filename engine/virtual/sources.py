@@ -45,6 +45,7 @@ class _S3Source:
             cred = self.cred
             anonymous = store.anonymous or (cred is not None and cred.kind == "anonymous")
             static = cred is not None and cred.kind == "static" and not anonymous
+            refreshable = cred is not None and cred.kind == "refreshable" and not anonymous
             st = self._buckets[bucket] = S3Storage(
                 S3Config(
                     bucket=bucket,
@@ -56,8 +57,10 @@ class _S3Source:
                     secret_access_key=cred.secret_access_key if static else None,  # type: ignore[union-attr]
                     session_token=cred.session_token if static else None,  # type: ignore[union-attr]
                     anonymous=anonymous,
-                    from_env=not anonymous and not static,
+                    from_env=not anonymous and not static and not refreshable,
                     force_path_style=store.force_path_style,
+                    get_credentials=cred.get_credentials if refreshable else None,  # type: ignore[union-attr]
+                    current_credentials=cred.current if refreshable else None,  # type: ignore[union-attr]
                 )
             )
         return st
