@@ -1064,10 +1064,12 @@ class Session:
             return failed or None
         return len(coords)
 
-    def chunk_type(self, path: str, coord: Sequence[int]) -> ChunkType:
-        """What the chunk at ``coord`` is: uninitialized, inline, native or virtual."""
+    def chunk_type(self, array_path: str, chunk_coordinates: Sequence[int]) -> ChunkType:
+        """What the chunk at ``chunk_coordinates`` of the array at ``array_path`` is:
+        uninitialized, inline, native or virtual."""
+        path = array_path
         rec, meta = self._array(path)
-        coord = self._as_coord(path, coord)
+        coord = self._as_coord(path, chunk_coordinates)
         self._check_coord(path, meta, coord)
         ref = runtime.run(self.chunk_ref(path, coord))
         if ref is None:

@@ -440,8 +440,11 @@ def test_session_async_forms(repo: frazil.Repository) -> None:
     asyncio.run(go())
     session.commit("after rebase")
     assert zarr.open_array(repo.readonly_session("main").store, path="x")[0] == 9
-    params = inspect.signature(frazil.Session.chunk_type_async).parameters
-    assert list(params) == ["self", "array_path", "chunk_coordinates"]
+    for method in (frazil.Session.chunk_type, frazil.Session.chunk_type_async):
+        params = inspect.signature(method).parameters
+        assert list(params) == ["self", "array_path", "chunk_coordinates"]
+    reader = repo.readonly_session("main")
+    assert reader.chunk_type(array_path="x", chunk_coordinates=(0,)) == frazil.ChunkType.INLINE
 
 
 def test_flush_writes_a_snapshot_on_no_branch(repo: frazil.Repository) -> None:
