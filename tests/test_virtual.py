@@ -653,3 +653,27 @@ def test_manifest_location_column_on_disk(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace('"type": "local"', '"type": "ftp"'))
     with pytest.raises(frazil.FormatError, match="virtual_chunk_containers.*unknown store"):
         frazil.Repository.open(repo.storage)
+
+
+def test_store_async_virtual_refs_clear_and_partial_writes(tmp_path: Path) -> None:
+    """Icechunk's store names: the async forms of set_virtual_ref(s), sync_clear, and
+    set_partial_values refused (chunks are written whole)."""
+    repo, prefix = one_file_repo(tmp_path, 100)
+    s = repo.writable_session("main")
+    arr = zarr.create_array(
+        s.store, name="x", shape=(4,), chunks=(1,), dtype="u1", compressors=None, fill_value=255
+    )
+    url = f"{prefix}/f.bin"
+    asyncio.run(s.store.set_virtual_ref_async("x/c/0", url, offset=42, length=1))
+    specs = [VirtualChunkSpec([i], url, 10 * i, 1) for i in (1, 2)]
+    assert asyncio.run(s.store.set_virtual_refs_async("x", specs)) is None
+    assert list(arr[:]) == [42, 10, 20, 255]
+    with pytest.raises(InvalidInputError, match="partial writes"):
+        asyncio.run(s.store.set_partial_values([("x/c/0", 0, b"\x01")]))
+    s.commit("refs")
+    s = repo.writable_session("main")
+    s.store.sync_clear()
+    assert list(s.nodes()) == []
+    s.commit("cleared")
+    assert not asyncio.run(repo.readonly_session("main").store.exists("x/zarr.json"))
+    assert asyncio.run(repo.readonly_session("main").store.is_empty(""))

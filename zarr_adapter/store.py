@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,8 @@ from zarr.abc.store import (
     SuffixByteRequest,
 )
 from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.core.common import BytesLike
+from zarr.core.sync import sync as zarr_sync
 
 from frazil.errors import InvalidInputError, ReadOnlyError
 from frazil.format import ARRAY, Coord
@@ -392,6 +395,58 @@ class FrazilStore(Store):
         self._check_writable()
         return int(
             self._session.set_virtual_refs_arrays(array_path, locations, offsets, lengths, **kwargs)
+        )
+
+    async def set_virtual_ref_async(
+        self,
+        key: str,
+        location: str,
+        *,
+        offset: int,
+        length: int,
+        checksum: str | datetime.datetime | None = None,
+        validate_container: bool = False,
+    ) -> None:
+        """``set_virtual_ref``, run in a thread (``asyncio.to_thread``)."""
+        await asyncio.to_thread(
+            functools.partial(
+                self.set_virtual_ref,
+                key,
+                location,
+                offset=offset,
+                length=length,
+                checksum=checksum,
+                validate_container=validate_container,
+            )
+        )
+
+    async def set_virtual_refs_async(
+        self,
+        array_path: str,
+        chunks: Sequence[VirtualChunkSpec],
+        *,
+        validate_containers: bool = True,
+    ) -> list[Coord] | None:
+        """``set_virtual_refs``, run in a thread (``asyncio.to_thread``)."""
+        return await asyncio.to_thread(
+            functools.partial(
+                self.set_virtual_refs, array_path, chunks, validate_containers=validate_containers
+            )
+        )
+
+    def sync_clear(self) -> None:
+        """``clear`` from synchronous code: every group and array of the session is
+        deleted (staged, like any write); history is untouched."""
+        zarr_sync(self.clear())
+
+    async def set_partial_values(
+        self, key_start_values: Iterable[tuple[str, int, BytesLike]]
+    ) -> None:
+        """Refused: chunks are immutable objects, so a write replaces a whole chunk
+        (``supports_partial_writes`` is False, and zarr never calls this)."""
+        raise InvalidInputError(
+            "partial writes are not supported: write whole chunks (supports_partial_writes "
+            "is False)"
         )
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
