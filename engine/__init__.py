@@ -59,6 +59,7 @@ from .storage import (
     http_storage,
     in_memory_storage,
     local_filesystem_storage,
+    s3_object_store_storage,
     s3_storage,
 )
 from .virtual import ChunkType, VirtualChunkSpec, local_etag
@@ -163,6 +164,7 @@ __all__ = [
     "TransientStorageError",
     "fsspec_storage",
     "http_storage",
+    "s3_object_store_storage",
     "s3_storage",
     "ChunkType",
     "GcsStoreConfig",

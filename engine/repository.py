@@ -172,6 +172,7 @@ class Repository:
             "config": self._config,
             "virtual_auth": self._virtual.auth,
             "untrusted": self._virtual.untrusted,
+            "default_metadata": self._default_metadata,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -181,6 +182,7 @@ class Repository:
             state.get("virtual_auth"),
             untrusted_containers=state.get("untrusted"),
         )
+        self._default_metadata = dict(state.get("default_metadata", {}))
         # repositories unpickled in one process (forks sent to a worker task by task)
         # share one cache of immutable objects per storage location
         key = (

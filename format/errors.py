@@ -10,6 +10,11 @@ from __future__ import annotations
 class FrazilError(Exception):
     """Root of every error frazil raises on purpose."""
 
+    @property
+    def message(self) -> str:
+        """The error's text (Icechunk's ``IcechunkError.message``)."""
+        return str(self)
+
 
 class FormatError(FrazilError):
     """An on-disk object cannot be decoded: wrong type, unknown version, or damaged bytes.

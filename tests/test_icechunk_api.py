@@ -8,6 +8,7 @@ import datetime as dt
 import inspect
 import json
 import logging
+import pickle
 from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
@@ -547,3 +548,33 @@ def test_compatibility_lists_every_icechunk_name(owner: str) -> None:
             assert not hasattr(target, name), f"{owner}.{name} exists: the table says not yet"
         else:
             assert hasattr(target, name), f"{owner}.{name} is missing from frazil"
+
+
+def test_error_message_object_store_storage_and_pickled_default_metadata(
+    repo: frazil.Repository,
+) -> None:
+    err = frazil.InvalidInputError("bad thing at /x")
+    assert isinstance(err, frazil.IcechunkError) and err.message == "bad thing at /x"
+    params = inspect.signature(frazil.s3_object_store_storage).parameters
+    assert list(params) == [
+        "bucket",
+        "prefix",
+        "region",
+        "endpoint_url",
+        "allow_http",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "expires_after",
+        "anonymous",
+        "from_env",
+        "force_path_style",
+    ]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
+    storage = frazil.s3_object_store_storage(
+        bucket="b", prefix=None, endpoint_url="http://127.0.0.1:1", allow_http=True, anonymous=True
+    )
+    assert isinstance(storage, frazil.storage.S3Storage)
+    repo.set_default_commit_metadata({"author": "test"})
+    again = pickle.loads(pickle.dumps(repo))
+    assert again.default_commit_metadata() == {"author": "test"}

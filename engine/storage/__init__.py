@@ -10,7 +10,7 @@ from .local import LocalFileSystemStorage, local_filesystem_storage
 from .memory import InMemoryStorage, in_memory_storage
 from .readonly import ReadOnlyStorage
 from .retry import RetryingStorage, RetrySettings
-from .s3 import S3Config, S3Settings, S3Storage, s3_storage
+from .s3 import S3Config, S3Settings, S3Storage, s3_object_store_storage, s3_storage
 
 __all__ = [
     "ByteRange",
@@ -31,5 +31,6 @@ __all__ = [
     "in_memory_storage",
     "fsspec_storage",
     "local_filesystem_storage",
+    "s3_object_store_storage",
     "s3_storage",
 ]

@@ -828,3 +828,36 @@ def s3_storage(
             current_credentials=current,
         )
     )
+
+
+def s3_object_store_storage(
+    *,
+    bucket: str,
+    prefix: str | None,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    allow_http: bool = False,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+    session_token: str | None = None,
+    expires_after: dt.datetime | None = None,
+    anonymous: bool | None = None,
+    from_env: bool | None = None,
+    force_path_style: bool = False,
+) -> S3Storage:
+    """Icechunk's name for S3 storage through its object-store client: in frazil the same
+    S3 storage as ``s3_storage`` (one S3 client serves both), with Icechunk's arguments."""
+    return s3_storage(
+        bucket=bucket,
+        prefix=prefix or "",
+        region=region,
+        endpoint_url=endpoint_url,
+        allow_http=allow_http,
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+        session_token=session_token,
+        expires_after=expires_after,
+        anonymous=bool(anonymous),
+        from_env=bool(from_env),
+        force_path_style=force_path_style,
+    )
