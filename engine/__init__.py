@@ -64,6 +64,7 @@ from .storage import (
 )
 from .virtual import ChunkType, VirtualChunkSpec, local_etag
 from .virtual.containers import (
+    AnyObjectStoreConfig,
     GcsStoreConfig,
     HttpStoreConfig,
     LocalFileSystemStoreConfig,
@@ -173,6 +174,7 @@ __all__ = [
     "S3Credentials",
     "S3StaticCredentials",
     "S3Options",
+    "AnyObjectStoreConfig",
     "ObjectStoreConfig",
     "S3StoreConfig",
     "VirtualChunkContainer",

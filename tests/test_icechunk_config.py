@@ -481,3 +481,20 @@ def test_module_from_dict_and_to_dict() -> None:
         frazil.to_dict(sizes)  # type: ignore[arg-type]
     with pytest.raises(frazil.InvalidInputError):
         frazil.from_dict({ManifestSplitCondition.AnyArray(): 3})  # type: ignore[dict-item]
+
+
+def test_object_store_config_variants_are_types() -> None:
+    """Icechunk's code annotates with the variants (``ObjectStoreConfig.S3 |
+    ObjectStoreConfig.Http``) and checks them with ``isinstance``."""
+    osc = frazil.ObjectStoreConfig
+    either = osc.S3 | osc.Http
+    s3 = osc.S3(frazil.S3Options(region="us-east-1"))
+    http = osc.Http()
+    assert isinstance(s3, frazil.S3StoreConfig) and s3.region == "us-east-1"
+    assert isinstance(s3, osc.S3) and isinstance(s3, osc.S3Compatible)
+    assert not isinstance(s3, osc.Http) and isinstance(http, either) and isinstance(s3, either)
+    assert isinstance(osc.LocalFileSystem("/data"), osc.LocalFileSystem)
+    assert isinstance(osc.Gcs({"a": "b"}), osc.Gcs) and not isinstance(http, osc.Gcs)
+    assert isinstance(s3, frazil.AnyObjectStoreConfig)
+    with pytest.raises(frazil.InvalidInputError, match="S3Options"):
+        osc.S3("us-east-1")  # type: ignore[arg-type]

@@ -238,16 +238,52 @@ def _from_options(options: S3Options) -> S3StoreConfig:
     )
 
 
+class _StoreVariant(type):
+    """The type of one of ``ObjectStoreConfig``'s variants: calling the variant makes
+    frazil's store config, and ``isinstance`` checks against that config's type, so the
+    variants work as Icechunk's classes do (``ObjectStoreConfig.S3 | ObjectStoreConfig.Http``
+    in annotations, ``isinstance(store, ObjectStoreConfig.S3)``)."""
+
+    target: type[Any]
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, cls.target)
+
+
 class ObjectStoreConfig:
     """Icechunk's store constructors for virtual chunk containers: each makes frazil's
     store config (``S3StoreConfig``, ``GcsStoreConfig``, ...). ``InMemory``, ``Azure`` and
     ``Tigris`` are not provided."""
 
-    S3 = staticmethod(_from_options)
-    S3Compatible = staticmethod(_from_options)
-    Gcs = staticmethod(lambda opts=None: gcs_store(opts))
-    Http = staticmethod(lambda opts=None: http_store(opts))
-    LocalFileSystem = staticmethod(lambda path: local_filesystem_store(path))
+    class S3(metaclass=_StoreVariant):
+        target = S3StoreConfig
+
+        def __new__(cls, options: S3Options) -> S3StoreConfig:  # type: ignore[misc]
+            return _from_options(options)
+
+    class S3Compatible(metaclass=_StoreVariant):
+        target = S3StoreConfig
+
+        def __new__(cls, options: S3Options) -> S3StoreConfig:  # type: ignore[misc]
+            return _from_options(options)
+
+    class Gcs(metaclass=_StoreVariant):
+        target = GcsStoreConfig
+
+        def __new__(cls, opts: dict[str, str] | None = None) -> GcsStoreConfig:  # type: ignore[misc]
+            return gcs_store(opts)
+
+    class Http(metaclass=_StoreVariant):
+        target = HttpStoreConfig
+
+        def __new__(cls, opts: dict[str, str] | None = None) -> HttpStoreConfig:  # type: ignore[misc]
+            return http_store(opts)
+
+    class LocalFileSystem(metaclass=_StoreVariant):
+        target = LocalFileSystemStoreConfig
+
+        def __new__(cls, path: str) -> LocalFileSystemStoreConfig:  # type: ignore[misc]
+            return local_filesystem_store(path)
 
 
 def gcs_store(opts: dict[str, str] | None = None) -> GcsStoreConfig:
