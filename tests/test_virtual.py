@@ -677,3 +677,33 @@ def test_store_async_virtual_refs_clear_and_partial_writes(tmp_path: Path) -> No
     s.commit("cleared")
     assert not asyncio.run(repo.readonly_session("main").store.exists("x/zarr.json"))
     assert asyncio.run(repo.readonly_session("main").store.is_empty(""))
+
+
+@pytest.mark.parametrize("declared, authorized", [("/", ""), ("", "/")])
+def test_authorization_names_a_container_with_or_without_its_slash(
+    tmp_path: Path, declared: str, authorized: str
+) -> None:
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "f.bin").write_bytes(bytes(range(10)))
+    prefix = f"file://{src}"
+    config = RepositoryConfig.default()
+    config.set_virtual_chunk_container(
+        VirtualChunkContainer(prefix + declared, frazil.local_filesystem_store(str(src)))
+    )
+    storage = frazil.local_filesystem_storage(tmp_path / "repo")
+    repo = frazil.Repository.create(
+        storage, config, authorize_virtual_chunk_access={prefix + authorized: None}
+    )
+    s = repo.writable_session("main")
+    arr = zarr.create_array(
+        s.store, name="x", shape=(2,), chunks=(1,), dtype="u1", fill_value=0, compressors=None
+    )
+    s.store.set_virtual_ref("x/c/1", f"{prefix}/f.bin", offset=7, length=1)
+    assert list(arr[:]) == [0, 7]
+    assert repo.authorized_virtual_container_prefixes() == {prefix + declared}
+    s.commit("one ref")
+    again = frazil.Repository.open(
+        storage, authorize_virtual_chunk_access={prefix + authorized: None}
+    )
+    assert zarr.open_array(again.readonly_session("main").store, path="x")[1] == 7

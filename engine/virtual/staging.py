@@ -237,9 +237,14 @@ def check_authorization(
             "authorize_virtual_chunk_access must be a dict (see frazil.containers_credentials)"
         )
     declared = config.virtual_chunk_containers or {}
+    # a prefix names its container with or without the trailing "/" (prefixes match on
+    # "/" boundaries, so both spellings mean the same locations)
+    unslashed = {p.rstrip("/"): c for p, c in declared.items()}
     out: dict[str, AnyCredential | None] = {}
     for prefix, cred in auth.items():
         container = declared.get(prefix)
+        if container is None and isinstance(prefix, str):
+            container = unslashed.get(prefix.rstrip("/"))
         if container is None:
             raise InvalidInputError(
                 f"authorize_virtual_chunk_access names {prefix!r}, which is not a virtual "
@@ -251,5 +256,5 @@ def check_authorization(
             raise InvalidInputError(
                 f"credentials for {prefix!r} do not fit its {container.store.type} store"
             )
-        out[prefix] = cred
+        out[container.url_prefix] = cred
     return out
