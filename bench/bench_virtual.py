@@ -42,17 +42,16 @@ def _rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run(
-    root: str, refs: int, files: int, batch: int, rows: int, concurrent: bool = False
-) -> dict[str, Any]:
-    cfg = frazil.RepositoryConfig.default()
+def _grid_repo(lib: Any, root: str, refs: int, rows: int, prefix: str) -> tuple[Any, int, int]:
+    """A new repository (frazil or Icechunk: ``lib``) with an S3 container at ``prefix`` and a
+    committed array of ``rows`` x ceil(refs / rows) chunks; (repo, cols, chunks)."""
+    cfg = lib.RepositoryConfig.default()
     cfg.set_virtual_chunk_container(
-        frazil.VirtualChunkContainer(PREFIX, frazil.s3_store(region="us-east-1"))
+        lib.VirtualChunkContainer(prefix, lib.s3_store(region="us-east-1"))
     )
-    repo = frazil.Repository.create(frazil.local_filesystem_storage(root), cfg)
+    repo = lib.Repository.create(lib.local_filesystem_storage(root), cfg)
     session = repo.writable_session("main")
     cols = -(-refs // rows)
-    total = rows * cols
     zarr.create_array(
         session.store,
         name="temperature",
@@ -63,6 +62,13 @@ def run(
         compressors=None,
     )
     session.commit("create the array")
+    return repo, cols, rows * cols
+
+
+def run(
+    root: str, refs: int, files: int, batch: int, rows: int, concurrent: bool = False
+) -> dict[str, Any]:
+    repo, cols, total = _grid_repo(frazil, root, refs, rows, PREFIX)
     names = pa.array([f"{PREFIX}/run/file_{i:05d}.nc" for i in range(files)], pa.string())
     per_file = -(-total // files)
     rows_per_call = max(1, batch // cols)
@@ -128,24 +134,7 @@ def run_icechunk(root: str, refs: int, files: int, batch: int, rows: int) -> dic
     ``VirtualChunkSpec`` per chunk, in the same batches) and committed."""
     ic: Any = importlib.import_module("icechunk")  # a benchmark dependency only
 
-    cfg = ic.RepositoryConfig.default()
-    cfg.set_virtual_chunk_container(
-        ic.VirtualChunkContainer(PREFIX + "/", ic.s3_store(region="us-east-1"))
-    )
-    repo = ic.Repository.create(ic.local_filesystem_storage(root), cfg)
-    session = repo.writable_session("main")
-    cols = -(-refs // rows)
-    total = rows * cols
-    zarr.create_array(
-        session.store,
-        name="temperature",
-        shape=(rows * 10, cols * 10),
-        chunks=(10, 10),
-        dtype="<f4",
-        fill_value=0.0,
-        compressors=None,
-    )
-    session.commit("create the array")
+    repo, cols, total = _grid_repo(ic, root, refs, rows, PREFIX + "/")
     names = [f"{PREFIX}/run/file_{i:05d}.nc" for i in range(files)]
     per_file = -(-total // files)
     rows_per_call = max(1, batch // cols)

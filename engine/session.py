@@ -506,13 +506,23 @@ class Session:
         rebase_tries: int = 1_000,
     ) -> str:
         sid = await self._commit(message, metadata, rebase_with, rebase_tries)
-        if self._merged_forks:  # the merged forks' journals are garbage now
-            forks, self._merged_forks = self._merged_forks, set()
-            try:
-                await delete_journals(self._repo.storage, forks)
-            except FrazilError:  # best effort: garbage_collect removes what is left
-                pass
+        await self._drop_merged_journals()
         return sid
+
+    async def _drop_merged_journals(self) -> None:
+        """After a commit or flush, the merged forks' journals are garbage."""
+        if self._merged_forks:
+            forks, self._merged_forks = self._merged_forks, set()
+            with contextlib.suppress(FrazilError):  # best effort: gc removes what is left
+                await delete_journals(self._repo.storage, forks)
+
+    def _commit_metadata(self, message: object, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        """The checked message's metadata: the repository's defaults, then the caller's."""
+        if not isinstance(message, str):
+            raise InvalidInputError(
+                f"commit message must be a string, got {type(message).__name__}"
+            )
+        return {**self._default_metadata, **_check_metadata(metadata)}
 
     async def _commit(
         self,
@@ -524,11 +534,7 @@ class Session:
         self._check_writable()
         if self._branch is None:
             raise ReadOnlyError("this session is not on a branch and cannot commit")
-        if not isinstance(message, str):
-            raise InvalidInputError(
-                f"commit message must be a string, got {type(message).__name__}"
-            )
-        metadata = {**self._default_metadata, **_check_metadata(metadata)}
+        metadata = self._commit_metadata(message, metadata)
         if rebase_with is not None and not isinstance(rebase_with, ConflictSolver):
             raise InvalidInputError(
                 "rebase_with must be a ConflictSolver such as "
@@ -1201,20 +1207,13 @@ class Session:
                 "a ForkSession cannot flush: return it to the process that forked it and "
                 "call session.merge(fork) there"
             )
-        if not isinstance(message, str):
-            raise InvalidInputError(
-                f"commit message must be a string, got {type(message).__name__}"
-            )
-        meta = {**self._default_metadata, **_check_metadata(metadata)}
+        meta = self._commit_metadata(message, metadata)
         if self._changes.is_empty():
             raise InvalidInputError("nothing to flush: the session has no changes")
         plan = await _SessionCommitter(self, message, meta, None).prepare(1)
         sid = self._committed(plan)
         self._branch = None
-        if self._merged_forks:  # as after a commit: the merged forks' journals are garbage
-            forks, self._merged_forks = self._merged_forks, set()
-            with contextlib.suppress(FrazilError):
-                await delete_journals(self._repo.storage, forks)
+        await self._drop_merged_journals()
         return sid
 
     @contextlib.contextmanager
