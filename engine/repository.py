@@ -916,13 +916,28 @@ class Repository:
             maintenance.expire_snapshots(self._storage, self._reader, older_than, progress)
         )
 
-    def fsck(self, *, verify_chunks: bool = True, progress: Progress | None = None) -> FsckReport:
+    def fsck(
+        self,
+        *,
+        verify_chunks: bool = True,
+        verify_virtual: bool = False,
+        progress: Progress | None = None,
+    ) -> FsckReport:
         """Check that every object reachable from a branch or tag exists and matches the
         checksum recorded for it; the report lists every problem found.
-        ``verify_chunks=False`` checks native chunks' presence and size only."""
+        ``verify_chunks=False`` checks native chunks' presence and size only.
+        ``verify_virtual=True`` also probes the source file of every virtual chunk a branch
+        or tag tip reads (one small read per file: it exists, is long enough and matches the
+        reference's ETag or last-modified pin), through the containers this repository was
+        opened with authorization for; sources it may not read are reported as
+        ``virtual-unchecked``."""
         return runtime.run(
             maintenance.fsck(
-                self._storage, self._reader, verify_chunks=verify_chunks, progress=progress
+                self._storage,
+                self._reader,
+                verify_chunks=verify_chunks,
+                progress=progress,
+                virtual=self._virtual if verify_virtual else None,
             )
         )
 

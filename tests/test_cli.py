@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 import pytest
 import s3server
@@ -205,7 +206,7 @@ def test_maintenance_commands(local_repo: tuple[str, frazil.Repository]) -> None
         ("damaged", f"manifests/{manifest.name}"),
     }
     human = run("fsck", path, code=1).stdout
-    assert "2 problem(s)" in human and f"missing: chunks/{chunk.name}" in human
+    assert "\n2 problems\n" in human and f"missing: chunks/{chunk.name}" in human
 
 
 def test_errors_are_one_line(tmp_path: Path, local_repo: tuple[str, frazil.Repository]) -> None:
@@ -329,3 +330,140 @@ def test_progress_bars_on_a_terminal(
     assert "Traceback" not in text
     assert "\x1b[" in text and "/" in text  # drawn with escape codes, "done/total" counts
     assert out.strip() and b"\x1b[" not in out
+
+
+# -- polish: help, plurals, kind names, init, fsck --virtual ----------------------------------
+
+
+def test_every_option_has_help() -> None:
+    from frazil.tools.cli import cli
+
+    missing = [
+        f"{name} {param.opts[0]}"
+        for name, command in cli.commands.items()
+        for param in command.params
+        if isinstance(param, click.Option) and not (param.help or "").strip()
+    ]
+    assert missing == []
+    assert all((c.help or "").strip() for c in cli.commands.values())
+
+
+def test_plurals_and_kind_names(tmp_path: Path) -> None:
+    path = tmp_path / "repo"
+    repo = frazil.Repository.create(
+        frazil.local_filesystem_storage(path),
+        frazil.RepositoryConfig(inline_chunk_threshold_bytes=0),
+    )
+    s = repo.writable_session("main")
+    a = zarr.create_array(s.store, name="one", shape=(4,), chunks=(4,), dtype="i4", fill_value=0)
+    a[:] = 7
+    s.commit("one chunk")
+    lines = run("show", str(path)).stdout.splitlines()
+    assert any(line.endswith("1 chunk written in 1 segment") for line in lines), lines
+    assert run("expire", str(path), "--older-than", "30d").stdout.startswith("expired 0 snapshots")
+    rows = run_json(
+        "sql", str(path), "SELECT kind, kind_name, count(*) AS n FROM manifests GROUP BY ALL"
+    )
+    assert rows == [{"kind": 2, "kind_name": "native", "n": 1}]
+    names = run_json("sql", str(path), "SELECT DISTINCT kind_name FROM manifests")
+    assert names == [{"kind_name": "native"}]
+
+
+def test_init(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    prefix = f"file://{data}/"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "inline_chunk_threshold_bytes": 0,
+                "virtual_chunk_containers": [
+                    {"url_prefix": prefix, "store": {"type": "local", "path": str(data)}}
+                ],
+            }
+        )
+    )
+    where = tmp_path / "new" / "repo"
+    out = run_json("init", str(where), "--config", str(cfg))
+    assert out["virtual_chunk_containers"] == [prefix]
+    repo = frazil.Repository.open(frazil.local_filesystem_storage(where))
+    assert out["main"] == repo.lookup_branch("main")
+    assert repo.config.inline_chunk_threshold_bytes == 0
+    assert repo.config.get_virtual_chunk_container(prefix) is not None
+    err = run("init", str(where), code=1).stderr  # never over an existing repository
+    assert err.startswith("frazil: error:") and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    assert (
+        "a JSON object" in run("init", str(tmp_path / "other"), "--config", str(bad), code=2).stderr
+    )
+    assert not (tmp_path / "other" / "refs").exists()
+
+
+def _virtual_repo(tmp_path: Path) -> tuple[Path, str, Path]:
+    data = tmp_path / "data"
+    data.mkdir()
+    src = data / "source.bin"
+    src.write_bytes(bytes(range(64)))
+    prefix = f"file://{data}/"
+    config = frazil.RepositoryConfig.default()
+    config.set_virtual_chunk_container(
+        frazil.VirtualChunkContainer(prefix, frazil.local_filesystem_store(str(data)))
+    )
+    path = tmp_path / "repo"
+    repo = frazil.Repository.create(
+        frazil.local_filesystem_storage(path),
+        config,
+        authorize_virtual_chunk_access=frazil.containers_credentials({prefix: None}),
+    )
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="v", shape=(4,), chunks=(1,), dtype="u1", fill_value=0)
+    for i in range(4):
+        s.store.set_virtual_ref(f"v/c/{i}", f"{prefix}source.bin", offset=16 * i, length=16)
+    s.commit("virtual")
+    return path, prefix, src
+
+
+def test_fsck_virtual(tmp_path: Path) -> None:
+    path, prefix, src = _virtual_repo(tmp_path)
+    assert run_json("fsck", str(path))["ok"]  # without --virtual nothing external is read
+    ok = run_json("fsck", str(path), "--virtual", "--authorize", prefix)
+    assert ok["ok"] and (ok["virtual_sources"], ok["virtual_refs"]) == (1, 4)
+    # not authorized: reported as unchecked, never read
+    unchecked = run_json_code("fsck", str(path), "--virtual")
+    assert [p["kind"] for p in unchecked["problems"]] == ["virtual-unchecked"]
+    assert unchecked["virtual_sources"] == 0
+    src.write_bytes(bytes(40))  # too short for the last two chunks
+    short = run_json_code("fsck", str(path), "--virtual", "--authorize", prefix)
+    assert [(p["kind"], p["key"]) for p in short["problems"]] == [
+        ("virtual", f"{prefix}source.bin")
+    ]
+    src.unlink()
+    human = run("fsck", str(path), "--virtual", "--authorize", prefix, code=1).stdout
+    assert f"virtual: {prefix}source.bin:" in human and human.rstrip().endswith("1 problem")
+    assert run("fsck", str(path), "--authorize", prefix, code=2).returncode == 2
+
+
+def test_fsck_virtual_pins(tmp_path: Path) -> None:
+    path, prefix, src = _virtual_repo(tmp_path)
+    repo = frazil.Repository.open(
+        frazil.local_filesystem_storage(path),
+        authorize_virtual_chunk_access=frazil.containers_credentials({prefix: None}),
+    )
+    s = repo.writable_session("main")
+    etag = frazil.local_etag(src)
+    s.store.set_virtual_ref("v/c/0", f"{prefix}source.bin", offset=0, length=16, checksum=etag)
+    s.commit("pinned")
+    assert repo.fsck(verify_virtual=True).ok
+    before = src.stat().st_mtime_ns
+    src.write_bytes(bytes(reversed(range(64))))  # same length, other content and ETag
+    os.utime(src, ns=(before + 2 * 10**9, before + 2 * 10**9))  # whatever the clock's grain
+    report = repo.fsck(verify_virtual=True, verify_chunks=False)
+    assert [p.kind for p in report.problems] == ["virtual"]
+    assert "ETag" in report.problems[0].message
+    assert report.virtual_sources == 2  # (file, pinned) and (file, unpinned)
+
+
+def run_json_code(*args: str) -> Any:
+    return json.loads(run(*args, "--json", code=1).stdout)

@@ -1,5 +1,5 @@
-"""The ``frazil`` command line: inspect (log, show, diff, stats, sql), manage refs, and keep a
-repository fast and small (compact, gc, expire, fsck).
+"""The ``frazil`` command line: create (init), inspect (log, show, diff, stats, sql), manage
+refs, and keep a repository fast and small (compact, gc, expire, fsck).
 
 Every command takes the repository first: a local path, ``file://path``,
 ``s3://bucket/prefix`` (with ``--endpoint-url`` and the usual AWS environment variables)
@@ -80,18 +80,27 @@ class Ctx:
     endpoint_url: str | None
     region: str | None
     anonymous: bool
+    authorize: tuple[str, ...] = ()
     _repo: frazil.Repository | None = None
+
+    def storage(self) -> frazil.Storage:
+        return storage_for(
+            self.location,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            anonymous=self.anonymous,
+        )
 
     @property
     def repo(self) -> frazil.Repository:
         if self._repo is None:
             self._repo = frazil.Repository.open(
-                storage_for(
-                    self.location,
-                    endpoint_url=self.endpoint_url,
-                    region=self.region,
-                    anonymous=self.anonymous,
-                )
+                self.storage(),
+                authorize_virtual_chunk_access=(
+                    frazil.containers_credentials(dict.fromkeys(self.authorize))
+                    if self.authorize
+                    else None
+                ),
             )
         return self._repo
 
@@ -447,12 +456,18 @@ def show(ctx: Ctx, ref: str) -> None:
                 click.echo(
                     f"{pad}{name}  array {n['dtype']} shape {_dims(n['shape'])} "
                     f"chunks {_dims(n['chunk_shape'])} grid {_dims(n['chunk_grid'])}  "
-                    f"{n['chunks']} chunks written in {n['segments']} segments"
+                    f"{_count(n['chunks'], 'chunk')} written in "
+                    f"{_count(n['segments'], 'segment')}"
                 )
             else:
                 click.echo(f"{pad}{name}{'/' if name != '/' else ''}")
 
     ctx.emit({"snapshot": sid, "nodes": nodes}, human)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 chunk``, ``2 chunks``, ``1,000 chunks``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _dims(values: Any) -> str:
@@ -519,7 +534,7 @@ def _cell(value: Any) -> str:
 
 @cli.command()
 @repo_command
-@click.option("--branch", "-b", default="main", show_default=True)
+@click.option("--branch", "-b", default="main", show_default=True, help="Branch to compact.")
 @click.option(
     "--rows-per-segment",
     type=int,
@@ -570,17 +585,19 @@ def gc(ctx: Ctx, older_than: str, dry_run: bool) -> None:
     def human() -> None:
         verb = "would delete" if dry_run else "deleted"
         click.echo(
-            f"{verb} {s.snapshots_deleted} snapshots, {s.transaction_logs_deleted} "
-            f"transaction logs, {s.manifests_deleted} manifests, {s.chunks_deleted} "
-            f"chunks ({_human_bytes(s.bytes_deleted)}); kept {s.reachable} reachable "
-            f"and {s.kept_young} younger than {cutoff.isoformat()}"
+            f"{verb} {_count(s.snapshots_deleted, 'snapshot')}, "
+            f"{_count(s.transaction_logs_deleted, 'transaction log')}, "
+            f"{_count(s.manifests_deleted, 'manifest')}, {_count(s.chunks_deleted, 'chunk')} "
+            f"({_human_bytes(s.bytes_deleted)}); kept {s.reachable:,} reachable "
+            f"and {s.kept_young:,} younger than {cutoff.isoformat()}"
         )
         if s.temporaries_deleted:
             click.echo(
-                f"removed {s.temporaries_deleted} temporary files left by interrupted writes"
+                f"removed {_count(s.temporaries_deleted, 'temporary file')} left by "
+                "interrupted writes"
             )
         if s.fork_journals_deleted:
-            click.echo(f"{verb} {s.fork_journals_deleted} fork journal objects")
+            click.echo(f"{verb} {_count(s.fork_journals_deleted, 'fork journal object')}")
 
     ctx.emit(data, human)
 
@@ -600,7 +617,9 @@ def expire(ctx: Ctx, older_than: str) -> None:
         ids = ctx.repo.expire_snapshots(cutoff, progress=progress)
     ctx.emit(
         {"expired": sorted(ids), "cutoff": cutoff},
-        lambda: click.echo(f"expired {len(ids)} snapshots written before {cutoff.isoformat()}"),
+        lambda: click.echo(
+            f"expired {_count(len(ids), 'snapshot')} written before {cutoff.isoformat()}"
+        ),
     )
 
 
@@ -609,10 +628,28 @@ def expire(ctx: Ctx, older_than: str) -> None:
 @click.option(
     "--quick", is_flag=True, help="Check chunks' presence and size only, not their checksums."
 )
-def fsck(ctx: Ctx, quick: bool) -> None:
+@click.option(
+    "--virtual",
+    is_flag=True,
+    help="Also check that the source file of every virtual chunk a branch or tag reads "
+    "exists, is long enough and matches its ETag or last-modified pin.",
+)
+@click.option(
+    "--authorize",
+    "authorize",
+    multiple=True,
+    metavar="PREFIX",
+    help="With --virtual: a virtual chunk container (url prefix) fsck may read, with the "
+    "environment's credentials; repeatable. Sources under no authorized container are "
+    "reported as virtual-unchecked.",
+)
+def fsck(ctx: Ctx, quick: bool, virtual: bool, authorize: tuple[str, ...]) -> None:
     """Check every reachable object exists and matches its checksum; exit 1 on problems."""
+    if authorize and not virtual:
+        raise click.UsageError("--authorize is for --virtual")
+    ctx.authorize = authorize
     with progress_bar(True) as progress:
-        r = ctx.repo.fsck(verify_chunks=not quick, progress=progress)
+        r = ctx.repo.fsck(verify_chunks=not quick, verify_virtual=virtual, progress=progress)
     data = {
         **{k: v for k, v in asdict(r).items() if k != "problems"},
         "ok": r.ok,
@@ -621,17 +658,63 @@ def fsck(ctx: Ctx, quick: bool) -> None:
 
     def human() -> None:
         click.echo(
-            f"checked {r.refs} refs, {r.snapshots} snapshots, {r.transaction_logs} "
-            f"transaction logs, {r.manifests} manifests, {r.chunks} chunks "
+            f"checked {_count(r.refs, 'ref')}, {_count(r.snapshots, 'snapshot')}, "
+            f"{_count(r.transaction_logs, 'transaction log')}, "
+            f"{_count(r.manifests, 'manifest')}, {_count(r.chunks, 'chunk')} "
             f"({_human_bytes(r.bytes_verified)} verified)"
         )
+        if virtual:
+            click.echo(
+                f"probed {_count(r.virtual_sources, 'virtual chunk source')} for "
+                f"{_count(r.virtual_refs, 'virtual reference')}"
+            )
         for p in r.problems:
             click.echo(str(p))
-        click.echo("ok" if r.ok else f"{len(r.problems)} problem(s)")
+        click.echo("ok" if r.ok else _count(len(r.problems), "problem"))
 
     ctx.emit(data, human)
     if not r.ok:
         sys.exit(1)
+
+
+@cli.command()
+@repo_command
+@click.option(
+    "--config",
+    "config_file",
+    type=click.File("r"),
+    default=None,
+    help="A JSON file with the repository's settings, in the form of its config.json "
+    "(format/SPEC.md), e.g. its virtual_chunk_containers.",
+)
+def init(ctx: Ctx, config_file: Any) -> None:
+    """Create an empty repository at REPO (a new or empty directory, or S3 prefix)."""
+    config = None
+    if config_file is not None:
+        where = getattr(config_file, "name", "--config")
+        try:
+            doc = json.load(config_file)
+        except ValueError as e:
+            raise click.BadParameter(f"{where}: not JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise click.BadParameter(f"{where}: a JSON object of settings expected")
+        try:
+            config = frazil.RepositoryConfig.from_dict(doc)
+        except (FrazilError, FormatError, TypeError, ValueError) as e:
+            raise click.BadParameter(f"{where}: {_one(e)}") from None
+    if "://" not in ctx.location or ctx.location.startswith("file://"):
+        path = ctx.location.removeprefix("file://")
+        os.makedirs(path, exist_ok=True)
+    repo = frazil.Repository.create(ctx.storage(), config)
+    main = repo.lookup_branch("main")
+    containers = sorted((config.virtual_chunk_containers or {}) if config else {})
+    ctx.emit(
+        {"created": ctx.location, "main": main, "virtual_chunk_containers": containers},
+        lambda: click.echo(
+            f"created an empty frazil repository at {ctx.location} (main at {main})"
+            + (f"; virtual chunk containers: {', '.join(containers)}" if containers else "")
+        ),
+    )
 
 
 # -- entry point --------------------------------------------------------------------------

@@ -10,7 +10,8 @@ needed. Only the views a query names are built:
   (``path``, ``node_id``, ``node_type``, ``zarr_json``, ``segments``);
 * ``manifests``: one row per chunk reference: ``manifest_id``, ``node_id``, ``path`` (the
   array's path in the newest snapshot that has the node) and the segment's columns
-  (``coord``, ``kind``, ``inline``, ``chunk_id``, ``offset``, ``length``, ``checksum``,
+  (``coord``; ``kind``, the code, and ``kind_name``, its name: deleted, inline, native or
+  virtual; then ``inline``, ``chunk_id``, ``offset``, ``length``, ``checksum``,
   ``location``, ``etag``, ``last_modified``);
 * ``transactions``: one row per change: ``snapshot_id`` and the log's columns (``change``,
   ``path``, ``node_id``, ``chunks``, and ``chunk_segments`` where a version-2 log has it);
@@ -29,11 +30,14 @@ import pyarrow.parquet as pq
 
 import frazil
 from frazil import runtime
+from frazil.format import ChunkKind
 from frazil.format.common import load_json
 from frazil.format.keys import OBJECT_FOLDERS as PREFIXES
 from frazil.storage import Storage
 
 VIEWS = ("snapshots", "nodes", "manifests", "transactions", "refs")
+# the ``kind`` codes' names (format/SPEC.md), in code order
+_KIND_NAMES = pa.array([k.name.lower() for k in sorted(ChunkKind)], pa.string())
 
 
 def object_counts(storage: Storage) -> dict[str, tuple[int, int]]:
@@ -132,6 +136,8 @@ def build_views(repo: frazil.Repository, names: set[str]) -> dict[str, pa.Table]
                 t = t.add_column(
                     2, "path", path_of.take(pc.index_in(node_ids, value_set=pc.unique(node_ids)))
                 )
+                kind_at = t.schema.get_field_index("kind")
+                t = t.add_column(kind_at + 1, "kind_name", _KIND_NAMES.take(t.column("kind")))
                 tables.append(t)
             out["manifests"] = _concat(
                 tables,

@@ -37,6 +37,7 @@ from ..history import ancestry
 from ..objects import ObjectReader
 from ..refs import Ref, list_refs, read_ref
 from ..storage.base import Storage
+from ..virtual.resolver import VirtualResolver
 from .reach import (
     Problem,
     error_kind,
@@ -46,6 +47,7 @@ from .reach import (
     unique_chunks,
     walk_history,
 )
+from .virtual_check import check_virtual
 
 
 @dataclass
@@ -58,6 +60,8 @@ class FsckReport:
     manifests: int = 0
     history_segments: int = 0
     chunks: int = 0
+    virtual_sources: int = 0
+    virtual_refs: int = 0
     bytes_verified: int = 0
     problems: list[Problem] = field(default_factory=list)
 
@@ -136,8 +140,11 @@ async def fsck(
     *,
     verify_chunks: bool = True,
     progress: Progress | None = None,
+    virtual: VirtualResolver | None = None,
 ) -> FsckReport:
-    """Check every reachable object exists and matches its recorded checksum."""
+    """Check every reachable object exists and matches its recorded checksum; with a
+    ``virtual`` resolver, also the virtual chunks' sources of every branch and tag tip
+    (``virtual_check``)."""
     report = FsckReport()
     problems = report.problems
     refs: list[tuple[str, Ref]] = []
@@ -270,6 +277,10 @@ async def fsck(
     for start in range(0, len(cids), 4096):  # bounded memory: a batch of reads at a time
         await runtime.gather_limited(
             [check_chunk(i) for i in range(start, min(start + 4096, len(cids)))], limit=32
+        )
+    if virtual is not None:
+        report.virtual_sources, report.virtual_refs = await check_virtual(
+            reader, virtual, named, problems
         )
     problems.sort(key=lambda p: (p.key, p.message))
     return report
