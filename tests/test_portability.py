@@ -347,3 +347,38 @@ def test_local_virtual_source_reads_without_pread(
     for start, end in [(0, len(data)), (10, 300), (2040, 10_000), (len(data), len(data) + 5)]:
         got = sources._read_local(str(tmp_path / "f.bin"), str(tmp_path), start, end)
         assert got.data == data[start:end]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="flock is Unix's")
+def test_ref_lock_is_the_flock_older_frazil_versions_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    storage = local_filesystem_storage(tmp_path)
+    version = asyncio.run(storage.put_if_absent("refs/branch.main/ref.json", b"one")).version
+    assert version is not None
+    lock_file = tmp_path / "refs" / "branch.main" / ".ref.json.lock"
+    probes: list[bool] = []
+    read_versioned = local._read_versioned
+
+    def probe_then_read(path: str) -> tuple[bytes, str]:
+        # while the swap holds its lock: can an older frazil (flock on the same file) take it?
+        fd = os.open(lock_file, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            probes.append(True)
+        except BlockingIOError:
+            probes.append(False)
+        finally:
+            os.close(fd)
+        return read_versioned(path)
+
+    monkeypatch.setattr(local, "_read_versioned", probe_then_read)
+    assert asyncio.run(storage.put_if_version("refs/branch.main/ref.json", b"two", version)).ok
+    assert probes == [False]
+    fd = os.open(lock_file, os.O_RDWR)  # and it is released after
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
