@@ -54,6 +54,7 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_import_and_local_storage_need_neither_fcntl_nor_fork(tmp_path: Path) -> None:
+    # every module of every frazil package imports; then a commit, a branch and a read
     code = f"""
 import asyncio, json, os, sys
 try:
@@ -61,8 +62,19 @@ try:
     fcntl_importable = True
 except ImportError:
     fcntl_importable = False
-import frazil, frazil.tools.cli, frazil.zarr_adapter.store, frazil.virtual.sources
+import importlib, pkgutil
 import filelock
+import frazil
+modules, failed = 0, []
+for top in ("frazil", "frazil.format", "frazil.tools", "frazil.zarr_adapter", "frazil.dask",
+            "frazil.xarray"):
+    package = importlib.import_module(top)
+    for info in pkgutil.walk_packages(package.__path__, top + "."):
+        try:
+            importlib.import_module(info.name)
+            modules += 1
+        except Exception as e:
+            failed.append((info.name, repr(e)))
 import numpy as np, zarr
 repo = frazil.Repository.create(frazil.local_filesystem_storage({str(tmp_path / "repo")!r}))
 session = repo.writable_session("main")
@@ -75,6 +87,8 @@ print(json.dumps({{
     "fcntl": fcntl_importable,
     "register_at_fork": hasattr(os, "register_at_fork"),
     "lock": filelock.FileLock.__name__,
+    "failed": failed,
+    "many": modules > 50,
     "branches": sorted(repo.list_branches()),
     "read": read,
 }}))
@@ -85,6 +99,8 @@ print(json.dumps({{
         "fcntl": False,
         "register_at_fork": False,
         "lock": "SoftFileLock",
+        "failed": [],
+        "many": True,
         "branches": ["dev", "main"],
         "read": [0, 1, 2, 3],
     }
