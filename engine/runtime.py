@@ -2,7 +2,8 @@
 
 Synchronous public methods run their coroutines here with ``run``; zarr's own loop calls
 the same coroutines directly. Nothing created here survives ``os.fork``: the child gets a
-fresh loop and pool on first use.
+fresh loop and pool on first use. ``at_fork_in_child`` is the one place that registers
+fork hooks, and only where the platform can fork (not on Windows).
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ _pool: ThreadPoolExecutor | None = None
 IO_THREADS = min(32, 4 * (os.cpu_count() or 1) + 4)
 
 
+def at_fork_in_child(hook: Callable[[], None]) -> None:
+    """Run ``hook`` in the child after every ``os.fork``; nothing where the platform has no
+    fork (Windows: there every process starts fresh, by spawn)."""
+    register = getattr(os, "register_at_fork", None)
+    if register is not None:
+        register(after_in_child=hook)
+
+
 def _reset_after_fork() -> None:
     global _lock, _loop, _thread, _pool, _batchers
     _lock = threading.Lock()
@@ -36,7 +45,7 @@ def _reset_after_fork() -> None:
     _pool = None
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+at_fork_in_child(_reset_after_fork)
 
 _resettable: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -52,7 +61,7 @@ def _reset_objects_after_fork() -> None:
         obj._after_fork()
 
 
-os.register_at_fork(after_in_child=_reset_objects_after_fork)
+at_fork_in_child(_reset_objects_after_fork)
 
 
 def loop() -> asyncio.AbstractEventLoop:

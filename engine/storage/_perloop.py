@@ -55,7 +55,7 @@ def _reset_after_fork() -> None:
     _tasks = set()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
+runtime.at_fork_in_child(_reset_after_fork)
 
 
 class _Entry(Generic[T]):

@@ -3,10 +3,12 @@
 Safe for several processes on one machine: a new object is written to a hidden temp
 file in the target folder and then linked (create-if-absent: ``os.link`` fails if the
 key exists) or renamed (``os.replace``) into place, so readers see whole objects only.
-Replace-if-version takes an exclusive ``fcntl.flock`` on a hidden lock file beside the
-key, reads the current version, compares and renames. A version is the file's inode and
-mtime plus the xxh3 of its content: every write puts a new inode in place (allocated while
-the old file still exists), so the version changes even when the bytes do not.
+Replace-if-version takes an exclusive lock on a hidden lock file beside the key
+(through ``filelock``: ``flock`` on Unix, ``LockFileEx`` on Windows, both released by the
+system when their holder dies; elsewhere filelock's exclusive-create marker), reads the
+current version, compares and renames. A version is the file's inode and mtime plus the
+xxh3 of its content: every write puts a new inode in place (allocated while the old file
+still exists), so the version changes even when the bytes do not.
 Hidden names (starting with ``.``) are never listed. A writer killed mid-put leaves its
 temp file behind; ``remove_stale_temporaries`` (run by garbage collection) deletes those.
 
@@ -20,19 +22,31 @@ own data is synced before its rename, and its folder after. Fork journals (``for
 are scratch that nothing reachable depends on, and are written without syncs.
 ``fsync=False`` skips all of it (scratch repositories, benchmarks). On macOS
 ``F_FULLFSYNC`` is used, as ``fsync`` there does not reach the disk.
+
+Portability: nothing here needs ``fcntl`` or ``fork``. On Windows ``os.link`` (NTFS hard
+links) and ``os.replace`` keep the same one-winner guarantees; a folder cannot be opened to
+sync it (NTFS journals its folder entries itself), so folder syncs are skipped there; and a
+rename over, or a removal of, a file that another process holds open fails for a moment
+with a sharing violation (``PermissionError``), which is tried again for up to a second
+before it is reported. Keys with ``\\`` or ``:`` in a name are refused there (a separator,
+a drive or a stream).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
-import fcntl
 import os
 import stat
+import sys
 import threading
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, BinaryIO, TypeVar
 
+import filelock
 import xxhash
 
 from frazil.format.keys import CONFIG, OBJECT_FOLDERS, SCRATCH
@@ -40,6 +54,64 @@ from frazil.format.keys import CONFIG, OBJECT_FOLDERS, SCRATCH
 from .. import runtime
 from ..errors import InvalidInputError, NotFoundError, StorageError
 from .base import ByteRange, ObjectInfo, ObjectInfos, PutResult, Storage
+
+try:  # absent on Windows
+    import fcntl
+except ImportError:
+    fcntl = None  # type: ignore[assignment]
+
+T = TypeVar("T")
+
+#: Windows: another process holding a file open makes renaming over it or removing it fail
+#: with PermissionError for as long as it does (POSIX has no such thing)
+SHARING_VIOLATIONS = os.name == "nt"
+#: the waits between tries of such an operation, in seconds (about one second in all)
+_SHARING_WAITS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.3)
+#: whether a folder can be opened to sync its entries (not on Windows)
+_SYNCABLE_FOLDERS = os.name != "nt"
+#: characters a key's names may not hold where they are separators, drives or streams
+_FORBIDDEN_IN_NAMES = "\\:" if os.name == "nt" else ""
+#: seconds between tries of a lock another writer holds (filelock polls; its default,
+#: 50 ms, would be most of a commit's time when writers contend)
+_LOCK_POLL = 0.001
+#: whether the system has a file lock filelock can take on a descriptor (flock, or
+#: LockFileEx on Windows); elsewhere its FileLock falls back to an exclusive-create marker
+#: that a later writer reclaims when its holder's process is gone
+_NATIVE_LOCKS = filelock.has_fcntl or sys.platform == "win32"
+
+
+def _sharing_retry(op: Callable[..., T], path: str, *args: Any) -> T:
+    """``op(path, *args)``, tried again while it fails with a Windows sharing violation
+    (not when ``path`` is a folder: Windows refuses to open or unlink those the same way)."""
+    for wait in _SHARING_WAITS:
+        try:
+            return op(path, *args)
+        except PermissionError:
+            if not SHARING_VIOLATIONS or os.path.isdir(path):
+                raise
+            time.sleep(wait)
+    return op(path, *args)
+
+
+@contextlib.contextmanager
+def _native_lock(name: str) -> Iterator[None]:
+    """The system's exclusive lock of the file ``name`` (created if needed), held while in
+    the ``with``: filelock's primitive over our own descriptor (``flock`` on Unix,
+    ``LockFileEx`` on Windows), cheaper per use than a whole ``FileLock``
+    (``bench/bench_local_lock.py``)."""
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        filelock.lock_descriptor(fd, poll_interval=_LOCK_POLL)
+        try:
+            yield
+        finally:
+            filelock.unlock_descriptor(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_binary(path: str) -> BinaryIO:
+    return open(path, "rb")
 
 
 def _sync_fd(fd: int) -> None:
@@ -59,7 +131,7 @@ def _version(st: os.stat_result, data: bytes) -> str:
 
 def _read_versioned(path: str) -> tuple[bytes, str]:
     """The file's bytes and version, both from one open file (so they agree)."""
-    with open(path, "rb") as f:
+    with _sharing_retry(_open_binary, path) as f:
         st = os.fstat(f.fileno())
         data = f.read()
     return data, _version(st, data)
@@ -69,6 +141,11 @@ _TEMP_PREFIX = ".tmp-"  # a put's file before it is linked or renamed into place
 
 # a path that is a folder, or runs through a file, holds no object
 _NOT_AN_OBJECT = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+def _is_folder(e: OSError, path: str) -> bool:
+    """Whether ``e`` is Windows refusing to open the folder at ``path`` as a file."""
+    return isinstance(e, PermissionError) and os.path.isdir(path)
 
 
 class LocalFileSystemStorage(Storage):
@@ -104,7 +181,10 @@ class LocalFileSystemStorage(Storage):
         _sync_fd(fd)
 
     def _sync_dir(self, path: str) -> None:
-        """Make a folder's entries durable (a hook the tests record)."""
+        """Make a folder's entries durable (a hook the tests record). Nothing on Windows,
+        where a folder cannot be opened to sync it and NTFS journals its entries."""
+        if not _SYNCABLE_FOLDERS:
+            return
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             _sync_fd(fd)
@@ -127,7 +207,12 @@ class LocalFileSystemStorage(Storage):
 
     # -- paths ------------------------------------------------------------------------
     def _path(self, key: str) -> str:
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in key.split("/")):
+        if (
+            not key
+            or key.startswith("/")
+            or any(p in ("", ".", "..") for p in key.split("/"))
+            or any(c in key for c in _FORBIDDEN_IN_NAMES)
+        ):
             raise InvalidInputError(f"invalid storage key {key!r}")
         return os.path.join(self.root, *key.split("/"))
 
@@ -167,7 +252,7 @@ class LocalFileSystemStorage(Storage):
     def _get(self, key: str, byte_range: ByteRange | None) -> bytes:
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
+            with _sharing_retry(_open_binary, path) as f:
                 if byte_range is None:
                     return f.read()
                 start, end = byte_range
@@ -180,13 +265,15 @@ class LocalFileSystemStorage(Storage):
         except _NOT_AN_OBJECT:
             raise NotFoundError(f"object {key!r} not found in {self.describe()}") from None
         except OSError as e:
+            if _is_folder(e, path):
+                raise NotFoundError(f"object {key!r} not found in {self.describe()}") from None
             raise StorageError(f"reading {key!r} from {self.describe()}: {e}") from e
 
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
             tmp = self._write_temp(path, data, sync=not key.startswith(SCRATCH))
-            os.replace(tmp, path)
+            _sharing_retry(os.replace, tmp, path)
             if self.fsync and key == CONFIG:  # written in place of a ref
                 self._sync_dir(os.path.dirname(path))
         except OSError as e:
@@ -209,26 +296,29 @@ class LocalFileSystemStorage(Storage):
                 except FileNotFoundError:
                     return PutResult(False, None)
             finally:
-                os.unlink(tmp)
+                try:
+                    _sharing_retry(os.unlink, tmp)
+                except PermissionError:  # held open still: a leftover gc removes, not a failure
+                    pass
         except OSError as e:
             raise StorageError(f"creating {key!r} in {self.describe()}: {e}") from e
 
-    def _locked(self, path: str) -> int:
+    def _lock(self, path: str) -> AbstractContextManager[object]:
+        """The exclusive lock of the object at ``path`` (a hidden file beside it, the same
+        one every frazil version has locked), to be held with ``with``."""
         d = os.path.dirname(path)
         self._ensure_dir(d)
-        fd = os.open(
-            os.path.join(d, f".{os.path.basename(path)}.lock"), os.O_RDWR | os.O_CREAT, 0o644
-        )
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        name = os.path.join(d, f".{os.path.basename(path)}.lock")
+        if not _NATIVE_LOCKS:
+            return filelock.FileLock(name, poll_interval=_LOCK_POLL)
+        return _native_lock(name)
 
     def _put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
         path = self._path(key)
         try:
             if self.fsync:  # outside the ref's lock: other writers need not wait for it
                 self._barrier()
-            fd = self._locked(path)
-            try:
+            with self._lock(path):
                 try:
                     current: str | None = _read_versioned(path)[1]
                 except FileNotFoundError:
@@ -237,30 +327,25 @@ class LocalFileSystemStorage(Storage):
                     return PutResult(False, current)
                 tmp = self._write_temp(path, data)
                 new = _version(os.stat(tmp), data)
-                os.replace(tmp, path)
+                _sharing_retry(os.replace, tmp, path)
                 if self.fsync:
                     self._sync_dir(os.path.dirname(path))
                 return PutResult(True, new)
-            finally:
-                os.close(fd)  # releases the lock
         except OSError as e:
             raise StorageError(f"updating {key!r} in {self.describe()}: {e}") from e
 
     def _delete_if_version(self, key: str, version: str) -> bool:
         path = self._path(key)
         try:
-            fd = self._locked(path)
-            try:
+            with self._lock(path):
                 try:
                     current: str | None = _read_versioned(path)[1]
                 except FileNotFoundError:
                     return False
                 if current != version:
                     return False
-                os.unlink(path)
+                _sharing_retry(os.unlink, path)
                 return True
-            finally:
-                os.close(fd)
         except OSError as e:
             raise StorageError(f"deleting {key!r} from {self.describe()}: {e}") from e
 
@@ -271,6 +356,8 @@ class LocalFileSystemStorage(Storage):
         except _NOT_AN_OBJECT:
             raise NotFoundError(f"object {key!r} not found in {self.describe()}") from None
         except OSError as e:
+            if _is_folder(e, path):
+                raise NotFoundError(f"object {key!r} not found in {self.describe()}") from None
             raise StorageError(f"reading {key!r} from {self.describe()}: {e}") from e
 
     def _list(self, prefix: str) -> list[str]:
@@ -309,7 +396,7 @@ class LocalFileSystemStorage(Storage):
         for key in keys:
             path = self._path(key)
             try:
-                os.unlink(path)
+                _sharing_retry(os.unlink, path)
             except _NOT_AN_OBJECT:
                 pass
             except OSError as e:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import os
 import threading
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
@@ -339,7 +338,7 @@ def _reset_loader_lock() -> None:
     _loader_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_reset_loader_lock)
+runtime.at_fork_in_child(_reset_loader_lock)
 
 
 def _shared_loader() -> Any:

@@ -6,7 +6,6 @@ the response says about the file (ETag, last-modified) for the resolver's pins."
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import os
 import stat
 from dataclasses import dataclass
@@ -16,6 +15,11 @@ from .. import runtime
 from ..errors import NotFoundError, StorageError, VirtualChunkError
 from .containers import AnyCredential, VirtualChunkContainer
 from .locations import Location
+
+try:  # absent on Windows
+    import fcntl
+except ImportError:
+    fcntl = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +97,20 @@ class _HttpSource:
         return Fetched(got.data, got.etag, got.last_modified)
 
 
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
+# O_BINARY: without it Windows opens in text mode (CRLF and Ctrl-Z translated)
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_BINARY", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+)
 
 
 def _opened_path(fd: int, path: str) -> str:
     """Where the open file ``fd`` really is (symlinks resolved by the kernel's own record
-    of what it opened, so a link swapped after a check cannot redirect the read)."""
+    of what it opened, so a link swapped after a check cannot redirect the read). Where
+    the system keeps no such record to read (Windows), the name resolved just after the
+    open."""
     try:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:  # no /proc (macOS and others): F_GETPATH, else the resolved name
@@ -107,6 +119,15 @@ def _opened_path(fd: int, path: str) -> str:
             raw = fcntl.fcntl(fd, get_path, b"\0" * 1024)
             return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         return os.path.realpath(path)
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes at ``offset`` of ``fd``: ``os.pread``, else (Windows) a seek and a
+    read (the descriptor is this call's own, so no other read moves its position)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, size)
 
 
 def _read_local(path: str, root: str, start: int, end: int) -> Fetched:
@@ -136,9 +157,9 @@ def _read_local(path: str, root: str, start: int, end: int) -> Fetched:
                 location=where,
             )
         stop = max(start, min(end, st.st_size))  # never past the end of the file
-        data = os.pread(fd, stop - start, start) if stop > start else b""
+        data = _pread(fd, stop - start, start) if stop > start else b""
         while len(data) < stop - start:  # short reads of large ranges
-            more = os.pread(fd, stop - start - len(data), start + len(data))
+            more = _pread(fd, stop - start - len(data), start + len(data))
             if not more:
                 break
             data += more
