@@ -51,7 +51,9 @@ from .settings import (
     to_dict,
 )
 from .storage import (
+    AzureStorage,
     FaultInjectingStorage,
+    ObjectStoreSettings,
     RetryingStorage,
     S3Settings,
     Storage,
@@ -61,6 +63,16 @@ from .storage import (
     local_filesystem_storage,
     s3_object_store_storage,
     s3_storage,
+)
+from .storage.azure import (
+    AnyAzureCredential,
+    AnyAzureStaticCredential,
+    AzureCredentials,
+    AzureStaticCredentials,
+    azure_credentials,
+    azure_from_env_credentials,
+    azure_static_credentials,
+    azure_storage,
 )
 from .virtual import ChunkType, VirtualChunkSpec, local_etag
 from .virtual.containers import (
@@ -167,6 +179,16 @@ __all__ = [
     "http_storage",
     "s3_object_store_storage",
     "s3_storage",
+    "AnyAzureCredential",
+    "AnyAzureStaticCredential",
+    "AzureCredentials",
+    "AzureStaticCredentials",
+    "AzureStorage",
+    "ObjectStoreSettings",
+    "azure_credentials",
+    "azure_from_env_credentials",
+    "azure_static_credentials",
+    "azure_storage",
     "ChunkType",
     "GcsStoreConfig",
     "HttpStoreConfig",

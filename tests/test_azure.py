@@ -1,0 +1,275 @@
+"""Azure Blob Storage on obstore, against Azurite on 127.0.0.1 (see azureserver.py): a
+repository round trip, workers writing through forks under every start method after the
+parent used the backend, lost answers to conditional puts, error translation, and
+Icechunk's constructor and credential names. The storage contract itself is checked by
+test_storage.py (its "azure" backend)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import multiprocessing as mp
+import os
+import pickle
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import azureserver
+import numpy as np
+import pytest
+import zarr
+
+import frazil
+from frazil.storage import _obstore_runtime
+from frazil.storage.azure import AzureSpec
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def make_repo() -> frazil.Repository:
+    repo = frazil.Repository.create(azureserver.storage())
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(8,), chunks=(2,), dtype="i4", fill_value=-1)
+    zarr.create_array(
+        s.store, name="big", shape=(400,), chunks=(100,), dtype="f8", compressors=None
+    )
+    s.commit("setup")
+    return repo
+
+
+def read(repo: frazil.Repository, path: str, **kw: Any) -> np.ndarray:
+    return zarr.open_array(repo.readonly_session(**(kw or {"branch": "main"})).store, path=path)[
+        ...
+    ]
+
+
+def test_repository_round_trip(azure_server: azureserver.AzuriteServer) -> None:
+    repo = make_repo()
+    s = repo.writable_session("main")
+    zarr.open_array(s.store, path="a")[:] = np.arange(8, dtype="i4")
+    zarr.open_array(s.store, path="big")[:] = np.linspace(0, 1, 400)
+    first = s.commit("values")
+    repo.create_tag("v1", first)
+    repo.create_branch("dev", first)
+    dev = repo.writable_session("dev")
+    zarr.open_array(dev.store, path="a")[0:2] = [100, 101]
+    dev.commit("on dev")
+
+    reopened = pickle.loads(pickle.dumps(repo))  # a Repository on Azure pickles
+    assert isinstance(reopened.storage, frazil.AzureStorage)
+    again = frazil.Repository.open(
+        azureserver.storage(prefix=repo.storage.spec.prefix)  # type: ignore[attr-defined]
+    )
+    for r in (reopened, again):
+        np.testing.assert_array_equal(read(r, "a"), np.arange(8))
+        np.testing.assert_array_equal(read(r, "big"), np.linspace(0, 1, 400))
+        np.testing.assert_array_equal(read(r, "a", tag="v1"), np.arange(8))
+        np.testing.assert_array_equal(read(r, "a", branch="dev")[:3], [100, 101, 2])
+        assert [i.message for i in r.ancestry(branch="dev")][:2] == ["on dev", "values"]
+        assert set(r.list_branches()) == {"main", "dev"} and set(r.list_tags()) == {"v1"}
+    # a concurrent commit from a stale session loses the swap and rebases
+    a = repo.writable_session("main")
+    b = repo.writable_session("main")
+    zarr.open_array(a.store, path="a")[6:8] = [7, 7]
+    zarr.open_array(b.store, path="a")[4:6] = [5, 5]
+    a.commit("a")
+    with pytest.raises(frazil.ConflictError):
+        b.commit("b")
+    b.commit("b", rebase_with=frazil.ConflictDetector())
+    np.testing.assert_array_equal(read(repo, "a"), [0, 1, 2, 3, 5, 5, 7, 7])
+    repo.delete_branch("dev")
+    assert set(repo.list_branches()) == {"main"}
+
+
+def _fill(fork: frazil.ForkSession, row: int) -> tuple[frazil.ForkSession, int, int]:
+    zarr.open_array(fork.store, path="a")[2 * row : 2 * row + 2] = [row, row]
+    zarr.open_array(fork.store, path="big")[100 * row : 100 * row + 100] = float(row)
+    return fork, os.getpid(), _obstore_runtime.copies_loaded
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_fork_sessions_in_worker_processes_after_the_parent_used_azure(
+    azure_server: azureserver.AzuriteServer, method: str
+) -> None:
+    """obstore's runtime does not survive os.fork: a forked worker must use a fresh copy
+    of its extension, never hang on the parent's."""
+    repo = make_repo()
+    read(repo, "big")  # the parent has used obstore (its runtime is started)
+    s = repo.writable_session("main")
+    fork = s.fork()
+    with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context(method)) as ex:
+        results = [f.result(timeout=120) for f in [ex.submit(_fill, fork, r) for r in range(4)]]
+    assert all(pid != os.getpid() for _, pid, _ in results)
+    loaded = {copies for _, _, copies in results}
+    assert loaded == ({1} if method == "fork" else {0})  # a fresh copy only where forked
+    s.merge(*(r[0] for r in results))
+    s.commit(f"from {method} workers")
+    np.testing.assert_array_equal(read(repo, "a"), np.repeat(np.arange(4), 2))
+    np.testing.assert_array_equal(read(repo, "big"), np.repeat(np.arange(4.0), 100))
+
+
+def _grandchild(storage: frazil.Storage, queue: Any) -> None:
+    try:
+        queue.put(run(storage.get("k")))
+    except BaseException as e:  # reported to the test
+        queue.put(repr(e))
+
+
+def _child(storage: frazil.Storage, queue: Any) -> None:
+    run(storage.put("k", f"child {os.getpid()}".encode()))
+    ctx = mp.get_context("fork")  # forked again after this process used its copy
+    p = ctx.Process(target=_grandchild, args=(storage, queue))
+    p.start()
+    p.join(60)
+    queue.put(p.exitcode)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_fork_of_a_fork_gets_its_own_copy(azure_server: azureserver.AzuriteServer) -> None:
+    storage = azureserver.storage()
+    run(storage.put("k", b"parent"))
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_child, args=(storage, queue))
+    p.start()
+    got = queue.get(timeout=60)
+    exitcode = queue.get(timeout=60)
+    p.join(60)
+    assert got == f"child {p.pid}".encode()
+    assert (exitcode, p.exitcode) == (0, 0)
+
+
+# -- conditional puts: lost answers, typed errors -------------------------------------------------
+@pytest.mark.parametrize("kind", ["create", "update"])
+def test_lost_answer_to_a_conditional_put_is_not_a_conflict(
+    azure_server: azureserver.AzuriteServer, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The put lands, its answer is lost (an untyped error): the retry fails its
+    precondition, and the read-back shows our bytes, so the put succeeded."""
+    storage = azureserver.storage()
+    key = "refs/branch.main/ref.json"
+    version = None
+    if kind == "update":
+        run(storage.put(key, b"old"))
+        version = run(storage.get_with_version(key))[1]
+    module = _obstore_runtime.extension()
+    real = module.put_async
+    calls: list[Any] = []
+
+    async def lossy(store: Any, path: str, data: bytes, **kw: Any) -> Any:
+        calls.append(kw.get("mode"))
+        result = await real(store, path, data, **kw)
+        if len(calls) == 1:
+            raise module.exceptions.GenericError("connection reset after the request was sent")
+        return result
+
+    monkeypatch.setattr(module, "put_async", lossy)
+    if kind == "create":
+        result = run(storage.put_if_absent(key, b"new"))
+    else:
+        assert version is not None
+        result = run(storage.put_if_version(key, b"new", version))
+    monkeypatch.undo()
+    assert len(calls) == 2  # retried once, and that failed its precondition
+    assert result.ok and result.version == run(storage.get_with_version(key))[1]
+    assert run(storage.get(key)) == b"new"
+    assert not run(storage.put_if_absent(key, b"other")).ok
+
+
+def test_errors_name_what_and_where(azure_server: azureserver.AzuriteServer) -> None:
+    storage = azureserver.storage()
+    with pytest.raises(frazil.NotFoundError, match=r"'nothing/here'.*az://devstoreaccount1/"):
+        run(storage.get("nothing/here"))
+    wrong_key = frazil.azure_storage(
+        account=azureserver.ACCOUNT,
+        container=azureserver.CONTAINER,
+        prefix="p",
+        access_key="d3Jvbmcga2V5",
+        config=azure_server.config,
+    )
+    with pytest.raises(frazil.StorageError, match="access refused") as info:
+        run(wrong_key.get("x"))
+    assert not isinstance(info.value, frazil.NotFoundError)
+    assert "d3Jvbmcga2V5" not in str(info.value) and "d3Jvbmcga2V5" not in repr(wrong_key)
+    no_container = frazil.azure_storage(
+        account=azureserver.ACCOUNT,
+        container="no-such-container",
+        prefix="p",
+        access_key=azureserver.ACCOUNT_KEY,
+        config=azure_server.config,
+    )
+    with pytest.raises(frazil.StorageError, match="no-such-container") as info2:
+        run(no_container.put_if_absent("refs/x", b"1"))
+    assert not isinstance(info2.value, frazil.NotFoundError)
+    with pytest.raises(frazil.InvalidInputError, match="cannot configure"):
+        run(
+            frazil.azure_storage(
+                account="a", container="c", prefix="p", config={"no_such_option": "1"}
+            ).get("x")
+        )
+
+
+# -- Icechunk's names ---------------------------------------------------------------------------
+def test_icechunk_signatures() -> None:
+    def params(fn: Any) -> list[tuple[str, Any, Any]]:
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    kw, empty = inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.empty
+    assert params(frazil.azure_storage) == [
+        ("account", kw, empty),
+        ("container", kw, empty),
+        ("prefix", kw, empty),
+        ("access_key", kw, None),
+        ("sas_token", kw, None),
+        ("bearer_token", kw, None),
+        ("from_env", kw, None),
+        ("config", kw, None),
+    ]
+    assert params(frazil.azure_credentials) == [
+        ("access_key", kw, None),
+        ("sas_token", kw, None),
+        ("bearer_token", kw, None),
+        ("from_env", kw, None),
+    ]
+    assert params(frazil.azure_static_credentials) == params(frazil.azure_credentials)[:3]
+    assert params(frazil.azure_from_env_credentials) == []
+
+
+def test_credentials_as_icechunk_builds_them() -> None:
+    C, S = frazil.AzureCredentials, frazil.AzureStaticCredentials
+    assert isinstance(frazil.azure_credentials(), C.FromEnv)
+    assert isinstance(frazil.azure_credentials(from_env=True), C.FromEnv)
+    static = frazil.azure_credentials(sas_token="sv=1&sig=x")
+    assert isinstance(static, C.Static) and static.credentials == S.SasToken("sv=1&sig=x")
+    assert isinstance(static, frazil.AnyAzureCredential)
+    assert isinstance(S.BearerToken("t"), frazil.AnyAzureStaticCredential)
+    assert "sig=x" not in repr(static)
+    for bad in (
+        {"access_key": "k", "from_env": True},
+        {"from_env": False},
+        {"access_key": "k", "sas_token": "s"},
+    ):
+        with pytest.raises(ValueError):
+            frazil.azure_credentials(**bad)
+    with pytest.raises(ValueError):
+        frazil.azure_static_credentials()
+    with pytest.raises(frazil.InvalidInputError):
+        C.Static("not a credential")  # type: ignore[arg-type]
+    for bad_args in ({"container": "a/b"}, {"prefix": "x/../y"}, {"account": ""}):
+        args = {"account": "acc", "container": "c", "prefix": "p", **bad_args}
+        with pytest.raises(frazil.InvalidInputError):
+            frazil.azure_storage(**args)
+
+
+def test_storage_pickles_its_configuration_only() -> None:
+    storage = frazil.azure_storage(
+        account="acc", container="c", prefix="p/q", access_key="a2V5", config={"k": "v"}
+    )
+    clone = pickle.loads(pickle.dumps(storage))
+    assert isinstance(clone, frazil.AzureStorage) and clone.spec == storage.spec
+    assert clone._stores is None  # clients are built on first use, in the process using them
+    assert isinstance(storage.spec, AzureSpec) and storage.spec.options == (("k", "v"),)
+    assert clone.describe() == "az://acc/c/p/q/"
