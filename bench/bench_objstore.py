@@ -6,7 +6,11 @@ objects with 64 requests in flight, wall time and process CPU time (every thread
 - ``frazil-s3``: frazil's ``S3Storage`` (SigV4 signer and aiohttp fast path, botocore
   for the rest) on the S3 test server (SeaweedFS);
 - ``obstore-s3``: obstore's ``S3Store`` (Rust object_store) on the same server;
-- ``frazil-azure``: frazil's ``AzureStorage`` (on obstore) on Azurite.
+- ``frazil-azure``: frazil's ``AzureStorage`` (on obstore) on Azurite;
+
+and through a repository, frazil on S3 beside frazil on Azure: W1 (write N chunks of 32 KiB
+and commit, MB/s), a cold open (new storage object, ``Repository.open``, a session) with a
+one-chunk read (ms), and W2 (cold open and read everything back, MB/s).
 
 It also checks the semantics frazil needs from obstore on S3, with typed errors:
 conditional create twice (the second an ``AlreadyExistsError``), compare-and-swap on the
@@ -131,6 +135,38 @@ def workloads(azure: bool) -> list[Workload]:
     return out
 
 
+def repository_workload(name: str, make: Callable[[str], Any], n: int) -> dict[str, float]:
+    """Through a repository: W1 write ``n`` chunks of 32 KiB and commit; cold open (a new
+    storage object, ``Repository.open``, a session) and read one chunk; W2 cold open and
+    read everything back."""
+    import numpy as np
+    import zarr
+
+    import frazil
+
+    prefix = f"bench-repo-{uuid.uuid4().hex[:8]}"
+    repo = frazil.Repository.create(make(prefix))
+    values = np.random.default_rng(0).random(n * 4096)  # 4,096 float64 = 32 KiB a chunk
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    s = repo.writable_session("main")
+    arr = zarr.create_array(s.store, name="x", shape=values.shape, chunks=(4096,), dtype="f8")
+    arr[:] = values
+    s.commit("w1")
+    out["w1_MBps"] = values.nbytes / 1e6 / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    cold = frazil.Repository.open(make(prefix)).readonly_session("main")
+    one = zarr.open_array(cold.store, path="x", mode="r")[:4096]
+    out["open_read1_ms"] = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    cold = frazil.Repository.open(make(prefix)).readonly_session("main")
+    back = zarr.open_array(cold.store, path="x", mode="r")[:]
+    out["w2_MBps"] = values.nbytes / 1e6 / (time.perf_counter() - t0)
+    if not (np.array_equal(back, values) and np.array_equal(one, values[:4096])):
+        raise RuntimeError(f"{name}: read back other values than written")
+    return out
+
+
 def check_s3_semantics() -> dict[str, str]:
     """What obstore's conditional puts do on the S3 test server (typed errors)."""
     import obstore
@@ -182,7 +218,23 @@ def main() -> None:
             print(
                 f"  repeat {rep + 1} {w.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items())
             )
+    repo_results: dict[str, list[dict[str, float]]] = {}
+    makers: dict[str, Callable[[str], Any]] = {"frazil-s3": lambda p: _s3().storage(p)}
+    if not args.no_azure:
+        makers["frazil-azure"] = lambda p: _azure().storage(p)
+    for rep in range(args.repeat):
+        for name, make in makers.items():
+            r = repository_workload(name, make, args.n)
+            repo_results.setdefault(name, []).append(r)
+            print(
+                f"  repeat {rep + 1} repo {name}: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in r.items())
+            )
     print(f"load: {os.getloadavg()}")
+    repo_medians = {
+        name: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        for name, runs in repo_results.items()
+    }
     medians = {
         name: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         for name, runs in results.items()
@@ -196,8 +248,12 @@ def main() -> None:
             f"{name:14} {m['put_s']:7.2f} {m['get_s']:7.2f} {m['put_cpu_s']:8.2f} "
             f"{m['get_cpu_s']:8.2f}"
         )
+    print(f"\nthrough a repository ({args.n} chunks of 32 KiB), medians of {args.repeat}")
+    print(f"{'variant':14} {'W1 MB/s':>8} {'open+read 1 ms':>15} {'W2 MB/s':>8}")
+    for name, m in repo_medians.items():
+        print(f"{name:14} {m['w1_MBps']:8.1f} {m['open_read1_ms']:15.0f} {m['w2_MBps']:8.1f}")
     if args.json:
-        print(json.dumps({"semantics": semantics, "medians": medians}))
+        print(json.dumps({"semantics": semantics, "medians": medians, "repository": repo_medians}))
 
 
 if __name__ == "__main__":

@@ -273,3 +273,49 @@ def test_storage_pickles_its_configuration_only() -> None:
     assert clone._stores is None  # clients are built on first use, in the process using them
     assert isinstance(storage.spec, AzureSpec) and storage.spec.options == (("k", "v"),)
     assert clone.describe() == "az://acc/c/p/q/"
+
+
+FORK_AFTER_OTHER_USE = """
+import asyncio, multiprocessing as mp, sys
+import obstore
+from obstore.store import MemoryStore
+import frazil
+from frazil.storage import _obstore_runtime
+obstore.put(MemoryStore(), "x", b"1")  # obstore's runtime started, not by frazil
+endpoint, prefix = sys.argv[1], sys.argv[2]
+def child(queue):
+    storage = frazil.azure_storage(account="devstoreaccount1", container="frazil-tests",
+        prefix=prefix, access_key=sys.argv[3],
+        config={"azure_storage_endpoint": endpoint, "azure_allow_http": "true"})
+    asyncio.run(storage.put("k", b"from the child"))
+    queue.put((asyncio.run(storage.get("k")), _obstore_runtime.copies_loaded))
+ctx = mp.get_context("fork")
+queue = ctx.Queue()
+p = ctx.Process(target=child, args=(queue,))
+p.start()
+print(queue.get(timeout=60))
+p.join(30)
+"""
+
+
+def test_fork_after_other_code_used_obstore(azure_server: azureserver.AzuriteServer) -> None:
+    """The parent's obstore runtime was started by code other than frazil: the forked
+    child still uses a fresh copy."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FORK_AFTER_OTHER_USE,
+            azure_server.endpoint,
+            azureserver.new_prefix(),
+            azureserver.ACCOUNT_KEY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "(b'from the child', 1)"

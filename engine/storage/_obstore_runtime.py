@@ -10,7 +10,8 @@ own and starts a runtime of its own. So ``extension()`` gives:
 
 * in a process that has not called obstore's runtime since its start (or since the fork
   that made it): the module it has (``obstore._obstore``, or the copy it loaded);
-* in a forked child whose parent had called it: a fresh copy, loaded once per process
+* in a forked child whose parent had called it (or had imported it at all, if frazil
+  did not: other code may have called it): a fresh copy, loaded once per process
   from an anonymous in-memory file (``os.memfd_create``) or, where that is missing, a
   private temporary file removed once loaded. What the parent had built stays referenced
   and is never used nor dropped (dropping could wait on threads that do not exist).
@@ -26,6 +27,7 @@ import importlib.machinery
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from types import ModuleType
@@ -41,8 +43,12 @@ copies_loaded = 0  # fresh copies loaded by this process (for tests)
 
 
 def _reset_after_fork() -> None:
-    global _lock
+    global _lock, _module, _started_in, _source
     _lock = threading.Lock()
+    original = sys.modules.get("obstore._obstore")
+    if _module is None and original is not None:
+        # imported in the parent by someone else, whose calls may have started its runtime
+        _module, _started_in, _source = original, -1, original.__file__
 
 
 if hasattr(os, "register_at_fork"):

@@ -26,9 +26,11 @@ cloud store reached through it (Azure Blob Storage today), with conditional writ
 from __future__ import annotations
 
 import abc
+import asyncio
 import datetime as dt
 import os
 import re
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -57,16 +59,21 @@ class ObjectStoreSettings:
 
     ``max_attempts`` (first try included), ``backoff_base`` and ``backoff_cap`` (seconds)
     govern retries of transient failures; ``connect_timeout`` and ``read_timeout`` are per
-    request, in seconds."""
+    request, in seconds; ``max_concurrency`` bounds the requests in flight per event loop."""
 
     max_attempts: int = 8
     backoff_base: float = 0.05
     backoff_cap: float = 5.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    max_concurrency: int = 64
 
     def __post_init__(self) -> None:
         RetrySettings(self.max_attempts, self.backoff_base, self.backoff_cap)  # validates
+        if not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
+            raise InvalidInputError(
+                f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}"
+            )
         if not self.connect_timeout > 0 or not self.read_timeout > 0:
             raise InvalidInputError("connect_timeout and read_timeout must be > 0 seconds")
 
@@ -148,6 +155,19 @@ class ObjectStoreStorage(Storage):
         self.spec = spec
         self._retry = spec.settings.retry
         self._stores: _Stores | None = None
+        self._limits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _limit(self) -> asyncio.Semaphore:
+        """This event loop's bound on requests in flight (a semaphore belongs to a loop)."""
+        loop = asyncio.get_running_loop()
+        limit = self._limits.get(loop)
+        if limit is None:
+            limit = self._limits.setdefault(
+                loop, asyncio.Semaphore(self.spec.settings.max_concurrency)
+            )
+        return limit
 
     def describe(self) -> str:
         return self.spec.describe()
@@ -198,7 +218,8 @@ class ObjectStoreStorage(Storage):
         """``await op(module, store)`` on the retrying client, errors translated."""
         stores = self._clients()
         try:
-            return await op(stores.module, stores.main)
+            async with self._limit():
+                return await op(stores.module, stores.main)
         except Exception as e:
             raise self._error(e, stores.module, what, key) from e
 
@@ -321,7 +342,8 @@ class ObjectStoreStorage(Storage):
         m = stores.module
         x = m.exceptions
         try:
-            result = await m.put_async(stores.once, key, data, mode=mode)
+            async with self._limit():
+                result = await m.put_async(stores.once, key, data, mode=mode)
         except (x.AlreadyExistsError, x.PreconditionError):
             return PutResult(False, await self._version_now(key))
         except (x.NotFoundError, FileNotFoundError) as e:
