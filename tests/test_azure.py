@@ -319,3 +319,48 @@ def test_fork_after_other_code_used_obstore(azure_server: azureserver.AzuriteSer
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "(b'from the child', 1)"
+
+
+def test_untyped_failure_of_a_conditional_put_is_retried(
+    azure_server: azureserver.AzuriteServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt that fails before reaching the store (an untyped error) is an unknown
+    outcome: retried, and the retry's success is the put's."""
+    storage = azureserver.storage()
+    module = _obstore_runtime.extension()
+    real = module.put_async
+    failures = [2]
+
+    async def flaky(store: Any, path: str, data: bytes, **kw: Any) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            raise module.exceptions.GenericError("connection refused")
+        return await real(store, path, data, **kw)
+
+    monkeypatch.setattr(module, "put_async", flaky)
+    result = run(storage.put_if_absent("refs/tag.t/ref.json", b"tag"))
+    monkeypatch.undo()
+    assert result.ok and failures == [0]
+    assert run(storage.get_with_version("refs/tag.t/ref.json")) == (b"tag", result.version)
+
+
+def test_obstore_on_the_s3_server_and_the_benchmark_short_form() -> None:
+    """What the S3 decision rests on (bench/bench_objstore.py): obstore's conditional puts
+    on the S3 test server fail with typed errors; the benchmark's workloads run."""
+    import bench_objstore
+
+    assert bench_objstore.check_s3_semantics() == {
+        "create": "ok",
+        "create again": "AlreadyExistsError",
+        "swap on current ETag": "ok",
+        "swap on stale ETag": "PreconditionError",
+        "swap of a missing key": "PreconditionError",
+        "content after": "3",
+    }
+    for workload in bench_objstore.workloads(azure=True):
+        result = workload.run(8)
+        assert set(result) == {"put_s", "put_cpu_s", "get_s", "get_cpu_s"}
+    make = {"s3": lambda p: bench_objstore._s3().storage(p), "azure": azureserver.storage}
+    for name, maker in make.items():
+        figures = bench_objstore.repository_workload(name, maker, 4)
+        assert set(figures) == {"w1_MBps", "open_read1_ms", "w2_MBps"}
