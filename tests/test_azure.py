@@ -364,3 +364,60 @@ def test_obstore_on_the_s3_server_and_the_benchmark_short_form() -> None:
     for name, maker in make.items():
         figures = bench_objstore.repository_workload(name, maker, 4)
         assert set(figures) == {"w1_MBps", "open_read1_ms", "w2_MBps"}
+
+
+# -- virtual chunks on Azure ----------------------------------------------------------------------
+def test_virtual_chunks_in_azure_blobs(azure_server: azureserver.AzuriteServer) -> None:
+    """An array whose chunks are byte ranges of a blob in Azurite, read through an
+    ``azure_store`` container; the stored endpoint gets the reader's key only when the
+    reader confirms it; a replaced blob is refused (ETag pin)."""
+    folder = azureserver.new_prefix()
+    blob = np.arange(16, dtype="<i4").tobytes()
+    source = azureserver.storage(prefix="")
+    run(source.put(f"{folder}/data.bin", blob))
+    etag = run(source.get_with_version(f"{folder}/data.bin"))[1]
+    prefix = f"az://{azureserver.CONTAINER}/{folder}"
+    container = frazil.VirtualChunkContainer(
+        prefix, frazil.azure_store(account=azureserver.ACCOUNT, config=azure_server.config)
+    )
+    assert isinstance(container.store, frazil.ObjectStoreConfig.Azure)
+    with pytest.raises(frazil.InvalidInputError, match="azure_storage_account_key"):
+        frazil.azure_store(account="a", config={"azure_storage_account_key": "k"})  # saved
+    config = frazil.RepositoryConfig.default()
+    config.set_virtual_chunk_container(container)
+    credentials = frazil.containers_credentials(
+        {prefix: frazil.azure_credentials(access_key=azureserver.ACCOUNT_KEY)}
+    )
+    repo = frazil.Repository.create(
+        azureserver.storage(), config=config, authorize_virtual_chunk_access=credentials
+    )
+    s = repo.writable_session("main")
+    zarr.create_array(
+        s.store, name="v", shape=(16,), chunks=(4,), dtype="<i4", compressors=None, fill_value=0
+    )
+    for i in range(4):
+        s.store.set_virtual_ref(
+            f"v/c/{i}", f"{prefix}/data.bin", offset=16 * i, length=16, checksum=etag
+        )
+    s.commit("virtual")
+    reader = frazil.Repository.open(
+        repo.storage, config=config, authorize_virtual_chunk_access=credentials
+    )
+    values = zarr.open_array(reader.readonly_session("main").store, path="v", mode="r")[:]
+    np.testing.assert_array_equal(values, np.arange(16))
+
+    # the endpoint comes only from the stored config: the reader's key is not sent there
+    unconfirmed = frazil.Repository.open(repo.storage, authorize_virtual_chunk_access=credentials)
+    with pytest.raises(frazil.VirtualChunkError, match="sets Azure options.*not by you"):
+        zarr.open_array(unconfirmed.readonly_session("main").store, path="v", mode="r")[:]
+    # credentials of another kind of store are refused with a message
+    wrong = frazil.containers_credentials({prefix: frazil.s3_anonymous_credentials()})
+    with pytest.raises(frazil.InvalidInputError, match="do not fit its azure store"):
+        frazil.Repository.open(repo.storage, config=config, authorize_virtual_chunk_access=wrong)
+    # the blob is replaced: its ETag changes and the pinned references are refused
+    run(source.put(f"{folder}/data.bin", blob[::-1]))
+    fresh = frazil.Repository.open(
+        repo.storage, config=config, authorize_virtual_chunk_access=credentials
+    )
+    with pytest.raises(frazil.VirtualChunkError, match="changed"):
+        zarr.open_array(fresh.readonly_session("main").store, path="v", mode="r")[:]
