@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 SOURCES := engine format zarr_adapter tools tests dev bench
 TYPES := build/typecheck
+# the Azure Blob Storage emulator the tests run against (npm; Node 20 or later)
+AZURITE_VERSION := 3.37.0
+AZURITE := .azurite/node_modules/.bin/azurite-blob
 
-.PHONY: demo test test-fast lint typecheck bench clean
+.PHONY: demo test test-fast lint typecheck bench clean azurite
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +26,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/python tools/demo.py
 
-# everything: lint, types, and the whole suite (S3 tests on a SeaweedFS server it starts)
-test: lint
+# everything: lint, types, and the whole suite (S3 tests on a SeaweedFS server, Azure tests
+# on Azurite: the tests start both on free 127.0.0.1 ports)
+test: lint $(AZURITE)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Azurite, pinned, into a project-local folder (git ignores it)
+azurite: $(AZURITE)
+
+$(AZURITE):
+	npm install --prefix .azurite --no-audit --no-fund --no-save --silent azurite@$(AZURITE_VERSION)
+	touch $@
 
 # a couple of minutes: no S3 server, no soaks, kills, state machines or dask cluster
 test-fast: lint
@@ -47,4 +58,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/sidebyside.py --repeat 3
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .azurite

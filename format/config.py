@@ -29,6 +29,7 @@ _STORE_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "force_path_style": (bool,),
     },
     "gcs": {"opts": (dict,)},
+    "azure": {"opts": (dict,)},
     "http": {"opts": (dict,)},
     "local": {"path": (str,)},
 }

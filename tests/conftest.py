@@ -1,5 +1,5 @@
 """Shared fixtures: repositories on every backend (local, memory, and S3 on a SeaweedFS
-server started for the session; see s3server.py)."""
+server started for the session; see s3server.py; Azure on Azurite, azureserver.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import azureserver
 import pytest
 import s3server
 
@@ -72,7 +73,8 @@ def _needs_s3(item: pytest.Item) -> bool:
     fixtures = set(getattr(item, "fixturenames", ()))
     return (
         "s3" in item.nodeid.lower()
-        or bool(fixtures & {"s3_server", "testbucket"})
+        or "azure" in item.nodeid.lower()
+        or bool(fixtures & {"s3_server", "testbucket", "azure_server"})
         or item.nodeid.split("::")[0].endswith(_HEAVY)
     )
 
@@ -86,6 +88,7 @@ fails, so that one that slips through is seen)."""
 
 if FAST:
     s3server.refuse_to_start("FRAZIL_FAST=1: this test needs the S3 server; mark its id")
+    azureserver.refuse_to_start("FRAZIL_FAST=1: this test needs Azurite; mark its id")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -93,6 +96,7 @@ def _stop_s3_server() -> Iterator[None]:
     """The S3 server starts on first use; stop it when the session ends."""
     yield
     s3server.shutdown()
+    azureserver.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +104,13 @@ def s3_server() -> s3server.SeaweedServer:
     """The session's SeaweedFS server (endpoint_url; credentials are s3server.ACCESS_KEY
     and SECRET_KEY). Starting it fails the test if it cannot start: never a skip."""
     return s3server.server()
+
+
+@pytest.fixture(scope="session")
+def azure_server() -> azureserver.AzuriteServer:
+    """The session's Azurite (blob service; the well-known development account, container
+    azureserver.CONTAINER). Starting it fails the test if it cannot start: never a skip."""
+    return azureserver.server()
 
 
 @pytest.fixture(params=["local", "memory", "s3"])

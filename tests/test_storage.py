@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import azureserver
 import pytest
 import s3server
 
@@ -38,6 +39,7 @@ BACKENDS: dict[str, Callable[[Path], Storage]] = {
     "local": lambda tmp_path: local_filesystem_storage(tmp_path / "store"),
     "memory": lambda tmp_path: in_memory_storage(),
     "s3": lambda tmp_path: s3server.storage(),  # SeaweedFS on 127.0.0.1, a fresh prefix
+    "azure": lambda tmp_path: azureserver.storage(),  # Azurite on 127.0.0.1, a fresh prefix
     # another fsspec filesystem (fsspec's memory one): no conditional writes, opened with
     # the unsafe settings off; what that gives up is listed in KNOWN_LIMITS
     "fsspec-memory": lambda tmp_path: _unsafe_fsspec(f"memory://{tmp_path.name}"),
@@ -52,7 +54,12 @@ def _unsafe_fsspec(url: str) -> Storage:
 
 
 #: backends whose objects other processes can see (memory storage lives in one process)
-SHARED_BACKENDS = ["local", "s3"]
+SHARED_BACKENDS = ["local", "s3", "azure"]
+
+_NO_CONDITIONAL_DELETE = (
+    "obstore has no conditional delete (supports_conditional_delete=False): a deleted "
+    "branch's tombstone stays, as the contract allows"
+)
 
 #: conformance tests a backend cannot pass by design, by test id, with the reason; the
 #: conftest marks them xfail(strict=True), so they are still run and must still fail
@@ -64,6 +71,8 @@ KNOWN_LIMITS: dict[str, str] = {
         "S3 versions are ETags, the MD5 of the bytes: rewriting identical bytes keeps the "
         "version (versions_follow_content; frazil's refs always differ by write_id)"
     ),
+    "test_delete_if_version[azure]": _NO_CONDITIONAL_DELETE,
+    "test_threads_delete_if_version_against_writers[azure]": _NO_CONDITIONAL_DELETE,
     "test_threads_put_if_version_one_winner[s3-same-bytes]": (
         "S3 If-Match compares ETags (MD5 of the bytes): after one writer rewrote identical "
         "bytes the ETag still matches, so all writers of those bytes succeed"

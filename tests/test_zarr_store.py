@@ -13,6 +13,7 @@ import json
 import pickle
 from typing import Any
 
+import azureserver
 import numpy as np
 import pytest
 import zarr
@@ -495,6 +496,17 @@ class TestFrazilStoreLocal(_FrazilStoreTests):
         return frazil.Repository.create(
             frazil.local_filesystem_storage(tmp_path / "repo"),
             frazil.RepositoryConfig(inline_chunk_threshold_bytes=0),
+        )
+
+
+class TestFrazilStoreAzure(_FrazilStoreTests):
+    """Azure Blob Storage on Azurite (see azureserver.py), inlining off: every non-empty
+    chunk is an object written through obstore."""
+
+    @pytest.fixture
+    def repo(self, tmp_path: Any) -> frazil.Repository:
+        return frazil.Repository.create(
+            azureserver.storage(), frazil.RepositoryConfig(inline_chunk_threshold_bytes=0)
         )
 
 

@@ -1,24 +1,30 @@
 """Storage backends: the interface; local-filesystem, in-memory, S3 and read-only HTTP
-implementations; other fsspec filesystems (read-only, or unsafe by explicit choice); a
-retrying wrapper, a read-only one and a fault-injecting one (for tests)."""
+implementations; Azure Blob Storage on obstore; other fsspec filesystems (read-only, or
+unsafe by explicit choice); a retrying wrapper, a read-only one and a fault-injecting one
+(for tests)."""
 
+from .azure import AzureStorage, azure_storage
 from .base import ByteRange, PutResult, Storage
 from .faults import FaultInjectingStorage
 from .generic import FsspecStorage, fsspec_storage
 from .http import HTTPStorage, http_storage
 from .local import LocalFileSystemStorage, local_filesystem_storage
 from .memory import InMemoryStorage, in_memory_storage
+from .objstore import ObjectStoreSettings, ObjectStoreStorage
 from .readonly import ReadOnlyStorage
 from .retry import RetryingStorage, RetrySettings
 from .s3 import S3Config, S3Settings, S3Storage, s3_object_store_storage, s3_storage
 
 __all__ = [
+    "AzureStorage",
     "ByteRange",
     "FaultInjectingStorage",
     "FsspecStorage",
     "HTTPStorage",
     "InMemoryStorage",
     "LocalFileSystemStorage",
+    "ObjectStoreSettings",
+    "ObjectStoreStorage",
     "PutResult",
     "ReadOnlyStorage",
     "RetrySettings",
@@ -27,6 +33,7 @@ __all__ = [
     "S3Settings",
     "S3Storage",
     "Storage",
+    "azure_storage",
     "http_storage",
     "in_memory_storage",
     "fsspec_storage",

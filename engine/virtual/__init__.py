@@ -9,6 +9,7 @@ and columns that sessions stage; ``sources`` fetches byte ranges per store type;
 from .containers import (
     AnyCredential,
     AnyObjectStoreConfig,
+    AzureStoreConfig,
     GcsStoreConfig,
     HttpStoreConfig,
     LocalFileSystemStoreConfig,
@@ -18,6 +19,7 @@ from .containers import (
     S3StaticCredentials,
     S3StoreConfig,
     VirtualChunkContainer,
+    azure_store,
     containers_credentials,
     gcs_store,
     http_store,
@@ -37,6 +39,7 @@ from .staging import ChunkType, VirtualChunkSpec, check_authorization
 __all__ = [
     "AnyCredential",
     "AnyObjectStoreConfig",
+    "AzureStoreConfig",
     "ChunkType",
     "GcsStoreConfig",
     "HttpStoreConfig",
@@ -51,6 +54,7 @@ __all__ = [
     "VirtualChunkContainer",
     "VirtualChunkSpec",
     "VirtualResolver",
+    "azure_store",
     "check_authorization",
     "containers_credentials",
     "gcs_store",

@@ -3,8 +3,9 @@ reference (``VirtualChunkContainer``, saved in its config) and how a reader reac
 (``containers_credentials``, given when the repository is opened, never saved).
 
 A container is a URL prefix plus the configuration of the object store behind it:
-``s3_store``, ``gcs_store``, ``http_store`` or ``local_filesystem_store``. Its prefix must
-use that store's scheme (``s3://``, ``gs://``, ``http(s)://``, ``file://``). A location
+``s3_store``, ``gcs_store``, ``azure_store``, ``http_store`` or ``local_filesystem_store``.
+Its prefix must use that store's scheme (``s3://``, ``gs://``, ``az://container``,
+``http(s)://``, ``file://``). A location
 belongs to the container with the longest prefix that contains it, where "contains" is
 on a ``/`` boundary: ``s3://data`` contains ``s3://data/x.nc`` but not
 ``s3://data-other/x.nc``.
@@ -23,12 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import InvalidInputError
+from ..storage.azure import AzureCredentials
 from ..storage.s3 import check_endpoint
 from .locations import Location, LocationError, parse_location
 
 __all__ = [
     "AnyCredential",
     "AnyObjectStoreConfig",
+    "AzureStoreConfig",
     "GcsStoreConfig",
     "HttpStoreConfig",
     "LocalFileSystemStoreConfig",
@@ -39,6 +42,7 @@ __all__ = [
     "s3_refreshable_credentials",
     "S3StoreConfig",
     "VirtualChunkContainer",
+    "azure_store",
     "containers_credentials",
     "gcs_store",
     "http_store",
@@ -112,6 +116,65 @@ class GcsStoreConfig(_OptsStoreConfig):
     schemes = ("gs://", "gcs://")
 
 
+_AZURE_SECRETS = frozenset(
+    {
+        "account_key",
+        "access_key",
+        "master_key",
+        "sas_key",
+        "sas_token",
+        "token",
+        "bearer_token",
+        "client_secret",
+        "encryption_key",
+        "fabric_session_token",
+    }
+)
+
+
+def _is_azure_secret(name: str) -> bool:
+    """Whether an object_store Azure option (``azure_storage_account_key``,
+    ``account_key``, ...) is a secret."""
+    n = name.lower()
+    for head in ("azure_storage_", "azure_"):
+        if n.startswith(head):
+            n = n[len(head) :]
+            break
+    return n in _AZURE_SECRETS
+
+
+@dataclass(frozen=True)
+class AzureStoreConfig(_OptsStoreConfig):
+    """An Azure Blob Storage account (``opts["account"]``; the other options are
+    object_store's Azure keys); locations are ``az://container/path``, read through
+    frazil's Azure backend."""
+
+    type = "azure"
+    schemes = ("az://",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        account = self.opts.get("account")
+        if not account or "/" in account:
+            raise InvalidInputError(f"azure_store: needs an account name, got {account!r}")
+        secrets = sorted(k for k in self.opts if _is_azure_secret(k))
+        if secrets:
+            raise InvalidInputError(
+                f"azure_store: config holds credentials ({', '.join(secrets)}), which would be "
+                "saved in the repository's config; pass them when opening instead "
+                "(authorize_virtual_chunk_access with azure_credentials(...))"
+            )
+
+    @property
+    def account(self) -> str:
+        return self.opts["account"]
+
+    @property
+    def options(self) -> dict[str, str]:
+        """object_store's options, without the account."""
+        return {k: v for k, v in self.opts.items() if k != "account"}
+
+
 @dataclass(frozen=True)
 class HttpStoreConfig(_OptsStoreConfig):
     """Files served over HTTP(S) (``opts`` are kept; this version does not use them)."""
@@ -140,9 +203,18 @@ class LocalFileSystemStoreConfig:
         return {"type": self.type, "path": self.path}
 
 
-AnyObjectStoreConfig = S3StoreConfig | GcsStoreConfig | HttpStoreConfig | LocalFileSystemStoreConfig
+AnyObjectStoreConfig = (
+    S3StoreConfig | GcsStoreConfig | AzureStoreConfig | HttpStoreConfig | LocalFileSystemStoreConfig
+)
 _STORE_TYPES: dict[str, type[Any]] = {
-    c.type: c for c in (S3StoreConfig, GcsStoreConfig, HttpStoreConfig, LocalFileSystemStoreConfig)
+    c.type: c
+    for c in (
+        S3StoreConfig,
+        GcsStoreConfig,
+        AzureStoreConfig,
+        HttpStoreConfig,
+        LocalFileSystemStoreConfig,
+    )
 }
 
 
@@ -252,8 +324,8 @@ class _StoreVariant(type):
 
 class ObjectStoreConfig:
     """Icechunk's store constructors for virtual chunk containers: each makes frazil's
-    store config (``S3StoreConfig``, ``GcsStoreConfig``, ...). ``InMemory``, ``Azure`` and
-    ``Tigris`` are not provided."""
+    store config (``S3StoreConfig``, ``GcsStoreConfig``, ...). ``InMemory`` and ``Tigris``
+    are not provided."""
 
     class S3(metaclass=_StoreVariant):
         target = S3StoreConfig
@@ -273,6 +345,12 @@ class ObjectStoreConfig:
         def __new__(cls, opts: dict[str, str] | None = None) -> GcsStoreConfig:  # type: ignore[misc]
             return gcs_store(opts)
 
+    class Azure(metaclass=_StoreVariant):
+        target = AzureStoreConfig
+
+        def __new__(cls, opts: dict[str, str]) -> AzureStoreConfig:  # type: ignore[misc]
+            return AzureStoreConfig(dict(opts))
+
     class Http(metaclass=_StoreVariant):
         target = HttpStoreConfig
 
@@ -289,6 +367,13 @@ class ObjectStoreConfig:
 def gcs_store(opts: dict[str, str] | None = None) -> GcsStoreConfig:
     """A Google Cloud Storage store for a virtual chunk container."""
     return GcsStoreConfig(dict(opts or {}))
+
+
+def azure_store(*, account: str, config: dict[str, str] | None = None) -> AzureStoreConfig:
+    """An Azure Blob Storage account for a virtual chunk container (Icechunk's signature):
+    its prefix is ``az://container`` or ``az://container/path``; ``config`` takes
+    object_store's Azure option keys."""
+    return AzureStoreConfig({"account": account, **(config or {})})
 
 
 def http_store(opts: dict[str, str] | None = None) -> HttpStoreConfig:
@@ -472,7 +557,7 @@ S3Credentials.Static = staticmethod(_static)
 S3Credentials.Refreshable = staticmethod(_refreshable)
 
 
-AnyCredential = S3Credentials
+AnyCredential = S3Credentials | AzureCredentials.FromEnv | AzureCredentials.Static
 
 
 def s3_static_credentials(
@@ -570,10 +655,11 @@ def containers_credentials(
             raise InvalidInputError(
                 f"containers_credentials: keys are url prefixes (strings), got {prefix!r}"
             )
-        if cred is not None and not isinstance(cred, S3Credentials):
+        if cred is not None and not isinstance(cred, AnyCredential):
             raise InvalidInputError(
                 f"containers_credentials: credentials for {prefix!r} must come from "
-                f"s3_credentials() and the like, or be None; got {type(cred).__name__}"
+                f"s3_credentials(), azure_credentials() and the like, or be None; got "
+                f"{type(cred).__name__}"
             )
         out[prefix] = cred
     return out

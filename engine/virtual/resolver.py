@@ -33,7 +33,13 @@ from frazil.format import ChunkKind, ChunkRef
 from .. import runtime
 from ..errors import FrazilError, StorageError, VirtualChunkError
 from ..storage.base import ByteRange
-from .containers import AnyCredential, S3StoreConfig, VirtualChunkContainer
+from .containers import (
+    AnyCredential,
+    AzureStoreConfig,
+    S3Credentials,
+    S3StoreConfig,
+    VirtualChunkContainer,
+)
 from .locations import Location, LocationError, parse_location
 from .sources import SOURCES, Fetched
 from .staging import container_for, outside_message, utc_seconds
@@ -321,9 +327,11 @@ def unconfirmed_endpoint(
     opening, or by creating the repository), not when it comes only from the stored
     config. Anonymous reads send nothing secret and need no confirmation."""
     store = container.store
+    if isinstance(store, AzureStoreConfig):
+        return _unconfirmed_azure_options(container, store, untrusted)
     if not isinstance(store, S3StoreConfig) or store.anonymous:
         return None
-    if cred is not None and cred.kind == "anonymous":
+    if isinstance(cred, S3Credentials) and cred.kind == "anonymous":
         return None
     if store.endpoint_url is None and not store.allow_http:
         return None  # the provider's own endpoint, over https
@@ -340,4 +348,26 @@ def unconfirmed_endpoint(
         f"VirtualChunkContainer({container.url_prefix!r}, s3_store(endpoint_url="
         f"{store.endpoint_url!r}, allow_http={store.allow_http!r}, ...))); or read it "
         "with frazil.s3_anonymous_credentials()"
+    )
+
+
+def _unconfirmed_azure_options(
+    container: VirtualChunkContainer,
+    store: AzureStoreConfig,
+    untrusted: Mapping[str, VirtualChunkContainer],
+) -> str | None:
+    """An Azure store whose stored config sets any option beyond the account (an endpoint,
+    plain http, the emulator, an authority or identity endpoint, ...) could send the
+    reader's credentials elsewhere than Azure's own endpoint for that account: refused
+    unless the reader passed the same settings."""
+    if not store.options or untrusted.get(container.url_prefix) != container:
+        return None
+    return (
+        f"virtual chunk container {container.url_prefix!r} sets Azure options "
+        f"{sorted(store.options)} in the repository's stored config, not by you; they could "
+        "send your credentials to another endpoint, so frazil does not use them. If you "
+        "trust them, confirm them when opening: Repository.open(storage, config=cfg, "
+        "authorize_virtual_chunk_access=...) with cfg.set_virtual_chunk_container("
+        f"VirtualChunkContainer({container.url_prefix!r}, azure_store(account="
+        f"{store.account!r}, config={{...}})))"
     )

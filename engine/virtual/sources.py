@@ -1,7 +1,8 @@
 """Where virtual chunk bytes come from: one source per container store type (S3 through
-frazil's S3 backend, HTTP(S) through its read-only HTTP backend, local files checked
-against the container's folder, GCS through gcsfs), each fetching one byte range with what
-the response says about the file (ETag, last-modified) for the resolver's pins."""
+frazil's S3 backend, Azure through its Azure backend, HTTP(S) through its read-only HTTP
+backend, local files checked against the container's folder, GCS through gcsfs), each
+fetching one byte range with what the response says about the file (ETag, last-modified)
+for the resolver's pins."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 
 from .. import runtime
 from ..errors import NotFoundError, StorageError, VirtualChunkError
-from .containers import AnyCredential, VirtualChunkContainer
+from ..storage.azure import AzureCredentials
+from .containers import AnyCredential, S3Credentials, VirtualChunkContainer
 from .locations import Location
 
 try:  # absent on Windows
@@ -32,12 +34,25 @@ class Fetched:
     last_modified: dt.datetime | None
 
 
+def _credentials_of(
+    container: VirtualChunkContainer, cred: AnyCredential | None, kind: type[Any] | Any
+) -> Any:
+    """``cred`` if it is of the kind the container's store takes (or None)."""
+    if cred is not None and not isinstance(cred, kind):
+        raise VirtualChunkError(
+            f"virtual chunk container {container.url_prefix!r} is a {container.store.type} "
+            f"store, but its credentials are {type(cred).__qualname__}",
+            url_prefix=container.url_prefix,
+        )
+    return cred
+
+
 class _S3Source:
     """S3 objects through frazil's S3 backend, one per bucket."""
 
     def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
         self.container = container
-        self.cred = cred
+        self.cred = _credentials_of(container, cred, S3Credentials)
         self._buckets: dict[str, Any] = {}
 
     def _storage(self, bucket: str) -> Any:
@@ -57,15 +72,47 @@ class _S3Source:
                     region=store.region,
                     endpoint_url=store.endpoint_url,
                     allow_http=store.allow_http,
-                    access_key_id=cred.access_key_id if static else None,  # type: ignore[union-attr]
-                    secret_access_key=cred.secret_access_key if static else None,  # type: ignore[union-attr]
-                    session_token=cred.session_token if static else None,  # type: ignore[union-attr]
+                    access_key_id=cred.access_key_id if static else None,
+                    secret_access_key=cred.secret_access_key if static else None,
+                    session_token=cred.session_token if static else None,
                     anonymous=anonymous,
                     from_env=not anonymous and not static and not refreshable,
                     force_path_style=store.force_path_style,
-                    get_credentials=cred.get_credentials if refreshable else None,  # type: ignore[union-attr]
-                    current_credentials=cred.current if refreshable else None,  # type: ignore[union-attr]
+                    get_credentials=cred.get_credentials if refreshable else None,
+                    current_credentials=cred.current if refreshable else None,
                 )
+            )
+        return st
+
+    async def fetch(self, loc: Location, start: int, end: int) -> Fetched:
+        try:
+            got = await self._storage(loc.host).get_range_info(loc.key, start, end)
+        except NotFoundError:
+            raise NotFoundError(f"virtual chunk source {loc} does not exist") from None
+        return Fetched(got.data, got.etag, got.last_modified)
+
+
+class _AzureSource:
+    """Azure blobs (``az://container/path``) through frazil's Azure backend, one per
+    container."""
+
+    def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
+        self.container = container
+        self.cred = _credentials_of(
+            container, cred, AzureCredentials.FromEnv | AzureCredentials.Static
+        )
+        self._containers: dict[str, Any] = {}
+
+    def _storage(self, name: str) -> Any:
+        from ..storage.azure import AzureSpec, AzureStorage
+
+        st = self._containers.get(name)
+        if st is None:
+            store: Any = self.container.store
+            options = tuple(sorted(store.options.items()))
+            creds = self.cred if self.cred is not None else AzureCredentials.FromEnv()
+            st = self._containers[name] = AzureStorage(
+                AzureSpec(store.account, name, "", creds, options)
             )
         return st
 
@@ -219,4 +266,5 @@ SOURCES: dict[str, type[Any]] = {
     "http": _HttpSource,
     "local": _LocalSource,
     "gcs": _GcsSource,
+    "azure": _AzureSource,
 }

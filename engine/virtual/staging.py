@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import InvalidInputError
+from ..storage.azure import AnyAzureCredential
 from .containers import AnyCredential, S3Credentials, VirtualChunkContainer, location_problem
 from .locations import Location, LocationError, parse_location
 
@@ -251,7 +252,8 @@ def check_authorization(
                 f"chunk container of this repository (declared: {sorted(declared) or 'none'})"
             )
         if cred is not None and not (
-            isinstance(cred, S3Credentials) and container.store.type == "s3"
+            (isinstance(cred, S3Credentials) and container.store.type == "s3")
+            or (isinstance(cred, AnyAzureCredential) and container.store.type == "azure")
         ):
             raise InvalidInputError(
                 f"credentials for {prefix!r} do not fit its {container.store.type} store"
