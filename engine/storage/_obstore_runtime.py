@@ -33,6 +33,7 @@ import threading
 from types import ModuleType
 
 from ..errors import StorageError
+from ..runtime import at_fork_in_child
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
@@ -51,8 +52,7 @@ def _reset_after_fork() -> None:
         _module, _started_in, _source = original, -1, original.__file__
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+at_fork_in_child(_reset_after_fork)
 
 
 def extension() -> ModuleType:
