@@ -65,6 +65,11 @@ class Diff:
                 lines.append(f"    {path}: {shown}{more}")
         return "\n".join(lines) if lines else "No changes"
 
+    def _repr_html_(self) -> str:
+        from . import html
+
+        return html.diff(self)
+
 
 def node_diff(
     old: dict[str, NodeRecord], new: dict[str, NodeRecord], chunks: dict[NodeId, set[Coord]]

@@ -40,6 +40,11 @@ class ConflictError(FrazilError):
         self.actual_parent = actual_parent
         self.conflicts = list(conflicts or ())
 
+    def _repr_html_(self) -> str:
+        from . import html
+
+        return html.conflict_error(str(self), self.conflicts)
+
 
 class NotFoundError(FrazilError, KeyError):
     """A branch, tag, snapshot, node or object does not exist."""

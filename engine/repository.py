@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import itertools
 import json
 import warnings
 import weakref
@@ -69,6 +70,11 @@ class SnapshotInfo:
     message: str
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def _repr_html_(self) -> str:
+        from . import html
+
+        return html.snapshot_info(self)
+
     @classmethod
     def of(cls, info: CommitInfo) -> SnapshotInfo:
         """The public view of a snapshot's commit info."""
@@ -79,6 +85,43 @@ class SnapshotInfo:
             info.message,
             dict(info.metadata),
         )
+
+
+class Ancestry(Iterator[SnapshotInfo]):
+    """``Repository.ancestry``'s result: an iterator of ``SnapshotInfo``, newest first, read
+    as it is consumed; in a notebook, a table of the first entries (read afresh, so showing
+    it consumes nothing)."""
+
+    def __init__(self, start: Callable[[], Iterator[SnapshotInfo]]) -> None:
+        self._start = start
+        self._it: Iterator[SnapshotInfo] | None = None
+
+    def __iter__(self) -> Ancestry:
+        return self
+
+    def __next__(self) -> SnapshotInfo:
+        if self._it is None:
+            self._it = self._start()
+        return next(self._it)
+
+    def close(self) -> None:
+        """Stop reading (the iterator ends)."""
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+        self._it = iter(())
+
+    def _repr_html_(self) -> str:
+        from . import html
+
+        it = self._start()
+        try:
+            shown = list(itertools.islice(it, html.LIMIT + 1))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        return html.history(shown[: html.LIMIT], len(shown) > html.LIMIT)
 
 
 def _parse_sid(value: object) -> SnapshotId:
@@ -198,6 +241,19 @@ class Repository:
 
     def __repr__(self) -> str:
         return f"<frazil.Repository on {self._storage.describe()}>"
+
+    def _repr_html_(self) -> str:
+        from . import html
+
+        names = sorted(self.list_branches()), sorted(self.list_tags())
+        refs = (
+            [(n, self.lookup_branch(n)) for n in names[0][: html.LIMIT]],
+            [(n, self.lookup_tag(n)) for n in names[1][: html.LIMIT]],
+        )
+        containers = sorted(self.config.virtual_chunk_containers or {})
+        return html.repository(
+            self._storage.describe(), *refs, (len(names[0]), len(names[1])), containers
+        )
 
     # -- creating and opening ----------------------------------------------------------
     @classmethod
@@ -637,17 +693,24 @@ class Repository:
     # -- history ---------------------------------------------------------------------------
     def ancestry(
         self, *, branch: str | None = None, tag: str | None = None, snapshot_id: str | None = None
-    ) -> Iterator[SnapshotInfo]:
+    ) -> Ancestry:
         """History, newest first, from a branch, a tag or a snapshot (give one).
 
         Read from the snapshots' footers and history index (``frazil.history``), never
-        their node tables: a few reads, however long the history.
+        their node tables: a few reads, however long the history. The result is an
+        iterator (read as it is consumed) that a notebook shows as a table of its
+        first entries.
 
         Yields
         ------
         SnapshotInfo
             id, parent id, time, message and metadata of each snapshot.
         """
+        return Ancestry(lambda: self._ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id))
+
+    def _ancestry(
+        self, *, branch: str | None, tag: str | None, snapshot_id: str | None
+    ) -> Iterator[SnapshotInfo]:
         sid: SnapshotId | None = runtime.run(self._resolve(branch, tag, snapshot_id))[0]
         label = _ref_label(branch, tag)
         batches = history.ancestry(self._reader, sid)

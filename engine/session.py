@@ -176,6 +176,13 @@ class Session:
         mode = "read-only" if self._read_only else "writable"
         return f"<frazil.Session {mode} branch={self._branch!r} snapshot={self.snapshot_id}>"
 
+    def _repr_html_(self) -> str:
+        from . import html
+
+        staged = self.status() if not self._read_only and self.has_uncommitted_changes else None
+        mode = "read-only" if self._read_only else "writable"
+        return html.session(mode, self._branch, self.snapshot_id, staged)
+
     def __getstate__(self) -> dict[str, Any]:
         if not self._read_only:
             raise InvalidInputError(
