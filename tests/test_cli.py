@@ -418,7 +418,9 @@ def _virtual_repo(tmp_path: Path) -> tuple[Path, str, Path]:
         authorize_virtual_chunk_access=frazil.containers_credentials({prefix: None}),
     )
     s = repo.writable_session("main")
-    zarr.create_array(s.store, name="v", shape=(4,), chunks=(1,), dtype="u1", fill_value=0)
+    zarr.create_array(
+        s.store, name="v", shape=(64,), chunks=(16,), dtype="u1", fill_value=0, compressors=None
+    )
     for i in range(4):
         s.store.set_virtual_ref(f"v/c/{i}", f"{prefix}source.bin", offset=16 * i, length=16)
     s.commit("virtual")
@@ -467,3 +469,47 @@ def test_fsck_virtual_pins(tmp_path: Path) -> None:
 
 def run_json_code(*args: str) -> Any:
     return json.loads(run(*args, "--json", code=1).stdout)
+
+
+def test_export(local_repo: tuple[str, frazil.Repository], tmp_path: Path) -> None:
+    path, repo = local_repo
+    first = list(repo.ancestry(branch="main"))[-2].id  # "arrays": before any row was written
+    out = tmp_path / "plain"
+    summary = run_json("export", f"{path}@main", str(out))
+    assert summary["snapshot_id"] == repo.lookup_branch("main") and summary["chunks"] > 0
+    # zarr alone, no frazil: the same content
+    group = zarr.open_group(zarr.storage.LocalStore(out, read_only=True), mode="r")
+    assert {k: group[k][...].tolist() for k in ("grp/t", "flags")} == content(repo)
+    old = tmp_path / "old"
+    run("export", f"{path}@{first}", str(old))
+    group = zarr.open_group(zarr.storage.LocalStore(old, read_only=True), mode="r")
+    then = repo.readonly_session(snapshot_id=first)
+    assert group["grp/t"][...].tolist() == zarr.open_array(then.store, path="grp/t")[...].tolist()
+    assert not group["grp/t"][...].any()  # nothing written yet at that snapshot
+    err = run("export", path, str(out), code=1).stderr  # never into a non-empty folder
+    assert "not empty" in err and len(err.strip().splitlines()) == 1
+    human = run("export", path, str(tmp_path / "h")).stdout
+    assert human.startswith(f"exported snapshot {repo.lookup_branch('main')} to ")
+
+
+def test_export_virtual_needs_authorization(tmp_path: Path) -> None:
+    from frazil.tools.export import export
+
+    path, prefix, src = _virtual_repo(tmp_path)
+    err = run("export", str(path), str(tmp_path / "x"), code=1).stderr
+    assert "not authorized" in err
+    run("export", str(path), str(tmp_path / "y"), "--authorize", prefix)
+    got = zarr.open_array(zarr.storage.LocalStore(tmp_path / "y", read_only=True), path="v")
+    assert got[...].tolist() == list(range(64))  # the source file's bytes
+    repo = frazil.Repository.open(frazil.local_filesystem_storage(path))
+    with pytest.raises(frazil.InvalidInputError, match="read-only session"):
+        export(repo.writable_session("main"), str(tmp_path / "z"))
+
+
+def test_split_ref() -> None:
+    from frazil.tools.cli import split_ref
+
+    assert split_ref("/data/repo@v1") == ("/data/repo", "v1")
+    assert split_ref("/data/repo") == ("/data/repo", "main")
+    assert split_ref("/data/a@b/repo") == ("/data/a@b/repo", "main")
+    assert split_ref("s3://bucket/prefix@dev") == ("s3://bucket/prefix", "dev")

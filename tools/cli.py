@@ -1,5 +1,6 @@
 """The ``frazil`` command line: create (init), inspect (log, show, diff, stats, sql), manage
-refs, and keep a repository fast and small (compact, gc, expire, fsck).
+refs, keep a repository fast and small (compact, gc, expire, fsck), and export a snapshot
+as a plain zarr store.
 
 Every command takes the repository first: a local path, ``file://path``,
 ``s3://bucket/prefix`` (with ``--endpoint-url`` and the usual AWS environment variables)
@@ -713,6 +714,46 @@ def init(ctx: Ctx, config_file: Any) -> None:
         lambda: click.echo(
             f"created an empty frazil repository at {ctx.location} (main at {main})"
             + (f"; virtual chunk containers: {', '.join(containers)}" if containers else "")
+        ),
+    )
+
+
+def split_ref(location: str) -> tuple[str, str]:
+    """``REPO[@REF]``: the repository and the ref after the last ``@`` (default main), when
+    that part names no folder (has no ``/``)."""
+    head, sep, ref = location.rpartition("@")
+    if sep and head and ref and "/" not in ref:
+        return head, ref
+    return location, "main"
+
+
+@cli.command()
+@repo_command
+@click.argument("dest")
+@click.option(
+    "--authorize",
+    "authorize",
+    multiple=True,
+    metavar="PREFIX",
+    help="A virtual chunk container (url prefix) whose chunks may be read, with the "
+    "environment's credentials; repeatable. Needed when the snapshot has virtual chunks.",
+)
+def export(ctx: Ctx, dest: str, authorize: tuple[str, ...]) -> None:
+    """Write REPO[@REF] (branch, tag or snapshot id; default main) to DEST, an empty
+    local folder or fsspec URL, as a plain zarr v3 store that zarr opens without frazil."""
+    from .export import export as run_export
+
+    ctx.location, ref = split_ref(ctx.location)
+    ctx.authorize = authorize
+    repo = ctx.repo
+    session = repo.readonly_session(snapshot_id=resolve(repo, ref))
+    with progress_bar(True) as progress:
+        s = run_export(session, dest, progress=progress)
+    ctx.emit(
+        asdict(s),
+        lambda: click.echo(
+            f"exported snapshot {s.snapshot_id} to {dest}: {_count(s.keys, 'key')} "
+            f"({_count(s.chunks, 'chunk')}, {_human_bytes(s.bytes)})"
         ),
     )
 
