@@ -5,7 +5,8 @@ Every key of the snapshot is copied as it is (metadata documents and encoded chu
 virtual chunks are read through the containers the repository was opened with, inline
 ones from their manifests), a bounded batch of keys at a time, concurrently. Chunks are
 written first, then the ``zarr.json`` documents deepest first, the root's last: an
-export that stops half way has no root document and does not open as a hierarchy. The destination must be empty (or absent): nothing is overwritten.
+export that stops half way has no root document and does not open as a hierarchy. The
+destination must be empty (or absent): nothing is overwritten.
 """
 
 from __future__ import annotations
