@@ -17,7 +17,7 @@ from frazil.format import CommitInfo, Snapshot, SnapshotId, keys
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
 from frazil.format.config import decode_config, encode_config
 
-from . import history, maintenance, runtime
+from . import history, maintenance, repo_info, runtime
 from .commit import initial_snapshot
 from .compaction import CompactionSummary, Progress, compact_branch
 from .conflicts import ConflictSolver
@@ -974,6 +974,37 @@ class Repository:
         """The metadata ``set_default_commit_metadata`` set (a copy; empty by default)."""
         return dict(self._default_metadata)
 
+    # -- repository metadata (Icechunk 2.x) -------------------------------------------------
+    def get_metadata(self) -> dict[str, Any]:
+        """The repository-level metadata (``refs/repo.json``; empty if never set)."""
+        return dict(runtime.run(repo_info.read_info(self._storage))[0].metadata)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """``get_metadata()``: read afresh on every access."""
+        return self.get_metadata()
+
+    def set_metadata(self, metadata: dict[str, Any]) -> None:
+        """Replace the repository-level metadata (a JSON object of at most 1 MiB),
+        by compare-and-swap.
+
+        Raises
+        ------
+        InvalidInputError
+            Not a dict of JSON-serializable values with string keys, or too large.
+        ReadOnlyError
+            The storage is read-only.
+        """
+        checked = repo_info.check_metadata(metadata)
+        runtime.run(repo_info.set_metadata(self._storage, checked))
+
+    def update_metadata(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``metadata`` into the repository-level metadata (its keys win), by
+        compare-and-swap, so concurrent updates of other keys are kept; returns the
+        metadata as written. Raises as ``set_metadata``."""
+        checked = repo_info.check_metadata(metadata)
+        return runtime.run(repo_info.update_metadata(self._storage, checked))
+
     def _readonly_as_of(
         self, branch: str | None, tag: str | None, snapshot_id: str | None, as_of: dt.datetime
     ) -> Session:
@@ -1156,6 +1187,9 @@ class Repository:
     save_config_async = _in_thread(save_config)
     total_chunks_storage_async = _in_thread(total_chunks_storage)
     writable_session_async = _in_thread(writable_session)
+    get_metadata_async = _in_thread(get_metadata)
+    set_metadata_async = _in_thread(set_metadata)
+    update_metadata_async = _in_thread(update_metadata)
 
 
 def _check_config(config: object) -> None:

@@ -45,6 +45,7 @@ class ObjectType(StrEnum):
     FORK_JOURNAL = "fork_journal"
     HISTORY = "history"
     HISTORY_CUTS = "history_cuts"
+    REPO_INFO = "repo_info"
 
 
 SNAPSHOT = ObjectType.SNAPSHOT
@@ -56,6 +57,7 @@ CONFIG = ObjectType.CONFIG
 FORK_JOURNAL = ObjectType.FORK_JOURNAL
 HISTORY = ObjectType.HISTORY
 HISTORY_CUTS = ObjectType.HISTORY_CUTS
+REPO_INFO = ObjectType.REPO_INFO
 
 _ROW_GROUP_ROWS = 1 << 20
 

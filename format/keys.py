@@ -20,6 +20,8 @@ TAGS = "refs/tag."
 REF_FILE = "/ref.json"
 CUTS = "refs/cuts.json"
 """Where expiry cut history: the one document of history cuts (SPEC §4.6)."""
+REPO_INFO = "refs/repo.json"
+"""The repository document: repository-level metadata (SPEC §4.7)."""
 FORKS = "forks/"
 MAIN = "main"
 

@@ -196,6 +196,16 @@ def test_this_version_writes_on_top(repo: frazil.Repository, expected: dict[str,
     assert repo.fsck().ok
 
 
+def test_repository_metadata(repo: frazil.Repository, expected: dict[str, Any]) -> None:
+    """A repository written before repository metadata existed has none, takes some, and
+    reads and checks as before with it."""
+    assert repo.metadata == {}
+    repo.set_metadata({"owner": "fixture"})
+    assert frazil.Repository.open(repo.storage).get_metadata() == {"owner": "fixture"}
+    assert sorted(repo.list_branches()) == sorted(expected["branches"])
+    assert repo.fsck().ok
+
+
 def _bump_json(path: Path) -> None:
     obj = json.loads(path.read_text())
     obj["format_version"] = FORMAT_VERSION + 1

@@ -1,0 +1,59 @@
+"""The repository document ``refs/repo.json``: repository-level metadata (SPEC §4.7)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .common import REPO_INFO, FormatError, decode_json, encode_json
+
+MAX_METADATA_BYTES = 1 << 20
+"""Most bytes the repository metadata may take as compact JSON (written or read)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RepoInfo:
+    """What ``refs/repo.json`` holds: the repository metadata (a JSON object)."""
+
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def metadata_size(metadata: dict[str, Any]) -> int:
+    """Bytes of ``metadata`` as compact JSON (what ``MAX_METADATA_BYTES`` bounds)."""
+    return len(json.dumps(metadata, separators=(",", ":"), sort_keys=True).encode("utf-8"))
+
+
+def encode_repo_info(info: RepoInfo) -> bytes:
+    """The document: ``format_version``, ``object_type`` ``"repo_info"``, ``metadata``,
+    and a fresh ``write_id`` (every write's bytes differ, as refs' do)."""
+    if not isinstance(info.metadata, dict) or not all(isinstance(k, str) for k in info.metadata):
+        raise ValueError("repository metadata must be a JSON object with string keys")
+    size = metadata_size(info.metadata)
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(
+            f"repository metadata takes {size} bytes of JSON, more than the "
+            f"{MAX_METADATA_BYTES} allowed"
+        )
+    return encode_json(
+        {
+            "format_version": 1,
+            "object_type": REPO_INFO,
+            "metadata": info.metadata,
+            "write_id": os.urandom(8).hex(),
+        }
+    )
+
+
+def decode_repo_info(data: bytes, what: str) -> RepoInfo:
+    """The document in ``data``; larger or malformed metadata is refused as damage."""
+    if len(data) > 4 * MAX_METADATA_BYTES:  # before parsing (metadata plus a little)
+        raise FormatError(f"{what}: {len(data)} bytes, more than a repository document holds")
+    obj = decode_json(data, REPO_INFO, what)
+    metadata = obj.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise FormatError(f"{what}: 'metadata' must be a JSON object")
+    if metadata_size(metadata) > MAX_METADATA_BYTES:
+        raise FormatError(f"{what}: metadata larger than the {MAX_METADATA_BYTES} bytes allowed")
+    return RepoInfo(metadata)
