@@ -19,6 +19,7 @@ from .diff import Diff
 from .errors import (
     AlreadyExistsError,
     ConflictError,
+    ErrorKind,
     FormatError,
     FrazilError,
     InvalidInputError,
@@ -50,6 +51,7 @@ from .settings import (
     from_dict,
     to_dict,
 )
+from .spec import SpecVersion
 from .storage import (
     FaultInjectingStorage,
     RetryingStorage,
@@ -135,6 +137,8 @@ __all__ = [
     "print_debug_info",
     "set_logs_filter",
     "spec_version",
+    "ErrorKind",
+    "SpecVersion",
     "BasicConflictSolver",
     "Conflict",
     "ConflictDetector",

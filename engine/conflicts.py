@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from frazil.format import Coord, NodeId
 
 from .diff import Diff
-from .errors import ConflictError
+from .errors import ConflictError, ErrorKind
 
 
 class ConflictType(enum.Enum):
@@ -61,6 +61,8 @@ class Conflict:
 
 class RebaseFailedError(ConflictError):
     """Rebasing onto ``snapshot_id`` found conflicts the solver would not resolve."""
+
+    default_kind = ErrorKind.REBASE_FAILED
 
     def __init__(self, snapshot_id: str, conflicts: Sequence[Conflict]) -> None:
         lines = "; ".join(str(c) for c in conflicts[:20])

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 from frazil.format import GROUP, NodeRecord
 
-from .errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from .errors import AlreadyExistsError, ErrorKind, InvalidInputError, NotFoundError
 
 
 def parent_path(path: str) -> str:
@@ -44,22 +44,38 @@ def plan_move(
     """
     what = f"cannot move {src!r} to {dst!r}"
     if src == "/":
-        raise InvalidInputError(f"{what}: the root group cannot be moved")
+        raise InvalidInputError(
+            f"{what}: the root group cannot be moved", kind=ErrorKind.NOT_ALLOWED
+        )
     if dst == "/":
-        raise AlreadyExistsError(f"{what}: the root group's path is taken")
+        raise AlreadyExistsError(
+            f"{what}: the root group's path is taken", kind=ErrorKind.MOVE_WONT_OVERWRITE
+        )
     rec = node(src)
     if rec is None:
-        raise NotFoundError(f"{what}: no group or array at {src!r}")
+        raise NotFoundError(f"{what}: no group or array at {src!r}", kind=ErrorKind.NODE_NOT_FOUND)
     if dst == src or dst.startswith(src + "/"):
-        raise InvalidInputError(f"{what}: a node cannot move into itself or its own subtree")
+        raise InvalidInputError(
+            f"{what}: a node cannot move into itself or its own subtree",
+            kind=ErrorKind.MOVE_INTO_SELF_OR_DESCENDANT,
+        )
     if node(dst) is not None:
-        raise AlreadyExistsError(f"{what}: a node is already at {dst!r} (a move never overwrites)")
+        raise AlreadyExistsError(
+            f"{what}: a node is already at {dst!r} (a move never overwrites)",
+            kind=ErrorKind.MOVE_WONT_OVERWRITE,
+        )
     parent = parent_path(dst)
     holder = node(parent)
     if holder is None and parent != "/":
-        raise NotFoundError(f"{what}: no group at {parent!r} to move it into")
+        raise NotFoundError(
+            f"{what}: no group at {parent!r} to move it into",
+            kind=ErrorKind.MOVE_DESTINATION_PARENT_MISSING,
+        )
     if holder is not None and holder.node_type != GROUP:
-        raise InvalidInputError(f"{what}: {parent!r} is an array, not a group")
+        raise InvalidInputError(
+            f"{what}: {parent!r} is an array, not a group",
+            kind=ErrorKind.MOVE_DESTINATION_PARENT_NOT_GROUP,
+        )
     prefix = src + "/"
     moves = [(rec, dst)]
     for n in nodes:
@@ -67,5 +83,8 @@ def plan_move(
             moves.append((n, dst + n.path[len(src) :]))
     for n, path in moves[1:]:
         if node(path) is not None:
-            raise AlreadyExistsError(f"{what}: {n.path!r} would move onto {path!r}, which exists")
+            raise AlreadyExistsError(
+                f"{what}: {n.path!r} would move onto {path!r}, which exists",
+                kind=ErrorKind.MOVE_WONT_OVERWRITE,
+            )
     return moves

@@ -17,6 +17,7 @@ from . import runtime
 from .errors import (
     AlreadyExistsError,
     ConflictError,
+    ErrorKind,
     InvalidInputError,
     NotFoundError,
 )
@@ -28,7 +29,10 @@ _BAD = re.compile(r"[/\\\x00-\x1f\x7f]")
 def validate_name(name: object, what: str) -> str:
     """Refuse names that cannot be keys: empty, '/', '..', control characters, a leading dot."""
     if not isinstance(name, str):
-        raise InvalidInputError(f"{what} name must be a string, got {type(name).__name__}")
+        raise InvalidInputError(
+            f"{what} name must be a string, got {type(name).__name__}",
+            kind=ErrorKind.INVALID_REF_NAME,
+        )
     if (
         not name
         or len(name) > 255
@@ -39,9 +43,14 @@ def validate_name(name: object, what: str) -> str:
     ):
         raise InvalidInputError(
             f"invalid {what} name {name!r}: names are 1-255 characters with no '/', '\\', "
-            "'..', control characters, leading dot or surrounding spaces"
+            "'..', control characters, leading dot or surrounding spaces",
+            kind=ErrorKind.INVALID_REF_NAME,
         )
     return name
+
+
+def _missing(kind: str) -> ErrorKind:
+    return ErrorKind.BRANCH_NOT_FOUND if kind == BRANCH_REF else ErrorKind.TAG_NOT_FOUND
 
 
 def branch_key(name: str) -> str:
@@ -69,7 +78,7 @@ async def read_any_ref(storage: Storage, kind: str, name: str) -> Ref:
     try:
         data, version = await storage.get_with_version(key)
     except NotFoundError:
-        raise NotFoundError(f"{what} {name!r} does not exist") from None
+        raise NotFoundError(f"{what} {name!r} does not exist", kind=_missing(kind)) from None
     return Ref(decode_ref(data, kind, key, name), version)
 
 
@@ -78,8 +87,10 @@ async def read_ref(storage: Storage, kind: str, name: str) -> Ref:
     ref = await read_any_ref(storage, kind, name)
     if ref.record.deleted:
         if kind == BRANCH_REF:
-            raise NotFoundError(f"branch {name!r} does not exist (it was deleted)")
-        raise NotFoundError(f"tag {name!r} was deleted")
+            raise NotFoundError(
+                f"branch {name!r} does not exist (it was deleted)", kind=_missing(kind)
+            )
+        raise NotFoundError(f"tag {name!r} was deleted", kind=_missing(kind))
     return ref
 
 
@@ -99,9 +110,17 @@ async def create_ref(
             result = await storage.put_if_absent(key, data)
             continue
         if not current.record.deleted:
-            raise AlreadyExistsError(f"{what} {name!r} already exists")
+            raise AlreadyExistsError(
+                f"{what} {name!r} already exists",
+                kind=ErrorKind.BRANCH_ALREADY_EXISTS
+                if kind == BRANCH_REF
+                else ErrorKind.TAG_ALREADY_EXISTS,
+            )
         if kind == TAG_REF:
-            raise AlreadyExistsError(f"tag {name!r} was deleted, and tag names are never reused")
+            raise AlreadyExistsError(
+                f"tag {name!r} was deleted, and tag names are never reused",
+                kind=ErrorKind.TAG_PREVIOUSLY_DELETED,
+            )
         result = await storage.put_if_version(key, data, current.version)
 
 

@@ -18,7 +18,7 @@ from frazil.format.repo_info import (
 )
 
 from . import runtime
-from .errors import ConflictError, InvalidInputError, NotFoundError, ReadOnlyError
+from .errors import ConflictError, ErrorKind, InvalidInputError, NotFoundError, ReadOnlyError
 from .refs import short_pause
 from .storage.base import Storage
 
@@ -58,7 +58,10 @@ async def change_info(storage: Storage, change: Callable[[RepoInfo], RepoInfo]) 
     put from that version (create-if-absent if there was none); when another writer got
     there first, read again and apply ``change`` again. Returns what was written."""
     if not storage.writable:
-        raise ReadOnlyError(f"cannot change the repository metadata: {storage.describe()}")
+        raise ReadOnlyError(
+            f"cannot change the repository metadata: {storage.describe()} is read-only",
+            kind=ErrorKind.READ_ONLY_STORAGE,
+        )
     for n in range(1, TRIES + 1):
         current, version = await read_info(storage)
         new = change(current)

@@ -25,6 +25,7 @@ from .diff import Diff, diff_snapshots
 from .errors import (
     AlreadyExistsError,
     ConflictError,
+    ErrorKind,
     InvalidInputError,
     NotFoundError,
     ReadOnlyError,
@@ -46,6 +47,7 @@ from .refs import (
     validate_name,
 )
 from .session import Session, _check_metadata
+from .spec import SpecVersion, check_spec_version
 from .storage.base import Storage
 from .virtual import VirtualResolver, check_authorization
 
@@ -108,7 +110,10 @@ def _named_by(label: str | None) -> Iterator[None]:
     try:
         yield
     except NotFoundError as e:
-        raise NotFoundError(f"{label} names a snapshot that cannot be found: {e}") from e
+        raise NotFoundError(
+            f"{label} names a snapshot that cannot be found: {e}",
+            kind=ErrorKind.SNAPSHOT_NOT_FOUND,
+        ) from e
     except FormatError as e:
         raise FormatError(f"{label}: {e}") from e
 
@@ -208,6 +213,7 @@ class Repository:
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
         *,
         virtual_chunk_credentials: Any = None,
+        spec_version: SpecVersion | int | None = None,
     ) -> Repository:
         """Create a new repository in ``storage``.
 
@@ -227,6 +233,9 @@ class Repository:
         virtual_chunk_credentials
             Removed in Icechunk 1.0 (replaced by ``authorize_virtual_chunk_access``):
             passing it raises ``InvalidInputError`` saying so.
+        spec_version
+            Icechunk 2.x's parameter, for frazil's own format versions (``SpecVersion``):
+            None or ``SpecVersion.current()``; others raise ``InvalidInputError``.
 
         Returns
         -------
@@ -241,6 +250,7 @@ class Repository:
             ``storage`` is read-only.
         """
         _refuse_removed(virtual_chunk_credentials)
+        check_spec_version(spec_version)
         return runtime.run(cls._create(storage, config, authorize_virtual_chunk_access))
 
     @classmethod
@@ -258,7 +268,10 @@ class Repository:
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         _check_config(config)
         if not storage.writable:
-            raise ReadOnlyError(f"cannot create a repository on read-only {storage.describe()}")
+            raise ReadOnlyError(
+                f"cannot create a repository on read-only {storage.describe()}",
+                kind=ErrorKind.READ_ONLY_STORAGE,
+            )
         if await _exists(storage):
             raise AlreadyExistsError(f"a repository already exists in {storage.describe()}")
         if (await storage.list("")) and not await storage.exists(CONFIG_KEY):
@@ -337,7 +350,10 @@ class Repository:
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         _check_config(config)
         if not await _exists(storage):
-            raise NotFoundError(f"no frazil repository in {storage.describe()}")
+            raise NotFoundError(
+                f"no frazil repository in {storage.describe()}",
+                kind=ErrorKind.REPOSITORY_NOT_FOUND,
+            )
         try:
             stored = RepositoryConfig.from_dict(
                 decode_config(await storage.get(CONFIG_KEY), CONFIG_KEY)
@@ -365,6 +381,7 @@ class Repository:
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
         *,
         virtual_chunk_credentials: Any = None,
+        create_version: SpecVersion | int | None = None,
     ) -> Repository:
         """Open the repository in ``storage``, or create it if there is none.
 
@@ -376,6 +393,7 @@ class Repository:
         Repository
         """
         _refuse_removed(virtual_chunk_credentials)
+        check_spec_version(create_version)  # (Icechunk 2.x's name for spec_version here)
         auth = authorize_virtual_chunk_access
         _check_config(config)
         if cls.exists(storage):
@@ -385,6 +403,18 @@ class Repository:
         except AlreadyExistsError:  # lost the race to another creator: wait for its main
             runtime.run(_wait_for_main(storage))
             return cls.open(storage, config, authorize_virtual_chunk_access=auth)
+
+    @property
+    def spec_version(self) -> SpecVersion:
+        """The format version of this repository (``SpecVersion.current()``: frazil reads
+        every older version, and refuses newer objects one by one)."""
+        return SpecVersion.current()
+
+    @staticmethod
+    def fetch_spec_version(storage: Storage) -> SpecVersion | None:
+        """The format version of the repository in ``storage``, or None if there is none
+        (as ``spec_version``: every repository this frazil opens reads at its version)."""
+        return SpecVersion.current() if Repository.exists(storage) else None
 
     @staticmethod
     def exists(storage: Storage) -> bool:
@@ -787,7 +817,9 @@ class Repository:
         """
         validate_name(branch, "branch")
         if not self._storage.writable:
-            raise ReadOnlyError(f"{self._storage.describe()} is read-only")
+            raise ReadOnlyError(
+                f"{self._storage.describe()} is read-only", kind=ErrorKind.READ_ONLY_STORAGE
+            )
 
         async def go() -> Session:
             snap, cs = await self._load(branch=branch)
@@ -800,7 +832,10 @@ class Repository:
     # -- maintenance: compaction, garbage collection, expiry, fsck, statistics ---------------
     def _check_writable_storage(self, what: str) -> None:
         if not self._storage.writable:
-            raise ReadOnlyError(f"cannot {what}: {self._storage.describe()} is read-only")
+            raise ReadOnlyError(
+                f"cannot {what}: {self._storage.describe()} is read-only",
+                kind=ErrorKind.READ_ONLY_STORAGE,
+            )
 
     def compact(
         self,
@@ -1130,9 +1165,16 @@ class Repository:
         storage: Storage,
         config: RepositoryConfig | None = None,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+        *,
+        spec_version: SpecVersion | int | None = None,
     ) -> Repository:
         """``create``, run in a thread (``asyncio.to_thread``)."""
-        return await asyncio.to_thread(cls.create, storage, config, authorize_virtual_chunk_access)
+        return await asyncio.to_thread(
+            functools.partial(cls.create, spec_version=spec_version),
+            storage,
+            config,
+            authorize_virtual_chunk_access,
+        )
 
     @classmethod
     async def open_async(
@@ -1190,6 +1232,11 @@ class Repository:
     get_metadata_async = _in_thread(get_metadata)
     set_metadata_async = _in_thread(set_metadata)
     update_metadata_async = _in_thread(update_metadata)
+
+    @staticmethod
+    async def fetch_spec_version_async(storage: Storage) -> SpecVersion | None:
+        """``fetch_spec_version``, run in a thread (``asyncio.to_thread``)."""
+        return await asyncio.to_thread(Repository.fetch_spec_version, storage)
 
 
 def _check_config(config: object) -> None:

@@ -48,6 +48,7 @@ from .conflicts import ConflictSolver, detect_conflicts
 from .diff import Diff, node_diff
 from .errors import (
     ConflictError,
+    ErrorKind,
     FormatError,
     FrazilError,
     InvalidInputError,
@@ -99,11 +100,13 @@ class SessionHost(Protocol):
 def normalize_path(path: str) -> str:
     """'/a/b' form of a node path; refuses empty parts, '.' and '..'."""
     if not isinstance(path, str):
-        raise InvalidInputError(f"node path must be a string, got {type(path).__name__}")
+        raise InvalidInputError(
+            f"node path must be a string, got {type(path).__name__}", kind=ErrorKind.INVALID_PATH
+        )
     parts = [p for p in path.strip("/").split("/")] if path.strip("/") else []
     for p in parts:
         if p in ("", ".", "..") or any(ord(ch) < 32 for ch in p):
-            raise InvalidInputError(f"invalid node path {path!r}")
+            raise InvalidInputError(f"invalid node path {path!r}", kind=ErrorKind.INVALID_PATH)
     return "/" + "/".join(parts)
 
 
@@ -286,7 +289,10 @@ class Session:
         it moves (Icechunk 2.x's ``get_node_id``)."""
         rec = self.node(normalize_path(path))
         if rec is None:
-            raise NotFoundError(f"no group or array at {path!r} (snapshot {self.snapshot_id})")
+            raise NotFoundError(
+                f"no group or array at {path!r} (snapshot {self.snapshot_id})",
+                kind=ErrorKind.NODE_NOT_FOUND,
+            )
         return str(rec.node_id)
 
     async def move_async(self, from_path: str, to_path: str) -> None:
@@ -297,9 +303,11 @@ class Session:
     def _array(self, path: str) -> tuple[NodeRecord, NodeMeta]:
         rec = self.node(normalize_path(path))
         if rec is None:
-            raise NotFoundError(f"no array at {path!r}")
+            raise NotFoundError(f"no array at {path!r}", kind=ErrorKind.NODE_NOT_FOUND)
         if rec.node_type != ARRAY:
-            raise InvalidInputError(f"{path!r} is a group, not an array")
+            raise InvalidInputError(
+                f"{path!r} is a group, not an array", kind=ErrorKind.NOT_AN_ARRAY
+            )
         return rec, self.node_meta(rec)
 
     @staticmethod

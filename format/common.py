@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from .errors import FormatError
+from .errors import ErrorKind, FormatError
 
 FORMAT_VERSION = 2
 """The newest version this code reads. Readers accept versions <= this and refuse newer
@@ -126,7 +126,8 @@ def check_header(header: Any, object_type: str, what: str) -> dict[str, Any]:
     if version > FORMAT_VERSION:
         raise FormatError(
             f"{what}: written by a newer frazil (format version {version}; this version "
-            f"reads up to {FORMAT_VERSION}); upgrade frazil to read it"
+            f"reads up to {FORMAT_VERSION}); upgrade frazil to read it",
+            kind=ErrorKind.UNSUPPORTED_SPEC_VERSION,
         )
     return header
 
