@@ -32,6 +32,7 @@ from .errors import (
 from .errors import FrazilError as IcechunkError
 from .logs import initialize_logs, print_debug_info, set_logs_filter
 from .maintenance import ChunkStorageStats, GCSummary
+from .opslog import Update, UpdateType
 from .repository import Repository, SnapshotInfo
 from .session import ForkSession, Session
 from .settings import (
@@ -139,6 +140,8 @@ __all__ = [
     "spec_version",
     "ErrorKind",
     "SpecVersion",
+    "Update",
+    "UpdateType",
     "BasicConflictSolver",
     "Conflict",
     "ConflictDetector",

@@ -1,14 +1,17 @@
-"""Repository-level metadata (Icechunk 2.x's ``Repository.metadata``): reading
-``refs/repo.json`` and changing it by compare-and-swap only."""
+"""The repository document ``refs/repo.json``: repository-level metadata (Icechunk 2.x's
+``Repository.metadata``) and the repository's operations log entries; read, and changed
+by compare-and-swap only."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import Any
 
-from frazil.format.keys import REPO_INFO
+from frazil.format.keys import REPO_INFO, ops_key
+from frazil.format.oplog import OpEntry, OpKind, append, now
 from frazil.format.repo_info import (
     MAX_METADATA_BYTES,
     RepoInfo,
@@ -22,6 +25,7 @@ from .errors import ConflictError, ErrorKind, InvalidInputError, NotFoundError, 
 from .refs import short_pause
 from .storage.base import Storage
 
+METADATA_CHANGED = OpKind.METADATA_CHANGED
 TRIES = 1_000
 """Attempts at a change before giving up while other writers keep changing the document."""
 
@@ -53,10 +57,13 @@ async def read_info(storage: Storage) -> tuple[RepoInfo, str | None]:
     return await runtime.in_thread(decode_repo_info, data, REPO_INFO), version
 
 
-async def change_info(storage: Storage, change: Callable[[RepoInfo], RepoInfo]) -> RepoInfo:
-    """Apply ``change`` to the document as read and write the result by a conditional
-    put from that version (create-if-absent if there was none); when another writer got
-    there first, read again and apply ``change`` again. Returns what was written."""
+async def change_info(
+    storage: Storage, change: Callable[[RepoInfo], RepoInfo], op: OpKind
+) -> RepoInfo:
+    """Apply ``change`` to the document as read, add the operations log entry ``op``,
+    and write the result by a conditional put from that version (create-if-absent if
+    there was none); when another writer got there first, read again and apply
+    ``change`` again. Returns what was written."""
     if not storage.writable:
         raise ReadOnlyError(
             f"cannot change the repository metadata: {storage.describe()} is read-only",
@@ -65,6 +72,10 @@ async def change_info(storage: Storage, change: Callable[[RepoInfo], RepoInfo]) 
     for n in range(1, TRIES + 1):
         current, version = await read_info(storage)
         new = change(current)
+        log = append(current.ops, current.ops_next, OpEntry(op, now()))
+        new = dataclasses.replace(new, ops=log.ops, ops_next=log.ops_next)
+        if log.archive is not None:
+            await storage.put(ops_key(log.archive[0]), log.archive[1])
         body = encode_repo_info(new)
         if version is None:
             result = await storage.put_if_absent(REPO_INFO, body)
@@ -81,7 +92,9 @@ async def change_info(storage: Storage, change: Callable[[RepoInfo], RepoInfo]) 
 
 async def set_metadata(storage: Storage, metadata: dict[str, Any]) -> None:
     """Replace the repository metadata."""
-    await change_info(storage, lambda info: RepoInfo(metadata))
+    await change_info(
+        storage, lambda info: RepoInfo(metadata, info.ops, info.ops_next), METADATA_CHANGED
+    )
 
 
 async def update_metadata(storage: Storage, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -95,6 +108,12 @@ async def update_metadata(storage: Storage, metadata: dict[str, Any]) -> dict[st
                 f"the merged repository metadata would take more than {MAX_METADATA_BYTES} "
                 "bytes as JSON"
             )
-        return RepoInfo(merged)
+        return RepoInfo(merged, info.ops, info.ops_next)
 
-    return dict((await change_info(storage, merge)).metadata)
+    return dict((await change_info(storage, merge, METADATA_CHANGED)).metadata)
+
+
+async def record(storage: Storage, op: OpKind) -> None:
+    """Add the repository-level operations log entry ``op`` (config changed, gc or
+    expiry ran): one more conditional put of the document, after the operation."""
+    await change_info(storage, lambda info: info, op)

@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from frazil.format import CommitInfo, Snapshot, SnapshotId, keys
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
 from frazil.format.config import decode_config, encode_config
+from frazil.format.oplog import OpKind
 
 from . import history, maintenance, repo_info, runtime
 from .commit import initial_snapshot
@@ -33,6 +34,7 @@ from .errors import (
 from .maintenance import ChunkStorageStats, FsckReport, GCSummary
 from .maintenance.reach import cutoff_ms
 from .objects import ObjectReader
+from .opslog import Update, read_ops_log
 from .refs import (
     Move,
     Ref,
@@ -295,7 +297,14 @@ class Repository:
         await storage.put(plan.log[0], plan.log[1])
         await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
         try:
-            await create_ref(storage, BRANCH_REF, MAIN, plan.snapshot.id, plan.snapshot_checksum)
+            await create_ref(
+                storage,
+                BRANCH_REF,
+                MAIN,
+                plan.snapshot.id,
+                plan.snapshot_checksum,
+                OpKind.REPO_INITIALIZED,
+            )
         except AlreadyExistsError:
             raise AlreadyExistsError(
                 f"a repository already exists in {storage.describe()}"
@@ -486,6 +495,7 @@ class Repository:
             The storage is read-only.
         """
         runtime.run(self._storage.put(CONFIG_KEY, encode_config(self._config.to_dict())))
+        runtime.run(repo_info.record(self._storage, OpKind.CONFIG_CHANGED))
 
     # -- resolving -------------------------------------------------------------------------
     async def _resolve(
@@ -593,7 +603,7 @@ class Repository:
                         expected_parent=str(expect),
                         actual_parent=str(ref.record.snapshot_id),
                     )
-                return Move(sid, cs)
+                return Move(sid, cs, op=OpKind.BRANCH_RESET)
 
             await move_branch(self._storage, name, attempt, history=self._reader.parent)
 
@@ -916,6 +926,8 @@ class Repository:
             # cached copies of deleted objects would let this repository open snapshots
             # that no longer exist (and then fail on their missing manifests)
             self._reader.forget()
+        if summary.objects_deleted and not dry_run:  # a run that changed nothing: no entry
+            runtime.run(repo_info.record(self._storage, OpKind.GC_RAN))
         return summary
 
     def expire_snapshots(
@@ -947,9 +959,12 @@ class Repository:
             runtime.run(
                 self._delete_expired_refs(older_than, delete_expired_branches, delete_expired_tags)
             )
-        return runtime.run(
+        dropped = runtime.run(
             maintenance.expire_snapshots(self._storage, self._reader, older_than, progress)
         )
+        if dropped:  # a run that changed nothing: no entry
+            runtime.run(repo_info.record(self._storage, OpKind.EXPIRATION_RAN))
+        return dropped
 
     def fsck(self, *, verify_chunks: bool = True, progress: Progress | None = None) -> FsckReport:
         """Check that every object reachable from a branch or tag exists and matches the
@@ -1039,6 +1054,24 @@ class Repository:
         metadata as written. Raises as ``set_metadata``."""
         checked = repo_info.check_metadata(metadata)
         return runtime.run(repo_info.update_metadata(self._storage, checked))
+
+    # -- operations log (Icechunk 2.x) ------------------------------------------------------
+    def ops_log(self) -> Iterator[Update]:
+        """What moved which ref, and what changed the repository, when: ``Update`` values
+        (``kind``: an ``UpdateType``, ``updated_at``), newest first. Branch and tag
+        creations, resets, deletions and commits are recorded in the ref write itself
+        (no extra write); config and metadata changes, gc and expiry in
+        ``refs/repo.json`` (SPEC §6.1)."""
+        return iter(runtime.run(read_ops_log(self._storage)))
+
+    def ops_log_async(self) -> AsyncIterator[Update]:
+        """``ops_log`` as an async iterator (read in a thread when first awaited)."""
+
+        async def go() -> AsyncIterator[Update]:
+            for update in await asyncio.to_thread(lambda: list(self.ops_log())):
+                yield update
+
+        return go()
 
     def _readonly_as_of(
         self, branch: str | None, tag: str | None, snapshot_id: str | None, as_of: dt.datetime

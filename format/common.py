@@ -46,6 +46,7 @@ class ObjectType(StrEnum):
     HISTORY = "history"
     HISTORY_CUTS = "history_cuts"
     REPO_INFO = "repo_info"
+    OPS_ARCHIVE = "ops_archive"
 
 
 SNAPSHOT = ObjectType.SNAPSHOT
@@ -58,6 +59,7 @@ FORK_JOURNAL = ObjectType.FORK_JOURNAL
 HISTORY = ObjectType.HISTORY
 HISTORY_CUTS = ObjectType.HISTORY_CUTS
 REPO_INFO = ObjectType.REPO_INFO
+OPS_ARCHIVE = ObjectType.OPS_ARCHIVE
 
 _ROW_GROUP_ROWS = 1 << 20
 
@@ -323,6 +325,17 @@ _DECODER = json.JSONDecoder()
 def encode_json(obj: dict[str, Any]) -> bytes:
     """Canonical JSON for small objects (refs, config): sorted keys, UTF-8, newline."""
     return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode("utf-8")
+
+
+def encode_json_with_log(obj: dict[str, Any], ops: list[Any] | None) -> bytes:
+    """``encode_json(obj)`` with an operations log (SPEC §6.1) as a last key, ``ops``, on
+    one compact line: the log is most of the document, and JSON's indenting encoder is
+    slow."""
+    text = json.dumps(obj, sort_keys=True, indent=1)
+    if ops is not None:
+        log = json.dumps(ops, sort_keys=True, separators=(",", ":"))
+        text = f'{text[:-2]},\n "ops": {log}\n}}' if obj else f'{{\n "ops": {log}\n}}'
+    return (text + "\n").encode("utf-8")
 
 
 def decode_json(data: bytes, object_type: str, what: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The repository document ``refs/repo.json``: repository-level metadata (SPEC §4.7)."""
+"""The repository document ``refs/repo.json``: repository-level metadata and the
+repository's operations log (SPEC §4.7, §6.1)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ MAX_METADATA_BYTES = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class RepoInfo:
-    """What ``refs/repo.json`` holds: the repository metadata (a JSON object)."""
+    """What ``refs/repo.json`` holds: the repository metadata (a JSON object), and the
+    repository-level operations log as stored (``ops``, ``ops_next``: checked only by
+    readers of the log, ``format/oplog.py``)."""
 
     metadata: dict[str, Any] = field(default_factory=dict)
+    ops: Any = None
+    ops_next: Any = None
 
 
 def metadata_size(metadata: dict[str, Any]) -> int:
@@ -36,14 +41,17 @@ def encode_repo_info(info: RepoInfo) -> bytes:
             f"repository metadata takes {size} bytes of JSON, more than the "
             f"{MAX_METADATA_BYTES} allowed"
         )
-    return encode_json(
-        {
-            "format_version": 1,
-            "object_type": REPO_INFO,
-            "metadata": info.metadata,
-            "write_id": os.urandom(8).hex(),
-        }
-    )
+    obj: dict[str, Any] = {
+        "format_version": 1,
+        "object_type": REPO_INFO,
+        "metadata": info.metadata,
+        "write_id": os.urandom(8).hex(),
+    }
+    if info.ops is not None:
+        obj["ops"] = info.ops
+    if info.ops_next is not None:
+        obj["ops_next"] = info.ops_next
+    return encode_json(obj)
 
 
 def decode_repo_info(data: bytes, what: str) -> RepoInfo:
@@ -56,4 +64,4 @@ def decode_repo_info(data: bytes, what: str) -> RepoInfo:
         raise FormatError(f"{what}: 'metadata' must be a JSON object")
     if metadata_size(metadata) > MAX_METADATA_BYTES:
         raise FormatError(f"{what}: metadata larger than the {MAX_METADATA_BYTES} bytes allowed")
-    return RepoInfo(metadata)
+    return RepoInfo(metadata, obj.get("ops"), obj.get("ops_next"))

@@ -206,6 +206,16 @@ def test_repository_metadata(repo: frazil.Repository, expected: dict[str, Any]) 
     assert repo.fsck().ok
 
 
+def test_operations_log(repo: frazil.Repository, expected: dict[str, Any]) -> None:
+    """Refs written before the operations log carry none: the log starts with the first
+    later write, and the old refs read as before."""
+    assert list(repo.ops_log()) == []
+    sid = expected["ancestry"]["main"][0]
+    repo.create_branch("later", sid)
+    assert [u.kind for u in repo.ops_log()] == [frazil.UpdateType.BranchCreated("later")]
+    assert repo.lookup_branch("later") == sid
+
+
 def _bump_json(path: Path) -> None:
     obj = json.loads(path.read_text())
     obj["format_version"] = FORMAT_VERSION + 1

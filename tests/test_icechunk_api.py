@@ -324,8 +324,15 @@ def test_async_forms(repo: frazil.Repository) -> None:
 
 def test_async_forms_have_the_sync_signatures() -> None:
     names = [n for n in dir(frazil.Repository) if n.endswith("_async")]
-    assert len(names) == 30  # Icechunk 1.x's 26, and 2.x's metadata and spec version ones
-    for name in set(names) - {"create_async", "open_async", "open_or_create_async"}:
+    # Icechunk 1.x's 26, and 2.x's metadata, spec version and ops_log ones
+    assert len(names) == 31
+    assert inspect.isasyncgen(frazil.Repository.create(frazil.in_memory_storage()).ops_log_async())
+    for name in set(names) - {
+        "create_async",
+        "open_async",
+        "open_or_create_async",
+        "ops_log_async",
+    }:
         sync = getattr(frazil.Repository, name.removesuffix("_async"))
         assert inspect.iscoroutinefunction(getattr(frazil.Repository, name)), name
         assert shape(getattr(frazil.Repository, name)) == shape(sync), name
