@@ -811,6 +811,11 @@ class Repository:
 
         return runtime.run(go())
 
+    def rearrange_session(self, branch: str) -> Session:
+        """Icechunk 2.x's session for ``Session.move``: here a ``writable_session``, since
+        any writable session can move nodes (and also write) in one commit."""
+        return self.writable_session(branch)
+
     def writable_session(self, branch: str) -> Session:
         """A session at the tip of ``branch`` whose commit moves the branch.
 
@@ -1262,6 +1267,7 @@ class Repository:
     save_config_async = _in_thread(save_config)
     total_chunks_storage_async = _in_thread(total_chunks_storage)
     writable_session_async = _in_thread(writable_session)
+    rearrange_session_async = _in_thread(rearrange_session)
     get_metadata_async = _in_thread(get_metadata)
     set_metadata_async = _in_thread(set_metadata)
     update_metadata_async = _in_thread(update_metadata)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import zarr
@@ -88,6 +90,41 @@ def test_move_group_reads_back_and_time_travels(repo: frazil.Repository) -> None
     assert "Nodes moved/renamed:\n    /my/old -> /my/new" in str(diff)
     back = repo.diff(from_snapshot_id=second, to_snapshot_id=first)
     assert ("/my/new/path/array", "/my/old/path/array") in back.moved_nodes
+
+
+def test_icechunk_2_basic_move(repo: frazil.Repository) -> None:
+    """Icechunk 2.x's own first move example, through its names."""
+    s = repo.writable_session("main")
+    root = zarr.group(store=s.store, overwrite=True)
+    root.create_group("my/old/path").create_array(
+        "array", shape=(10, 10), chunks=(2, 2), dtype="i4", fill_value=42
+    )
+    s.commit("create array")
+    s = repo.rearrange_session("main")
+    s.move("/my/old", "/my/new")
+    keys = sorted(asyncio.run(_keys(s.store)))
+    assert keys == [
+        "my/new/path/array/zarr.json",
+        "my/new/path/zarr.json",
+        "my/new/zarr.json",
+        "my/zarr.json",
+        "zarr.json",
+    ]
+    s.commit("directory renamed")
+    group = zarr.open_group(store=repo.readonly_session("main").store, mode="r")
+    np.testing.assert_array_equal(group["my/new/path/array"], 42)
+    a, b, *_ = repo.ancestry(branch="main")
+    diff = repo.diff(from_snapshot_id=b.id, to_snapshot_id=a.id)
+    assert str(diff) == (
+        "Nodes moved/renamed:\n"
+        "    /my/old -> /my/new\n"
+        "    /my/old/path -> /my/new/path\n"
+        "    /my/old/path/array -> /my/new/path/array"
+    )
+
+
+async def _keys(store: zarr.abc.store.Store) -> list[str]:
+    return [k async for k in store.list()]
 
 
 def test_move_rewrites_no_chunk_or_manifest() -> None:
