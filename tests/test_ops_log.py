@@ -86,6 +86,11 @@ def test_archives_keep_every_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(archives) >= 4
     ref = json.loads(asyncio.run(storage.get("refs/branch.main/ref.json")))
     assert len(ref["ops"]) <= 6 and ref["ops_next"] in {k[len(OPS) :] for k in archives}
+    repo.garbage_collect(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+    assert repo.fsck().ok
+    assert set(asyncio.run(storage.list(OPS))) == set(archives)  # gc leaves the log alone
+    after = [u.kind for u in repo.ops_log() if isinstance(u.kind, UpdateType.NewCommit)]
+    assert after == commits
 
 
 def test_concurrent_commits_are_logged_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
