@@ -264,8 +264,6 @@ async def move_branch(
             early = None  # it failed: written again if still due
         if expected.record.write_id != ref.record.write_id:
             early = None  # prepared from another version of the log
-        if not move.delete:
-            assert move.snapshot_id is not None
         data = await _ref_body(
             storage,
             BRANCH_REF,

@@ -83,7 +83,8 @@ async def change_info(
             result = await storage.put_if_version(REPO_INFO, body, version)
         if result.ok:
             return new
-        # lost, or the answer was lost: read again and re-apply (harmless if ours landed)
+        # lost to another writer (a lost answer was read back by RetryingStorage: the
+        # document's write_id makes ours recognisable), so apply the change again
         await asyncio.sleep(short_pause(n))
     raise ConflictError(
         f"gave up changing {REPO_INFO} after {TRIES} attempts: other writers kept changing it"

@@ -148,3 +148,17 @@ def test_gc_and_fsck_leave_it_alone(repo: frazil.Repository) -> None:
     assert repo.fsck().ok
     assert repo.metadata == {"keep": "me"}
     assert set(repo.list_branches()) == {"main"}
+
+
+def test_lost_answers_are_settled_by_reading_back() -> None:
+    """Conditional puts whose answers are lost (RetryingStorage reads the document back;
+    its write_id makes ours recognisable): every update lands once, and is logged once."""
+    faulty = frazil.FaultInjectingStorage(
+        frazil.in_memory_storage(), drop_response_rate=0.3, seed=7
+    )
+    repo = frazil.Repository.create(frazil.RetryingStorage(faulty, backoff_base=0.0))
+    for i in range(12):
+        repo.update_metadata({f"k{i}": i})
+    assert repo.metadata == {f"k{i}": i for i in range(12)}
+    changes = [u for u in repo.ops_log() if isinstance(u.kind, frazil.UpdateType.MetadataChanged)]
+    assert len(changes) == 12
