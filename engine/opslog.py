@@ -1,5 +1,6 @@
 """The operations log (Icechunk 2.x's ``Repository.ops_log``): ``Update`` values read
-from the logs refs and the repository document carry (SPEC §6.1), newest first."""
+from the logs that refs, the repository document and the history cuts carry (SPEC
+§6.1), newest first."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import ClassVar
 from frazil.format import keys
 from frazil.format.common import (
     BRANCH_REF,
+    HISTORY_CUTS,
     REPO_INFO,
     TAG_REF,
     FormatError,
@@ -185,9 +187,10 @@ async def _document(storage: Storage, key: str) -> tuple[list[OpEntry], str | No
     obj = load_json(data, key)
     if not isinstance(obj, dict):
         raise FormatError(f"{key}: not a JSON object")
-    if key == keys.REPO_INFO:
-        decode_json(data, REPO_INFO, key)
-        return await _chain(storage, obj.get("ops"), obj.get("ops_next"), key), None
+    for whole, object_type in ((keys.REPO_INFO, REPO_INFO), (keys.CUTS, HISTORY_CUTS)):
+        if key == whole:
+            decode_json(data, object_type, key)
+            return await _chain(storage, obj.get("ops"), obj.get("ops_next"), key), None
     for kind in (BRANCH_REF, TAG_REF):
         name = keys.ref_name(kind, key)
         if name is not None:
@@ -202,7 +205,8 @@ async def read_ops_log(storage: Storage) -> list[Update]:
     listed = [
         k
         for k in await storage.list(keys.REFS)
-        if k == keys.REPO_INFO or any(keys.ref_name(t, k) for t in (BRANCH_REF, TAG_REF))
+        if k in (keys.REPO_INFO, keys.CUTS)
+        or any(keys.ref_name(t, k) for t in (BRANCH_REF, TAG_REF))
     ]
     docs = await runtime.gather_limited([_document(storage, k) for k in sorted(listed)], limit=32)
     rows: list[tuple[dt.datetime, int, Update]] = []
