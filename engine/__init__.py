@@ -19,6 +19,7 @@ from .diff import Diff
 from .errors import (
     AlreadyExistsError,
     ConflictError,
+    ErrorKind,
     FormatError,
     FrazilError,
     InvalidInputError,
@@ -31,6 +32,7 @@ from .errors import (
 from .errors import FrazilError as IcechunkError
 from .logs import initialize_logs, print_debug_info, set_logs_filter
 from .maintenance import ChunkStorageStats, GCSummary
+from .opslog import Update, UpdateType
 from .repository import Repository, SnapshotInfo
 from .session import ForkSession, Session
 from .settings import (
@@ -50,6 +52,7 @@ from .settings import (
     from_dict,
     to_dict,
 )
+from .spec import SpecVersion
 from .storage import (
     AzureStorage,
     FaultInjectingStorage,
@@ -149,6 +152,10 @@ __all__ = [
     "print_debug_info",
     "set_logs_filter",
     "spec_version",
+    "ErrorKind",
+    "SpecVersion",
+    "Update",
+    "UpdateType",
     "BasicConflictSolver",
     "Conflict",
     "ConflictDetector",

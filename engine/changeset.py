@@ -19,6 +19,7 @@ spilled segments never overlap.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import threading
 from collections.abc import Iterable, Iterator
@@ -489,6 +490,21 @@ class ChangeSet:
                 self.nodes.pop(path, None)
             if node_id is not None:
                 self.chunks.pop(node_id, None)
+
+    def move_nodes(self, moves: list[tuple[NodeRecord, str]], base_paths: Iterable[str]) -> None:
+        """Stage each (current record, new path) as the same node (same id, so its
+        chunks, staged or committed, follow it) at the new path, and its old path as
+        deleted (forgotten if ``base_paths`` does not hold it). Old and new paths must
+        be disjoint sets (the caller checks)."""
+        in_base = set(base_paths)
+        with self.lock:
+            for rec, _ in moves:
+                if rec.path in in_base:
+                    self.nodes[rec.path] = None
+                else:
+                    self.nodes.pop(rec.path, None)
+            for rec, path in moves:
+                self.nodes[path] = dataclasses.replace(rec, path=path)
 
     def table(self, node_id: NodeId, ndim: int) -> ChunkTable:
         t = self.chunks.get(node_id)

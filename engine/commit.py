@@ -161,6 +161,7 @@ def prepare_commit(
     history index, from ``frazil.history.index_for_child``)."""
     sid = snapshot_id or SnapshotId.new()
     nodes = {n.path: n for n in base.nodes}
+    base_by_id = {n.node_id: n for n in base.nodes}
     log: list[NodeChange] = []
 
     for path, staged in sorted(changes.nodes.items()):
@@ -173,7 +174,11 @@ def prepare_commit(
         if staged is None:
             continue
         if old is None or old.node_id != staged.node_id:
-            nodes[path] = dataclasses.replace(staged, segments=())
+            # a moved node (its id is in the base at another path) keeps the base's
+            # segments, read now: on a rebase, the new base's (see "Moves" in SPEC.md)
+            moved = base_by_id.get(staged.node_id)
+            segments = moved.segments if moved is not None else ()
+            nodes[path] = dataclasses.replace(staged, segments=segments)
             kind = tx.NEW_ARRAY if staged.node_type == ARRAY else tx.NEW_GROUP
             log.append(NodeChange(kind, path, staged.node_id))
         elif staged.zarr_json != old.zarr_json:

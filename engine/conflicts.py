@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from frazil.format import Coord, NodeId
 
 from .diff import Diff
-from .errors import ConflictError
+from .errors import ConflictError, ErrorKind
 
 
 class ConflictType(enum.Enum):
@@ -29,6 +29,7 @@ class ConflictType(enum.Enum):
     ChunksUpdatedInUpdatedArray = 8
     DeleteOfUpdatedArray = 9
     DeleteOfUpdatedGroup = 10
+    MoveOperationCannotBeRebased = 11
 
 
 class VersionSelection(enum.Enum):
@@ -60,6 +61,8 @@ class Conflict:
 
 class RebaseFailedError(ConflictError):
     """Rebasing onto ``snapshot_id`` found conflicts the solver would not resolve."""
+
+    default_kind = ErrorKind.REBASE_FAILED
 
     def __init__(self, snapshot_id: str, conflicts: Sequence[Conflict]) -> None:
         lines = "; ".join(str(c) for c in conflicts[:20])
@@ -94,6 +97,21 @@ class ChangeSummary(Diff):
         """A base node at ``path`` was deleted and a new one created there."""
         return path in self.deleted_nodes and path in self.new_nodes
 
+    @property
+    def moved_from(self) -> set[str]:
+        """The paths nodes were moved away from."""
+        return {src for src, _ in self.moved_nodes}
+
+    def changed(self, path: str) -> bool:
+        """The node at ``path`` (a base node) was deleted, replaced, moved, had its
+        metadata updated or chunks written."""
+        return (
+            path in self.deleted_nodes
+            or path in self.updated_arrays
+            or path in self.updated_groups
+            or self.wrote(path)
+        )
+
     def add_chunks(self, path: str, coords: Iterable[Coord]) -> None:
         self.updated_chunks.setdefault(path, set()).update(coords)
 
@@ -114,7 +132,7 @@ def _under_deleted_group(path: str, deleted_groups: set[str]) -> bool:
 # -- the rules -----------------------------------------------------------------------------
 # Each rule yields (sort key, conflict); ``detect_conflicts`` returns the conflicts of the
 # rules it is given in the order of their keys: (area, path, rank), the areas being new
-# nodes (0, 1), metadata updates (2, 3), chunk writes (4) and deletions (5, 6).
+# nodes (0, 1), metadata updates (2, 3), chunk writes (4), deletions (5, 6) and moves (7, 8).
 Keyed = Iterator[tuple[tuple[int, str, int], Conflict]]
 Rule = Callable[[ChangeSummary, ChangeSummary], Keyed]
 
@@ -200,10 +218,11 @@ def chunk_written_twice(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
 def delete_of_changed_node(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
     """We deleted a node they changed (updated, wrote chunks of, or replaced: a path in
     both their deleted and new nodes was replaced, and counts as changed)."""
-    for path in sorted(ours.deleted_arrays):
+    moved = ours.moved_from  # a move is no delete: ``moved_node_changed`` has those
+    for path in sorted(ours.deleted_arrays - moved):
         if path in theirs.updated_arrays or path in theirs.new_nodes or theirs.wrote(path):
             yield (5, path, 0), Conflict(ConflictType.DeleteOfUpdatedArray, path)
-    for path in sorted(ours.deleted_groups):
+    for path in sorted(ours.deleted_groups - moved):
         if path in theirs.updated_groups or path in theirs.new_nodes:
             yield (6, path, 0), Conflict(ConflictType.DeleteOfUpdatedGroup, path)
 
@@ -220,6 +239,17 @@ def replacement_of_changed_node(ours: ChangeSummary, theirs: ChangeSummary) -> K
                 yield (0, path, 0), Conflict(ConflictType.NewNodeConflictsWithExistingNode, path)
 
 
+def moved_node_changed(ours: ChangeSummary, theirs: ChangeSummary) -> Keyed:
+    """One side moved a node (or a group holding it) that the other changed in any way:
+    updated, wrote chunks of, deleted, replaced or moved too. Either way round, and no
+    solver resolves it: a write to a moved array is never dropped nor silently kept at
+    a path that no longer exists."""
+    for one, other, area in ((ours, theirs, 7), (theirs, ours, 8)):
+        for path in sorted(one.moved_from):
+            if other.changed(path):
+                yield (area, path, 0), Conflict(ConflictType.MoveOperationCannotBeRebased, path)
+
+
 REBASE_RULES: tuple[Rule, ...] = (
     new_node_collides,
     new_node_in_deleted_group,
@@ -229,6 +259,7 @@ REBASE_RULES: tuple[Rule, ...] = (
     chunks_in_updated_array,
     chunk_written_twice,
     delete_of_changed_node,
+    moved_node_changed,
 )
 """What a rebase checks: our staged changes against the commits that landed meanwhile."""
 
@@ -240,6 +271,7 @@ MERGE_RULES: tuple[Rule, ...] = (
     metadata_updated_twice,
     chunks_in_deleted_array,
     delete_of_changed_node,
+    moved_node_changed,
 )
 """What a merge checks, a fork's changes against what is merged so far: the rebase's rules
 but chunks written to an array whose metadata another fork updated (forks of one session

@@ -19,8 +19,10 @@ from .objects import ObjectReader
 
 @dataclass(frozen=True)
 class Diff:
-    """Groups and arrays created, deleted or whose metadata changed (by path), and per
-    array path the coordinates of the chunks written or deleted."""
+    """Groups and arrays created, deleted or whose metadata changed (by path), per
+    array path the coordinates of the chunks written or deleted, and the nodes moved
+    (``moved_nodes``: (from, to) pairs, sorted by the path moved to; a moved node is
+    neither new nor deleted, and its other changes are listed under its new path)."""
 
     new_groups: set[str] = field(default_factory=set)
     new_arrays: set[str] = field(default_factory=set)
@@ -29,6 +31,7 @@ class Diff:
     updated_groups: set[str] = field(default_factory=set)
     updated_arrays: set[str] = field(default_factory=set)
     updated_chunks: dict[str, set[Coord]] = field(default_factory=dict)
+    moved_nodes: list[tuple[str, str]] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not any(
@@ -40,11 +43,15 @@ class Diff:
                 self.updated_groups,
                 self.updated_arrays,
                 self.updated_chunks,
+                self.moved_nodes,
             )
         )
 
     def __str__(self) -> str:
         lines = []
+        if self.moved_nodes:
+            lines.append("Nodes moved/renamed:")
+            lines.extend(f"    {a} -> {b}" for a, b in self.moved_nodes)
         for title, paths in (
             ("New groups", self.new_groups),
             ("New arrays", self.new_arrays),
@@ -75,12 +82,17 @@ def node_diff(
     old: dict[str, NodeRecord], new: dict[str, NodeRecord], chunks: dict[NodeId, set[Coord]]
 ) -> Diff:
     """Compare two node tables (path -> record); ``chunks`` holds the chunk coordinates
-    written per node id. Nodes are matched by path and id: a path whose node id changed
-    was deleted and created again."""
+    written per node id. Nodes are matched by id: a node id at another path was moved
+    there; a path whose node id changed was deleted and created again."""
     d = Diff()
-    for path, rec in new.items():
-        before = old.get(path)
-        if before is None or before.node_id != rec.node_id:
+    old_paths = {rec.node_id: path for path, rec in old.items()}
+    new_ids = {rec.node_id for rec in new.values()}
+    for path, rec in sorted(new.items()):
+        was = old_paths.get(rec.node_id)
+        before = old.get(was) if was is not None else None
+        if was is not None and was != path:
+            d.moved_nodes.append((was, path))
+        if before is None:
             (d.new_arrays if rec.node_type == ARRAY else d.new_groups).add(path)
         elif before.zarr_json != rec.zarr_json:
             (d.updated_arrays if rec.node_type == ARRAY else d.updated_groups).add(path)
@@ -89,8 +101,7 @@ def node_diff(
             if written:
                 d.updated_chunks[path] = set(written)
     for path, rec in old.items():
-        after = new.get(path)
-        if after is None or after.node_id != rec.node_id:
+        if rec.node_id not in new_ids:
             (d.deleted_arrays if rec.node_type == ARRAY else d.deleted_groups).add(path)
     return d
 
@@ -187,11 +198,12 @@ async def _content_chunks(
     from .zarrmeta import parse_zarr_json
 
     chunks: dict[NodeId, set[Coord]] = {}
+    old_by_id = {n.node_id: n for n in old.values()}
     for path, rec in new.items():
         if rec.node_type != ARRAY:
             continue
-        before = old.get(path)
-        if before is not None and before.node_id == rec.node_id:
+        before = old_by_id.get(rec.node_id)  # by id: a moved array is the same array
+        if before is not None:
             if before.segments == rec.segments:
                 continue
             nodes = [before, rec]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from frazil.format.errors import FormatError, FrazilError
+from frazil.format.errors import ErrorKind, FormatError, FrazilError
 
 __all__ = [
     "AlreadyExistsError",
     "ConflictError",
+    "ErrorKind",
     "FormatError",
     "FrazilError",
     "InvalidInputError",
@@ -27,6 +28,8 @@ class ConflictError(FrazilError):
     ``conflicts`` lists the ``Conflict`` values found by a merge or rebase.
     """
 
+    default_kind = ErrorKind.COMMIT_CONFLICT
+
     def __init__(
         self,
         message: str,
@@ -34,8 +37,9 @@ class ConflictError(FrazilError):
         expected_parent: Any = None,
         actual_parent: Any = None,
         conflicts: Any = None,
+        kind: ErrorKind | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, kind=kind)
         self.expected_parent = expected_parent
         self.actual_parent = actual_parent
         self.conflicts = list(conflicts or ())
@@ -49,6 +53,8 @@ class ConflictError(FrazilError):
 class NotFoundError(FrazilError, KeyError):
     """A branch, tag, snapshot, node or object does not exist."""
 
+    default_kind = ErrorKind.KEY_NOT_FOUND
+
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
 
@@ -56,17 +62,25 @@ class NotFoundError(FrazilError, KeyError):
 class AlreadyExistsError(FrazilError):
     """Something that is created once (a repository, branch, tag) already exists."""
 
+    default_kind = ErrorKind.NODE_ALREADY_EXISTS
+
 
 class ReadOnlyError(FrazilError):
     """A write through a read-only session, store or storage."""
+
+    default_kind = ErrorKind.READ_ONLY_SESSION
 
 
 class InvalidInputError(FrazilError, ValueError):
     """An argument is malformed: a bad name, key, coordinate, range or type."""
 
+    default_kind = ErrorKind.INVALID_KEY
+
 
 class StorageError(FrazilError):
     """The storage backend failed (I/O error, permission, unreachable service)."""
+
+    default_kind = ErrorKind.STORAGE_OTHER
 
 
 class TransientStorageError(StorageError):
@@ -87,9 +101,16 @@ class VirtualChunkError(FrazilError):
     recorded time). ``location`` and ``url_prefix`` say which, where known. Never
     answered with other bytes."""
 
+    default_kind = ErrorKind.VIRTUAL_CHUNK_FETCH
+
     def __init__(
-        self, message: str, *, location: str | None = None, url_prefix: str | None = None
+        self,
+        message: str,
+        *,
+        location: str | None = None,
+        url_prefix: str | None = None,
+        kind: ErrorKind | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, kind=kind)
         self.location = location
         self.url_prefix = url_prefix

@@ -33,7 +33,11 @@ def summarize_changes(
     """What ``changes`` does relative to the node table ``base`` (path -> record);
     ``coords=False`` records which arrays have chunk writes, not their coordinates."""
     s = ChangeSummary()
+    base_paths = {rec.node_id: path for path, rec in base.items()}
     for path, staged in changes.nodes.items():
+        was = base_paths.get(staged.node_id) if staged is not None else None
+        if was is not None and was != path:
+            s.moved_nodes.append((was, path))
         old = base.get(path)
         replaced = old is not None and (staged is None or staged.node_id != old.node_id)
         if replaced:
@@ -57,6 +61,10 @@ def summarize_changes(
     return s
 
 
+_DELETED = (tx.DELETED_GROUP, tx.DELETED_ARRAY)
+_NEW = (tx.NEW_GROUP, tx.NEW_ARRAY)
+
+
 def summarize_logs(logs: Iterable[TransactionLog], *, coords: bool = True) -> ChangeSummary:
     """The union of several commits' changes (oldest first); ``coords=False`` records
     which arrays had chunk writes, not their coordinates (``RowSet`` finds the chunks
@@ -71,7 +79,10 @@ def summarize_logs(logs: Iterable[TransactionLog], *, coords: bool = True) -> Ch
         tx.UPDATED_ARRAY: s.updated_arrays,
     }
     for log in logs:
+        gone = {c.node_id: c.path for c in log.changes if c.change in _DELETED}
         for change in log.changes:
+            if change.change in _NEW and change.node_id in gone:  # see "Moves" in SPEC.md
+                s.moved_nodes.append((gone[change.node_id], change.path))
             if change.change == tx.CHUNKS:
                 if not coords:
                     s.written.add(change.path)

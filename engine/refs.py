@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from frazil.format import keys
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
 from frazil.format.ids import SnapshotId
+from frazil.format.oplog import OpEntry, OpKind, append, now, prepare_archive
 from frazil.format.refs import RefRecord, decode_ref, encode_ref
 
 from . import runtime
 from .errors import (
     AlreadyExistsError,
     ConflictError,
+    ErrorKind,
     InvalidInputError,
     NotFoundError,
 )
@@ -28,7 +30,10 @@ _BAD = re.compile(r"[/\\\x00-\x1f\x7f]")
 def validate_name(name: object, what: str) -> str:
     """Refuse names that cannot be keys: empty, '/', '..', control characters, a leading dot."""
     if not isinstance(name, str):
-        raise InvalidInputError(f"{what} name must be a string, got {type(name).__name__}")
+        raise InvalidInputError(
+            f"{what} name must be a string, got {type(name).__name__}",
+            kind=ErrorKind.INVALID_REF_NAME,
+        )
     if (
         not name
         or len(name) > 255
@@ -39,9 +44,14 @@ def validate_name(name: object, what: str) -> str:
     ):
         raise InvalidInputError(
             f"invalid {what} name {name!r}: names are 1-255 characters with no '/', '\\', "
-            "'..', control characters, leading dot or surrounding spaces"
+            "'..', control characters, leading dot or surrounding spaces",
+            kind=ErrorKind.INVALID_REF_NAME,
         )
     return name
+
+
+def _missing(kind: str) -> ErrorKind:
+    return ErrorKind.BRANCH_NOT_FOUND if kind == BRANCH_REF else ErrorKind.TAG_NOT_FOUND
 
 
 def branch_key(name: str) -> str:
@@ -69,7 +79,7 @@ async def read_any_ref(storage: Storage, kind: str, name: str) -> Ref:
     try:
         data, version = await storage.get_with_version(key)
     except NotFoundError:
-        raise NotFoundError(f"{what} {name!r} does not exist") from None
+        raise NotFoundError(f"{what} {name!r} does not exist", kind=_missing(kind)) from None
     return Ref(decode_ref(data, kind, key, name), version)
 
 
@@ -78,18 +88,68 @@ async def read_ref(storage: Storage, kind: str, name: str) -> Ref:
     ref = await read_any_ref(storage, kind, name)
     if ref.record.deleted:
         if kind == BRANCH_REF:
-            raise NotFoundError(f"branch {name!r} does not exist (it was deleted)")
-        raise NotFoundError(f"tag {name!r} was deleted")
+            raise NotFoundError(
+                f"branch {name!r} does not exist (it was deleted)", kind=_missing(kind)
+            )
+        raise NotFoundError(f"tag {name!r} was deleted", kind=_missing(kind))
     return ref
 
 
+RECORD_OPS = True
+"""Whether ref writes carry the operations log (SPEC §6.1); benchmarks turn it off to
+measure what it costs."""
+
+
+async def _ref_body(
+    storage: Storage,
+    kind: str,
+    name: str,
+    base: RefRecord | None,
+    entry: OpEntry,
+    snapshot_id: SnapshotId | None = None,
+    checksum: int | None = None,
+    archive: tuple[str, bytes] | None = None,
+) -> bytes:
+    """The ref document replacing ``base`` (None: there is none), with ``entry`` after
+    ``base``'s operations log; an archive object that falls due is written first (unless
+    ``archive``, prepared from the same log, was written already)."""
+    if not RECORD_OPS:
+        return encode_ref(kind, snapshot_id, checksum, snapshot_id is None, name=name)
+    log = append(
+        None if base is None else base.ops, None if base is None else base.ops_next, entry, archive
+    )
+    if log.archive is not None and log.archive is not archive:
+        await storage.put(keys.ops_key(log.archive[0]), log.archive[1])
+    return encode_ref(
+        kind,
+        snapshot_id,
+        checksum,
+        snapshot_id is None,
+        name=name,
+        ops=log.ops,
+        ops_next=log.ops_next,
+    )
+
+
 async def create_ref(
-    storage: Storage, kind: str, name: str, snapshot_id: SnapshotId, checksum: int
+    storage: Storage,
+    kind: str,
+    name: str,
+    snapshot_id: SnapshotId,
+    checksum: int,
+    op: OpKind | None = None,
 ) -> None:
     """Create a branch or tag. A branch may be created again over the tombstone a
-    deletion left (by compare-and-swap on it); a tag name is never reused."""
+    deletion left (by compare-and-swap on it; the new ref continues its operations log);
+    a tag name is never reused. ``op``: what the log records (default: branch or tag
+    created)."""
     key = branch_key(name) if kind == BRANCH_REF else tag_key(name)
-    data = encode_ref(kind, snapshot_id, checksum, name=name)
+    entry = OpEntry(
+        op or (OpKind.BRANCH_CREATED if kind == BRANCH_REF else OpKind.TAG_CREATED),
+        now(),
+        str(snapshot_id),
+    )
+    data = await _ref_body(storage, kind, name, None, entry, snapshot_id, checksum)
     result = await storage.put_if_absent(key, data)
     while not result.ok:
         what = "branch" if kind == BRANCH_REF else "tag"
@@ -99,9 +159,18 @@ async def create_ref(
             result = await storage.put_if_absent(key, data)
             continue
         if not current.record.deleted:
-            raise AlreadyExistsError(f"{what} {name!r} already exists")
+            raise AlreadyExistsError(
+                f"{what} {name!r} already exists",
+                kind=ErrorKind.BRANCH_ALREADY_EXISTS
+                if kind == BRANCH_REF
+                else ErrorKind.TAG_ALREADY_EXISTS,
+            )
         if kind == TAG_REF:
-            raise AlreadyExistsError(f"tag {name!r} was deleted, and tag names are never reused")
+            raise AlreadyExistsError(
+                f"tag {name!r} was deleted, and tag names are never reused",
+                kind=ErrorKind.TAG_PREVIOUSLY_DELETED,
+            )
+        data = await _ref_body(storage, kind, name, current.record, entry, snapshot_id, checksum)
         result = await storage.put_if_version(key, data, current.version)
 
 
@@ -118,6 +187,14 @@ class Move:
     expected: Ref | None = None
     delete: bool = False
     forget: Callable[[], None] | None = None
+    #: what the operations log records (default: a deletion, else a new commit)
+    op: OpKind | None = None
+
+    def entry(self, previous: SnapshotId | None) -> OpEntry:
+        """The operations log entry of this move, from the snapshot ``previous``."""
+        kind = self.op or (OpKind.BRANCH_DELETED if self.delete else OpKind.NEW_COMMIT)
+        snap = None if self.snapshot_id is None else str(self.snapshot_id)
+        return OpEntry(kind, now(), snap, None if previous is None else str(previous))
 
 
 @dataclass(frozen=True)
@@ -167,19 +244,39 @@ async def move_branch(
     while True:
         n += 1
         ref = await read_ref(storage, BRANCH_REF, name)
-        move = await attempt(ref, n)
+        # an operations log archive falling due is written while the attempt writes its
+        # objects (no round trip of its own); used if the swap is from this same ref
+        early = prepare_archive(ref.record.ops, ref.record.ops_next) if RECORD_OPS else None
+        writing = (
+            asyncio.ensure_future(storage.put(keys.ops_key(early[0]), early[1]))
+            if early is not None
+            else None
+        )
+        try:
+            move = await attempt(ref, n)
+        finally:
+            if writing is not None:
+                await asyncio.gather(writing, return_exceptions=True)
         if move is None:
             return Moved(None, n)
         expected = move.expected or ref
-        if move.delete:
-            data = encode_ref(BRANCH_REF, None, None, deleted=True, name=name)
-        else:
-            assert move.snapshot_id is not None
-            data = encode_ref(BRANCH_REF, move.snapshot_id, move.checksum, name=name)
+        if writing is not None and writing.exception() is not None:
+            early = None  # it failed: written again if still due
+        if expected.record.write_id != ref.record.write_id:
+            early = None  # prepared from another version of the log
+        data = await _ref_body(
+            storage,
+            BRANCH_REF,
+            name,
+            expected.record,
+            move.entry(expected.record.snapshot_id),
+            move.snapshot_id,
+            move.checksum,
+            early,
+        )
         result = await storage.put_if_version(branch_key(name), data, expected.version)
         if result.ok:
-            if move.delete and storage.supports_conditional_delete and result.version:
-                await storage.delete_if_version(branch_key(name), result.version)
+            # a deleted branch's tombstone stays: it keeps the branch's operations log
             return Moved(move, n)
         if result.uncertain and not move.delete and move.snapshot_id is not None:
             if await _landed(storage, name, move.snapshot_id, expected, history):
@@ -220,8 +317,8 @@ async def delete_branch(
     """Delete a branch so that it stays deleted: the ref is replaced by a tombstone by
     compare-and-swap on the version read, so a commit racing with the deletion either
     lands first (and is then deleted with the branch) or fails its own swap; it never
-    brings the branch back. Where the backend can, the tombstone is then removed by a
-    conditional delete (only if it is still that tombstone). ``NotFoundError`` if the
+    brings the branch back. The tombstone stays, holding the branch's operations log
+    (a branch of that name created later continues it). ``NotFoundError`` if the
     branch does not exist (or was deleted meanwhile)."""
 
     async def attempt(ref: Ref, n: int) -> Move:
@@ -232,9 +329,10 @@ async def delete_branch(
 
 async def tombstone_tag(storage: Storage, name: str) -> None:
     current = await read_ref(storage, TAG_REF, name)
-    result = await storage.put_if_version(
-        tag_key(name), encode_ref(TAG_REF, None, None, deleted=True, name=name), current.version
-    )
+    previous = current.record.snapshot_id
+    entry = OpEntry(OpKind.TAG_DELETED, now(), None, None if previous is None else str(previous))
+    data = await _ref_body(storage, TAG_REF, name, current.record, entry)
+    result = await storage.put_if_version(tag_key(name), data, current.version)
     if not result.ok:
         raise ConflictError(f"tag {name!r} changed while being deleted; try again")
 

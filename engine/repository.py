@@ -17,8 +17,9 @@ from typing import Any, ParamSpec, TypeVar, cast
 from frazil.format import CommitInfo, Snapshot, SnapshotId, keys
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
 from frazil.format.config import decode_config, encode_config
+from frazil.format.oplog import OpKind
 
-from . import history, maintenance, runtime
+from . import history, maintenance, repo_info, runtime
 from .commit import initial_snapshot
 from .compaction import CompactionSummary, Progress, compact_branch
 from .conflicts import ConflictSolver
@@ -26,6 +27,7 @@ from .diff import Diff, diff_snapshots
 from .errors import (
     AlreadyExistsError,
     ConflictError,
+    ErrorKind,
     InvalidInputError,
     NotFoundError,
     ReadOnlyError,
@@ -33,6 +35,7 @@ from .errors import (
 from .maintenance import ChunkStorageStats, FsckReport, GCSummary
 from .maintenance.reach import cutoff_ms
 from .objects import ObjectReader
+from .opslog import Update, read_ops_log
 from .refs import (
     Move,
     Ref,
@@ -47,6 +50,7 @@ from .refs import (
     validate_name,
 )
 from .session import Session, _check_metadata
+from .spec import SpecVersion, check_spec_version
 from .storage.base import Storage
 from .virtual import VirtualResolver, check_authorization
 
@@ -151,7 +155,10 @@ def _named_by(label: str | None) -> Iterator[None]:
     try:
         yield
     except NotFoundError as e:
-        raise NotFoundError(f"{label} names a snapshot that cannot be found: {e}") from e
+        raise NotFoundError(
+            f"{label} names a snapshot that cannot be found: {e}",
+            kind=ErrorKind.SNAPSHOT_NOT_FOUND,
+        ) from e
     except FormatError as e:
         raise FormatError(f"{label}: {e}") from e
 
@@ -264,6 +271,7 @@ class Repository:
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
         *,
         virtual_chunk_credentials: Any = None,
+        spec_version: SpecVersion | int | None = None,
     ) -> Repository:
         """Create a new repository in ``storage``.
 
@@ -283,6 +291,9 @@ class Repository:
         virtual_chunk_credentials
             Removed in Icechunk 1.0 (replaced by ``authorize_virtual_chunk_access``):
             passing it raises ``InvalidInputError`` saying so.
+        spec_version
+            Icechunk 2.x's parameter, for frazil's own format versions (``SpecVersion``):
+            None or ``SpecVersion.current()``; others raise ``InvalidInputError``.
 
         Returns
         -------
@@ -297,6 +308,7 @@ class Repository:
             ``storage`` is read-only.
         """
         _refuse_removed(virtual_chunk_credentials)
+        check_spec_version(spec_version)
         return runtime.run(cls._create(storage, config, authorize_virtual_chunk_access))
 
     @classmethod
@@ -314,7 +326,10 @@ class Repository:
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         _check_config(config)
         if not storage.writable:
-            raise ReadOnlyError(f"cannot create a repository on read-only {storage.describe()}")
+            raise ReadOnlyError(
+                f"cannot create a repository on read-only {storage.describe()}",
+                kind=ErrorKind.READ_ONLY_STORAGE,
+            )
         if await _exists(storage):
             raise AlreadyExistsError(f"a repository already exists in {storage.describe()}")
         if (await storage.list("")) and not await storage.exists(CONFIG_KEY):
@@ -338,7 +353,14 @@ class Repository:
         await storage.put(plan.log[0], plan.log[1])
         await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
         try:
-            await create_ref(storage, BRANCH_REF, MAIN, plan.snapshot.id, plan.snapshot_checksum)
+            await create_ref(
+                storage,
+                BRANCH_REF,
+                MAIN,
+                plan.snapshot.id,
+                plan.snapshot_checksum,
+                OpKind.REPO_INITIALIZED,
+            )
         except AlreadyExistsError:
             raise AlreadyExistsError(
                 f"a repository already exists in {storage.describe()}"
@@ -393,7 +415,10 @@ class Repository:
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         _check_config(config)
         if not await _exists(storage):
-            raise NotFoundError(f"no frazil repository in {storage.describe()}")
+            raise NotFoundError(
+                f"no frazil repository in {storage.describe()}",
+                kind=ErrorKind.REPOSITORY_NOT_FOUND,
+            )
         try:
             stored = RepositoryConfig.from_dict(
                 decode_config(await storage.get(CONFIG_KEY), CONFIG_KEY)
@@ -421,6 +446,7 @@ class Repository:
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
         *,
         virtual_chunk_credentials: Any = None,
+        create_version: SpecVersion | int | None = None,
     ) -> Repository:
         """Open the repository in ``storage``, or create it if there is none.
 
@@ -432,6 +458,7 @@ class Repository:
         Repository
         """
         _refuse_removed(virtual_chunk_credentials)
+        check_spec_version(create_version)  # (Icechunk 2.x's name for spec_version here)
         auth = authorize_virtual_chunk_access
         _check_config(config)
         if cls.exists(storage):
@@ -441,6 +468,18 @@ class Repository:
         except AlreadyExistsError:  # lost the race to another creator: wait for its main
             runtime.run(_wait_for_main(storage))
             return cls.open(storage, config, authorize_virtual_chunk_access=auth)
+
+    @property
+    def spec_version(self) -> SpecVersion:
+        """The format version of this repository (``SpecVersion.current()``: frazil reads
+        every older version, and refuses newer objects one by one)."""
+        return SpecVersion.current()
+
+    @staticmethod
+    def fetch_spec_version(storage: Storage) -> SpecVersion | None:
+        """The format version of the repository in ``storage``, or None if there is none
+        (as ``spec_version``: every repository this frazil opens reads at its version)."""
+        return SpecVersion.current() if Repository.exists(storage) else None
 
     @staticmethod
     def exists(storage: Storage) -> bool:
@@ -512,6 +551,7 @@ class Repository:
             The storage is read-only.
         """
         runtime.run(self._storage.put(CONFIG_KEY, encode_config(self._config.to_dict())))
+        runtime.run(repo_info.record(self._storage, OpKind.CONFIG_CHANGED))
 
     # -- resolving -------------------------------------------------------------------------
     async def _resolve(
@@ -619,7 +659,7 @@ class Repository:
                         expected_parent=str(expect),
                         actual_parent=str(ref.record.snapshot_id),
                     )
-                return Move(sid, cs)
+                return Move(sid, cs, op=OpKind.BRANCH_RESET)
 
             await move_branch(self._storage, name, attempt, history=self._reader.parent)
 
@@ -834,6 +874,11 @@ class Repository:
 
         return runtime.run(go())
 
+    def rearrange_session(self, branch: str) -> Session:
+        """Icechunk 2.x's session for ``Session.move``: here a ``writable_session``, since
+        any writable session can move nodes (and also write) in one commit."""
+        return self.writable_session(branch)
+
     def writable_session(self, branch: str) -> Session:
         """A session at the tip of ``branch`` whose commit moves the branch.
 
@@ -850,7 +895,9 @@ class Repository:
         """
         validate_name(branch, "branch")
         if not self._storage.writable:
-            raise ReadOnlyError(f"{self._storage.describe()} is read-only")
+            raise ReadOnlyError(
+                f"{self._storage.describe()} is read-only", kind=ErrorKind.READ_ONLY_STORAGE
+            )
 
         async def go() -> Session:
             snap, cs = await self._load(branch=branch)
@@ -863,7 +910,10 @@ class Repository:
     # -- maintenance: compaction, garbage collection, expiry, fsck, statistics ---------------
     def _check_writable_storage(self, what: str) -> None:
         if not self._storage.writable:
-            raise ReadOnlyError(f"cannot {what}: {self._storage.describe()} is read-only")
+            raise ReadOnlyError(
+                f"cannot {what}: {self._storage.describe()} is read-only",
+                kind=ErrorKind.READ_ONLY_STORAGE,
+            )
 
     def compact(
         self,
@@ -944,6 +994,8 @@ class Repository:
             # cached copies of deleted objects would let this repository open snapshots
             # that no longer exist (and then fail on their missing manifests)
             self._reader.forget()
+        if summary.objects_deleted and not dry_run:  # a run that changed nothing: no entry
+            runtime.run(repo_info.record(self._storage, OpKind.GC_RAN))
         return summary
 
     def expire_snapshots(
@@ -975,9 +1027,10 @@ class Repository:
             runtime.run(
                 self._delete_expired_refs(older_than, delete_expired_branches, delete_expired_tags)
             )
-        return runtime.run(
+        dropped = runtime.run(
             maintenance.expire_snapshots(self._storage, self._reader, older_than, progress)
         )
+        return dropped  # (its operations log entry is in the cuts document it wrote)
 
     def fsck(
         self,
@@ -1051,6 +1104,55 @@ class Repository:
     def default_commit_metadata(self) -> dict[str, Any]:
         """The metadata ``set_default_commit_metadata`` set (a copy; empty by default)."""
         return dict(self._default_metadata)
+
+    # -- repository metadata (Icechunk 2.x) -------------------------------------------------
+    def get_metadata(self) -> dict[str, Any]:
+        """The repository-level metadata (``refs/repo.json``; empty if never set)."""
+        return dict(runtime.run(repo_info.read_info(self._storage))[0].metadata)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """``get_metadata()``: read afresh on every access."""
+        return self.get_metadata()
+
+    def set_metadata(self, metadata: dict[str, Any]) -> None:
+        """Replace the repository-level metadata (a JSON object of at most 1 MiB),
+        by compare-and-swap.
+
+        Raises
+        ------
+        InvalidInputError
+            Not a dict of JSON-serializable values with string keys, or too large.
+        ReadOnlyError
+            The storage is read-only.
+        """
+        checked = repo_info.check_metadata(metadata)
+        runtime.run(repo_info.set_metadata(self._storage, checked))
+
+    def update_metadata(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``metadata`` into the repository-level metadata (its keys win), by
+        compare-and-swap, so concurrent updates of other keys are kept; returns the
+        metadata as written. Raises as ``set_metadata``."""
+        checked = repo_info.check_metadata(metadata)
+        return runtime.run(repo_info.update_metadata(self._storage, checked))
+
+    # -- operations log (Icechunk 2.x) ------------------------------------------------------
+    def ops_log(self) -> Iterator[Update]:
+        """What moved which ref, and what changed the repository, when: ``Update`` values
+        (``kind``: an ``UpdateType``, ``updated_at``), newest first. Branch and tag
+        creations, resets, deletions and commits are recorded in the ref write itself
+        (no extra write); config and metadata changes, gc and expiry in
+        ``refs/repo.json`` (SPEC §6.1)."""
+        return iter(runtime.run(read_ops_log(self._storage)))
+
+    def ops_log_async(self) -> AsyncIterator[Update]:
+        """``ops_log`` as an async iterator (read in a thread when first awaited)."""
+
+        async def go() -> AsyncIterator[Update]:
+            for update in await asyncio.to_thread(lambda: list(self.ops_log())):
+                yield update
+
+        return go()
 
     def _readonly_as_of(
         self, branch: str | None, tag: str | None, snapshot_id: str | None, as_of: dt.datetime
@@ -1177,9 +1279,16 @@ class Repository:
         storage: Storage,
         config: RepositoryConfig | None = None,
         authorize_virtual_chunk_access: Mapping[str, Any] | None = None,
+        *,
+        spec_version: SpecVersion | int | None = None,
     ) -> Repository:
         """``create``, run in a thread (``asyncio.to_thread``)."""
-        return await asyncio.to_thread(cls.create, storage, config, authorize_virtual_chunk_access)
+        return await asyncio.to_thread(
+            functools.partial(cls.create, spec_version=spec_version),
+            storage,
+            config,
+            authorize_virtual_chunk_access,
+        )
 
     @classmethod
     async def open_async(
@@ -1234,6 +1343,15 @@ class Repository:
     save_config_async = _in_thread(save_config)
     total_chunks_storage_async = _in_thread(total_chunks_storage)
     writable_session_async = _in_thread(writable_session)
+    rearrange_session_async = _in_thread(rearrange_session)
+    get_metadata_async = _in_thread(get_metadata)
+    set_metadata_async = _in_thread(set_metadata)
+    update_metadata_async = _in_thread(update_metadata)
+
+    @staticmethod
+    async def fetch_spec_version_async(storage: Storage) -> SpecVersion | None:
+        """``fetch_spec_version``, run in a thread (``asyncio.to_thread``)."""
+        return await asyncio.to_thread(Repository.fetch_spec_version, storage)
 
 
 def _check_config(config: object) -> None:

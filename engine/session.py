@@ -40,7 +40,7 @@ from frazil.format.filters import coord_hash
 from frazil.format.keys import chunk_key
 from frazil.format.manifest import virtual_rows
 
-from . import changeset, runtime
+from . import changeset, moves, runtime
 from .changeset import ChangeSet, ChunkTable, row_ref
 from .commit import CommitPlan, commit, prepare_commit, segment_object
 from .compaction import compact_for_commit
@@ -48,6 +48,7 @@ from .conflicts import ConflictSolver, detect_conflicts
 from .diff import Diff, node_diff
 from .errors import (
     ConflictError,
+    ErrorKind,
     FormatError,
     FrazilError,
     InvalidInputError,
@@ -99,11 +100,13 @@ class SessionHost(Protocol):
 def normalize_path(path: str) -> str:
     """'/a/b' form of a node path; refuses empty parts, '.' and '..'."""
     if not isinstance(path, str):
-        raise InvalidInputError(f"node path must be a string, got {type(path).__name__}")
+        raise InvalidInputError(
+            f"node path must be a string, got {type(path).__name__}", kind=ErrorKind.INVALID_PATH
+        )
     parts = [p for p in path.strip("/").split("/")] if path.strip("/") else []
     for p in parts:
         if p in ("", ".", "..") or any(ord(ch) < 32 for ch in p):
-            raise InvalidInputError(f"invalid node path {path!r}")
+            raise InvalidInputError(f"invalid node path {path!r}", kind=ErrorKind.INVALID_PATH)
     return "/" + "/".join(parts)
 
 
@@ -272,12 +275,46 @@ class Session:
             self.delete_node(p)
         return len(doomed)
 
+    def move(self, from_path: str, to_path: str) -> None:
+        """Move or rename the group or array at ``from_path``, with everything under it,
+        to ``to_path`` (whose parent group must exist). Nodes keep their ids, so no chunk
+        is read or rewritten: the cost is one record per moved node. Refuses (with what
+        and where) a missing source, the root, a destination that exists or lies inside
+        the source. Icechunk 2.x needs a ``rearrange_session`` for this; here any
+        writable session can move, and also write."""
+        self._check_writable()
+        src, dst = normalize_path(from_path), normalize_path(to_path)
+        planned = moves.plan_move(src, dst, self.node, self.nodes())
+        self._changes.move_nodes(planned, self._base_nodes)
+        for rec, path in planned:
+            self._journal_node(rec.path)
+            self._journal_node(path)
+        self._flush_journal_sync()
+
+    def get_node_id(self, path: str) -> str:
+        """The id of the group or array at ``path``: given when it was created, kept when
+        it moves (Icechunk 2.x's ``get_node_id``)."""
+        rec = self.node(normalize_path(path))
+        if rec is None:
+            raise NotFoundError(
+                f"no group or array at {path!r} (snapshot {self.snapshot_id})",
+                kind=ErrorKind.NODE_NOT_FOUND,
+            )
+        return str(rec.node_id)
+
+    async def move_async(self, from_path: str, to_path: str) -> None:
+        """``move``, for async code."""
+        self.move(from_path, to_path)
+        await self.flush_journal()
+
     def _array(self, path: str) -> tuple[NodeRecord, NodeMeta]:
         rec = self.node(normalize_path(path))
         if rec is None:
-            raise NotFoundError(f"no array at {path!r}")
+            raise NotFoundError(f"no array at {path!r}", kind=ErrorKind.NODE_NOT_FOUND)
         if rec.node_type != ARRAY:
-            raise InvalidInputError(f"{path!r} is a group, not an array")
+            raise InvalidInputError(
+                f"{path!r} is a group, not an array", kind=ErrorKind.NOT_AN_ARRAY
+            )
         return rec, self.node_meta(rec)
 
     @staticmethod
@@ -664,11 +701,13 @@ class Session:
         await self._drop_spilled(resolution.drop_chunks, paths)
         with self._changes.lock:
             apply_resolution(self._base_nodes, self._changes, resolution)
-            tip_nodes = {n.path: n for n in new_base.nodes}
+            tip_nodes = {n.node_id: n for n in new_base.nodes}  # by id: moved ones too
             for path, rec in list(self._changes.nodes.items()):
-                fresh = tip_nodes.get(path)
-                if rec is not None and fresh is not None and fresh.node_id == rec.node_id:
-                    self._changes.nodes[path] = dataclasses.replace(fresh, zarr_json=rec.zarr_json)
+                fresh = None if rec is None else tip_nodes.get(rec.node_id)
+                if rec is not None and fresh is not None:
+                    self._changes.nodes[path] = dataclasses.replace(
+                        fresh, path=path, zarr_json=rec.zarr_json
+                    )
         self._set_base(new_base)
         self._base_checksum = tip_checksum
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from .errors import FormatError
+from .errors import ErrorKind, FormatError
 
 FORMAT_VERSION = 2
 """The newest version this code reads. Readers accept versions <= this and refuse newer
@@ -45,6 +45,8 @@ class ObjectType(StrEnum):
     FORK_JOURNAL = "fork_journal"
     HISTORY = "history"
     HISTORY_CUTS = "history_cuts"
+    REPO_INFO = "repo_info"
+    OPS_ARCHIVE = "ops_archive"
 
 
 SNAPSHOT = ObjectType.SNAPSHOT
@@ -56,6 +58,8 @@ CONFIG = ObjectType.CONFIG
 FORK_JOURNAL = ObjectType.FORK_JOURNAL
 HISTORY = ObjectType.HISTORY
 HISTORY_CUTS = ObjectType.HISTORY_CUTS
+REPO_INFO = ObjectType.REPO_INFO
+OPS_ARCHIVE = ObjectType.OPS_ARCHIVE
 
 _ROW_GROUP_ROWS = 1 << 20
 
@@ -124,7 +128,8 @@ def check_header(header: Any, object_type: str, what: str) -> dict[str, Any]:
     if version > FORMAT_VERSION:
         raise FormatError(
             f"{what}: written by a newer frazil (format version {version}; this version "
-            f"reads up to {FORMAT_VERSION}); upgrade frazil to read it"
+            f"reads up to {FORMAT_VERSION}); upgrade frazil to read it",
+            kind=ErrorKind.UNSUPPORTED_SPEC_VERSION,
         )
     return header
 
@@ -320,6 +325,17 @@ _DECODER = json.JSONDecoder()
 def encode_json(obj: dict[str, Any]) -> bytes:
     """Canonical JSON for small objects (refs, config): sorted keys, UTF-8, newline."""
     return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode("utf-8")
+
+
+def encode_json_with_log(obj: dict[str, Any], ops: list[Any] | None) -> bytes:
+    """``encode_json(obj)`` with an operations log (SPEC §6.1) as a last key, ``ops``, on
+    one compact line: the log is most of the document, and JSON's indenting encoder is
+    slow."""
+    text = json.dumps(obj, sort_keys=True, indent=1)
+    if ops is not None:
+        log = json.dumps(ops, sort_keys=True, separators=(",", ":"))
+        text = f'{text[:-2]},\n "ops": {log}\n}}' if obj else f'{{\n "ops": {log}\n}}'
+    return (text + "\n").encode("utf-8")
 
 
 def decode_json(data: bytes, object_type: str, what: str) -> dict[str, Any]:

@@ -20,6 +20,10 @@ TAGS = "refs/tag."
 REF_FILE = "/ref.json"
 CUTS = "refs/cuts.json"
 """Where expiry cut history: the one document of history cuts (SPEC §4.6)."""
+REPO_INFO = "refs/repo.json"
+"""The repository document: repository-level metadata (SPEC §4.7)."""
+OPS = "ops/"
+"""Operations log archive objects (SPEC §6.1): ``ops/<id>``."""
 FORKS = "forks/"
 MAIN = "main"
 
@@ -130,3 +134,8 @@ def parse_journal_key(key: str) -> tuple[str, str, int | None] | None:
     if not parts[3].isdigit():
         return None
     return parts[1], parts[2], int(parts[3])
+
+
+def ops_key(archive_id: str) -> str:
+    """The key of operations log archive object ``archive_id`` (checked by the caller)."""
+    return OPS + archive_id

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
-from .common import BRANCH_REF, TAG_REF, FormatError, decode_json, encode_json
+from .common import BRANCH_REF, TAG_REF, FormatError, decode_json, encode_json_with_log
 from .ids import SnapshotId
 
 
@@ -23,6 +24,10 @@ class RefRecord:
     checksum: int | None
     write_id: str
     deleted: bool = False
+    #: the operations log the ref carries (SPEC §6.1), as stored: checked only by readers
+    #: of the log (``oplog.parse_entries``), so a damaged log never stops a ref update
+    ops: Any = None
+    ops_next: Any = None
 
 
 def new_write_id() -> str:
@@ -36,6 +41,8 @@ def encode_ref(
     deleted: bool = False,
     write_id: str | None = None,
     name: str | None = None,
+    ops: list[Any] | None = None,
+    ops_next: str | None = None,
 ) -> bytes:
     if kind not in (BRANCH_REF, TAG_REF):
         raise ValueError(f"unknown ref kind {kind!r}")
@@ -46,6 +53,8 @@ def encode_ref(
     }
     if name is not None:
         obj["name"] = name
+    if ops_next is not None:
+        obj["ops_next"] = ops_next
     if deleted:
         obj["deleted"] = True
     else:
@@ -53,7 +62,7 @@ def encode_ref(
             raise ValueError("a live ref needs a snapshot id")
         obj["snapshot"] = str(snapshot_id)
         obj["snapshot_checksum"] = f"{checksum:016x}" if checksum is not None else None
-    return encode_json(obj)
+    return encode_json_with_log(obj, ops)
 
 
 def decode_ref(data: bytes, kind: str, what: str, name: str | None = None) -> RefRecord:
@@ -67,13 +76,16 @@ def decode_ref(data: bytes, kind: str, what: str, name: str | None = None) -> Re
             "(copied from another ref?)"
         )
     try:
+        ops, ops_next = obj.get("ops"), obj.get("ops_next")
         if obj.get("deleted"):
-            return RefRecord(None, None, str(obj["write_id"]), deleted=True)
+            return RefRecord(None, None, str(obj["write_id"]), True, ops, ops_next)
         cs = obj.get("snapshot_checksum")
         return RefRecord(
             snapshot_id=SnapshotId.parse(obj["snapshot"]),
             checksum=int(cs, 16) if cs else None,
             write_id=str(obj["write_id"]),
+            ops=ops,
+            ops_next=ops_next,
         )
     except (KeyError, TypeError, ValueError, FormatError) as e:
         raise FormatError(f"{what}: damaged ref ({e!r})") from e

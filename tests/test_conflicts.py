@@ -42,7 +42,8 @@ CT = ConflictType
 def summary(**kw: Any) -> ChangeSummary:
     """A ChangeSummary from keyword sets; ``chunks`` maps a path to a list of coords."""
     chunks = kw.pop("chunks", {})
-    s = ChangeSummary(**{k: set(v) for k, v in kw.items()})
+    moves = kw.pop("moves", [])
+    s = ChangeSummary(**{k: set(v) for k, v in kw.items()}, moved_nodes=list(moves))
     for path, coords in chunks.items():
         s.updated_chunks[path] = {tuple(c) for c in coords}
     return s
@@ -345,6 +346,34 @@ DETECT_ROWS: list[tuple[str, ChangeSummary, ChangeSummary, list[Conflict]]] = [
             C(CT.DeleteOfUpdatedArray, "/da"),
             C(CT.DeleteOfUpdatedGroup, "/d"),
         ],
+    ),
+    # -- MoveOperationCannotBeRebased: a moved node the other side changed, either way round
+    (
+        "ours-move-vs-their-chunk-write",
+        summary(deleted_arrays={"/a"}, new_arrays={"/b"}, moves=[("/a", "/b")]),
+        summary(chunks={"/a": [(0,)]}),
+        [C(CT.MoveOperationCannotBeRebased, "/a")],
+    ),
+    (
+        "their-move-vs-our-metadata-update",
+        summary(updated_arrays={"/a"}),
+        summary(deleted_arrays={"/a"}, new_arrays={"/b"}, moves=[("/a", "/b")]),
+        [
+            C(CT.ZarrMetadataUpdateOfDeletedArray, "/a"),
+            C(CT.MoveOperationCannotBeRebased, "/a"),
+        ],
+    ),
+    (
+        "both-moved-one-node",
+        summary(deleted_groups={"/g"}, new_groups={"/h"}, moves=[("/g", "/h")]),
+        summary(deleted_groups={"/g"}, new_groups={"/k"}, moves=[("/g", "/k")]),
+        [C(CT.MoveOperationCannotBeRebased, "/g")],
+    ),
+    (
+        "ours-move-vs-their-unrelated-write",
+        summary(deleted_arrays={"/a"}, new_arrays={"/b"}, moves=[("/a", "/b")]),
+        summary(chunks={"/c": [(0,)]}),
+        [],
     ),
 ]
 

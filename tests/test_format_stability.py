@@ -196,6 +196,26 @@ def test_this_version_writes_on_top(repo: frazil.Repository, expected: dict[str,
     assert repo.fsck().ok
 
 
+def test_repository_metadata(repo: frazil.Repository, expected: dict[str, Any]) -> None:
+    """A repository written before repository metadata existed has none, takes some, and
+    reads and checks as before with it."""
+    assert repo.metadata == {}
+    repo.set_metadata({"owner": "fixture"})
+    assert frazil.Repository.open(repo.storage).get_metadata() == {"owner": "fixture"}
+    assert sorted(repo.list_branches()) == sorted(expected["branches"])
+    assert repo.fsck().ok
+
+
+def test_operations_log(repo: frazil.Repository, expected: dict[str, Any]) -> None:
+    """Refs written before the operations log carry none: the log starts with the first
+    later write, and the old refs read as before."""
+    assert list(repo.ops_log()) == []
+    sid = expected["ancestry"]["main"][0]
+    repo.create_branch("later", sid)
+    assert [u.kind for u in repo.ops_log()] == [frazil.UpdateType.BranchCreated("later")]
+    assert repo.lookup_branch("later") == sid
+
+
 def _bump_json(path: Path) -> None:
     obj = json.loads(path.read_text())
     obj["format_version"] = FORMAT_VERSION + 1

@@ -324,8 +324,15 @@ def test_async_forms(repo: frazil.Repository) -> None:
 
 def test_async_forms_have_the_sync_signatures() -> None:
     names = [n for n in dir(frazil.Repository) if n.endswith("_async")]
-    assert len(names) == 26
-    for name in set(names) - {"create_async", "open_async", "open_or_create_async"}:
+    # Icechunk 1.x's 26, and 2.x's metadata, spec version, ops_log and rearrange ones
+    assert len(names) == 32
+    assert inspect.isasyncgen(frazil.Repository.create(frazil.in_memory_storage()).ops_log_async())
+    for name in set(names) - {
+        "create_async",
+        "open_async",
+        "open_or_create_async",
+        "ops_log_async",
+    }:
         sync = getattr(frazil.Repository, name.removesuffix("_async"))
         assert inspect.iscoroutinefunction(getattr(frazil.Repository, name)), name
         assert shape(getattr(frazil.Repository, name)) == shape(sync), name
@@ -345,7 +352,7 @@ ICECHUNK_SIGNATURES = {
         "max_concurrent_manifest_fetches=500)"
     ),
     "Repository.inspect_snapshot": "(self, snapshot_id, *, pretty=True)",
-    "Repository.create_async": OPENER,
+    "Repository.create_async": OPENER[:-1] + ", *, spec_version=None)",  # 2.x's keyword
     "Repository.open_async": OPENER,
     "Repository.open_or_create_async": OPENER,
     "Repository.exists_async": "(storage)",

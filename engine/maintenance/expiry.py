@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
-from frazil.format import CommitInfo, SnapshotId, decode_cuts, encode_cuts
-from frazil.format.keys import CUTS
+from frazil.format import CommitInfo, SnapshotId, encode_cuts
+from frazil.format.cuts import decode_cuts_document
+from frazil.format.keys import CUTS, ops_key
+from frazil.format.oplog import OpEntry, OpKind, append, now
 
 from .. import runtime
 from ..compaction import Progress
@@ -45,20 +48,41 @@ def plan_cuts(
     return new, dropped - kept
 
 
-async def read_cuts(storage: Storage) -> tuple[dict[SnapshotId, SnapshotId], str | None]:
-    """The cuts document and its version, for a compare-and-swap (None: there is none)."""
+Log = tuple[Any, Any]
+"""The operations log a cuts document carries, as stored (``ops``, ``ops_next``)."""
+
+
+async def read_cuts(storage: Storage) -> tuple[dict[SnapshotId, SnapshotId], str | None, Log]:
+    """The cuts document, its version, for a compare-and-swap (None: there is none), and
+    its operations log (SPEC §6.1)."""
     try:
         data, version = await storage.get_with_version(CUTS)
     except NotFoundError:
-        return {}, None
-    return await runtime.in_thread(decode_cuts, data, CUTS), version
+        return {}, None, (None, None)
+    cuts, ops, ops_next = await runtime.in_thread(decode_cuts_document, data, CUTS)
+    return cuts, version, (ops, ops_next)
 
 
 async def put_cuts(
-    storage: Storage, cuts: dict[SnapshotId, SnapshotId], version: str | None
+    storage: Storage,
+    cuts: dict[SnapshotId, SnapshotId],
+    version: str | None,
+    log: Log,
+    entry: OpEntry | None = None,
 ) -> PutResult:
-    """Replace the cuts document read at ``version`` (None: there was none)."""
-    body = encode_cuts(cuts)
+    """Replace the cuts document read at ``version`` (None: there was none), keeping its
+    operations log ``log``, with ``entry`` added in the same write if given."""
+    ops, ops_next = log
+    if entry is not None:
+        appended = append(ops, ops_next, entry)
+        if appended.archive is not None:
+            await storage.put(ops_key(appended.archive[0]), appended.archive[1])
+        ops, ops_next = appended.ops, appended.ops_next
+    body = encode_cuts(
+        cuts,
+        ops if isinstance(ops, list) else None,
+        ops_next if isinstance(ops_next, str) else None,
+    )
     if version is None:
         return await storage.put_if_absent(CUTS, body)
     return await storage.put_if_version(CUTS, body, version)
@@ -70,11 +94,11 @@ async def prune_cuts(storage: Storage, deleted: set[SnapshotId]) -> None:
     attempt = 0
     while True:
         attempt += 1
-        cuts, version = await read_cuts(storage)
+        cuts, version, log = await read_cuts(storage)
         if version is None:
             return
         left = {k: v for k, v in cuts.items() if k not in deleted}
-        if len(left) == len(cuts) or (await put_cuts(storage, left, version)).ok:
+        if len(left) == len(cuts) or (await put_cuts(storage, left, version, log)).ok:
             return
         await asyncio.sleep(short_pause(attempt))
 
@@ -92,7 +116,7 @@ async def expire_snapshots(
     maybe: set[SnapshotId] = set()  # dropped by an attempt whose outcome was lost
     while True:
         attempt += 1
-        cuts, version = await read_cuts(storage)
+        cuts, version, log = await read_cuts(storage)
         refs = await ref_targets(storage)
         tips = {r.record.snapshot_id for _, r in refs if r.record.snapshot_id is not None}
         chains: list[list[CommitInfo]] = []
@@ -109,7 +133,9 @@ async def expire_snapshots(
         if not new:
             return {str(s) for s in maybe}
         merged = {**cuts, **new}  # gc drops the cuts of the snapshots it deletes
-        result = await put_cuts(storage, merged, version)
+        # the run's operations log entry rides in the same write (SPEC §6.1)
+        entry = OpEntry(OpKind.EXPIRATION_RAN, now())
+        result = await put_cuts(storage, merged, version, log, entry)
         if result.ok:
             reader.cut_map = merged
             return {str(s) for s in dropped | maybe}

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import InvalidInputError, ReadOnlyError
+from ..errors import ErrorKind, InvalidInputError, ReadOnlyError
 from .base import ByteRange, ObjectInfos, PutResult, Storage, validate_key
 
 
@@ -39,7 +39,10 @@ class ReadOnlyStorage(Storage):
 
     def _refuse(self, key: str) -> ReadOnlyError:
         validate_key(key)
-        return ReadOnlyError(f"cannot write {key!r}: {self.describe()} was opened read-only")
+        return ReadOnlyError(
+            f"cannot write {key!r}: {self.describe()} was opened read-only",
+            kind=ErrorKind.READ_ONLY_STORAGE,
+        )
 
     async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
         return await self.inner.get(key, byte_range)
@@ -74,7 +77,13 @@ class ReadOnlyStorage(Storage):
     async def delete(self, keys: Sequence[str]) -> None:
         for key in keys:
             validate_key(key)
-        raise ReadOnlyError(f"cannot delete objects: {self.describe()} was opened read-only")
+        raise ReadOnlyError(
+            f"cannot delete objects: {self.describe()} was opened read-only",
+            kind=ErrorKind.READ_ONLY_STORAGE,
+        )
 
     async def remove_stale_temporaries(self, older_than: dt.datetime) -> int:
-        raise ReadOnlyError(f"cannot remove files: {self.describe()} was opened read-only")
+        raise ReadOnlyError(
+            f"cannot remove files: {self.describe()} was opened read-only",
+            kind=ErrorKind.READ_ONLY_STORAGE,
+        )
