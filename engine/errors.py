@@ -12,6 +12,8 @@ __all__ = [
     "FormatError",
     "FrazilError",
     "InvalidInputError",
+    "InvalidTypeError",
+    "KeyNotFoundError",
     "NotFoundError",
     "ReadOnlyError",
     "StorageError",
@@ -48,6 +50,14 @@ class NotFoundError(FrazilError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class KeyNotFoundError(NotFoundError, FileNotFoundError):
+    """A zarr key names no value in the session: also a ``FileNotFoundError``, as zarr's own
+    stores raise from ``getsize``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
 class AlreadyExistsError(FrazilError):
     """Something that is created once (a repository, branch, tag) already exists."""
 
@@ -58,6 +68,10 @@ class ReadOnlyError(FrazilError):
 
 class InvalidInputError(FrazilError, ValueError):
     """An argument is malformed: a bad name, key, coordinate, range or type."""
+
+
+class InvalidTypeError(InvalidInputError, TypeError):
+    """An argument of the wrong type (also a ``TypeError``, as Python raises for one)."""
 
 
 class StorageError(FrazilError):

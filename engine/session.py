@@ -169,7 +169,7 @@ class Session:
         if self._store is None:
             from frazil.zarr_adapter.store import FrazilStore  # the one seam to the adapter
 
-            self._store = FrazilStore(self)
+            self._store = FrazilStore(self, is_open=True)
         return self._store
 
     def __repr__(self) -> str:
