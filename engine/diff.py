@@ -20,7 +20,8 @@ from .objects import ObjectReader
 @dataclass(frozen=True)
 class Diff:
     """Groups and arrays created, deleted or whose metadata changed (by path), and per
-    array path the coordinates of the chunks written or deleted."""
+    array path the coordinates of the chunks written or deleted: a sorted list of lists
+    of ints, as Icechunk gives them."""
 
     new_groups: set[str] = field(default_factory=set)
     new_arrays: set[str] = field(default_factory=set)
@@ -28,7 +29,7 @@ class Diff:
     deleted_arrays: set[str] = field(default_factory=set)
     updated_groups: set[str] = field(default_factory=set)
     updated_arrays: set[str] = field(default_factory=set)
-    updated_chunks: dict[str, set[Coord]] = field(default_factory=dict)
+    updated_chunks: dict[str, list[list[int]]] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         return not any(
@@ -82,7 +83,7 @@ def node_diff(
         if rec.node_type == ARRAY:
             written = chunks.get(rec.node_id)
             if written:
-                d.updated_chunks[path] = set(written)
+                d.updated_chunks[path] = [list(c) for c in sorted(written)]
     for path, rec in old.items():
         after = new.get(path)
         if after is None or after.node_id != rec.node_id:

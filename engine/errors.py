@@ -62,8 +62,9 @@ class AlreadyExistsError(FrazilError):
     """Something that is created once (a repository, branch, tag) already exists."""
 
 
-class ReadOnlyError(FrazilError):
-    """A write through a read-only session, store or storage."""
+class ReadOnlyError(FrazilError, ValueError):
+    """A write through a read-only session, store or storage (also a ``ValueError``, as
+    zarr's read-only stores raise)."""
 
 
 class InvalidInputError(FrazilError, ValueError):

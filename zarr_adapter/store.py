@@ -227,7 +227,7 @@ class FrazilStore(Store):
     def _check_writable(self) -> None:
         if self.read_only:
             raise ReadOnlyError(
-                "this store is read-only (a read-only or committed session); use "
+                "cannot write to a read-only store (a read-only or committed session); use "
                 "repo.writable_session(branch) to write"
             )
 
