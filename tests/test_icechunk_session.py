@@ -168,3 +168,29 @@ def test_virtual_ref_messages_use_icechunks_words(repo: frazil.Repository) -> No
     for bad in ("", "some/relative/url", "/no/protocol"):
         with pytest.raises(frazil.FrazilError, match="error parsing"):
             store.set_virtual_ref("v/c/0", bad, offset=0, length=4)
+
+
+def test_to_icechunk_into_forks_then_merge(tmp_path: Path) -> None:
+    """Icechunk's region writes from forks: each fork gets its region's writes, and the
+    session merges the forks (their regions differ, so nothing conflicts)."""
+    dask = pytest.importorskip("dask")
+    xr = pytest.importorskip("xarray")
+    from frazil.xarray import to_icechunk
+
+    ds = xr.Dataset(
+        {"t": (("x", "y"), np.arange(24.0).reshape(4, 6))}, coords={"x": np.arange(4)}
+    ).chunk(x=1)
+    repo = frazil.Repository.create(frazil.local_filesystem_storage(tmp_path / "r"))
+    session = repo.writable_session("main")
+    ds.to_zarr(session.store, mode="w", compute=False, consolidated=False, zarr_format=3)
+    session.commit("template")
+    session = repo.writable_session("main")
+    forks = [session.fork() for _ in range(ds.sizes["x"])]
+    with dask.config.set(scheduler="threads"):
+        for i, fork in enumerate(forks):
+            to_icechunk(ds.isel(x=[i]).drop_vars("x"), fork, region={"x": slice(i, i + 1)})
+    assert all(f.has_uncommitted_changes for f in forks)
+    session.merge(*forks)
+    session.commit("four regions")
+    got = xr.open_zarr(repo.readonly_session("main").store, consolidated=False)
+    xr.testing.assert_identical(got.compute(), ds.compute())
