@@ -78,8 +78,10 @@ class RebaseFailedError(ConflictError):
 class ChangeSummary(Diff):
     """What one side changed relative to the base: a ``Diff`` (paths are node paths), with
     the node ids of deleted nodes, to tell a deleted-and-recreated array from the old
-    one."""
+    one. Its ``updated_chunks`` are sets of coordinate tuples (the rules intersect them),
+    not the sorted lists a ``Diff`` shows users."""
 
+    updated_chunks: dict[str, set[Coord]] = field(default_factory=dict)  # type: ignore[assignment]
     deleted_ids: dict[str, set[NodeId]] = field(default_factory=dict)
     #: arrays with chunk writes whose coordinates were not collected (merges compare
     #: the chunk tables themselves, in bulk)

@@ -20,9 +20,10 @@ from .objects import ObjectReader
 @dataclass(frozen=True)
 class Diff:
     """Groups and arrays created, deleted or whose metadata changed (by path), per
-    array path the coordinates of the chunks written or deleted, and the nodes moved
-    (``moved_nodes``: (from, to) pairs, sorted by the path moved to; a moved node is
-    neither new nor deleted, and its other changes are listed under its new path)."""
+    array path the coordinates of the chunks written or deleted (a sorted list of lists of
+    ints, as Icechunk gives them), and the nodes moved (``moved_nodes``: (from, to) pairs,
+    sorted by the path moved to; a moved node is neither new nor deleted, and its other
+    changes are listed under its new path)."""
 
     new_groups: set[str] = field(default_factory=set)
     new_arrays: set[str] = field(default_factory=set)
@@ -30,7 +31,7 @@ class Diff:
     deleted_arrays: set[str] = field(default_factory=set)
     updated_groups: set[str] = field(default_factory=set)
     updated_arrays: set[str] = field(default_factory=set)
-    updated_chunks: dict[str, set[Coord]] = field(default_factory=dict)
+    updated_chunks: dict[str, list[list[int]]] = field(default_factory=dict)
     moved_nodes: list[tuple[str, str]] = field(default_factory=list)
 
     def is_empty(self) -> bool:
@@ -99,7 +100,7 @@ def node_diff(
         if rec.node_type == ARRAY:
             written = chunks.get(rec.node_id)
             if written:
-                d.updated_chunks[path] = set(written)
+                d.updated_chunks[path] = [list(c) for c in sorted(written)]
     for path, rec in old.items():
         if rec.node_id not in new_ids:
             (d.deleted_arrays if rec.node_type == ARRAY else d.deleted_groups).add(path)

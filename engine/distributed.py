@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, InvalidTypeError
 from .session import ForkSession, Session
 
 __all__ = ["extract_session", "merge_sessions"]
@@ -56,15 +56,15 @@ def merge_sessions(
         raise InvalidInputError("merge_sessions needs at least one session")
     for s in rest:
         if not isinstance(s, ForkSession) and s is not first:
-            raise InvalidInputError(
-                f"merge_sessions merges ForkSession objects, got {type(s).__name__}; "
+            raise InvalidTypeError(
+                f"merge_sessions merges ForkSession objects. Received {type(s).__name__!r}; "
                 "fork with session.fork() and merge with session.merge(*forks)"
             )
     if isinstance(first, Session) and not isinstance(first, ForkSession):
         return first._merge_pickled(rest)  # type: ignore[return-value]
     if not isinstance(first, ForkSession):
-        raise InvalidInputError(
-            f"merge_sessions merges ForkSession objects, got {type(first).__name__}"
+        raise InvalidTypeError(
+            f"merge_sessions merges ForkSession objects. Received {type(first).__name__!r}"
         )
     first.merge(*rest)
     return first

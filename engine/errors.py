@@ -13,6 +13,8 @@ __all__ = [
     "FormatError",
     "FrazilError",
     "InvalidInputError",
+    "InvalidTypeError",
+    "KeyNotFoundError",
     "NotFoundError",
     "ReadOnlyError",
     "StorageError",
@@ -59,14 +61,23 @@ class NotFoundError(FrazilError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class KeyNotFoundError(NotFoundError, FileNotFoundError):
+    """A zarr key names no value in the session: also a ``FileNotFoundError``, as zarr's own
+    stores raise from ``getsize``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
 class AlreadyExistsError(FrazilError):
     """Something that is created once (a repository, branch, tag) already exists."""
 
     default_kind = ErrorKind.NODE_ALREADY_EXISTS
 
 
-class ReadOnlyError(FrazilError):
-    """A write through a read-only session, store or storage."""
+class ReadOnlyError(FrazilError, ValueError):
+    """A write through a read-only session, store or storage (also a ``ValueError``, as
+    zarr's read-only stores raise)."""
 
     default_kind = ErrorKind.READ_ONLY_SESSION
 
@@ -75,6 +86,10 @@ class InvalidInputError(FrazilError, ValueError):
     """An argument is malformed: a bad name, key, coordinate, range or type."""
 
     default_kind = ErrorKind.INVALID_KEY
+
+
+class InvalidTypeError(InvalidInputError, TypeError):
+    """An argument of the wrong type (also a ``TypeError``, as Python raises for one)."""
 
 
 class StorageError(FrazilError):

@@ -28,23 +28,18 @@ _BAD = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 def validate_name(name: object, what: str) -> str:
-    """Refuse names that cannot be keys: empty, '/', '..', control characters, a leading dot."""
+    """Refuse names that cannot be keys: empty, '/', '\\', control characters, surrounding
+    spaces. Dots are safe anywhere (the key's segment is ``branch.<name>``, never ``.`` or
+    ``..``), so ``.hidden`` and ``a..b`` are names, as in Icechunk."""
     if not isinstance(name, str):
         raise InvalidInputError(
             f"{what} name must be a string, got {type(name).__name__}",
             kind=ErrorKind.INVALID_REF_NAME,
         )
-    if (
-        not name
-        or len(name) > 255
-        or _BAD.search(name)
-        or name.startswith(".")
-        or ".." in name
-        or name != name.strip()
-    ):
+    if not name or len(name) > 255 or _BAD.search(name) or name != name.strip():
         raise InvalidInputError(
             f"invalid {what} name {name!r}: names are 1-255 characters with no '/', '\\', "
-            "'..', control characters, leading dot or surrounding spaces",
+            "control characters or surrounding spaces",
             kind=ErrorKind.INVALID_REF_NAME,
         )
     return name

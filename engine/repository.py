@@ -655,7 +655,8 @@ class Repository:
             async def attempt(ref: Ref, n: int) -> Move:
                 if expect is not None and ref.record.snapshot_id != expect:
                     raise ConflictError(
-                        f"branch {name!r} is at {ref.record.snapshot_id}, not {expect}",
+                        f"branch update conflict: branch {name!r} is at "
+                        f"{ref.record.snapshot_id}, not {expect} (from_snapshot_id)",
                         expected_parent=str(expect),
                         actual_parent=str(ref.record.snapshot_id),
                     )
@@ -1013,8 +1014,9 @@ class Repository:
 
         ``delete_expired_branches`` / ``delete_expired_tags``: first delete every branch
         (never ``main``) / tag whose tip was written before ``older_than`` (a branch only
-        if it still points there, by compare-and-swap); their snapshots are left for
-        ``garbage_collect``, not listed in the result."""
+        if it still points there, by compare-and-swap); the snapshots of their histories
+        that no remaining history keeps are listed in the result too, as Icechunk lists
+        them (``garbage_collect`` reclaims them)."""
         self._check_writable_storage("expire snapshots")
         cutoff_ms(older_than)
         for flag, name in (
@@ -1023,12 +1025,15 @@ class Repository:
         ):
             if not isinstance(flag, bool):
                 raise InvalidInputError(f"{name} must be True or False, got {flag!r}")
+        gone: frozenset[SnapshotId] = frozenset()
         if delete_expired_branches or delete_expired_tags:
-            runtime.run(
+            gone = runtime.run(
                 self._delete_expired_refs(older_than, delete_expired_branches, delete_expired_tags)
             )
         dropped = runtime.run(
-            maintenance.expire_snapshots(self._storage, self._reader, older_than, progress)
+            maintenance.expire_snapshots(
+                self._storage, self._reader, older_than, progress, gone_tips=gone
+            )
         )
         return dropped  # (its operations log entry is in the cuts document it wrote)
 
@@ -1173,9 +1178,11 @@ class Repository:
 
     async def _delete_expired_refs(
         self, older_than: dt.datetime, branches: bool, tags: bool
-    ) -> None:
+    ) -> frozenset[SnapshotId]:
         """Delete the branches (never main) and tags whose tips were written before
-        ``older_than``; a branch only if it still points at the tip that was checked."""
+        ``older_than``; a branch only if it still points at the tip that was checked.
+        Returns the tips of the refs deleted."""
+        deleted: set[SnapshotId] = set()
 
         class Moved(Exception):
             pass
@@ -1202,11 +1209,15 @@ class Repository:
 
                 with contextlib.suppress(Moved, NotFoundError):
                     await move_branch(self._storage, name, attempt, history=self._reader.parent)
+                    deleted.add(tip)
         if tags:
             for name in sorted(await list_refs(self._storage, TAG_REF)):
-                if await expired(TAG_REF, name) is not None:
+                tag_tip = await expired(TAG_REF, name)
+                if tag_tip is not None:
                     with contextlib.suppress(NotFoundError):
                         await tombstone_tag(self._storage, name)
+                        deleted.add(tag_tip)
+        return frozenset(deleted)
 
     def total_chunks_storage(
         self,

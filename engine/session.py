@@ -52,6 +52,7 @@ from .errors import (
     FormatError,
     FrazilError,
     InvalidInputError,
+    InvalidTypeError,
     NotFoundError,
     ReadOnlyError,
 )
@@ -138,6 +139,7 @@ class Session:
         self._maybe_landed: dict[SnapshotId, CommitPlan] = {}
         self._journal: ForkJournal | None = None  # only fork copies on workers journal
         self._merged_forks: set[str] = set()  # fork ids whose journals a commit removes
+        self._forked = False  # forked since the last merge (commit then warns, as Icechunk)
         self._spill_lock = threading.Lock()
 
     def _set_base(self, base: Snapshot) -> None:
@@ -172,7 +174,7 @@ class Session:
         if self._store is None:
             from frazil.zarr_adapter.store import FrazilStore  # the one seam to the adapter
 
-            self._store = FrazilStore(self)
+            self._store = FrazilStore(self, is_open=True)
         return self._store
 
     def __repr__(self) -> str:
@@ -488,8 +490,10 @@ class Session:
         return node_diff(self._base_nodes, current, chunks)
 
     def discard_changes(self) -> None:
-        """Drop every staged change (chunk objects already written become garbage)."""
-        self._check_writable()
+        """Drop every staged change (chunk objects already written become garbage). A
+        read-only session has none: there it does nothing, as in Icechunk."""
+        if self._read_only:
+            return
         self._changes.clear()
         if self._journal is not None:
             self._journal.clear()
@@ -560,6 +564,16 @@ class Session:
             with contextlib.suppress(FrazilError):  # best effort: gc removes what is left
                 await delete_journals(self._repo.storage, forks)
 
+    def _warn_unmerged_forks(self, doing: str) -> None:
+        """Icechunk's warning: this session was forked and no fork was merged since."""
+        if self._forked:
+            warnings.warn(
+                f"{doing} a session after forking it, without merging: the forks' writes "
+                "are not in it. Merge the forks first (session.merge(*forks))",
+                UserWarning,
+                stacklevel=4,
+            )
+
     def _commit_metadata(self, message: object, metadata: dict[str, Any] | None) -> dict[str, Any]:
         """The checked message's metadata: the repository's defaults, then the caller's."""
         if not isinstance(message, str):
@@ -586,8 +600,9 @@ class Session:
             )
         if not isinstance(rebase_tries, int) or rebase_tries < 1:
             raise InvalidInputError("rebase_tries must be a positive int")
+        self._warn_unmerged_forks("committing")
         if self._changes.is_empty():
-            raise InvalidInputError("nothing to commit: the session has no changes")
+            raise InvalidInputError("cannot commit: nothing to commit, the session has no changes")
         plan = await commit(
             self._repo.storage,
             self._branch,
@@ -848,7 +863,10 @@ class Session:
             The session is read-only.
         """
         if self._read_only:
-            raise ReadOnlyError("a read-only session cannot be forked; fork a writable one")
+            raise ReadOnlyError(
+                "a read-only session cannot be forked (fork a writable one); read-only "
+                "sessions can be pickled directly"
+            )
         if self.has_uncommitted_changes:
             raise InvalidInputError(
                 "cannot fork a session with uncommitted changes: commit first, then fork"
@@ -864,6 +882,7 @@ class Session:
         )
         fork._fork_id = new_token()
         fork._journaled = journal
+        self._forked = True
         return fork
 
     def fork_with_staged_nodes(self) -> ForkSession:
@@ -937,6 +956,7 @@ class Session:
             self._changes.nodes, self._changes.chunks = merged.nodes, merged.chunks
             self._changes.writers = merged.writers
         self._merged_forks |= {f._fork_id for f in forks if f._fork_id is not None}
+        self._forked = False
         if self._journal is not None:  # a copy merging forks: its journal says so too
             for source in [f._changes for f in forks] + list(journaled.values()):
                 for path in source.nodes:
@@ -1254,6 +1274,7 @@ class Session:
                 "call session.merge(fork) there"
             )
         meta = self._commit_metadata(message, metadata)
+        self._warn_unmerged_forks("flushing")
         if self._changes.is_empty():
             raise InvalidInputError("nothing to flush: the session has no changes")
         plan = await _SessionCommitter(self, message, meta, None).prepare(1)
@@ -1316,9 +1337,10 @@ class Session:
         """``merge_sessions(self, *copies)``: merge the copies ``allow_pickling`` made that
         came back, and the journals of those that did not (see ``allow_pickling``)."""
         if self._pickling_id is None:
-            raise InvalidInputError(
-                "merge_sessions(session, ...) merges the copies of a session pickled inside "
-                "`with session.allow_pickling():`, and this one never was; merge forks "
+            raise InvalidTypeError(
+                "merge_sessions merges ForkSession objects. Received 'Session', which was "
+                "never pickled inside `with session.allow_pickling():` (merge_sessions(session, "
+                "...) merges the copies of a session pickled inside such a block); merge forks "
                 "instead: fork = session.fork(), then session.merge(*forks)"
             )
         everyone = ForkSession(
@@ -1416,8 +1438,8 @@ class ForkSession(Session):
         rebase_with: ConflictSolver | None = None,
         rebase_tries: int = 1_000,
     ) -> str:
-        raise InvalidInputError(
-            "a ForkSession cannot commit: return it to the process "
+        raise InvalidTypeError(
+            "Cannot commit a fork: a ForkSession cannot commit; return it to the process "
             "that forked it and call session.merge(fork) there"
         )
 
@@ -1435,7 +1457,14 @@ class ForkSession(Session):
         raise InvalidInputError("a ForkSession cannot rebase; merge it into its session")
 
     def fork(self, *, journal: bool = True) -> ForkSession:
-        raise InvalidInputError("a ForkSession cannot be forked again; fork the session")
+        """Another fork at the same base, as Icechunk allows: only while this one has no
+        uncommitted changes (merge both into the session)."""
+        if self.has_uncommitted_changes:
+            raise InvalidInputError(
+                "a ForkSession with uncommitted changes cannot be forked; fork it before "
+                "writing to it, or fork the session"
+            )
+        return super().fork(journal=journal)
 
     _fork_id: str | None = None  # None: a helper's fork, whose copies keep no journal
     _journaled = True  # False: copies only mark that they wrote (fork(journal=False))

@@ -429,7 +429,7 @@ def test_expire_then_gc(storage_factory: Callable[[], Storage]) -> None:
     }
     root = history[-1].id
     d = repo.diff(from_snapshot_id=root, to_branch="main")  # by content: the logs are cut
-    assert d.new_arrays == {"/a", "/b"} and d.updated_chunks == {"/b": {(i,) for i in range(6)}}
+    assert d.new_arrays == {"/a", "/b"} and d.updated_chunks == {"/b": [[i] for i in range(6)]}
     summary = repo.garbage_collect(now() + dt.timedelta(seconds=1))
     assert summary.snapshots_deleted == 4 and summary.transaction_logs_deleted == 4
     fresh = frazil.Repository.open(repo.storage)
@@ -459,7 +459,7 @@ def test_expire_keeps_every_ref_tip() -> None:
     assert [i.message for i in frozen] == ["old", "Repository initialized"]
     assert content(repo, branch="side")["b"].tolist() == [1, 0, 1] + [0] * 7
     d = repo.diff(from_branch="frozen", to_branch="side")  # not an ancestor: by content
-    assert d.updated_chunks == {"/b": {(2,)}}
+    assert d.updated_chunks == {"/b": [[2]]}
 
 
 def test_diff_between_any_two_snapshots() -> None:
@@ -469,7 +469,7 @@ def test_diff_between_any_two_snapshots() -> None:
     write(repo, "main", "m", lambda g: g["b"].__setitem__(1, 5))
     write(repo, "dev", "d", lambda g: g["b"].__setitem__(2, 5))
     d = repo.diff(from_branch="main", to_branch="dev")  # through their common ancestor
-    assert d.updated_chunks == {"/b": {(1,), (2,)}} and not d.new_arrays
+    assert d.updated_chunks == {"/b": [[1], [2]]} and not d.new_arrays
     back = repo.diff(from_branch="dev", to_branch="main")
     assert back.updated_chunks == d.updated_chunks
     assert repo.diff(from_branch="main", to_branch="main").is_empty()

@@ -180,9 +180,7 @@ def test_overlap_use_ours(repo: frazil.Repository, base: str) -> None:
     hist = history(repo)
     assert [h.id for h in hist[:3]] == [mine, tip, base]
     assert hist[0].metadata[ATTEMPTS] == 2
-    assert repo.diff(from_snapshot_id=tip, to_snapshot_id=mine).updated_chunks == {
-        "/a": {(1,), (2,)}
-    }
+    assert repo.diff(from_snapshot_id=tip, to_snapshot_id=mine).updated_chunks == {"/a": [[1], [2]]}
 
 
 def test_overlap_use_theirs(repo: frazil.Repository, base: str) -> None:
@@ -191,7 +189,7 @@ def test_overlap_use_theirs(repo: frazil.Repository, base: str) -> None:
     mine = ours.commit("ours", rebase_with=solver)
     assert read(repo) == expect({0: 10, 1: 11, 2: 22})
     # our commit no longer writes the contested chunk
-    assert repo.diff(from_snapshot_id=tip, to_snapshot_id=mine).updated_chunks == {"/a": {(2,)}}
+    assert repo.diff(from_snapshot_id=tip, to_snapshot_id=mine).updated_chunks == {"/a": [[2]]}
 
 
 @pytest.mark.parametrize(
@@ -214,7 +212,7 @@ def test_overlap_fails(repo: frazil.Repository, base: str, solver: frazil.Confli
     # the session is untouched: same base, same staged changes, still writable
     assert ours.snapshot_id == base and not ours.read_only and ours.has_uncommitted_changes
     assert zarr.open_array(ours.store, path="a")[:].tolist() == expect({1: 21, 2: 22})
-    assert ours.status().updated_chunks == {"/a": {(1,), (2,)}}
+    assert ours.status().updated_chunks == {"/a": [[1], [2]]}
     # a second try with a lenient solver goes through
     ours.commit("ours", rebase_with=BasicConflictSolver())
     assert read(repo) == expect({0: 10, 1: 21, 2: 22})
@@ -251,7 +249,7 @@ def test_explicit_rebase_use_theirs_drops_our_chunk(repo: frazil.Repository, bas
     ours.rebase(BasicConflictSolver(on_chunk_conflict=VersionSelection.UseTheirs))
     assert ours.snapshot_id == tip
     assert zarr.open_array(ours.store, path="a")[:].tolist() == expect({0: 10, 1: 11, 2: 22})
-    assert ours.status().updated_chunks == {"/a": {(2,)}}
+    assert ours.status().updated_chunks == {"/a": [[2]]}
     ours.commit("ours")
     assert read(repo) == expect({0: 10, 1: 11, 2: 22})
 
@@ -480,7 +478,7 @@ def test_noop_metadata_write_does_not_undo_theirs(
         assert after[path].node_id == node.node_id
         assert after[path].zarr_json == node.zarr_json
     assert read(repo, "b") == expect({1: 21})
-    assert repo.diff(from_snapshot_id=tip, to_branch="main").updated_chunks == {"/b": {(1,)}}
+    assert repo.diff(from_snapshot_id=tip, to_branch="main").updated_chunks == {"/b": [[1]]}
     if "/a" in after:
         before = zarr.open_array(repo.readonly_session(snapshot_id=tip).store, path="a")[:]
         now = zarr.open_array(repo.readonly_session("main").store, path="a")[:]
@@ -692,7 +690,7 @@ def test_processes_overlapping_chunks_use_ours(tmp_path: Path) -> None:
     for h in commits:
         written = repo.diff(from_snapshot_id=h.parent_id, to_snapshot_id=h.id).updated_chunks
         k, i = h.metadata["k"], h.metadata["i"]
-        assert written == {"/a": {(0,), (1 + k * M + i,)}}
+        assert written == {"/a": [[0], [1 + k * M + i]]}
     # ... so the value that stays is the one of the newest commit in history
     values = zarr.open_array(repo.readonly_session("main").store, path="a")[:].tolist()
     last = commits[0].metadata

@@ -145,7 +145,7 @@ def test_status_and_diff_list_spilled_chunks(repo: frazil.Repository) -> None:
     parent = s.snapshot_id
     stage(s, 0, 70, "f1")
     stage(s, 60, 110, "f2")
-    want = set(expected((0, 110, "f", 0)))
+    want = sorted(map(list, set(expected((0, 110, "f", 0)))))  # Icechunk's sorted lists
     assert s.status().updated_chunks == {"/a": want}
     sid = s.commit("x")
     diff = repo.diff(from_snapshot_id=parent, to_snapshot_id=sid)

@@ -11,7 +11,7 @@ import asyncio
 import datetime
 import functools
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from zarr.abc.store import (
@@ -25,7 +25,7 @@ from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.core.common import BytesLike
 from zarr.core.sync import sync as zarr_sync
 
-from frazil.errors import InvalidInputError, ReadOnlyError
+from frazil.errors import InvalidInputError, InvalidTypeError, KeyNotFoundError, ReadOnlyError
 from frazil.format import ARRAY, Coord
 from frazil.storage.base import slice_range
 from frazil.virtual import VirtualChunkSpec
@@ -86,7 +86,7 @@ def _is_fork(session: Session) -> bool:
 
 
 def _restore(session: Session, read_only: bool) -> FrazilStore:
-    return FrazilStore(session, read_only=read_only or None)
+    return FrazilStore(session, read_only=read_only or None, is_open=True)
 
 
 DETACHED_MESSAGE = (
@@ -166,6 +166,29 @@ def _chunk_key(path: str, meta: NodeMeta, coord: Coord) -> str:
     return prefix + (sep.join(map(str, coord)) if coord else "0")
 
 
+class _RawStore:
+    """``store._store``: raw bytes in and out of a ``FrazilStore`` by zarr key, with no
+    ``Buffer`` (the shape of Icechunk's private store object, which its tests use)."""
+
+    __slots__ = ("_outer",)
+
+    def __init__(self, outer: FrazilStore) -> None:
+        self._outer = outer
+
+    async def get(self, key: str) -> bytes | None:
+        """The whole value at ``key``, or None where there is none."""
+        from zarr.core.buffer import default_buffer_prototype
+
+        buf = await self._outer.get(key, prototype=default_buffer_prototype())
+        return None if buf is None else buf.to_bytes()
+
+    async def set(self, key: str, value: bytes) -> None:
+        """Write ``value`` at ``key`` (``FrazilStore.set``, from bytes)."""
+        from zarr.core.buffer import default_buffer_prototype
+
+        await self._outer.set(key, default_buffer_prototype().buffer.from_bytes(value))
+
+
 class FrazilStore(Store):
     """A Zarr v3 store whose reads and writes go through a frazil ``Session``."""
 
@@ -174,10 +197,20 @@ class FrazilStore(Store):
     supports_listing = True
     supports_partial_writes = False
 
-    def __init__(self, session: Session, *, read_only: bool | None = None) -> None:
+    def __init__(
+        self, session: Session, *, read_only: bool | None = None, is_open: bool = False
+    ) -> None:
+        """``is_open``: start open, as ``Session.store`` hands it out (Icechunk's is);
+        constructed directly, the store opens on first use, as zarr's stores do."""
         super().__init__(read_only=session.read_only if read_only is None else read_only)
         self._session = session
         self._force_read_only = bool(read_only)
+        self._is_open = is_open
+
+    @property
+    def _store(self) -> _RawStore:
+        """Raw bytes by key (Icechunk's private ``store._store``, which its tests use)."""
+        return _RawStore(self)
 
     @property
     def session(self) -> Session:
@@ -194,7 +227,7 @@ class FrazilStore(Store):
     def _check_writable(self) -> None:
         if self.read_only:
             raise ReadOnlyError(
-                "this store is read-only (a read-only or committed session); use "
+                "cannot write to a read-only store (a read-only or committed session); use "
                 "repo.writable_session(branch) to write"
             )
 
@@ -307,6 +340,8 @@ class FrazilStore(Store):
         return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
 
     async def exists(self, key: str) -> bool:
+        """Whether ``key`` holds a value: False for a key that can name nothing, as zarr's
+        stores answer (Icechunk's raises)."""
         self._valid_key(key)
         parsed = self._parse(key)
         if parsed is None:
@@ -325,15 +360,21 @@ class FrazilStore(Store):
             ref = await self._session.chunk_ref(parsed[1], parsed[2])
             if ref is not None and ref.length:
                 return ref.length
-        return await super().getsize(key)
+        from zarr.core.buffer import default_buffer_prototype
+
+        value = await self.get(key, prototype=default_buffer_prototype())
+        if value is None:
+            raise KeyNotFoundError(f"getsize: no value at key {key!r} in this session")
+        return len(value)
 
     # -- writes ----------------------------------------------------------------------------
     async def set(self, key: str, value: Buffer) -> None:
         self._check_writable()
         self._valid_key(key)
-        if not isinstance(value, Buffer):
-            raise InvalidInputError(
-                f"FrazilStore.set of {key!r} expects a zarr Buffer, got {type(value).__name__}"
+        if not isinstance(value, Buffer):  # zarr's own stores' wording
+            raise InvalidTypeError(
+                "FrazilStore.set(): `value` must be a Buffer instance. Got an instance of "
+                f"{type(value)} instead."
             )
         parsed = self._parse(key)
         if parsed is None:
@@ -502,20 +543,48 @@ class FrazilStore(Store):
                         out.append(ck)
         return out
 
-    async def list(self) -> AsyncIterator[str]:
-        for key in await self._keys(""):
-            yield key
-
-    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
-        for key in await self._keys(prefix):
-            yield key
-
-    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
-        prefix = prefix.rstrip("/")
+    async def _dir(self, prefix: str) -> list[str]:
+        prefix = prefix.strip("/")
         base = prefix + "/" if prefix else ""
-        seen: set[str] = set()
-        for key in await self._keys(base):
-            child = key[len(base) :].split("/", 1)[0]
-            if child not in seen:
-                seen.add(child)
-                yield child
+        return list(dict.fromkeys(k[len(base) :].split("/", 1)[0] for k in await self._keys(base)))
+
+    def list(self) -> AsyncIterator[str]:
+        return _Keys(lambda: self._keys(""))
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        """The keys that start with ``prefix``; a leading ``/`` stands for the root, as in
+        Icechunk's store and zarr's ``LocalStore`` (``list_prefix("/")`` lists every key).
+        The prefix is a string prefix, as the zarr ``Store`` docs and ``MemoryStore`` have it
+        (``"foo"`` lists ``foo-bar/...`` too; Icechunk's treats it as a path).
+        Iterable with ``async for``, and with ``for`` from synchronous code (as Icechunk's)."""
+        return _Keys(lambda: self._keys(prefix.lstrip("/")))
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        return _Keys(lambda: self._dir(prefix))
+
+
+class _Keys(AsyncIterator[str]):
+    """A listing of a ``FrazilStore``: an async iterator, as zarr wants, that synchronous code
+    can also iterate with ``for`` (Icechunk's listings can be). Computed on first use."""
+
+    __slots__ = ("_make", "_items")
+
+    def __init__(self, make: Callable[[], Coroutine[Any, Any, list[str]]]) -> None:
+        self._make = make
+        self._items: Iterator[str] | None = None
+
+    def __aiter__(self) -> _Keys:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._items is None:
+            self._items = iter(await self._make())
+        try:
+            return next(self._items)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def __iter__(self) -> Iterator[str]:
+        if self._items is None:
+            self._items = iter(zarr_sync(self._make()))
+        return self._items

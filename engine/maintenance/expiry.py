@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from frazil.format import CommitInfo, SnapshotId, encode_cuts
@@ -24,16 +25,19 @@ from .reach import cutoff_ms, ref_targets
 
 
 def plan_cuts(
-    chains: list[list[CommitInfo]], older_than: dt.datetime
+    chains: list[list[CommitInfo]],
+    older_than: dt.datetime,
+    gone: Sequence[list[CommitInfo]] = (),
 ) -> tuple[dict[SnapshotId, SnapshotId], set[SnapshotId]]:
     """From every ref's history (newest first, as cuts already give it): the new cuts
     (kept snapshot -> its next kept ancestor, where that is not its parent now) and the
     snapshots no history keeps. A history keeps its tip, its first snapshot (no parent)
     and every snapshot written at or after ``older_than``. Below its tip, what a history
     keeps depends on each snapshot alone, so every history that holds a snapshot gives it
-    the same cut."""
+    the same cut. ``gone``: the histories of refs expiry just deleted; their snapshots
+    count as dropped unless a history in ``chains`` keeps them (they make no cuts)."""
     new: dict[SnapshotId, SnapshotId] = {}
-    dropped: set[SnapshotId] = set()
+    dropped: set[SnapshotId] = {info.snapshot_id for chain in gone for info in chain}
     kept: set[SnapshotId] = set()
     for chain in chains:
         below: SnapshotId | None = None  # the next kept snapshot below, oldest first
@@ -108,9 +112,12 @@ async def expire_snapshots(
     reader: ObjectReader,
     older_than: dt.datetime,
     progress: Progress | None = None,
+    gone_tips: frozenset[SnapshotId] = frozenset(),
 ) -> set[str]:
     """Drop snapshots written before ``older_than`` from every branch's and tag's history;
-    returns their ids. See format/SPEC.md ("Expiring history") for the exact rules."""
+    returns their ids, with those of the histories of the refs just deleted (whose tips
+    are ``gone_tips``) that no remaining history keeps. See format/SPEC.md ("Expiring
+    history") for the exact rules."""
     cutoff_ms(older_than)
     attempt = 0
     maybe: set[SnapshotId] = set()  # dropped by an attempt whose outcome was lost
@@ -127,11 +134,17 @@ async def expire_snapshots(
             async for batch in ancestry(reader, tip, cuts):
                 chain.extend(batch)
             chains.append(chain)
-        new, dropped = plan_cuts(chains, older_than)
+        gone: list[list[CommitInfo]] = []
+        for tip in sorted(gone_tips - tips, key=str):
+            chain = []
+            async for batch in ancestry(reader, tip, cuts):
+                chain.extend(batch)
+            gone.append(chain)
+        new, dropped = plan_cuts(chains, older_than, gone)
         if progress is not None:
             progress("expire", len(tips), len(tips))
         if not new:
-            return {str(s) for s in maybe}
+            return {str(s) for s in dropped | maybe}
         merged = {**cuts, **new}  # gc drops the cuts of the snapshots it deletes
         # the run's operations log entry rides in the same write (SPEC §6.1)
         entry = OpEntry(OpKind.EXPIRATION_RAN, now())

@@ -95,7 +95,7 @@ def parse_location(text: str) -> Location:
         raise LocationError(f"a location must be a string, got {type(text).__name__}")
     m = _SCHEME.match(text)
     if m is None:
-        raise LocationError(f"location {text!r} is not a URL (scheme://...)")
+        raise LocationError(f"error parsing location {text!r}: not a URL (scheme://...)")
     if _CONTROL.search(text):
         raise LocationError(f"location {text!r} contains control characters")
     if "?" in text or "#" in text:

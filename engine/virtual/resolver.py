@@ -98,9 +98,9 @@ def _check_pins(read: VirtualRead, got: Fetched) -> None:
             )
         if _plain_etag(got.etag) != _plain_etag(read.etag):
             raise VirtualChunkError(
-                f"virtual chunk source {read.location!r} has changed since the reference "
-                f"was made: its ETag is {got.etag!r}, the reference expects {read.etag!r}; "
-                "refusing to read it",
+                f"virtual chunk has changed: source {read.location!r} has changed since the "
+                f"reference was made: its ETag is {got.etag!r}, the reference expects "
+                f"{read.etag!r}; refusing to read it",
                 location=read.location,
             )
     if read.last_modified is not None:
@@ -113,8 +113,8 @@ def _check_pins(read: VirtualRead, got: Fetched) -> None:
         bound = utc_seconds(read.last_modified)
         if utc_seconds(got.last_modified) > bound:
             raise VirtualChunkError(
-                f"virtual chunk source {read.location!r} has changed since the reference "
-                f"was made: modified at {got.last_modified.isoformat()}, after "
+                f"virtual chunk has changed: source {read.location!r} has changed since the "
+                f"reference was made: modified at {got.last_modified.isoformat()}, after "
                 f"{bound.isoformat()}; refusing to read it",
                 location=read.location,
             )

@@ -203,9 +203,10 @@ def outside_message(locations: Sequence[str], config: RepositoryConfig) -> str:
     shown = ", ".join(repr(x) for x in locations[:5])
     more = f" and {len(locations) - 5} more" if len(locations) > 5 else ""
     return (
-        f"virtual chunk location(s) {shown}{more} fall under no virtual chunk "
-        f"container of this repository (declared: {declared or 'none'}); declare one "
-        "with config.set_virtual_chunk_container(VirtualChunkContainer(prefix, store))"
+        f"invalid chunk location(s) {shown}{more}: they fall under no virtual chunk "
+        f"container of this repository (declared: {declared or 'none'}); to use them, edit "
+        "the repository configuration: declare one with "
+        "config.set_virtual_chunk_container(VirtualChunkContainer(prefix, store))"
     )
 
 

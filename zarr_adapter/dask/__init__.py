@@ -8,8 +8,10 @@ import os
 import pickle
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import dask
+import dask.array  # imported here, as Icechunk's module does: `import dask` users get dask.array
 import numpy as np
 import zarr
 from zarr.core.array_spec import ArrayConfigParams
@@ -20,7 +22,6 @@ from frazil.storage.memory import InMemoryStorage
 from frazil.zarr_adapter.store import FrazilStore
 
 if TYPE_CHECKING:
-    import dask.array
     from dask.delayed import Delayed
 
 Region = tuple[slice, ...]
@@ -171,7 +172,7 @@ def store_dask(
     regions: Region | Sequence[Region | None] | None = None,
     *,
     split_every: int | None = None,
-) -> None:
+) -> ForkSession | None:
     """Write dask arrays into zarr arrays of a writable frazil session, block by block on
     the workers, and fold the workers' writes back into the session (then commit it).
 
@@ -191,15 +192,18 @@ def store_dask(
                               dtype="f8")
         store_dask(dask.array.random.random((100, 100), chunks=(20, 20)), z)
         session.commit("random field")
-    """
-    import dask
 
+    Targets opened on a fork's store (Icechunk's way): the fork is left as it is and the
+    merged fork holding every block's writes is returned, for ``session.merge(...)``, as
+    Icechunk's ``store_dask`` returns it. Targets on a session's store: the writes are
+    merged into that session and None is returned (there is nothing left to merge).
+    """
     sources, targets = _as_list(sources), _as_list(targets)
     if len(sources) != len(targets):
         raise InvalidInputError(f"got {len(sources)} sources but {len(targets)} targets")
     fan_in = check_split_every(split_every)
     if not targets:
-        return
+        return None
     session = _session_of(targets)
     if regions is None or (
         isinstance(regions, tuple) and all(isinstance(r, slice) for r in regions)
@@ -209,8 +213,6 @@ def store_dask(
         region_list = list(regions)
         if len(region_list) != len(targets):
             raise InvalidInputError(f"got {len(region_list)} regions for {len(targets)} targets")
-
-    import dask.array
 
     plans: list[tuple[zarr.Array, Region]] = []
     for i, (source, target, region) in enumerate(zip(sources, targets, region_list)):
@@ -265,4 +267,7 @@ def store_dask(
         ]
     _check_storage_reachable(session, level[0])
     (final,) = dask.compute(level[0])
+    if isinstance(session, ForkSession):
+        return cast(ForkSession, final)
     session.merge(final)
+    return None

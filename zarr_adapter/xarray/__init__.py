@@ -108,12 +108,14 @@ def to_frazil(
     writer = ArrayWriter()
     dump_to_store(dataset, zstore, writer, encoding=encoding)
     if writer.sources:
-        store_dask(
+        merged = store_dask(
             list(writer.sources),
             list(writer.targets),
             [tuple(r) if r else None for r in writer.regions],
             split_every=fan_in,
         )
+        if merged is not None:  # written through a fork: its writes go into that fork
+            session.merge(merged)
 
 
 to_icechunk = to_frazil
