@@ -114,6 +114,10 @@ def diff(d: Any, title: str = "Diff", *, inner: bool = False) -> str:
             names = sorted(paths)
             cells = [(f"<code>{esc(p)}</code>",) for p in names[:LIMIT]]
             parts.append(_table((label,), cells, len(names)))
+    moves = list(getattr(d, "moved_nodes", ()))
+    if moves:
+        pairs = [(f"<code>{esc(a)}</code>", f"<code>{esc(b)}</code>") for a, b in moves[:LIMIT]]
+        parts.append(_table(("moved from", "to"), pairs, len(moves)))
     if d.updated_chunks:
         arrays = sorted(d.updated_chunks)
         rows = []
