@@ -148,7 +148,7 @@ def test_moved_array_keeps_staged_and_later_writes(repo: frazil.Repository) -> N
     s.move("/my/old/path/array", "/moved")
     b = zarr.open_array(s.store, path="moved")
     b[9, 9] = 2000  # written at the new path
-    assert s.status().updated_chunks == {"/moved": {(0, 0), (4, 4)}}
+    assert s.status().updated_chunks == {"/moved": [[0, 0], [4, 4]]}
     s.commit("write, move, write")
     want = EXPECTED.copy()
     want[0, 0], want[9, 9] = 1000, 2000
