@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import functools
 import json
+import logging
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
@@ -57,6 +58,8 @@ MAIN = keys.MAIN
 
 from .config import RepositoryConfig  # noqa: E402
 from .virtual.containers import VirtualChunkContainer  # noqa: E402
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ class Repository:
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         self._storage = storage
         self._config = config
-        self._reader = ObjectReader(storage)
+        self._reader = ObjectReader(storage, caching=config.caching)
         self._default_metadata: dict[str, Any] = {}
         # containers as the stored config declares them, which the opener did not pass:
         # credentials are never sent to an endpoint only they name
@@ -257,6 +260,7 @@ class Repository:
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         _check_config(config)
+        _log.debug("Creating Repository in %s", storage.describe())
         if not storage.writable:
             raise ReadOnlyError(f"cannot create a repository on read-only {storage.describe()}")
         if await _exists(storage):
@@ -336,6 +340,7 @@ class Repository:
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         _check_config(config)
+        _log.debug("Opening Repository in %s", storage.describe())
         if not await _exists(storage):
             raise NotFoundError(f"no frazil repository in {storage.describe()}")
         try:

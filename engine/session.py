@@ -37,7 +37,7 @@ from frazil.format import (
 from frazil.format import txlog as tx
 from frazil.format.common import BRANCH_REF
 from frazil.format.filters import coord_hash
-from frazil.format.keys import chunk_key
+from frazil.format.keys import chunk_key, manifest_key
 from frazil.format.manifest import virtual_rows
 
 from . import changeset, runtime
@@ -558,6 +558,12 @@ class Session:
         """Finish a commit whose snapshot is on the branch: the session becomes read-only
         at it, and the caches hold what other sessions of this process will read."""
         reader = self._repo.reader
+        if reader.bounds_manifest_refs:
+            written = {key for key, _ in plan.manifests}
+            for node in plan.snapshot.nodes:
+                for seg in node.segments:
+                    if manifest_key(seg.manifest_id) in written:
+                        reader.note_written_segment(seg.rows)
         reader.snapshots.put(plan.snapshot.id, plan.snapshot)
         if plan.transaction_log is not None:  # rebases of other sessions read it
             reader.txlogs.put(plan.snapshot.id, plan.transaction_log)

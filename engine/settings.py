@@ -116,8 +116,11 @@ class CompressionConfig(_Settings):
 
 
 class CachingConfig(_Settings):
-    """Cache sizes. Accepted and saved; frazil does not use them (its object cache is
-    sized by itself)."""
+    """Cache sizes. ``num_snapshot_nodes`` bounds the snapshot cache by nodes,
+    ``num_chunk_refs`` the manifest segment cache by chunk references and
+    ``num_bytes_chunks`` the chunk cache by bytes (None: frazil's own bounds); a warning
+    is logged, once, when one object takes much of a cache made small. The other two
+    fields are accepted and saved, not used."""
 
     _fields = {
         "num_snapshot_nodes": int,

@@ -110,6 +110,9 @@ def clean_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ("WARN", {"frazil": logging.WARNING}),
         ("off", {"frazil": logging.CRITICAL + 10}),
         ("", {}),
+        ("icechunk:debug", {"frazil": logging.DEBUG}),  # ``target:level`` as people write it
+        ("tokio::io:warn,info", {"tokio.io": logging.WARNING, "frazil": logging.INFO}),
+        ("icechunk::repository:trace", {"frazil.repository": TRACE}),
     ],
 )
 def test_parse_filter(spec: str, expected: dict[str, int]) -> None:
@@ -117,7 +120,8 @@ def test_parse_filter(spec: str, expected: dict[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["icechunk=loud", "=debug", "a b=info", "x[span]=info", "icechunk=debug=info"]
+    "spec",
+    ["icechunk=loud", "=debug", "a b=info", "x[span]=info", "icechunk=debug=info", "a:b:c"],
 )
 def test_invalid_filters_are_refused(spec: str, clean_logs: None) -> None:
     with pytest.raises(frazil.InvalidInputError, match="log filter"):
@@ -131,12 +135,12 @@ def test_set_logs_filter_sets_levels_and_shows_logs(
     assert logging.getLogger("frazil").level == logging.DEBUG
     assert logging.getLogger("s3fs").level == logging.ERROR
     logging.getLogger("frazil.session").debug("a debug line")
-    assert "a debug line" in capsys.readouterr().err
+    assert "a debug line" in capsys.readouterr().out  # stdout, as Icechunk prints them
     frazil.set_logs_filter("error")  # directives replace the previous ones
     assert logging.getLogger("frazil").level == logging.ERROR
     assert logging.getLogger("s3fs").level == logging.NOTSET
     logging.getLogger("frazil").info("hidden")
-    assert "hidden" not in capsys.readouterr().err
+    assert "hidden" not in capsys.readouterr().out
     ours = [
         h for h in logging.getLogger("frazil").handlers if getattr(h, "_frazil_logs_handler", 0)
     ]
@@ -154,6 +158,61 @@ def test_filters_from_the_environment(clean_logs: None, monkeypatch: pytest.Monk
     monkeypatch.setenv("FRAZIL_LOG", "debug")  # frazil's own variable first
     frazil.set_logs_filter(None)
     assert logging.getLogger("frazil").level == logging.DEBUG
+
+
+def test_logs_show_only_when_asked(clean_logs: None, capfd: pytest.CaptureFixture[str]) -> None:
+    frazil.Repository.create(frazil.in_memory_storage())
+    assert capfd.readouterr().out == ""  # nothing by default
+    frazil.set_logs_filter("debug")
+    frazil.Repository.create(frazil.in_memory_storage())
+    assert "Creating Repository" in capfd.readouterr().out
+    frazil.set_logs_filter("warn")
+    frazil.Repository.create(frazil.in_memory_storage())
+    assert capfd.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("spec", "warned"),
+    [
+        ("icehunk:trace", ["icehunk"]),
+        ("debug,icecunk::store::manager:debug,tokio::io:warn", ["icecunk"]),
+        ("frazzil=debug", ["frazzil"]),
+        ("icechunk:debug,frazil::session=info", []),
+        ("ice:debug,chunk:info,tokio:debug,my_app::module:warn,trace", []),
+    ],
+)
+def test_misspelt_targets_are_warned_about(
+    spec: str, warned: list[str], clean_logs: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    frazil.set_logs_filter(spec)
+    err = capfd.readouterr().err
+    assert err.count("WARNING") == len(warned)
+    for name in warned:
+        assert repr(name) in err
+    assert "tokio" not in err
+
+
+def test_small_caches_bound_and_warn(clean_logs: None, capfd: pytest.CaptureFixture[str]) -> None:
+    frazil.set_logs_filter("warn")
+    config = frazil.RepositoryConfig(
+        caching=frazil.CachingConfig(num_chunk_refs=4, num_snapshot_nodes=10)
+    )
+    repo = frazil.Repository.create(frazil.in_memory_storage(), config=config)
+    assert repo.reader.manifests.budget == 4 and repo.reader.snapshots.budget == 10
+    session = repo.writable_session("main")
+    for name in ("a", "b"):
+        zarr.create_array(session.store, name=name, shape=(10,), chunks=(2,), dtype="i8")[:] = 1
+    session.commit("two arrays of 5 chunks")
+    out = capfd.readouterr().out
+    assert out.count("WARNING") == 2  # once for manifests, once for snapshots
+    assert "5 chunk references" in out and "keep 4 references" in out
+    assert "3 nodes" in out and "keep 10 nodes" in out
+    ro = repo.readonly_session("main")
+    assert (ro.store and zarr.open_array(ro.store, path="a")[:] == 1).all()
+    assert capfd.readouterr().out == ""  # warned once per repository
+    # no CachingConfig: frazil's own bounds, no warning
+    plain = frazil.Repository.create(frazil.in_memory_storage())
+    assert plain.reader.manifests.budget == 512 << 20
 
 
 def test_print_debug_info(capsys: pytest.CaptureFixture[str]) -> None:
