@@ -77,7 +77,27 @@ class RepositoryConfig:
 
     @classmethod
     def default(cls) -> RepositoryConfig:
-        return cls(DEFAULT_INLINE_THRESHOLD, manifest_split_rows=DEFAULT_MANIFEST_SPLIT_ROWS)
+        """A config that sets nothing (as Icechunk's): each setting the stored config and
+        the opener leave unset takes its default where it is used (``inline_threshold``,
+        ``split_rows``, ``merge_fanout``); a repository stores only what was set."""
+        return cls()
+
+    def __repr__(self) -> str:
+        """Icechunk's form (its fields first, in its order), then frazil's own settings."""
+        names = (
+            "inline_chunk_threshold_bytes",
+            "get_partial_values_concurrency",
+            "compression",
+            "caching",
+            "storage",
+            "manifest",
+            "max_concurrent_requests",
+            "virtual_chunk_containers",
+            "manifest_split_rows",
+            "compact_when_segments_exceed",
+            "manifest_merge_fanout",
+        )
+        return f"RepositoryConfig({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _OBJECTS and value is not None and not isinstance(value, _OBJECTS[name]):

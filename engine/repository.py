@@ -12,7 +12,7 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 from frazil.format import CommitInfo, Snapshot, SnapshotId, keys
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
@@ -270,7 +270,7 @@ class Repository:
                 f"{storage.describe()} is not empty and holds no frazil "
                 "repository; use an empty location"
             )
-        cfg = RepositoryConfig.default().merge(config)
+        cfg = RepositoryConfig().merge(config)
         check_authorization(cfg, auth)
         claim = await storage.put_if_absent(CONFIG_KEY, encode_config(cfg.to_dict()))
         if not claim.ok:
@@ -357,7 +357,7 @@ class Repository:
         }
         return cls(
             storage,
-            RepositoryConfig.default().merge(stored).merge(config),
+            stored.merge(config),
             auth,
             untrusted_containers=untrusted,
         )
@@ -652,9 +652,24 @@ class Repository:
         ------
         SnapshotInfo
             id, parent id, time, message and metadata of each snapshot.
+
+        The branch, tag or snapshot is looked up at the call (a missing one raises
+        there, as in Icechunk); history is read as the iterator is consumed.
         """
         sid: SnapshotId | None = runtime.run(self._resolve(branch, tag, snapshot_id))[0]
-        label = _ref_label(branch, tag)
+        return self._history_from(sid, _ref_label(branch, tag))
+
+    def _lazy_ancestry(
+        self, branch: str | None, tag: str | None, snapshot_id: str | None
+    ) -> Generator[SnapshotInfo, None, None]:
+        """``ancestry`` looking the ref up at the first ``next`` (for ``async_ancestry``,
+        whose iterations run in worker threads)."""
+        sid: SnapshotId | None = runtime.run(self._resolve(branch, tag, snapshot_id))[0]
+        yield from self._history_from(sid, _ref_label(branch, tag))
+
+    def _history_from(
+        self, sid: SnapshotId | None, label: str | None
+    ) -> Generator[SnapshotInfo, None, None]:
         batches = history.ancestry(self._reader, sid)
         try:
             while True:
@@ -672,10 +687,7 @@ class Repository:
     ) -> AsyncIterator[SnapshotInfo]:
         """``ancestry`` as an async iterator: each batch of history is read in a worker
         thread, so the caller's event loop is not blocked."""
-        sync = cast(
-            Generator[SnapshotInfo, None, None],
-            self.ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id),
-        )
+        sync = self._lazy_ancestry(branch, tag, snapshot_id)
         done = object()
 
         async def items() -> AsyncIterator[SnapshotInfo]:

@@ -4,6 +4,7 @@ values that ``RepositoryConfig`` carries and saves in ``config.json`` as JSON.""
 from __future__ import annotations
 
 import enum
+import json
 import re
 from typing import Any, ClassVar
 
@@ -27,6 +28,10 @@ def _check(owner: str, name: str, value: Any, kind: Any) -> None:
         raise InvalidInputError(f"{owner}.{name} must be {what} (or None), got {value!r}")
 
 
+def _repr_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
 class _Settings:
     """A record of optional fields, each checked on every assignment; equal by value."""
 
@@ -43,8 +48,16 @@ class _Settings:
 
     __hash__ = None  # type: ignore[assignment]
 
+    #: fields left out of ``repr`` while unset (those Icechunk's ``repr`` does not show)
+    _quiet: ClassVar[frozenset[str]] = frozenset()
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
+        """Icechunk's form: every field in order, strings in double quotes."""
+        args = ", ".join(
+            f"{n}={_repr_value(getattr(self, n))}"
+            for n in self._fields
+            if not (n in self._quiet and getattr(self, n) is None)
+        )
         return f"{type(self).__name__}({args})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,6 +204,7 @@ class StorageSettings(_Settings):
         "chunks_storage_class": str,
         "minimum_size_for_multipart_upload": int,
     }
+    _quiet = frozenset({"minimum_size_for_multipart_upload"})
 
     def __init__(
         self,

@@ -258,8 +258,40 @@ def test_merge_and_default() -> None:
     assert merged.caching == CachingConfig(num_chunk_refs=1)
     assert merged.storage == StorageSettings(storage_class="X")
     assert merged.get_partial_values_concurrency == 5
-    d = RepositoryConfig.default()
-    assert d.inline_chunk_threshold_bytes == 512 and d.caching is None
+    d = RepositoryConfig.default()  # sets nothing, as Icechunk's; creation fills defaults
+    assert d.inline_chunk_threshold_bytes is None and d.caching is None
+    assert d == RepositoryConfig()
+    repo = frazil.Repository.create(frazil.in_memory_storage(), d)
+    assert repo.config == d  # only what was set is stored; defaults apply at use
+    assert repo.config.inline_threshold == 512
+    assert frazil.Repository.fetch_config(repo.storage) == d
+
+
+def test_config_reprs_are_icechunks() -> None:
+    cfg = RepositoryConfig.default()
+    assert repr(cfg).startswith(
+        "RepositoryConfig(inline_chunk_threshold_bytes=None, get_partial_values_concurrency="
+        "None, compression=None, caching=None, storage=None, manifest=None, "
+    )
+    cfg.storage = StorageSettings(storage_class="STANDARD_IA")
+    assert (
+        "storage=StorageSettings(concurrency=None, retries=None, unsafe_use_conditional_create"
+        "=None, unsafe_use_conditional_update=None, unsafe_use_metadata=None, storage_class="
+        '"STANDARD_IA", metadata_storage_class=None, chunks_storage_class=None)'
+    ) in repr(cfg)
+    cfg.storage.minimum_size_for_multipart_upload = 5
+    assert "minimum_size_for_multipart_upload=5)" in repr(cfg)
+
+
+def test_storage_default_settings() -> None:
+    mem = frazil.in_memory_storage().default_settings()
+    assert mem.retries == StorageRetriesSettings(1, 0, 0)
+    assert mem.concurrency is not None
+    s3 = frazil.s3_storage(bucket="b", prefix="p", max_attempts=3, anonymous=True)
+    d = s3.default_settings()
+    assert d.retries is not None and d.retries.max_tries == 3
+    assert d.unsafe_use_conditional_update is True
+    assert frazil.local_filesystem_storage("unused").default_settings() == StorageSettings()
 
 
 def test_condition_operators_and_hashing() -> None:
@@ -286,7 +318,7 @@ def test_fetch_config_and_reopen() -> None:
     assert other is not repo and other.storage is repo.storage
     assert other.config.inline_chunk_threshold_bytes == 0
     assert other.config.manifest_split_rows == 7  # the rest kept
-    assert repo.config.inline_chunk_threshold_bytes == 512  # the original is unchanged
+    assert repo.config.inline_chunk_threshold_bytes is None  # the original is unchanged
     again = asyncio.run(repo.reopen_async())
     assert again.config == repo.config
     assert repo.authorized_virtual_container_prefixes() == set()
