@@ -12,6 +12,7 @@ __all__ = [
     "FormatError",
     "FrazilError",
     "InvalidInputError",
+    "InvalidTypeError",
     "NotFoundError",
     "ReadOnlyError",
     "StorageError",
@@ -58,6 +59,11 @@ class ReadOnlyError(FrazilError):
 
 class InvalidInputError(FrazilError, ValueError):
     """An argument is malformed: a bad name, key, coordinate, range or type."""
+
+
+class InvalidTypeError(InvalidInputError, TypeError):
+    """An argument is of a type frazil cannot take (commit metadata that is not JSON, ...):
+    also a ``TypeError``, as Icechunk raises there."""
 
 
 class StorageError(FrazilError):

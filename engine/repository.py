@@ -133,6 +133,15 @@ def _in_thread(method: Callable[_P, _R]) -> Callable[_P, Coroutine[Any, Any, _R]
     return run
 
 
+def _deprecated_total(name: str, instead: str) -> None:
+    warnings.warn(
+        f"{name}() is deprecated, as in Icechunk: use {instead}().native_bytes ({instead}() "
+        "also counts inline and virtual chunks)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
 def _refuse_removed(virtual_chunk_credentials: object) -> None:
     if virtual_chunk_credentials is not None:
         raise InvalidInputError(
@@ -653,11 +662,23 @@ class Repository:
         SnapshotInfo
             id, parent id, time, message and metadata of each snapshot.
 
-        The branch, tag or snapshot is looked up at the call (a missing one raises
-        there, as in Icechunk); history is read as the iterator is consumed.
+        The branch, tag or snapshot and the first snapshot's footer are read at the call
+        (a missing ref or snapshot raises there, as in Icechunk); the rest of the history
+        is read as the iterator is consumed.
         """
         sid: SnapshotId | None = runtime.run(self._resolve(branch, tag, snapshot_id))[0]
-        return self._history_from(sid, _ref_label(branch, tag))
+        label = _ref_label(branch, tag)
+        cuts = None
+        if sid is not None:
+            with _named_by(label):
+                cuts = runtime.run(self._tip_footer(sid))
+        return self._history_from(sid, label, cuts)
+
+    async def _tip_footer(self, sid: SnapshotId) -> dict[SnapshotId, SnapshotId]:
+        """Read a snapshot's footer (cached, for the history walk) and the history cuts
+        (returned, for it) together: one round trip."""
+        cuts, _ = await asyncio.gather(self._reader.load_cuts(), self._reader.commit_header(sid))
+        return cuts
 
     def _lazy_ancestry(
         self, branch: str | None, tag: str | None, snapshot_id: str | None
@@ -668,9 +689,12 @@ class Repository:
         yield from self._history_from(sid, _ref_label(branch, tag))
 
     def _history_from(
-        self, sid: SnapshotId | None, label: str | None
+        self,
+        sid: SnapshotId | None,
+        label: str | None,
+        cuts: dict[SnapshotId, SnapshotId] | None = None,
     ) -> Generator[SnapshotInfo, None, None]:
-        batches = history.ancestry(self._reader, sid)
+        batches = history.ancestry(self._reader, sid, cuts)
         try:
             while True:
                 with _named_by(label):
@@ -1055,14 +1079,20 @@ class Repository:
         """Deprecated, as in Icechunk: ``chunk_storage_stats().native_bytes``, the bytes of
         the native chunk objects anything reachable references. The three limits are
         Icechunk's memory and concurrency settings, accepted and not needed."""
-        warnings.warn(
-            "total_chunks_storage() is deprecated, as in Icechunk: use "
-            "chunk_storage_stats().native_bytes (chunk_storage_stats() also counts inline "
-            "and virtual chunks)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        _deprecated_total("total_chunks_storage", "chunk_storage_stats")
         return self.chunk_storage_stats().native_bytes
+
+    async def total_chunks_storage_async(
+        self,
+        *,
+        max_snapshots_in_memory: int = 50,
+        max_compressed_manifest_mem_bytes: int = 512 * 1024 * 1024,
+        max_concurrent_manifest_fetches: int = 500,
+    ) -> int:
+        """Deprecated, as in Icechunk: ``(await chunk_storage_stats_async()).native_bytes``
+        (see ``total_chunks_storage``)."""
+        _deprecated_total("total_chunks_storage_async", "chunk_storage_stats_async")
+        return (await self.chunk_storage_stats_async()).native_bytes
 
     def inspect_snapshot(self, snapshot_id: str, *, pretty: bool = True) -> str:
         """A JSON description of snapshot ``snapshot_id``, with Icechunk's fields: ``id``,
@@ -1171,7 +1201,6 @@ class Repository:
     readonly_session_async = _in_thread(readonly_session)
     reset_branch_async = _in_thread(reset_branch)
     save_config_async = _in_thread(save_config)
-    total_chunks_storage_async = _in_thread(total_chunks_storage)
     writable_session_async = _in_thread(writable_session)
 
 

@@ -51,6 +51,7 @@ from .errors import (
     FormatError,
     FrazilError,
     InvalidInputError,
+    InvalidTypeError,
     NotFoundError,
     ReadOnlyError,
 )
@@ -1487,9 +1488,15 @@ def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
-        raise InvalidInputError("commit metadata must be a dict with string keys")
+        raise InvalidTypeError(
+            f"commit metadata must be a dict with string keys, got {type(metadata).__name__}"
+        )
     try:
         json.dumps(metadata)
-    except (TypeError, ValueError) as e:
+    except TypeError as e:
+        raise InvalidTypeError(
+            f"commit metadata must be JSON: an object cannot be cast to JSON ({e})"
+        ) from None
+    except ValueError as e:  # circular references
         raise InvalidInputError(f"commit metadata must be JSON-serializable: {e}") from None
     return dict(metadata)

@@ -637,3 +637,41 @@ def test_error_message_object_store_storage_and_pickled_default_metadata(
     repo.set_default_commit_metadata({"author": "test"})
     again = pickle.loads(pickle.dumps(repo))
     assert again.default_commit_metadata() == {"author": "test"}
+
+
+def test_ancestry_of_a_deleted_snapshot_raises_at_the_call(tmp_path: Any) -> None:
+    import shutil
+
+    storage = frazil.local_filesystem_storage(tmp_path)
+    frazil.Repository.create(storage)
+    shutil.rmtree(tmp_path / "snapshots")
+    repo = frazil.Repository.open(storage)
+    with pytest.raises(frazil.NotFoundError, match="branch 'main'.*cannot be found"):
+        repo.ancestry(branch="main")  # not only once iterated
+
+
+class _NoJson:
+    pass
+
+
+@pytest.mark.parametrize("metadata", [{"k": _NoJson()}, ["not", "a", "dict"]])
+def test_commit_metadata_of_the_wrong_type_is_a_type_error(
+    repo: frazil.Repository, metadata: Any
+) -> None:
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="a").attrs["x"] = 1
+    with pytest.raises(frazil.InvalidTypeError) as info:
+        session.commit("c", metadata)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, frazil.FrazilError)
+    assert isinstance(info.value, frazil.InvalidInputError)
+    if isinstance(metadata, dict):
+        assert "object cannot be cast" in str(info.value)
+    with pytest.raises(frazil.InvalidTypeError):
+        repo.set_default_commit_metadata(metadata)
+
+
+async def test_total_chunks_storage_async_warns_under_its_own_name(
+    repo: frazil.Repository,
+) -> None:
+    with pytest.warns(DeprecationWarning, match="total_chunks_storage_async"):
+        assert await repo.total_chunks_storage_async() == 0
