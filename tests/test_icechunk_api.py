@@ -8,6 +8,7 @@ import datetime as dt
 import inspect
 import json
 import logging
+import os
 import pickle
 from collections.abc import Iterator
 from importlib import metadata
@@ -675,3 +676,11 @@ async def test_total_chunks_storage_async_warns_under_its_own_name(
 ) -> None:
     with pytest.warns(DeprecationWarning, match="total_chunks_storage_async"):
         assert await repo.total_chunks_storage_async() == 0
+
+
+def test_local_storage_repr_is_icechunks(tmp_path: Any) -> None:
+    storage = frazil.local_filesystem_storage(tmp_path)
+    assert repr(storage) == (
+        f"ObjectStorage(backend=LocalFileSystemObjectStoreBackend(path={os.path.abspath(tmp_path)}))"
+    )
+    assert repr(pickle.loads(pickle.dumps(storage))) == repr(storage)
