@@ -1332,9 +1332,16 @@ class _SessionCommitter:
             )
             if paths:
                 meta["frazil.compacted_arrays"] = paths
+        regions = config.region_sizes
         if touched and config.merge_fanout:  # the size-tiered merge (frazil.merging)
             base = await merge_for_commit(
-                repo.reader, storage, base, touched, config.merge_fanout, config.split_rows
+                repo.reader,
+                storage,
+                base,
+                touched,
+                config.merge_fanout,
+                config.split_rows,
+                regions,
             )
         history = await index_for_child(repo.reader, storage, s._base)
         plan = prepare_commit(
@@ -1344,6 +1351,7 @@ class _SessionCommitter:
             metadata=meta,
             split_rows=config.split_rows,
             history=history,
+            region_sizes=regions,
         )
         await runtime.gather_limited(
             [storage.put(k, b) for k, b in [*merged, *plan.manifests, plan.log]]

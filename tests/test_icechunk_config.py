@@ -203,50 +203,104 @@ def test_a_damaged_saved_setting_is_a_format_error() -> None:
         frazil.Repository.fetch_config(storage)
 
 
-def test_splitting_for_every_array_sets_manifest_split_rows() -> None:
-    any_array = ManifestSplitCondition.AnyArray()
+def test_region_sizes_first_matching_entry_first_dimension_condition() -> None:
+    D = ManifestSplitDimCondition
     splitting = ManifestSplittingConfig.from_dict(
-        {any_array: {ManifestSplitDimCondition.Axis(0): 4, ManifestSplitDimCondition.Any(): 3}}
+        {
+            ManifestSplitCondition.name_matches("temp"): {D.DimensionName("lon"): 3},
+            ManifestSplitCondition.AnyArray(): {D.Axis(1): 2, D.Any(): 1, D.Axis(0): 9},
+        }
     )
-    assert splitting.split_rows == 12
-    cfg = RepositoryConfig(manifest=ManifestConfig(splitting=splitting))
-    assert cfg.manifest_split_rows == 12 and cfg.split_rows == 12
-    # an explicit manifest_split_rows wins at construction; a later assignment of
-    # manifest sets it
-    cfg = RepositoryConfig(manifest=ManifestConfig(splitting=splitting), manifest_split_rows=5)
-    assert cfg.split_rows == 5
-    cfg.manifest = ManifestConfig(splitting=splitting)
-    assert cfg.split_rows == 12
-    # splits of particular arrays are kept, not used
-    only_temp = ManifestSplittingConfig.from_dict(
-        {ManifestSplitCondition.name_matches("t"): {ManifestSplitDimCondition.Any(): 3}}
+    names = ("time", "lat", "lon")
+    assert splitting.region_sizes("/g/temperature", 3, names) == (0, 0, 3)
+    assert splitting.region_sizes("/g/temperature", 3, None) is None  # no names: no split
+    assert splitting.region_sizes("/salinity", 3, names) == (1, 2, 1)  # Axis(0) came too late
+    only = ManifestSplittingConfig.from_dict(
+        {ManifestSplitCondition.path_matches("^/a$"): {D.Any(): 4}}
     )
-    assert only_temp.split_rows is None
-    assert (
-        RepositoryConfig(manifest=ManifestConfig(splitting=only_temp)).manifest_split_rows is None
-    )
+    assert only.region_sizes("/b", 1, None) is None
+    assert only.region_sizes("/a", 2, None) == (4, 4)
+    assert not hasattr(only, "split_rows")  # splitting no longer stands in for rows
+    assert RepositoryConfig(manifest=ManifestConfig(splitting=only)).manifest_split_rows is None
 
 
-def test_split_rows_act_on_written_manifests() -> None:
+def _manifest_refs(repo: frazil.Repository, sid: str, path: str) -> list[dict[str, Any]]:
+    import json
+
+    doc = json.loads(repo.inspect_snapshot(sid))
+    (node,) = [n for n in doc["nodes"] if n["path"] == path]
+    return list(node["manifest_refs"])
+
+
+def test_splitting_writes_one_segment_object_per_region() -> None:
+    D = ManifestSplitDimCondition
     splitting = ManifestSplittingConfig.from_dict(
-        {ManifestSplitCondition.AnyArray(): {ManifestSplitDimCondition.Any(): 3}}
+        {ManifestSplitCondition.name_matches("^t$"): {D.DimensionName("x"): 3}}
     )
     storage = frazil.in_memory_storage()
-    repo = frazil.Repository.create(
+    frazil.Repository.create(
         storage,
         RepositoryConfig(inline_chunk_threshold_bytes=0, manifest=ManifestConfig(None, splitting)),
     )
     repo = frazil.Repository.open(storage)  # the saved splitting applies on open
-    assert repo.config.split_rows == 3
     session = repo.writable_session("main")
-    arr = zarr.create_array(session.store, name="a", shape=(10,), chunks=(1,), dtype="i1")
-    arr[:] = 1
-    sid = session.commit("ten chunks")
-    import json
+    t = zarr.create_array(
+        session.store,
+        name="t",
+        shape=(2, 10),
+        chunks=(1, 1),
+        dtype="i1",
+        dimension_names=("y", "x"),
+    )
+    other = zarr.create_array(session.store, name="u", shape=(10,), chunks=(1,), dtype="i1")
+    t[:] = 1
+    other[:] = 2
+    sid = session.commit("two arrays")
+    refs = _manifest_refs(repo, sid, "/t")
+    # x cut every 3 chunks: [0-2] [3-5] [6-8] [9], each a segment in its own object
+    assert sorted(r["extents"][1] for r in refs) == [[0, 3], [3, 6], [6, 9], [9, 10]]
+    assert len({r["id"] for r in refs}) == 4
+    assert len(_manifest_refs(repo, sid, "/u")) == 1  # not matched: not split
+    # a write to x = 4..5 touches one region: one new segment
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="t")[:, 4:6] = 7
+    sid = session.commit("one region")
+    refs = _manifest_refs(repo, sid, "/t")
+    assert len(refs) == 5 and refs[0]["extents"] == [[0, 2], [4, 6]]
+    ro = repo.readonly_session("main")
+    assert (
+        zarr.open_array(ro.store, path="t", mode="r")[:].tolist()
+        == [[1, 1, 1, 1, 7, 7, 1, 1, 1, 1]] * 2
+    )
 
-    doc = json.loads(repo.inspect_snapshot(sid))
-    (node,) = [n for n in doc["nodes"] if n["path"] == "/a"]
-    assert len(node["manifest_refs"]) == 4  # 3 + 3 + 3 + 1 references
+
+def test_merging_stays_within_regions() -> None:
+    D = ManifestSplitDimCondition
+    splitting = ManifestSplittingConfig.from_dict(
+        {ManifestSplitCondition.AnyArray(): {D.Axis(0): 2}}
+    )
+    repo = frazil.Repository.create(
+        frazil.in_memory_storage(),
+        RepositoryConfig(
+            inline_chunk_threshold_bytes=0,
+            manifest=ManifestConfig(None, splitting),
+            manifest_merge_fanout=2,
+        ),
+    )
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(4,), chunks=(1,), dtype="i1")[:] = 0
+    session.commit("create")
+    for i in range(3):  # each commit writes both regions
+        session = repo.writable_session("main")
+        zarr.open_array(session.store, path="a")[:] = i + 1
+        sid = session.commit(f"write {i}")
+    refs = _manifest_refs(repo, sid, "/a")
+    lo = sorted(r["extents"][0][0] // 2 for r in refs)
+    # merged, but never across the region boundary at chunk 2
+    assert all(r["extents"][0][1] - 1 < (r["extents"][0][0] // 2 + 1) * 2 for r in refs)
+    assert lo.count(0) < 4 and lo.count(1) < 4  # the policy merged within each region
+    ro = repo.readonly_session("main")
+    assert zarr.open_array(ro.store, path="a", mode="r")[:].tolist() == [3, 3, 3, 3]
 
 
 def test_merge_and_default() -> None:
