@@ -114,30 +114,31 @@ RegionSizes = Callable[[NodeRecord], tuple[int, ...] | None]
 None: ``ManifestSplittingConfig.region_sizes`` for the repository's config."""
 
 
-def region_ids(coords: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
-    """For each row of ``coords`` (n x ndim), the index of its region (of the grid that
-    ``sizes`` cuts) among the distinct regions present, in the regions' sorted order."""
-    cut = np.array([z if z else np.iinfo(np.int64).max for z in sizes], dtype=np.int64)
-    keys = coords.astype(np.int64, copy=False) // cut
-    _, inverse = np.unique(keys, axis=0, return_inverse=True)
-    return np.asarray(inverse).reshape(-1)
-
-
 def split_by_region(
     coords: np.ndarray, rows: pa.Table, sizes: tuple[int, ...]
 ) -> Iterator[tuple[np.ndarray, pa.Table]]:
-    """(sorted coords, rows) cut into one part per region of the chunk grid (``sizes``),
-    each still sorted; one sort, no loop over chunks."""
+    """(sorted coords, rows) cut into one part per region of the chunk grid (``sizes``,
+    chunks per region per dimension, 0: not cut), each still sorted: one linear region
+    id per row and one stable sort, no loop over chunks."""
     if len(coords) == 0 or coords.ndim != 2 or coords.shape[1] != len(sizes):
         yield coords, rows
         return
-    ids = region_ids(coords, sizes)
+    cut = np.array([z if z else np.iinfo(np.int64).max for z in sizes], dtype=np.int64)
+    keys = coords.astype(np.int64, copy=False) // cut
+    span = keys.max(axis=0) + 1
+    if math.prod(int(x) for x in span) >= 1 << 62:  # ids would overflow: number them
+        ids = np.unique(keys, axis=0, return_inverse=True)[1].reshape(-1)
+    else:
+        ids = np.ravel_multi_index(tuple(keys.T), tuple(int(x) for x in span))
     order = np.argsort(ids, kind="stable")  # stable: each region keeps the sorted order
-    bounds = np.searchsorted(ids[order], np.arange(int(ids.max()) + 2))
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        if hi > lo:
-            idx = order[lo:hi]
-            yield coords[idx], rows.take(pa.array(idx))
+    sorted_ids = ids[order]
+    starts = [0, *(np.flatnonzero(np.diff(sorted_ids)) + 1).tolist(), len(ids)]
+    if len(starts) == 2:  # one region
+        yield coords, rows
+        return
+    for lo, hi in zip(starts[:-1], starts[1:]):
+        idx = order[lo:hi]
+        yield coords[idx], rows.take(pa.array(idx))
 
 
 def same_region(seg: SegmentRef, sizes: tuple[int, ...]) -> tuple[int, ...] | None:

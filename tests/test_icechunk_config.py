@@ -584,3 +584,21 @@ def test_object_store_config_variants_are_types() -> None:
     assert isinstance(s3, frazil.AnyObjectStoreConfig)
     with pytest.raises(frazil.InvalidInputError, match="S3Options"):
         osc.S3("us-east-1")  # type: ignore[arg-type]
+
+
+def test_split_by_region_keeps_each_region_sorted() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from frazil.commit import split_by_region
+
+    coords = np.array([[y, x] for y in range(3) for x in range(5)], dtype=np.int64)
+    rows = pa.table({"n": np.arange(len(coords))})
+    parts = list(split_by_region(coords, rows, (0, 2)))  # x cut every 2: 3 regions
+    assert [p[0][:, 1].max() // 2 for p in parts] == [0, 1, 2]
+    for part, part_rows in parts:
+        assert part.tolist() == sorted(part.tolist())  # lexicographic order kept
+        assert part_rows.column("n").to_pylist() == [5 * y + x for y, x in part.tolist()]
+    assert sum(len(p[0]) for p in parts) == len(coords)
+    (whole,) = split_by_region(coords, rows, (0, 8))  # one region: handed back as is
+    assert whole[0] is coords and whole[1] is rows
