@@ -22,6 +22,8 @@ logging.addLevelName(TRACE, "TRACE")
 
 ENV_VARS = ("FRAZIL_LOG", "ICECHUNK_LOG")
 """Where ``initialize_logs`` and ``set_logs_filter(None)`` read a directive, first found."""
+NO_LOGS_VARS = ("FRAZIL_NO_LOGS", "ICECHUNK_NO_LOGS")
+"""Set (to anything), ``initialize_logs`` does nothing, as Icechunk's ``ICECHUNK_NO_LOGS``."""
 
 _LEVELS = {
     "trace": TRACE,
@@ -179,7 +181,10 @@ def set_logs_filter(log_filter_directive: str | None) -> None:
 def initialize_logs() -> None:
     """Set frazil's logging up from the environment (``FRAZIL_LOG``, else
     ``ICECHUNK_LOG``): its directive sets the levels and a stdout handler shows them.
-    Without either variable, nothing changes (Python's own configuration applies)."""
+    Without either variable, or with ``FRAZIL_NO_LOGS`` or ``ICECHUNK_NO_LOGS`` set,
+    nothing changes (Python's own configuration applies). ``import frazil`` calls it."""
+    if any(os.environ.get(v) is not None for v in NO_LOGS_VARS):
+        return
     if any(os.environ.get(v) for v in ENV_VARS):
         set_logs_filter(None)
 

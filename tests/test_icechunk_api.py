@@ -684,3 +684,25 @@ def test_local_storage_repr_is_icechunks(tmp_path: Any) -> None:
         f"ObjectStorage(backend=LocalFileSystemObjectStoreBackend(path={os.path.abspath(tmp_path)}))"
     )
     assert repr(pickle.loads(pickle.dumps(storage))) == repr(storage)
+
+
+@pytest.mark.parametrize(
+    ("env", "shown"),
+    [
+        ({"ICECHUNK_LOG": "debug"}, True),
+        ({"FRAZIL_LOG": "frazil:debug"}, True),
+        ({"ICECHUNK_LOG": "debug", "ICECHUNK_NO_LOGS": "1"}, False),
+        ({}, False),
+    ],
+)
+def test_logs_from_the_environment_at_import(env: dict[str, str], shown: bool) -> None:
+    import subprocess
+    import sys
+
+    code = "import frazil; frazil.Repository.create(frazil.in_memory_storage())"
+    clean = {k: v for k, v in os.environ.items() if "_LOG" not in k}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert ("Creating Repository" in out.stdout) is shown
