@@ -229,3 +229,6 @@ __all__ = [
     "s3_static_credentials",
     "s3_store",
 ]
+
+# as Icechunk at import: FRAZIL_LOG / ICECHUNK_LOG, if set, turn logs on (nothing otherwise)
+initialize_logs()

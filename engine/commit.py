@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from frazil.format import (
     ManifestId,
     NodeChange,
     NodeId,
+    NodeRecord,
     SegmentRef,
     Snapshot,
     SnapshotId,
@@ -108,6 +109,48 @@ def build_segments(
     return segs, objects, (np.concatenate(all_coords) if all_coords else None)
 
 
+RegionSizes = Callable[[NodeRecord], tuple[int, ...] | None]
+"""An array's manifest split sizes (chunks per region per dimension, 0: not split), or
+None: ``ManifestSplittingConfig.region_sizes`` for the repository's config."""
+
+
+def split_by_region(
+    coords: np.ndarray, rows: pa.Table, sizes: tuple[int, ...]
+) -> Iterator[tuple[np.ndarray, pa.Table]]:
+    """(sorted coords, rows) cut into one part per region of the chunk grid (``sizes``,
+    chunks per region per dimension, 0: not cut), each still sorted: one linear region
+    id per row and one stable sort, no loop over chunks."""
+    if len(coords) == 0 or coords.ndim != 2 or coords.shape[1] != len(sizes):
+        yield coords, rows
+        return
+    cut = np.array([z if z else np.iinfo(np.int64).max for z in sizes], dtype=np.int64)
+    keys = coords.astype(np.int64, copy=False) // cut
+    span = keys.max(axis=0) + 1
+    if math.prod(int(x) for x in span) >= 1 << 62:  # ids would overflow: number them
+        ids = np.unique(keys, axis=0, return_inverse=True)[1].reshape(-1)
+    else:
+        ids = np.ravel_multi_index(tuple(keys.T), tuple(int(x) for x in span))
+    order = np.argsort(ids, kind="stable")  # stable: each region keeps the sorted order
+    sorted_ids = ids[order]
+    starts = [0, *(np.flatnonzero(np.diff(sorted_ids)) + 1).tolist(), len(ids)]
+    if len(starts) == 2:  # one region
+        yield coords, rows
+        return
+    for lo, hi in zip(starts[:-1], starts[1:]):
+        idx = order[lo:hi]
+        yield coords[idx], rows.take(pa.array(idx))
+
+
+def same_region(seg: SegmentRef, sizes: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The region key of a segment lying in one region of ``sizes``, else None."""
+    key = []
+    for lo, hi, z in zip(seg.extent_min, seg.extent_max, sizes):
+        if z and lo // z != hi // z:
+            return None
+        key.append(lo // z if z else 0)
+    return tuple(key)
+
+
 # A commit packs the deltas of arrays that changed at most PACK_ROWS chunks into shared
 # manifest objects of at most PACK_OBJECT_ROWS rows, so its cost follows the number of
 # chunks it changed rather than the number of arrays: a commit touching one chunk in each of
@@ -156,9 +199,11 @@ def prepare_commit(
     snapshot_id: SnapshotId | None = None,
     now: dt.datetime | None = None,
     history: HistoryIndex | None = None,
+    region_sizes: RegionSizes | None = None,
 ) -> CommitPlan:
     """The objects of a commit of ``changes`` on ``base`` (``history``: the new snapshot's
-    history index, from ``frazil.history.index_for_child``)."""
+    history index, from ``frazil.history.index_for_child``). Arrays that
+    ``region_sizes`` splits get one segment, in its own object, per region written."""
     sid = snapshot_id or SnapshotId.new()
     nodes = {n.path: n for n in base.nodes}
     base_by_id = {n.node_id: n for n in base.nodes}
@@ -199,8 +244,17 @@ def prepare_commit(
             node = nodes[node.path] = dataclasses.replace(node, segments=(*spilled, *node.segments))
         # a new array has no older refs for tombstones to hide (nor do spilled ones)
         drop = node_id not in base_ids and not spilled
-        parts = list(table.segments(split_rows, drop_tombstones=drop))
-        if not spilled and len(parts) == 1 and len(parts[0][0]) <= PACK_ROWS:
+        sizes = region_sizes(node) if region_sizes is not None else None
+        if sizes is None:
+            parts = list(table.segments(split_rows, drop_tombstones=drop))
+        else:  # regions first, then each within split_rows
+            parts = [
+                (c[i : i + split_rows], rows.slice(i, split_rows))
+                for whole in table.segments(1 << 62, drop_tombstones=drop)
+                for c, rows in split_by_region(*whole, sizes)
+                for i in range(0, len(c), split_rows)
+            ]
+        if sizes is None and not spilled and len(parts) == 1 and len(parts[0][0]) <= PACK_ROWS:
             small.append((node_id, *parts[0]))
             continue
         segs, objects, coords = build_segments(node_id, parts)

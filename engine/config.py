@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
+from frazil.format import NodeRecord
 from frazil.format.config import decode_containers
 
 from .errors import FormatError, InvalidInputError
 from .settings import CachingConfig, CompressionConfig, ManifestConfig, StorageSettings
 from .virtual.containers import VirtualChunkContainer
+from .zarrmeta import parse_zarr_json
 
 VCC_KEY = "virtual_chunk_containers"
 DEFAULT_INLINE_THRESHOLD = 512
@@ -53,9 +56,9 @@ class RepositoryConfig:
     * ``virtual_chunk_containers``: url prefix -> ``VirtualChunkContainer``, the external
       locations virtual chunks may point at (none by default). Merging configs adds the
       other's containers (same prefix: the other's wins).
-    * ``manifest``: Icechunk's ``ManifestConfig``. A splitting entry for every array
-      (``ManifestSplitCondition.AnyArray()``) sets ``manifest_split_rows`` to the product
-      of its sizes when ``manifest_split_rows`` is not given; the rest is saved, not used.
+    * ``manifest``: Icechunk's ``ManifestConfig``. Its ``splitting`` cuts the manifest
+      segments of the arrays it matches by regions of their chunk grid (see
+      ``ManifestSplittingConfig``); ``preload`` is saved, not used.
     * ``get_partial_values_concurrency``, ``max_concurrent_requests``, ``compression``,
       ``caching``, ``storage``: Icechunk's settings, accepted, validated, saved in
       ``config.json`` and merged, but not used by frazil (COMPATIBILITY.md).
@@ -77,7 +80,27 @@ class RepositoryConfig:
 
     @classmethod
     def default(cls) -> RepositoryConfig:
-        return cls(DEFAULT_INLINE_THRESHOLD, manifest_split_rows=DEFAULT_MANIFEST_SPLIT_ROWS)
+        """A config that sets nothing (as Icechunk's): each setting the stored config and
+        the opener leave unset takes its default where it is used (``inline_threshold``,
+        ``split_rows``, ``merge_fanout``); a repository stores only what was set."""
+        return cls()
+
+    def __repr__(self) -> str:
+        """Icechunk's form (its fields first, in its order), then frazil's own settings."""
+        names = (
+            "inline_chunk_threshold_bytes",
+            "get_partial_values_concurrency",
+            "compression",
+            "caching",
+            "storage",
+            "manifest",
+            "max_concurrent_requests",
+            "virtual_chunk_containers",
+            "manifest_split_rows",
+            "compact_when_segments_exceed",
+            "manifest_merge_fanout",
+        )
+        return f"RepositoryConfig({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _OBJECTS and value is not None and not isinstance(value, _OBJECTS[name]):
@@ -94,15 +117,8 @@ class RepositoryConfig:
                 f"RepositoryConfig.{name} must be a non-negative int, got {value!r}"
             )
         object.__setattr__(self, name, value)
-        if name == "manifest" and "manifest_split_rows" in self.__dict__:
-            # assigned after construction: the splitting config sets the row bound
-            rows = _split_rows(value)
-            if rows is not None:
-                object.__setattr__(self, "manifest_split_rows", rows)
 
     def __post_init__(self) -> None:
-        if self.manifest_split_rows is None:
-            object.__setattr__(self, "manifest_split_rows", _split_rows(self.manifest))
         for name in _SETTINGS:
             value = getattr(self, name)
             if value is not None and (
@@ -164,6 +180,23 @@ class RepositoryConfig:
     def split_rows(self) -> int:
         return self.manifest_split_rows or DEFAULT_MANIFEST_SPLIT_ROWS
 
+    @property
+    def region_sizes(self) -> Callable[[NodeRecord], tuple[int, ...] | None] | None:
+        """The manifest split sizes of an array (``ManifestSplittingConfig.region_sizes``
+        for its path and dimensions), or None when no splitting is configured."""
+        splitting = self.manifest.splitting if self.manifest is not None else None
+        if splitting is None:
+            return None
+
+        def sizes(node: NodeRecord) -> tuple[int, ...] | None:
+            try:
+                meta = parse_zarr_json(node.zarr_json, node.path)
+            except InvalidInputError:
+                return None
+            return splitting.region_sizes(node.path, meta.ndim, meta.dimension_names)
+
+        return sizes
+
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.extra)
         for name in _SETTINGS:
@@ -215,9 +248,3 @@ class RepositoryConfig:
 
     def get_virtual_chunk_container(self, url_prefix: str) -> VirtualChunkContainer | None:
         return (self.virtual_chunk_containers or {}).get(url_prefix)
-
-
-def _split_rows(manifest: ManifestConfig | None) -> int | None:
-    if manifest is None or manifest.splitting is None:
-        return None
-    return manifest.splitting.split_rows

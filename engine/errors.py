@@ -89,7 +89,8 @@ class InvalidInputError(FrazilError, ValueError):
 
 
 class InvalidTypeError(InvalidInputError, TypeError):
-    """An argument of the wrong type (also a ``TypeError``, as Python raises for one)."""
+    """An argument is of a type frazil cannot take (a non-``Buffer`` value, commit metadata
+    that is not JSON, ...): also a ``TypeError``, as Python and Icechunk raise there."""
 
 
 class StorageError(FrazilError):

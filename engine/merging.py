@@ -52,7 +52,7 @@ from frazil.format import (
 from frazil.format.manifest import SCHEMA as MANIFEST_SCHEMA
 
 from . import runtime
-from .commit import build_segments
+from .commit import RegionSizes, build_segments, same_region
 from .objects import ObjectReader
 from .storage.base import Storage
 from .zarrmeta import parse_zarr_json
@@ -207,22 +207,48 @@ async def merge_for_commit(
     touched: set[NodeId],
     fanout: int,
     split_rows: int,
+    region_sizes: RegionSizes | None = None,
 ) -> Snapshot:
     """``base`` with the arrays in ``touched`` merged by the policy (the commit then adds
     its own segments in front); the merged segments are written before it returns, so
     before the snapshot that refers to them (if the commit does not land, they are
     garbage for ``garbage_collect``, like any unpublished object)."""
-    todo = {
-        n.node_id
-        for n in base.nodes
-        if n.node_id in touched
-        and n.node_type == ARRAY
-        and next_run(n.segments, fanout, split_rows, grid_cells(n)) is not None
-    }
+    todo: dict[NodeId, list[tuple[SegmentRef, ...]]] = {}
+    for n in base.nodes:
+        if n.node_id not in touched or n.node_type != ARRAY:
+            continue
+        groups = by_region(n, region_sizes)
+        cells = grid_cells(n) if len(groups) == 1 else None
+        if any(next_run(g, fanout, split_rows, cells) is not None for g in groups):
+            todo[n.node_id] = groups
     if not todo:
         return base
-    nodes = [
-        await merge_node(reader, storage, n, fanout, split_rows) if n.node_id in todo else n
-        for n in base.nodes
-    ]
+    nodes = []
+    for n in base.nodes:
+        if n.node_id in todo:
+            merged = [
+                await merge_node(
+                    reader, storage, dataclasses.replace(n, segments=g), fanout, split_rows
+                )
+                for g in todo[n.node_id]
+            ]
+            n = dataclasses.replace(n, segments=tuple(s for m in merged for s in m.segments))
+        nodes.append(n)
     return dataclasses.replace(base, nodes=tuple(nodes))
+
+
+def by_region(node: NodeRecord, region_sizes: RegionSizes | None) -> list[tuple[SegmentRef, ...]]:
+    """``node``'s segments in the groups the policy merges within: one per region of the
+    array's manifest split sizes (regions never overlap, so the groups' order does not
+    matter to reads; each keeps its newest-first order), or all of them together where the
+    array is not split or some segment spans regions (written before the split)."""
+    sizes = region_sizes(node) if region_sizes is not None else None
+    if sizes is None:
+        return [node.segments]
+    groups: dict[tuple[int, ...], list[SegmentRef]] = {}
+    for seg in node.segments:
+        key = same_region(seg, sizes)
+        if key is None:
+            return [node.segments]
+        groups.setdefault(key, []).append(seg)
+    return [tuple(g) for g in groups.values()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -53,7 +54,10 @@ from frazil.format.keys import (
 
 from . import runtime
 from .errors import FormatError, NotFoundError
+from .settings import CachingConfig
 from .storage.base import ByteRange, Storage, slice_range
+
+_log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -110,14 +114,31 @@ class ObjectReader:
         storage: Storage,
         manifest_cache_bytes: int = 512 << 20,
         chunk_cache_bytes: int = 64 << 20,
+        *,
+        caching: CachingConfig | None = None,
     ) -> None:
         self.storage = storage
-        self.snapshots: LRU[SnapshotId, Snapshot] = LRU(64, lambda s: 1)
-        # segments by (manifest object, first row): one object may hold several arrays'
-        self.manifests: LRU[tuple[ManifestId, int], ManifestSegment] = LRU(
-            manifest_cache_bytes, lambda m: m.nbytes
+        nodes = caching.num_snapshot_nodes if caching is not None else None
+        refs = caching.num_chunk_refs if caching is not None else None
+        chunk_bytes = caching.num_bytes_chunks if caching is not None else None
+        self._warned: set[str] = set()
+        # snapshots by count, or by nodes where the config bounds them
+        self.snapshots: LRU[SnapshotId, Snapshot] = (
+            LRU(64, lambda s: 1)
+            if nodes is None
+            else LRU(nodes, lambda s: self._weigh("snapshot", len(s.nodes), nodes))
         )
-        self.chunks: LRU[ChunkId, bytes] = LRU(chunk_cache_bytes, len)
+        # segments by (manifest object, first row): one object may hold several arrays';
+        # by bytes, or by chunk references where the config bounds them
+        self.manifests: LRU[tuple[ManifestId, int], ManifestSegment] = (
+            LRU(manifest_cache_bytes, lambda m: m.nbytes)
+            if refs is None
+            else LRU(refs, lambda m: self._weigh("manifest", len(m), refs))
+        )
+        self.chunks: LRU[ChunkId, bytes] = LRU(
+            chunk_cache_bytes if chunk_bytes is None else chunk_bytes, len
+        )
+        self.bounds_manifest_refs = refs is not None
         # transaction logs: what a rebase reads of every commit it moves over
         self.txlogs: LRU[SnapshotId, TransactionLog] = LRU(256, lambda t: 1)
         self.headers: LRU[SnapshotId, tuple[CommitInfo, HistoryIndex | None]] = LRU(
@@ -132,6 +153,36 @@ class ObjectReader:
     def _after_fork(self) -> None:
         self._inflight = {}
         self._lock = threading.Lock()
+
+    def _weigh(self, kind: str, weight: int, capacity: int) -> int:
+        """``weight``, after warning (once per reader and kind) when one object takes
+        much of a cache that ``CachingConfig`` made small: over half of the manifest
+        cache, over a fifth of the snapshot cache (Icechunk's thresholds)."""
+        share = 2 if kind == "manifest" else 5
+        if weight > capacity / share and kind not in self._warned:
+            self._warned.add(kind)
+            unit, field_ = (
+                ("chunk references", "num_chunk_refs")
+                if kind == "manifest"
+                else ("nodes", "num_snapshot_nodes")
+            )
+            _log.warning(
+                "A %s with %d %s is being loaded into the cache that can only keep %d %s; "
+                "consider a larger %s in CachingConfig",
+                "manifest segment" if kind == "manifest" else "snapshot",
+                weight,
+                unit,
+                capacity,
+                "references" if kind == "manifest" else "nodes",
+                field_,
+            )
+        return weight
+
+    def note_written_segment(self, rows: int) -> None:
+        """A commit wrote a manifest segment of ``rows`` references, which later reads
+        will load: the cache size warning applies to it as to a loaded one."""
+        if self.bounds_manifest_refs:
+            self._weigh("manifest", rows, self.manifests.budget)
 
     async def _once(self, key: Any, load: Callable[[], Awaitable[V]]) -> V:
         """Run ``load`` once per key per event loop, however many callers wait for it."""

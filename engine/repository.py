@@ -8,11 +8,12 @@ import datetime as dt
 import functools
 import itertools
 import json
+import logging
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 from frazil.format import CommitInfo, Snapshot, SnapshotId, keys
 from frazil.format.common import BRANCH_REF, TAG_REF, FormatError
@@ -63,6 +64,8 @@ MAIN = keys.MAIN
 from .config import RepositoryConfig  # noqa: E402
 from .virtual.containers import VirtualChunkContainer  # noqa: E402
 
+_log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class SnapshotInfo:
@@ -98,14 +101,12 @@ class Ancestry(Iterator[SnapshotInfo]):
 
     def __init__(self, start: Callable[[], Iterator[SnapshotInfo]]) -> None:
         self._start = start
-        self._it: Iterator[SnapshotInfo] | None = None
+        self._it: Iterator[SnapshotInfo] = start()  # the ref is looked up now
 
     def __iter__(self) -> Ancestry:
         return self
 
     def __next__(self) -> SnapshotInfo:
-        if self._it is None:
-            self._it = self._start()
         return next(self._it)
 
     def close(self) -> None:
@@ -180,6 +181,15 @@ def _in_thread(method: Callable[_P, _R]) -> Callable[_P, Coroutine[Any, Any, _R]
     return run
 
 
+def _deprecated_total(name: str, instead: str) -> None:
+    warnings.warn(
+        f"{name}() is deprecated, as in Icechunk: use {instead}().native_bytes ({instead}() "
+        "also counts inline and virtual chunks)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
 def _refuse_removed(virtual_chunk_credentials: object) -> None:
     if virtual_chunk_credentials is not None:
         raise InvalidInputError(
@@ -204,7 +214,7 @@ class Repository:
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         self._storage = storage
         self._config = config
-        self._reader = ObjectReader(storage)
+        self._reader = ObjectReader(storage, caching=config.caching)
         self._default_metadata: dict[str, Any] = {}
         # containers as the stored config declares them, which the opener did not pass:
         # credentials are never sent to an endpoint only they name
@@ -325,6 +335,7 @@ class Repository:
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         _check_config(config)
+        _log.debug("Creating Repository in %s", storage.describe())
         if not storage.writable:
             raise ReadOnlyError(
                 f"cannot create a repository on read-only {storage.describe()}",
@@ -337,7 +348,7 @@ class Repository:
                 f"{storage.describe()} is not empty and holds no frazil "
                 "repository; use an empty location"
             )
-        cfg = RepositoryConfig.default().merge(config)
+        cfg = RepositoryConfig().merge(config)
         check_authorization(cfg, auth)
         claim = await storage.put_if_absent(CONFIG_KEY, encode_config(cfg.to_dict()))
         if not claim.ok:
@@ -414,6 +425,7 @@ class Repository:
         if not isinstance(storage, Storage):
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         _check_config(config)
+        _log.debug("Opening Repository in %s", storage.describe())
         if not await _exists(storage):
             raise NotFoundError(
                 f"no frazil repository in {storage.describe()}",
@@ -433,7 +445,7 @@ class Repository:
         }
         return cls(
             storage,
-            RepositoryConfig.default().merge(stored).merge(config),
+            stored.merge(config),
             auth,
             untrusted_containers=untrusted,
         )
@@ -746,6 +758,10 @@ class Repository:
         ------
         SnapshotInfo
             id, parent id, time, message and metadata of each snapshot.
+
+        The branch, tag or snapshot and the first snapshot's footer are read at the call
+        (a missing ref or snapshot raises there, as in Icechunk); the rest of the history
+        is read as the iterator is consumed.
         """
         return Ancestry(lambda: self._ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id))
 
@@ -754,7 +770,33 @@ class Repository:
     ) -> Iterator[SnapshotInfo]:
         sid: SnapshotId | None = runtime.run(self._resolve(branch, tag, snapshot_id))[0]
         label = _ref_label(branch, tag)
-        batches = history.ancestry(self._reader, sid)
+        cuts = None
+        if sid is not None:
+            with _named_by(label):
+                cuts = runtime.run(self._tip_footer(sid))
+        return self._history_from(sid, label, cuts)
+
+    async def _tip_footer(self, sid: SnapshotId) -> dict[SnapshotId, SnapshotId]:
+        """Read a snapshot's footer (cached, for the history walk) and the history cuts
+        (returned, for it) together: one round trip."""
+        cuts, _ = await asyncio.gather(self._reader.load_cuts(), self._reader.commit_header(sid))
+        return cuts
+
+    def _lazy_ancestry(
+        self, branch: str | None, tag: str | None, snapshot_id: str | None
+    ) -> Generator[SnapshotInfo, None, None]:
+        """``ancestry`` looking the ref up at the first ``next`` (for ``async_ancestry``,
+        whose iterations run in worker threads)."""
+        sid: SnapshotId | None = runtime.run(self._resolve(branch, tag, snapshot_id))[0]
+        yield from self._history_from(sid, _ref_label(branch, tag))
+
+    def _history_from(
+        self,
+        sid: SnapshotId | None,
+        label: str | None,
+        cuts: dict[SnapshotId, SnapshotId] | None = None,
+    ) -> Generator[SnapshotInfo, None, None]:
+        batches = history.ancestry(self._reader, sid, cuts)
         try:
             while True:
                 with _named_by(label):
@@ -771,10 +813,7 @@ class Repository:
     ) -> AsyncIterator[SnapshotInfo]:
         """``ancestry`` as an async iterator: each batch of history is read in a worker
         thread, so the caller's event loop is not blocked."""
-        sync = cast(
-            Generator[SnapshotInfo, None, None],
-            self.ancestry(branch=branch, tag=tag, snapshot_id=snapshot_id),
-        )
+        sync = self._lazy_ancestry(branch, tag, snapshot_id)
         done = object()
 
         async def items() -> AsyncIterator[SnapshotInfo]:
@@ -1229,14 +1268,20 @@ class Repository:
         """Deprecated, as in Icechunk: ``chunk_storage_stats().native_bytes``, the bytes of
         the native chunk objects anything reachable references. The three limits are
         Icechunk's memory and concurrency settings, accepted and not needed."""
-        warnings.warn(
-            "total_chunks_storage() is deprecated, as in Icechunk: use "
-            "chunk_storage_stats().native_bytes (chunk_storage_stats() also counts inline "
-            "and virtual chunks)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        _deprecated_total("total_chunks_storage", "chunk_storage_stats")
         return self.chunk_storage_stats().native_bytes
+
+    async def total_chunks_storage_async(
+        self,
+        *,
+        max_snapshots_in_memory: int = 50,
+        max_compressed_manifest_mem_bytes: int = 512 * 1024 * 1024,
+        max_concurrent_manifest_fetches: int = 500,
+    ) -> int:
+        """Deprecated, as in Icechunk: ``(await chunk_storage_stats_async()).native_bytes``
+        (see ``total_chunks_storage``)."""
+        _deprecated_total("total_chunks_storage_async", "chunk_storage_stats_async")
+        return (await self.chunk_storage_stats_async()).native_bytes
 
     def inspect_snapshot(self, snapshot_id: str, *, pretty: bool = True) -> str:
         """A JSON description of snapshot ``snapshot_id``, with Icechunk's fields: ``id``,
@@ -1352,7 +1397,6 @@ class Repository:
     readonly_session_async = _in_thread(readonly_session)
     reset_branch_async = _in_thread(reset_branch)
     save_config_async = _in_thread(save_config)
-    total_chunks_storage_async = _in_thread(total_chunks_storage)
     writable_session_async = _in_thread(writable_session)
     rearrange_session_async = _in_thread(rearrange_session)
     get_metadata_async = _in_thread(get_metadata)

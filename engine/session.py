@@ -37,7 +37,7 @@ from frazil.format import (
 from frazil.format import txlog as tx
 from frazil.format.common import BRANCH_REF
 from frazil.format.filters import coord_hash
-from frazil.format.keys import chunk_key
+from frazil.format.keys import chunk_key, manifest_key
 from frazil.format.manifest import virtual_rows
 
 from . import changeset, moves, runtime
@@ -617,6 +617,12 @@ class Session:
         """Finish a commit whose snapshot is on the branch: the session becomes read-only
         at it, and the caches hold what other sessions of this process will read."""
         reader = self._repo.reader
+        if reader.bounds_manifest_refs:
+            written = {key for key, _ in plan.manifests}
+            for node in plan.snapshot.nodes:
+                for seg in node.segments:
+                    if manifest_key(seg.manifest_id) in written:
+                        reader.note_written_segment(seg.rows)
         reader.snapshots.put(plan.snapshot.id, plan.snapshot)
         if plan.transaction_log is not None:  # rebases of other sessions read it
             reader.txlogs.put(plan.snapshot.id, plan.transaction_log)
@@ -1393,9 +1399,16 @@ class _SessionCommitter:
             )
             if paths:
                 meta["frazil.compacted_arrays"] = paths
+        regions = config.region_sizes
         if touched and config.merge_fanout:  # the size-tiered merge (frazil.merging)
             base = await merge_for_commit(
-                repo.reader, storage, base, touched, config.merge_fanout, config.split_rows
+                repo.reader,
+                storage,
+                base,
+                touched,
+                config.merge_fanout,
+                config.split_rows,
+                regions,
             )
         history = await index_for_child(repo.reader, storage, s._base)
         plan = prepare_commit(
@@ -1405,6 +1418,7 @@ class _SessionCommitter:
             metadata=meta,
             split_rows=config.split_rows,
             history=history,
+            region_sizes=regions,
         )
         await runtime.gather_limited(
             [storage.put(k, b) for k, b in [*merged, *plan.manifests, plan.log]]
@@ -1556,9 +1570,15 @@ def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
-        raise InvalidInputError("commit metadata must be a dict with string keys")
+        raise InvalidTypeError(
+            f"commit metadata must be a dict with string keys, got {type(metadata).__name__}"
+        )
     try:
         json.dumps(metadata)
-    except (TypeError, ValueError) as e:
+    except TypeError as e:
+        raise InvalidTypeError(
+            f"commit metadata must be JSON: an object cannot be cast to JSON ({e})"
+        ) from None
+    except ValueError as e:  # circular references
         raise InvalidInputError(f"commit metadata must be JSON-serializable: {e}") from None
     return dict(metadata)

@@ -4,6 +4,7 @@ values that ``RepositoryConfig`` carries and saves in ``config.json`` as JSON.""
 from __future__ import annotations
 
 import enum
+import json
 import re
 from typing import Any, ClassVar
 
@@ -27,6 +28,10 @@ def _check(owner: str, name: str, value: Any, kind: Any) -> None:
         raise InvalidInputError(f"{owner}.{name} must be {what} (or None), got {value!r}")
 
 
+def _repr_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
 class _Settings:
     """A record of optional fields, each checked on every assignment; equal by value."""
 
@@ -43,8 +48,16 @@ class _Settings:
 
     __hash__ = None  # type: ignore[assignment]
 
+    #: fields left out of ``repr`` while unset (those Icechunk's ``repr`` does not show)
+    _quiet: ClassVar[frozenset[str]] = frozenset()
+
     def __repr__(self) -> str:
-        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields)
+        """Icechunk's form: every field in order, strings in double quotes."""
+        args = ", ".join(
+            f"{n}={_repr_value(getattr(self, n))}"
+            for n in self._fields
+            if not (n in self._quiet and getattr(self, n) is None)
+        )
         return f"{type(self).__name__}({args})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,8 +129,11 @@ class CompressionConfig(_Settings):
 
 
 class CachingConfig(_Settings):
-    """Cache sizes. Accepted and saved; frazil does not use them (its object cache is
-    sized by itself)."""
+    """Cache sizes. ``num_snapshot_nodes`` bounds the snapshot cache by nodes,
+    ``num_chunk_refs`` the manifest segment cache by chunk references and
+    ``num_bytes_chunks`` the chunk cache by bytes (None: frazil's own bounds); a warning
+    is logged, once, when one object takes much of a cache made small. The other two
+    fields are accepted and saved, not used."""
 
     _fields = {
         "num_snapshot_nodes": int,
@@ -188,6 +204,7 @@ class StorageSettings(_Settings):
         "chunks_storage_class": str,
         "minimum_size_for_multipart_upload": int,
     }
+    _quiet = frozenset({"minimum_size_for_multipart_upload"})
 
     def __init__(
         self,
@@ -332,6 +349,19 @@ class ManifestSplitCondition(_Condition):
 
     _kinds = frozenset({"or", "and", "path_matches", "name_matches", "any_array"})
 
+    def matches(self, path: str) -> bool:
+        """Whether the array at absolute ``path`` matches (regexes match anywhere in the
+        path or the name, as Icechunk's)."""
+        kind, args = self.kind, self.args
+        if kind == "any_array":
+            return True
+        if kind == "path_matches":
+            return re.search(args[0], path) is not None
+        if kind == "name_matches":
+            return re.search(args[0], path.rsplit("/", 1)[-1]) is not None
+        parts = [c.matches(path) for c in args[0]]
+        return any(parts) if kind == "or" else all(parts)
+
     @staticmethod
     def AnyArray() -> ManifestSplitCondition:  # noqa: N802 - Icechunk's name
         """Matches every array."""
@@ -423,10 +453,11 @@ class ManifestPreloadConfig(_Settings):
 class ManifestSplittingConfig:
     """Manifest split sizes per array condition and dimension (Icechunk).
 
-    frazil bounds each manifest segment by a number of chunk references
-    (``manifest_split_rows``), not by a region of the chunk grid. So only an entry whose
-    condition is ``ManifestSplitCondition.AnyArray()`` is used: its segments hold at most
-    the product of its sizes (see ``split_rows``). Other entries are saved, not used."""
+    The first entry whose condition matches an array gives its split sizes, in chunks
+    per dimension (``region_sizes``); a commit writes what it changed in such an array as
+    one manifest segment (one object) per region of the chunk grid those sizes cut, and
+    the merge policy merges segments only within a region (segments also stay within
+    ``RepositoryConfig.manifest_split_rows`` references)."""
 
     def __init__(self, split_sizes: SplitSizes) -> None:
         self.split_sizes = split_sizes
@@ -470,16 +501,31 @@ class ManifestSplittingConfig:
         except (TypeError, ValueError) as e:
             raise InvalidInputError(f"ManifestSplittingConfig: invalid {value!r}") from e
 
-    @property
-    def split_rows(self) -> int | None:
-        """Chunk references per manifest segment for frazil: the product of the sizes of
-        the first entry matching every array (``AnyArray()``), or None."""
+    def region_sizes(
+        self, path: str, ndim: int, dimension_names: tuple[str | None, ...] | None
+    ) -> tuple[int, ...] | None:
+        """Split sizes (chunks per region, per dimension; 0 where a dimension is not
+        split) for the array at ``path``, or None if no entry matches it or splits any of
+        its dimensions. Within an entry, the first dimension condition naming a dimension
+        wins (``Any()`` names those still unnamed)."""
         for condition, dims in self.split_sizes:
-            if condition == ManifestSplitCondition.AnyArray() and dims:
-                rows = 1
-                for _, n in dims:
-                    rows *= n
-                return rows
+            if not condition.matches(path):
+                continue
+            sizes = [0] * ndim
+            for dim, n in dims:
+                for axis in range(ndim):
+                    if sizes[axis]:
+                        continue
+                    if isinstance(dim, ManifestSplitDimCondition.Axis):
+                        hit = dim.arg == axis
+                    elif isinstance(dim, ManifestSplitDimCondition.DimensionName):
+                        name = dimension_names[axis] if dimension_names else None
+                        hit = name is not None and re.search(dim.arg, name) is not None
+                    else:
+                        hit = True
+                    if hit:
+                        sizes[axis] = n
+            return tuple(sizes) if any(sizes) else None
         return None
 
     def __eq__(self, other: object) -> bool:

@@ -18,6 +18,7 @@ class NodeMeta:
     grid: tuple[int, ...] | None = None  # chunks per dimension (regular grids only)
     key_encoding: str = "default"
     separator: str = "/"
+    dimension_names: tuple[str | None, ...] | None = None
 
 
 @lru_cache(maxsize=4096)
@@ -60,4 +61,10 @@ def parse_zarr_json(data: bytes, path: str) -> NodeMeta:
     sep = conf.get("separator", "/" if name == "default" else ".")
     if name not in ("default", "v2") or sep not in ("/", "."):
         raise InvalidInputError(f"zarr.json for {path!r}: unsupported chunk_key_encoding {cke!r}")
-    return NodeMeta(ARRAY, len(shape), grid, name, sep)
+    names = doc.get("dimension_names")
+    dims = (
+        tuple(n if isinstance(n, str) else None for n in names)
+        if isinstance(names, list) and len(names) == len(shape)
+        else None
+    )
+    return NodeMeta(ARRAY, len(shape), grid, name, sep, dims)

@@ -8,6 +8,7 @@ import datetime as dt
 import inspect
 import json
 import logging
+import os
 import pickle
 from collections.abc import Iterator
 from importlib import metadata
@@ -110,6 +111,9 @@ def clean_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ("WARN", {"frazil": logging.WARNING}),
         ("off", {"frazil": logging.CRITICAL + 10}),
         ("", {}),
+        ("icechunk:debug", {"frazil": logging.DEBUG}),  # ``target:level`` as people write it
+        ("tokio::io:warn,info", {"tokio.io": logging.WARNING, "frazil": logging.INFO}),
+        ("icechunk::repository:trace", {"frazil.repository": TRACE}),
     ],
 )
 def test_parse_filter(spec: str, expected: dict[str, int]) -> None:
@@ -117,7 +121,8 @@ def test_parse_filter(spec: str, expected: dict[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["icechunk=loud", "=debug", "a b=info", "x[span]=info", "icechunk=debug=info"]
+    "spec",
+    ["icechunk=loud", "=debug", "a b=info", "x[span]=info", "icechunk=debug=info", "a:b:c"],
 )
 def test_invalid_filters_are_refused(spec: str, clean_logs: None) -> None:
     with pytest.raises(frazil.InvalidInputError, match="log filter"):
@@ -131,12 +136,12 @@ def test_set_logs_filter_sets_levels_and_shows_logs(
     assert logging.getLogger("frazil").level == logging.DEBUG
     assert logging.getLogger("s3fs").level == logging.ERROR
     logging.getLogger("frazil.session").debug("a debug line")
-    assert "a debug line" in capsys.readouterr().err
+    assert "a debug line" in capsys.readouterr().out  # stdout, as Icechunk prints them
     frazil.set_logs_filter("error")  # directives replace the previous ones
     assert logging.getLogger("frazil").level == logging.ERROR
     assert logging.getLogger("s3fs").level == logging.NOTSET
     logging.getLogger("frazil").info("hidden")
-    assert "hidden" not in capsys.readouterr().err
+    assert "hidden" not in capsys.readouterr().out
     ours = [
         h for h in logging.getLogger("frazil").handlers if getattr(h, "_frazil_logs_handler", 0)
     ]
@@ -154,6 +159,61 @@ def test_filters_from_the_environment(clean_logs: None, monkeypatch: pytest.Monk
     monkeypatch.setenv("FRAZIL_LOG", "debug")  # frazil's own variable first
     frazil.set_logs_filter(None)
     assert logging.getLogger("frazil").level == logging.DEBUG
+
+
+def test_logs_show_only_when_asked(clean_logs: None, capfd: pytest.CaptureFixture[str]) -> None:
+    frazil.Repository.create(frazil.in_memory_storage())
+    assert capfd.readouterr().out == ""  # nothing by default
+    frazil.set_logs_filter("debug")
+    frazil.Repository.create(frazil.in_memory_storage())
+    assert "Creating Repository" in capfd.readouterr().out
+    frazil.set_logs_filter("warn")
+    frazil.Repository.create(frazil.in_memory_storage())
+    assert capfd.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("spec", "warned"),
+    [
+        ("icehunk:trace", ["icehunk"]),
+        ("debug,icecunk::store::manager:debug,tokio::io:warn", ["icecunk"]),
+        ("frazzil=debug", ["frazzil"]),
+        ("icechunk:debug,frazil::session=info", []),
+        ("ice:debug,chunk:info,tokio:debug,my_app::module:warn,trace", []),
+    ],
+)
+def test_misspelt_targets_are_warned_about(
+    spec: str, warned: list[str], clean_logs: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    frazil.set_logs_filter(spec)
+    err = capfd.readouterr().err
+    assert err.count("WARNING") == len(warned)
+    for name in warned:
+        assert repr(name) in err
+    assert "tokio" not in err
+
+
+def test_small_caches_bound_and_warn(clean_logs: None, capfd: pytest.CaptureFixture[str]) -> None:
+    frazil.set_logs_filter("warn")
+    config = frazil.RepositoryConfig(
+        caching=frazil.CachingConfig(num_chunk_refs=4, num_snapshot_nodes=10)
+    )
+    repo = frazil.Repository.create(frazil.in_memory_storage(), config=config)
+    assert repo.reader.manifests.budget == 4 and repo.reader.snapshots.budget == 10
+    session = repo.writable_session("main")
+    for name in ("a", "b"):
+        zarr.create_array(session.store, name=name, shape=(10,), chunks=(2,), dtype="i8")[:] = 1
+    session.commit("two arrays of 5 chunks")
+    out = capfd.readouterr().out
+    assert out.count("WARNING") == 2  # once for manifests, once for snapshots
+    assert "5 chunk references" in out and "keep 4 references" in out
+    assert "3 nodes" in out and "keep 10 nodes" in out
+    ro = repo.readonly_session("main")
+    assert (ro.store and zarr.open_array(ro.store, path="a")[:] == 1).all()
+    assert capfd.readouterr().out == ""  # warned once per repository
+    # no CachingConfig: frazil's own bounds, no warning
+    plain = frazil.Repository.create(frazil.in_memory_storage())
+    assert plain.reader.manifests.budget == 512 << 20
 
 
 def test_print_debug_info(capsys: pytest.CaptureFixture[str]) -> None:
@@ -585,3 +645,71 @@ def test_error_message_object_store_storage_and_pickled_default_metadata(
     repo.set_default_commit_metadata({"author": "test"})
     again = pickle.loads(pickle.dumps(repo))
     assert again.default_commit_metadata() == {"author": "test"}
+
+
+def test_ancestry_of_a_deleted_snapshot_raises_at_the_call(tmp_path: Any) -> None:
+    import shutil
+
+    storage = frazil.local_filesystem_storage(tmp_path)
+    frazil.Repository.create(storage)
+    shutil.rmtree(tmp_path / "snapshots")
+    repo = frazil.Repository.open(storage)
+    with pytest.raises(frazil.NotFoundError, match="branch 'main'.*cannot be found"):
+        repo.ancestry(branch="main")  # not only once iterated
+
+
+class _NoJson:
+    pass
+
+
+@pytest.mark.parametrize("metadata", [{"k": _NoJson()}, ["not", "a", "dict"]])
+def test_commit_metadata_of_the_wrong_type_is_a_type_error(
+    repo: frazil.Repository, metadata: Any
+) -> None:
+    session = repo.writable_session("main")
+    zarr.open_group(session.store, mode="a").attrs["x"] = 1
+    with pytest.raises(frazil.InvalidTypeError) as info:
+        session.commit("c", metadata)
+    assert isinstance(info.value, TypeError) and isinstance(info.value, frazil.FrazilError)
+    assert isinstance(info.value, frazil.InvalidInputError)
+    if isinstance(metadata, dict):
+        assert "object cannot be cast" in str(info.value)
+    with pytest.raises(frazil.InvalidTypeError):
+        repo.set_default_commit_metadata(metadata)
+
+
+async def test_total_chunks_storage_async_warns_under_its_own_name(
+    repo: frazil.Repository,
+) -> None:
+    with pytest.warns(DeprecationWarning, match="total_chunks_storage_async"):
+        assert await repo.total_chunks_storage_async() == 0
+
+
+def test_local_storage_repr_is_icechunks(tmp_path: Any) -> None:
+    storage = frazil.local_filesystem_storage(tmp_path)
+    assert repr(storage) == (
+        f"ObjectStorage(backend=LocalFileSystemObjectStoreBackend(path={os.path.abspath(tmp_path)}))"
+    )
+    assert repr(pickle.loads(pickle.dumps(storage))) == repr(storage)
+
+
+@pytest.mark.parametrize(
+    ("env", "shown"),
+    [
+        ({"ICECHUNK_LOG": "debug"}, True),
+        ({"FRAZIL_LOG": "frazil:debug"}, True),
+        ({"ICECHUNK_LOG": "debug", "ICECHUNK_NO_LOGS": "1"}, False),
+        ({}, False),
+    ],
+)
+def test_logs_from_the_environment_at_import(env: dict[str, str], shown: bool) -> None:
+    import subprocess
+    import sys
+
+    code = "import frazil; frazil.Repository.create(frazil.in_memory_storage())"
+    clean = {k: v for k, v in os.environ.items() if "_LOG" not in k}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert ("Creating Repository" in out.stdout) is shown

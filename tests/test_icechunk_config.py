@@ -203,50 +203,104 @@ def test_a_damaged_saved_setting_is_a_format_error() -> None:
         frazil.Repository.fetch_config(storage)
 
 
-def test_splitting_for_every_array_sets_manifest_split_rows() -> None:
-    any_array = ManifestSplitCondition.AnyArray()
+def test_region_sizes_first_matching_entry_first_dimension_condition() -> None:
+    D = ManifestSplitDimCondition
     splitting = ManifestSplittingConfig.from_dict(
-        {any_array: {ManifestSplitDimCondition.Axis(0): 4, ManifestSplitDimCondition.Any(): 3}}
+        {
+            ManifestSplitCondition.name_matches("temp"): {D.DimensionName("lon"): 3},
+            ManifestSplitCondition.AnyArray(): {D.Axis(1): 2, D.Any(): 1, D.Axis(0): 9},
+        }
     )
-    assert splitting.split_rows == 12
-    cfg = RepositoryConfig(manifest=ManifestConfig(splitting=splitting))
-    assert cfg.manifest_split_rows == 12 and cfg.split_rows == 12
-    # an explicit manifest_split_rows wins at construction; a later assignment of
-    # manifest sets it
-    cfg = RepositoryConfig(manifest=ManifestConfig(splitting=splitting), manifest_split_rows=5)
-    assert cfg.split_rows == 5
-    cfg.manifest = ManifestConfig(splitting=splitting)
-    assert cfg.split_rows == 12
-    # splits of particular arrays are kept, not used
-    only_temp = ManifestSplittingConfig.from_dict(
-        {ManifestSplitCondition.name_matches("t"): {ManifestSplitDimCondition.Any(): 3}}
+    names = ("time", "lat", "lon")
+    assert splitting.region_sizes("/g/temperature", 3, names) == (0, 0, 3)
+    assert splitting.region_sizes("/g/temperature", 3, None) is None  # no names: no split
+    assert splitting.region_sizes("/salinity", 3, names) == (1, 2, 1)  # Axis(0) came too late
+    only = ManifestSplittingConfig.from_dict(
+        {ManifestSplitCondition.path_matches("^/a$"): {D.Any(): 4}}
     )
-    assert only_temp.split_rows is None
-    assert (
-        RepositoryConfig(manifest=ManifestConfig(splitting=only_temp)).manifest_split_rows is None
-    )
+    assert only.region_sizes("/b", 1, None) is None
+    assert only.region_sizes("/a", 2, None) == (4, 4)
+    assert not hasattr(only, "split_rows")  # splitting no longer stands in for rows
+    assert RepositoryConfig(manifest=ManifestConfig(splitting=only)).manifest_split_rows is None
 
 
-def test_split_rows_act_on_written_manifests() -> None:
+def _manifest_refs(repo: frazil.Repository, sid: str, path: str) -> list[dict[str, Any]]:
+    import json
+
+    doc = json.loads(repo.inspect_snapshot(sid))
+    (node,) = [n for n in doc["nodes"] if n["path"] == path]
+    return list(node["manifest_refs"])
+
+
+def test_splitting_writes_one_segment_object_per_region() -> None:
+    D = ManifestSplitDimCondition
     splitting = ManifestSplittingConfig.from_dict(
-        {ManifestSplitCondition.AnyArray(): {ManifestSplitDimCondition.Any(): 3}}
+        {ManifestSplitCondition.name_matches("^t$"): {D.DimensionName("x"): 3}}
     )
     storage = frazil.in_memory_storage()
-    repo = frazil.Repository.create(
+    frazil.Repository.create(
         storage,
         RepositoryConfig(inline_chunk_threshold_bytes=0, manifest=ManifestConfig(None, splitting)),
     )
     repo = frazil.Repository.open(storage)  # the saved splitting applies on open
-    assert repo.config.split_rows == 3
     session = repo.writable_session("main")
-    arr = zarr.create_array(session.store, name="a", shape=(10,), chunks=(1,), dtype="i1")
-    arr[:] = 1
-    sid = session.commit("ten chunks")
-    import json
+    t = zarr.create_array(
+        session.store,
+        name="t",
+        shape=(2, 10),
+        chunks=(1, 1),
+        dtype="i1",
+        dimension_names=("y", "x"),
+    )
+    other = zarr.create_array(session.store, name="u", shape=(10,), chunks=(1,), dtype="i1")
+    t[:] = 1
+    other[:] = 2
+    sid = session.commit("two arrays")
+    refs = _manifest_refs(repo, sid, "/t")
+    # x cut every 3 chunks: [0-2] [3-5] [6-8] [9], each a segment in its own object
+    assert sorted(r["extents"][1] for r in refs) == [[0, 3], [3, 6], [6, 9], [9, 10]]
+    assert len({r["id"] for r in refs}) == 4
+    assert len(_manifest_refs(repo, sid, "/u")) == 1  # not matched: not split
+    # a write to x = 4..5 touches one region: one new segment
+    session = repo.writable_session("main")
+    zarr.open_array(session.store, path="t")[:, 4:6] = 7
+    sid = session.commit("one region")
+    refs = _manifest_refs(repo, sid, "/t")
+    assert len(refs) == 5 and refs[0]["extents"] == [[0, 2], [4, 6]]
+    ro = repo.readonly_session("main")
+    assert (
+        zarr.open_array(ro.store, path="t", mode="r")[:].tolist()
+        == [[1, 1, 1, 1, 7, 7, 1, 1, 1, 1]] * 2
+    )
 
-    doc = json.loads(repo.inspect_snapshot(sid))
-    (node,) = [n for n in doc["nodes"] if n["path"] == "/a"]
-    assert len(node["manifest_refs"]) == 4  # 3 + 3 + 3 + 1 references
+
+def test_merging_stays_within_regions() -> None:
+    D = ManifestSplitDimCondition
+    splitting = ManifestSplittingConfig.from_dict(
+        {ManifestSplitCondition.AnyArray(): {D.Axis(0): 2}}
+    )
+    repo = frazil.Repository.create(
+        frazil.in_memory_storage(),
+        RepositoryConfig(
+            inline_chunk_threshold_bytes=0,
+            manifest=ManifestConfig(None, splitting),
+            manifest_merge_fanout=2,
+        ),
+    )
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(4,), chunks=(1,), dtype="i1")[:] = 0
+    session.commit("create")
+    for i in range(3):  # each commit writes both regions
+        session = repo.writable_session("main")
+        zarr.open_array(session.store, path="a")[:] = i + 1
+        sid = session.commit(f"write {i}")
+    refs = _manifest_refs(repo, sid, "/a")
+    lo = sorted(r["extents"][0][0] // 2 for r in refs)
+    # merged, but never across the region boundary at chunk 2
+    assert all(r["extents"][0][1] - 1 < (r["extents"][0][0] // 2 + 1) * 2 for r in refs)
+    assert lo.count(0) < 4 and lo.count(1) < 4  # the policy merged within each region
+    ro = repo.readonly_session("main")
+    assert zarr.open_array(ro.store, path="a", mode="r")[:].tolist() == [3, 3, 3, 3]
 
 
 def test_merge_and_default() -> None:
@@ -258,8 +312,40 @@ def test_merge_and_default() -> None:
     assert merged.caching == CachingConfig(num_chunk_refs=1)
     assert merged.storage == StorageSettings(storage_class="X")
     assert merged.get_partial_values_concurrency == 5
-    d = RepositoryConfig.default()
-    assert d.inline_chunk_threshold_bytes == 512 and d.caching is None
+    d = RepositoryConfig.default()  # sets nothing, as Icechunk's; creation fills defaults
+    assert d.inline_chunk_threshold_bytes is None and d.caching is None
+    assert d == RepositoryConfig()
+    repo = frazil.Repository.create(frazil.in_memory_storage(), d)
+    assert repo.config == d  # only what was set is stored; defaults apply at use
+    assert repo.config.inline_threshold == 512
+    assert frazil.Repository.fetch_config(repo.storage) == d
+
+
+def test_config_reprs_are_icechunks() -> None:
+    cfg = RepositoryConfig.default()
+    assert repr(cfg).startswith(
+        "RepositoryConfig(inline_chunk_threshold_bytes=None, get_partial_values_concurrency="
+        "None, compression=None, caching=None, storage=None, manifest=None, "
+    )
+    cfg.storage = StorageSettings(storage_class="STANDARD_IA")
+    assert (
+        "storage=StorageSettings(concurrency=None, retries=None, unsafe_use_conditional_create"
+        "=None, unsafe_use_conditional_update=None, unsafe_use_metadata=None, storage_class="
+        '"STANDARD_IA", metadata_storage_class=None, chunks_storage_class=None)'
+    ) in repr(cfg)
+    cfg.storage.minimum_size_for_multipart_upload = 5
+    assert "minimum_size_for_multipart_upload=5)" in repr(cfg)
+
+
+def test_storage_default_settings() -> None:
+    mem = frazil.in_memory_storage().default_settings()
+    assert mem.retries == StorageRetriesSettings(1, 0, 0)
+    assert mem.concurrency is not None
+    s3 = frazil.s3_storage(bucket="b", prefix="p", max_attempts=3, anonymous=True)
+    d = s3.default_settings()
+    assert d.retries is not None and d.retries.max_tries == 3
+    assert d.unsafe_use_conditional_update is True
+    assert frazil.local_filesystem_storage("unused").default_settings() == StorageSettings()
 
 
 def test_condition_operators_and_hashing() -> None:
@@ -286,7 +372,7 @@ def test_fetch_config_and_reopen() -> None:
     assert other is not repo and other.storage is repo.storage
     assert other.config.inline_chunk_threshold_bytes == 0
     assert other.config.manifest_split_rows == 7  # the rest kept
-    assert repo.config.inline_chunk_threshold_bytes == 512  # the original is unchanged
+    assert repo.config.inline_chunk_threshold_bytes is None  # the original is unchanged
     again = asyncio.run(repo.reopen_async())
     assert again.config == repo.config
     assert repo.authorized_virtual_container_prefixes() == set()
@@ -498,3 +584,21 @@ def test_object_store_config_variants_are_types() -> None:
     assert isinstance(s3, frazil.AnyObjectStoreConfig)
     with pytest.raises(frazil.InvalidInputError, match="S3Options"):
         osc.S3("us-east-1")  # type: ignore[arg-type]
+
+
+def test_split_by_region_keeps_each_region_sorted() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from frazil.commit import split_by_region
+
+    coords = np.array([[y, x] for y in range(3) for x in range(5)], dtype=np.int64)
+    rows = pa.table({"n": np.arange(len(coords))})
+    parts = list(split_by_region(coords, rows, (0, 2)))  # x cut every 2: 3 regions
+    assert [p[0][:, 1].max() // 2 for p in parts] == [0, 1, 2]
+    for part, part_rows in parts:
+        assert part.tolist() == sorted(part.tolist())  # lexicographic order kept
+        assert part_rows.column("n").to_pylist() == [5 * y + x for y, x in part.tolist()]
+    assert sum(len(p[0]) for p in parts) == len(coords)
+    (whole,) = split_by_region(coords, rows, (0, 8))  # one region: handed back as is
+    assert whole[0] is coords and whole[1] is rows

@@ -64,7 +64,8 @@ def test_config_stored_and_merged(storage_factory: Callable[[], frazil.Storage])
     Repository.create(storage_factory(), RepositoryConfig(inline_chunk_threshold_bytes=10))
     repo = Repository.open(storage_factory())
     assert repo.config.inline_chunk_threshold_bytes == 10
-    assert repo.config.manifest_split_rows == RepositoryConfig.default().manifest_split_rows
+    assert repo.config.manifest_split_rows is None  # unset: the default applies
+    assert repo.config.split_rows == frazil.config.DEFAULT_MANIFEST_SPLIT_ROWS
     over = Repository.open(storage_factory(), RepositoryConfig(manifest_split_rows=7))
     assert over.config.inline_chunk_threshold_bytes == 10
     assert over.config.manifest_split_rows == 7

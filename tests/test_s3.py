@@ -880,3 +880,92 @@ def test_refreshable_credentials_of_the_wrong_type_are_refused() -> None:
     )
     with pytest.raises(frazil.InvalidInputError, match="S3StaticCredentials"):
         frazil.Repository.create(storage)
+
+
+def test_credentials_returned_expired_are_used_and_asked_for_again() -> None:
+    """Icechunk's behaviour: expired credentials from get_credentials are used for the
+    request at hand (the server decides) and asked for again before the next one."""
+    CREDENTIAL_CALLS.clear()
+    storage = _refreshable_storage(dt.timedelta(seconds=-5))
+    assert not frazil.Repository.exists(storage)  # no "still expired" error
+    after_one = len(CREDENTIAL_CALLS)
+    assert after_one >= 1
+    assert not frazil.Repository.exists(storage)
+    assert len(CREDENTIAL_CALLS) > after_one  # expired: fetched again
+
+
+@pytest.mark.parametrize("scatter", [False, True])
+def test_pickled_copies_carry_credentials_only_when_scattered(scatter: bool) -> None:
+    CREDENTIAL_CALLS.clear()
+    storage = _refreshable_storage(dt.timedelta(hours=2), scatter_initial_credentials=scatter)
+    repo = frazil.Repository.create(storage)
+    assert len(CREDENTIAL_CALLS) == 1
+    copy = pickle.loads(pickle.dumps(repo))
+    copy.ancestry(branch="main")  # looks the branch up at the call, as Icechunk's
+    assert len(CREDENTIAL_CALLS) == (1 if scatter else 2)
+
+
+def test_ancestry_looks_its_ref_up_at_the_call() -> None:
+    repo = frazil.Repository.create(frazil.in_memory_storage())
+    with pytest.raises(NotFoundError):
+        repo.ancestry(branch="nope")  # not only when iterated
+    assert [i.message for i in repo.ancestry(branch="main")] == ["Repository initialized"]
+
+
+def test_forbidden_head_reports_the_servers_code() -> None:
+    """A HEAD refused with 403 has no body: the error still names the server's code
+    (learnt from a one-byte GET of the same key)."""
+    srv = s3server.server()
+    bad = frazil.s3_storage(
+        bucket=s3server.BUCKET,
+        prefix=s3server.new_prefix(),
+        endpoint_url=srv.endpoint_url,
+        allow_http=True,
+        region="us-east-1",
+        access_key_id="not-a-key",
+        secret_access_key="not-a-secret",
+    )
+    with pytest.raises(StorageError, match="InvalidAccessKeyId"):
+        frazil.Repository.exists(bad)
+
+
+def test_new_s3_from_icechunk_options_and_credentials() -> None:
+    srv = s3server.server()
+    options = frazil.S3Options(
+        region="us-east-1",
+        endpoint_url=srv.endpoint_url,
+        allow_http=True,
+        force_path_style=True,
+        network_stream_timeout_seconds=7,
+    )
+    creds = frazil.s3_static_credentials(
+        access_key_id=s3server.ACCESS_KEY, secret_access_key=s3server.SECRET_KEY
+    )
+    storage = frazil.Storage.new_s3(options, s3server.BUCKET, s3server.new_prefix(), creds)
+    assert isinstance(storage, S3Storage) and storage.config.settings.read_timeout == 7.0
+    frazil.Repository.create(storage)
+    assert frazil.Repository.exists(storage)
+    CREDENTIAL_CALLS.clear()
+    refreshing = frazil.Storage.new_s3(
+        options,
+        s3server.BUCKET,
+        s3server.new_prefix(),
+        frazil.s3_refreshable_credentials(
+            functools.partial(_credentials_valid_for, dt.timedelta(hours=1))
+        ),
+    )
+    assert not frazil.Repository.exists(refreshing) and len(CREDENTIAL_CALLS) == 1
+    with pytest.raises(InvalidInputError, match="S3Options"):
+        frazil.Storage.new_s3({"region": "x"}, "b")
+    assert isinstance(frazil.Storage.new_in_memory(), frazil.Storage)
+
+
+def test_network_stream_timeout_sets_the_read_timeout() -> None:
+    st = frazil.s3_storage(bucket="b", prefix="p", anonymous=True, network_stream_timeout_seconds=5)
+    assert st.config.settings.read_timeout == 5.0
+    st = frazil.s3_storage(bucket="b", prefix="p", anonymous=True, network_stream_timeout_seconds=0)
+    assert st.config.settings.read_timeout == frazil.storage.s3.NO_READ_TIMEOUT
+    with pytest.raises(InvalidInputError, match="network_stream_timeout_seconds"):
+        frazil.s3_storage(bucket="b", prefix="p", network_stream_timeout_seconds=-1)
+    with pytest.raises(InvalidInputError, match="requester_pays"):
+        frazil.s3_storage(bucket="b", prefix="p", requester_pays=True)

@@ -38,9 +38,12 @@ import abc
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from ..settings import StorageSettings
 
 ByteRange = tuple[int, int | None]
 """``(start, end)``: bytes ``start`` to ``end`` (exclusive; None = to the end of the object).
@@ -200,6 +203,41 @@ class Storage(abc.ABC):
     def describe(self) -> str:
         """A short human description (for messages)."""
         return type(self).__name__
+
+    # -- Icechunk's names ------------------------------------------------------------------
+    def default_settings(self) -> StorageSettings:
+        """Icechunk's ``Storage.default_settings()``: a ``StorageSettings`` to start a
+        ``RepositoryConfig.storage`` from. frazil saves those settings and does not act
+        on them (each backend takes its tuning where it is made); backends report what
+        they really do where a field says it (S3: retries, conditional writes), and
+        Icechunk's defaults otherwise."""
+        from ..settings import StorageSettings
+
+        return StorageSettings()
+
+    @staticmethod
+    def new_s3(
+        config: Any, bucket: str, prefix: str | None = None, credentials: Any = None
+    ) -> Storage:
+        """Icechunk's ``Storage.new_s3(config=S3Options(...), bucket, prefix,
+        credentials)``: S3 storage (``s3_storage``) from its options and credentials."""
+        from .s3 import s3_storage_from_options
+
+        return s3_storage_from_options(config, bucket, prefix, credentials)
+
+    @staticmethod
+    def new_in_memory() -> Storage:
+        """Icechunk's ``Storage.new_in_memory()``: ``in_memory_storage()``."""
+        from .memory import in_memory_storage
+
+        return in_memory_storage()
+
+    @staticmethod
+    def new_local_filesystem(path: Any) -> Storage:
+        """Icechunk's ``Storage.new_local_filesystem(path)``: ``local_filesystem_storage``."""
+        from .local import local_filesystem_storage
+
+        return local_filesystem_storage(path)
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__.copy()

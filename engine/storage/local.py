@@ -169,6 +169,10 @@ class LocalFileSystemStorage(Storage):
     def describe(self) -> str:
         return f"local directory {self.root}"
 
+    def __repr__(self) -> str:
+        """Icechunk's form for its local storage (code and logs that print it read alike)."""
+        return f"ObjectStorage(backend=LocalFileSystemObjectStoreBackend(path={self.root}))"
+
     def __getstate__(self) -> dict[str, Any]:
         return {"root": self.root, "fsync": self.fsync}
 

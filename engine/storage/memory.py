@@ -12,7 +12,7 @@ import os
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, NotFoundError
 from .base import ByteRange, ObjectInfo, ObjectInfos, PutResult, Storage, slice_range
@@ -20,10 +20,28 @@ from .base import ByteRange, ObjectInfo, ObjectInfos, PutResult, Storage, slice_
 _registry: weakref.WeakValueDictionary[str, InMemoryStorage] = weakref.WeakValueDictionary()
 
 
+if TYPE_CHECKING:
+    from ..settings import StorageSettings
+
+
 class InMemoryStorage(Storage):
     """Objects in a dict. See the module docstring."""
 
     supports_conditional_delete = True
+
+    def default_settings(self) -> StorageSettings:
+        """No retries (nothing fails in memory); Icechunk's concurrency numbers for its
+        in-memory store (saved, not used)."""
+        from ..settings import (
+            StorageConcurrencySettings,
+            StorageRetriesSettings,
+            StorageSettings,
+        )
+
+        return StorageSettings(
+            concurrency=StorageConcurrencySettings(5, 1),
+            retries=StorageRetriesSettings(max_tries=1, initial_backoff_ms=0, max_backoff_ms=0),
+        )
 
     def __init__(self) -> None:
         self._objects: dict[str, tuple[bytes, str]] = {}

@@ -37,7 +37,7 @@ import threading
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import runtime
 from ..errors import InvalidInputError, NotFoundError, StorageError, TransientStorageError
@@ -55,6 +55,9 @@ from .base import (
     validate_key,
 )
 from .retry import RetrySettings, conditional_put, read_back_with, retry_call
+
+if TYPE_CHECKING:
+    from ..settings import StorageSettings
 
 T = TypeVar("T")
 
@@ -203,17 +206,29 @@ class S3Config:
 
 
 NO_EXPIRY = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+NO_READ_TIMEOUT = 86_400.0  # network_stream_timeout_seconds=0: "no timeout", one day
+
+
+#: how long credentials that ``get_credentials`` returned already expired are used: botocore
+#: refreshes whatever expires within minutes before each request, so they are asked for
+#: again at the next request (as Icechunk does: it uses them and asks again)
+EXPIRED_GRACE = dt.timedelta(seconds=60)
 
 
 def _credential_metadata(creds: Any) -> dict[str, Any]:
-    """botocore's refresh metadata for ``S3StaticCredentials`` (or static ``S3Credentials``)."""
+    """botocore's refresh metadata for ``S3StaticCredentials`` (or static ``S3Credentials``).
+
+    Credentials already expired are used for the request at hand (the server decides)
+    and renewed before the next one, rather than refused."""
     key = getattr(creds, "access_key_id", None)
     secret = getattr(creds, "secret_access_key", None)
     if not isinstance(key, str) or not isinstance(secret, str):
         raise InvalidInputError(
-            f"get_credentials must return S3StaticCredentials, got {type(creds).__name__}"
+            f"get_credentials returned {type(creds).__name__}, which cannot be cast to "
+            "S3StaticCredentials"
         )
     expiry = getattr(creds, "expires_after", None) or NO_EXPIRY
+    expiry = max(expiry, dt.datetime.now(dt.UTC) + EXPIRED_GRACE)
     return {
         "access_key": key,
         "secret_key": secret,
@@ -410,6 +425,23 @@ class S3Storage(Storage):
                 stacklevel=4,
             )
 
+    def default_settings(self) -> StorageSettings:
+        """What this storage does, as Icechunk's ``StorageSettings``: its retries and
+        whether it writes conditionally (concurrency is left unset: frazil bounds requests
+        with ``S3Settings.max_concurrency``)."""
+        from ..settings import StorageRetriesSettings, StorageSettings
+
+        s = self.config.settings
+        return StorageSettings(
+            retries=StorageRetriesSettings(
+                max_tries=s.max_attempts,
+                initial_backoff_ms=round(s.backoff_base * 1000),
+                max_backoff_ms=round(s.backoff_cap * 1000),
+            ),
+            unsafe_use_conditional_create=s.unsafe_use_conditional_create,
+            unsafe_use_conditional_update=s.unsafe_use_conditional_update,
+        )
+
     def describe(self) -> str:
         where = f"s3://{self.config.bucket}/{self._root}"
         return f"{where} at {self.config.endpoint_url}" if self.config.endpoint_url else where
@@ -550,13 +582,28 @@ class S3Storage(Storage):
         return bytes(data), resp, "ContentRange" in resp
 
     async def _head_once(self, key: str) -> dict[str, Any] | None:
+        what = f"looking up {key!r}"
         try:
-            out: dict[str, Any] = await self._call(
-                "head_object", f"looking up {key!r}", Key=self._key(key)
-            )
+            out: dict[str, Any] = await self._call("head_object", what, Key=self._key(key))
             return out
         except NotFoundError:
             return None
+        except StorageError as e:
+            code, status = _code_and_status(e.__cause__ or e)
+            if status == 403 and code in (None, "", "403", "Forbidden"):
+                await self._why_forbidden(key, what)
+            raise
+
+    async def _why_forbidden(self, key: str, what: str) -> None:
+        """A HEAD answered 403, which has no body to say why: ask with a one-byte GET of
+        the same key, whose error body carries the server's code (``InvalidAccessKeyId``,
+        ``SignatureDoesNotMatch``, ``AccessDenied``...), and raise that error. Returns if
+        the GET is not refused (the HEAD's error stands)."""
+        try:
+            resp = await self._call("get_object", what, Key=self._key(key), Range="bytes=0-0")
+        except NotFoundError:
+            return
+        resp["Body"].close()
 
     async def _head(self, key: str) -> dict[str, Any] | None:
         return await self._retrying(lambda: self._head_once(key), f"head {key!r}")
@@ -780,6 +827,8 @@ def s3_storage(
     expires_after: dt.datetime | None = None,
     get_credentials: Callable[[], Any] | None = None,
     scatter_initial_credentials: bool = False,
+    network_stream_timeout_seconds: int | None = None,
+    requester_pays: bool = False,
     **setting_overrides: Any,
 ) -> S3Storage:
     """Storage in an S3 bucket (or an S3-compatible store at ``endpoint_url``).
@@ -794,9 +843,24 @@ def s3_storage(
     ``get_credentials`` (Icechunk's): a picklable function returning
     ``S3StaticCredentials``; it is called again whenever the current credentials are
     within minutes of their ``expires_after`` (``scatter_initial_credentials=True`` calls it
-    at once, and the result travels with pickled copies). ``expires_after`` of explicit
-    keys is accepted and not used (they are not refreshed).
+    at once, and the result travels with pickled copies; otherwise each copy calls it
+    anew). Credentials it returns already expired are used for one request and asked for
+    again before the next, as Icechunk does. ``expires_after`` of explicit keys is accepted
+    and not used (they are not refreshed).
+
+    ``network_stream_timeout_seconds`` (Icechunk's) sets ``read_timeout``, the longest
+    wait for bytes of a response (0: no practical limit, one day). ``requester_pays=True``
+    is refused (not supported).
     """
+    if requester_pays is not False:
+        raise InvalidInputError("s3_storage: requester_pays=True is not supported by frazil")
+    if network_stream_timeout_seconds is not None:
+        t = network_stream_timeout_seconds
+        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+            raise InvalidInputError(
+                f"s3_storage: network_stream_timeout_seconds must be an int >= 0, got {t!r}"
+            )
+        setting_overrides.setdefault("read_timeout", float(t) if t else NO_READ_TIMEOUT)
     current = None
     if get_credentials is not None and scatter_initial_credentials:
         current = get_credentials()
@@ -827,6 +891,46 @@ def s3_storage(
             current_credentials=current,
         )
     )
+
+
+def s3_storage_from_options(
+    options: Any, bucket: str, prefix: str | None = None, credentials: Any = None
+) -> S3Storage:
+    """S3 storage from Icechunk's ``S3Options`` and ``S3Credentials`` (``Storage.new_s3``)."""
+    from ..virtual.containers import S3Credentials, S3Options
+
+    if not isinstance(options, S3Options):
+        raise InvalidInputError(f"Storage.new_s3: config must be S3Options, got {options!r}")
+    if credentials is not None and not isinstance(credentials, S3Credentials):
+        raise InvalidInputError(
+            f"Storage.new_s3: credentials must be S3Credentials (or None), got {credentials!r}"
+        )
+    o, c = options, credentials
+    kwargs: dict[str, Any] = {}
+    if c is not None and c.kind == "static":
+        kwargs.update(
+            access_key_id=c.access_key_id,
+            secret_access_key=c.secret_access_key,
+            session_token=c.session_token,
+        )
+    elif c is not None and c.kind == "refreshable":
+        kwargs["get_credentials"] = c.get_credentials
+    storage = s3_storage(
+        bucket=bucket,
+        prefix=prefix or "",
+        region=o.region,
+        endpoint_url=o.endpoint_url,
+        allow_http=o.allow_http,
+        anonymous=o.anonymous or (c is not None and c.kind == "anonymous"),
+        from_env=c is not None and c.kind == "from_env",
+        force_path_style=o.force_path_style,
+        network_stream_timeout_seconds=o.network_stream_timeout_seconds,
+        requester_pays=o.requester_pays,
+        **kwargs,
+    )
+    if c is not None and c.kind == "refreshable" and c.current is not None:
+        storage = S3Storage(dataclasses.replace(storage.config, current_credentials=c.current))
+    return storage
 
 
 def s3_object_store_storage(
