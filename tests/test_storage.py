@@ -732,6 +732,10 @@ class _RecordingStorage(LocalFileSystemStorage):
         super()._sync_dir(path)
         self.events.append(("sync_dir", path))
 
+    def _sync_fs(self) -> None:
+        super()._sync_fs()
+        self.events.append(("sync_fs", self.root))
+
 
 def _commit_some(storage: Storage) -> None:
     import numpy as np
@@ -746,16 +750,22 @@ def _commit_some(storage: Storage) -> None:
     s.commit("four native chunks")
 
 
+@pytest.mark.parametrize("group", [True, False], ids=["syncfs", "per-object"])
 def test_local_syncs_objects_before_the_ref_that_publishes_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group: bool
 ) -> None:
     """Since a power cut cannot be simulated here, the order of syncs is checked against
-    the order of writes: every object's data is synced before it is renamed into place;
-    every folder an object went into is synced after that object and before the next ref
-    (or config) is published; a ref's data is synced before its rename and its folder
+    the order of writes: every object's data is synced, on its own before it is renamed
+    into place, or (group sync, Linux) by a file-system sync after it and before the next
+    ref; every folder an object went into is synced after that object and before the next
+    ref (or config) is published; a ref's data is synced before its rename and its folder
     after."""
     import frazil.storage.local as local_module
 
+    if group and local_module._SYNCFS is None:
+        pytest.skip("no syncfs on this platform: objects are synced one by one")
+    if not group:
+        monkeypatch.setattr(local_module, "_SYNCFS", None)
     events: list[tuple[str, str]] = []
     monkeypatch.setattr(local_module, "os", _RecordingOs(os, events))
     root = tmp_path / "repo"
@@ -779,11 +789,17 @@ def test_local_syncs_objects_before_the_ref_that_publishes_them(
     ]
     assert len(objects) >= 4 + 3 and len(refs) >= 2  # chunks, manifest, log, snapshots
     synced_files = {p: i for i, (kind, p) in enumerate(events) if kind == "sync_file"}
-    for i, dst, src in [*objects, *[(i, d, events[i + 1][1]) for i, d in refs]]:
-        assert synced_files.get(src, len(events)) < i, f"{dst} published before its sync"
-    for i, dst, _ in objects:
+    fs_syncs = [i for i, (kind, _) in enumerate(events) if kind == "sync_fs"]
+    for i, _, src in [(i, d, events[i + 1][1]) for i, d in refs]:
+        assert synced_files.get(src, len(events)) < i, f"ref {src} published before its sync"
+    for i, dst, src in objects:
         later_refs = [j for j, _ in refs if j > i]
         assert later_refs, f"object {dst} published after the last ref"
+        if group:  # no sync of its own: the file system's, before the next ref
+            assert src not in synced_files
+            assert any(i < k < later_refs[0] for k in fs_syncs), f"{dst} not synced in time"
+        else:
+            assert synced_files.get(src, len(events)) < i, f"{dst} published before its sync"
         folder = os.path.dirname(dst)
         assert any(
             kind == "sync_dir" and p == folder and i < k < later_refs[0]
