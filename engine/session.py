@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import threading
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,7 +38,7 @@ from frazil.format import (
 from frazil.format import txlog as tx
 from frazil.format.common import BRANCH_REF
 from frazil.format.filters import coord_hash
-from frazil.format.keys import chunk_key, manifest_key
+from frazil.format.keys import chunk_key, fork_prefix, manifest_key, parse_journal_key
 from frazil.format.manifest import virtual_rows
 
 from . import changeset, moves, runtime
@@ -139,7 +140,9 @@ class Session:
         self._maybe_landed: dict[SnapshotId, CommitPlan] = {}
         self._journal: ForkJournal | None = None  # only fork copies on workers journal
         self._merged_forks: set[str] = set()  # fork ids whose journals a commit removes
-        self._forked = False  # forked since the last merge (commit then warns, as Icechunk)
+        # forks made since the last merge: (fork id or None without a journal, the fork
+        # object while this process holds it); a commit warns if any of them wrote
+        self._forks_out: list[tuple[str | None, weakref.ref[ForkSession]]] = []
         self._spill_lock = threading.Lock()
 
     def _set_base(self, base: Snapshot) -> None:
@@ -564,9 +567,24 @@ class Session:
             with contextlib.suppress(FrazilError):  # best effort: gc removes what is left
                 await delete_journals(self._repo.storage, forks)
 
-    def _warn_unmerged_forks(self, doing: str) -> None:
-        """Icechunk's warning: this session was forked and no fork was merged since."""
-        if self._forked:
+    async def _warn_unmerged_forks(self, doing: str) -> None:
+        """Icechunk's warning, when it is true: this session was forked since its last merge
+        and a fork wrote something (the fork object here has changes, or a copy of it
+        elsewhere journaled writes), or a fork keeps no journal (whose copies cannot be
+        seen from here). Forks that wrote nothing do not warn."""
+        if not self._forks_out:
+            return
+        wrote = any(fid is None for fid, _ in self._forks_out) or any(
+            (f := ref()) is not None and not f._changes.is_empty() for _, ref in self._forks_out
+        )
+        if not wrote:
+            for fid, _ in self._forks_out:
+                with contextlib.suppress(FrazilError):  # a warning is not worth failing for
+                    listed = await self._repo.storage.list(fork_prefix(str(fid)))
+                    if any((parse_journal_key(k) or (0, 0, None))[2] is not None for k in listed):
+                        wrote = True
+                        break
+        if wrote:
             warnings.warn(
                 f"{doing} a session after forking it, without merging: the forks' writes "
                 "are not in it. Merge the forks first (session.merge(*forks))",
@@ -600,7 +618,7 @@ class Session:
             )
         if not isinstance(rebase_tries, int) or rebase_tries < 1:
             raise InvalidInputError("rebase_tries must be a positive int")
-        self._warn_unmerged_forks("committing")
+        await self._warn_unmerged_forks("committing")
         if self._changes.is_empty():
             raise InvalidInputError("cannot commit: nothing to commit, the session has no changes")
         plan = await commit(
@@ -888,7 +906,7 @@ class Session:
         )
         fork._fork_id = new_token()
         fork._journaled = journal
-        self._forked = True
+        self._forks_out.append((fork._fork_id if journal else None, weakref.ref(fork)))
         return fork
 
     def fork_with_staged_nodes(self) -> ForkSession:
@@ -962,7 +980,7 @@ class Session:
             self._changes.nodes, self._changes.chunks = merged.nodes, merged.chunks
             self._changes.writers = merged.writers
         self._merged_forks |= {f._fork_id for f in forks if f._fork_id is not None}
-        self._forked = False
+        self._forks_out = []
         if self._journal is not None:  # a copy merging forks: its journal says so too
             for source in [f._changes for f in forks] + list(journaled.values()):
                 for path in source.nodes:
@@ -1280,7 +1298,7 @@ class Session:
                 "call session.merge(fork) there"
             )
         meta = self._commit_metadata(message, metadata)
-        self._warn_unmerged_forks("flushing")
+        await self._warn_unmerged_forks("flushing")
         if self._changes.is_empty():
             raise InvalidInputError("nothing to flush: the session has no changes")
         plan = await _SessionCommitter(self, message, meta, None).prepare(1)

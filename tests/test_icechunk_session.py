@@ -48,6 +48,35 @@ def test_committing_a_forked_session_without_merging_warns(repo: frazil.Reposito
     assert "a" in dict(zarr.open_group(repo.readonly_session("main").store, mode="r").groups())
 
 
+def test_forks_that_wrote_nothing_do_not_warn(repo: frazil.Repository) -> None:
+    """Icechunk warns after any fork; frazil only when a fork wrote something that is not
+    merged (Icechunk's own zarr state machine forks a clean session to pickle it, then
+    commits: no writes were lost, so nothing to warn about)."""
+    session = repo.writable_session("main")
+    session.fork()
+    kept = session.fork()
+    group(session, "mine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        session.commit("the session's own write")
+    assert not kept.has_uncommitted_changes
+
+
+def test_a_copy_elsewhere_that_wrote_makes_the_commit_warn(repo: frazil.Repository) -> None:
+    """The fork object here is clean, but a copy of it (sent to a worker: here unpickled in
+    this process) journaled a write: the commit warns, naming the fix."""
+    import pickle
+
+    session = repo.writable_session("main")
+    fork = session.fork()
+    copy = pickle.loads(pickle.dumps(fork))
+    group(copy, "remote")
+    assert not fork.has_uncommitted_changes
+    group(session, "mine")
+    with pytest.warns(UserWarning, match="without merging"):
+        session.commit("forgot the fork")
+
+
 def test_a_fork_cannot_commit_and_forks_again_while_clean(repo: frazil.Repository) -> None:
     session = repo.writable_session("main")
     fork1 = session.fork()
