@@ -295,9 +295,10 @@ class LocalFileSystemStorage(Storage):
 
     def _list_info(self, prefix: str) -> ObjectInfos:
         out = []
+        root, sep = self.root, os.sep
         for key in self._list(prefix):
-            try:
-                st = os.stat(self._path(key))
+            try:  # keys as listed: no need to check them as ``_path`` does
+                st = os.stat(root + sep + key.replace("/", sep))
             except _NOT_AN_OBJECT:  # deleted since it was listed
                 continue
             except OSError as e:
