@@ -129,20 +129,52 @@ def check_header(header: Any, object_type: str, what: str) -> dict[str, Any]:
     return header
 
 
-def encode_parquet(table: pa.Table, header: dict[str, Any], version: int | None = None) -> bytes:
+def encode_parquet(
+    table: pa.Table,
+    header: dict[str, Any],
+    version: int | None = None,
+    no_statistics: tuple[str, ...] = (),
+) -> bytes:
     """Frame ``table`` as a Parquet file with ``header`` in its key-value metadata, marked
-    with format ``version`` (default ``WRITE_VERSION``)."""
+    with format ``version`` (default ``WRITE_VERSION``). Columns named in
+    ``no_statistics`` get no min/max statistics (for opaque binary values, which the
+    statistics would copy twice more into the file)."""
     full = {"format_version": WRITE_VERSION if version is None else version, **header}
     table = table.replace_schema_metadata({HEADER_KEY: json.dumps(full, sort_keys=True)})
     sink = pa.BufferOutputStream()
+    statistics: bool | list[str] = True
+    if no_statistics:
+        statistics = [
+            path for path in _leaf_paths(table.schema) if path.split(".", 1)[0] not in no_statistics
+        ]
     pq.write_table(
         table,
         sink,
         compression="zstd",
         write_page_checksum=True,
         row_group_size=_ROW_GROUP_ROWS,
+        write_statistics=statistics,
     )
     return sink.getvalue().to_pybytes()
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """The Parquet column paths of ``schema``'s leaves (as ``write_statistics`` names them:
+    lists as ``.list.element``, struct fields as ``.name``)."""
+    out: list[str] = []
+
+    def walk(path: str, typ: pa.DataType) -> None:
+        if pa.types.is_list(typ):
+            walk(path + ".list.element", typ.value_type)
+        elif pa.types.is_struct(typ):
+            for i in range(typ.num_fields):
+                walk(path + "." + typ.field(i).name, typ.field(i).type)
+        else:
+            out.append(path)
+
+    for field in schema:
+        walk(field.name, field.type)
+    return out
 
 
 def decode_parquet(

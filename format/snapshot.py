@@ -305,7 +305,7 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
         _filters_checksum(filters),
         _refs_checksum(refs.to_pylist()),
     )
-    return encode_parquet(table, header)
+    return encode_parquet(table, header, no_statistics=(REFS_COLUMN,))
 
 
 def _refs_column(lists: list[tuple[SegmentRef, ...]]) -> pa.Array:
@@ -476,7 +476,8 @@ def decode_snapshot(
 @dataclass(frozen=True, slots=True)
 class SnapshotSegments:
     """What garbage collection reads of a snapshot: its commit info, the history segments
-    its index names, and each array's segment list (newest first)."""
+    its index names, and each array's segment list (newest first; read from the
+    ``segment_refs`` column, its refs carry no extents and no filters)."""
 
     info: CommitInfo
     history_segments: tuple[HistorySegmentRef, ...]
@@ -574,10 +575,10 @@ def _refs_lists(
         for rec in recs:
             ref = memo.get(rec)
             if ref is None:
-                raw, checksum, size, rows, row_offset = rec
+                raw, value, size, rows, row_offset = rec
                 ref = memo[rec] = SegmentRef(
                     manifest_id=ManifestId(raw),
-                    checksum=checksum,
+                    checksum=value,
                     size=size,
                     rows=rows,
                     extent_min=(),
