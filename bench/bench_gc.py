@@ -11,7 +11,7 @@ from another checkout), built and measured like the others: before/after compari
 one run::
 
     python bench/bench_gc.py --commits 2000 --rounds 3
-    python bench/bench_gc.py --variant before=/tmp/before-tree --backends frazil
+    python bench/bench_gc.py --variant before=../before/build/typecheck --backends frazil
 """
 
 from __future__ import annotations
