@@ -279,7 +279,7 @@ class ObjectReader:
 
         found = [f for f in await runtime.gather_limited([read(s) for s in sids], 32) if f]
 
-        memo: dict[tuple[Any, ...], SegmentRef] = {}  # most snapshots share most segments
+        memo: dict[Any, Any] = {}  # most snapshots share most segments
 
         def decode(batch: list[tuple[SnapshotId, str, bytes]]) -> list[SnapshotSegments]:
             out = []

@@ -134,20 +134,52 @@ def check_header(header: Any, object_type: str, what: str) -> dict[str, Any]:
     return header
 
 
-def encode_parquet(table: pa.Table, header: dict[str, Any], version: int | None = None) -> bytes:
+def encode_parquet(
+    table: pa.Table,
+    header: dict[str, Any],
+    version: int | None = None,
+    no_statistics: tuple[str, ...] = (),
+) -> bytes:
     """Frame ``table`` as a Parquet file with ``header`` in its key-value metadata, marked
-    with format ``version`` (default ``WRITE_VERSION``)."""
+    with format ``version`` (default ``WRITE_VERSION``). Columns named in
+    ``no_statistics`` get no min/max statistics (for opaque binary values, which the
+    statistics would copy twice more into the file)."""
     full = {"format_version": WRITE_VERSION if version is None else version, **header}
     table = table.replace_schema_metadata({HEADER_KEY: json.dumps(full, sort_keys=True)})
     sink = pa.BufferOutputStream()
+    statistics: bool | list[str] = True
+    if no_statistics:
+        statistics = [
+            path for path in _leaf_paths(table.schema) if path.split(".", 1)[0] not in no_statistics
+        ]
     pq.write_table(
         table,
         sink,
         compression="zstd",
         write_page_checksum=True,
         row_group_size=_ROW_GROUP_ROWS,
+        write_statistics=statistics,
     )
     return sink.getvalue().to_pybytes()
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """The Parquet column paths of ``schema``'s leaves (as ``write_statistics`` names them:
+    lists as ``.list.element``, struct fields as ``.name``)."""
+    out: list[str] = []
+
+    def walk(path: str, typ: pa.DataType) -> None:
+        if pa.types.is_list(typ):
+            walk(path + ".list.element", typ.value_type)
+        elif pa.types.is_struct(typ):
+            for i in range(typ.num_fields):
+                walk(path + "." + typ.field(i).name, typ.field(i).type)
+        else:
+            out.append(path)
+
+    for field in schema:
+        walk(field.name, field.type)
+    return out
 
 
 def decode_parquet(
@@ -170,37 +202,66 @@ def decode_parquet(
     Objects are small and many: one ``ParquetFile`` read on this thread costs a fraction
     of ``pq.read_table``'s dataset machinery.
     """
+    file, found, header = open_parquet(
+        data, object_type, what, expected_checksum, read_dictionary=read_dictionary
+    )
+    if schema is not None:
+        check_schema(found, schema, what)
+    return read_parquet_columns(file, what, columns), header
+
+
+def open_parquet(
+    data: bytes,
+    object_type: str,
+    what: str,
+    expected_checksum: int | None = None,
+    *,
+    read_dictionary: tuple[str, ...] = (),
+    verify_pages: bool = True,
+) -> tuple[pq.ParquetFile, pa.Schema, dict[str, Any]]:
+    """A Parquet object opened (its footer parsed, no column read), its Arrow schema (made
+    once: ``ParquetFile.schema_arrow`` makes it anew at each use) and its header, checked
+    against ``expected_checksum`` where given. Page CRCs are verified as columns are read
+    unless the checksum covers every byte already, or ``verify_pages`` is False (for a
+    caller that checks what it reads itself)."""
+    # the referrer's checksum covers every byte, so page CRCs would check nothing more
+    # (and cost a third of a small object's read)
+    crc = verify_pages and expected_checksum is None
     if expected_checksum is not None:
         verify_checksum(data, expected_checksum, what)
     try:
         try:
             file = pq.ParquetFile(
                 pa.BufferReader(data),
-                page_checksum_verification=True,
+                page_checksum_verification=crc,
                 read_dictionary=list(read_dictionary) or None,
             )
         except KeyError:  # no such column: the header and schema checks say what is wrong
-            file = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
+            file = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=crc)
         found = file.schema_arrow
     except (pa.ArrowException, OSError, ValueError, KeyError, IndexError) as e:
         raise FormatError(f"{what}: not a readable Parquet object ({e})") from e
     header = _header_from_metadata(found.metadata, what)
-    header = check_header(header, object_type, what)
-    if schema is not None:
-        _check_schema(found, schema, what)
+    return file, found, check_header(header, object_type, what)
+
+
+def read_parquet_columns(
+    file: pq.ParquetFile, what: str, columns: tuple[str, ...] | None = None
+) -> pa.Table:
+    """The columns (default: all) of an object ``open_parquet`` opened."""
     try:
-        table = file.read(columns=None if columns is None else list(columns), use_threads=False)
+        return file.read(columns=None if columns is None else list(columns), use_threads=False)
     except (pa.ArrowException, OSError, ValueError, KeyError, IndexError) as e:
         raise FormatError(f"{what}: not a readable Parquet object ({e})") from e
-    return table, header
 
 
 _PASSED: dict[int, tuple[pa.Schema, list[pa.Schema]]] = {}
-"""Schemas found to pass ``_check_schema``, per expected schema (a few each): objects of
+"""Schemas found to pass ``check_schema``, per expected schema (a few each): objects of
 one kind mostly share one, and an equal schema passes again without the field walk."""
 
 
-def _check_schema(found: pa.Schema, expected: pa.Schema, what: str) -> None:
+def check_schema(found: pa.Schema, expected: pa.Schema, what: str) -> None:
+    """Every column of ``expected`` is in ``found``, with exactly its type."""
     seen = _PASSED.get(id(expected))
     if seen is not None and seen[0] is expected and any(found.equals(s) for s in seen[1]):
         return

@@ -10,6 +10,7 @@ file's header so that history can be read from the footer alone.
 from __future__ import annotations
 
 import datetime as dt
+import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -20,10 +21,15 @@ from .common import (
     SNAPSHOT,
     FormatError,
     check_header,
+    check_schema,
+    checksum,
+    checksum_hex,
     decode_parquet,
     decode_parquet_header,
     encode_parquet,
     json_checksum,
+    open_parquet,
+    read_parquet_columns,
 )
 from .filters import check_filter, coord_hash, may_contain
 from .ids import HistoryId, ManifestId, NodeId, SnapshotId
@@ -63,6 +69,15 @@ FILTERS_COLUMN = "segment_filters"
 FILTERS_TYPE = pa.list_(pa.binary())
 """Per node, the filter of each of its segments (null where a segment has none), or null
 when none has one; added after the columns of ``SCHEMA``, so older readers ignore it."""
+REFS_COLUMN = "segment_refs"
+REFS_SCHEMA = pa.schema([(REFS_COLUMN, pa.binary())])
+"""Per node, its segments as fixed-size binary records (``REF_RECORD``, in the order of
+``segments``; null where it has none), after ``FILTERS_COLUMN``: what garbage collection
+reads instead of the node table (SPEC §4.1)."""
+REF_RECORD = struct.Struct("<12sQqqq")
+"""One segment in ``REFS_COLUMN``: the manifest id's bytes, checksum, size, rows and row
+offset (44 bytes, little-endian)."""
+RefRecord = tuple[bytes, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +208,7 @@ def _info_header(
     nodes_checksum: str | None = None,
     history: HistoryIndex | None = None,
     filters_checksum: str | None = None,
+    refs_checksum: str | None = None,
 ) -> dict[str, Any]:
     header: dict[str, Any] = {
         "object_type": SNAPSHOT,
@@ -213,6 +229,8 @@ def _info_header(
         header["history"] = history.to_json()
     if filters_checksum is not None:
         header["filters_checksum"] = filters_checksum
+    if refs_checksum is not None:
+        header["segment_refs_checksum"] = refs_checksum
     header["info_checksum"] = json_checksum(header)
     return header
 
@@ -278,10 +296,57 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
     table = table.append_column(
         pa.field(FILTERS_COLUMN, FILTERS_TYPE), pa.array(filters, FILTERS_TYPE)
     )
+    refs = _refs_column([n.segments for n in nodes])
+    table = table.append_column(REFS_SCHEMA.field(0), refs)
     header = _info_header(
-        snapshot.info, nodes_checksum, snapshot.history, _filters_checksum(filters)
+        snapshot.info,
+        nodes_checksum,
+        snapshot.history,
+        _filters_checksum(filters),
+        _refs_checksum(refs.to_pylist()),
     )
-    return encode_parquet(table, header)
+    return encode_parquet(table, header, no_statistics=(REFS_COLUMN,))
+
+
+def _refs_column(lists: list[tuple[SegmentRef, ...]]) -> pa.Array:
+    """The ``segment_refs`` column of nodes with segment ``lists``."""
+    pack = REF_RECORD.pack
+    rows = [
+        b"".join(pack(s.manifest_id.raw, s.checksum, s.size, s.rows, s.row_offset) for s in segs)
+        or None
+        for segs in lists
+    ]
+    return pa.array(rows, pa.binary())
+
+
+def _refs_checksum(rows: list[bytes | None]) -> str:
+    """The self-check of the ``segment_refs`` column (SPEC §3): xxh3-64 of each row's
+    length in bytes (int64 little-endian, -1 where null), then every row's bytes."""
+    lengths = struct.pack(f"<{len(rows)}q", *(-1 if r is None else len(r) for r in rows))
+    return checksum_hex(checksum(lengths + b"".join(r for r in rows if r)))
+
+
+def _decoded_refs(table: pa.Table, header: dict[str, Any], what: str) -> list[list[RefRecord]]:
+    """The ``segment_refs`` column checked against its checksum: per node the records of
+    its segments (none where null)."""
+    try:
+        col = table.column(REFS_COLUMN)
+        if not col.type.equals(pa.binary()):
+            raise FormatError(f"column {REFS_COLUMN!r} has type {col.type}")
+        rows = col.to_pylist()
+        if header.get("segment_refs_checksum") != _refs_checksum(rows):
+            raise FormatError("checksum mismatch")
+        out = []
+        for row in rows:
+            if row and len(row) % REF_RECORD.size:
+                raise FormatError(f"a row is not a whole number of {REF_RECORD.size}-byte records")
+            recs = list(REF_RECORD.iter_unpack(row)) if row else []
+            if recs and min(min(r[2], r[3], r[4]) for r in recs) < 0:
+                raise FormatError("a negative size, row count or row offset")
+            out.append(recs)
+    except (pa.ArrowException, ValueError, TypeError, KeyError, struct.error, FormatError) as e:
+        raise FormatError(f"{what}: damaged segment refs ({e})") from e
+    return out
 
 
 def _filters_checksum(filters: list[list[bytes | None] | None]) -> str:
@@ -336,7 +401,30 @@ def _verified_node_table(
     if claimed is not None and claimed != json_checksum(cols):
         raise FormatError(f"{what}: damaged node table (checksum mismatch)")
     filters = _decode_filters(table, header, [len(segs or ()) for segs in cols["segments"]], what)
+    _check_refs(table, header, cols["segments"], what)
     return info, header, cols, filters
+
+
+def _check_refs(table: pa.Table, header: dict[str, Any], segments: list[Any], what: str) -> None:
+    """The ``segment_refs`` column, where the snapshot has one (with its checksum, or
+    neither), lists exactly the segments of the node table: readers that read only it
+    (garbage collection) then see what every other reader sees."""
+    if REFS_COLUMN not in table.schema.names and "segment_refs_checksum" not in header:
+        return
+    found = _decoded_refs(table, header, what)
+    try:
+        if [len(r) for r in found] != [len(segs or ()) for segs in segments]:
+            raise FormatError("not the segment counts of the node table")
+        flat = [seg for segs in segments for seg in segs or ()]
+        ids = ManifestId.parse_many([seg["manifest_id"] for seg in flat])
+        want = [
+            (m.raw, seg["checksum"], seg["size"], seg["rows"], seg["row_offset"])
+            for m, seg in zip(ids, flat)
+        ]
+        if [r for recs in found for r in recs] != want:
+            raise FormatError("not the segments of the node table")
+    except (TypeError, KeyError, ValueError, FormatError) as e:
+        raise FormatError(f"{what}: damaged segment refs ({e})") from e
 
 
 def _segment_refs(segs: Any, filters: Any = None) -> tuple[SegmentRef, ...]:
@@ -388,7 +476,8 @@ def decode_snapshot(
 @dataclass(frozen=True, slots=True)
 class SnapshotSegments:
     """What garbage collection reads of a snapshot: its commit info, the history segments
-    its index names, and each array's segment list (newest first)."""
+    its index names, and each array's segment list (newest first; read from the
+    ``segment_refs`` column, its refs carry no extents and no filters)."""
 
     info: CommitInfo
     history_segments: tuple[HistorySegmentRef, ...]
@@ -399,15 +488,26 @@ def decode_snapshot_segments(
     data: bytes,
     what: str = "snapshot",
     expected_checksum: int | None = None,
-    memo: dict[tuple[Any, ...], SegmentRef] | None = None,
+    memo: dict[Any, Any] | None = None,
 ) -> SnapshotSegments:
     """A snapshot's segment lists and history segments, verified as ``decode_snapshot``
     verifies it, without the rest: no node records, zarr.json or pending history ids.
 
     ``memo`` (shared by the calls of one reader of many snapshots, which list mostly the
-    same segments) gives back the ``SegmentRef`` made before for the same stored values."""
-    info, header, cols, filters = _verified_node_table(data, what, expected_checksum)
+    same segments) gives back the ``SegmentRef`` made before for the same stored values.
+
+    A snapshot with a ``segment_refs`` column is read from that column alone (checked
+    against its own checksum: the commit info's covers that checksum); its refs then carry
+    no extents and no filters. Others are read and verified whole."""
     memo = {} if memo is None else memo
+    file, schema, header = open_parquet(data, SNAPSHOT, what, expected_checksum, verify_pages=False)
+    if REFS_COLUMN in schema.names or "segment_refs_checksum" in header:
+        info = _info_from_header(header, what)
+        check_schema(schema, REFS_SCHEMA, what)
+        table = read_parquet_columns(file, what, (REFS_COLUMN,))
+        found = _refs_lists(_decoded_refs(table, header, what), memo)
+        return SnapshotSegments(info, _history_segments(header, what, memo), found)
+    info, header, cols, filters = _verified_node_table(data, what, expected_checksum)
     try:
         lists = []
         for segs, fs in zip(cols["segments"], filters):
@@ -433,9 +533,61 @@ def decode_snapshot_segments(
             lists.append(tuple(refs))
     except (TypeError, AttributeError, KeyError, ValueError, FormatError) as e:
         raise FormatError(f"{what}: damaged node table ({e!r})") from e
+    return SnapshotSegments(info, _history_segments(header, what, memo), tuple(lists))
+
+
+def _history_segments(
+    header: dict[str, Any], what: str, memo: dict[Any, Any]
+) -> tuple[HistorySegmentRef, ...]:
+    """The history segments of the header's index; ``memo`` keeps each entry parsed
+    before (the snapshots of one history name mostly the same segments)."""
     value = header.get("history")
-    index = None if value is None else HistoryIndex.from_json(value, what, pending=False)
-    return SnapshotSegments(info, () if index is None else index.segments, tuple(lists))
+    if value is None:
+        return ()
+    entries = value.get("segments") if isinstance(value, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        return HistoryIndex.from_json(value, what, pending=False).segments  # raises
+    pending = value.get("pending")
+    try:  # the values ``from_json`` reads (other keys are ignored)
+        keys = [
+            ("history", *(e.get(k) for k in ("id", "checksum", "size", "rows"))) for e in entries
+        ]
+        hit = all(k in memo for k in keys)
+    except TypeError:  # unhashable values: ``from_json`` says what is wrong
+        keys, hit = [], False
+    bounded = len(entries) <= MAX_SEGMENTS and isinstance(pending, list)
+    if not (hit and bounded and len(pending) <= MAX_PENDING):
+        found = HistoryIndex.from_json(value, what, pending=False).segments
+        memo.update(zip(keys, found))
+        return found
+    return tuple(memo[k] for k in keys)
+
+
+def _refs_lists(
+    found: list[list[RefRecord]], memo: dict[Any, Any]
+) -> tuple[tuple[SegmentRef, ...], ...]:
+    """Each non-empty segment list of ``segment_refs`` records (``_decoded_refs``)."""
+    lists = []
+    for recs in found:
+        if not recs:
+            continue
+        refs = []
+        for rec in recs:
+            ref = memo.get(rec)
+            if ref is None:
+                raw, value, size, rows, row_offset = rec
+                ref = memo[rec] = SegmentRef(
+                    manifest_id=ManifestId(raw),
+                    checksum=value,
+                    size=size,
+                    rows=rows,
+                    extent_min=(),
+                    extent_max=(),
+                    row_offset=row_offset,
+                )
+            refs.append(ref)
+        lists.append(tuple(refs))
+    return tuple(lists)
 
 
 def _history_from_header(header: dict[str, Any], what: str) -> HistoryIndex | None:

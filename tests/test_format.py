@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import re
+import struct
 import time
 
 import duckdb
@@ -1222,7 +1223,9 @@ def test_snapshot_segments_match_the_full_decode_and_check_themselves():
     lean = decode_snapshot_segments(data, WHAT, checksum(data))
     full = decode_snapshot(data, WHAT)
     assert lean.info == full.info
-    assert lean.lists == tuple(n.segments for n in full.nodes if n.segments)
+    assert [[gc_fields(s) for s in segs] for segs in lean.lists] == [
+        [gc_fields(s) for s in n.segments] for n in full.nodes if n.segments
+    ]
     assert lean.history_segments == (full.history.segments if full.history else ())
     with pytest.raises(FormatError, match=re.escape(WHAT)):
         decode_snapshot_segments(data, WHAT, checksum(data) ^ 1)
@@ -1234,6 +1237,78 @@ def test_snapshot_segments_match_the_full_decode_and_check_themselves():
             assert WHAT in str(e)
         else:
             assert got.info == lean.info and got.lists == lean.lists, i
+
+
+def gc_fields(s: SegmentRef) -> tuple:
+    """What the ``segment_refs`` column records of a segment (no extents, no filter)."""
+    return (s.manifest_id, s.checksum, s.size, s.rows, s.row_offset)
+
+
+def test_segment_refs_column_is_the_bytes_spec_md_gives():
+    """SPEC §4.1: per node, 44-byte records (raw id, then checksum, size, rows, row_offset
+    little-endian), null where a node has none; its checksum frames each row's length."""
+    snap = make_snapshot()
+    data = encode_snapshot(snap)
+    t, header = table_of(data), header_of(data)
+    assert t.schema.names[-1] == "segment_refs" and t.schema.field(-1).type == pa.binary()
+    nodes = sorted(snap.nodes, key=lambda n: n.path)
+    want = [
+        b"".join(
+            s.manifest_id.raw + struct.pack("<Qqqq", s.checksum, s.size, s.rows, s.row_offset)
+            for s in n.segments
+        )
+        or None
+        for n in nodes
+    ]
+    assert t.column("segment_refs").to_pylist() == want
+    assert None in want and any(want)
+    lengths = b"".join(struct.pack("<q", -1 if w is None else len(w)) for w in want)
+    digest = checksum(lengths + b"".join(w or b"" for w in want))
+    assert header["segment_refs_checksum"] == f"{digest:016x}"
+
+
+def test_segment_refs_must_agree_with_the_node_table():
+    """A column that lists other segments than the node table (resealed, so it checks
+    itself) is damage for every full reader; the lean read checks the column's checksum."""
+    data = encode_snapshot(make_snapshot())
+    t, header = table_of(data), header_of(data)
+    i = t.schema.get_field_index("segment_refs")
+    rows = t.column("segment_refs").to_pylist()
+    k = next(j for j, r in enumerate(rows) if r)
+    bad = rows[k][:20] + bytes([rows[k][20] ^ 1]) + rows[k][21:]  # one size byte
+    for variant in ([*rows[:k], bad, *rows[k + 1 :]], [*rows[:k], None, *rows[k + 1 :]]):
+        v = t.set_column(i, "segment_refs", pa.array(variant, pa.binary()))
+        lengths = b"".join(struct.pack("<q", -1 if r is None else len(r)) for r in variant)
+        digest = checksum(lengths + b"".join(r or b"" for r in variant))
+        sealed = resealed_snapshot_header(v, {**header, "segment_refs_checksum": f"{digest:016x}"})
+        with pytest.raises(FormatError, match=re.escape(WHAT) + ".*damaged segment refs"):
+            decode_snapshot(common.encode_parquet(v, sealed), WHAT)
+        # unsealed: the lean read refuses the column itself
+        with pytest.raises(FormatError, match=re.escape(WHAT) + ".*damaged segment refs"):
+            decode_snapshot_segments(common.encode_parquet(v, header), WHAT)
+    # a header that names the column's checksum without the column, or the reverse
+    for v, h in ((t.drop_columns(["segment_refs"]), header), (t, dict(header))):
+        if v is t:
+            del h["segment_refs_checksum"]
+        sealed = resealed_snapshot_header(v, h)
+        for decode in (decode_snapshot, decode_snapshot_segments):
+            with pytest.raises(FormatError, match=re.escape(WHAT)):
+                decode(common.encode_parquet(v, sealed), WHAT)
+
+
+def test_snapshots_without_segment_refs_are_read_whole():
+    """Snapshots written before the column (as the format-v1 fixture's) give the lean
+    reader the node table's segment lists, extents and filters included."""
+    snap = make_snapshot()
+    data = encode_snapshot(snap)
+    t, header = table_of(data), header_of(data)
+    del header["segment_refs_checksum"]
+    old = common.encode_parquet(
+        t.drop_columns(["segment_refs"]), resealed_snapshot_header(t, header)
+    )
+    lean = decode_snapshot_segments(old, WHAT)
+    assert lean.lists == tuple(n.segments for n in decode_snapshot(old, WHAT).nodes if n.segments)
+    assert decode_snapshot(old, WHAT).nodes == decode_snapshot(data, WHAT).nodes
 
 
 def test_manifest_chunk_ids_match_the_full_decode_and_need_the_checksum():

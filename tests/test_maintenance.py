@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import zarr
 from hypothesis import HealthCheck, given, settings
@@ -643,8 +645,9 @@ def test_gc_refuses_a_damaged_manifest_naming_it(tmp_path: Path) -> None:
 
 
 def test_gc_refuses_a_damaged_snapshot_naming_it(tmp_path: Path) -> None:
-    """An ancestor (no ref records its checksum) damaged in its node table: every flipped
-    bit that matters is an error naming it; nothing is deleted."""
+    """An ancestor (no ref records its checksum) damaged in its data pages: every flipped
+    bit that matters (gc reads only the ``segment_refs`` column) is an error naming it;
+    nothing is deleted."""
     repo = new_repo(frazil.local_filesystem_storage(tmp_path / "r"))
     write(repo, "main", "one", lambda g: g["a"].__setitem__((0, 0), 1))
     mid = [i.id for i in repo.ancestry(branch="main")][1]
@@ -656,7 +659,13 @@ def test_gc_refuses_a_damaged_snapshot_naming_it(tmp_path: Path) -> None:
     footer = len(data) - 8 - int.from_bytes(data[-8:-4], "little")
     before = all_keys(repo.storage)
     errors = 0
-    for i in range(4, footer, 61):  # the data pages, which a history walk never reads
+    group = pq.ParquetFile(pa.BufferReader(data)).metadata.row_group(0)
+    (refs,) = [
+        c for c in map(group.column, range(group.num_columns)) if c.path_in_schema == "segment_refs"
+    ]
+    start = refs.dictionary_page_offset or refs.data_page_offset
+    column = range(start, start + refs.total_compressed_size, 3)
+    for i in [*range(4, footer, 61), *column]:  # the data pages, which a history walk never reads
         path.write_bytes(flip_byte(data, i))
         fresh = frazil.Repository.open(repo.storage)
         try:

@@ -450,6 +450,17 @@ def test_delete(storage: Storage) -> None:
     assert run(storage.list("")) == []
 
 
+def test_delete_many(storage: Storage) -> None:
+    """A bulk delete large enough to be split among threads (local) or requests (S3)
+    deletes exactly what it names, missing keys and duplicates included."""
+    keys = [f"chunks/{i:04d}" for i in range(1_200)]
+    for key in keys:
+        run(storage.put(key, b"x"))
+    doomed = keys[::2] + [f"chunks/missing-{i}" for i in range(50)] + keys[:10:2]
+    run(storage.delete(doomed))
+    assert run(storage.list("chunks/")) == keys[1::2]
+
+
 def test_delete_if_version(atomic_storage: Storage) -> None:
     """Where a backend has conditional deletes, one removes the key only at the version
     given; otherwise it says so (frazil then leaves the tombstone in place)."""

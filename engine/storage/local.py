@@ -170,6 +170,8 @@ def _read_versioned(path: str) -> tuple[bytes, str]:
     return data, _version(st, data)
 
 
+_DELETERS = 8  # threads unlinking at once in a bulk delete
+_DELETE_MIN = 64  # keys per thread, at least
 _TEMP_PREFIX = ".tmp-"  # a put's file before it is linked or renamed into place
 
 # a path that is a folder, or runs through a file, holds no object
@@ -440,9 +442,10 @@ class LocalFileSystemStorage(Storage):
 
     def _list_info(self, prefix: str) -> ObjectInfos:
         out = []
+        root, sep = self.root, os.sep
         for key in self._list(prefix):
-            try:
-                st = os.stat(self._path(key))
+            try:  # keys as listed: no need to check them as ``_path`` does
+                st = os.stat(root + sep + key.replace("/", sep))
             except _NOT_AN_OBJECT:  # deleted since it was listed
                 continue
             except OSError as e:
@@ -520,7 +523,12 @@ class LocalFileSystemStorage(Storage):
         return await runtime.in_thread(self._list_info, prefix)
 
     async def delete(self, keys: Sequence[str]) -> None:
-        await runtime.in_thread(self._delete, list(keys))
+        # unlinks wait on the filesystem's journal, not the CPU: several threads at once
+        # took a quarter to a tenth of one thread's time for 1,500 files on ext4
+        keys = list(keys)
+        step = max(_DELETE_MIN, -(-len(keys) // _DELETERS))
+        parts = [keys[i : i + step] for i in range(0, len(keys), step)]
+        await runtime.gather_limited([runtime.in_thread(self._delete, p) for p in parts])
 
     async def remove_stale_temporaries(self, older_than: dt.datetime) -> int:
         return await runtime.in_thread(self._remove_stale_temporaries, older_than)
