@@ -1,11 +1,12 @@
 """Storage backends: the interface; local-filesystem, in-memory, S3 and read-only HTTP
-implementations; Azure Blob Storage on obstore; other fsspec filesystems (read-only, or
-unsafe by explicit choice); a retrying wrapper, a read-only one and a fault-injecting one
-(for tests)."""
+implementations; Azure Blob Storage and Google Cloud Storage on obstore; other fsspec
+filesystems (read-only, or unsafe by explicit choice); a retrying wrapper, a read-only one
+and a fault-injecting one (for tests)."""
 
 from .azure import AzureStorage, azure_storage
 from .base import ByteRange, PutResult, Storage
 from .faults import FaultInjectingStorage
+from .gcs import GcsStorage, gcs_storage
 from .generic import FsspecStorage, fsspec_storage
 from .http import HTTPStorage, http_storage
 from .local import LocalFileSystemStorage, local_filesystem_storage
@@ -20,6 +21,7 @@ __all__ = [
     "ByteRange",
     "FaultInjectingStorage",
     "FsspecStorage",
+    "GcsStorage",
     "HTTPStorage",
     "InMemoryStorage",
     "LocalFileSystemStorage",
@@ -34,6 +36,7 @@ __all__ = [
     "S3Storage",
     "Storage",
     "azure_storage",
+    "gcs_storage",
     "http_storage",
     "in_memory_storage",
     "fsspec_storage",
