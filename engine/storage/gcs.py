@@ -282,11 +282,13 @@ def _bearer(value: object) -> GcsBearerCredential:
 
 class _TokenProvider:
     """obstore's ``credential_provider`` for refreshable credentials: the current token
-    first (if still valid), then ``get_credentials()`` each time obstore asks, which it does
-    before the token it holds expires."""
+    first (if not near its expiry), then ``get_credentials()`` whenever obstore asks.
 
-    #: a ``current`` token closer than this to its expiry is not handed out
-    MARGIN: ClassVar[dt.timedelta] = dt.timedelta(minutes=1)
+    obstore asks again only once the expiry it was given has passed, so it is given the
+    token's expiry less ``REFRESH_MARGIN``: a token is replaced that long before it expires
+    (a token that lives shorter than that is replaced at every request)."""
+
+    REFRESH_MARGIN: ClassVar[dt.timedelta] = dt.timedelta(minutes=5)
 
     def __init__(
         self,
@@ -296,19 +298,20 @@ class _TokenProvider:
         self._get = get_credentials
         self._current = current
         self._lock = threading.Lock()
-        self.calls = 0
 
     def __call__(self) -> dict[str, Any]:
         with self._lock:
-            c = self._current
-            self._current = None  # used once: obstore caches it until near its expiry
-            if c is None or (
-                c.expires_after is not None
-                and c.expires_after - self.MARGIN <= dt.datetime.now(dt.UTC)
-            ):
+            c, self._current = self._current, None  # the scattered token, used once
+            if c is None or self._refresh_at(c) <= dt.datetime.now(dt.UTC):
                 c = _bearer(self._get())
-                self.calls += 1
-        return {"token": c.bearer, "expires_at": c.expires_after}
+        refresh = self._refresh_at(c)
+        return {"token": c.bearer, "expires_at": None if refresh == _NEVER else refresh}
+
+    def _refresh_at(self, c: GcsBearerCredential) -> dt.datetime:
+        return _NEVER if c.expires_after is None else c.expires_after - self.REFRESH_MARGIN
+
+
+_NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 #: object_store's GCS option keys (each also with a ``google_`` prefix); other keys of
