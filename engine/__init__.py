@@ -61,8 +61,10 @@ from .storage import (
     http_storage,
     in_memory_storage,
     local_filesystem_storage,
+    r2_storage,
     s3_object_store_storage,
     s3_storage,
+    tigris_storage,
 )
 from .storage.azure import (
     AnyAzureCredential,
@@ -195,6 +197,8 @@ __all__ = [
     "http_storage",
     "s3_object_store_storage",
     "s3_storage",
+    "r2_storage",
+    "tigris_storage",
     "AnyAzureCredential",
     "AnyAzureStaticCredential",
     "AzureCredentials",

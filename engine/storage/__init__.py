@@ -15,6 +15,7 @@ from .objstore import ObjectStoreSettings, ObjectStoreStorage
 from .readonly import ReadOnlyStorage
 from .retry import RetryingStorage, RetrySettings
 from .s3 import S3Config, S3Settings, S3Storage, s3_object_store_storage, s3_storage
+from .s3_compatible import r2_storage, tigris_storage
 
 __all__ = [
     "AzureStorage",
@@ -43,4 +44,6 @@ __all__ = [
     "local_filesystem_storage",
     "s3_object_store_storage",
     "s3_storage",
+    "r2_storage",
+    "tigris_storage",
 ]
