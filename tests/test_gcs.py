@@ -345,3 +345,60 @@ def test_storage_pickles_its_configuration_only() -> None:
     assert clone.describe() == "gs://b/p/q/ at http://h"
     assert '"k"' not in repr(storage.spec)
     assert frazil.gcs_storage(bucket="b", prefix=None, anonymous=True).describe() == "gs://b/"
+
+
+# -- virtual chunks in GCS ---------------------------------------------------------------------
+def test_virtual_chunks_in_gcs_objects(gcs_server: gcsserver.GcsServer) -> None:
+    """An array whose chunks are byte ranges of a GCS object, read through a ``gcs_store``
+    container with the reader's GCS credentials; the stored endpoint gets them only when
+    the reader confirms it; a replaced object is refused (ETag pin)."""
+    folder = gcsserver.new_prefix()
+    blob = np.arange(16, dtype="<i4").tobytes()
+    source = gcsserver.storage(prefix="")
+    run(source.put(f"{folder}/data.bin", blob))
+    etag = run(source.get_range_info(f"{folder}/data.bin", 0, 1)).etag
+    prefix = f"gs://{gcsserver.BUCKET}/{folder}"
+    container = frazil.VirtualChunkContainer(prefix, frazil.gcs_store(gcs_server.config))
+    assert isinstance(container.store, frazil.ObjectStoreConfig.Gcs)
+    with pytest.raises(frazil.InvalidInputError, match="bearer_token"):
+        frazil.gcs_store({"bearer_token": "t"})  # would be saved
+    config = frazil.RepositoryConfig.default()
+    config.set_virtual_chunk_container(container)
+    credentials = frazil.containers_credentials(
+        {prefix: frazil.gcs_credentials(bearer_token="reader-token")}
+    )
+    repo = frazil.Repository.create(
+        gcsserver.storage(), config=config, authorize_virtual_chunk_access=credentials
+    )
+    s = repo.writable_session("main")
+    zarr.create_array(
+        s.store, name="v", shape=(16,), chunks=(4,), dtype="<i4", compressors=None, fill_value=0
+    )
+    for i in range(4):
+        s.store.set_virtual_ref(
+            f"v/c/{i}", f"{prefix}/data.bin", offset=16 * i, length=16, checksum=etag
+        )
+    s.commit("virtual")
+    reader = frazil.Repository.open(
+        repo.storage, config=config, authorize_virtual_chunk_access=credentials
+    )
+    values = zarr.open_array(reader.readonly_session("main").store, path="v", mode="r")[:]
+    np.testing.assert_array_equal(values, np.arange(16))
+    reads = gcs_server.state.requests_for(f"{folder}/data.bin")
+    assert any(r.headers.get("authorization") == "Bearer reader-token" for r in reads)
+
+    # the endpoint comes only from the stored config: the reader's token is not sent there
+    unconfirmed = frazil.Repository.open(repo.storage, authorize_virtual_chunk_access=credentials)
+    with pytest.raises(frazil.VirtualChunkError, match="sets GCS options.*not by you"):
+        zarr.open_array(unconfirmed.readonly_session("main").store, path="v", mode="r")[:]
+    # credentials of another kind of store are refused with a message
+    wrong = frazil.containers_credentials({prefix: frazil.s3_anonymous_credentials()})
+    with pytest.raises(frazil.InvalidInputError, match="do not fit its gcs store"):
+        frazil.Repository.open(repo.storage, config=config, authorize_virtual_chunk_access=wrong)
+    # the object is replaced: its ETag changes and the pinned references are refused
+    run(source.put(f"{folder}/data.bin", blob[::-1]))
+    fresh = frazil.Repository.open(
+        repo.storage, config=config, authorize_virtual_chunk_access=credentials
+    )
+    with pytest.raises(frazil.VirtualChunkError, match="changed"):
+        zarr.open_array(fresh.readonly_session("main").store, path="v", mode="r")[:]
