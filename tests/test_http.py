@@ -196,3 +196,27 @@ def test_unreachable_server_is_a_storage_error() -> None:
         run(storage.get("config.json"))
     with pytest.raises(frazil.InvalidInputError):
         frazil.http_storage("ftp://example.org/repo")
+
+
+def test_icechunk_http_storage_form() -> None:
+    """Icechunk 2.x's ``http_storage(base_url, opts=None, headers=None)``: headers kept,
+    the ``timeout`` option used, other object_store options refused."""
+    import inspect
+
+    params = list(inspect.signature(frazil.http_storage).parameters.values())
+    assert [(p.name, p.default) for p in params[:3]] == [
+        ("base_url", inspect.Parameter.empty),
+        ("opts", None),
+        ("headers", None),
+    ]
+    assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params[:3])
+    storage = frazil.http_storage(
+        "https://example.org/repo", {"timeout": "2m"}, {"authorization": "Bearer t"}
+    )
+    assert storage.config.timeout == 120.0
+    assert storage.config.headers == {"authorization": "Bearer t"}
+    assert frazil.http_storage("https://e.org/r", {"timeout": "500ms"}).config.timeout == 0.5
+    with pytest.raises(frazil.InvalidInputError, match="proxy_url"):
+        frazil.http_storage("https://e.org/r", {"proxy_url": "http://p"})
+    with pytest.raises(frazil.InvalidInputError, match="timeout"):
+        frazil.http_storage("https://e.org/r", {"timeout": "soon"})

@@ -36,7 +36,7 @@ from ..errors import NotFoundError, TransientStorageError
 
 _SAFE_KEY = re.compile(r"[A-Za-z0-9._\-/]+")
 _SAFE_BUCKET = re.compile(r"[a-z0-9][a-z0-9\-]*[a-z0-9]")
-TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+TRANSIENT_STATUS = frozenset({408, 429, 499, 500, 502, 503, 504})  # 499: Tigris
 
 
 class RangeNotSatisfiable(Exception):
@@ -171,9 +171,13 @@ class DirectClient:
         connect_timeout: float,
         read_timeout: float,
         max_connections: int,
+        read_headers: tuple[tuple[str, str], ...] = (),
+        write_headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         import aiohttp
 
+        self._read_headers = {k.lower(): v for k, v in read_headers}
+        self._write_headers = {k.lower(): v for k, v in write_headers}
         self._base = base
         self._region = region
         self._client = s3_client  # aiobotocore client: source of (refreshed) credentials
@@ -225,7 +229,10 @@ class DirectClient:
         import yarl
 
         url = self._base + key
-        headers = await self._sign(url, {} if range_header is None else {"range": range_header})
+        wanted = dict(self._read_headers)
+        if range_header is not None:
+            wanted["range"] = range_header
+        headers = await self._sign(url, wanted)
         if headers is None:
             return None
         with _transport_errors_are_transient(what):
@@ -271,7 +278,10 @@ class DirectClient:
         url = self._base + key
         payload = hashlib.sha256(data).hexdigest() if self._sign_payload else UNSIGNED
         headers = await self._sign(
-            url, {"content-length": str(len(data)), **conditions}, "PUT", payload
+            url,
+            {**self._write_headers, "content-length": str(len(data)), **conditions},
+            "PUT",
+            payload,
         )
         if headers is None:
             return None

@@ -312,16 +312,35 @@ async def _read_at_most(stream: Any, n: int) -> bytes:
 
 def http_storage(
     base_url: str,
+    opts: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
     *,
     max_attempts: int = 8,
     backoff_base: float = 0.05,
     backoff_cap: float = 5.0,
     max_concurrency: int = 32,
     timeout: float = 60.0,
-    headers: dict[str, str] | None = None,
 ) -> HTTPStorage:
     """Read-only storage for a repository served over HTTP(S) at ``base_url`` (the URL of
-    the folder holding ``config.json`` and ``refs/``). See ``frazil.storage.http``."""
+    the folder holding ``config.json`` and ``refs/``). See ``frazil.storage.http``.
+
+    ``opts`` and ``headers`` as Icechunk's ``http_storage``: ``headers`` are sent with every
+    request (e.g. ``{"authorization": "Bearer <token>"}``); of object_store's client options
+    in ``opts``, ``timeout`` (seconds, or a duration such as ``"30s"``, ``"2m"``) is used,
+    and the others are refused (``InvalidInputError``) rather than silently ignored."""
+    if opts:
+        if not isinstance(opts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in opts.items()
+        ):
+            raise InvalidInputError("http_storage: opts must be a dict of str to str")
+        unknown = sorted(set(opts) - {"timeout"})
+        if unknown:
+            raise InvalidInputError(
+                f"http_storage: option(s) {', '.join(unknown)} are not supported by frazil's "
+                "HTTP storage (only 'timeout')"
+            )
+        if "timeout" in opts:
+            timeout = _seconds(opts["timeout"])
     return HTTPStorage(
         HTTPConfig(
             base_url,
@@ -333,3 +352,19 @@ def http_storage(
             dict(headers or {}),
         )
     )
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(text: str) -> float:
+    """``"30"``, ``"30s"``, ``"500ms"``, ``"2m"``, ``"1h"`` in seconds (> 0)."""
+    value = text.strip().lower()
+    unit = next((u for u in ("ms", "s", "m", "h") if value.endswith(u)), "")
+    try:
+        seconds = float(value[: len(value) - len(unit)]) * _UNITS.get(unit, 1.0)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise InvalidInputError(f"http_storage: invalid timeout {text!r}")
+    return seconds

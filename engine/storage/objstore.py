@@ -1,13 +1,16 @@
 """Storage on obstore (the Python bindings of Rust's ``object_store``): the backend of every
-cloud store reached through it (Azure Blob Storage today), with conditional writes.
+cloud store reached through it (Azure Blob Storage, Google Cloud Storage), with conditional
+writes.
 
-* Conditional create is a put with ``mode="create"`` (the store's ``If-None-Match: *``);
-  compare-and-swap is a put with ``mode={"e_tag": <version read>}`` (``If-Match``). A lost
+* Conditional create is a put with ``mode="create"`` (Azure's ``If-None-Match: *``, GCS's
+  ``x-goog-if-generation-match: 0``); compare-and-swap is a put with ``mode={<version key>:
+  <version read>}`` (Azure: ``If-Match`` on the ETag; GCS: ``x-goog-if-generation-match`` on
+  the generation; ``StoreSpec.version_key`` says which). A lost
   race is recognized by obstore's typed errors (``AlreadyExistsError``,
   ``PreconditionError``; ``NotFoundError`` for a swap of a missing key), never by message
   text, and is a ``PutResult(ok=False)`` with the key's current version.
-* Versions are ETags taken from the answer that carried the bytes, or from a fresh HEAD.
-  Azure's ETags change on every write, even of the same bytes.
+* Versions are ETags (Azure) or generations (GCS) taken from the answer that carried the
+  bytes, or from a fresh HEAD. Both change on every write, even of the same bytes.
 * Retries: idempotent requests (reads, listings, deletes, puts of immutable objects) are
   retried by obstore itself on throttling, 5xx, timeouts and dropped connections, with
   frazil's attempts and backoff (``ObjectStoreSettings``). Conditional puts go through a
@@ -33,7 +36,7 @@ import re
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ..errors import InvalidInputError, NotFoundError, StorageError, TransientStorageError
 from . import _obstore_runtime
@@ -107,6 +110,8 @@ class StoreSpec(abc.ABC):
     Subclasses (one per kind of store) are frozen dataclasses."""
 
     settings: ObjectStoreSettings
+    #: which of obstore's metadata fields is the version a compare-and-swap is made on
+    version_key: ClassVar[str] = "e_tag"
 
     @abc.abstractmethod
     def build(self, obstore: Any, *, retries: bool) -> Any:
@@ -145,13 +150,15 @@ _inherited_stores: list[_Stores] = []  # a forked child's copies of its parent's
 
 class ObjectStoreStorage(Storage):
     """Objects under a prefix of a store reached through obstore (see the module
-    docstring). Built by ``azure_storage(...)``."""
+    docstring). Built by ``azure_storage(...)`` and ``gcs_storage(...)``."""
 
     versions_follow_content = False
 
     def __init__(self, spec: StoreSpec) -> None:
         if not isinstance(spec, StoreSpec):
-            raise InvalidInputError("ObjectStoreStorage takes a StoreSpec; use azure_storage(...)")
+            raise InvalidInputError(
+                "ObjectStoreStorage takes a StoreSpec; use azure_storage(...) or gcs_storage(...)"
+            )
         self.spec = spec
         self._retry = spec.settings.retry
         self._stores: _Stores | None = None
@@ -282,7 +289,7 @@ class ObjectStoreStorage(Storage):
     async def get_with_version(self, key: str) -> tuple[bytes, str]:
         validate_key(key)
         data, meta = await self._get(key, None)
-        return data, str(meta.get("e_tag") or "")
+        return data, str(meta.get(self.spec.version_key) or "")
 
     async def exists(self, key: str) -> bool:
         validate_key(key)
@@ -333,7 +340,7 @@ class ObjectStoreStorage(Storage):
 
     async def _version_now(self, key: str) -> str | None:
         meta = await retry_call(lambda: self._head(key), self._retry, f"head {key!r}")
-        return None if meta is None else str(meta.get("e_tag") or "")
+        return None if meta is None else str(meta.get(self.spec.version_key) or "")
 
     async def _put_once(self, key: str, data: bytes, mode: Any) -> PutResult:
         """One conditional put on the client that never retries: a lost race is a
@@ -356,8 +363,8 @@ class ObjectStoreStorage(Storage):
             raise TransientStorageError(
                 f"writing {key!r} to {self.describe()}: {type(e).__name__}: {_short(e)}"
             ) from e
-        etag = result.get("e_tag")
-        return PutResult(True, str(etag) if etag else await self._version_now(key))
+        version = result.get(self.spec.version_key)
+        return PutResult(True, str(version) if version else await self._version_now(key))
 
     async def put_if_absent(self, key: str, data: bytes) -> PutResult:
         validate_key(key)
@@ -374,7 +381,7 @@ class ObjectStoreStorage(Storage):
         validate_key(key)
         data = bytes(data)
         return await conditional_put(
-            lambda: self._put_once(key, data, {"e_tag": version}),
+            lambda: self._put_once(key, data, {self.spec.version_key: version}),
             self._read_back(key),
             data,
             self._retry,

@@ -85,7 +85,7 @@ TRANSIENT_CODES = frozenset(
         "OperationAborted",
     }
 )
-TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+TRANSIENT_STATUS = frozenset({408, 429, 499, 500, 502, 503, 504})  # 499: Tigris
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 DELETE_BATCH = 1000  # DeleteObjects' limit
 Keys = list[str]  # (inside S3Storage, ``list`` names the method)
@@ -165,6 +165,10 @@ class S3Config:
     #: when the current ones are about to expire; ``current_credentials`` are used first
     get_credentials: Callable[[], Any] | None = field(default=None, repr=False)
     current_credentials: Any = field(default=None, repr=False)
+    #: headers added to every read (GET, HEAD, list) and every write (PUT, DELETE) request,
+    #: e.g. Tigris's consistency headers (``tigris_storage``)
+    read_headers: tuple[tuple[str, str], ...] = ()
+    write_headers: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.bucket, str) or not self.bucket or "/" in self.bucket:
@@ -197,6 +201,12 @@ class S3Config:
             )
         if not isinstance(self.settings, S3Settings):
             raise InvalidInputError("settings must be an S3Settings")
+        for headers in (self.read_headers, self.write_headers):
+            if not all(
+                isinstance(h, tuple) and len(h) == 2 and all(isinstance(x, str) for x in h)
+                for h in headers
+            ):
+                raise InvalidInputError("read_headers and write_headers are (name, value) pairs")
 
     @property
     def root(self) -> str:
@@ -255,6 +265,35 @@ def _refreshable_credentials(c: S3Config) -> Any:
             _credential_metadata(current), refresh, "frazil-refreshable"
         )
     return AioDeferredRefreshableCredentials(refresh, "frazil-refreshable")
+
+
+#: S3 operations that write (the others read)
+WRITE_OPERATIONS = frozenset(
+    {
+        "PutObject",
+        "DeleteObject",
+        "DeleteObjects",
+        "CopyObject",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "CompleteMultipartUpload",
+        "AbortMultipartUpload",
+    }
+)
+
+
+class _ExtraHeaders:
+    """botocore ``before-sign`` handler adding ``S3Config.read_headers`` or
+    ``write_headers`` to each request (signed with it)."""
+
+    def __init__(
+        self, read: tuple[tuple[str, str], ...], write: tuple[tuple[str, str], ...]
+    ) -> None:
+        self.read, self.write = read, write
+
+    def __call__(self, request: Any, operation_name: str = "", **kwargs: Any) -> None:
+        for name, value in self.write if operation_name in WRITE_OPERATIONS else self.read:
+            request.headers[name] = value
 
 
 _CONDITION_HEADERS = {"IfNoneMatch": "If-None-Match", "IfMatch": "If-Match"}
@@ -499,6 +538,8 @@ class S3Storage(Storage):
             session=session,
         )
         fs.retries = 1  # s3fs's own retry loop: one attempt, we retry above it
+        if c.read_headers or c.write_headers:
+            session.register("before-sign.s3", _ExtraHeaders(c.read_headers, c.write_headers))
         return _Client(fs, s.max_concurrency)
 
     def _key(self, key: str) -> str:
@@ -536,6 +577,8 @@ class S3Storage(Storage):
                     s.connect_timeout,
                     s.read_timeout,
                     s.max_concurrency,
+                    c.read_headers,
+                    c.write_headers,
                 )
         return client.direct
 

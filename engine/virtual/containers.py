@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from ..errors import InvalidInputError
 from ..storage.azure import AzureCredentials
+from ..storage.gcs import AnyGcsCredential
 from ..storage.s3 import check_endpoint
 from .locations import Location, LocationError, parse_location
 
@@ -108,12 +109,38 @@ class _OptsStoreConfig:
         return {"type": self.type, "opts": dict(self.opts)}
 
 
+#: object_store GCS options that are (or choose) credentials: never saved in a config
+_GCS_CREDENTIAL_KEYS = frozenset(
+    {
+        "service_account",
+        "service_account_path",
+        "service_account_key",
+        "application_credentials",
+        "bearer_token",
+    }
+)
+
+
 @dataclass(frozen=True)
 class GcsStoreConfig(_OptsStoreConfig):
-    """A Google Cloud Storage store (read with ``gcsfs``, which must be installed)."""
+    """A Google Cloud Storage store (locations ``gs://bucket/path``), read through frazil's
+    GCS backend; ``opts`` are object_store's GCS option keys and its HTTP client's
+    (``base_url``, ``allow_http``, ...), never credentials (they would be saved)."""
 
     type = "gcs"
     schemes = ("gs://", "gcs://")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        secrets = sorted(
+            k for k in self.opts if k.lower().removeprefix("google_") in _GCS_CREDENTIAL_KEYS
+        )
+        if secrets:
+            raise InvalidInputError(
+                f"gcs_store: opts hold credentials ({', '.join(secrets)}), which would be "
+                "saved in the repository's config; pass them when opening instead "
+                "(authorize_virtual_chunk_access with gcs_credentials(...))"
+            )
 
 
 _AZURE_SECRETS = frozenset(
@@ -557,7 +584,9 @@ S3Credentials.Static = staticmethod(_static)
 S3Credentials.Refreshable = staticmethod(_refreshable)
 
 
-AnyCredential = S3Credentials | AzureCredentials.FromEnv | AzureCredentials.Static
+AnyCredential = (
+    S3Credentials | AzureCredentials.FromEnv | AzureCredentials.Static | AnyGcsCredential
+)
 
 
 def s3_static_credentials(
@@ -658,7 +687,8 @@ def containers_credentials(
         if cred is not None and not isinstance(cred, AnyCredential):
             raise InvalidInputError(
                 f"containers_credentials: credentials for {prefix!r} must come from "
-                f"s3_credentials(), azure_credentials() and the like, or be None; got "
+                f"s3_credentials(), azure_credentials(), gcs_credentials() and the like, or be "
+                "None; got "
                 f"{type(cred).__name__}"
             )
         out[prefix] = cred

@@ -33,9 +33,11 @@ from frazil.format import ChunkKind, ChunkRef
 from .. import runtime
 from ..errors import FrazilError, StorageError, VirtualChunkError
 from ..storage.base import ByteRange
+from ..storage.gcs import GcsCredentials
 from .containers import (
     AnyCredential,
     AzureStoreConfig,
+    GcsStoreConfig,
     S3Credentials,
     S3StoreConfig,
     VirtualChunkContainer,
@@ -329,6 +331,8 @@ def unconfirmed_endpoint(
     store = container.store
     if isinstance(store, AzureStoreConfig):
         return _unconfirmed_azure_options(container, store, untrusted)
+    if isinstance(store, GcsStoreConfig):
+        return _unconfirmed_gcs_options(container, store, cred, untrusted)
     if not isinstance(store, S3StoreConfig) or store.anonymous:
         return None
     if isinstance(cred, S3Credentials) and cred.kind == "anonymous":
@@ -348,6 +352,29 @@ def unconfirmed_endpoint(
         f"VirtualChunkContainer({container.url_prefix!r}, s3_store(endpoint_url="
         f"{store.endpoint_url!r}, allow_http={store.allow_http!r}, ...))); or read it "
         "with frazil.s3_anonymous_credentials()"
+    )
+
+
+def _unconfirmed_gcs_options(
+    container: VirtualChunkContainer,
+    store: GcsStoreConfig,
+    cred: AnyCredential | None,
+    untrusted: Mapping[str, VirtualChunkContainer],
+) -> str | None:
+    """A GCS store whose stored config sets options (an endpoint, plain http, ...) could
+    send the reader's credentials elsewhere than GCS: refused unless the reader passed the
+    same settings, or reads anonymously."""
+    if isinstance(cred, GcsCredentials.Anonymous):
+        return None
+    if not store.opts or untrusted.get(container.url_prefix) != container:
+        return None
+    return (
+        f"virtual chunk container {container.url_prefix!r} sets GCS options "
+        f"{sorted(store.opts)} in the repository's stored config, not by you; they could "
+        "send your credentials to another endpoint, so frazil does not use them. If you "
+        "trust them, confirm them when opening: Repository.open(storage, config=cfg, "
+        "authorize_virtual_chunk_access=...) with cfg.set_virtual_chunk_container("
+        f"VirtualChunkContainer({container.url_prefix!r}, gcs_store({{...}})))"
     )
 
 

@@ -1,6 +1,7 @@
 """Where virtual chunk bytes come from: one source per container store type (S3 through
 frazil's S3 backend, Azure through its Azure backend, HTTP(S) through its read-only HTTP
-backend, local files checked against the container's folder, GCS through gcsfs), each
+backend, local files checked against the container's folder, GCS through its GCS backend),
+each
 fetching one byte range with what the response says about the file (ETag, last-modified)
 for the resolver's pins."""
 
@@ -15,6 +16,7 @@ from typing import Any
 from .. import runtime
 from ..errors import NotFoundError, StorageError, VirtualChunkError
 from ..storage.azure import AzureCredentials
+from ..storage.gcs import AnyGcsCredential, GcsCredentials
 from .containers import AnyCredential, S3Credentials, VirtualChunkContainer
 from .locations import Location
 
@@ -237,28 +239,30 @@ class _LocalSource:
 
 
 class _GcsSource:
+    """GCS objects (``gs://bucket/path``) through frazil's GCS backend, one per bucket."""
+
     def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
-        self._fs: Any = None
+        self.container = container
+        self.cred = _credentials_of(container, cred, AnyGcsCredential)
+        self._buckets: dict[str, Any] = {}
+
+    def _storage(self, bucket: str) -> Any:
+        from ..storage.gcs import GcsSpec, GcsStorage
+
+        st = self._buckets.get(bucket)
+        if st is None:
+            store: Any = self.container.store
+            options = tuple(sorted(store.opts.items()))
+            creds = self.cred if self.cred is not None else GcsCredentials.FromEnv()
+            st = self._buckets[bucket] = GcsStorage(GcsSpec(bucket, "", creds, options))
+        return st
 
     async def fetch(self, loc: Location, start: int, end: int) -> Fetched:
         try:
-            import gcsfs
-        except ImportError:
-            raise VirtualChunkError(
-                f"reading {loc} needs gcsfs: pip install gcsfs", location=str(loc)
-            ) from None
-        fs = gcsfs.GCSFileSystem()
-        path = f"{loc.host}/{loc.key}"
-        before = await runtime.in_thread(fs.info, path)
-        data = await runtime.in_thread(fs.cat_file, path, start, end)
-        after = await runtime.in_thread(fs.info, path)
-        if before.get("generation") != after.get("generation"):
-            raise VirtualChunkError(
-                f"virtual chunk source {loc} changed while it was read", location=str(loc)
-            )
-        updated = after.get("updated")
-        lm = dt.datetime.fromisoformat(updated.replace("Z", "+00:00")) if updated else None
-        return Fetched(bytes(data), after.get("etag"), lm)
+            got = await self._storage(loc.host).get_range_info(loc.key, start, end)
+        except NotFoundError:
+            raise NotFoundError(f"virtual chunk source {loc} does not exist") from None
+        return Fetched(got.data, got.etag, got.last_modified)
 
 
 SOURCES: dict[str, type[Any]] = {

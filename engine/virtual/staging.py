@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from ..errors import InvalidInputError
 from ..storage.azure import AnyAzureCredential
+from ..storage.gcs import AnyGcsCredential
 from .containers import AnyCredential, S3Credentials, VirtualChunkContainer, location_problem
 from .locations import Location, LocationError, parse_location
 
@@ -255,6 +256,7 @@ def check_authorization(
         if cred is not None and not (
             (isinstance(cred, S3Credentials) and container.store.type == "s3")
             or (isinstance(cred, AnyAzureCredential) and container.store.type == "azure")
+            or (isinstance(cred, AnyGcsCredential) and container.store.type == "gcs")
         ):
             raise InvalidInputError(
                 f"credentials for {prefix!r} do not fit its {container.store.type} store"
