@@ -96,8 +96,12 @@ from .storage.gcs import (
     gcs_storage,
 )
 from .virtual import ChunkType, VirtualChunkSpec, local_etag
+from . import credentials
 from .virtual.containers import (
+    AnyCredential,
     AnyObjectStoreConfig,
+    AnyS3Credential,
+    Credentials,
     AzureStoreConfig,
     GcsStoreConfig,
     HttpStoreConfig,
@@ -237,6 +241,10 @@ __all__ = [
     "HttpStoreConfig",
     "LocalFileSystemStoreConfig",
     "S3Credentials",
+    "AnyCredential",
+    "AnyS3Credential",
+    "Credentials",
+    "credentials",
     "S3StaticCredentials",
     "S3Options",
     "AnyObjectStoreConfig",

@@ -713,3 +713,20 @@ def test_logs_from_the_environment_at_import(env: dict[str, str], shown: bool) -
     )
     assert out.returncode == 0, out.stderr
     assert ("Creating Repository" in out.stdout) is shown
+
+
+def test_credentials_wrappers_and_unions() -> None:
+    """Icechunk's ``Credentials.S3/.Gcs/.Azure`` and ``Any*Credential`` names, and the
+    ``credentials`` module with every credential name."""
+    s3 = frazil.s3_static_credentials(access_key_id="k", secret_access_key="s")
+    gcs = frazil.gcs_credentials(bearer_token="t")
+    azure = frazil.azure_credentials(access_key="a")
+    for cred, kind in ((s3, frazil.Credentials.S3), (gcs, frazil.Credentials.Gcs)):
+        assert kind(cred) is cred and isinstance(cred, kind)
+        assert isinstance(cred, frazil.AnyCredential)
+    assert frazil.Credentials.Azure(azure) is azure
+    assert isinstance(s3, frazil.AnyS3Credential) and not isinstance(gcs, frazil.Credentials.S3)
+    with pytest.raises(frazil.InvalidInputError, match="Credentials.Azure takes Azure"):
+        frazil.Credentials.Azure(s3)
+    assert frazil.credentials.gcs_refreshable_credentials is frazil.gcs_refreshable_credentials
+    assert set(frazil.credentials.__all__) >= {"AnyCredential", "Credentials", "s3_credentials"}

@@ -587,6 +587,46 @@ S3Credentials.Refreshable = staticmethod(_refreshable)
 AnyCredential = (
     S3Credentials | AzureCredentials.FromEnv | AzureCredentials.Static | AnyGcsCredential
 )
+#: Icechunk's union of its four S3 credential classes: frazil has one class for all four
+AnyS3Credential = S3Credentials
+
+
+class _CredentialVariant(type):
+    """One of ``Credentials``' variants: calling it checks and returns the credentials (frazil
+    needs no wrapper around them), ``isinstance`` checks their kind."""
+
+    target: Any
+    label: str
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, cls.target)
+
+    def __call__(cls, credentials: Any) -> Any:
+        if not isinstance(credentials, cls.target):
+            raise InvalidInputError(
+                f"Credentials.{cls.label} takes {cls.label} credentials (from "
+                f"{cls.label.lower()}_credentials() and the like), got "
+                f"{type(credentials).__name__}"
+            )
+        return credentials
+
+
+class Credentials:
+    """Icechunk's wrapper of a container's credentials by store kind: ``Credentials.S3(c)``,
+    ``.Gcs(c)``, ``.Azure(c)`` give ``c`` back, checked (``containers_credentials`` takes
+    credentials as they are); ``isinstance(c, Credentials.S3)`` tells the kind."""
+
+    class S3(metaclass=_CredentialVariant):
+        target = S3Credentials
+        label = "S3"
+
+    class Gcs(metaclass=_CredentialVariant):
+        target = AnyGcsCredential
+        label = "Gcs"
+
+    class Azure(metaclass=_CredentialVariant):
+        target = AzureCredentials.FromEnv | AzureCredentials.Static
+        label = "Azure"
 
 
 def s3_static_credentials(
