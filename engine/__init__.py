@@ -5,6 +5,7 @@ from typing import Any as _Any
 
 from frazil.format.common import WRITE_VERSION as _WRITE_VERSION
 
+from . import credentials
 from .config import RepositoryConfig
 from .conflicts import (
     BasicConflictSolver,
@@ -96,13 +97,12 @@ from .storage.gcs import (
     gcs_storage,
 )
 from .virtual import ChunkType, VirtualChunkSpec, local_etag
-from . import credentials
 from .virtual.containers import (
     AnyCredential,
     AnyObjectStoreConfig,
     AnyS3Credential,
-    Credentials,
     AzureStoreConfig,
+    Credentials,
     GcsStoreConfig,
     HttpStoreConfig,
     LocalFileSystemStoreConfig,
