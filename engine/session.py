@@ -34,11 +34,19 @@ from frazil.format import (
     SnapshotId,
     TransactionLog,
     checksum,
+    encode_snapshot,
+    encode_transaction_log,
 )
 from frazil.format import txlog as tx
 from frazil.format.common import BRANCH_REF
 from frazil.format.filters import coord_hash
-from frazil.format.keys import chunk_key, fork_prefix, manifest_key, parse_journal_key
+from frazil.format.keys import (
+    chunk_key,
+    fork_prefix,
+    manifest_key,
+    parse_journal_key,
+    transaction_log_key,
+)
 from frazil.format.manifest import virtual_rows
 
 from . import changeset, moves, runtime
@@ -1267,6 +1275,71 @@ class Session:
         """``rebase``, run in a thread (``asyncio.to_thread``)."""
         await asyncio.to_thread(self.rebase, solver)
 
+    def amend(
+        self,
+        message: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        allow_empty: bool = False,
+    ) -> str:
+        """Replace the branch's tip (this session's base) by a snapshot holding its changes
+        and this session's, with the tip's parent as parent and ``message`` (Icechunk
+        2.x): history gains no entry, the old tip leaves it (``garbage_collect`` reclaims
+        it). ``allow_empty`` amends with no staged changes (a new message or metadata).
+
+        The session is read-only at the new snapshot afterwards. The repository's first
+        snapshot cannot be amended, and a branch that moved since the session started is
+        a ``ConflictError`` (start a new session: an amend does not rebase).
+
+        Returns
+        -------
+        str
+            The new snapshot's id.
+        """
+        return runtime.run(self.amend_async(message, metadata=metadata, allow_empty=allow_empty))
+
+    async def amend_async(
+        self,
+        message: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        allow_empty: bool = False,
+    ) -> str:
+        """``amend`` (async)."""
+        self._check_writable()
+        if self._branch is None:
+            raise ReadOnlyError("this session is not on a branch and cannot amend")
+        if isinstance(self, ForkSession):
+            raise InvalidTypeError("Cannot amend from a fork: merge it into its session first")
+        if not isinstance(allow_empty, bool):
+            raise InvalidInputError(f"allow_empty must be True or False, got {allow_empty!r}")
+        meta = self._commit_metadata(message, metadata)
+        await self._warn_unmerged_forks("amending")
+        if self._changes.is_empty() and not allow_empty:
+            raise InvalidInputError(
+                "cannot amend: the session has no changes (allow_empty=True amends the "
+                "message and metadata only)"
+            )
+        reader = self._repo.reader
+        parent_id = await reader.parent(self._base.id)
+        if parent_id is None:
+            raise InvalidInputError(
+                f"cannot amend snapshot {self._base.id}: it is the first of the repository's "
+                "history (or its parent was expired)"
+            )
+        parent = await reader.snapshot(parent_id)
+        plan = await commit(
+            self._repo.storage,
+            self._branch,
+            _AmendCommitter(self, message, meta, parent),
+            rebase=False,
+            tries=1,
+            history=reader.parent,
+        )
+        sid = self._committed(plan)
+        await self._drop_merged_journals()
+        return sid
+
     def flush(self, message: str, metadata: dict[str, Any] | None = None) -> str:
         """Write the staged changes as a new snapshot without moving any branch.
 
@@ -1428,20 +1501,30 @@ class _SessionCommitter:
                 config.split_rows,
                 regions,
             )
-        history = await index_for_child(repo.reader, storage, s._base)
-        plan = prepare_commit(
-            base,
-            s._changes,
-            message=self.message,
-            metadata=meta,
-            split_rows=config.split_rows,
-            history=history,
-            region_sizes=regions,
+        history = await index_for_child(repo.reader, storage, self.history_base())
+        plan = await self.adjust(
+            prepare_commit(
+                base,
+                s._changes,
+                message=self.message,
+                metadata=meta,
+                split_rows=config.split_rows,
+                history=history,
+                region_sizes=regions,
+            )
         )
         await runtime.gather_limited(
             [storage.put(k, b) for k, b in [*merged, *plan.manifests, plan.log]]
         )
         await storage.put(plan.objects()[-1][0], plan.snapshot_bytes)
+        return plan
+
+    def history_base(self) -> Snapshot:
+        """The snapshot whose child the new one is, in history."""
+        return self.session._base
+
+    async def adjust(self, plan: CommitPlan) -> CommitPlan:
+        """The plan as it is written (amend changes its parent and log)."""
         return plan
 
     async def rebase_onto(self, ref: Ref) -> None:
@@ -1456,6 +1539,91 @@ class _SessionCommitter:
 
     def forget(self, plan: CommitPlan) -> None:
         self.session._maybe_landed.pop(plan.snapshot.id, None)
+
+
+class _AmendCommitter(_SessionCommitter):
+    """``Session.amend``: the content a commit on the base would have, as a child of the
+    base's parent, with one transaction log for both (the base's changes and the
+    session's, as ``amended_log`` gives them); the branch moves from the base by the same
+    compare-and-swap, so a branch that moved meanwhile is a ``ConflictError``."""
+
+    def __init__(
+        self, session: Session, message: str, metadata: dict[str, Any], parent: Snapshot
+    ) -> None:
+        super().__init__(session, message, metadata, None)
+        self.parent = parent
+
+    def history_base(self) -> Snapshot:
+        return self.parent
+
+    async def adjust(self, plan: CommitPlan) -> CommitPlan:
+        reader, base = self.session._repo.reader, self.session._base
+        first = await reader.transaction_log(base.id, base.info.transaction_log_checksum)
+        assert plan.transaction_log is not None
+        sid = plan.snapshot.id
+        changes = amended_log(
+            self.parent, plan.snapshot, (*first.changes, *plan.transaction_log.changes)
+        )
+        txlog = TransactionLog(sid, self.parent.id, changes)
+        log_bytes = encode_transaction_log(txlog)
+        info = dataclasses.replace(
+            plan.snapshot.info,
+            parent_id=self.parent.id,
+            transaction_log_checksum=checksum(log_bytes),
+        )
+        snapshot = dataclasses.replace(plan.snapshot, info=info)
+        snap_bytes = encode_snapshot(snapshot)
+        return dataclasses.replace(
+            plan,
+            snapshot=snapshot,
+            snapshot_bytes=snap_bytes,
+            snapshot_checksum=checksum(snap_bytes),
+            log=(transaction_log_key(sid), log_bytes),
+            transaction_log=txlog,
+        )
+
+
+def amended_log(
+    parent: Snapshot, snapshot: Snapshot, logged: Sequence[NodeChange]
+) -> tuple[NodeChange, ...]:
+    """The transaction log from ``parent`` to ``snapshot`` when two commits' changes
+    (``logged``, older first) become one: nodes compared by id (created, deleted, moved as a
+    delete and a create under one id, metadata updated), and per array of ``snapshot`` the
+    chunks either commit wrote (coordinates and spilled segments, together)."""
+    old = {n.node_id: n for n in parent.nodes}
+    new = {n.node_id: n for n in snapshot.nodes}
+    out: list[NodeChange] = []
+    for nid, n in sorted(old.items(), key=lambda kv: kv[1].path):
+        after = new.get(nid)
+        if after is None or after.path != n.path:
+            out.append(
+                NodeChange(
+                    tx.DELETED_ARRAY if n.node_type == ARRAY else tx.DELETED_GROUP, n.path, nid
+                )
+            )
+    for nid, n in sorted(new.items(), key=lambda kv: kv[1].path):
+        before = old.get(nid)
+        if before is None or before.path != n.path:
+            out.append(
+                NodeChange(tx.NEW_ARRAY if n.node_type == ARRAY else tx.NEW_GROUP, n.path, nid)
+            )
+        elif before.zarr_json != n.zarr_json:
+            kind = tx.UPDATED_ARRAY if n.node_type == ARRAY else tx.UPDATED_GROUP
+            out.append(NodeChange(kind, n.path, nid))
+    coords: dict[NodeId, list[np.ndarray]] = {}
+    spilled: dict[NodeId, list[SegmentRef]] = {}
+    for c in logged:
+        if c.change != tx.CHUNKS or c.node_id not in new:
+            continue
+        if c.chunks is not None and len(c.chunks):
+            coords.setdefault(c.node_id, []).append(c.chunks)
+        if c.segments:
+            spilled.setdefault(c.node_id, []).extend(c.segments)
+    for nid in sorted(set(coords) | set(spilled), key=lambda i: new[i].path):
+        parts = coords.get(nid)
+        written = np.unique(np.concatenate(parts), axis=0) if parts else None
+        out.append(NodeChange(tx.CHUNKS, new[nid].path, nid, written, tuple(spilled.get(nid, ()))))
+    return tuple(out)
 
 
 class ForkSession(Session):
