@@ -11,7 +11,7 @@ import json
 import threading
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -25,6 +25,7 @@ from frazil.format import (
     ChunkRef,
     CommitInfo,
     Coord,
+    ManifestId,
     ManifestSegment,
     NodeChange,
     NodeId,
@@ -47,7 +48,7 @@ from frazil.format.keys import (
     parse_journal_key,
     transaction_log_key,
 )
-from frazil.format.manifest import virtual_rows
+from frazil.format.manifest import tombstone_rows, virtual_rows
 
 from . import changeset, moves, runtime
 from .changeset import ChangeSet, ChunkTable, row_ref
@@ -67,7 +68,7 @@ from .errors import (
 )
 from .history import index_for_child
 from .journal import ForkJournal, delete_journals, new_token, read_journals
-from .merging import merge_for_commit
+from .merging import merge_for_commit, merge_segments
 from .rebase import (
     RowSet,
     apply_resolution,
@@ -1275,6 +1276,93 @@ class Session:
         """``rebase``, run in a thread (``asyncio.to_thread``)."""
         await asyncio.to_thread(self.rebase, solver)
 
+    def shift_array(self, array_path: str, chunk_offset: Iterable[int]) -> None:
+        """Shift every chunk of the array by ``chunk_offset`` chunks per dimension
+        (Icechunk 2.x): positive values move chunks to higher indices. Chunks shifted out
+        of the array's grid are dropped (resize the array first to keep them); positions
+        left behind read as the fill value. Only references are rewritten, never chunk
+        bytes: the shifted references are staged as manifest segments (Arrow, no work per
+        chunk in Python) that shadow the older ones, with tombstones for the vacated
+        positions, and a commit conflicts with concurrent writes to any of them."""
+        runtime.run(self._shift_array(array_path, chunk_offset))
+
+    async def _shift_array(self, array_path: str, chunk_offset: Iterable[int]) -> None:
+        self._check_writable()
+        rec, meta = self._array(array_path)
+        offset = _as_list(chunk_offset) if not isinstance(chunk_offset, (str, bytes)) else None
+        if (
+            offset is None
+            or len(offset) != meta.ndim
+            or not all(isinstance(o, (int, np.integer)) and not isinstance(o, bool) for o in offset)
+        ):
+            raise InvalidInputError(
+                f"shift_array({array_path!r}): chunk_offset must be {meta.ndim} integers, "
+                f"got {chunk_offset!r}"
+            )
+        if meta.grid is None:
+            raise InvalidInputError(
+                f"shift_array({array_path!r}): only arrays with a regular chunk grid can be "
+                "shifted (other grids' chunks have position-dependent sizes)"
+            )
+        ndim, reader, node_id = meta.ndim, self._repo.reader, rec.node_id
+        if ndim == 0:
+            return  # one chunk, nowhere to move it
+        table = self._changes.table(node_id, ndim)
+        with self._changes.lock:
+            staged = [
+                ManifestSegment(
+                    _STAGED, node_id, c, r.append_column("node_id", pa.nulls(len(c), pa.string()))
+                )
+                for c, r in table.segments(1 << 62)
+                if len(c)
+            ]
+            spilled_refs = list(reversed(table.spilled))
+        reads: list[Awaitable[ManifestSegment]] = [
+            reader.manifest(seg, cache=False) for seg in spilled_refs
+        ]
+        reads += [reader.manifest(seg) for seg in self._segments_of(rec)]
+        loaded = await runtime.gather_limited(reads, limit=16)
+        # one schema for all (decoded segments' node_id is dictionary-encoded, and their
+        # times may be read at another resolution)
+        canon = tombstone_rows(0).schema.append(pa.field("node_id", pa.string()))
+
+        def same(m: ManifestSegment) -> ManifestSegment:
+            t = m.table.select(canon.names).cast(canon, safe=False)
+            return ManifestSegment(m.manifest_id, node_id, m.coords, t)
+
+        segs = [same(m) for m in (*staged, *loaded)]
+        coords, rows = merge_segments(segs, ndim)
+        # every position any of them names (tombstones included) is shadowed by the new
+        # segments, since they replace the staged and spilled ones, whose tombstones hid
+        # the base's refs
+        named = np.concatenate([m.coords for m in segs]).reshape(-1, ndim)
+        named = np.unique(named, axis=0) if len(named) else named
+        shifted = coords + np.asarray(offset, np.int64)
+        grid = np.asarray(meta.grid, np.int64)
+        inside = ((shifted >= 0) & (shifted < grid)).all(axis=1)
+        kept = shifted[inside]
+        vacated = named[~_rows_in(named, kept)]
+        all_coords = np.concatenate([kept, vacated]).reshape(-1, ndim)
+        tombstones = tombstone_rows(len(vacated))
+        moved = rows.filter(pa.array(inside)).select(tombstones.schema.names)
+        all_rows = pa.concat_tables([moved.cast(tombstones.schema), tombstones])
+        order = np.lexsort(all_coords.T[::-1]) if ndim else np.arange(len(all_coords))
+        all_coords, all_rows = all_coords[order], all_rows.take(pa.array(order))
+        split = self._repo.config.split_rows
+        segments: list[SegmentRef] = []
+        writes: list[Awaitable[None]] = []
+        for start in range(0, len(all_coords), split):
+            ref, (key, data) = segment_object(
+                node_id, all_coords[start : start + split], all_rows.slice(start, split)
+            )
+            segments.append(ref)
+            writes.append(self._repo.storage.put(key, data))
+        await runtime.gather_limited(writes, limit=_SPILL_IN_FLIGHT)
+        fresh = ChunkTable(ndim)
+        fresh.spilled = segments  # the whole array's refs from now on (oldest first)
+        with self._changes.lock:
+            self._changes.chunks[node_id] = fresh
+
     def amend(
         self,
         message: str,
@@ -1539,6 +1627,9 @@ class _SessionCommitter:
 
     def forget(self, plan: CommitPlan) -> None:
         self.session._maybe_landed.pop(plan.snapshot.id, None)
+
+
+_STAGED = ManifestId(bytes(12))  # stands for the staged refs in a merge of segments
 
 
 class _AmendCommitter(_SessionCommitter):
