@@ -49,7 +49,13 @@ from .base import (
     Storage,
     validate_key,
 )
-from .retry import RetrySettings, conditional_put, read_back_with, retry_call
+from .retry import (
+    RetrySettings,
+    check_client_settings,
+    conditional_put,
+    read_back_with,
+    retry_call,
+)
 
 T = TypeVar("T")
 
@@ -72,13 +78,7 @@ class ObjectStoreSettings:
     max_concurrency: int = 64
 
     def __post_init__(self) -> None:
-        RetrySettings(self.max_attempts, self.backoff_base, self.backoff_cap)  # validates
-        if not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
-            raise InvalidInputError(
-                f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}"
-            )
-        if not self.connect_timeout > 0 or not self.read_timeout > 0:
-            raise InvalidInputError("connect_timeout and read_timeout must be > 0 seconds")
+        check_client_settings(self)
 
     @property
     def retry(self) -> RetrySettings:

@@ -64,6 +64,18 @@ class RetrySettings:
         return random.uniform(d / 2, d)
 
 
+def check_client_settings(settings: Any) -> None:
+    """Validate a backend's tuning (S3's, obstore's): its retries (``max_attempts``,
+    ``backoff_base``, ``backoff_cap``), ``max_concurrency`` and request timeouts."""
+    RetrySettings(settings.max_attempts, settings.backoff_base, settings.backoff_cap)
+    if not isinstance(settings.max_concurrency, int) or settings.max_concurrency < 1:
+        raise InvalidInputError(
+            f"max_concurrency must be an int >= 1, got {settings.max_concurrency!r}"
+        )
+    if not settings.connect_timeout > 0 or not settings.read_timeout > 0:
+        raise InvalidInputError("connect_timeout and read_timeout must be > 0 seconds")
+
+
 async def retry_call(
     op: Callable[[], Awaitable[T]], settings: RetrySettings, what: str = "storage operation"
 ) -> T:

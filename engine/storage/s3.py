@@ -54,7 +54,13 @@ from .base import (
     slice_range,
     validate_key,
 )
-from .retry import RetrySettings, conditional_put, read_back_with, retry_call
+from .retry import (
+    RetrySettings,
+    check_client_settings,
+    conditional_put,
+    read_back_with,
+    retry_call,
+)
 
 if TYPE_CHECKING:
     from ..settings import StorageSettings
@@ -118,13 +124,7 @@ class S3Settings:
     direct_put: bool = True
 
     def __post_init__(self) -> None:
-        RetrySettings(self.max_attempts, self.backoff_base, self.backoff_cap)  # validates
-        if not isinstance(self.max_concurrency, int) or self.max_concurrency < 1:
-            raise InvalidInputError(
-                f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}"
-            )
-        if not self.connect_timeout > 0 or not self.read_timeout > 0:
-            raise InvalidInputError("connect_timeout and read_timeout must be > 0 seconds")
+        check_client_settings(self)
 
     @property
     def retry(self) -> RetrySettings:

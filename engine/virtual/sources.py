@@ -49,41 +49,25 @@ def _credentials_of(
     return cred
 
 
-class _S3Source:
-    """S3 objects through frazil's S3 backend, one per bucket."""
+class _BucketSource:
+    """Objects of a bucket-like store through one of frazil's storage backends, one
+    storage per bucket (or Azure container): subclasses say which credentials the
+    container takes (``CREDENTIALS``) and how to open one bucket (``_open``)."""
+
+    CREDENTIALS: Any
 
     def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
         self.container = container
-        self.cred = _credentials_of(container, cred, S3Credentials)
+        self.cred = _credentials_of(container, cred, self.CREDENTIALS)
         self._buckets: dict[str, Any] = {}
 
-    def _storage(self, bucket: str) -> Any:
-        from ..storage.s3 import S3Config, S3Storage
+    def _open(self, bucket: str) -> Any:
+        raise NotImplementedError
 
+    def _storage(self, bucket: str) -> Any:
         st = self._buckets.get(bucket)
         if st is None:
-            store: Any = self.container.store
-            cred = self.cred
-            anonymous = store.anonymous or (cred is not None and cred.kind == "anonymous")
-            static = cred is not None and cred.kind == "static" and not anonymous
-            refreshable = cred is not None and cred.kind == "refreshable" and not anonymous
-            st = self._buckets[bucket] = S3Storage(
-                S3Config(
-                    bucket=bucket,
-                    prefix="",
-                    region=store.region,
-                    endpoint_url=store.endpoint_url,
-                    allow_http=store.allow_http,
-                    access_key_id=cred.access_key_id if static else None,
-                    secret_access_key=cred.secret_access_key if static else None,
-                    session_token=cred.session_token if static else None,
-                    anonymous=anonymous,
-                    from_env=not anonymous and not static and not refreshable,
-                    force_path_style=store.force_path_style,
-                    get_credentials=cred.get_credentials if refreshable else None,
-                    current_credentials=cred.current if refreshable else None,
-                )
-            )
+            st = self._buckets[bucket] = self._open(bucket)
         return st
 
     async def fetch(self, loc: Location, start: int, end: int) -> Fetched:
@@ -94,36 +78,51 @@ class _S3Source:
         return Fetched(got.data, got.etag, got.last_modified)
 
 
-class _AzureSource:
+class _S3Source(_BucketSource):
+    """S3 objects through frazil's S3 backend, one per bucket."""
+
+    CREDENTIALS = S3Credentials
+
+    def _open(self, bucket: str) -> Any:
+        from ..storage.s3 import S3Config, S3Storage
+
+        store: Any = self.container.store
+        cred = self.cred
+        anonymous = store.anonymous or (cred is not None and cred.kind == "anonymous")
+        static = cred is not None and cred.kind == "static" and not anonymous
+        refreshable = cred is not None and cred.kind == "refreshable" and not anonymous
+        return S3Storage(
+            S3Config(
+                bucket=bucket,
+                prefix="",
+                region=store.region,
+                endpoint_url=store.endpoint_url,
+                allow_http=store.allow_http,
+                access_key_id=cred.access_key_id if static else None,
+                secret_access_key=cred.secret_access_key if static else None,
+                session_token=cred.session_token if static else None,
+                anonymous=anonymous,
+                from_env=not anonymous and not static and not refreshable,
+                force_path_style=store.force_path_style,
+                get_credentials=cred.get_credentials if refreshable else None,
+                current_credentials=cred.current if refreshable else None,
+            )
+        )
+
+
+class _AzureSource(_BucketSource):
     """Azure blobs (``az://container/path``) through frazil's Azure backend, one per
     container."""
 
-    def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
-        self.container = container
-        self.cred = _credentials_of(
-            container, cred, AzureCredentials.FromEnv | AzureCredentials.Static
-        )
-        self._containers: dict[str, Any] = {}
+    CREDENTIALS = AzureCredentials.FromEnv | AzureCredentials.Static
 
-    def _storage(self, name: str) -> Any:
+    def _open(self, name: str) -> Any:
         from ..storage.azure import AzureSpec, AzureStorage
 
-        st = self._containers.get(name)
-        if st is None:
-            store: Any = self.container.store
-            options = tuple(sorted(store.options.items()))
-            creds = self.cred if self.cred is not None else AzureCredentials.FromEnv()
-            st = self._containers[name] = AzureStorage(
-                AzureSpec(store.account, name, "", creds, options)
-            )
-        return st
-
-    async def fetch(self, loc: Location, start: int, end: int) -> Fetched:
-        try:
-            got = await self._storage(loc.host).get_range_info(loc.key, start, end)
-        except NotFoundError:
-            raise NotFoundError(f"virtual chunk source {loc} does not exist") from None
-        return Fetched(got.data, got.etag, got.last_modified)
+        store: Any = self.container.store
+        options = tuple(sorted(store.options.items()))
+        creds = self.cred if self.cred is not None else AzureCredentials.FromEnv()
+        return AzureStorage(AzureSpec(store.account, name, "", creds, options))
 
 
 class _HttpSource:
@@ -238,31 +237,18 @@ class _LocalSource:
         return await runtime.in_thread(_read_local, loc.path, self.root, start, end)
 
 
-class _GcsSource:
+class _GcsSource(_BucketSource):
     """GCS objects (``gs://bucket/path``) through frazil's GCS backend, one per bucket."""
 
-    def __init__(self, container: VirtualChunkContainer, cred: AnyCredential | None) -> None:
-        self.container = container
-        self.cred = _credentials_of(container, cred, AnyGcsCredential)
-        self._buckets: dict[str, Any] = {}
+    CREDENTIALS = AnyGcsCredential
 
-    def _storage(self, bucket: str) -> Any:
+    def _open(self, bucket: str) -> Any:
         from ..storage.gcs import GcsSpec, GcsStorage
 
-        st = self._buckets.get(bucket)
-        if st is None:
-            store: Any = self.container.store
-            options = tuple(sorted(store.opts.items()))
-            creds = self.cred if self.cred is not None else GcsCredentials.FromEnv()
-            st = self._buckets[bucket] = GcsStorage(GcsSpec(bucket, "", creds, options))
-        return st
-
-    async def fetch(self, loc: Location, start: int, end: int) -> Fetched:
-        try:
-            got = await self._storage(loc.host).get_range_info(loc.key, start, end)
-        except NotFoundError:
-            raise NotFoundError(f"virtual chunk source {loc} does not exist") from None
-        return Fetched(got.data, got.etag, got.last_modified)
+        store: Any = self.container.store
+        options = tuple(sorted(store.opts.items()))
+        creds = self.cred if self.cred is not None else GcsCredentials.FromEnv()
+        return GcsStorage(GcsSpec(bucket, "", creds, options))
 
 
 SOURCES: dict[str, type[Any]] = {
