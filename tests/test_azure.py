@@ -275,6 +275,34 @@ def test_storage_pickles_its_configuration_only() -> None:
     assert clone.describe() == "az://acc/c/p/q/"
 
 
+def test_exit_waits_for_threads_python_did_not_start() -> None:
+    """At exit, frazil waits until no foreign thread (obstore's runtime finishing an async
+    call) is inside Python code: Python 3.11 would end such a thread with pthread_exit and
+    the process would abort. A thread started by ``_thread`` is foreign to ``threading``."""
+    import _thread
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def foreign() -> None:
+        seen.append(_thread.get_ident())
+        entered.set()
+        release.wait(60)
+        seen.append(0)  # the last Python it runs
+
+    _thread.start_new_thread(foreign, ())
+    assert entered.wait(60)
+    assert seen[0] in _obstore_runtime.foreign_threads_in_python()
+    assert threading.get_ident() not in _obstore_runtime.foreign_threads_in_python()
+    timer = threading.Timer(0.05, release.set)
+    timer.start()
+    _obstore_runtime._settle_foreign_threads(timeout=60)
+    assert seen[-1] == 0
+    assert seen[0] not in _obstore_runtime.foreign_threads_in_python()
+    timer.join()
+
+
 FORK_AFTER_OTHER_USE = """
 import asyncio, multiprocessing as mp, sys
 import obstore

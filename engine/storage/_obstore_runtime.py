@@ -19,10 +19,21 @@ own and starts a runtime of its own. So ``extension()`` gives:
 Stores, exceptions and ``Bytes`` of one copy must only be used with that copy's functions:
 callers take everything from the module this returns, and rebuild their stores when their
 process changes (``ObjectStoreStorage`` checks the pid).
+
+At exit, ``_settle_foreign_threads`` (registered with ``atexit`` by the first
+``extension()`` call) waits, for at most ``EXIT_SETTLE_SECONDS``, until no thread that
+Python did not start is inside Python code. obstore completes each async call on one of its
+runtime's threads, which calls the event loop's ``call_soon_threadsafe``; that call writes
+to the loop's wake-up socket with the GIL released, so the awaiting thread can finish and
+the interpreter start finalizing before the runtime's thread takes the GIL back. Python
+3.11 to 3.13 end such a thread with ``pthread_exit``, whose unwinding through Rust frames
+aborts the whole process (SIGABRT, no message) after its work is done: seen here in
+spawned workers on a loaded machine, 1 process in 25.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib.machinery
 import importlib.util
 import os
@@ -30,6 +41,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from types import ModuleType
 
 from ..errors import StorageError
@@ -41,6 +53,8 @@ _started_in: int | None = None  # the pid whose calls may have started _module's
 _source: str | None = None  # the extension's file (copies are loaded from it)
 _inherited: list[ModuleType] = []  # copies a forked parent used: kept, never called
 copies_loaded = 0  # fresh copies loaded by this process (for tests)
+EXIT_SETTLE_SECONDS = 2.0  # the longest wait at exit for obstore's threads to leave Python
+_exit_hook_registered = False
 
 
 def _reset_after_fork() -> None:
@@ -59,12 +73,15 @@ def extension() -> ModuleType:
     """obstore's extension module (``obstore._obstore`` or a fresh copy of it) that this
     process may call; see the module docstring. Call it before each use of obstore's
     functions or classes: it is cheap."""
-    global _module, _started_in, _source
+    global _module, _started_in, _source, _exit_hook_registered
     pid = os.getpid()
     module, started = _module, _started_in
     if module is not None and started == pid:
         return module
     with _lock:
+        if not _exit_hook_registered:
+            atexit.register(_settle_foreign_threads)
+            _exit_hook_registered = True
         if _module is None:
             import obstore._obstore as original
 
@@ -75,6 +92,23 @@ def extension() -> ModuleType:
             _module = _fresh_copy(_module.__name__, _source)
         _started_in = pid
         return _module
+
+
+def foreign_threads_in_python() -> list[int]:
+    """Idents of the threads that Python did not start (obstore's runtime threads among
+    them) and that are running Python code now."""
+    started_by_python = {
+        t.ident for t in threading.enumerate() if type(t).__name__ != "_DummyThread"
+    }
+    return [ident for ident in sys._current_frames() if ident not in started_by_python]
+
+
+def _settle_foreign_threads(timeout: float = EXIT_SETTLE_SECONDS) -> None:
+    """Wait (the GIL released between checks) until no foreign thread is in Python code,
+    or ``timeout`` seconds; see the module docstring."""
+    deadline = time.monotonic() + timeout
+    while foreign_threads_in_python() and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def _fresh_copy(qualified_name: str, source: str | None) -> ModuleType:
