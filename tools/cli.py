@@ -1,6 +1,6 @@
 """The ``frazil`` command line: create (init), inspect (log, show, diff, stats, sql), manage
-refs, keep a repository fast and small (compact, gc, expire, fsck), and export a snapshot
-as a plain zarr store.
+refs, keep a repository fast and small (compact, gc, expire, fsck), export a snapshot
+as a plain zarr store, and import an Icechunk repository.
 
 Every command takes the repository first: a local path, ``file://path``,
 ``s3://bucket/prefix`` (with ``--endpoint-url`` and the usual AWS environment variables)
@@ -754,6 +754,69 @@ def export(ctx: Ctx, dest: str, authorize: tuple[str, ...]) -> None:
         lambda: click.echo(
             f"exported snapshot {s.snapshot_id} to {dest}: {_count(s.keys, 'key')} "
             f"({_count(s.chunks, 'chunk')}, {_human_bytes(s.bytes)})"
+        ),
+    )
+
+
+@cli.command("import-icechunk")
+@click.argument("source")
+@click.argument("dest")
+@click.option(
+    "--authorize",
+    "authorize",
+    multiple=True,
+    metavar="PREFIX",
+    help="An Icechunk virtual chunk container (url prefix) whose chunks may be read, with "
+    "the environment's credentials; repeatable. Needed when SOURCE has virtual chunks: they "
+    "are read from their sources and written as frazil native chunks.",
+)
+@click.option(
+    "--source-endpoint-url",
+    default=None,
+    help="S3-compatible endpoint of an s3:// SOURCE (e.g. http://127.0.0.1:8333).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+def import_icechunk(
+    source: str,
+    dest: str,
+    authorize: tuple[str, ...],
+    source_endpoint_url: str | None,
+    as_json: bool,
+) -> None:
+    """Copy the Icechunk repository SOURCE (a local path or s3://bucket/prefix) into the
+    frazil repository DEST (a local path: created if absent, resumed if an earlier import
+    stopped part way): every branch, tag and commit, with messages and metadata.
+
+    Needs the icechunk package. Only Icechunk's public API is used, and it cannot tell
+    where a virtual chunk points: every chunk, virtual ones included, is read through
+    Icechunk and written as a frazil native chunk (authorize virtual sources with
+    --authorize). Each commit copies only what changed since its parent."""
+    from .icechunk_import import import_icechunk as run_import
+    from .icechunk_import import load_icechunk, open_source
+
+    if "ICECHUNK_LOG" not in os.environ:  # Icechunk logs warnings to stdout: keep it clean
+        load_icechunk().set_logs_filter("error")
+    src = open_source(
+        source,
+        authorize_virtual_chunk_access=dict.fromkeys(authorize) if authorize else None,
+        endpoint_url=source_endpoint_url,
+    )
+    if "://" not in dest or dest.startswith("file://"):
+        os.makedirs(dest.removeprefix("file://"), exist_ok=True)
+    with progress_bar(True) as progress:
+        s = run_import(src, storage_for(dest), progress=progress)
+    s.destination = dest
+    data = {k: v for k, v in asdict(s).items() if k != "snapshots"}
+    data["snapshots"] = s.snapshots
+    Ctx(dest, as_json, None, None, False).emit(
+        data,
+        lambda: click.echo(
+            f"imported {_count(s.commits_imported, 'commit')} from {source} into {dest} "
+            f"({s.commits_already_there} already there; {_count(s.chunks_copied, 'chunk')} "
+            f"copied as native chunks, {_human_bytes(s.bytes_copied)}; "
+            f"{_count(s.chunks_deleted, 'chunk deletion')}); "
+            f"{len(s.branches)} branch{'' if len(s.branches) == 1 else 'es'}, "
+            f"{_count(len(s.tags), 'tag')}"
         ),
     )
 
