@@ -6,7 +6,8 @@ that fork in the same pytest process. So nothing here imports icechunk in the py
 process: every case that needs it runs in a fresh Python subprocess (``_run``: this file
 run as a script with the case's name), which asserts and exits non-zero on a failure; the
 test checks the exit status and shows the child's output. Only the test of the
-missing-package error runs in process, with ``icechunk`` blocked in ``sys.modules``.
+missing-package error and a unit test of the diff check run in process, with no icechunk
+(blocked in ``sys.modules`` for the former).
 """
 
 from __future__ import annotations
@@ -82,6 +83,19 @@ def test_cli_error_without_icechunk(
     err = capsys.readouterr().err
     assert "needs the icechunk package" in err and "pip install icechunk" in err
     assert err.count("\n") == 1  # one line, no traceback
+
+
+def test_refuses_a_diff_with_changes_it_cannot_copy() -> None:
+    from types import SimpleNamespace
+
+    from frazil.errors import InvalidInputError
+    from frazil.tools.icechunk_import import _check_handled
+
+    diff = SimpleNamespace(new_arrays={"/a"}, updated_chunks={"/a": [[0]]}, moved_nodes=[])
+    _check_handled(diff, "snapshot X")  # empty unknown kinds are fine
+    diff.moved_nodes = [("/a", "/b")]
+    with pytest.raises(InvalidInputError, match="snapshot X.*'moved_nodes'"):
+        _check_handled(diff, "snapshot X")
 
 
 # -- the cases (run in a subprocess, where icechunk may start its runtime) ----------------------

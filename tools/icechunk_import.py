@@ -190,6 +190,31 @@ class _Work:
     chunks: list[str] = field(default_factory=list)
 
 
+_HANDLED = {
+    "deleted_arrays",
+    "deleted_groups",
+    "new_arrays",
+    "new_groups",
+    "updated_arrays",
+    "updated_groups",
+    "updated_chunks",
+}
+
+
+def _check_handled(diff: Any, where: str) -> None:
+    """Refuse a diff that names a kind of change this import does not copy (a later
+    Icechunk's moves, say), rather than drop it silently."""
+    for name in dir(diff):
+        if name.startswith("_") or name in _HANDLED:
+            continue
+        value = getattr(diff, name)
+        if not callable(value) and value:
+            raise InvalidInputError(
+                f"{where}: Icechunk's diff reports {name!r}, a kind of change that "
+                "frazil import-icechunk does not copy yet"
+            )
+
+
 def _from_diff(diff: Any, meta_of: Callable[[str], bytes]) -> _Work:
     work = _Work()
     deleted = set(diff.deleted_arrays) | set(diff.deleted_groups)
@@ -273,6 +298,7 @@ def _import_one(
             work = await _list_all(source)
         else:
             diff = src.diff(from_snapshot_id=info.parent_id, to_snapshot_id=info.id)
+            _check_handled(diff, f"Icechunk snapshot {info.id}")
             docs = {p: await meta_bytes(p) for p in diff.updated_chunks}
             work = _from_diff(diff, docs.__getitem__)
         for path in work.delete_nodes:
