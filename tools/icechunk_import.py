@@ -42,7 +42,7 @@ from zarr.core.chunk_key_encodings import parse_chunk_key_encoding
 from zarr.core.sync import sync
 
 import frazil
-from frazil.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from frazil.errors import AlreadyExistsError, ConflictError, InvalidInputError, NotFoundError
 from frazil.format.common import load_json
 
 BATCH = 64  # chunks copied concurrently
@@ -248,7 +248,11 @@ async def _list_all(store: Store) -> _Work:
 
 
 async def _copy_chunks(
-    source: Store, target: Store, keys: list[str], summary: ImportSummary
+    source: Store,
+    target: Store,
+    keys: list[str],
+    summary: ImportSummary,
+    progress: Progress | None,
 ) -> None:
     proto = default_buffer_prototype()
 
@@ -263,7 +267,10 @@ async def _copy_chunks(
         summary.bytes_copied += len(buf)
 
     for start in range(0, len(keys), BATCH):
-        await asyncio.gather(*(one(k) for k in keys[start : start + BATCH]))
+        part = keys[start : start + BATCH]
+        await asyncio.gather(*(one(k) for k in part))
+        if progress is not None:
+            progress("chunks of this commit", start + len(part), len(keys))
 
 
 def _commit_metadata(info: Any) -> dict[str, Any]:
@@ -274,7 +281,12 @@ def _commit_metadata(info: Any) -> dict[str, Any]:
 
 
 def _import_one(
-    src: Any, dest: frazil.Repository, work_branch: str, info: Any, summary: ImportSummary
+    src: Any,
+    dest: frazil.Repository,
+    work_branch: str,
+    info: Any,
+    summary: ImportSummary,
+    progress: Progress | None,
 ) -> str:
     """Copy Icechunk snapshot ``info`` onto ``work_branch`` (at its parent's import) and
     commit it; the new frazil snapshot id."""
@@ -306,7 +318,7 @@ def _import_one(
         for path in work.metadata:
             doc = await meta_bytes(path)
             await target.set(_key(path, "zarr.json"), proto.buffer.from_bytes(doc))
-        await _copy_chunks(source, target, work.chunks, summary)
+        await _copy_chunks(source, target, work.chunks, summary, progress)
 
     sync(go())
     if not session.has_uncommitted_changes:
@@ -327,6 +339,24 @@ def _is_empty_root(src: Any, info: Any) -> bool:
         return True
 
     return bool(sync(empty()))
+
+
+def _start_work(dest: frazil.Repository, work: str, parent: str, mapping: dict[str, str]) -> None:
+    """Work branch ``work`` at ``parent``, where the next commit goes. It only moves on to a
+    commit this import knows (compare-and-swap from the tip it saw): a tip it does not know
+    is another import's, running at the same time, and is left alone."""
+    if work not in dest.list_branches():
+        dest.create_branch(work, parent)
+        return
+    tip = dest.lookup_branch(work)
+    if tip == parent:
+        return
+    if tip not in mapping.values():
+        raise ConflictError(
+            f"import destination: work branch {work!r} is at {tip}, a commit this import "
+            "did not find when it started; is another import into it running?"
+        )
+    dest.reset_branch(work, parent, from_snapshot_id=tip)
 
 
 def _place(dest: frazil.Repository, branch: str, snapshot_id: str) -> None:
@@ -361,7 +391,8 @@ def import_icechunk(
         Passed to ``icechunk.Repository.open``: the containers (and their credentials)
         that virtual chunks are read from, since they are copied as native chunks.
     progress
-        ``progress(stage, done, total)``, called with ``"commits"`` after each commit.
+        ``progress(stage, done, total)``, called with ``"commits"`` after each commit and
+        with ``"chunks of this commit"`` as its chunks are copied.
 
     Raises
     ------
@@ -370,6 +401,8 @@ def import_icechunk(
         name frazil refuses.
     AlreadyExistsError
         A tag of that name points elsewhere in ``dest``.
+    ConflictError
+        Another import into ``dest`` is running (run one at a time).
     """
     src = open_source(
         source, config=config, authorize_virtual_chunk_access=authorize_virtual_chunk_access
@@ -395,8 +428,8 @@ def import_icechunk(
         for info in infos:
             if info.id in mapping:
                 continue
-            _place(repo, work, mapping[info.parent_id] if info.parent_id else root)
-            mapping[info.id] = _import_one(src, repo, work, info, summary)
+            _start_work(repo, work, mapping[info.parent_id] if info.parent_id else root, mapping)
+            mapping[info.id] = _import_one(src, repo, work, info, summary, progress)
             summary.commits_imported += 1
             done += 1
             if progress is not None:
