@@ -100,7 +100,8 @@ def test_refuses_a_diff_with_changes_it_cannot_copy() -> None:
 
 # -- the cases (run in a subprocess, where icechunk may start its runtime) ----------------------
 def _build(path: Path) -> Any:
-    """An Icechunk repository: main with 5 commits, dev with 2 of its own, tag v1."""
+    """An Icechunk repository: main with 5 commits, dev with 2 of its own, tag v1 on main,
+    tag experiment on a commit of a deleted branch."""
     import icechunk as ic
 
     repo = ic.Repository.create(ic.local_filesystem_storage(str(path)))
@@ -152,6 +153,12 @@ def _build(path: Path) -> Any:
     root = zarr.open_group(s.store)
     del root["cube"]
     s.commit("dev: delete cube", metadata={"reason": "cleanup"})
+
+    repo.create_branch("scratch", repo.lookup_branch("main"))
+    s = repo.writable_session("scratch")
+    zarr.open_group(s.store).attrs["scratch"] = True
+    repo.create_tag("experiment", s.commit("scratch: an attribute"))
+    repo.delete_branch("scratch")  # its commit is reachable from the tag only
     return repo
 
 
@@ -159,6 +166,8 @@ def _snapshot_ids(repo: Any) -> list[str]:
     ids: dict[str, None] = {}
     for b in sorted(repo.list_branches()):
         ids.update((i.id, None) for i in repo.ancestry(branch=b))
+    for t in sorted(repo.list_tags()):
+        ids.update((i.id, None) for i in repo.ancestry(tag=t))
     return list(ids)
 
 
@@ -215,6 +224,7 @@ def _check_history(ic_repo: Any, fz: frazil.Repository, mapping: dict[str, str])
     assert fz.list_branches() == ic_repo.list_branches()
     assert fz.list_tags() == ic_repo.list_tags()
     frazil_ids = {i.id for b in fz.list_branches() for i in fz.ancestry(branch=b)}
+    frazil_ids |= {i.id for t in fz.list_tags() for i in fz.ancestry(tag=t)}
     assert frazil_ids == set(mapping.values())  # one frazil commit per Icechunk commit
 
 
@@ -228,9 +238,9 @@ def case_history(tmp: Path) -> None:
     s = import_icechunk(str(tmp / "ic"), str(tmp / "fz"), progress=lambda *a: seen.append(a))
     fz = frazil.Repository.open(frazil.local_filesystem_storage(str(tmp / "fz")))
     ids = _snapshot_ids(ic_repo)
-    assert set(s.snapshots) == set(ids) and len(ids) == 8
-    assert s.commits_imported == 7 and s.commits_already_there == 1  # the initial one
-    assert seen[-1] == ("commits", 8, 8)
+    assert set(s.snapshots) == set(ids) and len(ids) == 9
+    assert s.commits_imported == 8 and s.commits_already_there == 1  # the initial one
+    assert seen[-1] == ("commits", 9, 9)
     assert s.chunks_deleted == 1 and s.chunks_copied > 0
     _check_history(ic_repo, fz, s.snapshots)
     _check_same(ic_repo, fz, s.snapshots)
@@ -335,13 +345,13 @@ def case_cli(tmp: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["commits_imported"] == 7 and out["chunks_deleted"] == 1
-    assert set(out["branches"]) == {"main", "dev"} and set(out["tags"]) == {"v1"}
+    assert out["commits_imported"] == 8 and out["chunks_deleted"] == 1
+    assert set(out["branches"]) == {"main", "dev"} and set(out["tags"]) == {"v1", "experiment"}
     assert out["snapshots"][ic_repo.lookup_tag("v1")] == out["tags"]["v1"]
     proc = subprocess.run([*cmd, str(tmp / "ic"), str(tmp / "fz")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("imported 0 commits from"), proc.stdout
-    assert "8 already there" in proc.stdout and "2 branches, 1 tag" in proc.stdout
+    assert "9 already there" in proc.stdout and "2 branches, 2 tags" in proc.stdout
     proc = subprocess.run([*cmd, "--help"], capture_output=True, text=True)
     assert "native chunk" in " ".join(proc.stdout.split()), proc.stdout
 

@@ -137,19 +137,25 @@ def open_destination(dest: frazil.Repository | frazil.Storage | str) -> frazil.R
 
 # -- what is there already --------------------------------------------------------------------
 def _imported(repo: frazil.Repository) -> tuple[dict[str, str], str]:
-    """Icechunk snapshot id -> frazil snapshot id, read from every branch's history, and
-    frazil's initial snapshot. Refuses commits that were not imported."""
+    """Icechunk snapshot id -> frazil snapshot id, read from the history of every branch
+    and tag, and frazil's initial snapshot. Refuses commits that were not imported."""
     found: dict[str, str] = {}
+    seen: set[str] = set()
     root: str | None = None
-    for name in sorted(repo.list_branches()):
-        for info in repo.ancestry(branch=name):
+    refs = [("branch", b) for b in sorted(repo.list_branches(), key=lambda b: (b != "main", b))]
+    refs += [("tag", t) for t in sorted(repo.list_tags())]
+    for kind, name in refs:
+        for info in repo.ancestry(**{kind: name}):
+            if info.id in seen:  # and so are its ancestors
+                break
+            seen.add(info.id)
             if info.parent_id is None:
                 root = info.id
                 continue
             ic_id = info.metadata.get(SNAPSHOT_KEY)
             if not isinstance(ic_id, str):
                 raise InvalidInputError(
-                    f"import destination: branch {name!r} has commit {info.id} "
+                    f"import destination: {kind} {name!r} has commit {info.id} "
                     f"({info.message!r}) that was not imported from Icechunk; import into a "
                     "new repository or one a previous import left"
                 )
@@ -164,10 +170,20 @@ def _imported(repo: frazil.Repository) -> tuple[dict[str, str], str]:
 
 
 def _lineages(src: Any) -> list[tuple[str, str, list[Any]]]:
-    """(kind, name, ancestry oldest first) for every branch (main first), then every tag."""
-    branches = sorted(src.list_branches(), key=lambda b: (b != "main", b))
-    out = [("branch", b, list(src.ancestry(branch=b))[::-1]) for b in branches]
-    out += [("tag", t, list(src.ancestry(tag=t))[::-1]) for t in sorted(src.list_tags())]
+    """(kind, name, the commits no earlier lineage has, oldest first) for every branch
+    (main first), then every tag: each commit once, after its parent."""
+    seen: set[str] = set()
+    out = []
+    refs = [("branch", b) for b in sorted(src.list_branches(), key=lambda b: (b != "main", b))]
+    refs += [("tag", t) for t in sorted(src.list_tags())]
+    for kind, name in refs:
+        infos = []
+        for info in src.ancestry(**{kind: name}):
+            if info.id in seen:  # and so are its ancestors
+                break
+            seen.add(info.id)
+            infos.append(info)
+        out.append((kind, name, infos[::-1]))
     return out
 
 
