@@ -59,6 +59,12 @@ def test_resumes_after_interruption_without_duplicates(tmp_path: Path) -> None:
 
 
 @needs_icechunk
+@pytest.mark.slow
+def test_long_history_resumed_many_times(tmp_path: Path) -> None:
+    _run("long", tmp_path)
+
+
+@needs_icechunk
 def test_virtual_chunks_arrive_as_native(tmp_path: Path) -> None:
     _run("virtual", tmp_path)
 
@@ -297,6 +303,60 @@ def case_resume(tmp: Path) -> None:
     _check_same(ic_repo, fz, s.snapshots)
 
 
+def _stop_at_call(n: int) -> Callable[[str, int, int | None], None]:
+    calls = 0
+
+    def progress(stage: str, done: int, of: int | None) -> None:
+        nonlocal calls
+        if stage == "commits":
+            calls += 1
+            if calls == n:
+                raise _Stop()
+
+    return progress
+
+
+def case_long(tmp: Path) -> None:
+    """The long form of ``case_resume``: 4 branches forking from each other over 120
+    commits, random chunk writes and deletions, the import stopped every 9 commits."""
+    import icechunk as ic
+
+    from frazil.tools.icechunk_import import import_icechunk
+
+    repo = ic.Repository.create(ic.local_filesystem_storage(str(tmp / "ic")))
+    s = repo.writable_session("main")
+    zarr.create_array(s.store, name="a", shape=(40, 40), chunks=(4, 4), dtype="i2")
+    s.commit("empty array")
+    rng = np.random.default_rng(7)
+    branches = ["main"]
+    for i in range(120):
+        if i % 30 == 29:
+            name = f"b{i}"
+            repo.create_branch(name, repo.lookup_branch(branches[int(rng.integers(len(branches)))]))
+            branches.append(name)
+        b = branches[int(rng.integers(len(branches)))]
+        s = repo.writable_session(b)
+        a = zarr.open_array(s.store, path="a")
+        y, x = (int(v) * 4 for v in rng.integers(10, size=2))
+        a[y : y + 8, x : x + 4] = i + 1 if i % 5 else 0  # 0: the fill value, chunks deleted
+        if i % 11 == 0:
+            repo.create_tag(f"t{i}", s.commit(f"{b} {i}", metadata={"i": i}))
+        else:
+            s.commit(f"{b} {i}", metadata={"i": i})
+    total = len(_snapshot_ids(repo))
+    stops = 0
+    while True:
+        try:  # the first call reports what is there already: 9 commits, then a stop
+            s = import_icechunk(str(tmp / "ic"), str(tmp / "fz"), progress=_stop_at_call(10))
+            break
+        except _Stop:
+            stops += 1
+    assert stops == (total - 1) // 9
+    fz = frazil.Repository.open(frazil.local_filesystem_storage(str(tmp / "fz")))
+    _check_history(repo, fz, s.snapshots)
+    _check_same(repo, fz, s.snapshots)
+
+
 def case_virtual(tmp: Path) -> None:
     import icechunk as ic
 
@@ -378,6 +438,7 @@ def case_foreign(tmp: Path) -> None:
 CASES = {
     "history": case_history,
     "resume": case_resume,
+    "long": case_long,
     "virtual": case_virtual,
     "cli": case_cli,
     "foreign": case_foreign,
