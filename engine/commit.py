@@ -37,10 +37,11 @@ from frazil.format import (
     encode_transaction_log,
 )
 from frazil.format import txlog as tx
-from frazil.format.common import BRANCH_REF
+from frazil.format.common import BRANCH_REF, numpy_of
 from frazil.format.filters import build_filter
 from frazil.format.keys import manifest_key, snapshot_key, transaction_log_key
 from frazil.format.manifest import coord_bounds, encode_manifest_parts, encode_manifest_table
+from frazil.format.snapshot import INLINE_MAX_ROWS, inline_rows
 
 from .changeset import ChangeSet
 from .errors import ConflictError
@@ -64,11 +65,18 @@ class CommitPlan:
 
 
 def segment_ref(
-    manifest_id: ManifestId, digest: int, size: int, coords: np.ndarray, row_offset: int = 0
+    manifest_id: ManifestId,
+    digest: int,
+    size: int,
+    coords: np.ndarray,
+    row_offset: int = 0,
+    rows: pa.Table | None = None,
 ) -> SegmentRef:
     """The snapshot's entry for a segment of ``coords`` (sorted, n >= 1) in a manifest
-    object of checksum ``digest`` and ``size`` bytes: extents, and a membership filter
-    where one helps (the segment is small, and does not fill its bounding box)."""
+    object of checksum ``digest`` and ``size`` bytes: extents, a membership filter where
+    one helps (the segment is small, and does not fill its bounding box), and, for a
+    segment of at most ``INLINE_MAX_ROWS`` ``rows`` (its manifest rows, in the order of
+    ``coords``), a copy of what garbage collection reads of it."""
     lo, hi = (b.tolist() for b in coord_bounds(coords))
     cells = math.prod(h - low + 1 for low, h in zip(lo, hi))
     return SegmentRef(
@@ -80,7 +88,13 @@ def segment_ref(
         tuple(hi),
         row_offset,
         build_filter(coords) if len(coords) < cells else None,
+        _inline(coords, rows) if rows is not None and len(coords) <= INLINE_MAX_ROWS else None,
     )
+
+
+def _inline(coords: np.ndarray, rows: pa.Table) -> bytes:
+    kinds = numpy_of(rows.column("kind"))
+    return inline_rows(coords.reshape(len(coords), -1), kinds, rows.column("chunk_id").to_pylist())
 
 
 def segment_object(
@@ -90,7 +104,7 @@ def segment_object(
     (key, bytes)."""
     mid = ManifestId.new()
     data = encode_manifest_table(mid, node_id, coords, rows)
-    return segment_ref(mid, checksum(data), len(data), coords), (manifest_key(mid), data)
+    return segment_ref(mid, checksum(data), len(data), coords, 0, rows), (manifest_key(mid), data)
 
 
 def build_segments(
@@ -173,8 +187,8 @@ def pack_segments(
         mid = ManifestId.new()
         data = encode_manifest_parts(mid, batch)
         digest, offset = checksum(data), 0
-        for node_id, coords, _ in batch:
-            refs[node_id] = segment_ref(mid, digest, len(data), coords, offset)
+        for node_id, coords, part in batch:
+            refs[node_id] = segment_ref(mid, digest, len(data), coords, offset, part)
             offset += len(coords)
         objects.append((manifest_key(mid), data))
 

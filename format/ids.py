@@ -108,7 +108,8 @@ class ObjectId:
         return self.raw < other.raw
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self.raw))
+        # the bytes alone: ids of different types are unequal anyway (``__eq__``)
+        return hash(self.raw)
 
     def __reduce__(self) -> tuple[type[Self], tuple[bytes]]:
         return (type(self), (self.raw,))

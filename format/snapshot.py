@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from .common import (
@@ -78,6 +79,109 @@ REF_RECORD = struct.Struct("<12sQqqq")
 """One segment in ``REFS_COLUMN``: the manifest id's bytes, checksum, size, rows and row
 offset (44 bytes, little-endian)."""
 RefRecord = tuple[bytes, int, int, int, int]
+ROWS_COLUMN = "segment_rows"
+ROWS_TYPE = pa.list_(pa.binary())
+"""Per node, a copy of each small segment's rows (``inline_rows``; null where a segment has
+none), or null when none has one; after ``REFS_COLUMN`` (SPEC §4.1)."""
+INLINE_MAX_ROWS = 8  # segments of at most this many rows get a copy of their rows
+INLINE_BUDGET = 64 * 1024  # at most this many bytes of such copies per snapshot
+_NATIVE = 2  # ChunkKind.NATIVE (manifest.py); the one kind whose rows name a chunk object
+_CHUNK_ID_TEXT = 20  # characters of a chunk id's text form
+
+
+def inline_rows(coords: Any, kinds: Any, chunk_ids: list[str | None]) -> bytes:
+    """The ``segment_rows`` value of a segment (SPEC §4.1): its number of dimensions (one
+    byte), its coordinates (n x ndim int64, little-endian, row-major, in row order), each
+    row's kind (one byte), then the chunk id text (20 ASCII bytes) of each native row."""
+    c = np.ascontiguousarray(coords, dtype="<i8")
+    k = np.asarray(kinds, dtype=np.uint8)
+    if c.ndim != 2 or len(c) != len(k) or len(chunk_ids) != len(k) or c.shape[1] > 255:
+        raise FormatError("inline rows: coordinates, kinds and chunk ids do not match")
+    ids: list[str] = []
+    for cid, kind in zip(chunk_ids, k.tolist()):
+        if kind == _NATIVE:
+            if cid is None or len(cid) != _CHUNK_ID_TEXT or not cid.isascii():
+                raise FormatError("inline rows: a native row without a chunk id")
+            ids.append(cid)
+    return bytes([c.shape[1]]) + c.tobytes() + k.tobytes() + "".join(ids).encode("ascii")
+
+
+def decode_inline_rows(data: bytes, rows: int, what: str) -> tuple[Any, Any, list[str | None]]:
+    """``inline_rows`` read back for a segment of ``rows`` rows: (coords n x ndim int64,
+    kinds uint8, chunk id text or None per row); ``FormatError`` if it does not fit."""
+    if not data or rows < 1:
+        raise FormatError(f"{what}: damaged inline segment rows (empty)")
+    ndim = data[0]
+    body = 1 + rows * 8 * ndim
+    if len(data) < body + rows:
+        raise FormatError(f"{what}: damaged inline segment rows (too short)")
+    coords = np.frombuffer(data, "<i8", rows * ndim, 1).reshape(rows, ndim)
+    kinds = np.frombuffer(data, np.uint8, rows, body)
+    native = kinds == _NATIVE
+    n = int(native.sum())
+    if len(data) != body + rows + n * _CHUNK_ID_TEXT or int(kinds.max()) > 3:
+        raise FormatError(f"{what}: damaged inline segment rows (length or kinds)")
+    text = data[body + rows :].decode("ascii", errors="replace")
+    it = iter(text[i : i + _CHUNK_ID_TEXT] for i in range(0, len(text), _CHUNK_ID_TEXT))
+    ids: list[str | None] = [next(it) if nat else None for nat in native.tolist()]
+    return coords, kinds, ids
+
+
+def _rows_column(lists: list[tuple[SegmentRef, ...]]) -> list[list[bytes | None] | None]:
+    """The ``segment_rows`` values of nodes with segment ``lists``: each small segment's
+    copy while the snapshot's budget (``INLINE_BUDGET``) lasts, in node order."""
+    budget = INLINE_BUDGET
+    out: list[list[bytes | None] | None] = []
+    for segs in lists:
+        row: list[bytes | None] = []
+        for seg in segs:
+            value = seg.inline if seg.rows <= INLINE_MAX_ROWS else None
+            if value is not None and len(value) <= budget:
+                budget -= len(value)
+                row.append(value)
+            else:
+                row.append(None)
+        out.append(row if any(v is not None for v in row) else None)
+    return out
+
+
+def _rows_checksum(rows: list[list[bytes | None] | None]) -> str:
+    """The self-check of the ``segment_rows`` column (SPEC §3): xxh3-64 of, per node, its
+    count of values (int64 little-endian, -1 where null), then per value its length
+    (int64, -1 where null), then every value's bytes, in order."""
+    sizes: list[int] = []
+    blobs: list[bytes] = []
+    for row in rows:
+        sizes.append(-1 if row is None else len(row))
+        for v in row or ():
+            sizes.append(-1 if v is None else len(v))
+            if v:
+                blobs.append(v)
+    return checksum_hex(checksum(struct.pack(f"<{len(sizes)}q", *sizes) + b"".join(blobs)))
+
+
+def _decoded_rows(
+    table: pa.Table, header: dict[str, Any], counts: list[int], what: str
+) -> list[list[bytes | None] | None]:
+    """The ``segment_rows`` column checked against its checksum and the segment counts
+    (all None where the snapshot has no such column)."""
+    if ROWS_COLUMN not in table.schema.names and "segment_rows_checksum" not in header:
+        return [None] * len(counts)
+    try:
+        col = table.column(ROWS_COLUMN)
+        if not col.type.equals(ROWS_TYPE):
+            raise FormatError(f"column {ROWS_COLUMN!r} has type {col.type}")
+        rows = col.to_pylist()
+        if header.get("segment_rows_checksum") != _rows_checksum(rows):
+            raise FormatError("checksum mismatch")
+        if len(rows) != len(counts):
+            raise FormatError("not one value per node")
+        for row, n in zip(rows, counts):
+            if row is not None and len(row) != n:
+                raise FormatError("not one value per segment")
+    except (pa.ArrowException, ValueError, TypeError, KeyError, struct.error, FormatError) as e:
+        raise FormatError(f"{what}: damaged inline segment rows ({e})") from e
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +196,9 @@ class SegmentRef:
     extent_max: tuple[int, ...]
     row_offset: int = 0  # where the segment starts in its manifest object
     filter: bytes | None = None  # which coordinates it may hold (``filters``); None: any
+    inline: bytes | None = field(default=None, compare=False)
+    """a copy of a small segment's coordinates, kinds and chunk ids (``inline_rows``), for
+    readers of many snapshots' segments (garbage collection); None: read the manifest"""
 
     def covers(self, coord: tuple[int, ...]) -> bool:
         return all(lo <= c <= hi for lo, c, hi in zip(self.extent_min, coord, self.extent_max))
@@ -209,6 +316,7 @@ def _info_header(
     history: HistoryIndex | None = None,
     filters_checksum: str | None = None,
     refs_checksum: str | None = None,
+    rows_checksum: str | None = None,
 ) -> dict[str, Any]:
     header: dict[str, Any] = {
         "object_type": SNAPSHOT,
@@ -231,6 +339,8 @@ def _info_header(
         header["filters_checksum"] = filters_checksum
     if refs_checksum is not None:
         header["segment_refs_checksum"] = refs_checksum
+    if rows_checksum is not None:
+        header["segment_rows_checksum"] = rows_checksum
     header["info_checksum"] = json_checksum(header)
     return header
 
@@ -298,14 +408,17 @@ def encode_snapshot(snapshot: Snapshot) -> bytes:
     )
     refs = _refs_column([n.segments for n in nodes])
     table = table.append_column(REFS_SCHEMA.field(0), refs)
+    inline = _rows_column([n.segments for n in nodes])
+    table = table.append_column(pa.field(ROWS_COLUMN, ROWS_TYPE), pa.array(inline, ROWS_TYPE))
     header = _info_header(
         snapshot.info,
         nodes_checksum,
         snapshot.history,
         _filters_checksum(filters),
         _refs_checksum(refs.to_pylist()),
+        _rows_checksum(inline),
     )
-    return encode_parquet(table, header, no_statistics=(REFS_COLUMN,))
+    return encode_parquet(table, header, no_statistics=(REFS_COLUMN, ROWS_COLUMN))
 
 
 def _refs_column(lists: list[tuple[SegmentRef, ...]]) -> pa.Array:
@@ -385,10 +498,16 @@ def _decode_filters(
 
 def _verified_node_table(
     data: bytes, what: str, expected_checksum: int | None
-) -> tuple[CommitInfo, dict[str, Any], dict[str, list[Any]], list[list[bytes | None] | None]]:
-    """Commit info, header, node columns (Python values) and segment filters of a snapshot,
-    verified: the whole-object checksum if one is given, the commit info's, the node
-    table's and the filters' own."""
+) -> tuple[
+    CommitInfo,
+    dict[str, Any],
+    dict[str, list[Any]],
+    list[list[bytes | None] | None],
+    list[list[bytes | None] | None],
+]:
+    """Commit info, header, node columns (Python values), segment filters and inline
+    segment rows of a snapshot, verified: the whole-object checksum if one is given, the
+    commit info's, the node table's and the filters' and rows' own."""
     table, header = decode_parquet(data, SNAPSHOT, what, expected_checksum, SCHEMA)
     info = _info_from_header(header, what)
     if table.schema.names[: len(SCHEMA.names)] != SCHEMA.names:
@@ -400,9 +519,11 @@ def _verified_node_table(
     claimed = header.get("nodes_checksum")
     if claimed is not None and claimed != json_checksum(cols):
         raise FormatError(f"{what}: damaged node table (checksum mismatch)")
-    filters = _decode_filters(table, header, [len(segs or ()) for segs in cols["segments"]], what)
+    counts = [len(segs or ()) for segs in cols["segments"]]
+    filters = _decode_filters(table, header, counts, what)
     _check_refs(table, header, cols["segments"], what)
-    return info, header, cols, filters
+    inline = _decoded_rows(table, header, counts, what)
+    return info, header, cols, filters, inline
 
 
 def _check_refs(table: pa.Table, header: dict[str, Any], segments: list[Any], what: str) -> None:
@@ -427,7 +548,7 @@ def _check_refs(table: pa.Table, header: dict[str, Any], segments: list[Any], wh
         raise FormatError(f"{what}: damaged segment refs ({e})") from e
 
 
-def _segment_refs(segs: Any, filters: Any = None) -> tuple[SegmentRef, ...]:
+def _segment_refs(segs: Any, filters: Any = None, inline: Any = None) -> tuple[SegmentRef, ...]:
     return tuple(
         SegmentRef(
             manifest_id=ManifestId.parse(s["manifest_id"]),
@@ -438,6 +559,7 @@ def _segment_refs(segs: Any, filters: Any = None) -> tuple[SegmentRef, ...]:
             extent_max=tuple(s["extent_max"]),
             row_offset=s["row_offset"],
             filter=None if filters is None else filters[i],
+            inline=None if inline is None else inline[i],
         )
         for i, s in enumerate(segs or ())
     )
@@ -446,7 +568,7 @@ def _segment_refs(segs: Any, filters: Any = None) -> tuple[SegmentRef, ...]:
 def decode_snapshot(
     data: bytes, what: str = "snapshot", expected_checksum: int | None = None
 ) -> Snapshot:
-    info, header, cols, filters = _verified_node_table(data, what, expected_checksum)
+    info, header, cols, filters, inline = _verified_node_table(data, what, expected_checksum)
     try:
         nodes = tuple(
             NodeRecord(
@@ -454,15 +576,16 @@ def decode_snapshot(
                 node_id=NodeId.parse(nid),
                 node_type=ntype,
                 zarr_json=zj.encode("utf-8"),
-                segments=_segment_refs(segs, fs),
+                segments=_segment_refs(segs, fs, rows),
             )
-            for path, nid, ntype, zj, segs, fs in zip(
+            for path, nid, ntype, zj, segs, fs, rows in zip(
                 cols["path"],
                 cols["node_id"],
                 cols["node_type"],
                 cols["zarr_json"],
                 cols["segments"],
                 filters,
+                inline,
             )
         )
     except (TypeError, AttributeError, KeyError, ValueError, FormatError) as e:
@@ -504,18 +627,23 @@ def decode_snapshot_segments(
     if REFS_COLUMN in schema.names or "segment_refs_checksum" in header:
         info = _info_from_header(header, what)
         check_schema(schema, REFS_SCHEMA, what)
-        table = read_parquet_columns(file, what, (REFS_COLUMN,))
-        found = _refs_lists(_decoded_refs(table, header, what), memo)
+        has_rows = ROWS_COLUMN in schema.names or "segment_rows_checksum" in header
+        columns = (REFS_COLUMN, ROWS_COLUMN) if has_rows else (REFS_COLUMN,)
+        table = read_parquet_columns(file, what, columns)
+        recs = _decoded_refs(table, header, what)
+        inline = _decoded_rows(table, header, [len(r) for r in recs], what)
+        found = _refs_lists(recs, inline, memo)
         return SnapshotSegments(info, _history_segments(header, what, memo), found)
-    info, header, cols, filters = _verified_node_table(data, what, expected_checksum)
+    info, header, cols, filters, inline = _verified_node_table(data, what, expected_checksum)
     try:
         lists = []
-        for segs, fs in zip(cols["segments"], filters):
+        for segs, fs, rows in zip(cols["segments"], filters, inline):
             if not segs:
                 continue
             refs = []
             for i, s in enumerate(segs):
                 f = None if fs is None else fs[i]
+                v = None if rows is None else rows[i]
                 key = (
                     s["manifest_id"],
                     s["checksum"],
@@ -525,10 +653,11 @@ def decode_snapshot_segments(
                     tuple(s["extent_max"]),
                     s["row_offset"],
                     f,
+                    v,
                 )
                 ref = memo.get(key)
                 if ref is None:
-                    ref = memo.setdefault(key, _segment_refs([s], [f])[0])
+                    ref = memo.setdefault(key, _segment_refs([s], [f], [v])[0])
                 refs.append(ref)
             lists.append(tuple(refs))
     except (TypeError, AttributeError, KeyError, ValueError, FormatError) as e:
@@ -564,19 +693,24 @@ def _history_segments(
 
 
 def _refs_lists(
-    found: list[list[RefRecord]], memo: dict[Any, Any]
+    found: list[list[RefRecord]],
+    inline: list[list[bytes | None] | None],
+    memo: dict[Any, Any],
 ) -> tuple[tuple[SegmentRef, ...], ...]:
-    """Each non-empty segment list of ``segment_refs`` records (``_decoded_refs``)."""
+    """Each non-empty segment list of ``segment_refs`` records (``_decoded_refs``), with
+    the inline rows ``segment_rows`` gives (``_decoded_rows``)."""
     lists = []
-    for recs in found:
+    for recs, copies in zip(found, inline):
         if not recs:
             continue
         refs = []
-        for rec in recs:
-            ref = memo.get(rec)
+        for i, rec in enumerate(recs):
+            copy = None if copies is None else copies[i]
+            key = rec if copy is None else (rec, copy)
+            ref = memo.get(key)
             if ref is None:
                 raw, value, size, rows, row_offset = rec
-                ref = memo[rec] = SegmentRef(
+                ref = memo[key] = SegmentRef(
                     manifest_id=ManifestId(raw),
                     checksum=value,
                     size=size,
@@ -584,6 +718,7 @@ def _refs_lists(
                     extent_min=(),
                     extent_max=(),
                     row_offset=row_offset,
+                    inline=copy,
                 )
             refs.append(ref)
         lists.append(tuple(refs))

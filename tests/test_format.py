@@ -3,6 +3,7 @@ every Parquet object opens in pyarrow and duckdb. Pure: bytes in, objects out, n
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -1250,7 +1251,8 @@ def test_segment_refs_column_is_the_bytes_spec_md_gives():
     snap = make_snapshot()
     data = encode_snapshot(snap)
     t, header = table_of(data), header_of(data)
-    assert t.schema.names[-1] == "segment_refs" and t.schema.field(-1).type == pa.binary()
+    i = t.schema.get_field_index("segment_refs")
+    assert t.schema.names[i - 1] == "segment_filters" and t.schema.field(i).type == pa.binary()
     nodes = sorted(snap.nodes, key=lambda n: n.path)
     want = [
         b"".join(
@@ -1265,6 +1267,116 @@ def test_segment_refs_column_is_the_bytes_spec_md_gives():
     lengths = b"".join(struct.pack("<q", -1 if w is None else len(w)) for w in want)
     digest = checksum(lengths + b"".join(w or b"" for w in want))
     assert header["segment_refs_checksum"] == f"{digest:016x}"
+
+
+def snapshot_with_inline_rows() -> tuple[Snapshot, bytes, bytes]:
+    """``make_snapshot`` whose "/scalar" segment (1 row, 0-D, native) and a 2-row 2-D
+    segment (inline chunks) of "/g/temp" carry copies of their rows."""
+    snap = make_snapshot()
+    cid = str(ChunkId.new())
+    scalar_rows = snapshot_mod.inline_rows(np.zeros((1, 0), np.int64), [2], [cid])
+    temp_rows = snapshot_mod.inline_rows(np.array([[0, 0], [4, 9]]), [1, 0], [None, None])
+    nodes = []
+    for n in snap.nodes:
+        if n.path == "/scalar":
+            n = dataclasses.replace(
+                n, segments=(dataclasses.replace(n.segments[0], inline=scalar_rows),)
+            )
+        elif n.path == "/g/temp":
+            small = SegmentRef(ManifestId.new(), 9, 77, 2, (0, 0), (4, 9), 0, None, temp_rows)
+            n = dataclasses.replace(n, segments=(small, *n.segments))
+        nodes.append(n)
+    return Snapshot(snap.info, tuple(nodes)), scalar_rows, temp_rows
+
+
+def test_segment_rows_column_is_the_bytes_spec_md_gives():
+    """SPEC §4.1: per segment, ndim, then coordinates (int64 LE), kinds, native chunk ids;
+    null where a segment carries none, a null row where no segment of the node does; the
+    checksum frames each row's count and each value's length (SPEC §3)."""
+    snap, scalar_rows, temp_rows = snapshot_with_inline_rows()
+    cid = scalar_rows[-20:].decode()
+    assert scalar_rows == bytes([0]) + bytes([2]) + cid.encode()
+    assert temp_rows == (bytes([2]) + struct.pack("<4q", 0, 0, 4, 9) + bytes([1, 0]))
+    data = encode_snapshot(snap)
+    t, header = table_of(data), header_of(data)
+    assert t.schema.names[-1] == "segment_rows"
+    assert t.schema.field(-1).type == pa.list_(pa.binary())
+    by_path = dict(zip(t.column("path").to_pylist(), t.column("segment_rows").to_pylist()))
+    assert by_path == {
+        "/": None,
+        "/empty": None,
+        "/g": None,
+        "/g/temp": [temp_rows, None, None],
+        "/scalar": [scalar_rows],
+    }
+    sizes, blobs = [], b""
+    for row in t.column("segment_rows").to_pylist():
+        sizes.append(-1 if row is None else len(row))
+        for v in row or ():
+            sizes.append(-1 if v is None else len(v))
+            blobs += v or b""
+    digest = checksum(struct.pack(f"<{len(sizes)}q", *sizes) + blobs)
+    assert header["segment_rows_checksum"] == f"{digest:016x}"
+    # both readers give the copies back, as they were made
+    back = {n.path: [s.inline for s in n.segments] for n in decode_snapshot(data).nodes}
+    assert back["/g/temp"] == [temp_rows, None, None] and back["/scalar"] == [scalar_rows]
+    lean = snapshot_mod.decode_snapshot_segments(data)
+    assert sorted(tuple(s.inline for s in segs) for segs in lean.lists) == sorted(
+        [(temp_rows, None, None), (scalar_rows,)], key=repr
+    )
+    coords, kinds, ids = snapshot_mod.decode_inline_rows(temp_rows, 2, "x")
+    assert coords.tolist() == [[0, 0], [4, 9]] and kinds.tolist() == [1, 0] and ids == [None, None]
+    assert snapshot_mod.decode_inline_rows(scalar_rows, 1, "x")[2] == [cid]
+
+
+def test_segment_rows_are_checked():
+    """A damaged copy (the column resealed so only the check under test fails) or a column
+    without its checksum is refused by both readers; a copy that does not fit its segment
+    is refused when it is used."""
+    snap, scalar_rows, _ = snapshot_with_inline_rows()
+    data = encode_snapshot(snap)
+    t, header = table_of(data), header_of(data)
+    i = t.schema.get_field_index("segment_rows")
+    rows = t.column("segment_rows").to_pylist()
+    k = next(j for j, r in enumerate(rows) if r and r[0] == scalar_rows)
+    flipped = [*rows[:k], [flip(scalar_rows, 1)], *rows[k + 1 :]]
+    v = t.set_column(i, "segment_rows", pa.array(flipped, pa.list_(pa.binary())))
+    body = {k2: x for k2, x in header.items() if k2 not in ("format_version", "info_checksum")}
+    sealed = {**header, "info_checksum": common.json_checksum(body)}
+    for read in (decode_snapshot, snapshot_mod.decode_snapshot_segments):
+        with pytest.raises(FormatError, match=re.escape(WHAT) + ".*damaged inline segment rows"):
+            read(common.encode_parquet(v, sealed), WHAT)
+    no_sum = {k2: x for k2, x in header.items() if k2 != "segment_rows_checksum"}
+    body = {k2: x for k2, x in no_sum.items() if k2 not in ("format_version", "info_checksum")}
+    no_sum["info_checksum"] = common.json_checksum(body)
+    for read in (decode_snapshot, snapshot_mod.decode_snapshot_segments):
+        with pytest.raises(FormatError, match=re.escape(WHAT) + ".*damaged inline segment rows"):
+            read(common.encode_parquet(t, no_sum), WHAT)
+    for bad, n in ((scalar_rows[:-1], 1), (scalar_rows, 2), (b"", 1), (scalar_rows + b"x", 1)):
+        with pytest.raises(FormatError, match="damaged inline segment rows"):
+            snapshot_mod.decode_inline_rows(bad, n, "x")
+    with pytest.raises(FormatError, match="damaged inline segment rows"):
+        snapshot_mod.decode_inline_rows(bytes([0, 7]), 1, "x")  # kind 7
+
+
+def test_segment_rows_stay_within_the_budget():
+    """Copies beyond INLINE_BUDGET bytes per snapshot are left out (null), in node order."""
+    snap = make_snapshot(nodes=False)
+    one = snapshot_mod.inline_rows(np.zeros((8, 4), np.int64), [0] * 8, [None] * 8)
+    per_node = 8
+    nodes = []
+    n_nodes = snapshot_mod.INLINE_BUDGET // (len(one) * per_node) + 2
+    for j in range(n_nodes):
+        segs = tuple(
+            SegmentRef(ManifestId.new(), 1, 2, 8, (0,) * 4, (9,) * 4, 0, None, one)
+            for _ in range(per_node)
+        )
+        nodes.append(NodeRecord(f"/a{j:04d}", NodeId.new(), ARRAY, b"{}", segs))
+    data = encode_snapshot(Snapshot(snap.info, tuple(nodes)))
+    rows = table_of(data).column("segment_rows").to_pylist()
+    kept = sum(1 for row in rows for v in row or () if v is not None)
+    assert kept == snapshot_mod.INLINE_BUDGET // len(one)
+    assert rows[0] == [one] * per_node and rows[-1] is None
 
 
 def test_segment_refs_must_agree_with_the_node_table():

@@ -32,8 +32,10 @@ from frazil.format import (
     decode_manifest_chunk_ids,
 )
 from frazil.format.manifest import TOMBSTONE, encode_manifest_parts, ref_rows
+from frazil.format.snapshot import INLINE_MAX_ROWS
 from frazil.maintenance import id_times_ms, reach
 from frazil.maintenance.reach import live_chunk_ids
+from frazil.objects import ObjectReader
 from frazil.storage.base import ObjectInfo, Storage
 
 UTC = dt.UTC
@@ -515,6 +517,65 @@ def test_fsck_reports_every_problem(tmp_path: Path) -> None:
     }
 
 
+def test_gc_reads_small_segments_from_their_copies_and_fsck_checks_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small segments carry a copy of their rows in the snapshot: gc reads no manifest of
+    theirs (it gives the same answer as from the manifests); a copy that differs from its
+    manifest (a writer's bug, simulated) is what fsck reports."""
+    root = tmp_path / "r"
+    repo = new_repo(frazil.local_filesystem_storage(root))
+    for i in range(6):
+        write(repo, "main", f"w{i}", lambda g, i=i: g["a"].__setitem__((i, i), i))
+    tip = runtime_segments(repo, repo.lookup_branch("main"))
+    assert tip and all(s.inline is not None for s in tip if s.rows <= INLINE_MAX_ROWS)
+    read: list[str] = []
+    original = ObjectReader.manifest_bytes
+
+    async def spy(self: ObjectReader, seg: Any) -> Any:
+        read.append(str(seg.manifest_id))
+        return await original(self, seg)
+
+    monkeypatch.setattr(ObjectReader, "manifest_bytes", spy)
+    later = now() + dt.timedelta(seconds=1)
+    with_copies = repo.garbage_collect(later, dry_run=True)
+    assert read == []  # every segment here is small
+    stripped = _without_copies(repo)  # now only manifests can say
+    assert set(read) >= {str(s.manifest_id) for s in tip}
+    assert stripped == with_copies
+    monkeypatch.setattr(ObjectReader, "manifest_bytes", original)
+    assert repo.fsck().ok
+
+    # a writer whose copies name another chunk kind than its manifest rows
+    from frazil import commit as commit_mod
+
+    real = commit_mod.inline_rows
+    monkeypatch.setattr(
+        commit_mod, "inline_rows", lambda c, k, ids: real(c, [3] * len(k), [None] * len(k))
+    )
+    write(repo, "main", "bad copy", lambda g: g["a"].__setitem__((7, 7), 7))
+    report = repo.fsck()
+    assert [p.kind for p in report.problems] == ["damaged"]
+    assert "differs from the segment" in report.problems[0].message
+
+
+def _without_copies(repo: frazil.Repository) -> Any:
+    """gc's dry run with every ref's copy of its rows ignored (read from manifests)."""
+    import dataclasses as dc
+
+    original = reach.SegmentTree.__init__
+
+    def init(self: Any, lists: Any) -> None:
+        original(self, [tuple(dc.replace(s, inline=None) for s in segs) for segs in lists])
+        self.refs = {k: dc.replace(v, inline=None) for k, v in self.refs.items()}
+
+    reach.SegmentTree.__init__ = init  # type: ignore[method-assign]
+    try:
+        return repo.garbage_collect(now() + dt.timedelta(seconds=1), dry_run=True)
+    finally:
+        reach.SegmentTree.__init__ = original  # type: ignore[method-assign]
+
+
 def test_fsck_finds_a_missing_snapshot_parent(tmp_path: Path) -> None:
     root = tmp_path / "r"
     repo = new_repo(frazil.local_filesystem_storage(root))
@@ -633,9 +694,11 @@ def test_live_chunk_ids_of_a_segment_tree_are_those_of_every_list(
 
 def test_gc_refuses_a_damaged_manifest_naming_it(tmp_path: Path) -> None:
     repo = new_repo(frazil.local_filesystem_storage(tmp_path / "r"))
-    write(repo, "main", "one", lambda g: g["a"].__setitem__((0, 0), 1))
+    # all 16 chunks: a segment too big to carry a copy of its rows (INLINE_MAX_ROWS)
+    write(repo, "main", "one", lambda g: g["a"].__setitem__(slice(None), 1))
     write(repo, "main", "two", lambda g: g["a"].__setitem__((4, 4), 2))
     seg = runtime_segments(repo, repo.lookup_branch("main"))[-1]  # the oldest
+    assert seg.rows > INLINE_MAX_ROWS and seg.inline is None
     path = tmp_path / "r" / "manifests" / str(seg.manifest_id)
     path.write_bytes(flip_byte(path.read_bytes(), len(path.read_bytes()) // 2))
     before = all_keys(repo.storage)

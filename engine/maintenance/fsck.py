@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from frazil.format import (
+    ChunkKind,
     CommitInfo,
     HistoryId,
     HistorySegmentRef,
@@ -29,6 +30,7 @@ from frazil.format.keys import (
     snapshot_key,
     transaction_log_key,
 )
+from frazil.format.snapshot import decode_inline_rows
 
 from .. import runtime
 from ..compaction import Progress
@@ -134,6 +136,45 @@ def _check_filters(
             )
 
 
+def _check_inline(
+    mid: ManifestId,
+    rows: pa.Table,
+    copies: dict[tuple[int, bytes], SegmentRef],
+    problems: list[Problem],
+) -> None:
+    """Every copy of a segment's rows that snapshots carry (``SegmentRef.inline``) equals
+    the segment's manifest rows (garbage collection reads the copy instead)."""
+    for (offset, data), seg in copies.items():
+        what = f"a snapshot's copy of the rows of the segment at row {offset}"
+        try:
+            coords, kinds, ids = decode_inline_rows(data, seg.rows, what)
+        except FrazilError as e:
+            problems.append(Problem("damaged", manifest_key(mid), str(e)))
+            continue
+        part = rows.slice(offset, seg.rows)
+        coord = part.column("coord").combine_chunks()
+        flat = numpy_of(coord.flatten()) if len(coord) else np.zeros(0, np.int64)
+        same = (
+            part.num_rows == seg.rows
+            and len(flat) == coords.size
+            and bool((flat.reshape(coords.shape) == coords).all())
+            and numpy_of(part.column("kind")).tolist() == kinds.tolist()
+            and [
+                c if k == ChunkKind.NATIVE else None
+                for c, k in zip(part.column("chunk_id").to_pylist(), kinds.tolist())
+            ]
+            == ids
+        )
+        if not same:
+            problems.append(
+                Problem(
+                    "damaged",
+                    manifest_key(mid),
+                    f"{what} differs from the segment: garbage collection would go by the copy",
+                )
+            )
+
+
 async def fsck(
     storage: Storage,
     reader: ObjectReader,
@@ -176,6 +217,7 @@ async def fsck(
     segments: dict[ManifestId, tuple[SegmentRef, str]] = {}
     lists: set[tuple[SegmentRef, ...]] = set()
     filtered: dict[ManifestId, dict[tuple[int, bytes], SegmentRef]] = {}
+    copies: dict[ManifestId, dict[tuple[int, bytes], SegmentRef]] = {}
     reader_nocache = ObjectReader(storage)  # a fresh read of every object, not the cache
 
     async def check_snapshot(sid: SnapshotId) -> None:
@@ -198,6 +240,8 @@ async def fsck(
                 segments.setdefault(seg.manifest_id, (seg, f"array {node.path} of snapshot {sid}"))
                 if seg.filter is not None:
                     filtered.setdefault(seg.manifest_id, {})[seg.row_offset, seg.filter] = seg
+                if seg.inline is not None:
+                    copies.setdefault(seg.manifest_id, {})[seg.row_offset, seg.inline] = seg
         for h in snap.history.segments if snap.history is not None else ():
             histories.setdefault(h.history_id, (h, sid))
 
@@ -214,6 +258,7 @@ async def fsck(
             report.manifests += 1
             report.bytes_verified += seg.size
             _check_filters(seg.manifest_id, rows, filtered.get(seg.manifest_id, {}), problems)
+            _check_inline(seg.manifest_id, rows, copies.get(seg.manifest_id, {}), problems)
             native = native_rows(rows)
             natives.append(
                 native.append_column(

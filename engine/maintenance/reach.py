@@ -32,6 +32,7 @@ from frazil.format.keys import (
 )
 from frazil.format.manifest import SCHEMA as MANIFEST_SCHEMA
 from frazil.format.manifest import ChunkIdRows, decode_manifest_chunk_ids
+from frazil.format.snapshot import decode_inline_rows
 
 from .. import runtime
 from ..compaction import Progress
@@ -245,7 +246,9 @@ class SegmentTree:
             at = -1
             for seg in reversed(refs):
                 key = (seg.manifest_id, seg.row_offset)
-                self.refs.setdefault(key, seg)
+                known = self.refs.setdefault(key, seg)
+                if known.inline is None and seg.inline is not None:
+                    self.refs[key] = seg  # its rows are at hand: no manifest read
                 node = index.get((at, key))
                 if node is None:
                     node = index[(at, key)] = len(self.segs)
@@ -318,11 +321,17 @@ async def read_chunk_id_rows(
     segments: dict[SegmentKey, SegmentRef],
     skip: Callable[[SegmentRef, FrazilError], bool],
 ) -> dict[SegmentKey, ChunkIdRows | None]:
-    """The coordinates, kinds and chunk ids of ``segments``, each manifest object read and
-    verified once (None for a segment ``skip`` lets go)."""
+    """The coordinates, kinds and chunk ids of ``segments``: from the copy of its rows a
+    small segment's ref carries (``SegmentRef.inline``, verified with its snapshot), else
+    from its manifest object, each read and verified once (None for a segment ``skip``
+    lets go)."""
     by_object: dict[ManifestId, list[SegmentRef]] = {}
+    inline: list[SegmentRef] = []
     for seg in segments.values():
-        by_object.setdefault(seg.manifest_id, []).append(seg)
+        if seg.inline is not None:
+            inline.append(seg)
+        else:
+            by_object.setdefault(seg.manifest_id, []).append(seg)
 
     async def fetch(segs: list[SegmentRef]) -> tuple[list[SegmentRef], str, bytes] | None:
         try:
@@ -335,6 +344,8 @@ async def read_chunk_id_rows(
     found: dict[SegmentKey, ChunkIdRows | None] = {
         (s.manifest_id, s.row_offset): None for s in segments.values()
     }
+    if inline:
+        found.update(await runtime.in_thread(_inline_rows, inline))
     fetched = [
         f for f in await runtime.gather_limited([fetch(v) for v in by_object.values()], 32) if f
     ]
@@ -350,6 +361,18 @@ async def read_chunk_id_rows(
             else:
                 found.update(rows)
     return found
+
+
+def _inline_rows(segs: list[SegmentRef]) -> dict[SegmentKey, ChunkIdRows]:
+    out: dict[SegmentKey, ChunkIdRows] = {}
+    for seg in segs:
+        assert seg.inline is not None
+        what = f"the inline rows of segment {seg.manifest_id} (row {seg.row_offset})"
+        coords, kinds, ids = decode_inline_rows(seg.inline, seg.rows, what)
+        out[(seg.manifest_id, seg.row_offset)] = ChunkIdRows(
+            coords, kinds, pa.array(ids, pa.string())
+        )
+    return out
 
 
 def _decode_batch(
