@@ -394,8 +394,11 @@ def tombstone_rows(n: int) -> pa.Table:
 
 def ref_rows(refs: list[ChunkRef]) -> pa.Table:
     """Manifest rows (without ``coord``) for any refs."""
+    n = len(refs)
+    sums = [r.blocks for r in refs]
+    blocked = sums.count(None) < n
     return _rows(
-        len(refs),
+        n,
         kind=pa.array([int(r.kind) for r in refs], pa.int8()),
         inline=pa.array([r.data for r in refs], pa.binary()),
         chunk_id=pa.array(
@@ -407,10 +410,16 @@ def ref_rows(refs: list[ChunkRef]) -> pa.Table:
         location=pa.array([r.location for r in refs], pa.string()),
         etag=pa.array([r.etag for r in refs], pa.string()),
         last_modified=pa.array([r.last_modified for r in refs], pa.timestamp("s", tz="UTC")),
-        block_size=pa.array(
-            [r.block_size if r.blocks is not None else None for r in refs], pa.int64()
+        **(
+            {
+                "block_size": pa.array(
+                    [r.block_size if r.blocks is not None else None for r in refs], pa.int64()
+                ),
+                "block_checksums": pa.array(sums, pa.binary()),
+            }
+            if blocked
+            else {}
         ),
-        block_checksums=pa.array([r.blocks for r in refs], pa.binary()),
     )
 
 
