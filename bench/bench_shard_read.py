@@ -2,9 +2,10 @@
 
 One array of a single shard (``--shard-mib`` MiB of float64, default 256) cut into inner
 chunks of ``--inner-kib`` KiB (default 128), no compression (``--zstd``: zstd, which
-on random values adds only its framing but puts inner chunks off block boundaries). Each repetition opens the
-repository anew (empty caches, as a new reader would), opens the array and reads one
-inner chunk at a random position; the time is the median over ``--repeat`` reads.
+on random values adds only its framing but puts inner chunks off block boundaries). Each
+repetition opens the repository anew (empty caches, as a new reader would), opens the
+array and reads one inner chunk at a random position; the time is the median over
+``--repeat`` reads.
 
 Targets, same run:
 
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+import zarr.codecs
 
 import frazil
 from frazil.format import blocks
@@ -94,7 +96,7 @@ class Counted:
         storage.get = get  # type: ignore[method-assign]
 
 
-Reader = Callable[[int], tuple[np.ndarray, int]]
+Reader = Callable[[int, int], tuple[Any, int]]
 
 
 def frazil_target(make_storage: Callable[[], frazil.Storage]) -> tuple[Callable[..., None], Reader]:
@@ -104,7 +106,7 @@ def frazil_target(make_storage: Callable[[], frazil.Storage]) -> tuple[Callable[
         create(s.store, args, data)
         s.commit("shard")
 
-    def read(lo: int, n: int = 0) -> tuple[np.ndarray, int]:
+    def read(lo: int, n: int) -> tuple[Any, int]:
         counted = Counted(make_storage())
         repo = frazil.Repository.open(counted.storage)
         a = zarr.open_array(repo.readonly_session(branch="main").store, path="a", mode="r")
@@ -122,7 +124,7 @@ def icechunk_target(make_storage: Callable[[], Any]) -> tuple[Callable[..., None
         create(s.store, args, data)
         s.commit("shard")
 
-    def read(lo: int, n: int = 0) -> tuple[np.ndarray, int]:
+    def read(lo: int, n: int) -> tuple[Any, int]:
         repo = icechunk.Repository.open(make_storage())
         a = zarr.open_array(repo.readonly_session(branch="main").store, path="a", mode="r")
         return a[lo : lo + n], -1
@@ -134,7 +136,7 @@ def localstore_target(root: Path) -> tuple[Callable[..., None], Reader]:
     def write(args: argparse.Namespace, data: np.ndarray) -> None:
         create(zarr.storage.LocalStore(root), args, data)
 
-    def read(lo: int, n: int = 0) -> tuple[np.ndarray, int]:
+    def read(lo: int, n: int) -> tuple[Any, int]:
         a = zarr.open_array(zarr.storage.LocalStore(root, read_only=True), path="a", mode="r")
         return a[lo : lo + n], -1
 
@@ -233,8 +235,8 @@ def main(argv: list[str] | None = None) -> None:
             pass
         if place == "local":
             variants.append(("localstore-local", None, *localstore_target(root / "zarr")))
-    for name, size, write, _ in variants:
-        with block_settings(size if name.startswith("frazil") else blocks.BLOCK_SIZE):
+    for name, block_size, write, _ in variants:
+        with block_settings(block_size if name.startswith("frazil") else blocks.BLOCK_SIZE):
             t = time.perf_counter()
             write(args, data)
             emit({"write": name, "s": round(time.perf_counter() - t, 2)})
