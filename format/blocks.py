@@ -16,9 +16,10 @@ from .common import checksum_hex
 from .errors import FormatError
 
 BLOCK_SIZE = 32 * 1024
-"""Bytes per block. Measured (bench/bench_shard_read.py): one 128 KiB inner chunk of a
-256 MiB shard then fetches at most 160 KiB plus at most 64 KiB more than its shard index,
-within 2x the inner chunk plus the index; the checksums take 8 bytes per 32 KiB."""
+"""Bytes per block (bench/bench_shard_read.py, README): one 128 KiB inner chunk of a
+256 MiB shard then fetches at most 160 KiB, and its 32 KiB shard index at most 64 KiB:
+224 KiB, within the 288 KiB of 2x the inner chunk plus the index (64 KiB blocks reach
+it exactly); the checksums take 8 bytes per 32 KiB."""
 
 BLOCKED_MIN_LENGTH = 1 << 20
 """Objects shorter than this get no block checksums (a range read fetches them whole:
