@@ -290,3 +290,33 @@ def test_fsck_checks_recorded_block_checksums(
     assert len(problems) == 1
     assert "block checksums recorded" in problems[0].message
     assert "block 0" in problems[0].message
+
+
+def test_range_reads_on_s3_fetch_only_covering_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a real S3 server (the tests' SeaweedFS): the shard index (a suffix) and one inner
+    chunk, and nothing else of the shard, are fetched; damage in the range is caught."""
+    import s3server
+
+    storage = s3server.storage()
+    repo = Repository.create(storage)
+    s = repo.writable_session("main")
+    values = _write(s)
+    s.commit("shards")
+    fresh = Repository.open(s3server.storage(storage.config.prefix))
+    fetches = Fetches(fresh.storage, monkeypatch)
+    a = zarr.open_array(fresh.readonly_session(branch="main").store, path="a", mode="r")
+    np.testing.assert_array_equal(a[INNER * 7 : INNER * 8], values[INNER * 7 : INNER * 8])
+    index = 16 * SHARD // INNER + 4
+    assert sorted(n for _, _, n in fetches.calls) == [index, INNER * 8]
+    ref = _ref(fresh.readonly_session(branch="main"))
+    key = chunk_key(ref.chunk_id)  # type: ignore[arg-type]
+    data = bytearray(runtime.run(storage.get(key)))
+    data[INNER * 8 * 7 + 3] ^= 1
+    runtime.run(storage.put(key, bytes(data)))
+    again = Repository.open(s3server.storage(storage.config.prefix))
+    b = zarr.open_array(again.readonly_session(branch="main").store, path="a", mode="r")
+    np.testing.assert_array_equal(b[: INNER * 7], values[: INNER * 7])
+    with pytest.raises(
+        FormatError, match=f"{key} is damaged: block {INNER * 8 * 7 // fblocks.BLOCK_SIZE}"
+    ):
+        b[INNER * 7 : INNER * 8]
