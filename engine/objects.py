@@ -41,6 +41,7 @@ from frazil.format import (
     decode_snapshot_segments,
     decode_transaction_log,
 )
+from frazil.format.blocks import absolute_range, check_blocks, covering, verify_blocks
 from frazil.format.common import verify_checksum
 from frazil.format.cuts import decode_cuts
 from frazil.format.keys import (
@@ -443,13 +444,24 @@ class ObjectReader:
         self.cut_map = None
 
     async def chunk(
-        self, cid: ChunkId, checksum: int | None, byte_range: ByteRange | None = None
+        self,
+        cid: ChunkId,
+        checksum: int | None,
+        byte_range: ByteRange | None = None,
+        *,
+        length: int = 0,
+        block_size: int = 0,
+        blocks: bytes | None = None,
     ) -> bytes:
-        """A native chunk's bytes, verified whole; ranges are cut from the verified bytes
-        (and the bytes are kept for a while, so sharded reads fetch a shard once)."""
+        """A native chunk's bytes, verified whole. A range of an object whose manifest row
+        records block checksums (``blocks``, ``length``) is fetched alone with the blocks
+        it covers, each verified; other ranges are cut from the verified whole object
+        (kept for a while, so sharded reads of small objects fetch them once)."""
         cached = self.chunks.get(cid) if byte_range is not None else None
         if cached is None:
             key = chunk_key(cid)
+            if byte_range is not None and blocks is not None:
+                return await self._chunk_blocks(key, byte_range, length, block_size, blocks)
             data = await self.fetch(key, f"chunk object {key}")
             verify_checksum(data, checksum, f"chunk {key}")
             if byte_range is None:
@@ -457,3 +469,18 @@ class ObjectReader:
             self.chunks.put(cid, data)
             cached = data
         return slice_range(cached, byte_range)
+
+    async def _chunk_blocks(
+        self, key: str, byte_range: ByteRange, length: int, block_size: int, blocks: bytes
+    ) -> bytes:
+        """``byte_range`` of the chunk object ``key``: only the blocks it covers are
+        fetched, and each is checked against its recorded checksum (SPEC §5)."""
+        what = f"chunk object {key}"
+        check_blocks(length, block_size, blocks, what)
+        start, stop = absolute_range(*byte_range, length)
+        if start == stop:
+            return b""
+        first, lo, hi = covering(start, stop, length, block_size)
+        data = await self.fetch(key, what, size=hi - lo, byte_range=(lo, hi))
+        verify_blocks(data, first, blocks, block_size, what)
+        return data[start - lo : stop - lo]

@@ -39,6 +39,7 @@ from frazil.format import (
     encode_transaction_log,
 )
 from frazil.format import txlog as tx
+from frazil.format.blocks import blocks_for
 from frazil.format.common import BRANCH_REF
 from frazil.format.filters import coord_hash
 from frazil.format.keys import (
@@ -427,7 +428,14 @@ class Session:
             return slice_range(ref.data or b"", byte_range)
         if ref.kind == ChunkKind.NATIVE:
             assert ref.chunk_id is not None
-            return await self._repo.reader.chunk(ref.chunk_id, ref.checksum, byte_range)
+            return await self._repo.reader.chunk(
+                ref.chunk_id,
+                ref.checksum,
+                byte_range,
+                length=ref.length,
+                block_size=ref.block_size,
+                blocks=ref.blocks,
+            )
         return await self._repo.virtual_resolver.read(ref, byte_range)
 
     async def set_chunk(self, path: str, coord: Coord, data: bytes) -> None:
@@ -442,9 +450,17 @@ class Session:
         else:
             cid = ChunkId.new()
             await self._repo.storage.put(chunk_key(cid), data)
+            block_size, blocks = blocks_for(data)
             table.set(
                 coord,
-                ChunkRef(ChunkKind.NATIVE, chunk_id=cid, length=len(data), checksum=checksum(data)),
+                ChunkRef(
+                    ChunkKind.NATIVE,
+                    chunk_id=cid,
+                    length=len(data),
+                    checksum=checksum(data),
+                    block_size=block_size,
+                    blocks=blocks,
+                ),
             )
         if self._journal is not None:
             self._journal.chunk(rec.node_id, coord)

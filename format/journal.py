@@ -29,7 +29,7 @@ import pyarrow as pa
 from .common import FORK_JOURNAL, FormatError, check_header, load_json
 from .ids import ChunkId, NodeId
 from .keys import is_token
-from .manifest import ROW_SCHEMA, TOMBSTONE, ChunkKind, ChunkRef
+from .manifest import OPTIONAL, ROW_SCHEMA, TOMBSTONE, ChunkKind, ChunkRef
 
 MAX_ROWS = 100_000
 """References per journal object at most (a larger batch is split over several), so that
@@ -74,6 +74,8 @@ def _ref_columns(refs: list[ChunkRef]) -> dict[str, list[Any]]:
         "location": [r.location for r in refs],
         "etag": [r.etag for r in refs],
         "last_modified": [r.last_modified for r in refs],
+        "block_size": [r.block_size if r.blocks is not None else None for r in refs],
+        "block_checksums": [r.blocks for r in refs],
     }
 
 
@@ -82,9 +84,10 @@ def _encode_rows(node_id: NodeId, coords: np.ndarray, rows: Rows) -> dict[str, A
         cols = {name: rows.column(name).to_pylist() for name in ROW_SCHEMA.names}
     else:
         cols = _ref_columns(rows)
-    cols["inline"] = [
-        None if v is None else base64.b64encode(v).decode("ascii") for v in cols["inline"]
-    ]
+    for name in ("inline", "block_checksums"):
+        cols[name] = [
+            None if v is None else base64.b64encode(v).decode("ascii") for v in cols[name]
+        ]
     cols["checksum"] = [None if v is None else f"{v:016x}" for v in cols["checksum"]]
     cols["last_modified"] = [
         None if v is None else int(v.timestamp()) for v in cols["last_modified"]
@@ -120,6 +123,12 @@ def encode_journal(batch: JournalBatch) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode("utf-8")
 
 
+def _blocks(size: Any, sums: Any) -> dict[str, Any]:
+    if sums is None:
+        return {}
+    return {"block_size": int(size), "blocks": base64.b64decode(sums, validate=True)}
+
+
 def _decode_rows(part: dict[str, Any]) -> tuple[NodeId, np.ndarray, list[ChunkRef]]:
     nid, ndim = NodeId.parse(part["node_id"]), int(part["ndim"])
     flat = np.asarray(part["coords"], np.int64)
@@ -127,7 +136,9 @@ def _decode_rows(part: dict[str, Any]) -> tuple[NodeId, np.ndarray, list[ChunkRe
     n = len(kinds)
     if ndim < 0 or flat.ndim != 1 or len(flat) != n * ndim:
         raise FormatError("coordinates do not match the declared shape")
-    cols = {name: part[name] for name in ROW_SCHEMA.names}
+    # journals written before block checksums have no such keys
+    cols = {name: part.get(name, [None] * n) for name in OPTIONAL}
+    cols.update({name: part[name] for name in ROW_SCHEMA.names if name not in OPTIONAL})
     if not all(isinstance(v, list) and len(v) == n for v in cols.values()):
         raise FormatError("columns of different lengths")
     refs = []
@@ -143,6 +154,7 @@ def _decode_rows(part: dict[str, Any]) -> tuple[NodeId, np.ndarray, list[ChunkRe
                     offset=int(cols["offset"][i] or 0),
                     length=int(cols["length"][i]),
                     checksum=int(cols["checksum"][i], 16),
+                    **_blocks(cols["block_size"][i], cols["block_checksums"][i]),
                 )
             )
         elif kind == ChunkKind.VIRTUAL:

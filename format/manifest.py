@@ -38,8 +38,14 @@ SCHEMA = pa.schema(
         ("location", pa.string()),
         ("etag", pa.string()),
         ("last_modified", pa.timestamp("s", tz="UTC")),
+        # optional (added within version 1): absent in older manifests, read as nulls
+        ("block_size", pa.int64()),
+        ("block_checksums", pa.binary()),
     ]
 )
+OPTIONAL = ("block_size", "block_checksums")
+"""Columns older manifests lack: a decoded table gets them as nulls."""
+REQUIRED_SCHEMA = pa.schema([f for f in SCHEMA if f.name not in OPTIONAL])
 
 
 class ChunkKind(IntEnum):
@@ -55,7 +61,8 @@ class ChunkKind(IntEnum):
 class ChunkRef:
     """Where one chunk's bytes are.
 
-    INLINE: ``data``. NATIVE: ``chunks/<chunk_id>``, ``length`` bytes, xxh3 ``checksum``.
+    INLINE: ``data``. NATIVE: ``chunks/<chunk_id>``, ``length`` bytes, xxh3 ``checksum``,
+    and for large objects ``blocks``, the xxh3 of each ``block_size`` block (``blocks.py``).
     VIRTUAL: ``length`` bytes at ``offset`` of ``location``, optionally pinned by ``etag``
     or ``last_modified``. DELETED: a tombstone hiding older segments' refs.
     """
@@ -69,6 +76,8 @@ class ChunkRef:
     location: str | None = None
     etag: str | None = None
     last_modified: dt.datetime | None = None
+    block_size: int = 0
+    blocks: bytes | None = None
 
 
 TOMBSTONE = ChunkRef(ChunkKind.DELETED)
@@ -195,6 +204,8 @@ class ManifestSegment:
                 offset=self._int("offset", i) or 0,
                 length=self._int("length", i) or 0,
                 checksum=self._int("checksum", i),
+                block_size=self._int("block_size", i) or 0,
+                blocks=self._col("block_checksums")[i].as_py(),
             )
         if kind == ChunkKind.VIRTUAL:
             return ChunkRef(
@@ -213,6 +224,19 @@ class ManifestSegment:
     @property
     def table(self) -> pa.Table:
         return self._table
+
+
+def with_optional_columns(table: pa.Table, what: str) -> pa.Table:
+    """``table`` with every ``OPTIONAL`` column: null where an older manifest lacks it;
+    ``FormatError`` if one is there with another type."""
+    for name in OPTIONAL:
+        field = SCHEMA.field(name)
+        i = table.schema.get_field_index(name)
+        if i < 0:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+        elif table.schema.field(i).type != field.type:
+            raise FormatError(f"{what}: column {name!r} has type {table.schema.field(i).type}")
+    return table
 
 
 def _all_equal(col: pa.ChunkedArray, value: str) -> bool:
@@ -258,8 +282,9 @@ def decode_manifest_parts(
 ) -> dict[int, ManifestSegment]:
     """Every segment of a manifest object, by the row where it starts."""
     table, header = decode_parquet(
-        data, MANIFEST, what, expected_checksum, SCHEMA, read_dictionary=("node_id",)
+        data, MANIFEST, what, expected_checksum, REQUIRED_SCHEMA, read_dictionary=("node_id",)
     )
+    table = with_optional_columns(table, what)
     try:
         mid = ManifestId.parse(header["id"])
         parts = header["parts"]
@@ -306,7 +331,7 @@ def decode_manifest_chunk_ids(
     else (garbage collection). The checksum is required: it covers the columns that are
     not read (and the whole footer), so a damaged object is an error here too."""
     table, header = decode_parquet(
-        data, MANIFEST, what, expected_checksum, SCHEMA, columns=_CHUNK_ID_COLUMNS
+        data, MANIFEST, what, expected_checksum, REQUIRED_SCHEMA, columns=_CHUNK_ID_COLUMNS
     )
     try:
         ManifestId.parse(header["id"])
@@ -369,8 +394,11 @@ def tombstone_rows(n: int) -> pa.Table:
 
 def ref_rows(refs: list[ChunkRef]) -> pa.Table:
     """Manifest rows (without ``coord``) for any refs."""
+    n = len(refs)
+    sums = [r.blocks for r in refs]
+    blocked = sums.count(None) < n
     return _rows(
-        len(refs),
+        n,
         kind=pa.array([int(r.kind) for r in refs], pa.int8()),
         inline=pa.array([r.data for r in refs], pa.binary()),
         chunk_id=pa.array(
@@ -382,6 +410,16 @@ def ref_rows(refs: list[ChunkRef]) -> pa.Table:
         location=pa.array([r.location for r in refs], pa.string()),
         etag=pa.array([r.etag for r in refs], pa.string()),
         last_modified=pa.array([r.last_modified for r in refs], pa.timestamp("s", tz="UTC")),
+        **(
+            {
+                "block_size": pa.array(
+                    [r.block_size if r.blocks is not None else None for r in refs], pa.int64()
+                ),
+                "block_checksums": pa.array(sums, pa.binary()),
+            }
+            if blocked
+            else {}
+        ),
     )
 
 

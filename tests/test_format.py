@@ -850,8 +850,12 @@ def test_missing_or_retyped_columns_are_refused():
                 "location",
                 "etag",
                 "modified",
+                "block_size",
+                "block_checksums",
             ]
         ),
+        # the optional block columns: absent is fine (older manifests), retyped is not
+        t.set_column(12, "block_checksums", pa.array(["a", "b"], pa.string())),
     ]
     for v in variants:
         with pytest.raises(FormatError, match=re.escape(WHAT) + ".*column"):
@@ -859,6 +863,8 @@ def test_missing_or_retyped_columns_are_refused():
     # an extra column after the known ones is ignored (compatible addition)
     extra = t.append_column("note", pa.array(["x", "y"]))
     assert decode_manifest(common.encode_parquet(extra, h)).refs() == decode_manifest(mdata).refs()
+    older = t.drop_columns(["block_size", "block_checksums"])
+    assert decode_manifest(common.encode_parquet(older, h)).refs() == decode_manifest(mdata).refs()
     sdata = encode_snapshot(make_snapshot())
     st_ = table_of(sdata)
     with pytest.raises(FormatError, match=re.escape(WHAT)):
@@ -1138,7 +1144,10 @@ def test_schemas_are_the_documented_ones():
         "location",
         "etag",
         "last_modified",
+        "block_size",
+        "block_checksums",
     ]
+    assert manifest_mod.OPTIONAL == ("block_size", "block_checksums")
     assert txlog.SCHEMA.names == ["change", "path", "node_id", "chunks"]
     assert [int(k) for k in ChunkKind] == [0, 1, 2, 3]
     assert [k.name for k in ChunkKind] == ["DELETED", "INLINE", "NATIVE", "VIRTUAL"]

@@ -20,6 +20,7 @@ from frazil.format import (
     checksum,
     keys,
 )
+from frazil.format.blocks import check_blocks, verify_blocks
 from frazil.format.common import BRANCH_REF, TAG_REF, numpy_of
 from frazil.format.filters import may_contain_many
 from frazil.format.keys import (
@@ -286,6 +287,8 @@ async def fsck(
     sums = chunks.column("checksum").to_pylist()
     lengths = chunks.column("length").to_pylist()
     owners = chunks.column("manifest").to_pylist()
+    block_sizes = chunks.column("block_size").to_pylist()
+    block_sums = chunks.column("block_checksums").to_pylist()
     done = 0
 
     async def check_chunk(i: int) -> None:
@@ -308,6 +311,10 @@ async def fsck(
                             f"{sums[i]:016x} recorded ({owner})",
                         )
                     )
+                elif block_sums[i] is not None:
+                    _check_chunk_blocks(
+                        key, data, block_sizes[i] or 0, block_sums[i], owner, problems
+                    )
                 report.bytes_verified += len(data)
             elif size is not None and size != lengths[i]:
                 problems.append(
@@ -329,3 +336,15 @@ async def fsck(
         )
     problems.sort(key=lambda p: (p.key, p.message))
     return report
+
+
+def _check_chunk_blocks(
+    key: str, data: bytes, block_size: int, sums: bytes, owner: str, problems: list[Problem]
+) -> None:
+    """The block checksums a manifest row records for a chunk object whose whole checksum
+    matched: a mismatch would make range reads of good bytes fail."""
+    try:
+        check_blocks(len(data), block_size, sums, key)
+        verify_blocks(data, 0, sums, block_size, f"chunk object {key}")
+    except FormatError as e:
+        problems.append(Problem("damaged", key, f"block checksums recorded: {e} ({owner})"))

@@ -30,8 +30,8 @@ from frazil.format.common import BRANCH_REF, MANIFEST, TAG_REF, decode_parquet, 
 from frazil.format.keys import (
     snapshot_key,
 )
-from frazil.format.manifest import SCHEMA as MANIFEST_SCHEMA
-from frazil.format.manifest import ChunkIdRows, decode_manifest_chunk_ids
+from frazil.format.manifest import REQUIRED_SCHEMA as MANIFEST_SCHEMA
+from frazil.format.manifest import ChunkIdRows, decode_manifest_chunk_ids, with_optional_columns
 from frazil.format.snapshot import decode_inline_rows
 
 from .. import runtime
@@ -140,14 +140,14 @@ async def manifest_rows(reader: ObjectReader, seg: SegmentRef) -> pa.Table:
         table, _ = decode_parquet(
             data, MANIFEST, key, seg.checksum, MANIFEST_SCHEMA, read_dictionary=("node_id",)
         )
-        return table
+        return with_optional_columns(table, key)
 
     return await runtime.in_thread(decode)
 
 
 def native_rows(table: pa.Table) -> pa.Table:
     return table.filter(pc.equal(table.column("kind"), int(ChunkKind.NATIVE))).select(
-        ["chunk_id", "checksum", "length"]
+        ["chunk_id", "checksum", "length", "block_size", "block_checksums"]
     )
 
 
@@ -493,6 +493,8 @@ def unique_chunks(natives: list[pa.Table]) -> pa.Table:
             ("chunk_id", pa.string()),
             ("checksum", pa.uint64()),
             ("length", pa.int64()),
+            ("block_size", pa.int64()),
+            ("block_checksums", pa.binary()),
             ("manifest", pa.string()),
         ]
     )
