@@ -122,6 +122,11 @@ class StoreSpec(abc.ABC):
     def describe(self) -> str:
         """A URL-like name for messages (no secrets)."""
 
+    def build_pair(self, obstore: Any) -> tuple[Any, Any]:
+        """The two stores of a process: one that retries, one that never does (they may
+        share state, such as one credential provider)."""
+        return self.build(obstore, retries=True), self.build(obstore, retries=False)
+
 
 _QUERY = re.compile(r"\?[^\s]*")
 
@@ -197,11 +202,7 @@ class ObjectStoreStorage(Storage):
         if stores is not None:
             _inherited_stores.append(stores)  # built by another process: never used again
         try:
-            stores = _Stores(
-                module,
-                self.spec.build(module, retries=True),
-                self.spec.build(module, retries=False),
-            )
+            stores = _Stores(module, *self.spec.build_pair(module))
         except InvalidInputError:
             raise
         except Exception as e:
