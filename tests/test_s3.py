@@ -298,6 +298,21 @@ def test_pickles_only_its_configuration() -> None:
     assert run(clone.get("x")) == b"1"
 
 
+def test_storages_with_equal_configuration_share_clients() -> None:
+    """A new storage object for the same place (a cold open) reuses the process's
+    clients; the never-retrying one is built only by the first conditional put."""
+    prefix = s3server.new_prefix()
+    a, b = s3server.storage(prefix), s3server.storage(prefix)
+    run(a.put("k", b"v"))
+    assert run(b.get("k")) == b"v"
+    assert a._stores is not None and a._stores is b._stores
+    assert a._stores._once is None  # reads and plain puts never built it
+    assert run(b.put_if_absent("r", b"1")).ok and a._stores._once is not None
+    other = s3server.storage(s3server.new_prefix())
+    assert run(other.exists("k")) is False
+    assert other._stores is not a._stores
+
+
 def test_missing_bucket_is_a_storage_error_not_not_found() -> None:
     storage = s3server.storage(bucket="frazil-no-such-bucket", max_attempts=2)
     with pytest.raises(StorageError, match="frazil-no-such-bucket") as info:

@@ -289,22 +289,16 @@ class S3Spec(StoreSpec):
             return _StaticProvider(c.access_key_id, c.secret_access_key, c.session_token)
         return None
 
-    def build(self, obstore: Any, *, retries: bool, provider: Any = None) -> Any:
+    def build(self, obstore: Any, *, retries: bool, shared: dict[str, Any]) -> Any:
+        if "provider" not in shared:  # one for both clients: credentials asked for once
+            shared["provider"] = self.credential_provider()
         return obstore._store.S3Store(
             self.config.bucket,
             prefix=self.config.prefix.strip("/") or None,
             config=self.s3_config(),
             client_options=self.client_config(),
             retry_config=self.settings.retry_config(retries),
-            credential_provider=provider or self.credential_provider(),
-        )
-
-    def build_pair(self, obstore: Any) -> tuple[Any, Any]:
-        # one provider for both: refreshable credentials are asked for once, not per store
-        provider = self.credential_provider()
-        return (
-            self.build(obstore, retries=True, provider=provider),
-            self.build(obstore, retries=False, provider=provider),
+            credential_provider=shared["provider"],
         )
 
     def describe(self) -> str:
