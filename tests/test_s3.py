@@ -509,6 +509,20 @@ def test_refreshable_credentials_are_fetched_again_before_expiry() -> None:
     assert arr[:].tolist() == [3] * 4
 
 
+@pytest.mark.parametrize(("valid_minutes", "fetched_again"), [(4, True), (7, False)])
+def test_credentials_are_asked_again_five_minutes_before_expiry(
+    valid_minutes: int, fetched_again: bool
+) -> None:
+    """obstore's provider is given the expiry less 5 minutes: credentials valid for 4
+    more minutes are replaced at the next request, ones valid for 7 are kept."""
+    CREDENTIAL_CALLS.clear()
+    storage = _refreshable_storage(dt.timedelta(minutes=valid_minutes))
+    assert not frazil.Repository.exists(storage)
+    assert len(CREDENTIAL_CALLS) == 1
+    assert not frazil.Repository.exists(storage)
+    assert len(CREDENTIAL_CALLS) == (2 if fetched_again else 1)
+
+
 def test_credentials_far_from_expiry_are_fetched_once() -> None:
     CREDENTIAL_CALLS.clear()
     storage = _refreshable_storage(dt.timedelta(hours=2), scatter_initial_credentials=True)
