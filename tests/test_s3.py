@@ -296,6 +296,9 @@ def test_pickles_only_its_configuration() -> None:
     assert clone.config == storage.config
     assert clone._stores is None  # built on first use, in the process using them
     assert run(clone.get("x")) == b"1"
+    assert run(S3Storage(storage.config).get("x")) == b"1"  # made from its S3Config
+    with pytest.raises(InvalidInputError, match="S3Config"):
+        S3Storage("s3://b/p")  # type: ignore[arg-type]
 
 
 def test_storages_with_equal_configuration_share_clients() -> None:

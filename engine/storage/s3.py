@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import InvalidInputError
 from .base import PutResult, validate_key
 from .objstore import ObjectStoreSettings, ObjectStoreStorage, StoreSpec
-from .retry import RetrySettings, check_client_settings, retry_call
+from .retry import RetrySettings, check_client_settings
 
 if TYPE_CHECKING:
     from ..settings import StorageSettings
@@ -315,9 +315,11 @@ class S3Storage(ObjectStoreStorage):
     spec: S3Spec
     versions_follow_content = True  # ETags are MD5s of the content (single-part puts)
 
-    def __init__(self, spec: S3Spec) -> None:
+    def __init__(self, spec: S3Spec | S3Config) -> None:
+        if isinstance(spec, S3Config):  # as the former S3Storage(S3Config(...)) was made
+            spec = S3Spec(spec)
         if not isinstance(spec, S3Spec):
-            raise InvalidInputError("S3Storage takes an S3Spec; use frazil.s3_storage(...)")
+            raise InvalidInputError("S3Storage takes an S3Config; use frazil.s3_storage(...)")
         super().__init__(spec)
         s = spec.config.settings
         self.supports_conditional_writes = (
@@ -386,8 +388,7 @@ class S3Storage(ObjectStoreStorage):
         if current != version:
             return PutResult(False, current)
         await self.put(key, data)
-        after = await retry_call(lambda: self._version_now(key), self._retry, f"head {key!r}")
-        return PutResult(True, after or "")
+        return PutResult(True, await self._version_now(key) or "")
 
 
 def s3_storage(
