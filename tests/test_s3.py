@@ -371,6 +371,39 @@ def test_concurrent_reads_go_out_together(monkeypatch: pytest.MonkeyPatch) -> No
     assert 1 < peak <= 8 and calls == len(keys)
 
 
+def test_cold_open_asks_for_the_ref_and_the_config_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Repository.open`` sends its two requests (is there a main branch, the config) at
+    once: one round trip of latency, not two."""
+    storage = s3server.storage()
+    frazil.Repository.create(storage)
+    module = _obstore_runtime.extension()
+    in_flight = peak = 0
+    asked: list[str] = []
+
+    def counting(real: Any) -> Any:
+        async def call(store: Any, path: str, *args: Any, **kwargs: Any) -> Any:
+            nonlocal in_flight, peak
+            asked.append(path)
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                await asyncio.sleep(0.01)  # a network's latency, so that overlap shows
+                return await real(store, path, *args, **kwargs)
+            finally:
+                in_flight -= 1
+
+        return call
+
+    monkeypatch.setattr(module, "head_async", counting(module.head_async))
+    monkeypatch.setattr(module, "get_async", counting(module.get_async))
+    frazil.Repository.open(s3server.storage(storage.config.prefix))
+    monkeypatch.undo()
+    assert sorted(asked) == ["config.json", "refs/branch.main/ref.json"]
+    assert peak == 2
+
+
 # -- errors say what and where ------------------------------------------------------------------
 def test_errors_name_what_and_where() -> None:
     storage = s3server.storage()
