@@ -1,14 +1,14 @@
-"""Benchmark: obstore against frazil's own S3 path, and frazil's Azure backend beside them.
+"""Benchmark: frazil's S3 backend against obstore itself and Icechunk, Azure beside them.
 
 Same-run medians (variants interleaved in every repeat) of N PUTs then N GETs of 32 KiB
 objects with 64 requests in flight, wall time and process CPU time (every thread's):
 
-- ``frazil-s3``: frazil's ``S3Storage`` (SigV4 signer and aiohttp fast path, botocore
-  for the rest) on the S3 test server (SeaweedFS);
+- ``frazil-s3``: frazil's ``S3Storage`` (on obstore) on the S3 test server (SeaweedFS);
 - ``obstore-s3``: obstore's ``S3Store`` (Rust object_store) on the same server;
 - ``frazil-azure``: frazil's ``AzureStorage`` (on obstore) on Azurite;
 
-and through a repository, frazil on S3 beside frazil on Azure: W1 (write N chunks of 32 KiB
+and through a repository, frazil on S3 beside Icechunk on S3 (if installed)
+and frazil on Azure: W1 (write N chunks of 32 KiB
 and commit, MB/s), a cold open (new storage object, ``Repository.open``, a session) with a
 one-chunk read (ms), and W2 (cold open and read everything back, MB/s).
 
@@ -74,6 +74,22 @@ def obstore_s3(prefix: str) -> Any:
     )
 
 
+def icechunk_s3(prefix: str) -> Any:
+    import icechunk
+
+    s3 = _s3()
+    return icechunk.s3_storage(
+        bucket=s3.BUCKET,
+        prefix=prefix,
+        endpoint_url=s3.server().endpoint_url,
+        allow_http=True,
+        region="us-east-1",
+        access_key_id=s3.ACCESS_KEY,
+        secret_access_key=s3.SECRET_KEY,
+        force_path_style=True,
+    )
+
+
 async def limited(n: int, op: Callable[[int], Awaitable[Any]]) -> None:
     gate = asyncio.Semaphore(IN_FLIGHT)
 
@@ -135,7 +151,9 @@ def workloads(azure: bool) -> list[Workload]:
     return out
 
 
-def repository_workload(name: str, make: Callable[[str], Any], n: int) -> dict[str, float]:
+def repository_workload(
+    name: str, make: Callable[[str], Any], n: int, lib: Any = None
+) -> dict[str, float]:
     """Through a repository: W1 write ``n`` chunks of 32 KiB and commit; cold open (a new
     storage object, ``Repository.open``, a session) and read one chunk; W2 cold open and
     read everything back."""
@@ -144,8 +162,9 @@ def repository_workload(name: str, make: Callable[[str], Any], n: int) -> dict[s
 
     import frazil
 
+    lib = lib or frazil  # frazil, or icechunk (the same API)
     prefix = f"bench-repo-{uuid.uuid4().hex[:8]}"
-    repo = frazil.Repository.create(make(prefix))
+    repo = lib.Repository.create(make(prefix))
     values = np.random.default_rng(0).random(n * 4096)  # 4,096 float64 = 32 KiB a chunk
     out: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -155,11 +174,11 @@ def repository_workload(name: str, make: Callable[[str], Any], n: int) -> dict[s
     s.commit("w1")
     out["w1_MBps"] = values.nbytes / 1e6 / (time.perf_counter() - t0)
     t0 = time.perf_counter()
-    cold = frazil.Repository.open(make(prefix)).readonly_session("main")
+    cold = lib.Repository.open(make(prefix)).readonly_session("main")
     one = zarr.open_array(cold.store, path="x", mode="r")[:4096]
     out["open_read1_ms"] = (time.perf_counter() - t0) * 1000
     t0 = time.perf_counter()
-    cold = frazil.Repository.open(make(prefix)).readonly_session("main")
+    cold = lib.Repository.open(make(prefix)).readonly_session("main")
     back = zarr.open_array(cold.store, path="x", mode="r")[:]
     out["w2_MBps"] = values.nbytes / 1e6 / (time.perf_counter() - t0)
     if not (np.array_equal(back, values) and np.array_equal(one, values[:4096])):
@@ -219,12 +238,21 @@ def main() -> None:
                 f"  repeat {rep + 1} {w.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items())
             )
     repo_results: dict[str, list[dict[str, float]]] = {}
-    makers: dict[str, Callable[[str], Any]] = {"frazil-s3": lambda p: _s3().storage(p)}
+    makers: dict[str, Callable[[str], Any]] = {
+        "frazil-s3": lambda p: _s3().storage(p),
+    }
+    libs: dict[str, Any] = {}
+    try:
+        import icechunk
+
+        makers["icechunk-s3"], libs["icechunk-s3"] = icechunk_s3, icechunk
+    except ImportError:
+        print("icechunk is not installed: left out", flush=True)
     if not args.no_azure:
         makers["frazil-azure"] = lambda p: _azure().storage(p)
     for rep in range(args.repeat):
         for name, make in makers.items():
-            r = repository_workload(name, make, args.n)
+            r = repository_workload(name, make, args.n, libs.get(name))
             repo_results.setdefault(name, []).append(r)
             print(
                 f"  repeat {rep + 1} repo {name}: "
@@ -242,16 +270,16 @@ def main() -> None:
     print(
         f"\n{args.n} PUT / {args.n} GET of 32 KiB, {IN_FLIGHT} in flight, medians of {args.repeat}"
     )
-    print(f"{'variant':14} {'PUT s':>7} {'GET s':>7} {'PUT cpu':>8} {'GET cpu':>8}")
+    print(f"{'variant':18} {'PUT s':>7} {'GET s':>7} {'PUT cpu':>8} {'GET cpu':>8}")
     for name, m in medians.items():
         print(
-            f"{name:14} {m['put_s']:7.2f} {m['get_s']:7.2f} {m['put_cpu_s']:8.2f} "
+            f"{name:18} {m['put_s']:7.2f} {m['get_s']:7.2f} {m['put_cpu_s']:8.2f} "
             f"{m['get_cpu_s']:8.2f}"
         )
     print(f"\nthrough a repository ({args.n} chunks of 32 KiB), medians of {args.repeat}")
-    print(f"{'variant':14} {'W1 MB/s':>8} {'open+read 1 ms':>15} {'W2 MB/s':>8}")
+    print(f"{'variant':18} {'W1 MB/s':>8} {'open+read 1 ms':>15} {'W2 MB/s':>8}")
     for name, m in repo_medians.items():
-        print(f"{name:14} {m['w1_MBps']:8.1f} {m['open_read1_ms']:15.0f} {m['w2_MBps']:8.1f}")
+        print(f"{name:18} {m['w1_MBps']:8.1f} {m['open_read1_ms']:15.0f} {m['w2_MBps']:8.1f}")
     if args.json:
         print(json.dumps({"semantics": semantics, "medians": medians, "repository": repo_medians}))
 

@@ -426,17 +426,25 @@ class Repository:
             raise InvalidInputError(f"expected a frazil Storage, got {type(storage).__name__}")
         _check_config(config)
         _log.debug("Opening Repository in %s", storage.describe())
-        if not await _exists(storage):
+        # both requests at once: a cold open waits for one round trip, not two
+        found, raw = await asyncio.gather(
+            _exists(storage), _get_or_none(storage, CONFIG_KEY), return_exceptions=True
+        )
+        if isinstance(found, BaseException):
+            raise found
+        if not found:
             raise NotFoundError(
                 f"no frazil repository in {storage.describe()}",
                 kind=ErrorKind.REPOSITORY_NOT_FOUND,
             )
+        if isinstance(raw, BaseException):
+            raise raw
         try:
-            stored = RepositoryConfig.from_dict(
-                decode_config(await storage.get(CONFIG_KEY), CONFIG_KEY)
+            stored = (
+                RepositoryConfig()
+                if raw is None
+                else RepositoryConfig.from_dict(decode_config(raw, CONFIG_KEY))
             )
-        except NotFoundError:
-            stored = RepositoryConfig()
         except InvalidInputError as e:  # valid JSON, settings of the wrong type or range
             raise FormatError(f"{CONFIG_KEY}: damaged settings ({e})") from e
         given = (config.virtual_chunk_containers if config is not None else None) or {}
@@ -1429,6 +1437,13 @@ async def _fetch_config(storage: Storage) -> RepositoryConfig | None:
 
 async def _exists(storage: Storage) -> bool:
     return await storage.exists(keys.branch_key(MAIN))
+
+
+async def _get_or_none(storage: Storage, key: str) -> bytes | None:
+    try:
+        return await storage.get(key)
+    except NotFoundError:
+        return None
 
 
 CREATE_WAIT = 30.0

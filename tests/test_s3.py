@@ -10,30 +10,30 @@ The storage conformance suite (tests/test_storage.py) and the repository tests
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
+import http.server
 import multiprocessing as mp
 import pickle
+import threading
 import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import s3server
 import zarr
-from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 from test_zarr_store import _FrazilStoreTests
 
 import frazil
-from frazil import runtime
 from frazil.errors import (
     InvalidInputError,
     NotFoundError,
     StorageError,
-    TransientStorageError,
 )
-from frazil.storage import S3Settings, S3Storage
-from frazil.storage.s3 import is_precondition_failed, translate
+from frazil.storage import S3Settings, S3Storage, _obstore_runtime
 
 
 def run(coro: Any) -> Any:
@@ -119,212 +119,119 @@ def test_processes_commit_to_one_branch_on_s3(method: str) -> None:
     assert (values == np.array(expected)).all()
 
 
-# -- errors: decided by code and status, never by message text -----------------------------------
-def client_error(code: str | None, status: int, message: str = "whatever") -> ClientError:
-    error: dict[str, Any] = {"Message": message}
-    if code is not None:
-        error["Code"] = code
-    return ClientError(
-        {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
-    )
-
-
-def wrapped(cause: BaseException, message: str = "some text") -> OSError:
-    """What s3fs raises: an OSError whose __cause__ is botocore's error."""
-    err = OSError(22, message)
-    err.__cause__ = cause
-    return err
-
-
-def test_precondition_failure_from_code_or_status() -> None:
-    assert is_precondition_failed(client_error("PreconditionFailed", 412))
-    assert is_precondition_failed(client_error(None, 412))  # a 412 without a code
-    assert is_precondition_failed(wrapped(client_error("PreconditionFailed", 412)))
-    assert is_precondition_failed(FileExistsError("x")) is False  # no cause: not decided
-    # the message text is never used
-    assert not is_precondition_failed(
-        OSError(22, "At least one of the pre-conditions you specified did not hold")
-    )
-    assert not is_precondition_failed(
-        wrapped(client_error("AccessDenied", 403, "PreconditionFailed 412"))
-    )
-
-
-@pytest.mark.parametrize(
-    ("error", "expected"),
-    [
-        (client_error("SlowDown", 503), TransientStorageError),
-        (wrapped(client_error("SlowDown", 503)), TransientStorageError),
-        (client_error(None, 503), TransientStorageError),
-        (client_error("InternalError", 500), TransientStorageError),
-        (client_error("RequestTimeout", 400), TransientStorageError),
-        (client_error("ConditionalRequestConflict", 409), TransientStorageError),
-        (ConnectionClosedError(endpoint_url="http://127.0.0.1:1"), TransientStorageError),
-        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), TransientStorageError),
-        (TimeoutError(), TransientStorageError),
-        (client_error("NoSuchKey", 404), NotFoundError),
-        (wrapped(client_error("404", 404)), NotFoundError),
-        (client_error("AccessDenied", 403), StorageError),
-        (client_error("NoSuchBucket", 404), StorageError),
-        (OSError(5, "SlowDown: reduce your request rate"), StorageError),  # text is not a code
-    ],
-)
-def test_error_translation(error: BaseException, expected: type) -> None:
-    got = translate(error, "op")
-    assert type(got) is expected
-
-
-# -- retries and lost acknowledgements on the real server -------------------------------------
-class FlakyCalls:
-    """Wraps the running loop's s3fs ``_call_s3``: fails the first ``before`` calls of
-    ``method`` with ``error`` without sending them, then lets ``after`` calls run on the
-    server but raises ``error`` instead of their answers (a lost response). ``sent``
-    counts the calls of ``method`` that reached the server."""
-
-    def __init__(
-        self,
-        storage: S3Storage,
-        method: str,
-        error: BaseException,
-        *,
-        before: int = 0,
-        after: int = 0,
-    ) -> None:
-        self.storage, self.method, self.error = storage, method, error
-        self.before, self.after, self.sent = before, after, 0
-
-    async def install(self) -> None:
-        client = await self.storage._clients.get()
-        real = client.fs._call_s3
-
-        async def call(method: str, *args: Any, **kwargs: Any) -> Any:
-            if method != self.method:
-                return await real(method, *args, **kwargs)
-            if self.before > 0:
-                self.before -= 1
-                raise self.error
-            self.sent += 1
-            out = await real(method, *args, **kwargs)
-            if self.after > 0:
-                self.after -= 1
-                raise self.error
-            return out
-
-        client.fs._call_s3 = call
-
-
-def fast(**kw: Any) -> S3Storage:
-    storage: S3Storage = s3server.storage(backoff_base=0.001, backoff_cap=0.01, **kw)
-    return storage
-
-
-def test_throttling_is_retried() -> None:
-    storage = fast(direct_put=False)  # PUTs through botocore, where FlakyCalls hooks in
-
-    async def go() -> bytes:
-        flaky = FlakyCalls(storage, "put_object", wrapped(client_error("SlowDown", 503)), before=3)
-        await flaky.install()
-        await storage.put("a", b"data")
-        assert flaky.sent == 1
-        return await storage.get("a")
-
-    assert run(go()) == b"data"
-
-
-def test_retries_are_bounded() -> None:
-    storage = fast(max_attempts=3, direct_get=False)  # GETs through botocore
-
-    async def go() -> None:
-        flaky = FlakyCalls(storage, "get_object", client_error("SlowDown", 503), before=10)
-        await flaky.install()
-        await storage.put("a", b"data")
-        with pytest.raises(TransientStorageError, match="gave up after 3 attempts"):
-            await storage.get("a")
-        assert flaky.before == 7
-
-    run(go())
+# -- conditional puts: lost answers, typed errors (obstore) ---------------------------------------
+def _patch_put(monkeypatch: pytest.MonkeyPatch, wrap: Callable[[Any, list[Any]], Any]) -> list[Any]:
+    """Replaces ``put_async`` of the obstore module this process calls by ``wrap(real,
+    calls)``; returns the list of the ``mode`` of each put."""
+    module = _obstore_runtime.extension()
+    calls: list[Any] = []
+    monkeypatch.setattr(module, "put_async", wrap(module.put_async, calls))
+    return calls
 
 
 @pytest.mark.parametrize("kind", ["create", "update"])
-def test_lost_ack_on_conditional_put_is_not_a_conflict(kind: str) -> None:
-    """The first attempt lands but its answer is lost; the retry fails its precondition
-    (because of our own write): the read-back sees our bytes, so the put succeeded."""
-    storage = fast(direct_put=False)
+def test_lost_ack_on_conditional_put_is_not_a_conflict(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The first attempt lands but its answer is lost (an untyped error); the retry fails
+    its precondition (because of our own write): the read-back sees our bytes, so the put
+    succeeded."""
+    storage = s3server.storage()
     key = "refs/branch.main/ref.json"
+    version = None
+    if kind == "update":
+        run(storage.put(key, b"old"))
+        version = run(storage.get_with_version(key))[1]
+    module = _obstore_runtime.extension()
 
-    async def go() -> None:
-        if kind == "update":
-            await storage.put(key, b"old")
-            _, version = await storage.get_with_version(key)
-        flaky = FlakyCalls(
-            storage, "put_object", ConnectionClosedError(endpoint_url="http://lost"), after=1
-        )
-        await flaky.install()
-        data = b'{"snapshot": "S", "write_id": "unique-1"}'
-        if kind == "create":
-            result = await storage.put_if_absent(key, data)
-        else:
-            result = await storage.put_if_version(key, data, version)
-        assert flaky.sent == 2  # it landed, then the retry was refused
-        assert result.ok is True
-        assert (data, result.version) == await storage.get_with_version(key)
+    def wrap(real: Any, calls: list[Any]) -> Any:
+        async def lossy(store: Any, path: str, data: Any, **kw: Any) -> Any:
+            calls.append(kw.get("mode"))
+            result = await real(store, path, data, **kw)
+            if len(calls) == 1:
+                raise module.exceptions.GenericError("connection reset after the request")
+            return result
 
-    run(go())
+        return lossy
+
+    calls = _patch_put(monkeypatch, wrap)
+    data = b'{"snapshot": "S", "write_id": "unique-1"}'
+    if kind == "create":
+        result = run(storage.put_if_absent(key, data))
+    else:
+        assert version is not None
+        result = run(storage.put_if_version(key, data, version))
+    monkeypatch.undo()
+    assert len(calls) == 2  # it landed, then the retry was refused
+    assert calls[0] == ("create" if kind == "create" else {"e_tag": version})
+    assert result.ok is True
+    assert (data, result.version) == run(storage.get_with_version(key))
 
 
-def test_lost_ack_then_real_conflict_is_reported() -> None:
+def test_lost_ack_then_real_conflict_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     """An attempt failed without an answer, but it had not landed, and another writer
     won meanwhile: the read-back shows their bytes, so this is a lost race."""
-    storage = fast(direct_put=False)
+    storage = s3server.storage()
     key = "refs/branch.main/ref.json"
+    run(storage.put(key, b"old"))
+    _, version = run(storage.get_with_version(key))
+    theirs = run(storage.put_if_version(key, b"theirs", version))
+    assert theirs.ok
+    module = _obstore_runtime.extension()
 
-    async def go() -> None:
-        await storage.put(key, b"old")
-        _, version = await storage.get_with_version(key)
-        theirs = await storage.put_if_version(key, b"theirs", version)
-        assert theirs.ok
-        flaky = FlakyCalls(storage, "put_object", client_error("SlowDown", 503), before=1)
-        await flaky.install()
-        result = await storage.put_if_version(key, b"ours", version)
-        assert result.ok is False
-        assert result.version == theirs.version
-        assert await storage.get(key) == b"theirs"
+    def wrap(real: Any, calls: list[Any]) -> Any:
+        async def refused(store: Any, path: str, data: Any, **kw: Any) -> Any:
+            calls.append(kw.get("mode"))
+            if len(calls) == 1:
+                raise module.exceptions.GenericError("connection refused")
+            return await real(store, path, data, **kw)
 
-    run(go())
+        return refused
+
+    calls = _patch_put(monkeypatch, wrap)
+    result = run(storage.put_if_version(key, b"ours", version))
+    monkeypatch.undo()
+    assert len(calls) == 2
+    assert result.ok is False and result.version == theirs.version
+    assert run(storage.get(key)) == b"theirs"
+
+
+def test_if_match_on_a_missing_key_is_not_swapped() -> None:
+    """SeaweedFS answers 412 to If-Match on a missing key (moto: 404): not swapped, no
+    version, nothing written."""
+    storage = s3server.storage()
+    run(storage.put("other", b"x"))
+    _, version = run(storage.get_with_version("other"))
+    result = run(storage.put_if_version("refs/branch.gone/ref.json", b"y", version))
+    assert result.ok is False and result.version is None
+    assert not run(storage.exists("refs/branch.gone/ref.json"))
 
 
 # -- stores without conditional writes ----------------------------------------------------------
-def test_unsafe_settings_off_warn_and_use_plain_puts() -> None:
+def test_unsafe_settings_off_warn_and_use_plain_puts(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.warns(UserWarning, match="concurrent commits .* can be lost"):
         storage = s3server.storage(
-            unsafe_use_conditional_update=False,
-            unsafe_use_conditional_create=False,
-            direct_put=False,
+            unsafe_use_conditional_update=False, unsafe_use_conditional_create=False
         )
     assert storage.supports_conditional_writes is False
 
-    async def go() -> None:
-        client = await storage._clients.get()
-        real = client.fs._call_s3
-        seen: list[dict[str, Any]] = []
+    def wrap(real: Any, calls: list[Any]) -> Any:
+        async def record(store: Any, path: str, data: Any, **kw: Any) -> Any:
+            calls.append(kw.get("mode"))
+            return await real(store, path, data, **kw)
 
-        async def call(method: str, *args: Any, **kwargs: Any) -> Any:
-            if method == "put_object":
-                seen.append(kwargs)
-            return await real(method, *args, **kwargs)
+        return record
 
-        client.fs._call_s3 = call
-        created = await storage.put_if_absent("k", b"one")
-        assert created.ok
-        assert not (await storage.put_if_absent("k", b"two")).ok
-        swapped = await storage.put_if_version("k", b"three", created.version or "")
-        assert swapped.ok
-        assert not (await storage.put_if_version("k", b"four", created.version or "")).ok
-        assert await storage.get("k") == b"three"
-        assert all("IfMatch" not in kw and "IfNoneMatch" not in kw for kw in seen)
-        assert len(seen) == 2
-
-    run(go())
+    modes = _patch_put(monkeypatch, wrap)
+    created = run(storage.put_if_absent("k", b"one"))
+    assert created.ok
+    assert not run(storage.put_if_absent("k", b"two")).ok
+    swapped = run(storage.put_if_version("k", b"three", created.version or ""))
+    assert swapped.ok
+    assert not run(storage.put_if_version("k", b"four", created.version or "")).ok
+    monkeypatch.undo()
+    assert run(storage.get("k")) == b"three"
+    assert modes == [None, None]  # two plain puts, no preconditions sent
     with warnings.catch_warnings():  # a repository works (one writer)
         warnings.simplefilter("ignore")
         repo = frazil.Repository.create(
@@ -362,6 +269,8 @@ def test_constructor_checks() -> None:
         frazil.s3_storage(**base, max_attempts=0)
     with pytest.raises(InvalidInputError, match="bucket"):
         frazil.s3_storage(bucket="", prefix="p")
+    with pytest.raises(InvalidInputError, match="requester_pays"):
+        frazil.s3_storage(**base, requester_pays="yes")  # type: ignore[arg-type]
     storage = frazil.s3_storage(
         **base,
         region="eu-west-1",
@@ -371,6 +280,7 @@ def test_constructor_checks() -> None:
     )
     assert storage.config.settings.max_concurrency == 4
     assert storage.config.settings.max_attempts == 3
+    assert storage.spec.settings.max_concurrency == 4  # what obstore's client is given
     assert storage.describe() == "s3://b/p/"
     assert "secret" not in repr(
         frazil.s3_storage(**base, access_key_id="k", secret_access_key="secret")
@@ -379,17 +289,36 @@ def test_constructor_checks() -> None:
 
 def test_pickles_only_its_configuration() -> None:
     storage = s3server.storage()
-    run(storage.put("x", b"1"))  # a client exists now (for that loop)
-    assert set(storage.__getstate__()) == {"config"}
+    run(storage.put("x", b"1"))  # clients exist now
+    assert storage._stores is not None
+    assert set(storage.__getstate__()) == {"spec"}
     clone = pickle.loads(pickle.dumps(storage))
     assert clone.config == storage.config
-    assert len(clone._clients) == 0
+    assert clone._stores is None  # built on first use, in the process using them
     assert run(clone.get("x")) == b"1"
+    assert run(S3Storage(storage.config).get("x")) == b"1"  # made from its S3Config
+    with pytest.raises(InvalidInputError, match="S3Config"):
+        S3Storage("s3://b/p")  # type: ignore[arg-type]
+
+
+def test_storages_with_equal_configuration_share_clients() -> None:
+    """A new storage object for the same place (a cold open) reuses the process's
+    clients; the never-retrying one is built only by the first conditional put."""
+    prefix = s3server.new_prefix()
+    a, b = s3server.storage(prefix), s3server.storage(prefix)
+    run(a.put("k", b"v"))
+    assert run(b.get("k")) == b"v"
+    assert a._stores is not None and a._stores is b._stores
+    assert a._stores._once is None  # reads and plain puts never built it
+    assert run(b.put_if_absent("r", b"1")).ok and a._stores._once is not None
+    other = s3server.storage(s3server.new_prefix())
+    assert run(other.exists("k")) is False
+    assert other._stores is not a._stores
 
 
 def test_missing_bucket_is_a_storage_error_not_not_found() -> None:
     storage = s3server.storage(bucket="frazil-no-such-bucket", max_attempts=2)
-    with pytest.raises(StorageError) as info:
+    with pytest.raises(StorageError, match="frazil-no-such-bucket") as info:
         run(storage.put("k", b"v"))
     assert not isinstance(info.value, NotFoundError)
 
@@ -408,412 +337,171 @@ def test_versions_follow_content() -> None:
     assert not run(storage.put_if_version("k", b"third", v0)).ok
 
 
-# -- one client per event loop ------------------------------------------------------------------
-def test_one_client_per_loop_closed_with_its_loop() -> None:
-    storage = s3server.storage()
-
-    async def use() -> Any:
-        await storage.put("k", b"v")
-        client = await storage._clients.get()
-        assert client is await storage._clients.get()  # reused on the same loop
-        return client
-
-    first = run(use())
-    assert len(storage._clients) == 0  # asyncio.run shut the loop down: client closed
-    assert first.fs._s3._endpoint.http_session._sessions is None
-    second = run(use())
-    assert second is not first
-
-    # the engine's own loop keeps its client between calls
-    other = s3server.storage()
-    repo = frazil.Repository.create(other)
-    assert repo.list_branches() == {"main"}
-    assert len(other._clients) == 1
-
-
-@pytest.mark.parametrize("direct", [True, False])
-def test_concurrent_reads_go_out_together(direct: bool) -> None:
-    """Many gets on one loop share one client and are in flight together (bounded), on
-    the direct GET path and through botocore."""
-    storage = s3server.storage(max_concurrency=8, direct_get=direct, direct_put=direct)
+def test_concurrent_reads_go_out_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many gets on one loop are in flight together, bounded by ``max_concurrency``."""
+    storage = s3server.storage(max_concurrency=8)
     keys = [f"chunks/{i:04d}" for i in range(64)]
 
-    async def go() -> list[bytes]:
+    async def put_all() -> None:
         await asyncio.gather(*(storage.put(k, k.encode()) for k in keys))
-        await storage.get(keys[0])
-        client = await storage._clients.get()
-        assert (client.direct is not None) is direct
-        target = client.direct if direct else client.fs
-        name = "get" if direct else "_call_s3"
-        real = getattr(target, name)
-        in_flight = peak = calls = 0
 
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            nonlocal in_flight, peak, calls
+    run(put_all())
+    module = _obstore_runtime.extension()
+    real = module.get_async
+    in_flight = peak = calls = 0
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal in_flight, peak, calls
+        in_flight += 1
+        calls += 1
+        peak = max(peak, in_flight)
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(module, "get_async", counting)
+
+    async def get_all() -> list[bytes]:
+        return await asyncio.gather(*(storage.get(k) for k in keys))
+
+    got = run(get_all())
+    monkeypatch.undo()
+    assert got == [k.encode() for k in keys]
+    assert 1 < peak <= 8 and calls == len(keys)
+
+
+def test_cold_open_asks_for_the_ref_and_the_config_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Repository.open`` sends its two requests (is there a main branch, the config) at
+    once: one round trip of latency, not two."""
+    storage = s3server.storage()
+    frazil.Repository.create(storage)
+    module = _obstore_runtime.extension()
+    in_flight = peak = 0
+    asked: list[str] = []
+
+    def counting(real: Any) -> Any:
+        async def call(store: Any, path: str, *args: Any, **kwargs: Any) -> Any:
+            nonlocal in_flight, peak
+            asked.append(path)
             in_flight += 1
-            calls += 1
             peak = max(peak, in_flight)
             try:
-                return await real(*args, **kwargs)
+                await asyncio.sleep(0.01)  # a network's latency, so that overlap shows
+                return await real(store, path, *args, **kwargs)
             finally:
                 in_flight -= 1
 
-        setattr(target, name, call)
-        botocore_gets = 0
-        if direct:  # and botocore is not asked: the server accepted every signature
-            real_s3 = client.fs._call_s3
+        return call
 
-            async def count(method: str, *args: Any, **kwargs: Any) -> Any:
-                nonlocal botocore_gets
-                botocore_gets += method == "get_object"
-                return await real_s3(method, *args, **kwargs)
-
-            client.fs._call_s3 = count
-        out = await asyncio.gather(*(storage.get(k) for k in keys))
-        assert 1 < peak <= 8 and calls == len(keys) and botocore_gets == 0
-        return out
-
-    assert run(go()) == [k.encode() for k in keys]
+    monkeypatch.setattr(module, "head_async", counting(module.head_async))
+    monkeypatch.setattr(module, "get_async", counting(module.get_async))
+    frazil.Repository.open(s3server.storage(storage.config.prefix))
+    monkeypatch.undo()
+    assert sorted(asked) == ["config.json", "refs/branch.main/ref.json"]
+    assert peak == 2
 
 
-# -- the direct GET path ------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "url, extra, token",
-    [
-        ("http://127.0.0.1:8333/bucket/prefix/chunks/ABC", {}, None),
-        (
-            "https://bucket.s3.eu-west-1.amazonaws.com/p/manifests/X_Y-z.1",
-            {"Range": "bytes=5-99"},
-            "session-token/with+chars=",
-        ),
-        (
-            "https://s3.us-east-1.amazonaws.com/my.bucket/snapshots/0",
-            {"Range": "bytes=-65536"},
-            None,
-        ),
-    ],
-)
-def test_sigv4_signature_matches_botocore(
-    url: str, extra: dict[str, str], token: str | None
-) -> None:
-    import datetime as dt
-
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    from frazil.storage._s3get import SigV4
-
-    region = url.split(".s3.")[1].split(".")[0] if ".s3." in url else "us-east-1"
-    request = AWSRequest("GET", url, headers={**extra, "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
-
-    class Unsigned(S3SigV4Auth):  # botocore signs the payload of plain-http requests
-        def _should_sha256_sign_payload(self, request: Any) -> bool:
-            return False
-
-    Unsigned(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token), "s3", region).add_auth(
-        request
-    )
-    now = dt.datetime.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(
-        tzinfo=dt.UTC
-    )  # sign ours at the time botocore did
-    ours = SigV4(region).headers(url, extra, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG", token, now=now)
-    assert ours["x-amz-date"] == request.headers["X-Amz-Date"]
-    assert ours["authorization"] == request.headers["Authorization"]
-
-
-@pytest.mark.parametrize("conditions", [{}, {"If-None-Match": "*"}, {"If-Match": '"abc"'}])
-def test_sigv4_put_signature_matches_botocore(conditions: dict[str, str]) -> None:
-    """A PUT over plain http signs its payload's SHA-256, as botocore does."""
-    import datetime as dt
-    import hashlib
-
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    from frazil.storage._s3get import SigV4
-
-    url, body = "http://127.0.0.1:8333/bucket/prefix/chunks/ABC", b"chunk bytes" * 100
-    extra = {"Content-Length": str(len(body)), **conditions}
-    request = AWSRequest("PUT", url, data=body, headers=dict(extra))
-    S3SigV4Auth(Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG"), "s3", "us-east-1").add_auth(
-        request
-    )
-    now = dt.datetime.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(
-        tzinfo=dt.UTC
-    )
-    ours = SigV4("us-east-1").headers(
-        url,
-        extra,
-        "AKIDEXAMPLE",
-        "wJalrXUtnFEMI/K7MDENG",
-        None,
-        now=now,
-        method="PUT",
-        payload_hash=hashlib.sha256(body).hexdigest(),
-    )
-    assert ours["x-amz-content-sha256"] == request.headers["X-Amz-Content-SHA256"]
-    assert ours["authorization"] == request.headers["Authorization"]
-
-
-class FakeS3:
-    """An HTTP server on 127.0.0.1 that answers each GET or PUT with the next (status,
-    body, headers) of a script, to see how the direct path reads real HTTP answers."""
-
-    def __init__(self, script: list[tuple[int, bytes, dict[str, str]]]) -> None:
-        self.script = list(script)
-        self.seen: list[dict[str, str]] = []
-        self.bodies: list[bytes] = []
-
-    async def __aenter__(self) -> str:
-        from aiohttp import web
-
-        async def handle(request: Any) -> Any:
-            self.seen.append(dict(request.headers))
-            self.bodies.append(await request.read())
-            status, body, headers = self.script.pop(0)
-            resp = web.StreamResponse(status=status, headers=headers)
-            resp.content_length = int(headers.get("X-Claimed-Length", len(body)))
-            await resp.prepare(request)
-            await resp.write(body)
-            return resp
-
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", handle)
-        app.router.add_put("/{tail:.*}", handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return f"http://127.0.0.1:{port}"
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.runner.cleanup()
-
-
-def test_direct_get_reads_statuses_right() -> None:
-    from frazil.storage._s3get import DirectClient, RangeNotSatisfiable
-
-    script = [
-        (200, b"whole", {"ETag": '"e1"', "Last-Modified": "Wed, 25 Nov 2026 06:30:15 GMT"}),
-        (206, b"part", {"ETag": '"e2"', "Content-Range": "bytes 0-3/9"}),
-        (404, b"<Error><Code>NoSuchKey</Code></Error>", {}),
-        (404, b"<Error><Code>NoSuchBucket</Code></Error>", {}),
-        (416, b"", {}),
-        (503, b"<Error><Code>SlowDown</Code></Error>", {}),
-        (500, b"", {}),
-        (403, b"<Error><Code>AccessDenied</Code></Error>", {}),
-        (301, b"", {"Location": "http://elsewhere/"}),
-        (200, b"shor", {"X-Claimed-Length": "10"}),  # connection closes early
-    ]
-
-    async def go() -> None:
-        fake = FakeS3(script)
-        async with fake as url:
-
-            class Creds:
-                def get_frozen_credentials(self) -> Any:
-                    from botocore.credentials import ReadOnlyCredentials
-
-                    return ReadOnlyCredentials("AK", "SK", None)
-
-            client = type(
-                "C", (), {"_request_signer": type("S", (), {"_credentials": Creds()})()}
-            )()
-            g = DirectClient(url + "/b/", "us-east-1", client, False, 5, 5, 4)
-            try:
-                import datetime as dt
-
-                assert await g.get("k", None, "w") == (
-                    b"whole",
-                    {
-                        "ETag": '"e1"',
-                        "LastModified": dt.datetime(2026, 11, 25, 6, 30, 15, tzinfo=dt.UTC),
-                    },
-                    False,
-                )
-                assert await g.get("k", "bytes=0-3", "w") == (b"part", {"ETag": '"e2"'}, True)
-                assert fake.seen[1]["Range"] == "bytes=0-3"
-                assert fake.seen[0]["Authorization"].startswith("AWS4-HMAC-SHA256 ")
-                with pytest.raises(NotFoundError, match="w: not found"):
-                    await g.get("k", None, "w")
-                assert await g.get("k", None, "w") is None  # missing bucket: botocore words it
-                with pytest.raises(RangeNotSatisfiable):
-                    await g.get("k", "bytes=10-20", "w")
-                for _ in range(2):
-                    with pytest.raises(TransientStorageError, match="HTTP 5"):
-                        await g.get("k", None, "w")
-                assert await g.get("k", None, "w") is None  # 403: botocore reports it
-                assert await g.get("k", None, "w") is None  # redirect: botocore follows
-                with pytest.raises(TransientStorageError):
-                    await g.get("k", None, "w")
-                # a key needing percent-encoding is left to botocore, without a request
-                assert await g.get("k with space", None, "w") is None
-                assert not fake.script and len(fake.seen) == 10
-            finally:
-                await g.close()
-
-    run(go())
-
-
-def test_direct_put_reads_statuses_right() -> None:
-    from frazil.storage._s3get import DirectClient, PreconditionFailed
-
-    script = [
-        (200, b"", {"ETag": '"e1"'}),
-        (200, b"", {}),  # no ETag: the caller asks with a HEAD
-        (412, b"<Error><Code>PreconditionFailed</Code></Error>", {}),
-        (404, b"<Error><Code>NoSuchKey</Code></Error>", {}),  # If-Match on a missing key
-        (503, b"<Error><Code>SlowDown</Code></Error>", {}),
-        (403, b"<Error><Code>AccessDenied</Code></Error>", {}),
-        (404, b"<Error><Code>NoSuchBucket</Code></Error>", {}),  # unconditional: botocore
-    ]
-
-    async def go() -> None:
-        fake = FakeS3(script)
-        async with fake as url:
-            g = DirectClient(url + "/b/", "us-east-1", _fake_client(), False, 5, 5, 4)
-            try:
-                assert await g.put("k", b"data", {}, "w") == '"e1"'
-                assert fake.bodies[0] == b"data"
-                assert fake.seen[0]["Authorization"].startswith("AWS4-HMAC-SHA256 ")
-                import hashlib
-
-                assert fake.seen[0]["x-amz-content-sha256"] == hashlib.sha256(b"data").hexdigest()
-                assert await g.put("k", b"data", {"If-None-Match": "*"}, "w") == ""
-                assert fake.seen[1]["If-None-Match"] == "*"
-                with pytest.raises(PreconditionFailed):
-                    await g.put("k", b"data", {"If-None-Match": "*"}, "w")
-                with pytest.raises(NotFoundError):
-                    await g.put("k", b"data", {"If-Match": '"x"'}, "w")
-                with pytest.raises(TransientStorageError, match="HTTP 503"):
-                    await g.put("k", b"data", {}, "w")
-                assert await g.put("k", b"data", {}, "w") is None  # 403: botocore reports
-                assert await g.put("k", b"data", {}, "w") is None
-                assert await g.put("k with space", b"data", {}, "w") is None  # not sent
-                assert not fake.script and len(fake.seen) == 7
-            finally:
-                await g.close()
-
-    run(go())
-
-
-def _fake_client() -> Any:
-    """Stands in for the aiobotocore client the direct path takes credentials from."""
-
-    class Creds:
-        def get_frozen_credentials(self) -> Any:
-            from botocore.credentials import ReadOnlyCredentials
-
-            return ReadOnlyCredentials("AK", "SK", None)
-
-    return type("C", (), {"_request_signer": type("S", (), {"_credentials": Creds()})()})()
-
-
-@pytest.mark.parametrize("kind", ["create", "update"])
-def test_lost_ack_on_a_direct_put_is_not_a_conflict(kind: str) -> None:
-    """The fast path's conditional PUT lands on the real server but its answer is lost:
-    the retry fails its precondition, the read-back sees our bytes: success."""
-    storage = fast()
-    key = "refs/branch.main/ref.json"
-
-    async def go() -> None:
-        version = ""
-        if kind == "update":
-            await storage.put(key, b"old")
-            _, version = await storage.get_with_version(key)
-        client = await storage._clients.get()
-        direct = await storage._direct(client)
-        assert direct is not None
-        real, sent = direct.put, []
-
-        async def lose_first_answer(*args: Any) -> Any:
-            out = await real(*args)
-            sent.append(out)
-            if len(sent) == 1:
-                raise TransientStorageError("the answer was lost")
-            return out
-
-        direct.put = lose_first_answer  # type: ignore[method-assign]
-        data = b'{"snapshot": "S", "write_id": "unique-2"}'
-        if kind == "create":
-            result = await storage.put_if_absent(key, data)
-        else:
-            result = await storage.put_if_version(key, data, version)
-        assert len(sent) == 1  # landed; the retry was refused (412 raises, not appended)
-        assert result.ok is True
-        assert (data, result.version) == await storage.get_with_version(key)
-
-    run(go())
-
-
-def test_commits_write_through_the_direct_path() -> None:
-    """A commit's chunk, manifest, snapshot, transaction-log and ref writes (conditional
-    ones included) all take the fast path on the real server: botocore puts nothing."""
+# -- errors say what and where ------------------------------------------------------------------
+def test_errors_name_what_and_where() -> None:
     storage = s3server.storage()
-    repo = frazil.Repository.create(storage)
-    session = repo.writable_session("main")
-    botocore_puts = []
-
-    async def hook() -> None:
-        client = await storage._clients.get()
-        real = client.fs._call_s3
-
-        async def count(method: str, *args: Any, **kwargs: Any) -> Any:
-            botocore_puts.extend([method] if method == "put_object" else [])
-            return await real(method, *args, **kwargs)
-
-        client.fs._call_s3 = count
-
-    runtime.run(hook())
-    arr = zarr.create_array(session.store, name="a", shape=(64,), chunks=(8,), dtype="i4")
-    arr[:] = np.arange(64, dtype="i4")
-    sid = session.commit("direct")
-    repo.create_tag("t", sid)
-    assert botocore_puts == []
-    reread = frazil.Repository.open(s3server.storage(storage.config.prefix))
-    a = zarr.open_array(reread.readonly_session(tag="t").store, path="a", mode="r")
-    assert (a[:] == np.arange(64)).all()
-
-
-def test_direct_put_goes_to_botocore_for_its_errors() -> None:
-    """A PUT the fast path does not understand (403, a bad secret) is made again through
-    botocore, whose error names the S3 error code; nothing is written."""
+    with pytest.raises(NotFoundError, match=r"'nothing/here'.*s3://frazil-tests/"):
+        run(storage.get("nothing/here"))
     srv = s3server.server()
-    prefix = s3server.new_prefix()
-    storage = frazil.s3_storage(
+    wrong = frazil.s3_storage(
         bucket=s3server.BUCKET,
-        prefix=prefix,
+        prefix="p",
         endpoint_url=srv.endpoint_url,
         allow_http=True,
-        region="us-east-1",
         access_key_id=s3server.ACCESS_KEY,
-        secret_access_key="wrong-secret",
+        secret_access_key="wrong-secret-value",
         max_attempts=1,
     )
-    with pytest.raises(StorageError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccess"):
-        run(storage.put("k", b"data"))
-    assert run(s3server.storage(prefix).list("")) == []
+    with pytest.raises(StorageError, match=r"access refused.*") as info:
+        run(wrong.get("k"))
+    message = str(info.value)
+    assert "'k'" in message and f"s3://{s3server.BUCKET}/p/ at {srv.endpoint_url}" in message
+    assert "wrong-secret-value" not in message and "wrong-secret-value" not in repr(wrong)
 
 
-def test_direct_get_falls_back_to_botocore_for_its_errors() -> None:
-    """A request the direct path does not understand (here 403, bad credentials) is made
-    again through botocore, whose error names the S3 error code."""
-    srv = s3server.server()
-    storage = frazil.s3_storage(
-        bucket=s3server.BUCKET,
-        prefix=s3server.new_prefix(),
-        endpoint_url=srv.endpoint_url,
-        allow_http=True,
-        region="us-east-1",
-        access_key_id=s3server.ACCESS_KEY,
-        secret_access_key="wrong-secret",
-        max_attempts=1,
-    )
-    with pytest.raises(StorageError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccess"):
-        run(storage.get("k"))
+# -- what goes over the wire: a server that records requests ---------------------------------------
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers every request 404 NoSuchKey (as S3 does for a missing key) and records its
+    method, path and headers in the server's ``seen``."""
+
+    def _answer(self) -> None:
+        self.server.seen.append((self.command, self.path, dict(self.headers)))  # type: ignore[attr-defined]
+        body = b"" if self.command == "HEAD" else b"<Error><Code>NoSuchKey</Code></Error>"
+        self.send_response(404)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_HEAD = do_PUT = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def recording_server() -> Iterator[tuple[str, list[tuple[str, str, dict[str, str]]]]]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    srv.seen = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", srv.seen  # type: ignore[attr-defined]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join()
+
+
+def test_requester_pays_and_anonymous_requests_on_the_wire() -> None:
+    """``requester_pays=True`` sends ``x-amz-request-payer: requester``; ``anonymous=True``
+    sends unsigned requests (no Authorization); keys sign every request."""
+    with recording_server() as (url, seen):
+        common: dict[str, Any] = {"bucket": "b", "prefix": "p", "endpoint_url": url}
+        pays = frazil.s3_storage(
+            **common,
+            allow_http=True,
+            access_key_id="K",
+            secret_access_key="S",
+            requester_pays=True,
+        )
+        assert run(pays.exists("x")) is False
+        anon = frazil.s3_storage(**common, allow_http=True, anonymous=True)
+        assert run(anon.exists("y")) is False
+        plain = frazil.s3_storage(
+            **common, allow_http=True, access_key_id="K", secret_access_key="S"
+        )
+        assert run(plain.exists("z")) is False
+    by_path = {path: {k.lower(): v for k, v in h.items()} for _, path, h in seen}
+    assert by_path["/b/p/x"]["x-amz-request-payer"] == "requester"
+    assert by_path["/b/p/x"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=K/")
+    assert "authorization" not in by_path["/b/p/y"]
+    assert "x-amz-request-payer" not in by_path["/b/p/z"]
+    assert "authorization" in by_path["/b/p/z"]
+
+
+def test_static_keys_are_not_mixed_with_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Explicit keys are sent as given: a session token in the environment is not added."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-from-the-environment")
+    with recording_server() as (url, seen):
+        st = frazil.s3_storage(
+            bucket="b",
+            prefix="p",
+            endpoint_url=url,
+            allow_http=True,
+            access_key_id="K",
+            secret_access_key="S",
+        )
+        assert run(st.exists("x")) is False
+    headers = {k.lower(): v for k, v in seen[0][2].items()}
+    assert "x-amz-security-token" not in headers
 
 
 # -- refreshable credentials (Icechunk's s3_refreshable_credentials / get_credentials=) ----------
@@ -857,6 +545,20 @@ def test_refreshable_credentials_are_fetched_again_before_expiry() -> None:
     assert arr[:].tolist() == [3] * 4
 
 
+@pytest.mark.parametrize(("valid_minutes", "fetched_again"), [(4, True), (7, False)])
+def test_credentials_are_asked_again_five_minutes_before_expiry(
+    valid_minutes: int, fetched_again: bool
+) -> None:
+    """obstore's provider is given the expiry less 5 minutes: credentials valid for 4
+    more minutes are replaced at the next request, ones valid for 7 are kept."""
+    CREDENTIAL_CALLS.clear()
+    storage = _refreshable_storage(dt.timedelta(minutes=valid_minutes))
+    assert not frazil.Repository.exists(storage)
+    assert len(CREDENTIAL_CALLS) == 1
+    assert not frazil.Repository.exists(storage)
+    assert len(CREDENTIAL_CALLS) == (2 if fetched_again else 1)
+
+
 def test_credentials_far_from_expiry_are_fetched_once() -> None:
     CREDENTIAL_CALLS.clear()
     storage = _refreshable_storage(dt.timedelta(hours=2), scatter_initial_credentials=True)
@@ -878,7 +580,7 @@ def test_refreshable_credentials_of_the_wrong_type_are_refused() -> None:
         allow_http=True,
         get_credentials=dict,  # returns {}, not credentials
     )
-    with pytest.raises(frazil.InvalidInputError, match="S3StaticCredentials"):
+    with pytest.raises(StorageError, match="get_credentials returned dict.*S3StaticCredentials"):
         frazil.Repository.create(storage)
 
 
@@ -912,9 +614,8 @@ def test_ancestry_looks_its_ref_up_at_the_call() -> None:
     assert [i.message for i in repo.ancestry(branch="main")] == ["Repository initialized"]
 
 
-def test_forbidden_head_reports_the_servers_code() -> None:
-    """A HEAD refused with 403 has no body: the error still names the server's code
-    (learnt from a one-byte GET of the same key)."""
+def test_forbidden_head_says_access_refused() -> None:
+    """A HEAD refused with 403 (no body): an access error naming the key, not a miss."""
     srv = s3server.server()
     bad = frazil.s3_storage(
         bucket=s3server.BUCKET,
@@ -925,8 +626,9 @@ def test_forbidden_head_reports_the_servers_code() -> None:
         access_key_id="not-a-key",
         secret_access_key="not-a-secret",
     )
-    with pytest.raises(StorageError, match="InvalidAccessKeyId"):
+    with pytest.raises(StorageError, match="looking up 'refs/.*access refused") as info:
         frazil.Repository.exists(bad)
+    assert not isinstance(info.value, NotFoundError)
 
 
 def test_new_s3_from_icechunk_options_and_credentials() -> None:
@@ -967,5 +669,4 @@ def test_network_stream_timeout_sets_the_read_timeout() -> None:
     assert st.config.settings.read_timeout == frazil.storage.s3.NO_READ_TIMEOUT
     with pytest.raises(InvalidInputError, match="network_stream_timeout_seconds"):
         frazil.s3_storage(bucket="b", prefix="p", network_stream_timeout_seconds=-1)
-    with pytest.raises(InvalidInputError, match="requester_pays"):
-        frazil.s3_storage(bucket="b", prefix="p", requester_pays=True)
+    assert frazil.s3_storage(bucket="b", prefix="p", requester_pays=True).config.requester_pays

@@ -1,7 +1,7 @@
 """Cloudflare R2 and Tigris (``r2_storage``, ``tigris_storage``): where the constructed
 storage points (no network), Icechunk's signatures, and, through a recording proxy in front
-of the S3 test server, that Tigris's consistency headers go out signed on every read and
-write (botocore's requests and the direct GET/PUT path alike)."""
+of the S3 test server, that Tigris's consistency headers go out on every read and write
+(obstore's default headers: sent with every request, outside the SigV4 signature)."""
 
 from __future__ import annotations
 
@@ -182,18 +182,18 @@ def test_tigris_headers_are_sent_and_signed(recording_proxy: tuple[str, list[Any
         secret_access_key=s3server.SECRET_KEY,
     )
     key = "refs/branch.main/ref.json"
-    assert run(storage.put_if_absent(key, b"v0")).ok  # direct PUT
-    data, version = run(storage.get_with_version(key))  # direct GET
+    assert run(storage.put_if_absent(key, b"v0")).ok
+    data, version = run(storage.get_with_version(key))
     assert data == b"v0" and run(storage.put_if_version(key, b"v1", version)).ok
-    assert run(storage.exists(key)) and run(storage.list("refs/")) == [key]  # botocore
-    run(storage.delete([key]))  # botocore (DeleteObjects)
+    assert run(storage.exists(key)) and run(storage.list("refs/")) == [key]
+    run(storage.delete([key]))  # DeleteObjects
     assert not run(storage.exists(key))
     methods = {m for m, _ in log}
     assert {"PUT", "GET", "HEAD", "POST"} <= methods
     for method, headers in log:
         assert headers.get("x-tigris-regions") == "iad", (method, headers)
         assert headers.get("x-tigris-consistent") == "true"
-        signed = headers["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
-        assert {"x-tigris-regions", "x-tigris-consistent"} <= set(signed)
-        is_read = method in ("GET", "HEAD")
-        assert (headers.get("cache-control") == "no-cache") == is_read, (method, headers)
+        assert headers["authorization"].startswith("AWS4-HMAC-SHA256 ")  # signed request
+        # obstore sends one set of headers on every request: writes carry Cache-Control
+        # too (stored with the object, it only makes caches revalidate)
+        assert headers.get("cache-control") == "no-cache", (method, headers)

@@ -78,6 +78,8 @@ KNOWN_LIMITS: dict[str, str] = {
     "test_delete_if_version[azure]": _NO_CONDITIONAL_DELETE,
     "test_threads_delete_if_version_against_writers[azure]": _NO_CONDITIONAL_DELETE,
     "test_delete_if_version[gcs]": _NO_CONDITIONAL_DELETE,
+    "test_delete_if_version[s3]": _NO_CONDITIONAL_DELETE,
+    "test_threads_delete_if_version_against_writers[s3]": _NO_CONDITIONAL_DELETE,
     "test_threads_delete_if_version_against_writers[gcs]": _NO_CONDITIONAL_DELETE,
     "test_threads_put_if_version_one_winner[s3-same-bytes]": (
         "S3 If-Match compares ETags (MD5 of the bytes): after one writer rewrote identical "

@@ -1,7 +1,7 @@
 """One client per running event loop, closed on that loop when it shuts down or when its
 owner goes away, reset after fork.
 
-Async network clients (an s3fs filesystem, an aiohttp session) belong to the event loop
+Async network clients (the HTTP backend's aiohttp session) belong to the event loop
 they were first used on: their connections, locks and futures cannot be used from
 another loop. A storage object, though, is used from several loops: the engine's own
 loop (``frazil.runtime``), zarr's loop, and any ``asyncio.run`` of the caller. ``PerLoop``

@@ -179,7 +179,7 @@ class AzureSpec(StoreSpec):
                 config["token"] = c.token
         return config
 
-    def build(self, obstore: Any, *, retries: bool) -> Any:
+    def build(self, obstore: Any, *, retries: bool, shared: dict[str, Any]) -> Any:
         return obstore._store.AzureStore(
             self.container,
             prefix=self.prefix.strip("/") or None,

@@ -398,7 +398,9 @@ class GcsSpec(StoreSpec):
             return _anonymous_token
         return None
 
-    def build(self, obstore: Any, *, retries: bool) -> Any:
+    def build(self, obstore: Any, *, retries: bool, shared: dict[str, Any]) -> Any:
+        if "provider" not in shared:  # one for both clients: a token asked for once
+            shared["provider"] = self.credential_provider()
         config, client = self._config()
         return obstore._store.GCSStore(
             self.bucket,
@@ -406,7 +408,7 @@ class GcsSpec(StoreSpec):
             config=config,
             client_options=client,
             retry_config=self.settings.retry_config(retries),
-            credential_provider=self.credential_provider(),
+            credential_provider=shared["provider"],
         )
 
     def describe(self) -> str:

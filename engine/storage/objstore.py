@@ -20,7 +20,8 @@ writes.
 * Errors are frazil's: ``NotFoundError`` for a missing key, ``StorageError`` naming the
   operation, the key and the store otherwise (the first line of obstore's message, without
   query strings, which can carry SAS signatures).
-* Processes: stores are built lazily and again whenever the process changes (pid check);
+* Processes: stores are built lazily and again whenever the process changes (pid check),
+  and shared by the storages of a process whose specs are equal (a cold open builds none);
   obstore's runtime does not survive ``os.fork``, so a forked child uses a fresh copy of
   its extension (``_obstore_runtime``). Pickling carries only the configuration.
 * obstore's async calls run on any asyncio loop (no client belongs to a loop).
@@ -30,15 +31,18 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import datetime as dt
 import os
 import re
+import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from ..errors import InvalidInputError, NotFoundError, StorageError, TransientStorageError
+from ..runtime import at_fork_in_child
 from . import _obstore_runtime
 from .base import (
     ByteRange,
@@ -114,9 +118,11 @@ class StoreSpec(abc.ABC):
     version_key: ClassVar[str] = "e_tag"
 
     @abc.abstractmethod
-    def build(self, obstore: Any, *, retries: bool) -> Any:
+    def build(self, obstore: Any, *, retries: bool, shared: dict[str, Any]) -> Any:
         """A store of the obstore extension module ``obstore`` (see ``_obstore_runtime``),
-        rooted at the repository's prefix; ``retries=False``: obstore never retries."""
+        rooted at the repository's prefix; ``retries=False``: obstore never retries.
+        ``shared``: a dict the builds of one process's clients share (e.g. one credential
+        provider for both)."""
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -133,19 +139,75 @@ def _short(e: BaseException) -> str:
 
 
 class _Stores:
-    """The two obstore clients of one process: ``main`` (obstore retries) and ``once``
-    (never retried: conditional puts)."""
+    """The obstore clients of one process for one spec: ``main`` (obstore retries) and
+    ``once`` (never retried: conditional puts; built on first use, so readers never pay
+    for it). ``shared`` is what the spec's builds share (one credential provider)."""
 
-    __slots__ = ("pid", "module", "main", "once")
+    __slots__ = ("pid", "module", "spec", "shared", "main", "_once", "_lock")
 
-    def __init__(self, module: Any, main: Any, once: Any) -> None:
+    def __init__(self, module: Any, spec: StoreSpec) -> None:
         self.pid = os.getpid()
         self.module = module
-        self.main = main
-        self.once = once
+        self.spec = spec
+        self.shared: dict[str, Any] = {}
+        self.main = spec.build(module, retries=True, shared=self.shared)
+        self._once: Any = None
+        self._lock = threading.Lock()
+
+    def usable(self, module: Any) -> bool:
+        return self.pid == os.getpid() and self.module is module
+
+    @property
+    def once(self) -> Any:
+        if self._once is None:
+            with self._lock:
+                if self._once is None:
+                    self._once = self.spec.build(self.module, retries=False, shared=self.shared)
+        return self._once
 
 
 _inherited_stores: list[_Stores] = []  # a forked child's copies of its parent's clients
+
+#: clients shared by every storage of the process with an equal spec, so that a new storage
+#: object (a cold open) reuses them instead of building HTTP clients again; least recently
+#: used first, at most ``SHARED_CLIENTS``
+SHARED_CLIENTS = 32
+_shared: collections.OrderedDict[StoreSpec, _Stores] = collections.OrderedDict()
+_shared_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _shared_lock
+    _shared_lock = threading.Lock()
+
+
+at_fork_in_child(_reset_after_fork)
+
+
+def _retire(stores: _Stores) -> None:
+    """Stop using ``stores``: dropped if this process built them; a forked child keeps its
+    parent's (dropping them could wait on threads that do not exist in the child)."""
+    if stores.pid != os.getpid() or stores.module is not _obstore_runtime.extension():
+        _inherited_stores.append(stores)
+
+
+def _stores_for(spec: StoreSpec, module: Any) -> _Stores:
+    """This process's clients for ``spec``: shared with equal specs where it is hashable."""
+    try:
+        hash(spec)
+    except TypeError:  # e.g. a credential function that cannot be hashed
+        return _Stores(module, spec)
+    with _shared_lock:
+        stores = _shared.get(spec)
+        if stores is not None and stores.usable(module):
+            _shared.move_to_end(spec)
+            return stores
+        if stores is not None:
+            _retire(_shared.pop(spec))
+        stores = _shared[spec] = _Stores(module, spec)
+        while len(_shared) > SHARED_CLIENTS:
+            _retire(_shared.popitem(last=False)[1])
+        return stores
 
 
 class ObjectStoreStorage(Storage):
@@ -192,22 +254,25 @@ class ObjectStoreStorage(Storage):
     def _clients(self) -> _Stores:
         stores = self._stores
         module = _obstore_runtime.extension()
-        if stores is not None and stores.pid == os.getpid() and stores.module is module:
+        if stores is not None and stores.usable(module):
             return stores
-        if stores is not None:
+        if stores is not None and stores.pid != os.getpid():
             _inherited_stores.append(stores)  # built by another process: never used again
         try:
-            stores = _Stores(
-                module,
-                self.spec.build(module, retries=True),
-                self.spec.build(module, retries=False),
-            )
+            stores = _stores_for(self.spec, module)
         except InvalidInputError:
             raise
         except Exception as e:
             raise InvalidInputError(f"cannot configure {self.describe()}: {_short(e)}") from e
         self._stores = stores
         return stores
+
+    def _once_store(self, stores: _Stores) -> Any:
+        """The never-retrying client of ``stores`` (built on first use)."""
+        try:
+            return stores.once
+        except Exception as e:
+            raise InvalidInputError(f"cannot configure {self.describe()}: {_short(e)}") from e
 
     def _error(self, e: BaseException, module: Any, what: str, key: str | None) -> BaseException:
         """frazil's error for obstore's exception ``e``."""
@@ -346,11 +411,12 @@ class ObjectStoreStorage(Storage):
         """One conditional put on the client that never retries: a lost race is a
         result, an untyped failure an unknown outcome (``TransientStorageError``)."""
         stores = self._clients()
+        once = self._once_store(stores)
         m = stores.module
         x = m.exceptions
         try:
             async with self._limit():
-                result = await m.put_async(stores.once, key, data, mode=mode)
+                result = await m.put_async(once, key, data, mode=mode)
         except (x.AlreadyExistsError, x.PreconditionError):
             return PutResult(False, await self._version_now(key))
         except (x.NotFoundError, FileNotFoundError) as e:

@@ -1,100 +1,44 @@
-"""S3 (and S3-compatible) storage on s3fs's async API, with conditional writes.
+"""S3 (and S3-compatible stores: R2, Tigris, SeaweedFS, ...) on the obstore backend
+(``objstore``): the configuration (``S3Config``, ``S3Settings``), the spec that builds
+obstore's ``S3Store`` from it, the storage class, and Icechunk's S3 constructors.
 
-* Conditional create is ``PutObject`` with ``If-None-Match: *`` (tags, new branches);
-  compare-and-swap of a branch ref is ``PutObject`` with ``If-Match: <ETag read>``. A
-  failed precondition is recognized by botocore's error code (``PreconditionFailed``) or
-  the HTTP status 412, on the exception or its ``__cause__`` (s3fs wraps botocore's
-  ``ClientError`` in an ``OSError``), never by message text. Some servers answer 412 to
-  ``If-Match`` on a missing key (SeaweedFS), others 404 (moto): both mean "not swapped".
-* Versions are ETags, always taken from the response that carried the bytes
-  (``GetObject``) or from a fresh ``HeadObject``, never from a cached listing. An ETag is
-  a hash of the content, so rewriting identical bytes keeps the version: frazil never
-  does that with a conditional put (its refs carry a random ``write_id``).
-* Transient failures (503 SlowDown and other throttling, 5xx, timeouts, dropped
-  connections) are retried with exponential backoff and jitter (``S3Settings``);
-  botocore's and s3fs's own retries are turned off so that a conditional put is never
-  retried blindly. A conditional put whose response was lost is settled by reading the
-  object back (``frazil.storage.retry.conditional_put``): equal bytes mean ours landed.
-* Async all the way: one s3fs filesystem per running event loop (``PerLoop``), with at
-  most ``max_concurrency`` requests in flight per loop.
-* Reads and writes take a fast path (``_s3get``): GETs and PUTs signed with SigV4 and
-  sent over aiohttp, at a third of botocore's CPU per request; anything it does not
-  understand goes through botocore (``S3Settings.direct_get=False`` and
-  ``direct_put=False`` turn it off).
-* Stores without conditional writes: ``unsafe_use_conditional_create=False`` /
-  ``unsafe_use_conditional_update=False`` replace them by check-then-put (racy; a warning
-  says that concurrent commits can then be lost).
-* Pickling carries only the configuration (bucket, prefix, endpoint, credentials,
-  settings); clients are rebuilt lazily in the process that unpickles it.
+* Conditional create is ``PutObject`` with ``If-None-Match: *``; compare-and-swap is
+  ``PutObject`` with ``If-Match: <ETag>`` (object_store's ``conditional_put = "etag"``). A
+  failed precondition is obstore's ``PreconditionError``/``AlreadyExistsError``, never
+  message text; some servers answer 412 to ``If-Match`` on a missing key (SeaweedFS),
+  others 404 (moto): both are "not swapped" (``ObjectStoreStorage._put_once``). A put whose
+  answer was lost is settled by reading back (``frazil.storage.retry.conditional_put``).
+* Versions are ETags, the MD5 of the bytes for single-part puts
+  (``versions_follow_content``): frazil never rewrites identical bytes with a conditional
+  put (its refs carry a random ``write_id``). obstore has no conditional delete.
+* Credentials: explicit keys and refreshable ones (``get_credentials``) go to obstore as a
+  ``credential_provider`` (so no ``AWS_*`` variable of the environment mixes in), anonymous
+  requests are unsigned (``skip_signature``); with none of those, obstore's own chain
+  (environment, web identity, container and instance credentials) is used.
+* ``requester_pays`` sends ``x-amz-request-payer: requester``; Tigris's consistency headers
+  go on every request (object_store's ``default_headers``, outside the signature).
+* ``unsafe_use_conditional_create/update=False``: check-then-put (racy, with a warning).
+* Processes and pickling as every obstore backend: clients rebuilt per process (fork-safe
+  through ``_obstore_runtime``), only the configuration pickled.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import threading
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .. import runtime
-from ..errors import InvalidInputError, NotFoundError, StorageError, TransientStorageError
-from ._perloop import PerLoop
-from ._s3get import DirectClient, PreconditionFailed, RangeNotSatisfiable, base_url
-from .base import (
-    ByteRange,
-    ObjectInfo,
-    ObjectInfos,
-    PutResult,
-    RangeInfo,
-    Storage,
-    range_header,
-    slice_range,
-    validate_key,
-)
-from .retry import (
-    RetrySettings,
-    check_client_settings,
-    conditional_put,
-    read_back_with,
-    retry_call,
-)
+from ..errors import InvalidInputError
+from .base import PutResult, validate_key
+from .objstore import ObjectStoreSettings, ObjectStoreStorage, StoreSpec
+from .retry import RetrySettings, check_client_settings
 
 if TYPE_CHECKING:
     from ..settings import StorageSettings
-
-T = TypeVar("T")
-
-#: error codes that mean "try again later"
-TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "TooManyRequests",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "EC2ThrottledException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "PriorRequestNotComplete",
-        "InternalError",
-        "ServiceUnavailable",
-        "ConditionalRequestConflict",
-        "OperationAborted",
-    }
-)
-TRANSIENT_STATUS = frozenset({408, 429, 499, 500, 502, 503, 504})  # 499: Tigris
-NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
-DELETE_BATCH = 1000  # DeleteObjects' limit
-Keys = list[str]  # (inside S3Storage, ``list`` names the method)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +51,7 @@ class S3Settings:
     ``read_timeout`` are per request, in seconds. ``unsafe_use_conditional_update`` and
     ``unsafe_use_conditional_create`` (default True) say whether the store supports
     ``If-Match`` and ``If-None-Match`` on ``PutObject``; turning them off makes commits
-    use racy check-then-put (a warning is given). ``direct_get`` and ``direct_put`` send
-    GETs and PUTs signed with SigV4 straight over aiohttp instead of through botocore's
-    pipeline.
+    use racy check-then-put (a warning is given).
     """
 
     max_attempts: int = 8
@@ -120,8 +62,6 @@ class S3Settings:
     read_timeout: float = 60.0
     unsafe_use_conditional_update: bool = True
     unsafe_use_conditional_create: bool = True
-    direct_get: bool = True
-    direct_put: bool = True
 
     def __post_init__(self) -> None:
         check_client_settings(self)
@@ -169,6 +109,8 @@ class S3Config:
     #: e.g. Tigris's consistency headers (``tigris_storage``)
     read_headers: tuple[tuple[str, str], ...] = ()
     write_headers: tuple[tuple[str, str], ...] = ()
+    #: send ``x-amz-request-payer: requester`` (the reader pays for a requester-pays bucket)
+    requester_pays: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.bucket, str) or not self.bucket or "/" in self.bucket:
@@ -215,259 +157,207 @@ class S3Config:
         return p + "/" if p else ""
 
 
-NO_EXPIRY = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 NO_READ_TIMEOUT = 86_400.0  # network_stream_timeout_seconds=0: "no timeout", one day
 
 
-#: how long credentials that ``get_credentials`` returned already expired are used: botocore
-#: refreshes whatever expires within minutes before each request, so they are asked for
-#: again at the next request (as Icechunk does: it uses them and asks again)
-EXPIRED_GRACE = dt.timedelta(seconds=60)
-
-
-def _credential_metadata(creds: Any) -> dict[str, Any]:
-    """botocore's refresh metadata for ``S3StaticCredentials`` (or static ``S3Credentials``).
-
-    Credentials already expired are used for the request at hand (the server decides)
-    and renewed before the next one, rather than refused."""
+def _static(creds: Any, what: str) -> tuple[str, str, str | None, dt.datetime | None]:
+    """(key, secret, token, expiry) of ``S3StaticCredentials`` (or anything shaped so)."""
     key = getattr(creds, "access_key_id", None)
     secret = getattr(creds, "secret_access_key", None)
     if not isinstance(key, str) or not isinstance(secret, str):
         raise InvalidInputError(
-            f"get_credentials returned {type(creds).__name__}, which cannot be cast to "
-            "S3StaticCredentials"
+            f"{what} returned {type(creds).__name__}, which cannot be cast to S3StaticCredentials"
         )
-    expiry = getattr(creds, "expires_after", None) or NO_EXPIRY
-    expiry = max(expiry, dt.datetime.now(dt.UTC) + EXPIRED_GRACE)
-    return {
-        "access_key": key,
-        "secret_key": secret,
-        "token": getattr(creds, "session_token", None),
-        "expiry_time": expiry.isoformat(),
-    }
+    token = getattr(creds, "session_token", None)
+    expiry = getattr(creds, "expires_after", None)
+    return key, secret, token if isinstance(token, str) else None, expiry
 
 
-def _refreshable_credentials(c: S3Config) -> Any:
-    from aiobotocore.credentials import (
-        AioDeferredRefreshableCredentials,
-        AioRefreshableCredentials,
-    )
+class _StaticProvider:
+    """obstore's ``credential_provider`` for keys given once (never expire)."""
 
-    fn = c.get_credentials
-    assert fn is not None
+    def __init__(self, key: str, secret: str, token: str | None) -> None:
+        self._answer = {
+            "access_key_id": key,
+            "secret_access_key": secret,
+            "token": token,
+            "expires_at": None,
+        }
 
-    async def refresh() -> dict[str, Any]:
-        return _credential_metadata(await asyncio.to_thread(fn))
-
-    current = c.current_credentials
-    if current is not None:
-        return AioRefreshableCredentials.create_from_metadata(
-            _credential_metadata(current), refresh, "frazil-refreshable"
-        )
-    return AioDeferredRefreshableCredentials(refresh, "frazil-refreshable")
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._answer)
 
 
-#: S3 operations that write (the others read)
-WRITE_OPERATIONS = frozenset(
-    {
-        "PutObject",
-        "DeleteObject",
-        "DeleteObjects",
-        "CopyObject",
-        "CreateMultipartUpload",
-        "UploadPart",
-        "CompleteMultipartUpload",
-        "AbortMultipartUpload",
-    }
-)
+class _RefreshingProvider:
+    """obstore's ``credential_provider`` for refreshable credentials: the scattered ones
+    first (if not near expiry), then what ``get_credentials()`` returned last, until it is
+    near its expiry (each of obstore's stores asks on its own: they share one provider).
+
+    obstore asks again once the expiry it was given has passed, so it is given the
+    credentials' expiry less ``REFRESH_MARGIN``: they are replaced that long before they
+    expire. Credentials returned already expired (or within the margin) are used for the
+    request at hand and asked for again before the next one, as Icechunk does."""
+
+    REFRESH_MARGIN: ClassVar[dt.timedelta] = dt.timedelta(minutes=5)
+
+    def __init__(self, get_credentials: Callable[[], Any], current: Any) -> None:
+        self._get = get_credentials
+        self._current = current
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dict[str, Any]:
+        with self._lock:  # the stores of a process share what was fetched last
+            c = self._current
+            if c is None or self._refresh_at(c) <= dt.datetime.now(dt.UTC):
+                c = self._current = self._get()
+        key, secret, token, _ = _static(c, "get_credentials")
+        refresh = self._refresh_at(c)
+        return {
+            "access_key_id": key,
+            "secret_access_key": secret,
+            "token": token,
+            "expires_at": None if refresh == _NEVER else refresh,
+        }
+
+    def _refresh_at(self, c: Any) -> dt.datetime:
+        expiry = _static(c, "get_credentials")[3]
+        return _NEVER if expiry is None else expiry - self.REFRESH_MARGIN
 
 
-class _ExtraHeaders:
-    """botocore ``before-sign`` handler adding ``S3Config.read_headers`` or
-    ``write_headers`` to each request (signed with it)."""
-
-    def __init__(
-        self, read: tuple[tuple[str, str], ...], write: tuple[tuple[str, str], ...]
-    ) -> None:
-        self.read, self.write = read, write
-
-    def __call__(self, request: Any, operation_name: str = "", **kwargs: Any) -> None:
-        for name, value in self.write if operation_name in WRITE_OPERATIONS else self.read:
-            request.headers[name] = value
+_NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
-_CONDITION_HEADERS = {"IfNoneMatch": "If-None-Match", "IfMatch": "If-Match"}
+@dataclass(frozen=True)
+class S3Spec(StoreSpec):
+    """An S3 bucket, a prefix in it, credentials, endpoint and tuning (an ``S3Config``):
+    all that an S3 ``ObjectStoreStorage`` pickles (a refreshable credential's function
+    included)."""
 
+    config: S3Config
 
-class _Precondition(Exception):
-    """The server refused a conditional put (412): internal to this module."""
-
-
-class _RangeNotSatisfiable(Exception):
-    """416: the object exists, the range selects nothing."""
-
-
-def _client_error(e: BaseException) -> Any:
-    """botocore's ClientError, on ``e`` or its ``__cause__`` (s3fs wraps it)."""
-    from botocore.exceptions import ClientError
-
-    for x in (e, e.__cause__):
-        if isinstance(x, ClientError):
-            return x
-    return None
-
-
-def _code_and_status(e: BaseException) -> tuple[str, int | None]:
-    ce = _client_error(e)
-    if ce is None:
-        return "", None
-    response = getattr(ce, "response", None) or {}
-    code = str((response.get("Error") or {}).get("Code") or "")
-    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-    return code, status if isinstance(status, int) else None
-
-
-def is_precondition_failed(e: BaseException) -> bool:
-    code, status = _code_and_status(e)
-    return code == "PreconditionFailed" or status == 412
-
-
-def _is_transient_transport(e: BaseException) -> bool:
-    import aiohttp
-    from botocore import exceptions as bx
-
-    for x in (e, e.__cause__):
-        if x is None:
-            continue
-        if isinstance(x, bx.SSLError):
-            return False
-        if isinstance(
-            x,
-            (
-                bx.HTTPClientError,
-                bx.ConnectionError,
-                bx.IncompleteReadError,
-                bx.ResponseStreamingError,
-                bx.ChecksumError,
-                aiohttp.ClientPayloadError,
-                aiohttp.ClientConnectionError,
-                asyncio.TimeoutError,
-                TimeoutError,
-                ConnectionError,
-            ),
-        ):
-            return True
-        if type(x).__name__ == "ResponseParserError":
-            return True
-    return False
-
-
-def translate(e: BaseException, what: str) -> BaseException:
-    """The frazil error for an exception from s3fs/botocore/aiohttp."""
-    code, status = _code_and_status(e)
-    if code == "PreconditionFailed" or status == 412:
-        return _Precondition(what)
-    if code == "InvalidRange" or status == 416:
-        return _RangeNotSatisfiable(what)
-    detail = f"{code or type(e).__name__}: {e}"
-    if code in NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
-        return NotFoundError(f"{what}: not found")
-    if (
-        code in TRANSIENT_CODES
-        or status in TRANSIENT_STATUS
-        or (not code and _is_transient_transport(e))
-    ):
-        return TransientStorageError(f"{what}: {detail}")
-    if code == "NoSuchBucket":
-        return StorageError(f"{what}: the bucket does not exist ({detail})")
-    return StorageError(f"{what}: {detail}")
-
-
-_loader_lock = threading.Lock()
-_loader: Any = None
-
-
-def _reset_loader_lock() -> None:
-    global _loader_lock
-    _loader_lock = threading.Lock()
-
-
-runtime.at_fork_in_child(_reset_loader_lock)
-
-
-def _shared_loader() -> Any:
-    """botocore's data loader (service models, endpoint rules), shared by every client of
-    the process: loading them costs ~60 ms per new session, and a client is made per
-    event loop."""
-    global _loader
-    with _loader_lock:
-        if _loader is None:
-            import botocore.loaders
-
-            _loader = botocore.loaders.create_loader()
-        return _loader
-
-
-class _Client:
-    __slots__ = ("fs", "limit", "direct", "direct_ready")
-
-    def __init__(self, fs: Any, limit: int) -> None:
-        self.fs = fs
-        self.limit = asyncio.Semaphore(limit)
-        self.direct: DirectClient | None = None
-        self.direct_ready = False
-
-
-async def _close_client(client: _Client) -> None:
-    if client.direct is not None:
-        await client.direct.close()
-    s3 = getattr(client.fs, "_s3", None)
-    if s3 is not None:
-        await s3.close()
-
-
-class S3Storage(Storage):
-    """Objects under ``s3://bucket/prefix/``. Build one with ``s3_storage(...)``."""
-
-    versions_follow_content = True  # ETags are MD5s of the content
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, S3Config):
+            raise InvalidInputError("S3Spec takes an S3Config")
 
     @property
-    def supports_conditional_delete(self) -> bool:  # type: ignore[override]
-        """DeleteObject with If-Match (with the store's conditional writes)."""
-        return self.config.settings.unsafe_use_conditional_update
+    def settings(self) -> ObjectStoreSettings:  # type: ignore[override]
+        s = self.config.settings
+        return ObjectStoreSettings(
+            max_attempts=s.max_attempts,
+            backoff_base=s.backoff_base,
+            backoff_cap=s.backoff_cap,
+            connect_timeout=s.connect_timeout,
+            read_timeout=s.read_timeout,
+            max_concurrency=s.max_concurrency,
+        )
 
-    def __init__(self, config: S3Config) -> None:
-        self._setup(config, warn=True)
+    def s3_config(self) -> dict[str, Any]:
+        """object_store's S3 options (no secrets: those go through the provider)."""
+        c = self.config
+        path_style = c.force_path_style or c.endpoint_url is not None
+        out: dict[str, Any] = {
+            "region": c.region or "us-east-1",
+            "conditional_put": "etag",
+            "virtual_hosted_style_request": not path_style,
+        }
+        if c.endpoint_url is not None:
+            out["endpoint"] = c.endpoint_url
+        if c.anonymous:
+            out["skip_signature"] = True
+        if c.requester_pays:
+            out["request_payer"] = True
+        return out
 
-    def _setup(self, config: S3Config, *, warn: bool) -> None:
-        if not isinstance(config, S3Config):
+    def client_config(self) -> dict[str, Any]:
+        """object_store's HTTP client options: timeouts, plain http, extra headers."""
+        c = self.config
+        out = self.settings.client_options()
+        if c.allow_http:
+            out["allow_http"] = True
+        headers = dict(c.write_headers)
+        headers.update(c.read_headers)
+        if headers:
+            out["default_headers"] = headers
+        return out
+
+    def credential_provider(self) -> Callable[[], dict[str, Any]] | None:
+        """obstore's ``credential_provider`` (None: anonymous, or obstore's own chain)."""
+        c = self.config
+        if c.get_credentials is not None:
+            return _RefreshingProvider(c.get_credentials, c.current_credentials)
+        if c.access_key_id is not None and c.secret_access_key is not None:
+            return _StaticProvider(c.access_key_id, c.secret_access_key, c.session_token)
+        return None
+
+    def build(self, obstore: Any, *, retries: bool, shared: dict[str, Any]) -> Any:
+        if "provider" not in shared:  # one for both clients: credentials asked for once
+            shared["provider"] = self.credential_provider()
+        return obstore._store.S3Store(
+            self.config.bucket,
+            prefix=self.config.prefix.strip("/") or None,
+            config=self.s3_config(),
+            client_options=self.client_config(),
+            retry_config=self.settings.retry_config(retries),
+            credential_provider=shared["provider"],
+        )
+
+    def describe(self) -> str:
+        c = self.config
+        root = c.prefix.strip("/")
+        where = f"s3://{c.bucket}/{root + '/' if root else ''}"
+        return f"{where} at {c.endpoint_url}" if c.endpoint_url else where
+
+
+class S3Storage(ObjectStoreStorage):
+    """Objects under ``s3://bucket/prefix/`` through obstore. Build one with
+    ``s3_storage(...)`` (or ``r2_storage``, ``tigris_storage``)."""
+
+    spec: S3Spec
+    versions_follow_content = True  # ETags are MD5s of the content (single-part puts)
+
+    def __init__(self, spec: S3Spec | S3Config) -> None:
+        if isinstance(spec, S3Config):  # as the former S3Storage(S3Config(...)) was made
+            spec = S3Spec(spec)
+        if not isinstance(spec, S3Spec):
             raise InvalidInputError("S3Storage takes an S3Config; use frazil.s3_storage(...)")
-        self.config = config
-        self._root = config.root
-        self._retry = config.settings.retry
-        s = config.settings
+        super().__init__(spec)
+        s = spec.config.settings
         self.supports_conditional_writes = (
             s.unsafe_use_conditional_update and s.unsafe_use_conditional_create
         )
-        self._clients: PerLoop[_Client] = PerLoop(self._make_client, _close_client)
-        if warn and not self.supports_conditional_writes:
-            off = [
-                n
-                for n in ("unsafe_use_conditional_update", "unsafe_use_conditional_create")
-                if not getattr(s, n)
-            ]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        ObjectStoreStorage.__init__(self, state["spec"])
+        s = self.spec.config.settings
+        self.supports_conditional_writes = (
+            s.unsafe_use_conditional_update and s.unsafe_use_conditional_create
+        )
+
+    @property
+    def config(self) -> S3Config:
+        """The configuration this storage was made from."""
+        return self.spec.config
+
+    def warn_if_unsafe(self, stacklevel: int) -> None:
+        """The warning that refs are written by racy check-then-put, if they are."""
+        s = self.config.settings
+        off = [
+            n
+            for n in ("unsafe_use_conditional_update", "unsafe_use_conditional_create")
+            if not getattr(s, n)
+        ]
+        if off:
             warnings.warn(
                 f"{self.describe()}: {' and '.join(off)} = False: refs are written with "
                 "plain check-then-put, so concurrent commits (and concurrent branch or tag "
                 "creation) can be lost; use this only with a single writer",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=stacklevel + 1,
             )
 
     def default_settings(self) -> StorageSettings:
         """What this storage does, as Icechunk's ``StorageSettings``: its retries and
-        whether it writes conditionally (concurrency is left unset: frazil bounds requests
-        with ``S3Settings.max_concurrency``)."""
+        whether it writes conditionally."""
         from ..settings import StorageRetriesSettings, StorageSettings
 
         s = self.config.settings
@@ -481,376 +371,24 @@ class S3Storage(Storage):
             unsafe_use_conditional_update=s.unsafe_use_conditional_update,
         )
 
-    def describe(self) -> str:
-        where = f"s3://{self.config.bucket}/{self._root}"
-        return f"{where} at {self.config.endpoint_url}" if self.config.endpoint_url else where
-
-    def __repr__(self) -> str:
-        return f"<S3Storage {self.describe()}>"
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._setup(state["config"], warn=False)
-
-    # -- clients -----------------------------------------------------------------------
-    def _make_client(self) -> _Client:
-        import aiobotocore.session
-        import s3fs
-
-        c, s = self.config, self.config.settings
-        config_kwargs: dict[str, Any] = {
-            "retries": {"mode": "standard", "total_max_attempts": 1},  # ours, not botocore's
-            "max_pool_connections": s.max_concurrency,
-            "connect_timeout": s.connect_timeout,
-            "read_timeout": s.read_timeout,
-            # frazil verifies what it reads (checksums recorded by referrers); botocore's
-            # extra CRC32 on every request and response costs client CPU for nothing
-            "request_checksum_calculation": "when_required",
-            "response_checksum_validation": "when_required",
-        }
-        if c.force_path_style or c.endpoint_url is not None:
-            config_kwargs["s3"] = {"addressing_style": "path"}
-        client_kwargs: dict[str, Any] = {}
-        region = c.region or ("us-east-1" if c.endpoint_url else None)
-        if region:
-            client_kwargs["region_name"] = region
-        use_ssl = not (c.endpoint_url or "").lower().startswith("http://")
-        session = aiobotocore.session.AioSession()
-        session.register_component("data_loader", _shared_loader())
-        if c.get_credentials is not None:
-            # botocore refreshes these before each request that finds them within
-            # minutes of expiry (the signer and the direct path both read them)
-            session._credentials = _refreshable_credentials(c)
-        fs = s3fs.S3FileSystem(
-            anon=c.anonymous,
-            key=c.access_key_id,
-            secret=c.secret_access_key,
-            token=c.session_token,
-            endpoint_url=c.endpoint_url,
-            use_ssl=use_ssl,
-            client_kwargs=client_kwargs,
-            config_kwargs=config_kwargs,
-            asynchronous=True,
-            skip_instance_cache=True,
-            cache_regions=False,
-            session=session,
-        )
-        fs.retries = 1  # s3fs's own retry loop: one attempt, we retry above it
-        if c.read_headers or c.write_headers:
-            session.register("before-sign.s3", _ExtraHeaders(c.read_headers, c.write_headers))
-        return _Client(fs, s.max_concurrency)
-
-    def _key(self, key: str) -> str:
-        return self._root + validate_key(key)
-
-    async def _call(self, method: str, what: str, **kwargs: Any) -> Any:
-        client = await self._clients.get()
-        async with client.limit:
-            try:
-                return await client.fs._call_s3(method, Bucket=self.config.bucket, **kwargs)
-            except InvalidInputError:  # from our own code: get_credentials gave no credentials
-                raise
-            except Exception as e:
-                err = translate(e, f"{what} in {self.describe()}")
-                if isinstance(err, _RangeNotSatisfiable):
-                    err = StorageError(f"{what} in {self.describe()}: {e}")
-                raise err from e
-
-    def _retrying(self, op: Callable[[], Awaitable[T]], what: str) -> Awaitable[T]:
-        return retry_call(op, self._retry, what)
-
-    # -- single attempts -----------------------------------------------------------------
-    async def _direct(self, client: _Client) -> DirectClient | None:
-        if not client.direct_ready:
-            client.direct_ready = True
-            c, s = self.config, self.config.settings
-            base = base_url(c.bucket, c.region, c.endpoint_url, c.force_path_style)
-            if (s.direct_get or s.direct_put) and base is not None:
-                await client.fs.set_session()
-                client.direct = DirectClient(
-                    base,
-                    c.region or "us-east-1",
-                    client.fs._s3,
-                    c.anonymous,
-                    s.connect_timeout,
-                    s.read_timeout,
-                    s.max_concurrency,
-                    c.read_headers,
-                    c.write_headers,
-                )
-        return client.direct
-
-    async def _get_once(self, key: str, range_header: str | None) -> tuple[bytes, str, bool]:
-        """(bytes, ETag, whether the server applied the range); b'' on 416."""
-        data, resp, ranged = await self.get_response(key, range_header)
-        return data, str(resp.get("ETag", "")), ranged
-
-    async def get_response(
-        self, key: str, range_header: str | None
-    ) -> tuple[bytes, dict[str, Any], bool]:
-        """One GetObject, not retried: (bytes, the response's metadata (``ETag``,
-        ``LastModified``, ...), whether the server applied the range); b'' on 416."""
-        kwargs: dict[str, Any] = {"Key": self._key(key)}
-        if range_header is not None:
-            kwargs["Range"] = range_header
-        client = await self._clients.get()
-        what = f"reading {key!r} from {self.describe()}"
-        direct = client.direct if client.direct_ready else await self._direct(client)
-        async with client.limit:
-            if direct is not None and self.config.settings.direct_get:
-                try:
-                    got = await direct.get(kwargs["Key"], range_header, what)
-                except RangeNotSatisfiable:
-                    return b"", {}, True
-                if got is not None:
-                    return got
-            try:
-                resp = await client.fs._call_s3("get_object", Bucket=self.config.bucket, **kwargs)
-                body = resp["Body"]
-                try:
-                    data = await body.read()
-                finally:
-                    body.close()
-            except InvalidInputError:  # from our own code: get_credentials gave no credentials
-                raise
-            except Exception as e:
-                err = translate(e, what)
-                if isinstance(err, _RangeNotSatisfiable):
-                    return b"", {}, True
-                if isinstance(err, _Precondition):
-                    err = StorageError(f"{what}: unexpected precondition failure")
-                raise err from e
-        return bytes(data), resp, "ContentRange" in resp
-
-    async def _head_once(self, key: str) -> dict[str, Any] | None:
-        what = f"looking up {key!r}"
-        try:
-            out: dict[str, Any] = await self._call("head_object", what, Key=self._key(key))
-            return out
-        except NotFoundError:
-            return None
-        except StorageError as e:
-            code, status = _code_and_status(e.__cause__ or e)
-            if status == 403 and code in (None, "", "403", "Forbidden"):
-                await self._why_forbidden(key, what)
-            raise
-
-    async def _why_forbidden(self, key: str, what: str) -> None:
-        """A HEAD answered 403, which has no body to say why: ask with a one-byte GET of
-        the same key, whose error body carries the server's code (``InvalidAccessKeyId``,
-        ``SignatureDoesNotMatch``, ``AccessDenied``...), and raise that error. Returns if
-        the GET is not refused (the HEAD's error stands)."""
-        try:
-            resp = await self._call("get_object", what, Key=self._key(key), Range="bytes=0-0")
-        except NotFoundError:
-            return
-        resp["Body"].close()
-
-    async def _head(self, key: str) -> dict[str, Any] | None:
-        return await self._retrying(lambda: self._head_once(key), f"head {key!r}")
-
-    async def _version_once(self, key: str) -> str | None:
-        head = await self._head_once(key)
-        return None if head is None else str(head.get("ETag", ""))
-
-    async def _put_once(self, key: str, data: bytes, **conditions: str) -> PutResult:
-        try:
-            etag = await self._put_direct(key, data, conditions)
-            if etag is None:
-                resp = await self._call(
-                    "put_object", f"writing {key!r}", Key=self._key(key), Body=data, **conditions
-                )
-                etag = resp.get("ETag")
-        except _Precondition as e:
-            if not conditions:
-                raise StorageError(
-                    f"writing {key!r} to {self.describe()}: unexpected "
-                    "precondition failure on an unconditional put"
-                ) from e
-            return PutResult(False, await self._version_once(key))
-        except NotFoundError:  # If-Match on a missing key, on stores that say 404
-            if "IfMatch" not in conditions:
-                raise
-            return PutResult(False, await self._version_once(key))
-        if not etag:  # some S3-compatible stores leave it out: ask
-            etag = await self._version_once(key)
-        return PutResult(True, str(etag or ""))
-
-    async def _put_direct(self, key: str, data: bytes, conditions: dict[str, str]) -> str | None:
-        """A PutObject on the fast path: the ETag (or '' if the server sent none), or
-        None where botocore must make the request. Raises ``_Precondition`` on 412."""
-        if not self.config.settings.direct_put:
-            return None
-        client = await self._clients.get()
-        direct = client.direct if client.direct_ready else await self._direct(client)
-        if direct is None:
-            return None
-        headers = {_CONDITION_HEADERS[name]: value for name, value in conditions.items()}
-        async with client.limit:
-            try:
-                etag = await direct.put(
-                    self._key(key), data, headers, f"writing {key!r} to {self.describe()}"
-                )
-            except PreconditionFailed as e:
-                raise _Precondition(str(e)) from e
-        return etag
-
-    # -- the Storage interface -------------------------------------------------------------
-    async def get(self, key: str, byte_range: ByteRange | None = None) -> bytes:
-        validate_key(key)
-        header = range_header(byte_range)
-        if header == "":  # an empty range: only check that the object exists
-            await self.size(key)
-            return b""
-        data, _, ranged = await self._retrying(lambda: self._get_once(key, header), f"get {key!r}")
-        if header is not None and not ranged:  # the server sent the whole object
-            data = slice_range(data, byte_range)
-        return data
-
-    async def get_range_info(self, key: str, start: int, end: int) -> RangeInfo:
-        validate_key(key)
-        what = f"reading bytes {start}-{end - 1} of {key!r} in {self.describe()}"
-        data, resp, ranged = await self._retrying(
-            lambda: self.get_response(key, f"bytes={start}-{end - 1}"), what
-        )
-        if not ranged:
-            data = data[start:end]
-        lm = resp.get("LastModified")
-        return RangeInfo(data, resp.get("ETag"), lm if isinstance(lm, dt.datetime) else None)
-
-    async def get_with_version(self, key: str) -> tuple[bytes, str]:
-        validate_key(key)
-        data, etag, _ = await self._retrying(lambda: self._get_once(key, None), f"get {key!r}")
-        return data, etag
-
-    async def put(self, key: str, data: bytes) -> None:
-        validate_key(key)
-        data = bytes(data)
-        await self._retrying(lambda: self._put_once(key, data), f"put {key!r}")
-
     async def put_if_absent(self, key: str, data: bytes) -> PutResult:
-        validate_key(key)
-        data = bytes(data)
         if not self.config.settings.unsafe_use_conditional_create:
-            return await self._racy_put(key, data, None)
-        return await conditional_put(
-            lambda: self._put_once(key, data, IfNoneMatch="*"),
-            self._read_back(key),
-            data,
-            self._retry,
-            f"create {key!r}",
-        )
+            return await self._racy_put(key, bytes(data), None)
+        return await super().put_if_absent(key, data)
 
     async def put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
-        validate_key(key)
-        data = bytes(data)
         if not self.config.settings.unsafe_use_conditional_update:
-            return await self._racy_put(key, data, version)
-        return await conditional_put(
-            lambda: self._put_once(key, data, IfMatch=version),
-            self._read_back(key),
-            data,
-            self._retry,
-            f"update {key!r}",
-        )
-
-    def _read_back(self, key: str) -> Callable[[], Awaitable[tuple[bytes, str] | None]]:
-        return read_back_with(
-            lambda: self._get_with_version_once(key), self._retry, f"read back {key!r}"
-        )
-
-    async def _get_with_version_once(self, key: str) -> tuple[bytes, str]:
-        data, etag, _ = await self._get_once(key, None)
-        return data, etag
+            return await self._racy_put(key, bytes(data), version)
+        return await super().put_if_version(key, data, version)
 
     async def _racy_put(self, key: str, data: bytes, version: str | None) -> PutResult:
         """Check, then put: for stores without conditional writes (not atomic)."""
-        head = await self._head(key)
-        current = None if head is None else str(head.get("ETag", ""))
+        validate_key(key)
+        current = await self._version_now(key)
         if current != version:
             return PutResult(False, current)
-        result = await self._retrying(lambda: self._put_once(key, data), f"put {key!r}")
-        return result
-
-    async def delete_if_version(self, key: str, version: str) -> bool:
-        validate_key(key)
-
-        async def once() -> bool:
-            try:
-                await self._call(
-                    "delete_object", f"deleting {key!r}", Key=self._key(key), IfMatch=version
-                )
-            except (_Precondition, NotFoundError):
-                return False
-            return True
-
-        return await self._retrying(once, f"delete {key!r} if unchanged")
-
-    async def exists(self, key: str) -> bool:
-        validate_key(key)
-        return await self._head(key) is not None
-
-    async def size(self, key: str) -> int:
-        validate_key(key)
-        head = await self._head(key)
-        if head is None:
-            raise NotFoundError(f"object {key!r} not found in {self.describe()}")
-        return int(head.get("ContentLength", 0))
-
-    async def list(self, prefix: str) -> list[str]:
-        return [i.key for i in await self.list_info(prefix)]
-
-    async def list_info(self, prefix: str) -> ObjectInfos:
-        full = self._root + prefix
-        return await self._retrying(lambda: self._list_once(full), f"list {prefix!r}")
-
-    async def _list_once(self, full: str) -> ObjectInfos:
-        out: ObjectInfos = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Prefix": full}
-            if token:
-                kwargs["ContinuationToken"] = token
-            resp = await self._call("list_objects_v2", f"listing {full!r}", **kwargs)
-            for item in resp.get("Contents") or ():
-                k = str(item["Key"])
-                # some servers normalize the prefix ("a//" lists "a/"): filter here
-                if k.startswith(full) and not k.endswith("/"):
-                    out.append(
-                        ObjectInfo(
-                            k[len(self._root) :], int(item.get("Size", 0)), item.get("LastModified")
-                        )
-                    )
-            token = resp.get("NextContinuationToken")
-            if not resp.get("IsTruncated") or not token:
-                break
-        return sorted(out, key=lambda i: i.key)
-
-    async def delete(self, keys: Sequence[str]) -> None:
-        full = sorted({self._key(k) for k in keys})
-        batches = [full[i : i + DELETE_BATCH] for i in range(0, len(full), DELETE_BATCH)]
-        await runtime.gather_limited([self._delete_batch(b) for b in batches], limit=8)
-
-    async def _delete_batch(self, batch: Keys) -> None:
-        await self._retrying(lambda: self._delete_once(batch), f"delete {len(batch)} objects")
-
-    async def _delete_once(self, batch: Keys) -> None:
-        resp = await self._call(
-            "delete_objects",
-            f"deleting {len(batch)} objects",
-            Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
-        )
-        errors = [e for e in resp.get("Errors") or () if e.get("Code") not in NOT_FOUND_CODES]
-        if errors:
-            first = errors[0]
-            code = str(first.get("Code", ""))
-            cls = TransientStorageError if code in TRANSIENT_CODES else StorageError
-            raise cls(
-                f"deleting {first.get('Key')!r} from {self.describe()}: {code}: "
-                f"{first.get('Message', '')} ({len(errors)} failed)"
-            )
+        await self.put(key, data)
+        return PutResult(True, await self._version_now(key) or "")
 
 
 def s3_storage(
@@ -874,18 +412,20 @@ def s3_storage(
     requester_pays: bool = False,
     **setting_overrides: Any,
 ) -> S3Storage:
-    """Storage in an S3 bucket (or an S3-compatible store at ``endpoint_url``).
+    """Storage in an S3 bucket (or an S3-compatible store at ``endpoint_url``), on
+    obstore (Icechunk's signature, plus frazil's tuning).
 
     Credentials: explicit ``access_key_id``/``secret_access_key`` (and
-    ``session_token``), or ``anonymous=True`` (unsigned requests), or else the standard
-    AWS chain (environment, config files, instance roles; ``from_env=True`` says so
-    explicitly). ``allow_http`` permits a plain-http ``endpoint_url``. Tuning goes in
-    ``settings`` (an ``S3Settings``) or as keyword arguments naming its fields, e.g.
+    ``session_token``), or ``anonymous=True`` (unsigned requests), or else obstore's chain
+    (``AWS_*`` environment variables, web identity, container and instance credentials;
+    ``from_env=True`` says so explicitly; ``~/.aws`` profile files are not read).
+    ``allow_http`` permits a plain-http ``endpoint_url``. Tuning goes in ``settings`` (an
+    ``S3Settings``) or as keyword arguments naming its fields, e.g.
     ``s3_storage(..., max_attempts=10, max_concurrency=32)``.
 
     ``get_credentials`` (Icechunk's): a picklable function returning
-    ``S3StaticCredentials``; it is called again whenever the current credentials are
-    within minutes of their ``expires_after`` (``scatter_initial_credentials=True`` calls it
+    ``S3StaticCredentials``; it is called again once the current credentials are within
+    five minutes of their ``expires_after`` (``scatter_initial_credentials=True`` calls it
     at once, and the result travels with pickled copies; otherwise each copy calls it
     anew). Credentials it returns already expired are used for one request and asked for
     again before the next, as Icechunk does. ``expires_after`` of explicit keys is accepted
@@ -893,10 +433,12 @@ def s3_storage(
 
     ``network_stream_timeout_seconds`` (Icechunk's) sets ``read_timeout``, the longest
     wait for bytes of a response (0: no practical limit, one day). ``requester_pays=True``
-    is refused (not supported).
+    sends ``x-amz-request-payer: requester`` (the reader pays for a requester-pays bucket).
     """
-    if requester_pays is not False:
-        raise InvalidInputError("s3_storage: requester_pays=True is not supported by frazil")
+    if not isinstance(requester_pays, bool):
+        raise InvalidInputError(
+            f"s3_storage: requester_pays must be a bool, got {requester_pays!r}"
+        )
     if network_stream_timeout_seconds is not None:
         t = network_stream_timeout_seconds
         if not isinstance(t, int) or isinstance(t, bool) or t < 0:
@@ -907,7 +449,7 @@ def s3_storage(
     current = None
     if get_credentials is not None and scatter_initial_credentials:
         current = get_credentials()
-        _credential_metadata(current)  # checks its type
+        _static(current, "get_credentials")  # checks its type
     base = settings if settings is not None else S3Settings()
     if not isinstance(base, S3Settings):
         raise InvalidInputError("settings must be an S3Settings")
@@ -916,24 +458,31 @@ def s3_storage(
         raise InvalidInputError(f"unknown S3 settings: {', '.join(sorted(unknown))}")
     if setting_overrides:
         base = dataclasses.replace(base, **setting_overrides)
-    return S3Storage(
-        S3Config(
-            bucket=bucket,
-            prefix=prefix,
-            region=region,
-            endpoint_url=endpoint_url,
-            allow_http=allow_http,
-            access_key_id=access_key_id,
-            secret_access_key=secret_access_key,
-            session_token=session_token,
-            anonymous=anonymous,
-            from_env=from_env,
-            force_path_style=force_path_style,
-            settings=base,
-            get_credentials=get_credentials,
-            current_credentials=current,
-        )
+    config = S3Config(
+        bucket=bucket,
+        prefix=prefix,
+        region=region,
+        endpoint_url=endpoint_url,
+        allow_http=allow_http,
+        access_key_id=access_key_id,
+        secret_access_key=secret_access_key,
+        session_token=session_token,
+        anonymous=anonymous,
+        from_env=from_env,
+        force_path_style=force_path_style,
+        settings=base,
+        get_credentials=get_credentials,
+        current_credentials=current,
+        requester_pays=requester_pays,
     )
+    return s3_storage_from_config(config, stacklevel=3)
+
+
+def s3_storage_from_config(config: S3Config, *, stacklevel: int = 2) -> S3Storage:
+    """The S3 storage of ``config`` (on obstore), warning if its writes are racy."""
+    storage = S3Storage(S3Spec(config))
+    storage.warn_if_unsafe(stacklevel + 1)
+    return storage
 
 
 def s3_storage_from_options(
@@ -972,7 +521,9 @@ def s3_storage_from_options(
         **kwargs,
     )
     if c is not None and c.kind == "refreshable" and c.current is not None:
-        storage = S3Storage(dataclasses.replace(storage.config, current_credentials=c.current))
+        storage = s3_storage_from_config(
+            dataclasses.replace(storage.config, current_credentials=c.current)
+        )
     return storage
 
 

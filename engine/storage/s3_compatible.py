@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import InvalidInputError
 from .base import Storage
 from .readonly import ReadOnlyStorage
-from .s3 import S3Settings, S3Storage, s3_storage
+from .s3 import S3Settings, S3Storage, s3_storage, s3_storage_from_config
 
 TIGRIS_ENDPOINT = "https://t3.storage.dev"
 R2_REGION = "auto"
@@ -137,7 +137,7 @@ def tigris_storage(
         return ReadOnlyStorage(storage)
     assert region is not None
     consistent = (("X-Tigris-Regions", region), ("X-Tigris-Consistent", "true"))
-    return S3Storage(
+    return s3_storage_from_config(
         dataclasses.replace(
             storage.config,
             read_headers=(*consistent, ("Cache-Control", "no-cache")),

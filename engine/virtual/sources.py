@@ -79,19 +79,19 @@ class _BucketSource:
 
 
 class _S3Source(_BucketSource):
-    """S3 objects through frazil's S3 backend, one per bucket."""
+    """S3 objects through frazil's S3 backend (on obstore), one per bucket."""
 
     CREDENTIALS = S3Credentials
 
     def _open(self, bucket: str) -> Any:
-        from ..storage.s3 import S3Config, S3Storage
+        from ..storage.s3 import S3Config, s3_storage_from_config
 
         store: Any = self.container.store
         cred = self.cred
         anonymous = store.anonymous or (cred is not None and cred.kind == "anonymous")
         static = cred is not None and cred.kind == "static" and not anonymous
         refreshable = cred is not None and cred.kind == "refreshable" and not anonymous
-        return S3Storage(
+        return s3_storage_from_config(
             S3Config(
                 bucket=bucket,
                 prefix="",
