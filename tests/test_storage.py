@@ -832,6 +832,36 @@ def test_local_syncs_objects_before_the_ref_that_publishes_them(
     assert ("sync_dir", str(root)) in events
 
 
+def test_local_history_cuts_need_no_file_system_sync(tmp_path: Path) -> None:
+    """Expiry writes only the history cuts, which name snapshots already reachable (so
+    already durable): no file-system sync (it would wait for every other writer's dirty
+    data), but the cuts document itself is synced with its folder. A ref still gets one."""
+    import datetime as dt
+
+    import frazil
+    import frazil.storage.local as local_module
+
+    if local_module._SYNCFS is None:
+        pytest.skip("no syncfs on this platform: objects are synced one by one")
+    events: list[tuple[str, str]] = []
+    storage = _RecordingStorage(tmp_path / "repo", events)
+    _commit_some(storage)
+    repo = frazil.Repository.open(storage)
+    s = repo.writable_session("main")
+    import zarr
+
+    zarr.open_array(s.store, path="a")[0, 0] = 7.0
+    s.commit("another")
+    events.clear()
+    expired = repo.expire_snapshots(older_than=dt.datetime.now(dt.UTC))
+    assert expired  # something was cut: the cuts document was written
+    assert ("sync_fs", storage.root) not in events
+    assert ("sync_dir", str(tmp_path / "repo" / "refs")) in events
+    events.clear()
+    repo.create_branch("b", repo.lookup_branch("main"))
+    assert ("sync_fs", storage.root) in events
+
+
 def test_local_syncs_folders_other_processes_wrote_into(tmp_path: Path) -> None:
     """A fork in another process renames its chunks into ``chunks/``; the committing
     process syncs that folder before its ref, although it wrote nothing there itself."""

@@ -22,7 +22,9 @@ cut can only leave it torn and unreferenced, for gc); elsewhere each object is s
 before its rename. Before the ref write the folders objects were renamed into are also
 synced (``chunks/``, ``manifests/``, ...: a folder's sync covers every entry in it,
 whoever made it), and new folders' parents; then the ref's own data is synced before its
-rename, and its folder after. Fork journals (``forks/``)
+rename, and its folder after. The history cuts (``refs/cuts.json``) name only snapshots
+that were reachable already: their write skips the file-system sync and the folder syncs
+(the cuts document itself is still synced). Fork journals (``forks/``)
 are scratch that nothing reachable depends on, and are written without syncs.
 ``fsync=False`` skips all of it (scratch repositories, benchmarks). On macOS
 ``F_FULLFSYNC`` is used, as ``fsync`` there does not reach the disk.
@@ -53,7 +55,7 @@ from typing import Any, BinaryIO, TypeVar
 import filelock
 import xxhash
 
-from frazil.format.keys import CONFIG, OBJECT_FOLDERS, SCRATCH
+from frazil.format.keys import CONFIG, CUTS, OBJECT_FOLDERS, SCRATCH
 
 from .. import runtime
 from ..errors import InvalidInputError, NotFoundError, StorageError
@@ -245,6 +247,13 @@ class LocalFileSystemStorage(Storage):
         finally:
             os.close(fd)
 
+    def _needs_barrier(self, key: str) -> bool:
+        """Whether a conditional write of ``key`` may make objects reachable: every ref and
+        document may, but the history cuts (``refs/cuts.json``, written by expiry and gc)
+        name only snapshots that were reachable, hence durable, before: no file-system
+        sync for them (it would wait for every other writer's dirty data)."""
+        return self.fsync and key != CUTS
+
     def _barrier(self) -> None:
         """Before a ref or config write: every object renamed into place so far, by any
         process, durable with its folder entry."""
@@ -342,7 +351,7 @@ class LocalFileSystemStorage(Storage):
     def _put_if_absent(self, key: str, data: bytes) -> PutResult:
         path = self._path(key)
         try:
-            if self.fsync:
+            if self._needs_barrier(key):
                 self._barrier()
             tmp = self._write_temp(path, data)
             try:
@@ -376,7 +385,7 @@ class LocalFileSystemStorage(Storage):
     def _put_if_version(self, key: str, data: bytes, version: str) -> PutResult:
         path = self._path(key)
         try:
-            if self.fsync:  # outside the ref's lock: other writers need not wait for it
+            if self._needs_barrier(key):  # outside the lock: other writers need not wait
                 self._barrier()
             with self._lock(path):
                 try:
