@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import multiprocessing
 import os
 import pickle
@@ -834,8 +835,9 @@ def test_local_syncs_objects_before_the_ref_that_publishes_them(
 
 def test_local_history_cuts_need_no_file_system_sync(tmp_path: Path) -> None:
     """Expiry writes only the history cuts, which name snapshots already reachable (so
-    already durable): no file-system sync (it would wait for every other writer's dirty
-    data), but the cuts document itself is synced with its folder. A ref still gets one."""
+    already durable), and gc only the repository document: no file-system sync (it would
+    wait for every other writer's dirty data), but each document is synced with its
+    folder. A ref still gets one."""
     import datetime as dt
 
     import frazil
@@ -858,8 +860,40 @@ def test_local_history_cuts_need_no_file_system_sync(tmp_path: Path) -> None:
     assert ("sync_fs", storage.root) not in events
     assert ("sync_dir", str(tmp_path / "repo" / "refs")) in events
     events.clear()
+    # gc deletes, then records its run in refs/repo.json: no file-system sync either
+    summary = repo.garbage_collect(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+    assert summary.objects_deleted
+    assert ("sync_fs", storage.root) not in events
+    assert ("sync_dir", str(tmp_path / "repo" / "refs")) in events
+    events.clear()
     repo.create_branch("b", repo.lookup_branch("main"))
     assert ("sync_fs", storage.root) in events
+
+
+def test_local_ops_archives_are_synced_before_the_document_links_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repository document skips the file-system sync, so an operations-log archive it
+    links (``ops_next``) is synced on its own, with its folder, before the document."""
+    import frazil
+    from frazil.format import oplog
+
+    monkeypatch.setattr(oplog, "LIMIT", 6)
+    monkeypatch.setattr(oplog, "KEEP", 2)
+    events: list[tuple[str, str]] = []
+    storage = _RecordingStorage(tmp_path / "repo", events)
+    repo = frazil.Repository.create(storage)
+    events.clear()
+    for i in range(12):
+        repo.set_metadata({"i": i})
+    doc = json.loads((tmp_path / "repo" / "refs" / "repo.json").read_text())
+    assert os.path.exists(tmp_path / "repo" / "ops" / doc["ops_next"])
+    ops_dir = [k for k, e in enumerate(events) if e == ("sync_dir", str(tmp_path / "repo" / "ops"))]
+    refs_dir = [
+        k for k, e in enumerate(events) if e == ("sync_dir", str(tmp_path / "repo" / "refs"))
+    ]
+    assert ops_dir and refs_dir and ops_dir[0] < refs_dir[-1]  # archive, then its document
+    assert ("sync_fs", storage.root) not in events
 
 
 def test_local_syncs_folders_other_processes_wrote_into(tmp_path: Path) -> None:

@@ -23,8 +23,10 @@ before its rename. Before the ref write the folders objects were renamed into ar
 synced (``chunks/``, ``manifests/``, ...: a folder's sync covers every entry in it,
 whoever made it), and new folders' parents; then the ref's own data is synced before its
 rename, and its folder after. The history cuts (``refs/cuts.json``) name only snapshots
-that were reachable already: their write skips the file-system sync and the folder syncs
-(the cuts document itself is still synced). Fork journals (``forks/``)
+that were reachable already, and the repository document (``refs/repo.json``) none: their
+writes skip the file-system sync and the folder syncs (each document is still synced, and
+an operations-log archive ``ops/<id>`` either may link is synced, with its folder, when it
+is written). Fork journals (``forks/``)
 are scratch that nothing reachable depends on, and are written without syncs.
 ``fsync=False`` skips all of it (scratch repositories, benchmarks). On macOS
 ``F_FULLFSYNC`` is used, as ``fsync`` there does not reach the disk.
@@ -55,7 +57,7 @@ from typing import Any, BinaryIO, TypeVar
 import filelock
 import xxhash
 
-from frazil.format.keys import CONFIG, CUTS, OBJECT_FOLDERS, SCRATCH
+from frazil.format.keys import CONFIG, CUTS, OBJECT_FOLDERS, OPS, REPO_INFO, SCRATCH
 
 from .. import runtime
 from ..errors import InvalidInputError, NotFoundError, StorageError
@@ -172,6 +174,7 @@ def _read_versioned(path: str) -> tuple[bytes, str]:
     return data, _version(st, data)
 
 
+_NO_BARRIER = frozenset({CUTS, REPO_INFO})  # documents that make no object reachable
 _DELETERS = 8  # threads unlinking at once in a bulk delete
 _DELETE_MIN = 64  # keys per thread, at least
 _TEMP_PREFIX = ".tmp-"  # a put's file before it is linked or renamed into place
@@ -248,11 +251,13 @@ class LocalFileSystemStorage(Storage):
             os.close(fd)
 
     def _needs_barrier(self, key: str) -> bool:
-        """Whether a conditional write of ``key`` may make objects reachable: every ref and
-        document may, but the history cuts (``refs/cuts.json``, written by expiry and gc)
-        name only snapshots that were reachable, hence durable, before: no file-system
-        sync for them (it would wait for every other writer's dirty data)."""
-        return self.fsync and key != CUTS
+        """Whether a conditional write of ``key`` may make objects reachable: every ref
+        may, but the history cuts (``refs/cuts.json``, written by expiry and gc) name only
+        snapshots that were reachable, hence durable, before, and the repository document
+        (``refs/repo.json``) names none; the operations-log archives both may link are
+        synced on their own when written. No file-system sync for them (it would wait
+        for every other writer's dirty data)."""
+        return self.fsync and key not in _NO_BARRIER
 
     def _barrier(self) -> None:
         """Before a ref or config write: every object renamed into place so far, by any
@@ -340,10 +345,13 @@ class LocalFileSystemStorage(Storage):
         path = self._path(key)
         try:
             # objects: synced now, or (group sync) by the barrier before any ref reaches them
-            sync = not key.startswith(SCRATCH) and (key == CONFIG or not self._group_sync)
+            # config: written in place of a ref; ops archives: linked by documents that
+            # skip the barrier (``_needs_barrier``): each synced now, with its folder
+            own = key == CONFIG or key.startswith(OPS)
+            sync = not key.startswith(SCRATCH) and (own or not self._group_sync)
             tmp = self._write_temp(path, data, sync=sync)
             _sharing_retry(os.replace, tmp, path)
-            if self.fsync and key == CONFIG:  # written in place of a ref
+            if self.fsync and own:
                 self._sync_dir(os.path.dirname(path))
         except OSError as e:
             raise StorageError(f"writing {key!r} to {self.describe()}: {e}") from e
