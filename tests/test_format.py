@@ -1158,6 +1158,8 @@ def test_from_trusted_text_round_trips_and_rejects_garbage() -> None:
 
     cid = ChunkId.new()
     assert ChunkId.from_trusted_text(str(cid)) == cid
+    # the text it keeps (for keys) is the canonical one, whatever the case it was given
+    assert str(ChunkId.from_trusted_text(str(cid).lower())) == str(cid)
     with pytest.raises(FormatError):
         ChunkId.from_trusted_text("!!not base32!!")
 
