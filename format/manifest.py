@@ -117,6 +117,7 @@ class ManifestSegment:
         "_keys",
         "_lo",
         "_spans",
+        "_box",
         "_cols",
         "nbytes",
     )
@@ -134,6 +135,8 @@ class ManifestSegment:
         n, ndim = coords.shape
         self._lo, hi = coord_bounds(coords)
         self._spans = (hi - self._lo + 1).astype(np.int64)
+        #: (low, span) per dimension as Python ints, for ``find`` (one lookup per chunk read)
+        self._box = tuple(zip(self._lo.tolist(), self._spans.tolist()))
         total = 1
         for s in self._spans.tolist():
             total *= s
@@ -157,7 +160,7 @@ class ManifestSegment:
             hits = np.flatnonzero((self.coords == np.asarray(coord)).all(axis=1))
             return int(hits[0]) if len(hits) else None
         key = 0
-        for c, lo, span in zip(coord, self._lo.tolist(), self._spans.tolist()):
+        for c, (lo, span) in zip(coord, self._box):
             off = c - lo
             if off < 0 or off >= span:
                 return None
