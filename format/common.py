@@ -139,11 +139,14 @@ def encode_parquet(
     header: dict[str, Any],
     version: int | None = None,
     no_statistics: tuple[str, ...] = (),
+    no_dictionary: tuple[str, ...] = (),
 ) -> bytes:
     """Frame ``table`` as a Parquet file with ``header`` in its key-value metadata, marked
     with format ``version`` (default ``WRITE_VERSION``). Columns named in
     ``no_statistics`` get no min/max statistics (for opaque binary values, which the
-    statistics would copy twice more into the file)."""
+    statistics would copy twice more into the file); columns named in ``no_dictionary``
+    are written plain, without dictionary encoding (for values unique per row, where a
+    dictionary costs time and bytes and saves nothing)."""
     full = {"format_version": WRITE_VERSION if version is None else version, **header}
     table = table.replace_schema_metadata({HEADER_KEY: json.dumps(full, sort_keys=True)})
     sink = pa.BufferOutputStream()
@@ -152,10 +155,16 @@ def encode_parquet(
         statistics = [
             path for path in _leaf_paths(table.schema) if path.split(".", 1)[0] not in no_statistics
         ]
+    use_dictionary: bool | list[str] = True
+    if no_dictionary:
+        use_dictionary = [
+            path for path in _leaf_paths(table.schema) if path.split(".", 1)[0] not in no_dictionary
+        ]
     pq.write_table(
         table,
         sink,
         compression="zstd",
+        use_dictionary=use_dictionary,
         write_page_checksum=True,
         row_group_size=_ROW_GROUP_ROWS,
         write_statistics=statistics,

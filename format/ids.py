@@ -10,6 +10,7 @@ canonical text (either case).
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from typing import ClassVar, Self
@@ -89,7 +90,9 @@ class ObjectId:
         raw = _decode(text, cls.SIZE)
         if raw is None:
             raise FormatError(f"{cls.__name__}: {text!r} is not a valid id")
-        return cls(raw)
+        out = cls(raw)
+        object.__setattr__(out, "_text", text.upper())  # decodable: canonical but for case
+        return out
 
     def __str__(self) -> str:
         text = self._text
@@ -125,11 +128,12 @@ for _ch, _v in _VALUE.items():
 
 
 def _encode(raw: bytes) -> str:
-    """Crockford base32 of ``raw`` (what base64.b32encode gives, in int arithmetic)."""
-    n = len(raw)
-    chars = _text_len(n)
-    value = int.from_bytes(raw, "big") << (chars * 5 - n * 8)
-    return "".join(_ALPHABET[(value >> (5 * (chars - 1 - i))) & 31] for i in range(chars))
+    """Crockford base32 of ``raw``: RFC 4648 base32 (``base64.b32encode``, in C) with its
+    padding dropped and its alphabet mapped onto Crockford's (both keep the bits' order)."""
+    return base64.b32encode(raw).rstrip(b"=").translate(_RFC_TO_CROCKFORD).decode("ascii")
+
+
+_RFC_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
 
 
 # Crockford digits to the digits of int(text, 32); every other ASCII character to one that

@@ -1158,6 +1158,8 @@ def test_from_trusted_text_round_trips_and_rejects_garbage() -> None:
 
     cid = ChunkId.new()
     assert ChunkId.from_trusted_text(str(cid)) == cid
+    # the text it keeps (for keys) is the canonical one, whatever the case it was given
+    assert str(ChunkId.from_trusted_text(str(cid).lower())) == str(cid)
     with pytest.raises(FormatError):
         ChunkId.from_trusted_text("!!not base32!!")
 
@@ -1445,3 +1447,44 @@ def test_manifest_chunk_ids_match_the_full_decode_and_need_the_checksum():
     for i in range(0, len(data), 5):  # any flipped bit: the checksum says so, naming it
         with pytest.raises(FormatError, match=re.escape(WHAT)):
             decode_manifest_chunk_ids(flip(data, i, 1 << (i % 8)), WHAT, checksum(data))
+
+
+def test_manifest_writes_unique_columns_plain_and_others_with_dictionaries() -> None:
+    """Ids and hashes (unique per row) are written PLAIN, other columns with a dictionary
+    (SPEC §4.2); both read back the same refs."""
+    import io
+    import os
+
+    import pyarrow.parquet as pq
+
+    from frazil.format import ChunkId, ManifestId, NodeId
+    from frazil.format.manifest import (
+        UNIQUE_COLUMNS,
+        decode_manifest,
+        encode_manifest_table,
+        ref_rows,
+    )
+
+    refs = [
+        ChunkRef(
+            ChunkKind.NATIVE,
+            chunk_id=ChunkId.new(),
+            length=100 + i,
+            checksum=int.from_bytes(os.urandom(8), "little"),
+            block_size=32768,
+            blocks=os.urandom(16),
+        )
+        for i in range(50)
+    ]
+    coords = np.stack([np.arange(50), np.zeros(50, np.int64)], axis=1)
+    data = encode_manifest_table(ManifestId.new(), NodeId.new(), coords, ref_rows(refs))
+    group = pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0)
+    encodings = {
+        group.column(i).path_in_schema.split(".")[0]: group.column(i).encodings
+        for i in range(group.num_columns)
+    }
+    for name in UNIQUE_COLUMNS:
+        assert not any("DICTIONARY" in e for e in encodings[name]), name
+    assert any("DICTIONARY" in e for e in encodings["location"])
+    m = decode_manifest(data, "manifest")
+    assert [m.ref(i) for i in range(len(m))] == refs

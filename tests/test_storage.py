@@ -912,3 +912,44 @@ def test_local_fsync_off_syncs_nothing(tmp_path: Path) -> None:
     events: list[tuple[str, str]] = []
     _commit_some(_RecordingStorage(tmp_path / "repo", events, fsync=False))
     assert events == []
+
+
+def test_local_small_io_inline_large_in_the_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads and writes up to ``INLINE_IO_MAX`` bytes run on the calling thread, larger ones
+    in the I/O pool; both give the same bytes, ranges and errors."""
+    import frazil.runtime as runtime_module
+    import frazil.storage.local as local_module
+
+    if not local_module.INLINE_IO:
+        pytest.skip("no inline I/O on this platform")
+    limit = local_module.INLINE_IO_MAX
+    pooled: list[str] = []
+    real = runtime_module.in_thread_batched
+
+    async def recording(fn: Callable[..., Any], *args: Any) -> Any:
+        pooled.append(args[0])
+        return await real(fn, *args)
+
+    monkeypatch.setattr(runtime_module, "in_thread_batched", recording)
+    storage = local_filesystem_storage(tmp_path / "store")
+    small, large = os.urandom(limit), os.urandom(limit + 1)
+    run(storage.put("chunks/small", small))
+    run(storage.put("chunks/large", large))
+    assert pooled == ["chunks/large"]
+    for key, data in (("chunks/small", small), ("chunks/large", large)):
+        pooled.clear()
+        assert run(storage.get(key)) == data
+        assert pooled == ([] if data is small else [key])
+        for rng in ((5, 100), (-7, None), (limit - 3, None), (0, None), (10, 10)):
+            want = data[rng[0] :] if rng[1] is None else data[rng[0] : rng[1]]
+            assert run(storage.get(key, rng)) == want, (key, rng)
+    pooled.clear()
+    assert run(storage.get("chunks/large", (1, 101))) == large[1:101]
+    assert run(storage.get("chunks/large", (-9, None))) == large[-9:]
+    assert pooled == []  # small ranges of a large object: inline
+    with pytest.raises(NotFoundError, match="chunks/none"):
+        run(storage.get("chunks/none"))
+    with pytest.raises(NotFoundError):
+        run(storage.get("chunks"))  # a folder is not an object
