@@ -182,6 +182,13 @@ def _read_versioned(path: str) -> tuple[bytes, str]:
 
 
 _NO_BARRIER = frozenset({CUTS, REPO_INFO})  # documents that make no object reachable
+
+
+def _own_sync(key: str) -> bool:
+    """Keys a plain put syncs on their own, with their folder: config, ops archives."""
+    return key == CONFIG or key.startswith(OPS)
+
+
 _DELETERS = 8  # threads unlinking at once in a bulk delete
 _DELETE_MIN = 64  # keys per thread, at least
 _TEMP_PREFIX = ".tmp-"  # a put's file before it is linked or renamed into place
@@ -374,17 +381,22 @@ class LocalFileSystemStorage(Storage):
         own (group sync covers it later, or there is no sync)."""
         if len(data) > INLINE_IO_MAX or not INLINE_IO:
             return False
-        sync = not key.startswith(SCRATCH) and (key == CONFIG or not self._group_sync)
-        return not (self.fsync and sync)
+        return not (self.fsync and self._put_syncs(key))
+
+    def _put_syncs(self, key: str) -> bool:
+        """Whether a plain put of ``key`` syncs its data itself (with ``fsync``): objects are
+        synced now, or (group sync) by the barrier before any ref reaches them; config is
+        written in place of a ref; ops archives are linked by documents that skip the
+        barrier (``_needs_barrier``). Scratch never."""
+        if key.startswith(SCRATCH):
+            return False
+        return _own_sync(key) or not self._group_sync
 
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            # objects: synced now, or (group sync) by the barrier before any ref reaches them
-            # config: written in place of a ref; ops archives: linked by documents that
-            # skip the barrier (``_needs_barrier``): each synced now, with its folder
-            own = key == CONFIG or key.startswith(OPS)
-            sync = not key.startswith(SCRATCH) and (own or not self._group_sync)
+            own = _own_sync(key)  # also its folder, right after
+            sync = self._put_syncs(key)
             tmp = self._write_temp(path, data, sync=sync)
             _sharing_retry(os.replace, tmp, path)
             if self.fsync and own:
