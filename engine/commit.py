@@ -72,12 +72,14 @@ def segment_ref(
     coords: np.ndarray,
     row_offset: int = 0,
     rows: pa.Table | None = None,
+    inline: bytes | None = None,
 ) -> SegmentRef:
     """The snapshot's entry for a segment of ``coords`` (sorted, n >= 1) in a manifest
     object of checksum ``digest`` and ``size`` bytes: extents, a membership filter where
     one helps (the segment is small, and does not fill its bounding box), and, for a
     segment of at most ``INLINE_MAX_ROWS`` ``rows`` (its manifest rows, in the order of
-    ``coords``), a copy of what garbage collection reads of it."""
+    ``coords``), a copy of what garbage collection reads of it (or ``inline``, that copy
+    made by the caller)."""
     lo, hi = (b.tolist() for b in coord_bounds(coords))
     cells = math.prod(h - low + 1 for low, h in zip(lo, hi))
     return SegmentRef(
@@ -89,7 +91,7 @@ def segment_ref(
         tuple(hi),
         row_offset,
         build_filter(coords) if len(coords) < cells else None,
-        _inline(coords, rows) if rows is not None and len(coords) <= INLINE_MAX_ROWS else None,
+        _inline(coords, rows) if rows is not None and len(coords) <= INLINE_MAX_ROWS else inline,
     )
 
 
@@ -275,8 +277,8 @@ def pack_segments(deltas: SmallDeltas) -> tuple[dict[NodeId, SegmentRef], list[t
         for j in range(first, last):
             coords, lo, hi = deltas.coords[j], starts[j], starts[j + 1]
             inline = inline_rows(coords, kinds[lo:hi], ids[lo:hi]) if small[j] else None
-            ref = segment_ref(mid, digest, len(data), coords, lo - row0)
-            refs[deltas.node_ids[j]] = dataclasses.replace(ref, inline=inline)
+            ref = segment_ref(mid, digest, len(data), coords, lo - row0, inline=inline)
+            refs[deltas.node_ids[j]] = ref
         objects.append((manifest_key(mid), data))
 
     first = 0
