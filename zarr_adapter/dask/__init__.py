@@ -14,10 +14,7 @@ import dask
 import dask.array  # imported here, as Icechunk's module does: `import dask` users get dask.array
 import numpy as np
 import zarr
-from zarr.core.array import AsyncArray
 from zarr.core.array_spec import ArrayConfigParams
-from zarr.core.metadata import ArrayV3Metadata
-from zarr.storage import StorePath
 
 from frazil.errors import InvalidInputError, ReadOnlyError
 from frazil.session import ForkSession, Session
@@ -46,15 +43,6 @@ def _load_template(payload: bytes) -> ForkSession:
     return fork
 
 
-@functools.lru_cache(maxsize=64)
-def _array_metadata(payload: bytes, path: str) -> ArrayV3Metadata:
-    """The zarr metadata of the array at ``path`` in the shipped template, read once per
-    worker process (each task then opens its fork's array without reading it again)."""
-    fork = _load_template(payload).fork_with_staged_nodes()
-    array = zarr.open_array(fork.store, path=path, mode="r+", zarr_format=3)
-    return cast(ArrayV3Metadata, array.metadata)
-
-
 def _write_block(
     block: Any,
     payload: bytes,
@@ -75,8 +63,8 @@ def _write_block(
     place = block_info[0]["array-location"]
     region = tuple(slice(o + lo, o + hi) for o, (lo, hi) in zip(origin, place))
     fork = _load_template(payload).fork_with_staged_nodes()
-    meta = _array_metadata(payload, path)
-    zarr.Array(AsyncArray(meta, StorePath(fork.store, path), config))[region] = block
+    array = zarr.open_array(fork.store, path=path, mode="r+", zarr_format=3)
+    array.with_config(config)[region] = block
     out = np.empty((1,) * block.ndim, object)
     out.flat[0] = fork
     return out
