@@ -17,6 +17,8 @@ Workloads (each backend in a fresh repository or folder per round):
   zarr: straight into the store), then read back and checked; seconds. Local backends
   only: worker processes cannot reach a store in this process's memory.
 * W5: create 1,000 arrays in 10 groups and commit, then list them; seconds.
+* W6: in ``--w6-arrays`` arrays (committed), write one chunk in each, then commit; the
+  commit alone (``W6_commit_ms``), and the writes plus commit (``W6_write_commit_ms``).
 
 Backends: ``frazil-local``, ``frazil-memory``, ``icechunk-local``, ``icechunk-memory``
 (Icechunk's Python package, same API), ``zarr-local`` (``LocalStore``) and
@@ -270,11 +272,34 @@ def w5(backend: Backend, root: Path, args: argparse.Namespace) -> dict[str, floa
     return {"W5_create_s": t1 - t0, "W5_list_s": t2 - t1}
 
 
+def w6(backend: Backend, root: Path, args: argparse.Namespace) -> dict[str, float]:
+    target = backend.create(root)
+    n = args.w6_arrays
+    top = zarr.open_group(target.store.store, mode="a")
+    arrays = [
+        top.create_array(f"a{i}", shape=(16, 16), chunks=(4, 16), dtype="f8", fill_value=0.0)
+        for i in range(n)
+    ]
+    target.commit("W6 arrays")
+    arrays = [zarr.open_array(target.store.store, path=f"a{i}") for i in range(n)]
+    block = np.ones((4, 16))
+    t0 = time.perf_counter()
+    for a in arrays:
+        a[4:8] = block
+    tc = time.perf_counter()
+    target.commit("W6")
+    t1 = time.perf_counter()
+    back = zarr.open_array(target.reopen(), path=f"a{n - 1}", mode="r")
+    assert float(np.asarray(back[5, 0])) == 1.0
+    return {"W6_commit_ms": 1e3 * (t1 - tc), "W6_write_commit_ms": 1e3 * (t1 - t0)}
+
+
 WORKLOADS: dict[str, Callable[[Backend, Path, argparse.Namespace], dict[str, float]]] = {
     "W1": w1_w2,
     "W3": w3,
     "W4": w4,
     "W5": w5,
+    "W6": w6,
 }
 HIGHER_IS_BETTER = {"W1_MBps", "W2_MBps"}
 
@@ -292,12 +317,13 @@ def scratch(base: Path | None) -> Iterator[Path]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backends", default="all")
-    p.add_argument("--workloads", default="W1,W2,W3,W4,W5")
+    p.add_argument("--workloads", default="W1,W2,W3,W4,W5,W6")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--chunks", type=int, default=10_000)
     p.add_argument("--w3-chunks", type=int, default=10_000)
     p.add_argument("--w4-tasks", type=int, default=8)
     p.add_argument("--w4-chunks", type=int, default=1_000)
+    p.add_argument("--w6-arrays", type=int, default=2_000)
     p.add_argument("--tmp", type=Path, default=None, help="folder for the repositories")
     p.add_argument("--no-fsync", action="store_true", help="frazil-local without fsync")
     p.add_argument("--json", type=Path, default=None, help="append every result here")

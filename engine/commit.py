@@ -36,14 +36,15 @@ from frazil.format import (
     encode_snapshot,
     encode_transaction_log,
 )
+from frazil.format import manifest as manifest_fmt
 from frazil.format import txlog as tx
 from frazil.format.common import BRANCH_REF, numpy_of
 from frazil.format.filters import build_filter
 from frazil.format.keys import manifest_key, snapshot_key, transaction_log_key
-from frazil.format.manifest import coord_bounds, encode_manifest_parts, encode_manifest_table
+from frazil.format.manifest import ROW_SCHEMA, ChunkRef, coord_bounds, encode_manifest_table
 from frazil.format.snapshot import INLINE_MAX_ROWS, inline_rows
 
-from .changeset import ChangeSet
+from .changeset import ChangeSet, ChunkTable
 from .errors import ConflictError
 from .refs import Move, Ref, move_branch, read_ref
 from .storage.base import Storage
@@ -71,12 +72,14 @@ def segment_ref(
     coords: np.ndarray,
     row_offset: int = 0,
     rows: pa.Table | None = None,
+    inline: bytes | None = None,
 ) -> SegmentRef:
     """The snapshot's entry for a segment of ``coords`` (sorted, n >= 1) in a manifest
     object of checksum ``digest`` and ``size`` bytes: extents, a membership filter where
     one helps (the segment is small, and does not fill its bounding box), and, for a
     segment of at most ``INLINE_MAX_ROWS`` ``rows`` (its manifest rows, in the order of
-    ``coords``), a copy of what garbage collection reads of it."""
+    ``coords``), a copy of what garbage collection reads of it (or ``inline``, that copy
+    made by the caller)."""
     lo, hi = (b.tolist() for b in coord_bounds(coords))
     cells = math.prod(h - low + 1 for low, h in zip(lo, hi))
     return SegmentRef(
@@ -88,7 +91,7 @@ def segment_ref(
         tuple(hi),
         row_offset,
         build_filter(coords) if len(coords) < cells else None,
-        _inline(coords, rows) if rows is not None and len(coords) <= INLINE_MAX_ROWS else None,
+        _inline(coords, rows) if rows is not None and len(coords) <= INLINE_MAX_ROWS else inline,
     )
 
 
@@ -174,32 +177,117 @@ PACK_ROWS = 1024
 PACK_OBJECT_ROWS = 16384
 
 
-def pack_segments(
-    deltas: list[tuple[NodeId, np.ndarray, pa.Table]],
-) -> tuple[dict[NodeId, SegmentRef], list[tuple[str, bytes]]]:
-    """Encode small deltas (node id, sorted coords, rows) into shared manifest objects."""
+@dataclass(frozen=True)
+class SmallDeltas:
+    """The small deltas of many arrays in one table: part ``i`` is array ``node_ids[i]``,
+    its sorted coordinates ``coords[i]`` and the next ``len(coords[i])`` rows of ``rows``
+    (manifest rows without ``node_id`` and ``coord``)."""
+
+    node_ids: list[NodeId]
+    coords: list[np.ndarray]
+    rows: pa.Table
+
+    @classmethod
+    def of_parts(cls, parts: list[tuple[NodeId, np.ndarray, pa.Table]]) -> SmallDeltas:
+        rows = pa.concat_tables([r for _, _, r in parts]) if parts else ROW_SCHEMA.empty_table()
+        return cls([n for n, _, _ in parts], [c for _, c, _ in parts], rows)
+
+
+def small_deltas(tables: list[tuple[NodeId, ChunkTable, bool]]) -> SmallDeltas | None:
+    """The staged refs of ``tables`` (node id, chunk table holding no virtual blocks nor
+    spilled segments, whether to drop its tombstones) as ``SmallDeltas``, each array's rows
+    sorted by coordinate, built with one Arrow table and one sort for all of them (an
+    array left with no rows is left out). None if a coordinate has no packed key."""
+    count = len(tables)
+    sizes = np.zeros((3, count), np.int64)  # per table: inline, refs, tombstones
+    inline_keys: list[Any] = []
+    ref_keys: list[Any] = []
+    dead_keys: list[Any] = []
+    inline_vals: list[bytes] = []
+    ref_vals: list[ChunkRef] = []
+    for j, (_, table, drop) in enumerate(tables):
+        inline_keys.extend(table.inline)
+        inline_vals.extend(table.inline.values())
+        ref_keys.extend(table.refs)
+        ref_vals.extend(table.refs.values())
+        if not drop:
+            dead_keys.extend(table.deleted)
+        sizes[:, j] = len(table.inline), len(table.refs), 0 if drop else len(table.deleted)
+    which = np.arange(count, dtype=np.int64)
+    node = np.concatenate([np.repeat(which, sizes[i]) for i in range(3)])
+    try:
+        keys = np.fromiter(
+            (k for ks in (inline_keys, ref_keys, dead_keys) for k in ks), np.int64, len(node)
+        )
+    except (TypeError, ValueError):  # a tuple key: a coordinate too large to pack
+        return None
+    order = np.lexsort((keys, node))  # by array, then coordinate (packed keys sort so)
+    node, keys = node[order], keys[order]
+    built = [
+        t
+        for n, t in (
+            (len(inline_vals), lambda: manifest_fmt.inline_rows(inline_vals)),
+            (len(ref_vals), lambda: manifest_fmt.ref_rows(ref_vals)),
+            (len(dead_keys), lambda: manifest_fmt.tombstone_rows(len(dead_keys))),
+        )
+        if n
+        for t in [t()]
+    ]
+    rows = pa.concat_tables(built).take(pa.array(order)) if built else ROW_SCHEMA.empty_table()
+    counts = np.bincount(node, minlength=count)
+    ndims = np.array([t.ndim for _, t, _ in tables], np.int64)
+    coords: list[np.ndarray | None] = [None] * count
+    for d in np.unique(ndims[counts > 0]).tolist():
+        in_group = np.flatnonzero((ndims == d) & (counts > 0))
+        mine = keys[ndims[node] == d]
+        bits = 63 // d if d else 0
+        decoded = (
+            np.stack([(mine >> (bits * (d - 1 - i))) & ((1 << bits) - 1) for i in range(d)], 1)
+            if d
+            else np.zeros((len(mine), 0), np.int64)
+        )
+        ends = np.cumsum(counts[in_group]).tolist()
+        for j, lo, hi in zip(in_group.tolist(), [0, *ends[:-1]], ends):
+            coords[j] = decoded[lo:hi]
+    kept = [j for j in range(count) if counts[j]]
+    return SmallDeltas([tables[j][0] for j in kept], [c for c in coords if c is not None], rows)
+
+
+def pack_segments(deltas: SmallDeltas) -> tuple[dict[NodeId, SegmentRef], list[tuple[str, bytes]]]:
+    """Encode small deltas into shared manifest objects of at most ``PACK_OBJECT_ROWS``
+    rows (each delta whole in one): their segment refs and (key, bytes)."""
     refs: dict[NodeId, SegmentRef] = {}
     objects: list[tuple[str, bytes]] = []
-    batch: list[tuple[NodeId, np.ndarray, pa.Table]] = []
-    rows = 0
+    counts = [len(c) for c in deltas.coords]
+    kinds = numpy_of(deltas.rows.column("kind")) if deltas.rows.num_rows else np.zeros(0, np.int8)
+    small = [n <= INLINE_MAX_ROWS for n in counts]
+    ids = deltas.rows.column("chunk_id").to_pylist() if any(small) else []
+    starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).tolist()
 
-    def flush() -> None:
+    def flush(first: int, last: int) -> None:
         mid = ManifestId.new()
-        data = encode_manifest_parts(mid, batch)
-        digest, offset = checksum(data), 0
-        for node_id, coords, part in batch:
-            refs[node_id] = segment_ref(mid, digest, len(data), coords, offset, part)
-            offset += len(coords)
+        row0 = starts[first]
+        data = manifest_fmt.encode_manifest_rows(
+            mid,
+            deltas.node_ids[first:last],
+            deltas.coords[first:last],
+            deltas.rows.slice(row0, starts[last] - row0),
+        )
+        digest = checksum(data)
+        for j in range(first, last):
+            coords, lo, hi = deltas.coords[j], starts[j], starts[j + 1]
+            inline = inline_rows(coords, kinds[lo:hi], ids[lo:hi]) if small[j] else None
+            ref = segment_ref(mid, digest, len(data), coords, lo - row0, inline=inline)
+            refs[deltas.node_ids[j]] = ref
         objects.append((manifest_key(mid), data))
 
-    for delta in deltas:
-        if batch and rows + len(delta[1]) > PACK_OBJECT_ROWS:
-            flush()
-            batch, rows = [], 0
-        batch.append(delta)
-        rows += len(delta[1])
-    if batch:
-        flush()
+    first = 0
+    for j in range(len(counts)):
+        if j > first and starts[j + 1] - starts[first] > PACK_OBJECT_ROWS:
+            flush(first, j)
+            first = j
+    if first < len(counts):
+        flush(first, len(counts))
     return refs, objects
 
 
@@ -248,7 +336,8 @@ def prepare_commit(
     base_ids = {n.node_id for n in base.nodes}
     by_id = {n.node_id: n for n in nodes.values()}
     manifests: list[tuple[str, bytes]] = []
-    small: list[tuple[NodeId, np.ndarray, pa.Table]] = []
+    small: list[tuple[NodeId, ChunkTable, bool]] = []
+    small_rows = min(PACK_ROWS, split_rows)
     for node_id, table in changes.chunks.items():
         node = by_id.get(node_id)
         if node is None or node.node_type != ARRAY or not len(table):
@@ -259,6 +348,9 @@ def prepare_commit(
         # a new array has no older refs for tombstones to hide (nor do spilled ones)
         drop = node_id not in base_ids and not spilled
         sizes = region_sizes(node) if region_sizes is not None else None
+        if sizes is None and not spilled and not table.blocks and len(table) <= small_rows:
+            small.append((node_id, table, drop))  # packed below, all at once
+            continue
         if sizes is None:
             parts = list(table.segments(split_rows, drop_tombstones=drop))
         else:  # regions first, then each within split_rows
@@ -268,18 +360,24 @@ def prepare_commit(
                 for c, rows in split_by_region(*whole, sizes)
                 for i in range(0, len(c), split_rows)
             ]
-        if sizes is None and not spilled and len(parts) == 1 and len(parts[0][0]) <= PACK_ROWS:
-            small.append((node_id, *parts[0]))
-            continue
         segs, objects, coords = build_segments(node_id, parts)
         if coords is None and not spilled:
             continue
         manifests.extend(objects)
         nodes[node.path] = dataclasses.replace(node, segments=(*segs, *node.segments))
         log.append(NodeChange(tx.CHUNKS, node.path, node_id, coords, spilled))
-    packed, objects = pack_segments(small)
+    deltas = small_deltas(small)
+    if deltas is None:  # a coordinate too large to pack: one table per array
+        deltas = SmallDeltas.of_parts(
+            [
+                (node_id, *part)
+                for node_id, table, drop in small
+                for part in table.segments(split_rows, drop_tombstones=drop)
+            ]
+        )
+    packed, objects = pack_segments(deltas)
     manifests.extend(objects)
-    for node_id, coords, _ in small:
+    for node_id, coords in zip(deltas.node_ids, deltas.coords):
         node = by_id[node_id]
         nodes[node.path] = dataclasses.replace(
             node, segments=(packed[node_id], *nodes[node.path].segments)

@@ -460,34 +460,64 @@ def encode_manifest_columns(
 ) -> tuple[pa.Table, list[dict[str, Any]]]:
     """The manifest table of several (node id, coords, rows) parts, and the header's
     ``parts`` list describing them (shared by manifests and fork journals)."""
-    flats: list[np.ndarray] = [np.zeros(0, np.int64)]
-    offsets, nodes, header_parts = [np.zeros(1, np.int64)], [pa.array([], pa.string())], []
-    total = 0
-    for node_id, coords, rows in parts:
-        n, ndim = coords.shape
-        if rows.num_rows != n:
+    for _, coords, rows in parts:
+        if rows.num_rows != coords.shape[0]:
             raise ValueError("coords and rows differ in length")
-        flats.append(np.ascontiguousarray(coords, dtype=np.int64).reshape(-1))
-        offsets.append(total + np.arange(1, n + 1, dtype=np.int64) * ndim)
-        total += n * ndim
-        nodes.append(
-            pa.array(np.full(n, str(node_id), object), pa.string())
-            if n
-            else pa.array([], pa.string())
-        )
-        header_parts.append({"node_id": str(node_id), "ndim": ndim, "rows": n})
-    if total >= 2**31:
-        raise ValueError("too many coordinates for one manifest object")
-    coord = pa.ListArray.from_arrays(
-        pa.array(np.concatenate(offsets).astype(np.int32)),
-        pa.array(np.concatenate(flats), pa.int64()),
+    rows = pa.table(
+        {
+            f.name: pa.concat_arrays(
+                [c for _, _, r in parts for c in r.column(f.name).chunks] or [pa.array([], f.type)]
+            )
+            for f in ROW_SCHEMA
+        },
+        schema=ROW_SCHEMA,
     )
-    columns: dict[str, Any] = {"node_id": pa.concat_arrays(nodes), "coord": coord}
+    return manifest_columns([n for n, _, _ in parts], [c for _, c, _ in parts], rows)
+
+
+def encode_manifest_rows(
+    manifest_id: ManifestId, node_ids: list[NodeId], coords: list[np.ndarray], rows: pa.Table
+) -> bytes:
+    """``encode_manifest_parts`` for parts given as one table: part ``i`` is ``node_ids[i]``,
+    ``coords[i]`` (sorted) and the next ``len(coords[i])`` rows of ``rows`` (every column
+    but ``node_id`` and ``coord``). The same bytes, without a table per part."""
+    if not node_ids:
+        raise ValueError("a manifest holds at least one segment")
+    table, header_parts = manifest_columns(node_ids, coords, rows)
+    return encode_parquet(
+        table, {"object_type": MANIFEST, "id": str(manifest_id), "parts": header_parts}
+    )
+
+
+def manifest_columns(
+    node_ids: list[NodeId], coords: list[np.ndarray], rows: pa.Table
+) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """The manifest table and header ``parts`` of parts ``(node_ids[i], coords[i])`` whose
+    rows follow one another in ``rows``: columns built once, not per part."""
+    counts = np.array([c.shape[0] for c in coords], np.int64)
+    ndims = np.array([c.shape[1] for c in coords], np.int64)
+    if int(counts.sum()) != rows.num_rows:
+        raise ValueError("coords and rows differ in length")
+    widths = np.repeat(ndims, counts)  # coordinate values per row
+    if int(widths.sum()) >= 2**31:
+        raise ValueError("too many coordinates for one manifest object")
+    offsets = np.zeros(len(widths) + 1, np.int32)
+    np.cumsum(widths, out=offsets[1:])
+    flat = np.concatenate(
+        [np.zeros(0, np.int64)]
+        + [np.ascontiguousarray(c, dtype=np.int64).reshape(-1) for c in coords]
+    )
+    coord = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int64()))
+    names = [str(n) for n in node_ids]
+    node_col = pa.array(np.repeat(np.array(names, object), counts), pa.string())
+    columns: dict[str, Any] = {"node_id": node_col, "coord": coord}
     for f in ROW_SCHEMA:
-        columns[f.name] = pa.concat_arrays(
-            [c for _, _, rows in parts for c in rows.column(f.name).chunks]
-            or [pa.array([], f.type)]
-        )
+        col = rows.column(f.name)
+        columns[f.name] = col if col.type.equals(f.type) else col.cast(f.type)
+    header_parts = [
+        {"node_id": name, "ndim": int(d), "rows": int(n)}
+        for name, d, n in zip(names, ndims.tolist(), counts.tolist())
+    ]
     return pa.table(columns, schema=SCHEMA), header_parts
 
 

@@ -48,10 +48,18 @@ def _read(repo: frazil.Repository, path: str) -> np.ndarray:
 
 
 def _write_tasks(client: Any, fn: Any) -> list[dict[str, Any]]:
-    """The frazil write tasks that ran while ``fn()`` ran."""
+    """The frazil write tasks that ran while ``fn()`` ran, one per block (dask fuses each
+    write with the task making its block, and may leave an alias task under the write's
+    own key beside it)."""
     with distributed.get_task_stream(client) as ts:
         fn()
-    return [t for t in ts.data if str(t["key"]).startswith("frazil-write-")]
+    per_block: dict[Any, dict[str, Any]] = {}
+    for t in ts.data:
+        key = t["key"]
+        name, index = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if "frazil-write-" in str(name):
+            per_block.setdefault((str(name).split("frazil-write-")[1], index), t)
+    return list(per_block.values())
 
 
 # -- store_dask ------------------------------------------------------------------------------

@@ -1183,7 +1183,7 @@ def test_id_text_matches_rfc4648_base32_in_crockford_letters() -> None:
 
 
 def test_packed_manifest_holds_several_arrays_segments(tmp_path):
-    from frazil.format.manifest import encode_manifest_parts, ref_rows
+    from frazil.format.manifest import encode_manifest_parts, encode_manifest_rows, ref_rows
 
     pool = sample_refs()
     parts = []
@@ -1210,6 +1210,11 @@ def test_packed_manifest_holds_several_arrays_segments(tmp_path):
         offset += len(coords)
     with pytest.raises(FormatError, match="holds 4 segments"):
         decode_manifest(data, "manifests/p")
+    # the same parts given as one table (as a commit packs them) encode to the same bytes
+    one = pa.concat_tables([rows for _, _, rows, _ in parts])
+    assert encode_manifest_rows(mid, [p[0] for p in parts], [p[1] for p in parts], one) == data
+    with pytest.raises(ValueError, match="differ in length"):
+        encode_manifest_rows(mid, [p[0] for p in parts], [p[1] for p in parts], one.slice(1))
     # one row per chunk ref with its array's node id: a query needs nothing but the file
     path = tmp_path / "packed"
     path.write_bytes(data)

@@ -330,6 +330,67 @@ def test_small_changes_to_many_arrays_share_one_manifest(
         assert (g[path][:] == want).all(), path
 
 
+def test_small_deltas_of_every_kind_packed_at_once(repo: Repository) -> None:
+    """Arrays of 0, 1 and 2 dimensions, inline and native chunks, deleted chunks (kept for
+    an old array, dropped for a new one), and a coordinate too large for a packed key (the
+    commit falls back to one table per array): each array reads back what was written."""
+    s = repo.writable_session("main")
+    root = zarr.open_group(s.store, mode="w")
+    shapes = {"d0": ((), ()), "d1": ((8,), (1,)), "d2": ((4, 6), (2, 3)), "wide": ((8,), (4,))}
+    for path, (shape, chunks) in shapes.items():
+        root.create_array(path, shape=shape, chunks=chunks, dtype="f8", fill_value=-1.0)
+    root["d1"][:] = np.arange(8.0)
+    s.commit("arrays")
+    want = {path: np.asarray(root[path][...]) for path in shapes}
+
+    def check(session: frazil.Session) -> None:
+        g = zarr.open_group(session.store, mode="r")
+        for path, values in want.items():
+            assert np.array_equal(np.asarray(g[path][...]), values), path
+
+    s = repo.writable_session("main")
+    g = zarr.open_group(s.store, mode="r+")
+    g["d0"][...] = 5.0  # inline
+    g["d1"][2] = -1.0  # the fill value: the chunk is deleted, a tombstone over the old one
+    g["d1"][6] = 60.0
+    g["d2"][2:4, 3:6] = 7.0
+    g["wide"][4:8] = np.arange(100.0, 104.0)  # 32 bytes: inline
+    fresh = g.create_array("fresh", shape=(4,), chunks=(1,), dtype="f8", fill_value=0.0)
+    fresh[1] = 0.0  # a tombstone in a new array: nothing to hide, dropped
+    fresh[2] = 2.0
+    big = g.create_array("big", shape=(4, 128), chunks=(1, 128), dtype="f8", fill_value=0.0)
+    big[3] = np.arange(128.0)  # 1 KiB: a native chunk object
+    want["d0"][...] = 5.0
+    want["d1"][2], want["d1"][6] = -1.0, 60.0
+    want["d2"][2:4, 3:6] = 7.0
+    want["wide"][4:8] = np.arange(100.0, 104.0)
+    want["fresh"] = np.array([0.0, 0.0, 2.0, 0.0])
+    want["big"] = np.zeros((4, 128))
+    want["big"][3] = np.arange(128.0)
+    before = set(frazil.runtime.run(repo.storage.list("manifests/")))
+    s.commit("small changes")
+    new = set(frazil.runtime.run(repo.storage.list("manifests/"))) - before
+    assert len(new) == 1  # every array's delta in one shared object
+    snap = repo.readonly_session("main")
+    segs = {n.path: n.segments for n in snap.nodes() if n.node_type == "array"}
+    assert segs["/d1"][0].rows == 2  # the tombstone and the new chunk
+    assert segs["/fresh"][0].rows == 1  # the new array's tombstone was dropped
+    check(Repository.open(repo.storage).readonly_session("main"))
+
+    # a coordinate past what a packed key holds (2 x 31 bits): the per-array fallback
+    s = repo.writable_session("main")
+    g = zarr.open_group(s.store, mode="r+")
+    far = g.create_array("far", shape=(1 << 40, 2), chunks=(1, 2), dtype="f8", fill_value=0.0)
+    far[(1 << 35) + 3] = [1.0, 2.0]
+    g["d2"][0:2, 0:3] = 3.0
+    want["d2"][0:2, 0:3] = 3.0
+    s.commit("far")
+    r = Repository.open(repo.storage).readonly_session("main")
+    check(r)
+    back = zarr.open_array(r.store, path="far", mode="r")
+    assert back[(1 << 35) + 3].tolist() == [1.0, 2.0] and back[5].tolist() == [0.0, 0.0]
+
+
 def test_manifest_split(storage_factory: Callable[[], frazil.Storage]) -> None:
     repo = Repository.create(storage_factory(), RepositoryConfig(manifest_split_rows=10))
     s = repo.writable_session("main")

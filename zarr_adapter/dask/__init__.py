@@ -44,25 +44,43 @@ def _load_template(payload: bytes) -> ForkSession:
 
 
 def _write_block(
-    payload: bytes, path: str, config: ArrayConfigParams, block: Any, region: Region
-) -> ForkSession:
-    """Write one block into a fresh fork of the shipped template and return that fork.
+    block: Any,
+    payload: bytes,
+    path: str,
+    config: ArrayConfigParams,
+    origin: tuple[int, ...],
+    block_info: Any = None,
+) -> np.ndarray:
+    """Write one block (at ``origin`` plus its place in the source) into a fresh fork of
+    the shipped template; returns that fork in a one-element object array.
 
+    It runs as a ``map_blocks`` function, so dask fuses it with the task that makes the
+    block: the block is written where it is computed, never held or sent between workers.
     Each task gets its own fork (tasks on one worker share the template, so it is never
     written to directly); the fork starts with the session's staged nodes, so arrays
     created but not committed in the session are visible here.
     """
+    place = block_info[0]["array-location"]
+    region = tuple(slice(o + lo, o + hi) for o, (lo, hi) in zip(origin, place))
     fork = _load_template(payload).fork_with_staged_nodes()
     array = zarr.open_array(fork.store, path=path, mode="r+", zarr_format=3)
     array.with_config(config)[region] = block
-    return fork
+    out = np.empty((1,) * block.ndim, object)
+    out.flat[0] = fork
+    return out
+
+
+def _fork_of(value: Any) -> ForkSession:
+    """A fork, or the one-element object array ``_write_block`` wraps it in."""
+    return cast(ForkSession, value.flat[0] if isinstance(value, np.ndarray) else value)
 
 
 def _merge_forks(*forks: ForkSession) -> ForkSession:
     """A new fork holding the changes of all ``forks`` (the inputs are left unchanged, so a
     retried task cannot merge the same chunks twice); ``ConflictError`` on overlap."""
-    merged = forks[0].fork_with_staged_nodes()
-    merged.merge(*forks)
+    unwrapped = [_fork_of(f) for f in forks]
+    merged = unwrapped[0].fork_with_staged_nodes()
+    merged.merge(*unwrapped)
     return merged
 
 
@@ -229,33 +247,31 @@ def store_dask(
         plans.append((target, reg))
 
     token = uuid.uuid4().hex
-    template = dask.delayed(
-        pickle.dumps(session.fork_with_staged_nodes()), name=f"frazil-fork-{token}"
-    )
-    optimized = dask.optimize(*sources)
-    writes: list[Delayed] = []
-    for source, (target, reg) in zip(optimized, plans):
-        blocks = source.to_delayed(optimize_graph=False)
-        config: ArrayConfigParams = {  # a dict: delayed would unpack a dataclass
+    payload = pickle.dumps(session.fork_with_staged_nodes())
+    written = []
+    for i, (source, (target, reg)) in enumerate(zip(sources, plans)):
+        config: ArrayConfigParams = {  # a dict: dask would unpack a dataclass
             "order": target.config.order,
             "write_empty_chunks": target.config.write_empty_chunks,
         }
-        starts = [np.concatenate([[0], np.cumsum(c)]) for c in source.chunks]
-        for idx in np.ndindex(blocks.shape):
-            block_region = tuple(
-                slice(int(s.start + st[j]), int(s.start + st[j + 1]))
-                for s, st, j in zip(reg, starts, idx)
+        written.append(
+            source.map_blocks(
+                _write_block,
+                payload,
+                target.path,
+                config,
+                tuple(s.start for s in reg),
+                dtype=object,
+                meta=np.empty((0,) * source.ndim, object),
+                chunks=tuple((1,) * len(c) for c in source.chunks),
+                name=f"frazil-write-{token}-{i}",
             )
-            writes.append(
-                dask.delayed(_write_block, pure=False)(
-                    template,
-                    target.path,
-                    config,
-                    blocks[idx],
-                    block_region,
-                    dask_key_name=f"frazil-write-{token}-{len(writes)}",
-                )
-            )
+        )
+    writes: list[Delayed] = [
+        block
+        for array in dask.optimize(*written)  # once for all: shared inputs computed once
+        for block in array.to_delayed(optimize_graph=False).ravel().tolist()
+    ]
     level, depth = writes, 0
     while len(level) > 1:
         depth += 1
@@ -266,8 +282,9 @@ def store_dask(
             for n, k in enumerate(range(0, len(level), fan_in))
         ]
     _check_storage_reachable(session, level[0])
-    (final,) = dask.compute(level[0])
+    (result,) = dask.compute(level[0])
+    final = _fork_of(result)
     if isinstance(session, ForkSession):
-        return cast(ForkSession, final)
+        return final
     session.merge(final)
     return None
