@@ -485,7 +485,9 @@ def encode_manifest_rows(
         raise ValueError("a manifest holds at least one segment")
     table, header_parts = manifest_columns(node_ids, coords, rows)
     return encode_parquet(
-        table, {"object_type": MANIFEST, "id": str(manifest_id), "parts": header_parts}
+        table,
+        {"object_type": MANIFEST, "id": str(manifest_id), "parts": header_parts},
+        no_dictionary=UNIQUE_COLUMNS,
     )
 
 
