@@ -34,6 +34,7 @@ from .common import (
 )
 from .filters import check_filter, coord_hash, may_contain
 from .ids import HistoryId, ManifestId, NodeId, SnapshotId
+from .manifest import ChunkKind
 
 
 class NodeType(StrEnum):
@@ -85,7 +86,6 @@ ROWS_TYPE = pa.list_(pa.binary())
 none), or null when none has one; after ``REFS_COLUMN`` (SPEC §4.1)."""
 INLINE_MAX_ROWS = 8  # segments of at most this many rows get a copy of their rows
 INLINE_BUDGET = 64 * 1024  # at most this many bytes of such copies per snapshot
-_NATIVE = 2  # ChunkKind.NATIVE (manifest.py); the one kind whose rows name a chunk object
 _CHUNK_ID_TEXT = 20  # characters of a chunk id's text form
 
 
@@ -99,7 +99,7 @@ def inline_rows(coords: Any, kinds: Any, chunk_ids: list[str | None]) -> bytes:
         raise FormatError("inline rows: coordinates, kinds and chunk ids do not match")
     ids: list[str] = []
     for cid, kind in zip(chunk_ids, k.tolist()):
-        if kind == _NATIVE:
+        if kind == ChunkKind.NATIVE:
             if cid is None or len(cid) != _CHUNK_ID_TEXT or not cid.isascii():
                 raise FormatError("inline rows: a native row without a chunk id")
             ids.append(cid)
@@ -117,7 +117,7 @@ def decode_inline_rows(data: bytes, rows: int, what: str) -> tuple[Any, Any, lis
         raise FormatError(f"{what}: damaged inline segment rows (too short)")
     coords = np.frombuffer(data, "<i8", rows * ndim, 1).reshape(rows, ndim)
     kinds = np.frombuffer(data, np.uint8, rows, body)
-    native = kinds == _NATIVE
+    native = kinds == int(ChunkKind.NATIVE)
     n = int(native.sum())
     if len(data) != body + rows + n * _CHUNK_ID_TEXT or int(kinds.max()) > 3:
         raise FormatError(f"{what}: damaged inline segment rows (length or kinds)")
